@@ -1,0 +1,1 @@
+"""Runnable example sagas; ``python -m examples`` runs the demo."""

@@ -1,0 +1,5 @@
+"""The demo: run the example sagas, printing what happens."""
+
+from . import quickstart
+
+quickstart.main()

@@ -1,0 +1,56 @@
+"""sagaflow: declarative sagas for Python, with compensation done right.
+
+Decorate a class with :func:`saga`, its forward methods with :func:`step` and their
+undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestrator`.
+"""
+
+from . import events
+from .context import Direction, StepContext
+from .definition import SagaSpec, StepKind, StepSpec, is_saga, saga, spec_of, step
+from .errors import (
+    AlreadyExecuting,
+    CompensationFailed,
+    InvalidTransition,
+    SagaCancelled,
+    SagaDeadlineExceeded,
+    SagaDefinitionError,
+    SagaflowError,
+    StepFailed,
+    StepTimeout,
+)
+from .orchestrator import Orchestrator
+from .policy import Retry, backoff_delay
+from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepRecord, StepStatus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExecuting",
+    "CompensationFailed",
+    "CompensationStatus",
+    "Direction",
+    "InvalidTransition",
+    "Orchestrator",
+    "Retry",
+    "SagaCancelled",
+    "SagaDeadlineExceeded",
+    "SagaDefinitionError",
+    "SagaRecord",
+    "SagaResult",
+    "SagaSpec",
+    "SagaStatus",
+    "SagaflowError",
+    "StepContext",
+    "StepFailed",
+    "StepKind",
+    "StepRecord",
+    "StepSpec",
+    "StepStatus",
+    "StepTimeout",
+    "backoff_delay",
+    "events",
+    "is_saga",
+    "saga",
+    "spec_of",
+    "step",
+]

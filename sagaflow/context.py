@@ -1,0 +1,87 @@
+"""The ``ctx`` a step or compensation receives."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any
+
+__all__ = ["Direction", "StepContext"]
+
+
+class Direction(enum.Enum):
+    """Whether a call moves the saga forward or undoes a step."""
+
+    FORWARD = "forward"
+    COMPENSATE = "compensate"
+
+
+class StepContext:
+    """What a step or compensation knows about its call.
+
+    ``idempotency_key`` is stable for (saga id, step, direction): the same on every
+    retry and after recovery, so a participant can deduplicate on it. ``emit`` records
+    a domain event; events are kept, in order, only if this attempt succeeds.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_pending",
+        "attempt",
+        "call_deadline",
+        "deadline",
+        "direction",
+        "idempotency_key",
+        "saga_id",
+        "saga_name",
+        "step",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        saga_id: str,
+        saga_name: str,
+        step: str,
+        direction: Direction,
+        attempt: int,
+        timeout: float | None,
+        deadline: float | None,
+        now: float,
+        clock: Any = time.time,
+    ) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.step = step
+        self.direction = direction
+        self.attempt = attempt
+        self.idempotency_key = idempotency_key(saga_id, step, direction)
+        #: seconds this call may take (the step's timeout or the time left to the deadline)
+        self.timeout = timeout
+        #: Unix time of the saga's (or, compensating, the compensation's) deadline
+        self.deadline = deadline
+        self.call_deadline = None if timeout is None else now + timeout
+        self._clock = clock
+        self._pending: list[Any] = []
+
+    @property
+    def time_left(self) -> float | None:
+        """Seconds before this call times out (``None``: no limit)."""
+        if self.call_deadline is None:
+            return None
+        return max(0.0, self.call_deadline - self._clock())
+
+    def emit(self, event: Any) -> None:
+        """Record a domain event (kept only if this attempt succeeds)."""
+        self._pending.append(event)
+
+    def __repr__(self) -> str:
+        return (
+            f"StepContext(saga_id={self.saga_id!r}, step={self.step!r}, "
+            f"direction={self.direction.value}, attempt={self.attempt})"
+        )
+
+
+def idempotency_key(saga_id: str, step: str, direction: Direction) -> str:
+    """The key a participant deduplicates on: stable for (saga id, step, direction)."""
+    return f"{saga_id}:{step}:{direction.value}"

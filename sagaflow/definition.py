@@ -1,0 +1,588 @@
+"""``@saga``, ``@step`` and ``<step>.compensate``: a saga class becomes a frozen :class:`SagaSpec`.
+
+The decorators only record what they are given; ``@saga`` validates everything at once,
+once, when the class is defined, and reports every problem in one
+:class:`~sagaflow.SagaDefinitionError`. Nothing here runs per saga instance.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import inspect
+import itertools
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import attrs
+
+from .errors import SagaDefinitionError
+from .policy import COMPENSATION_RETRY, NO_RETRY, RETRIABLE_RETRY, Retry
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "CompensationDef",
+    "SagaSpec",
+    "StepDef",
+    "StepKind",
+    "StepSpec",
+    "is_saga",
+    "saga",
+    "spec_of",
+    "step",
+]
+
+T = TypeVar("T")
+StepFn = Callable[..., Any]
+Predicate = Callable[[Any], bool]
+
+#: Seconds a forward step or compensation may run when no ``timeout`` is given (seed 004).
+DEFAULT_TIMEOUT = 30.0
+#: State names the machine reserves; a step may not be called by one of them.
+RESERVED_NAMES = frozenset({"not_started", "completed", "compensated", "failed"})
+SPEC_ATTRIBUTE = "__sagaflow_spec__"
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+UNSET = _Unset.UNSET
+
+_counter = itertools.count()
+_lock = threading.Lock()
+# Every @step made for a class body, by the body's qualified name, so that @saga can see a
+# step that a later method of the same name silently replaced.
+_made_for: dict[str, list[StepDef]] = {}
+
+
+class StepKind(enum.Enum):
+    """What a step does to the world, which decides how the saga treats its failure."""
+
+    COMPENSATABLE = "compensatable"  #: has a compensation that undoes it
+    READONLY = "readonly"  #: changes nothing: nothing to undo
+    PIVOT = "pivot"  #: the point of no return: after it the saga only goes forward
+    RETRIABLE = "retriable"  #: after the pivot: retried, never compensated
+
+
+def _owner_of(fn: object) -> str:
+    qualname = getattr(fn, "__qualname__", "")
+    return qualname.rpartition(".")[0] if "." in qualname else ""
+
+
+def _callable_name(fn: object) -> str:
+    return getattr(fn, "__name__", None) or repr(fn)
+
+
+@attrs.frozen(eq=False)
+class CompensationDef:
+    """What ``@<step>.compensate`` recorded; resolved by ``@saga``."""
+
+    fn: Any
+    step: StepDef
+    timeout: float | None | _Unset = UNSET
+    retry: Any = UNSET
+    order: int = attrs.field(factory=lambda: next(_counter))
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None or not hasattr(self.fn, "__get__"):
+            return self
+        return self.fn.__get__(instance, owner)
+
+
+@attrs.frozen(eq=False)
+class StepDef:
+    """What ``@step`` recorded about one method; resolved by ``@saga``.
+
+    Accessed on an instance it behaves as the method itself, so a saga's steps can be
+    called directly in unit tests.
+    """
+
+    fn: Any
+    name: str | None = None
+    timeout: float | None | _Unset = UNSET
+    retry: Any = UNSET
+    when: Any = None
+    readonly: Any = False
+    pivot: Any = False
+    retriable: Any = False
+    order: int = attrs.field(factory=lambda: next(_counter))
+    compensations: list[CompensationDef] = attrs.field(factory=list, repr=False)
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None or not hasattr(self.fn, "__get__"):
+            return self
+        return self.fn.__get__(instance, owner)
+
+    @overload
+    def compensate(self, fn: StepFn, /) -> CompensationDef: ...
+
+    @overload
+    def compensate(
+        self, /, *, timeout: float | None | _Unset = ..., retry: Retry | _Unset = ...
+    ) -> Callable[[StepFn], CompensationDef]: ...
+
+    def compensate(
+        self,
+        fn: StepFn | None = None,
+        /,
+        *,
+        timeout: float | None | _Unset = UNSET,
+        retry: Retry | _Unset = UNSET,
+    ) -> CompensationDef | Callable[[StepFn], CompensationDef]:
+        """Mark ``fn`` as this step's compensation: ``@debit.compensate`` or
+        ``@debit.compensate(timeout=..., retry=Retry(...))``."""
+
+        def attach(fn: StepFn) -> CompensationDef:
+            comp = CompensationDef(fn=fn, step=self, timeout=timeout, retry=retry)
+            self.compensations.append(comp)
+            return comp
+
+        return attach if fn is None else attach(fn)
+
+
+@overload
+def step(fn: StepFn, /) -> StepDef: ...
+
+
+@overload
+def step(
+    *,
+    name: str | None = None,
+    timeout: float | None | _Unset = UNSET,
+    retry: Retry | _Unset = UNSET,
+    when: Predicate | None = None,
+    readonly: bool = False,
+    pivot: bool = False,
+    retriable: bool = False,
+) -> Callable[[StepFn], StepDef]: ...
+
+
+def step(
+    fn: StepFn | None = None,
+    /,
+    *,
+    name: str | None = None,
+    timeout: float | None | _Unset = UNSET,
+    retry: Retry | _Unset = UNSET,
+    when: Predicate | None = None,
+    readonly: bool = False,
+    pivot: bool = False,
+    retriable: bool = False,
+) -> StepDef | Callable[[StepFn], StepDef]:
+    """Mark a method ``(self, ctx)`` of a saga class as a forward step.
+
+    ``timeout`` is in seconds (default 30, ``None`` for none); ``retry`` a
+    :class:`~sagaflow.Retry` (default: no retry for forward steps, patient for
+    retriable ones); ``when`` a predicate of the saga instance that makes the step
+    conditional. The kind is compensatable (give it a ``.compensate``), or one of
+    ``readonly``, ``pivot``, ``retriable``.
+    """
+
+    def make(fn: StepFn) -> StepDef:
+        made = StepDef(
+            fn=fn,
+            name=name,
+            timeout=timeout,
+            retry=retry,
+            when=when,
+            readonly=readonly,
+            pivot=pivot,
+            retriable=retriable,
+        )
+        with _lock:
+            _made_for.setdefault(_owner_of(fn), []).append(made)
+        return made
+
+    return make if fn is None else make(fn)
+
+
+@attrs.frozen
+class StepSpec:
+    """One step of a saga, resolved and validated: the row of the dispatch tables."""
+
+    index: int
+    name: str
+    kind: StepKind
+    fn: StepFn
+    is_async: bool
+    timeout: float | None
+    retry: Retry
+    when: Predicate | None
+    compensation: StepFn | None
+    compensation_name: str | None
+    compensation_is_async: bool
+    compensation_timeout: float | None
+    compensation_retry: Retry
+
+    @property
+    def guard_name(self) -> str | None:
+        """The name of the ``when`` predicate, as diagrams show it."""
+        return None if self.when is None else _callable_name(self.when)
+
+
+@attrs.frozen(eq=False)
+class SagaSpec:
+    """The frozen description of a saga class, built once by ``@saga``.
+
+    ``forward`` and ``compensations`` are the dispatch tables (step index -> function,
+    ``None`` where a step has no compensation); ``machine`` is the class's one
+    ``transitions`` state machine and ``transitions`` the set of (source, trigger,
+    destination) it allows, which every run checks each state change against.
+    """
+
+    name: str
+    cls: type
+    steps: tuple[StepSpec, ...]
+    forward: tuple[StepFn, ...]
+    compensations: tuple[StepFn | None, ...]
+    deadline: float | None
+    compensation_deadline: float | None
+    pivot_index: int | None
+    is_async: bool
+    fingerprint: str
+    machine: Any = attrs.field(repr=False)
+    transitions: frozenset[tuple[str, str, str]] = attrs.field(repr=False)
+    index: Mapping[str, int] = attrs.field(repr=False)
+
+    def step(self, name: str) -> StepSpec:
+        """The step called ``name``."""
+        try:
+            return self.steps[self.index[name]]
+        except KeyError:
+            known = ", ".join(s.name for s in self.steps)
+            raise KeyError(f"saga {self.name!r} has no step {name!r} (steps: {known})") from None
+
+
+def is_saga(obj: object) -> bool:
+    """Whether ``obj`` is a saga class or an instance of one."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return isinstance(cls.__dict__.get(SPEC_ATTRIBUTE), SagaSpec)
+
+
+def spec_of(obj: object) -> SagaSpec:
+    """The :class:`SagaSpec` of a saga class or instance."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    spec = cls.__dict__.get(SPEC_ATTRIBUTE)
+    if not isinstance(spec, SagaSpec):
+        raise TypeError(
+            f"{cls.__qualname__} is not a saga class: decorate it with @sagaflow.saga"
+        )
+    return spec
+
+
+@overload
+def saga(cls: type[T], /) -> type[T]: ...
+
+
+@overload
+def saga(
+    *,
+    name: str | None = None,
+    deadline: float | None = None,
+    compensation_deadline: float | None = None,
+) -> Callable[[type[T]], type[T]]: ...
+
+
+def saga(
+    cls: type[T] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    deadline: float | None = None,
+    compensation_deadline: float | None = None,
+) -> type[T] | Callable[[type[T]], type[T]]:
+    """Make a class a saga: validate its steps and build its spec and state machine.
+
+    A class that is not yet an attrs class is made one with ``attrs.define``. ``name``
+    defaults to the class name; ``deadline`` (seconds) bounds the forward steps, after
+    which the saga compensates; ``compensation_deadline`` bounds the compensation
+    that follows any failure (``None``: no bound beyond each compensation's own
+    timeout and retries).
+    """
+
+    def build(cls: type[T]) -> type[T]:
+        if not isinstance(cls, type):
+            raise SagaDefinitionError(
+                repr(cls), ["@saga decorates a class; got " + type(cls).__name__]
+            )
+        if SPEC_ATTRIBUTE in cls.__dict__:
+            raise SagaDefinitionError(cls.__qualname__, ["@saga was applied twice: keep one"])
+        if not attrs.has(cls):
+            cls = attrs.define(cls)
+        spec = _build_spec(cls, name, deadline, compensation_deadline)
+        setattr(cls, SPEC_ATTRIBUTE, spec)
+        return cls
+
+    return build if cls is None else build(cls)
+
+
+def _check_timeout(value: object, what: str, problems: list[str]) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        problems.append(
+            f"{what}: timeout must be a number of seconds > 0 or None, got {value!r}"
+        )
+        return None
+    return float(value)
+
+
+def _check_retry(value: object, what: str, problems: list[str]) -> Retry | None:
+    if isinstance(value, Retry):
+        return value
+    hint = f"retry=Retry(attempts={value})" if isinstance(value, int) else "retry=Retry(...)"
+    problems.append(f"{what}: retry must be a sagaflow.Retry, got {value!r}: use {hint}")
+    return None
+
+
+def _check_callable(fn: object, what: str, problems: list[str]) -> bool:
+    if not inspect.isfunction(fn):
+        kind = type(fn).__name__
+        problems.append(
+            f"{what} is a {kind}, not a function: decorate a plain method "
+            "'def name(self, ctx)' (or 'async def')"
+        )
+        return False
+    # Read the code object rather than inspect.signature: this runs for every method of
+    # every saga class at import time, and the code object answers in a fraction of it.
+    code = fn.__code__
+    positional = code.co_argcount
+    required = positional - len(fn.__defaults__ or ())
+    kw_required = code.co_kwonlyargcount - len(fn.__kwdefaults__ or {})
+    takes_two = positional >= 2 or bool(code.co_flags & inspect.CO_VARARGS)
+    if not takes_two or required > 2 or kw_required > 0:
+        problems.append(
+            f"{what} must take (self, ctx); its signature is {inspect.signature(fn)}"
+        )
+        return False
+    return True
+
+
+def _build_spec(
+    cls: type,
+    name: str | None,
+    deadline: object,
+    compensation_deadline: object,
+) -> SagaSpec:
+    from .machine import build_machine  # machine.py depends on StepSpec, defined above
+
+    saga_name = name if name is not None else cls.__name__
+    problems: list[str] = []
+    if not isinstance(saga_name, str) or not saga_name.strip():
+        problems.append(f"name must be a non-empty string, got {saga_name!r}")
+        saga_name = cls.__name__
+    saga_deadline = _check_timeout(deadline, "@saga(deadline=...)", problems)
+    comp_deadline = _check_timeout(
+        compensation_deadline, "@saga(compensation_deadline=...)", problems
+    )
+
+    # Walk the whole MRO so that a saga may inherit steps; the subclass wins.
+    found: dict[str, StepDef] = {}
+    comps: dict[str, CompensationDef] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, StepDef):
+                found[attr] = value
+                comps.pop(attr, None)
+            elif isinstance(value, CompensationDef):
+                comps[attr] = value
+                found.pop(attr, None)
+    with _lock:
+        made = _made_for.pop(cls.__qualname__, [])
+    present = {id(d) for d in found.values()}
+    for lost in made:
+        if id(lost) not in present:
+            fn_name = _callable_name(lost.fn)
+            problems.append(
+                f"step {fn_name!r} is defined twice in the class body; the later "
+                "definition replaced the earlier one: give each step its own name"
+            )
+
+    defs = sorted(found.items(), key=lambda item: item[1].order)
+    if not defs:
+        problems.append(
+            "it has no steps: decorate at least one method 'def name(self, ctx)' with @step"
+        )
+
+    steps: list[StepSpec] = []
+    seen_names: dict[str, str] = {}
+    step_ids = {id(d) for _, d in defs}
+    for attr, comp in comps.items():
+        if id(comp.step) not in step_ids:
+            step_name = comp.step.name or _callable_name(comp.step.fn)
+            problems.append(
+                f"compensation {attr!r} is attached to {step_name!r}, which is not a step "
+                "of this saga: attach it with @<step>.compensate to one of its own steps"
+            )
+
+    attached = {id(c) for c in comps.values()}
+    for index, (attr, d) in enumerate(defs):
+        step_name = d.name if d.name is not None else attr
+        what = f"step {step_name!r}"
+        if not isinstance(step_name, str) or not step_name.isidentifier():
+            problems.append(
+                f"step {attr!r}: name must be a Python identifier, got {step_name!r}"
+            )
+            step_name = attr
+        elif step_name in RESERVED_NAMES or step_name.startswith("compensating_"):
+            problems.append(
+                f"{what}: the name is reserved for the state machine "
+                f"({', '.join(sorted(RESERVED_NAMES))}, compensating_*): rename the step"
+            )
+        if step_name in seen_names:
+            problems.append(
+                f"{what}: duplicate step name (methods {seen_names[step_name]!r} and "
+                f"{attr!r}): give each step a unique name"
+            )
+        seen_names[step_name] = attr
+        fn_ok = _check_callable(d.fn, what, problems)
+
+        flags = {"readonly": d.readonly, "pivot": d.pivot, "retriable": d.retriable}
+        for flag, value in flags.items():
+            if not isinstance(value, bool):
+                problems.append(f"{what}: {flag} must be True or False, got {value!r}")
+        chosen = [flag for flag, value in flags.items() if value is True]
+        own = [c for c in d.compensations if id(c) in attached]
+        if len(own) > 1:
+            names = ", ".join(repr(_callable_name(c.fn)) for c in own)
+            problems.append(
+                f"{what} has {len(own)} compensations ({names}): keep exactly one"
+            )
+        if len(chosen) > 1:
+            problems.append(
+                f"{what} is marked {' and '.join(chosen)}: a step has exactly one kind"
+            )
+        if own and chosen:
+            reason = {
+                "readonly": "it changes nothing, so there is nothing to undo",
+                "pivot": "it is the point of no return",
+                "retriable": "it is retried until it succeeds, never undone",
+            }[chosen[0]]
+            problems.append(
+                f"{what} is {chosen[0]} and has a compensation, but {reason}: "
+                f"remove {chosen[0]}=True or the compensation"
+            )
+        if own:
+            kind = StepKind.COMPENSATABLE
+        elif chosen:
+            kind = StepKind(chosen[0])
+        else:
+            kind = StepKind.COMPENSATABLE
+            problems.append(
+                f"{what} has no compensation and no kind: add @{attr}.compensate, or "
+                "mark it readonly=True, pivot=True or retriable=True"
+            )
+
+        timeout = (
+            DEFAULT_TIMEOUT if d.timeout is UNSET else _check_timeout(d.timeout, what, problems)
+        )
+        default_retry = RETRIABLE_RETRY if kind is StepKind.RETRIABLE else NO_RETRY
+        retry = default_retry if d.retry is UNSET else _check_retry(d.retry, what, problems)
+        if d.when is not None and not callable(d.when):
+            problems.append(
+                f"{what}: when must be a predicate of the saga instance "
+                f"(a callable taking the saga), got {d.when!r}"
+            )
+
+        comp_fn = None
+        comp_name = None
+        comp_timeout: float | None = DEFAULT_TIMEOUT
+        comp_retry: Retry | None = COMPENSATION_RETRY
+        if own:
+            c = own[0]
+            comp_name = _callable_name(c.fn)
+            cwhat = f"compensation {comp_name!r} of step {step_name!r}"
+            if _check_callable(c.fn, cwhat, problems):
+                comp_fn = c.fn
+            if c.timeout is not UNSET:
+                comp_timeout = _check_timeout(c.timeout, cwhat, problems)
+            if c.retry is not UNSET:
+                comp_retry = _check_retry(c.retry, cwhat, problems)
+
+        steps.append(
+            StepSpec(
+                index=index,
+                name=step_name,
+                kind=kind,
+                fn=d.fn,
+                is_async=fn_ok and inspect.iscoroutinefunction(d.fn),
+                timeout=timeout,
+                retry=retry or NO_RETRY,
+                when=d.when if callable(d.when) else None,
+                compensation=comp_fn,
+                compensation_name=comp_name,
+                compensation_is_async=comp_fn is not None
+                and inspect.iscoroutinefunction(comp_fn),
+                compensation_timeout=comp_timeout,
+                compensation_retry=comp_retry or COMPENSATION_RETRY,
+            )
+        )
+
+    pivot_index = _check_order(steps, problems)
+    if problems:
+        raise SagaDefinitionError(saga_name, problems)
+
+    spec_steps = tuple(steps)
+    machine, allowed = build_machine(saga_name, spec_steps)
+    shape = "|".join(
+        f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
+        for s in spec_steps
+    )
+    return SagaSpec(
+        name=saga_name,
+        cls=cls,
+        steps=spec_steps,
+        forward=tuple(s.fn for s in spec_steps),
+        compensations=tuple(s.compensation for s in spec_steps),
+        deadline=saga_deadline,
+        compensation_deadline=comp_deadline,
+        pivot_index=pivot_index,
+        is_async=any(s.is_async or s.compensation_is_async for s in spec_steps),
+        fingerprint=hashlib.sha256(f"{saga_name}/{shape}".encode()).hexdigest()[:16],
+        machine=machine,
+        transitions=allowed,
+        index={s.name: s.index for s in spec_steps},
+    )
+
+
+def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
+    """Compensatable and readonly steps, then at most one pivot, then retriable steps."""
+    pivot: int | None = None
+    for s in steps:
+        if s.kind is StepKind.PIVOT:
+            if pivot is not None:
+                problems.append(
+                    f"step {s.name!r} is a second pivot after {steps[pivot].name!r}: "
+                    "a saga has at most one point of no return"
+                )
+            else:
+                pivot = s.index
+        elif s.kind in (StepKind.COMPENSATABLE, StepKind.READONLY) and (
+            pivot is not None or any(p.kind is StepKind.RETRIABLE for p in steps[: s.index])
+        ):
+            after = steps[pivot].name if pivot is not None else "a retriable step"
+            problems.append(
+                f"step {s.name!r} is {s.kind.value} but comes after {after!r}: "
+                "compensatable and readonly steps go before the pivot; move it up or "
+                "make it retriable=True"
+            )
+        elif s.kind is StepKind.RETRIABLE and pivot is None:
+            undoable = [p.name for p in steps[: s.index] if p.kind is StepKind.COMPENSATABLE]
+            if undoable:
+                problems.append(
+                    f"step {s.name!r} is retriable but follows compensatable steps "
+                    f"({', '.join(undoable)}) with no pivot between: mark the last step "
+                    "before it pivot=True"
+                )
+    return pivot

@@ -1,0 +1,407 @@
+"""The decision core: given a spec, a record and the time, what happens next.
+
+No I/O and no clock: the drivers (:mod:`sagaflow.runner`) pass ``now`` in, perform the
+:class:`Call` or :class:`Sleep` that :func:`next_command` returns, and report the
+outcome to :func:`settle`. Both mutate the record in place and append the lifecycle
+events to its history; every state change goes through :func:`transition`, which
+checks it against the class's state machine. The sync and async drivers share all of
+this, and so do the testing toolkit's virtual-clock runs and crash recovery.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from . import events as ev
+from .context import Direction
+from .definition import SagaSpec, StepKind
+from .errors import (
+    InvalidTransition,
+    SagaCancelled,
+    SagaDeadlineExceeded,
+    SagaflowError,
+    StepFailed,
+    StepTimeout,
+    _describe,
+)
+from .machine import COMPENSATED, COMPLETED, FAILED, compensation_state
+from .policy import backoff_delay
+from .records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
+
+__all__ = [
+    "Call",
+    "Sleep",
+    "interrupt",
+    "new_record",
+    "next_command",
+    "settle",
+    "transition",
+]
+
+FORWARD = Direction.FORWARD
+COMPENSATE = Direction.COMPENSATE
+
+
+@attrs.frozen(slots=True)
+class Call:
+    """Call step ``index`` (forward or its compensation), as attempt ``attempt``.
+
+    ``timeout`` is what the call may take: the step's own timeout, or less when the
+    saga's (or the compensation's) deadline comes first, which ``deadline_bound`` says.
+    """
+
+    index: int
+    direction: Direction
+    attempt: int
+    timeout: float | None
+    deadline_bound: bool
+
+
+@attrs.frozen(slots=True)
+class Sleep:
+    """Wait until ``until`` (a Unix time) before asking again: a retry's backoff."""
+
+    until: float
+
+
+def transition(spec: SagaSpec, record: SagaRecord, trigger: str, dest: str) -> None:
+    """Move ``record`` to ``dest`` by ``trigger``, if the class's machine allows it."""
+    if (record.state, trigger, dest) not in spec.transitions:
+        raise InvalidTransition(spec.name, record.state, trigger, dest)
+    record.state = dest
+
+
+def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecord:
+    """The record of a fresh run, started: at the first step, SagaStarted in its history."""
+    record = SagaRecord(
+        saga_id=saga_id,
+        saga_name=spec.name,
+        fingerprint=spec.fingerprint,
+        data=saga,
+        steps=[StepRecord(s.name) for s in spec.steps],
+        created_at=now,
+        updated_at=now,
+    )
+    if spec.deadline is not None:
+        record.deadline_at = now + spec.deadline
+    transition(spec, record, "start", spec.steps[0].name)
+    record.status = SagaStatus.RUNNING
+    record.history.append(ev.SagaStarted(saga_id, spec.name, now))
+    return record
+
+
+def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep | None:
+    """What the driver must do next; ``None`` once the run is over.
+
+    Starting a call marks the attempt started in the record, so the driver saves the
+    record before performing the call (write-ahead).
+    """
+    while True:
+        status = record.status
+        if status is SagaStatus.RUNNING:
+            i = record.cursor
+            s = spec.steps[i]
+            sr = record.steps[i]
+            guarded = s.kind is not StepKind.RETRIABLE and record.deadline_at is not None
+            if guarded and now >= record.deadline_at:  # type: ignore[operator]
+                _begin_compensation(spec, record, now, SagaDeadlineExceeded(spec.deadline or 0))
+                continue
+            if record.wake_at is not None:
+                if now < record.wake_at:
+                    return Sleep(record.wake_at)
+                record.wake_at = None
+            if sr.attempts == 0 and s.when is not None:
+                try:
+                    wanted = bool(s.when(record.data))
+                except Exception as exc:  # a broken guard fails its step, like the step would
+                    sr.attempts = 1
+                    sr.started_at = now
+                    _step_failed(spec, record, now, StepFailed(i, s.name, exc), exc, False)
+                    continue
+                if not wanted:
+                    sr.status = StepStatus.SKIPPED
+                    record.history.append(ev.StepSkipped(record.saga_id, spec.name, now, s.name))
+                    _advance(spec, record, now, "skip")
+                    continue
+            sr.attempts += 1
+            sr.status = StepStatus.RUNNING
+            if sr.started_at is None:
+                sr.started_at = now
+            record.history.append(
+                ev.StepStarted(record.saga_id, spec.name, now, s.name, sr.attempts)
+            )
+            timeout = s.timeout
+            bound = False
+            if guarded:
+                left = record.deadline_at - now  # type: ignore[operator]
+                if timeout is None or left < timeout:
+                    timeout, bound = left, True
+            return Call(i, FORWARD, sr.attempts, timeout, bound)
+
+        if status is SagaStatus.COMPENSATING:
+            if record.wake_at is not None:
+                if now < record.wake_at:
+                    return Sleep(record.wake_at)
+                record.wake_at = None
+            i = record.undo[record.cursor]
+            s = spec.steps[i]
+            sr = record.steps[i]
+            limit = record.compensation_deadline_at
+            if limit is not None and now >= limit:
+                _compensation_failed(spec, record, now, "compensation deadline passed")
+                continue
+            sr.compensation_attempts += 1
+            sr.compensation = CompensationStatus.RUNNING
+            if sr.compensation_started_at is None:
+                sr.compensation_started_at = now
+            record.history.append(
+                ev.CompensationStarted(
+                    record.saga_id, spec.name, now, s.name, sr.compensation_attempts
+                )
+            )
+            timeout = s.compensation_timeout
+            bound = False
+            if limit is not None and (timeout is None or limit - now < timeout):
+                timeout, bound = limit - now, True
+            return Call(i, COMPENSATE, sr.compensation_attempts, timeout, bound)
+        return None
+
+
+def settle(
+    spec: SagaSpec,
+    record: SagaRecord,
+    call: Call,
+    now: float,
+    error: BaseException | None = None,
+    timed_out: bool = False,
+    emitted: list[Any] | None = None,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """Record the outcome of ``call``: success (``error is None``), an error, or a timeout."""
+    i = call.index
+    s = spec.steps[i]
+    sr = record.steps[i]
+    if call.direction is FORWARD:
+        if error is None and not timed_out:
+            sr.status = StepStatus.COMPLETED
+            sr.finished_at = now
+            sr.error = None
+            if emitted:
+                record.events.extend(emitted)
+            record.history.append(
+                ev.StepCompleted(record.saga_id, spec.name, now, s.name, call.attempt)
+            )
+            _advance(spec, record, now, "advance")
+            return
+        if timed_out:
+            sr.timed_out = True
+            if call.deadline_bound:
+                reason: SagaflowError = SagaDeadlineExceeded(spec.deadline or 0, s.name)
+                _step_failed(spec, record, now, reason, reason, True)
+                return
+            error = StepTimeout(i, s.name, call.timeout or 0)
+        assert error is not None
+        if sr.attempts < s.retry.attempts and s.retry.is_retryable(error):
+            delay = backoff_delay(s.retry, sr.attempts, rand())
+            deadline = record.deadline_at
+            if s.kind is StepKind.RETRIABLE or deadline is None or now + delay < deadline:
+                sr.error = _describe(error)
+                record.wake_at = now + delay
+                record.history.append(
+                    ev.StepRetrying(
+                        record.saga_id, spec.name, now, s.name, call.attempt, sr.error,
+                        delay=delay,
+                    )
+                )
+                return
+        failure = error if isinstance(error, StepFailed) else StepFailed(i, s.name, error)
+        _step_failed(spec, record, now, failure, error, timed_out)
+        return
+
+    # a compensation
+    if error is None and not timed_out:
+        sr.compensation = CompensationStatus.COMPENSATED
+        sr.compensation_finished_at = now
+        sr.compensation_error = None
+        if emitted:
+            record.events.extend(emitted)
+        record.history.append(
+            ev.CompensationCompleted(record.saga_id, spec.name, now, s.name, call.attempt)
+        )
+        _next_undo(spec, record, now, "undone")
+        return
+    if timed_out:
+        if call.deadline_bound:
+            _compensation_failed(spec, record, now, "compensation deadline passed")
+            return
+        error = StepTimeout(i, s.compensation_name or s.name, call.timeout or 0)
+    assert error is not None
+    policy = s.compensation_retry
+    if sr.compensation_attempts < policy.attempts and policy.is_retryable(error):
+        delay = backoff_delay(policy, sr.compensation_attempts, rand())
+        limit = record.compensation_deadline_at
+        if limit is None or now + delay < limit:
+            sr.compensation_error = _describe(error)
+            record.wake_at = now + delay
+            record.history.append(
+                ev.CompensationRetrying(
+                    record.saga_id, spec.name, now, s.name, call.attempt,
+                    sr.compensation_error, delay=delay,
+                )
+            )
+            return
+    _compensation_failed(spec, record, now, _describe(error))
+
+
+def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float) -> None:
+    """The run was cancelled: the call in flight has an unknown outcome; compensate.
+
+    A compensation in flight is left to finish (drivers shield compensation); after
+    the pivot nothing can be undone, so the saga ends FAILED for an operator.
+    """
+    if record.status is not SagaStatus.RUNNING:
+        return
+    step = None
+    if call is not None and call.direction is FORWARD:
+        sr = record.steps[call.index]
+        step = sr.name
+        sr.timed_out = True
+        sr.status = StepStatus.TIMED_OUT
+        sr.finished_at = now
+        sr.error = "cancelled while running"
+        record.history.append(
+            ev.StepFailed(record.saga_id, spec.name, now, step, call.attempt, sr.error,
+                          timed_out=True)
+        )
+    record.wake_at = None
+    reason = SagaCancelled(step)
+    if spec.steps[record.cursor].kind is StepKind.RETRIABLE:
+        transition(spec, record, "fail", FAILED)
+        _finish(spec, record, now, SagaStatus.FAILED, reason)
+    else:
+        _begin_compensation(spec, record, now, reason)
+
+
+def _advance(spec: SagaSpec, record: SagaRecord, now: float, trigger: str) -> None:
+    record.cursor += 1
+    if record.cursor < len(spec.steps):
+        transition(spec, record, trigger, spec.steps[record.cursor].name)
+    else:
+        transition(spec, record, trigger, COMPLETED)
+        _finish(spec, record, now, SagaStatus.COMPLETED, None)
+
+
+def _step_failed(
+    spec: SagaSpec,
+    record: SagaRecord,
+    now: float,
+    failure: SagaflowError,
+    error: BaseException,
+    timed_out: bool,
+) -> None:
+    i = record.cursor
+    s = spec.steps[i]
+    sr = record.steps[i]
+    sr.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
+    sr.finished_at = now
+    sr.error = _describe(error)
+    if failure is not error:
+        failure.__cause__ = error
+    record.history.append(
+        ev.StepFailed(record.saga_id, spec.name, now, s.name, sr.attempts, sr.error,
+                      timed_out=timed_out)
+    )
+    if s.kind is StepKind.RETRIABLE:
+        transition(spec, record, "fail", FAILED)
+        _finish(spec, record, now, SagaStatus.FAILED, failure)
+    else:
+        _begin_compensation(spec, record, now, failure)
+
+
+def _needs_undo(spec: SagaSpec, record: SagaRecord, j: int) -> bool:
+    if spec.compensations[j] is None:
+        return False
+    sr = record.steps[j]
+    return sr.status is StepStatus.COMPLETED or sr.timed_out
+
+
+def _begin_compensation(
+    spec: SagaSpec, record: SagaRecord, now: float, reason: SagaflowError
+) -> None:
+    undo = [j for j in range(record.cursor, -1, -1) if _needs_undo(spec, record, j)]
+    for j in undo:
+        record.steps[j].compensation = CompensationStatus.PENDING
+    record.undo = undo
+    record.cursor = 0
+    record.wake_at = None
+    record.error = reason
+    record.status = SagaStatus.COMPENSATING
+    if spec.compensation_deadline is not None:
+        record.compensation_deadline_at = now + spec.compensation_deadline
+    if undo:
+        transition(spec, record, "compensate", compensation_state(spec.steps[undo[0]].name))
+    else:
+        transition(spec, record, "compensate", COMPENSATED)
+        _finish(spec, record, now, SagaStatus.COMPENSATED, reason)
+
+
+def _compensation_failed(spec: SagaSpec, record: SagaRecord, now: float, error: str) -> None:
+    i = record.undo[record.cursor]
+    s = spec.steps[i]
+    sr = record.steps[i]
+    sr.compensation = CompensationStatus.FAILED
+    sr.compensation_finished_at = now
+    sr.compensation_error = error
+    record.failures[s.name] = error
+    record.history.append(
+        ev.CompensationFailed(
+            record.saga_id, spec.name, now, s.name, sr.compensation_attempts, error
+        )
+    )
+    _next_undo(spec, record, now, "undo_failed")
+
+
+def _next_undo(spec: SagaSpec, record: SagaRecord, now: float, trigger: str) -> None:
+    record.cursor += 1
+    if record.cursor < len(record.undo):
+        dest = compensation_state(spec.steps[record.undo[record.cursor]].name)
+        transition(spec, record, trigger, dest)
+        return
+    if record.failures:
+        from .errors import CompensationFailed
+
+        transition(spec, record, trigger, FAILED)
+        reason = record.error
+        _finish(spec, record, now, SagaStatus.FAILED, CompensationFailed(record.failures, reason))
+    else:
+        transition(spec, record, trigger, COMPENSATED)
+        _finish(spec, record, now, SagaStatus.COMPENSATED, record.error)
+
+
+_FINAL_EVENTS: dict[SagaStatus, type[ev.LifecycleEvent]] = {
+    SagaStatus.COMPLETED: ev.SagaCompleted,
+    SagaStatus.COMPENSATED: ev.SagaCompensated,
+    SagaStatus.FAILED: ev.SagaFailed,
+}
+
+
+def _finish(
+    spec: SagaSpec,
+    record: SagaRecord,
+    now: float,
+    status: SagaStatus,
+    error: SagaflowError | None,
+) -> None:
+    record.status = status
+    record.error = error
+    record.finished_at = now
+    record.wake_at = None
+    record.history.append(
+        _FINAL_EVENTS[status](
+            record.saga_id, spec.name, now, None, 0, None if error is None else str(error)
+        )
+    )

@@ -1,0 +1,148 @@
+"""The exception hierarchy: one root, usage errors also subclass the fitting builtin."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AlreadyExecuting",
+    "CompensationFailed",
+    "InvalidTransition",
+    "SagaCancelled",
+    "SagaDeadlineExceeded",
+    "SagaDefinitionError",
+    "SagaflowError",
+    "StepFailed",
+    "StepTimeout",
+]
+
+
+class SagaflowError(Exception):
+    """Root of every error sagaflow raises or reports."""
+
+
+class SagaDefinitionError(SagaflowError, TypeError):
+    """A saga class is malformed; lists every problem found, each with its fix."""
+
+    def __init__(self, saga: str, problems: Sequence[str]) -> None:
+        self.saga = saga
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"saga {saga!r} has {len(self.problems)} definition {noun}:\n{lines}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga, self.problems))
+
+
+class StepFailed(SagaflowError):
+    """A forward step failed for good (its retries, if any, are exhausted)."""
+
+    def __init__(self, step_index: int, step: str, cause: BaseException | str) -> None:
+        self.step_index = step_index
+        self.step = step
+        self.cause = cause
+        super().__init__(f"step {step_index + 1} {step!r} failed: {_describe(cause)}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.step_index, self.step, self.cause))
+
+
+class StepTimeout(StepFailed):
+    """A step ran past its timeout; its outcome is unknown (it may have taken effect)."""
+
+    def __init__(self, step_index: int, step: str, timeout: float) -> None:
+        self.timeout = timeout
+        SagaflowError.__init__(self, f"step {step_index + 1} {step!r} timed out after {timeout:g}s")
+        self.step_index = step_index
+        self.step = step
+        self.cause = f"timed out after {timeout:g}s"
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.step_index, self.step, self.timeout))
+
+
+class SagaDeadlineExceeded(SagaflowError):
+    """The saga's deadline passed before its forward steps were done."""
+
+    def __init__(self, deadline: float, step: str | None = None) -> None:
+        self.deadline = deadline
+        self.step = step
+        where = f" during step {step!r}" if step else ""
+        super().__init__(f"saga deadline of {deadline:g}s passed{where}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.deadline, self.step))
+
+
+class SagaCancelled(SagaflowError):
+    """The task running the saga was cancelled; the saga compensated before re-raising."""
+
+    def __init__(self, step: str | None = None) -> None:
+        self.step = step
+        where = f" during step {step!r}" if step else ""
+        super().__init__(f"saga cancelled{where}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.step,))
+
+
+class CompensationFailed(SagaflowError):
+    """Compensations failed for good: an operator must finish the undo by hand.
+
+    ``failures`` maps each step whose compensation could not be done to the last
+    error; ``reason`` is the error that made the saga compensate in the first place.
+    """
+
+    def __init__(
+        self, failures: dict[str, str], reason: SagaflowError | None = None
+    ) -> None:
+        self.failures = dict(failures)
+        self.reason = reason
+        listed = "; ".join(f"{step}: {err}" for step, err in self.failures.items())
+        why = f" (compensating after: {reason})" if reason else ""
+        n = len(self.failures)
+        noun = "compensation" if n == 1 else "compensations"
+        super().__init__(f"{n} {noun} could not be done, undo by hand: {listed}{why}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.failures, self.reason))
+
+
+class AlreadyExecuting(SagaflowError):
+    """A saga with this id is already running; starting it again would run steps twice."""
+
+    def __init__(self, saga_id: str, status: str = "RUNNING") -> None:
+        self.saga_id = saga_id
+        self.status = status
+        super().__init__(
+            f"saga {saga_id!r} is already executing (status {status}); "
+            "wait for it or look it up with orchestrator.get(saga_id)"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.status))
+
+
+class InvalidTransition(SagaflowError, RuntimeError):
+    """The saga's state machine does not allow the requested state change."""
+
+    def __init__(self, saga: str, source: str, trigger: str, dest: str) -> None:
+        self.saga = saga
+        self.source = source
+        self.trigger = trigger
+        self.dest = dest
+        super().__init__(
+            f"saga {saga!r}: the state machine has no transition {trigger!r} "
+            f"from {source!r} to {dest!r}"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga, self.source, self.trigger, self.dest))
+
+
+def _describe(cause: BaseException | str) -> str:
+    if isinstance(cause, str):
+        return cause
+    text = str(cause)
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__

@@ -1,0 +1,192 @@
+"""Lifecycle events: what the orchestrator reports about a run, to its history and listeners.
+
+Events are small frozen attrs instances of plain data (the error as text), so a history
+can be stored, compared and printed. Import them through this module
+(``sagaflow.events.StepFailed``): ``sagaflow.StepFailed`` is the error of the same name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, ClassVar
+
+import attrs
+
+__all__ = [
+    "CompensationCompleted",
+    "CompensationFailed",
+    "CompensationRetrying",
+    "CompensationStarted",
+    "LifecycleEvent",
+    "Listener",
+    "Listeners",
+    "SagaCompensated",
+    "SagaCompleted",
+    "SagaFailed",
+    "SagaStarted",
+    "StepCompleted",
+    "StepFailed",
+    "StepRetrying",
+    "StepSkipped",
+    "StepStarted",
+    "logger",
+]
+
+logger = logging.getLogger("sagaflow")
+logger.addHandler(logging.NullHandler())
+
+Listener = Callable[["LifecycleEvent"], "None | Awaitable[None]"]
+
+
+@attrs.frozen(slots=True)
+class LifecycleEvent:
+    """Something that happened to a run. ``at`` is a Unix timestamp (seconds)."""
+
+    level: ClassVar[int] = logging.INFO
+
+    saga_id: str
+    saga_name: str
+    at: float
+    step: str | None = None
+    attempt: int = 0
+    error: str | None = None
+
+    def describe(self) -> str:
+        """One line for a log or a console."""
+        where = f" {self.step!r}" if self.step else ""
+        tries = f" (attempt {self.attempt})" if self.attempt > 1 else ""
+        err = f": {self.error}" if self.error else ""
+        return f"{type(self).__name__}{where}{tries}{err}"
+
+
+@attrs.frozen(slots=True)
+class SagaStarted(LifecycleEvent):
+    """The run began."""
+
+
+@attrs.frozen(slots=True)
+class StepStarted(LifecycleEvent):
+    """An attempt of a forward step began."""
+
+    level: ClassVar[int] = logging.DEBUG
+
+
+@attrs.frozen(slots=True)
+class StepCompleted(LifecycleEvent):
+    """A forward step succeeded."""
+
+
+@attrs.frozen(slots=True)
+class StepSkipped(LifecycleEvent):
+    """A conditional step's guard was false; it did not run and needs no undo."""
+
+
+@attrs.frozen(slots=True)
+class StepRetrying(LifecycleEvent):
+    """An attempt failed with a retryable error; the next one starts after ``delay``."""
+
+    level: ClassVar[int] = logging.WARNING
+    delay: float = 0.0
+
+    def describe(self) -> str:
+        return f"{super().describe()}; retrying in {self.delay:.3g}s"
+
+
+@attrs.frozen(slots=True)
+class StepFailed(LifecycleEvent):
+    """A forward step failed for good."""
+
+    level: ClassVar[int] = logging.WARNING
+    timed_out: bool = False
+
+
+@attrs.frozen(slots=True)
+class CompensationStarted(LifecycleEvent):
+    """An attempt of a compensation began."""
+
+
+@attrs.frozen(slots=True)
+class CompensationRetrying(LifecycleEvent):
+    """A compensation attempt failed; the next one starts after ``delay``."""
+
+    level: ClassVar[int] = logging.WARNING
+    delay: float = 0.0
+
+    def describe(self) -> str:
+        return f"{super().describe()}; retrying in {self.delay:.3g}s"
+
+
+@attrs.frozen(slots=True)
+class CompensationCompleted(LifecycleEvent):
+    """A compensation succeeded: the step is undone."""
+
+
+@attrs.frozen(slots=True)
+class CompensationFailed(LifecycleEvent):
+    """A compensation failed for good: the step could not be undone."""
+
+    level: ClassVar[int] = logging.ERROR
+
+
+@attrs.frozen(slots=True)
+class SagaCompleted(LifecycleEvent):
+    """Every forward step succeeded (or was skipped)."""
+
+
+@attrs.frozen(slots=True)
+class SagaCompensated(LifecycleEvent):
+    """The saga failed and every step that needed undoing was undone."""
+
+    level: ClassVar[int] = logging.WARNING
+
+
+@attrs.frozen(slots=True)
+class SagaFailed(LifecycleEvent):
+    """The saga ended in a state only an operator can fix."""
+
+    level: ClassVar[int] = logging.ERROR
+
+
+class Listeners:
+    """The listeners of an orchestrator; a listener that raises is logged, never fatal."""
+
+    __slots__ = ("async_", "sync")
+
+    def __init__(self, listeners: Iterable[Listener] = ()) -> None:
+        self.sync: list[Callable[[LifecycleEvent], Any]] = []
+        self.async_: list[Callable[[LifecycleEvent], Awaitable[Any]]] = []
+        for listener in listeners:
+            if not callable(listener):
+                raise TypeError(f"a listener must be callable(event), got {listener!r}")
+            target = getattr(listener, "__call__", listener)  # noqa: B004
+            if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(target):
+                self.async_.append(listener)  # type: ignore[arg-type]
+            else:
+                self.sync.append(listener)
+
+    def notify(self, events: list[LifecycleEvent], start: int) -> None:
+        """Tell the sync listeners (and the log) about ``events[start:]``."""
+        for i in range(start, len(events)):
+            event = events[i]
+            if logger.isEnabledFor(event.level):
+                logger.log(event.level, "saga %s %s: %s", event.saga_name, event.saga_id,
+                           event.describe())
+            for listener in self.sync:
+                try:
+                    listener(event)
+                except Exception:
+                    logger.exception("listener %r raised on %r; ignored", listener, event)
+
+    async def anotify(self, events: list[LifecycleEvent], start: int) -> None:
+        """Tell every listener, sync and async, about ``events[start:]``."""
+        self.notify(events, start)
+        if not self.async_:
+            return
+        for i in range(start, len(events)):
+            for listener in self.async_:
+                try:
+                    await listener(events[i])
+                except Exception:
+                    logger.exception("listener %r raised on %r; ignored", listener, events[i])

@@ -1,0 +1,202 @@
+"""What a run is: :class:`SagaRecord` (what a store keeps) and :class:`SagaResult` (what users get).
+
+Records are plain data: strings, numbers, enums, lists and the saga instance. The engine
+mutates a record in place as the run goes; a result is a frozen snapshot of one.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+from .errors import SagaflowError
+from .events import LifecycleEvent
+
+__all__ = [
+    "CompensationStatus",
+    "SagaRecord",
+    "SagaResult",
+    "SagaStatus",
+    "StepRecord",
+    "StepStatus",
+]
+
+
+class SagaStatus(enum.Enum):
+    """Where a saga run stands."""
+
+    NOT_STARTED = "NOT_STARTED"
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    COMPLETED = "COMPLETED"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run is over (COMPLETED, COMPENSATED or FAILED)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class StepStatus(enum.Enum):
+    """The outcome of a forward step."""
+
+    PENDING = "PENDING"  #: not reached
+    RUNNING = "RUNNING"  #: an attempt is in flight (or the run waits to retry it)
+    COMPLETED = "COMPLETED"
+    SKIPPED = "SKIPPED"  #: a conditional step whose guard was false
+    FAILED = "FAILED"  #: failed for good
+    TIMED_OUT = "TIMED_OUT"  #: failed for good, and its outcome is unknown
+
+
+class CompensationStatus(enum.Enum):
+    """Whether a step's effect was undone."""
+
+    NOT_NEEDED = "NOT_NEEDED"
+    PENDING = "PENDING"  #: scheduled: the saga is compensating and will get here
+    RUNNING = "RUNNING"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"  #: could not be undone: an operator must finish it
+
+
+@attrs.define(slots=True)
+class StepRecord:
+    """One forward step of a run and, if it came to that, its compensation."""
+
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    timed_out: bool = False  #: some attempt timed out: its effect is unknown
+    compensation: CompensationStatus = CompensationStatus.NOT_NEEDED
+    compensation_attempts: int = 0
+    compensation_started_at: float | None = None
+    compensation_finished_at: float | None = None
+    compensation_error: str | None = None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the outcome."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+    def copy(self) -> StepRecord:
+        """An independent copy (records are mutated in place by the engine)."""
+        return attrs.evolve(self)
+
+
+@attrs.define(slots=True, eq=False)
+class SagaRecord:
+    """One run of one saga instance, as a store keeps it.
+
+    ``state`` is the run's state in the class's machine; ``cursor`` the forward step it
+    is at, or during compensation the position in ``undo`` (the step indices to
+    compensate, newest first). ``wake_at`` is set while the run sleeps before a retry.
+    """
+
+    saga_id: str
+    saga_name: str
+    fingerprint: str
+    data: Any
+    steps: list[StepRecord]
+    created_at: float
+    status: SagaStatus = SagaStatus.NOT_STARTED
+    state: str = "not_started"
+    cursor: int = 0
+    undo: list[int] = attrs.field(factory=list)
+    wake_at: float | None = None
+    deadline_at: float | None = None
+    compensation_deadline_at: float | None = None
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    error: SagaflowError | None = None
+    failures: dict[str, str] = attrs.field(factory=dict)
+    events: list[Any] = attrs.field(factory=list)
+    history: list[LifecycleEvent] = attrs.field(factory=list)
+    version: int = 0
+
+    @property
+    def steps_executed(self) -> int:
+        """Forward steps that completed."""
+        return sum(1 for s in self.steps if s.status is StepStatus.COMPLETED)
+
+
+@attrs.frozen
+class SagaResult:
+    """A snapshot of a run: the answer of ``run``/``arun`` and of ``Orchestrator.get``.
+
+    A finished saga is a result, not an exception: check ``status`` or call
+    :meth:`raise_for_status`.
+    """
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    error: SagaflowError | None
+    events: tuple[Any, ...]
+    history: tuple[LifecycleEvent, ...]
+    steps: tuple[StepRecord, ...]
+    data: Any
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+    @classmethod
+    def of(cls, record: SagaRecord) -> SagaResult:
+        """A snapshot of ``record`` that later changes to the record do not touch."""
+        return cls(
+            saga_id=record.saga_id,
+            saga_name=record.saga_name,
+            status=record.status,
+            error=record.error,
+            events=tuple(record.events),
+            history=tuple(record.history),
+            steps=tuple(s.copy() for s in record.steps),
+            data=record.data,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+            finished_at=record.finished_at,
+        )
+
+    @property
+    def ok(self) -> bool:
+        """Whether the saga completed."""
+        return self.status is SagaStatus.COMPLETED
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish (``None`` while the saga runs)."""
+        return None if self.finished_at is None else self.finished_at - self.created_at
+
+    @property
+    def steps_executed(self) -> int:
+        """Forward steps that completed."""
+        return sum(1 for s in self.steps if s.status is StepStatus.COMPLETED)
+
+    @property
+    def total_steps(self) -> int:
+        """Forward steps the saga has."""
+        return len(self.steps)
+
+    def step(self, name: str) -> StepRecord:
+        """The record of the step called ``name``."""
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"saga {self.saga_name!r} has no step {name!r}")
+
+    def raise_for_status(self) -> SagaResult:
+        """Return ``self`` if the saga completed; raise its error otherwise."""
+        if self.status is SagaStatus.COMPLETED:
+            return self
+        if self.error is not None:
+            raise self.error
+        raise SagaflowError(f"saga {self.saga_id!r} is {self.status.value}, not COMPLETED")

@@ -1,0 +1,307 @@
+"""The sync and async drivers: perform what the engine decides, save, notify.
+
+Both loops are the same four lines around :mod:`sagaflow.engine`: ask for the next
+command, save the record (write-ahead), tell the listeners, perform the command and
+report its outcome. Only how a call is made differs:
+
+- sync: a call with a timeout runs on a worker thread while the caller waits at most
+  that long. Python cannot kill a thread, so a call that overruns is *abandoned*: the
+  saga records the timeout and moves on (compensating), the thread finishes on its
+  own, and whatever it returns or emits late is dropped. A call with ``timeout=None``
+  runs inline, on the caller's thread.
+- async: a coroutine step runs under ``asyncio.timeout`` and is cancelled when it
+  overruns; a plain ``def`` step runs in the loop's executor so it cannot block the
+  loop (and, overrunning, is abandoned like a sync one). Compensation is shielded from
+  cancellation of the task that awaits the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .context import Direction, StepContext
+from .engine import Call, Sleep, interrupt, next_command, settle
+from .records import SagaRecord, SagaStatus
+
+if TYPE_CHECKING:
+    from .definition import SagaSpec
+    from .orchestrator import Orchestrator
+
+__all__ = ["run_async", "run_sync"]
+
+FORWARD = Direction.FORWARD
+_allocate = threading.Lock
+
+
+class _Worker:
+    """A thread that performs one sync call at a time for callers that need a timeout."""
+
+    __slots__ = ("_done", "_go", "_guard", "_job", "_result", "abandoned")
+
+    def __init__(self) -> None:
+        self._go = _allocate()
+        self._go.acquire()
+        self._done = _allocate()
+        self._done.acquire()
+        self._guard = _allocate()
+        self._job: tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context] | None = None
+        self._result: BaseException | None = None
+        self.abandoned = False
+        threading.Thread(target=self._serve, name="sagaflow-call", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                return
+            fn, args, context = job
+            self._job = None
+            try:
+                context.run(fn, *args)
+                result: BaseException | None = None
+            except BaseException as exc:  # handed to the caller, which re-raises non-Exceptions
+                result = exc
+            with self._guard:
+                if self.abandoned:
+                    return  # nobody waits for this late result: drop it, end the thread
+                self._result = result
+                self._done.release()
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> bool:
+        """Run ``fn(*args)``; True if it finished within ``timeout`` (see :attr:`result`)."""
+        self._job = (fn, args, contextvars.copy_context())
+        self._go.release()
+        try:
+            if self._done.acquire(timeout=max(timeout, 0.0)):
+                return True
+        except BaseException:
+            self.abandon()
+            raise
+        with self._guard:
+            if self._done.acquire(blocking=False):  # it finished as we gave up
+                return True
+            self.abandoned = True
+        return False
+
+    def abandon(self) -> None:
+        with self._guard:
+            self.abandoned = True
+
+    @property
+    def result(self) -> BaseException | None:
+        return self._result
+
+    def stop(self) -> None:
+        self._job = None
+        self._go.release()
+
+
+class WorkerPool:
+    """Idle worker threads kept for reuse; an abandoned worker is never reused."""
+
+    def __init__(self) -> None:
+        self._idle: list[_Worker] = []
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> tuple[
+        BaseException | None, bool
+    ]:
+        """``(error, finished)`` of ``fn(*args)`` run on a worker thread within ``timeout``."""
+        try:
+            worker = self._idle.pop()
+        except IndexError:
+            worker = _Worker()
+        if not worker.call(fn, args, timeout):
+            return None, False
+        error = worker.result
+        self._idle.append(worker)
+        return error, True
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().stop()
+
+
+def _context(orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float) -> (
+    StepContext
+):
+    s = spec.steps[call.index]
+    forward = call.direction is FORWARD
+    deadline = record.deadline_at if forward else record.compensation_deadline_at
+    return StepContext(
+        record.saga_id,
+        spec.name,
+        s.name,
+        call.direction,
+        call.attempt,
+        call.timeout,
+        deadline,
+        now,
+        orch.clock.now,
+    )
+
+
+def _call_sync(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
+) -> tuple[BaseException | None, bool, list[Any] | None]:
+    fn = spec.forward[call.index] if call.direction is FORWARD else spec.compensations[call.index]
+    assert fn is not None
+    ctx = _context(orch, spec, record, call, now)
+    if call.timeout is None:
+        try:
+            fn(record.data, ctx)
+        except Exception as exc:
+            return exc, False, None
+        return None, False, ctx._pending
+    error, finished = orch._workers.call(fn, (record.data, ctx), call.timeout)
+    if not finished:
+        return None, True, None
+    if error is None:
+        return None, False, ctx._pending
+    if not isinstance(error, Exception):
+        raise error  # KeyboardInterrupt, SystemExit: never swallowed
+    return error, False, None
+
+
+def run_sync(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
+    """Drive ``record`` to a terminal state on this thread."""
+    store = orch.store
+    listeners = orch.listeners
+    clock = orch.clock
+    rand = orch.rand
+    history = record.history
+    seen = 0
+    while True:
+        now = clock.now()
+        command = next_command(spec, record, now)
+        record.updated_at = now
+        store.save(record)
+        if len(history) > seen:
+            listeners.notify(history, seen)
+            seen = len(history)
+        if command is None:
+            return
+        if command.__class__ is Sleep:
+            clock.sleep(max(0.0, command.until - now))  # type: ignore[union-attr]
+            continue
+        error, timed_out, emitted = _call_sync(orch, spec, record, command, now)  # type: ignore[arg-type]
+        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)  # type: ignore[arg-type]
+
+
+async def _call_async(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
+) -> tuple[BaseException | None, bool, list[Any] | None]:
+    s = spec.steps[call.index]
+    if call.direction is FORWARD:
+        fn, is_async = spec.forward[call.index], s.is_async
+    else:
+        fn, is_async = spec.compensations[call.index], s.compensation_is_async  # type: ignore[assignment]
+    ctx = _context(orch, spec, record, call, now)
+    timeout = call.timeout
+    try:
+        if is_async:
+            if timeout is None:
+                await fn(record.data, ctx)
+            else:
+                async with asyncio.timeout(timeout) as scope:
+                    await fn(record.data, ctx)
+        else:
+            loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            async with asyncio.timeout(timeout) as scope:
+                await loop.run_in_executor(None, context.run, fn, record.data, ctx)
+    except TimeoutError as exc:
+        if timeout is not None and scope.expired():
+            return None, True, None
+        return exc, False, None
+    except Exception as exc:
+        return exc, False, None
+    return None, False, ctx._pending
+
+
+class _Progress:
+    __slots__ = ("call", "seen")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.call: Call | None = None
+
+
+async def _loop(
+    orch: Orchestrator,
+    spec: SagaSpec,
+    record: SagaRecord,
+    progress: _Progress,
+    forward_only: bool,
+) -> None:
+    store = orch.store
+    listeners = orch.listeners
+    clock = orch.clock
+    rand = orch.rand
+    history = record.history
+    while True:
+        if forward_only and record.status is SagaStatus.COMPENSATING:
+            return
+        now = clock.now()
+        command = next_command(spec, record, now)
+        record.updated_at = now
+        await store.asave(record)
+        if len(history) > progress.seen:
+            start = progress.seen
+            progress.seen = len(history)
+            await listeners.anotify(history, start)
+        if command is None:
+            return
+        if command.__class__ is Sleep:
+            await clock.asleep(max(0.0, command.until - now))  # type: ignore[union-attr]
+            continue
+        progress.call = command  # type: ignore[assignment]
+        error, timed_out, emitted = await _call_async(orch, spec, record, command, now)  # type: ignore[arg-type]
+        progress.call = None
+        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)  # type: ignore[arg-type]
+
+
+async def _compensate_shielded(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, progress: _Progress
+) -> bool:
+    """Run the rest of the saga (its compensation) in a task nobody's cancel reaches.
+
+    Returns whether the awaiting task was cancelled meanwhile; the caller re-raises
+    the cancellation once compensation is over.
+    """
+    task = asyncio.get_running_loop().create_task(_loop(orch, spec, record, progress, False))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    return cancelled
+
+
+async def run_async(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
+    """Drive ``record`` to a terminal state in this task."""
+    progress = _Progress()
+    try:
+        await _loop(orch, spec, record, progress, True)
+    except asyncio.CancelledError:
+        if record.status is SagaStatus.RUNNING:
+            interrupt(spec, record, progress.call, orch.clock.now())
+        if not record.status.is_terminal:
+            await _compensate_shielded(orch, spec, record, progress)
+        else:
+            record.updated_at = orch.clock.now()
+            await orch.store.asave(record)
+            await orch.listeners.anotify(record.history, progress.seen)
+        raise
+    if not record.status.is_terminal and await _compensate_shielded(
+        orch, spec, record, progress
+    ):
+        raise asyncio.CancelledError
