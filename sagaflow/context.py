@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Direction", "StepContext"]
@@ -48,7 +49,7 @@ class StepContext:
         timeout: float | None,
         deadline: float | None,
         now: float,
-        clock: Any = time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name

@@ -14,7 +14,7 @@ import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import attrs
 
@@ -85,7 +85,7 @@ class CompensationDef:
 
     fn: Any
     step: StepDef
-    timeout: float | None | _Unset = UNSET
+    timeout: float | _Unset | None = UNSET
     retry: Any = UNSET
     order: int = attrs.field(factory=lambda: next(_counter))
 
@@ -105,7 +105,7 @@ class StepDef:
 
     fn: Any
     name: str | None = None
-    timeout: float | None | _Unset = UNSET
+    timeout: float | _Unset | None = UNSET
     retry: Any = UNSET
     when: Any = None
     readonly: Any = False
@@ -124,7 +124,7 @@ class StepDef:
 
     @overload
     def compensate(
-        self, /, *, timeout: float | None | _Unset = ..., retry: Retry | _Unset = ...
+        self, /, *, timeout: float | _Unset | None = ..., retry: Retry | _Unset = ...
     ) -> Callable[[StepFn], CompensationDef]: ...
 
     def compensate(
@@ -132,7 +132,7 @@ class StepDef:
         fn: StepFn | None = None,
         /,
         *,
-        timeout: float | None | _Unset = UNSET,
+        timeout: float | _Unset | None = UNSET,
         retry: Retry | _Unset = UNSET,
     ) -> CompensationDef | Callable[[StepFn], CompensationDef]:
         """Mark ``fn`` as this step's compensation: ``@debit.compensate`` or
@@ -154,7 +154,7 @@ def step(fn: StepFn, /) -> StepDef: ...
 def step(
     *,
     name: str | None = None,
-    timeout: float | None | _Unset = UNSET,
+    timeout: float | _Unset | None = UNSET,
     retry: Retry | _Unset = UNSET,
     when: Predicate | None = None,
     readonly: bool = False,
@@ -168,7 +168,7 @@ def step(
     /,
     *,
     name: str | None = None,
-    timeout: float | None | _Unset = UNSET,
+    timeout: float | _Unset | None = UNSET,
     retry: Retry | _Unset = UNSET,
     when: Predicate | None = None,
     readonly: bool = False,
@@ -313,11 +313,10 @@ def saga(
             )
         if SPEC_ATTRIBUTE in cls.__dict__:
             raise SagaDefinitionError(cls.__qualname__, ["@saga was applied twice: keep one"])
-        if not attrs.has(cls):
-            cls = attrs.define(cls)
-        spec = _build_spec(cls, name, deadline, compensation_deadline)
-        setattr(cls, SPEC_ATTRIBUTE, spec)
-        return cls
+        made: Any = cls if attrs.has(cls) else attrs.define(cls)
+        spec = _build_spec(made, name, deadline, compensation_deadline)
+        setattr(made, SPEC_ATTRIBUTE, spec)
+        return cast("type[T]", made)
 
     return build if cls is None else build(cls)
 
@@ -559,6 +558,7 @@ def _build_spec(
 def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
     """Compensatable and readonly steps, then at most one pivot, then retriable steps."""
     pivot: int | None = None
+    reported_retriable = False
     for s in steps:
         if s.kind is StepKind.PIVOT:
             if pivot is not None:
@@ -577,7 +577,8 @@ def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
                 "compensatable and readonly steps go before the pivot; move it up or "
                 "make it retriable=True"
             )
-        elif s.kind is StepKind.RETRIABLE and pivot is None:
+        elif s.kind is StepKind.RETRIABLE and pivot is None and not reported_retriable:
+            reported_retriable = True
             undoable = [p.name for p in steps[: s.index] if p.kind is StepKind.COMPENSATABLE]
             if undoable:
                 problems.append(

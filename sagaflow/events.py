@@ -37,7 +37,7 @@ __all__ = [
 logger = logging.getLogger("sagaflow")
 logger.addHandler(logging.NullHandler())
 
-Listener = Callable[["LifecycleEvent"], "None | Awaitable[None]"]
+Listener = Callable[["LifecycleEvent"], "Awaitable[None] | None"]
 
 
 @attrs.frozen(slots=True)

@@ -129,5 +129,6 @@ def build_machine(
         for trigger, event in machine.events.items()
         for source, ts in event.transitions.items()
         for t in ts
+        if t.dest is not None
     )
     return machine, allowed

@@ -30,7 +30,7 @@ def _non_negative(_: object, attribute: attrs.Attribute[float], value: object) -
 
 def _multiplier(_: object, attribute: attrs.Attribute[float], value: object) -> None:
     _non_negative(_, attribute, value)
-    if value < 1:  # type: ignore[operator]
+    if value < 1:  # type: ignore[operator]  # a number: checked just above
         raise ValueError(f"Retry.multiplier must be >= 1 (1 = constant backoff), got {value!r}")
 
 
@@ -47,7 +47,7 @@ def _error_types(value: object) -> tuple[type[BaseException], ...]:
             raise ValueError(
                 f"Retry.retry_on takes exception types (or a tuple of them), got {item!r}"
             )
-    return items  # type: ignore[return-value]
+    return items
 
 
 def _predicate(_: object, attribute: attrs.Attribute[object], value: object) -> None:
@@ -60,9 +60,9 @@ class Retry:
     """How often, and after which errors, a step or compensation is tried again.
 
     ``attempts`` counts every try, the first included (1 = no retry). The delay before
-    retry *n* (n = 1 for the second attempt) is ``backoff * multiplier**(n-1)``, capped at
-    ``max_delay``, then spread by +/- ``jitter`` (a fraction) so that many sagas failing
-    together do not retry in lockstep. An error is retried when it is an instance of
+    retry *n* (n = 1 for the second attempt) is ``backoff * multiplier**(n-1)``, spread by
+    +/- ``jitter`` (a fraction) so that many sagas failing together do not retry in
+    lockstep, and never more than ``max_delay``. An error is retried when it is an instance of
     ``retry_on`` and ``retry_if(error)`` (when given) is true. A timeout counts as a
     :class:`~sagaflow.StepTimeout` error, so ``retry_on`` decides whether timeouts retry.
     """
@@ -76,7 +76,7 @@ class Retry:
         default=(Exception,), converter=_error_types
     )
     retry_if: Callable[[BaseException], bool] | None = attrs.field(
-        default=None, validator=_predicate
+        default=None, validator=_predicate  # type: ignore[assignment]  # attrs typing
     )
 
     def is_retryable(self, error: BaseException) -> bool:
@@ -94,10 +94,12 @@ def backoff_delay(policy: Retry, retry_number: int, rand: float = 0.5) -> float:
     """
     if retry_number < 1:
         raise ValueError(f"retry_number counts from 1, got {retry_number}")
-    base = policy.backoff * policy.multiplier ** (retry_number - 1)
-    base = min(base, policy.max_delay)
+    try:
+        base = min(policy.backoff * policy.multiplier ** (retry_number - 1), policy.max_delay)
+    except OverflowError:  # the uncapped delay is beyond a float: it is capped anyway
+        base = policy.max_delay
     spread = base * policy.jitter
-    return max(0.0, base - spread + 2.0 * spread * rand)
+    return min(policy.max_delay, max(0.0, base - spread + 2.0 * spread * rand))
 
 
 def jittered_delay(policy: Retry, retry_number: int) -> float:

@@ -10,8 +10,8 @@ report its outcome. Only how a call is made differs:
   own, and whatever it returns or emits late is dropped. A call with ``timeout=None``
   runs inline, on the caller's thread.
 - async: a coroutine step runs under ``asyncio.timeout`` and is cancelled when it
-  overruns; a plain ``def`` step runs in the loop's executor so it cannot block the
-  loop (and, overrunning, is abandoned like a sync one). Compensation is shielded from
+  overruns; a plain ``def`` step runs on a worker thread so it cannot block the loop
+  (and, overrunning, is abandoned like a sync one). Compensation is shielded from
   cancellation of the task that awaits the run.
 """
 
@@ -38,9 +38,14 @@ _allocate = threading.Lock
 
 
 class _Worker:
-    """A thread that performs one sync call at a time for callers that need a timeout."""
+    """A daemon thread that performs one plain ``def`` call at a time.
 
-    __slots__ = ("_done", "_go", "_guard", "_job", "_result", "abandoned")
+    The caller waits for the call at most its timeout. Giving up *abandons* the worker:
+    the call finishes on its own, its result is dropped and the thread ends. Daemon
+    threads, so that an abandoned call never holds up the interpreter's exit.
+    """
+
+    __slots__ = ("_delivered", "_done", "_go", "_guard", "_job", "_result", "abandoned")
 
     def __init__(self) -> None:
         self._go = _allocate()
@@ -48,8 +53,9 @@ class _Worker:
         self._done = _allocate()
         self._done.acquire()
         self._guard = _allocate()
-        self._job: tuple[Callable[..., Any], tuple[Any, ...], contextvars.Context] | None = None
+        self._job: tuple[Any, ...] | None = None
         self._result: BaseException | None = None
+        self._delivered = False
         self.abandoned = False
         threading.Thread(target=self._serve, name="sagaflow-call", daemon=True).start()
 
@@ -59,7 +65,7 @@ class _Worker:
             job = self._job
             if job is None:
                 return
-            fn, args, context = job
+            fn, args, context, notify = job
             self._job = None
             try:
                 context.run(fn, *args)
@@ -70,27 +76,41 @@ class _Worker:
                 if self.abandoned:
                     return  # nobody waits for this late result: drop it, end the thread
                 self._result = result
-                self._done.release()
+                self._delivered = True
+                if notify is None:
+                    self._done.release()
+                else:
+                    notify()
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> bool:
-        """Run ``fn(*args)``; True if it finished within ``timeout`` (see :attr:`result`)."""
-        self._job = (fn, args, contextvars.copy_context())
+    def start(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], notify: Callable[[], Any] | None
+    ) -> None:
+        """Begin ``fn(*args)``; its end is told by ``notify()`` (run on the worker
+        thread) or, without one, awaited by :meth:`wait`."""
+        self._delivered = False
+        self._job = (fn, args, contextvars.copy_context(), notify)
         self._go.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the call ends, at most ``timeout``; False if it did not end."""
         try:
             if self._done.acquire(timeout=max(timeout, 0.0)):
                 return True
         except BaseException:
-            self.abandon()
+            self.give_up()
             raise
-        with self._guard:
-            if self._done.acquire(blocking=False):  # it finished as we gave up
-                return True
-            self.abandoned = True
+        if self.give_up():  # it ended just as we stopped waiting
+            self._done.acquire()
+            return True
         return False
 
-    def abandon(self) -> None:
+    def give_up(self) -> bool:
+        """Stop waiting for the call; True if its result had already been delivered."""
         with self._guard:
+            if self._delivered:
+                return True
             self.abandoned = True
+            return False
 
     @property
     def result(self) -> BaseException | None:
@@ -101,25 +121,53 @@ class _Worker:
         self._go.release()
 
 
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class WorkerPool:
     """Idle worker threads kept for reuse; an abandoned worker is never reused."""
 
     def __init__(self) -> None:
         self._idle: list[_Worker] = []
 
+    def _take(self) -> _Worker:
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return _Worker()
+
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> tuple[
         BaseException | None, bool
     ]:
         """``(error, finished)`` of ``fn(*args)`` run on a worker thread within ``timeout``."""
-        try:
-            worker = self._idle.pop()
-        except IndexError:
-            worker = _Worker()
-        if not worker.call(fn, args, timeout):
+        worker = self._take()
+        worker.start(fn, args, None)
+        if not worker.wait(timeout):
             return None, False
-        error = worker.result
         self._idle.append(worker)
-        return error, True
+        return worker.result, True
+
+    async def acall(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
+    ) -> tuple[BaseException | None, bool]:
+        """:meth:`call` for a coroutine: the event loop is never blocked by ``fn``."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        worker = self._take()
+        worker.start(fn, args, lambda: loop.call_soon_threadsafe(_wake, future))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            if not worker.give_up():
+                return None, False
+        except BaseException:
+            worker.give_up()
+            raise
+        self._idle.append(worker)
+        return worker.result, True
 
     def close(self) -> None:
         while self._idle:
@@ -185,39 +233,36 @@ def run_sync(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
             seen = len(history)
         if command is None:
             return
-        if command.__class__ is Sleep:
-            clock.sleep(max(0.0, command.until - now))  # type: ignore[union-attr]
+        if isinstance(command, Sleep):
+            clock.sleep(max(0.0, command.until - now))
             continue
-        error, timed_out, emitted = _call_sync(orch, spec, record, command, now)  # type: ignore[arg-type]
-        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)  # type: ignore[arg-type]
+        error, timed_out, emitted = _call_sync(orch, spec, record, command, now)
+        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
 
 
 async def _call_async(
     orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
 ) -> tuple[BaseException | None, bool, list[Any] | None]:
     s = spec.steps[call.index]
-    if call.direction is FORWARD:
-        fn, is_async = spec.forward[call.index], s.is_async
-    else:
-        fn, is_async = spec.compensations[call.index], s.compensation_is_async  # type: ignore[assignment]
+    forward = call.direction is FORWARD
+    fn = spec.forward[call.index] if forward else spec.compensations[call.index]
+    assert fn is not None
     ctx = _context(orch, spec, record, call, now)
-    timeout = call.timeout
-    try:
-        if is_async:
-            if timeout is None:
-                await fn(record.data, ctx)
-            else:
-                async with asyncio.timeout(timeout) as scope:
-                    await fn(record.data, ctx)
-        else:
-            loop = asyncio.get_running_loop()
-            context = contextvars.copy_context()
-            async with asyncio.timeout(timeout) as scope:
-                await loop.run_in_executor(None, context.run, fn, record.data, ctx)
-    except TimeoutError as exc:
-        if timeout is not None and scope.expired():
+    if not (s.is_async if forward else s.compensation_is_async):
+        error, finished = await orch._workers.acall(fn, (record.data, ctx), call.timeout)
+        if not finished:
             return None, True, None
-        return exc, False, None
+        if error is not None and not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt, SystemExit: never swallowed
+        return error, False, None if error is not None else ctx._pending
+    scope = asyncio.timeout(call.timeout)
+    try:
+        async with scope:
+            await fn(record.data, ctx)
+    except TimeoutError as exc:
+        if scope.expired():
+            return None, True, None
+        return exc, False, None  # the step's own TimeoutError: an ordinary error
     except Exception as exc:
         return exc, False, None
     return None, False, ctx._pending
@@ -256,13 +301,13 @@ async def _loop(
             await listeners.anotify(history, start)
         if command is None:
             return
-        if command.__class__ is Sleep:
-            await clock.asleep(max(0.0, command.until - now))  # type: ignore[union-attr]
+        if isinstance(command, Sleep):
+            await clock.asleep(max(0.0, command.until - now))
             continue
-        progress.call = command  # type: ignore[assignment]
-        error, timed_out, emitted = await _call_async(orch, spec, record, command, now)  # type: ignore[arg-type]
+        progress.call = command
+        error, timed_out, emitted = await _call_async(orch, spec, record, command, now)
         progress.call = None
-        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)  # type: ignore[arg-type]
+        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
 
 
 async def _compensate_shielded(

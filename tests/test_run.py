@@ -1,0 +1,599 @@
+"""The semantics table of DESIGN.md, one behaviour per test, under both drivers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from sagaflow import (
+    AlreadyExecuting,
+    CompensationFailed,
+    CompensationStatus,
+    Direction,
+    InvalidTransition,
+    Orchestrator,
+    Retry,
+    SagaDeadlineExceeded,
+    SagaStatus,
+    StepFailed,
+    StepStatus,
+    StepTimeout,
+    events,
+    saga,
+    spec_of,
+    step,
+)
+from sagaflow.engine import transition
+from sagaflow.testing import VirtualClock
+
+
+class Log(list):
+    """What the participants saw, in order."""
+
+
+def kinds(result) -> list[str]:
+    return [type(e).__name__ for e in result.history]
+
+
+def make_saga(log: Log, *, fail: dict[str, int] | None = None, **options):
+    """A 5-step saga: reserve(comp) -> check(readonly) -> charge(comp) -> ship(pivot)
+    -> notify(retriable). ``fail`` maps a call name to how many times it raises first
+    (``-1``: always)."""
+    failures = dict(fail or {})
+    retry = options.get("retry", Retry(attempts=1))
+    comp_retry = options.get("comp_retry", Retry(attempts=3, backoff=0.5, jitter=0.0))
+
+    def act(name: str, ctx) -> None:
+        log.append((name, ctx.attempt, ctx.idempotency_key))
+        left = failures.get(name, 0)
+        if left:
+            failures[name] = left - 1
+            raise ConnectionError(f"{name} unavailable")
+
+    @saga(name="shop")
+    class Shop:
+        order: str = "o-1"
+
+        @step(retry=retry)
+        def reserve(self, ctx):
+            act("reserve", ctx)
+            ctx.emit(("Reserved", self.order))
+
+        @reserve.compensate(retry=comp_retry)
+        def release(self, ctx):
+            act("release", ctx)
+            ctx.emit(("Released", self.order))
+
+        @step(readonly=True)
+        def check(self, ctx):
+            act("check", ctx)
+
+        @step(retry=retry)
+        def charge(self, ctx):
+            act("charge", ctx)
+            ctx.emit(("Charged", self.order))
+
+        @charge.compensate(retry=comp_retry)
+        def refund(self, ctx):
+            act("refund", ctx)
+            ctx.emit(("Refunded", self.order))
+
+        @step(pivot=True)
+        def ship(self, ctx):
+            act("ship", ctx)
+
+        @step(retriable=True, retry=Retry(attempts=3, backoff=1.0, jitter=0.0))
+        def notify(self, ctx):
+            act("notify", ctx)
+
+    return Shop
+
+
+def calls(log: Log) -> list[str]:
+    return [name for name, *_ in log]
+
+
+def test_happy_path(drive) -> None:
+    log = Log()
+    result = drive(Orchestrator(), make_saga(log)(), "s-1")
+    assert result.status is SagaStatus.COMPLETED and result.ok and result.error is None
+    assert calls(log) == ["reserve", "check", "charge", "ship", "notify"]
+    assert result.events == (("Reserved", "o-1"), ("Charged", "o-1"))
+    assert kinds(result) == ["SagaStarted"] + ["StepStarted", "StepCompleted"] * 5 + [
+        "SagaCompleted"
+    ]
+    assert all(s.status is StepStatus.COMPLETED and s.attempts == 1 for s in result.steps)
+    assert result.steps_executed == result.total_steps == 5
+    assert result.duration is not None and result.duration >= 0
+    assert result.raise_for_status() is result
+
+
+def test_step_retried_per_policy_with_backoff_and_same_key(drive) -> None:
+    log = Log()
+    clock = VirtualClock()
+    Shop = make_saga(
+        log, fail={"charge": 2}, retry=Retry(attempts=3, backoff=0.5, multiplier=3, jitter=0.0)
+    )
+    result = drive(Orchestrator(clock=clock), Shop(), "s-2")
+    assert result.status is SagaStatus.COMPLETED
+    charges = [entry for entry in log if entry[0] == "charge"]
+    assert [a for _, a, _ in charges] == [1, 2, 3]
+    assert {key for *_, key in charges} == {"s-2:charge:forward"}
+    assert clock.sleeps == [0.5, 1.5]
+    retrying = [e for e in result.history if isinstance(e, events.StepRetrying)]
+    assert [(e.step, e.attempt, e.delay) for e in retrying] == [
+        ("charge", 1, 0.5),
+        ("charge", 2, 1.5),
+    ]
+    assert result.step("charge").attempts == 3
+
+
+def test_error_the_policy_does_not_retry_fails_at_once(drive) -> None:
+    log = Log()
+    Shop = make_saga(log, fail={"charge": 1}, retry=Retry(attempts=5, retry_on=KeyError))
+    result = drive(Orchestrator(clock=VirtualClock()), Shop())
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.step("charge").attempts == 1
+
+
+def test_exhausted_step_compensates_completed_steps_newest_first(drive) -> None:
+    log = Log()
+    Shop = make_saga(log, fail={"ship": -1})
+    result = drive(Orchestrator(clock=VirtualClock()), Shop(), "s-3")
+    assert result.status is SagaStatus.COMPENSATED
+    assert calls(log) == ["reserve", "check", "charge", "ship", "refund", "release"]
+    err = result.error
+    assert isinstance(err, StepFailed) and not isinstance(err, StepTimeout)
+    assert (err.step_index, err.step) == (3, "ship")
+    assert isinstance(err.cause, ConnectionError) and err.__cause__ is err.cause
+    assert result.step("check").compensation is CompensationStatus.NOT_NEEDED  # readonly
+    assert result.step("charge").compensation is CompensationStatus.COMPENSATED
+    assert result.events[-2:] == (("Refunded", "o-1"), ("Released", "o-1"))
+    assert kinds(result)[-6:] == [
+        "StepFailed",
+        "CompensationStarted",
+        "CompensationCompleted",
+        "CompensationStarted",
+        "CompensationCompleted",
+        "SagaCompensated",
+    ]
+    with pytest.raises(StepFailed):
+        result.raise_for_status()
+
+
+def test_first_step_failing_ends_compensated_with_nothing_to_undo(drive) -> None:
+    log = Log()
+    result = drive(Orchestrator(), make_saga(log, fail={"reserve": -1})())
+    assert result.status is SagaStatus.COMPENSATED
+    assert calls(log) == ["reserve"]
+    assert kinds(result) == ["SagaStarted", "StepStarted", "StepFailed", "SagaCompensated"]
+
+
+def test_timed_out_step_is_compensated_too_and_late_result_is_dropped(drive) -> None:
+    release = threading.Event()
+    log = Log()
+
+    @saga
+    class Slow:
+        late_field: str = "untouched"
+
+        @step
+        def book(self, ctx):
+            log.append("book")
+
+        @book.compensate
+        def unbook(self, ctx):
+            log.append("unbook")
+
+        @step(timeout=0.05)
+        def pay(self, ctx):
+            log.append("pay")
+            release.wait(5)
+            ctx.emit("late event")
+            log.append("pay returned late")
+
+        @pay.compensate
+        def refund(self, ctx):
+            log.append("refund")
+
+    orchestrator = Orchestrator()
+    result = drive(orchestrator, Slow(), "slow-1")
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, StepTimeout) and result.error.timeout == 0.05
+    assert log[:4] == ["book", "pay", "refund", "unbook"]  # the timed-out step first
+    pay = result.step("pay")
+    assert pay.status is StepStatus.TIMED_OUT and pay.timed_out
+    assert pay.compensation is CompensationStatus.COMPENSATED
+    history = orchestrator.get("slow-1").history
+    release.set()
+    for _ in range(100):
+        if "pay returned late" in log:
+            break
+        time.sleep(0.01)
+    assert "pay returned late" in log
+    after = orchestrator.get("slow-1")
+    assert after.events == () and after.history == history and after.status is result.status
+
+
+def test_saga_deadline_abandons_running_step_and_compensates(drive) -> None:
+    log = Log()
+    release = threading.Event()
+
+    @saga(deadline=0.1, compensation_deadline=10)
+    class Deadline:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append(("ua", ctx.deadline is not None))
+
+        @step  # its own timeout is 30 s: the saga deadline cuts it short
+        def b(self, ctx):
+            log.append(("b", round(ctx.timeout, 1)))
+            release.wait(5)
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+        @step
+        def c(self, ctx):
+            log.append("c")
+
+        @c.compensate
+        def uc(self, ctx): ...
+
+    try:
+        result = drive(Orchestrator(), Deadline())
+    finally:
+        release.set()
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, SagaDeadlineExceeded) and result.error.step == "b"
+    assert log == ["a", ("b", 0.1), "ub", ("ua", True)]
+    assert result.step("c").status is StepStatus.PENDING
+
+
+def test_deadline_passing_before_a_retry_starts_compensation(drive) -> None:
+    log = Log()
+    clock = VirtualClock()
+
+    @saga(deadline=5.0)
+    class Patient:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(retry=Retry(attempts=5, backoff=2.0, multiplier=2, jitter=0))
+        def b(self, ctx):
+            log.append("b")
+            raise ConnectionError("down")
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+    result = drive(Orchestrator(clock=clock), Patient())
+    # attempts at t=0, t=2; the next would be at t=6, past the deadline at t=5
+    assert log == ["a", "b", "b", "ua"]
+    assert clock.sleeps == [2.0]
+    assert result.status is SagaStatus.COMPENSATED
+
+
+def test_compensation_retried_then_failing_for_good_is_recorded_others_still_run(drive) -> None:
+    log = Log()
+    clock = VirtualClock()
+    Shop = make_saga(log, fail={"ship": -1, "refund": -1, "release": 2})
+    result = drive(Orchestrator(clock=clock), Shop(), "s-4")
+    assert result.status is SagaStatus.FAILED
+    assert calls(log)[3:] == ["ship", "refund", "refund", "refund", "release", "release", "release"]
+    err = result.error
+    assert isinstance(err, CompensationFailed)
+    assert err.failures == {"charge": "ConnectionError: refund unavailable"}
+    assert isinstance(err.reason, StepFailed) and err.reason.step == "ship"
+    assert "undo by hand" in str(err) and "charge" in str(err)
+    assert result.step("charge").compensation is CompensationStatus.FAILED
+    assert result.step("charge").compensation_attempts == 3
+    assert result.step("reserve").compensation is CompensationStatus.COMPENSATED
+    assert clock.sleeps == [0.5, 1.0, 0.5, 1.0]  # compensation backoff, jitter 0
+    assert kinds(result)[-1] == "SagaFailed"
+    with pytest.raises(CompensationFailed):
+        result.raise_for_status()
+
+
+def test_retriable_step_after_pivot_failing_for_good_compensates_nothing(drive) -> None:
+    log = Log()
+    clock = VirtualClock()
+    result = drive(Orchestrator(clock=clock), make_saga(log, fail={"notify": -1})())
+    assert result.status is SagaStatus.FAILED
+    assert calls(log) == ["reserve", "check", "charge", "ship", "notify", "notify", "notify"]
+    assert isinstance(result.error, StepFailed) and result.error.step == "notify"
+    assert all(s.compensation is CompensationStatus.NOT_NEEDED for s in result.steps)
+    assert clock.sleeps == [1.0, 2.0]
+
+
+def test_retriable_step_recovers_by_retrying(drive) -> None:
+    log = Log()
+    result = drive(Orchestrator(clock=VirtualClock()), make_saga(log, fail={"notify": 2})())
+    assert result.status is SagaStatus.COMPLETED
+    assert result.step("notify").attempts == 3
+
+
+def test_conditional_step_skipped_is_recorded_and_never_compensated(drive) -> None:
+    log = Log()
+
+    @saga
+    class Cond:
+        big: bool = False
+
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(when=lambda s: s.big)
+        def approve(self, ctx):
+            log.append("approve")
+
+        @approve.compensate
+        def unapprove(self, ctx):
+            log.append("unapprove")
+
+        @step
+        def c(self, ctx):
+            log.append("c")
+            raise ValueError("no")
+
+        @c.compensate
+        def uc(self, ctx): ...
+
+    result = drive(Orchestrator(), Cond(big=False))
+    assert log == ["a", "c", "ua"]
+    assert result.step("approve").status is StepStatus.SKIPPED
+    assert result.step("approve").compensation is CompensationStatus.NOT_NEEDED
+    assert "StepSkipped" in kinds(result)
+    log.clear()
+    result = drive(Orchestrator(), Cond(big=True))
+    assert log == ["a", "approve", "c", "unapprove", "ua"]
+
+
+def test_guard_that_raises_fails_its_step(drive) -> None:
+    def broken(s):
+        raise RuntimeError("guard broke")
+
+    @saga
+    class G:
+        @step(readonly=True, when=broken)
+        def a(self, ctx): ...
+
+    result = drive(Orchestrator(), G())
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error.cause, RuntimeError)
+
+
+def test_same_saga_id_after_finish_returns_stored_result_without_running(drive) -> None:
+    log = Log()
+    orchestrator = Orchestrator()
+    Shop = make_saga(log)
+    first = drive(orchestrator, Shop(), "dup")
+    second = drive(orchestrator, Shop(order="other"), "dup")
+    assert calls(log).count("reserve") == 1
+    assert second.status is first.status and second.events == first.events
+
+
+def test_same_saga_id_while_running_raises_already_executing() -> None:
+    orchestrator = Orchestrator()
+    seen: list[BaseException] = []
+
+    @saga
+    class Inner:
+        @step(readonly=True, timeout=None)
+        def a(self, ctx):
+            try:
+                orchestrator.run(Inner(), ctx.saga_id)
+            except AlreadyExecuting as exc:
+                seen.append(exc)
+
+    assert orchestrator.run(Inner(), "busy").status is SagaStatus.COMPLETED
+    assert len(seen) == 1 and seen[0].saga_id == "busy" and "RUNNING" in str(seen[0])
+
+
+def test_saga_id_of_another_saga_type_is_refused() -> None:
+    orchestrator = Orchestrator()
+    orchestrator.run(make_saga(Log())(), "shared")
+
+    @saga
+    class Else:
+        @step(readonly=True)
+        def a(self, ctx): ...
+
+    with pytest.raises(Exception, match="belongs to a 'shop' saga, not 'Else'"):
+        orchestrator.run(Else(), "shared")
+
+
+def test_idempotency_key_is_stable_per_saga_step_and_direction(drive) -> None:
+    log = Log()
+    Shop = make_saga(log, fail={"ship": -1, "refund": 1})
+    drive(Orchestrator(clock=VirtualClock()), Shop(), "key")
+    keys = {(name, key) for name, _, key in log}
+    assert keys == {
+        ("reserve", "key:reserve:forward"),
+        ("check", "key:check:forward"),
+        ("charge", "key:charge:forward"),
+        ("ship", "key:ship:forward"),
+        ("refund", "key:charge:compensate"),
+        ("release", "key:reserve:compensate"),
+    }
+
+
+def test_listeners_get_every_event_and_one_that_raises_is_logged(drive, caplog) -> None:
+    got: list[str] = []
+
+    def bad(event):
+        raise RuntimeError("listener bug")
+
+    orchestrator = Orchestrator(listeners=[bad, lambda e: got.append(type(e).__name__)])
+    with caplog.at_level(logging.ERROR, logger="sagaflow"):
+        result = drive(orchestrator, make_saga(Log())())
+    assert result.status is SagaStatus.COMPLETED
+    assert got == kinds(result)
+    assert "listener" in caplog.text and "listener bug" in caplog.text
+
+
+def test_domain_events_of_failed_attempts_are_dropped(drive) -> None:
+    attempts = []
+
+    @saga
+    class E:
+        @step(retry=Retry(attempts=2, backoff=0))
+        def a(self, ctx):
+            ctx.emit(f"attempt {ctx.attempt}")
+            attempts.append(ctx.attempt)
+            if ctx.attempt == 1:
+                raise ConnectionError
+
+        @a.compensate
+        def ua(self, ctx): ...
+
+    result = drive(Orchestrator(), E())
+    assert result.events == ("attempt 2",)
+
+
+def test_invalid_transition_raises_from_the_machine() -> None:
+    Shop = make_saga(Log())
+    spec = spec_of(Shop)
+    orchestrator = Orchestrator()
+    record = orchestrator.store.load(orchestrator.run(Shop(), "t").saga_id)
+    with pytest.raises(
+        InvalidTransition, match="no transition 'advance' from 'completed' to 'ship'"
+    ):
+        transition(spec, record, "advance", "ship")
+    # a record forced into a state the run cannot leave that way
+    record.state = "reserve"
+    with pytest.raises(InvalidTransition):
+        transition(spec, record, "advance", "notify")
+
+
+def test_invalid_transition_during_a_run_surfaces() -> None:
+    log = Log()
+
+    @saga
+    class Corrupt:
+        @step(timeout=None)
+        def a(self, ctx):
+            # something (a bug, a bad recovery) puts the record where it cannot advance
+            orchestrator.store.load(ctx.saga_id).state = "completed"
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(readonly=True)
+        def b(self, ctx): ...
+
+    orchestrator = Orchestrator()
+    with pytest.raises(InvalidTransition, match="from 'completed' to 'b'"):
+        orchestrator.run(Corrupt(), "c")
+
+
+def test_monitoring_get_running_history() -> None:
+    orchestrator = Orchestrator()
+    gate = threading.Event()
+    inside = threading.Event()
+
+    @saga
+    class Wait:
+        @step(readonly=True, timeout=None)
+        def a(self, ctx):
+            inside.set()
+            gate.wait(5)
+
+        @step(readonly=True)
+        def b(self, ctx): ...
+
+    worker = threading.Thread(target=orchestrator.run, args=(Wait(), "w"))
+    worker.start()
+    inside.wait(5)
+    snap = orchestrator.get("w")
+    assert snap.status is SagaStatus.RUNNING and snap.steps_executed == 0
+    assert snap.total_steps == 2 and snap.updated_at >= snap.created_at
+    assert [r.saga_id for r in orchestrator.running()] == ["w"]
+    assert orchestrator.history() == []
+    gate.set()
+    worker.join(5)
+    assert orchestrator.running() == []
+    done = orchestrator.history()
+    assert [r.saga_id for r in done] == ["w"] and done[0].steps_executed == 2
+    assert orchestrator.get("missing") is None
+
+
+def test_keyboard_interrupt_in_a_step_is_never_swallowed() -> None:
+    @saga
+    class K:
+        @step(readonly=True)
+        def a(self, ctx):
+            raise KeyboardInterrupt
+
+    orchestrator = Orchestrator()
+    with pytest.raises(KeyboardInterrupt):
+        orchestrator.run(K(), "k")
+    assert orchestrator.get("k").status is SagaStatus.RUNNING  # left for recovery
+
+
+def test_compensation_timeout_is_retried() -> None:
+    log = Log()
+
+    @saga
+    class CT:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate(timeout=0.05, retry=Retry(attempts=2, backoff=0))
+        def ua(self, ctx):
+            log.append(("ua", ctx.attempt, ctx.direction))
+            if ctx.attempt == 1:
+                time.sleep(0.3)
+
+        @step(readonly=True)
+        def b(self, ctx):
+            raise ValueError
+
+    result = Orchestrator().run(CT())
+    assert result.status is SagaStatus.COMPENSATED
+    assert log == ["a", ("ua", 1, Direction.COMPENSATE), ("ua", 2, Direction.COMPENSATE)]
+
+
+def test_run_refuses_async_sagas_and_async_listeners() -> None:
+    @saga
+    class A:
+        @step(readonly=True)
+        async def a(self, ctx): ...
+
+    with pytest.raises(TypeError, match=r"async steps or compensations \(a\).*arun"):
+        Orchestrator().run(A())
+
+    async def listener(event): ...
+
+    @saga
+    class S:
+        @step(readonly=True)
+        def a(self, ctx): ...
+
+    with pytest.raises(TypeError, match="async listeners"):
+        Orchestrator(listeners=[listener]).run(S())
+    with pytest.raises(TypeError, match="not a saga class"):
+        Orchestrator().run(object())
+    with pytest.raises(ValueError, match="saga_id must be a non-empty string"):
+        Orchestrator().run(S(), "")
