@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Direction", "StepContext"]
+__all__ = ["Direction", "StepContext", "idempotency_key"]
 
 
 class Direction(enum.Enum):
@@ -15,6 +15,10 @@ class Direction(enum.Enum):
 
     FORWARD = "forward"
     COMPENSATE = "compensate"
+
+
+# Enum.value is a descriptor lookup; the key is built on every call, so read a dict.
+_WORDS = {Direction.FORWARD: "forward", Direction.COMPENSATE: "compensate"}
 
 
 class StepContext:
@@ -32,7 +36,6 @@ class StepContext:
         "call_deadline",
         "deadline",
         "direction",
-        "idempotency_key",
         "saga_id",
         "saga_name",
         "step",
@@ -56,14 +59,19 @@ class StepContext:
         self.step = step
         self.direction = direction
         self.attempt = attempt
-        self.idempotency_key = idempotency_key(saga_id, step, direction)
         #: seconds this call may take (the step's timeout or the time left to the deadline)
         self.timeout = timeout
         #: Unix time of the saga's (or, compensating, the compensation's) deadline
         self.deadline = deadline
+        #: Unix time at which this call times out (``None``: no limit)
         self.call_deadline = None if timeout is None else now + timeout
         self._clock = clock
         self._pending: list[Any] = []
+
+    @property
+    def idempotency_key(self) -> str:
+        """``"{saga_id}:{step}:{direction}"``: what a participant deduplicates on."""
+        return f"{self.saga_id}:{self.step}:{_WORDS[self.direction]}"
 
     @property
     def time_left(self) -> float | None:
@@ -79,10 +87,10 @@ class StepContext:
     def __repr__(self) -> str:
         return (
             f"StepContext(saga_id={self.saga_id!r}, step={self.step!r}, "
-            f"direction={self.direction.value}, attempt={self.attempt})"
+            f"direction={_WORDS[self.direction]}, attempt={self.attempt})"
         )
 
 
 def idempotency_key(saga_id: str, step: str, direction: Direction) -> str:
     """The key a participant deduplicates on: stable for (saga id, step, direction)."""
-    return f"{saga_id}:{step}:{direction.value}"
+    return f"{saga_id}:{step}:{_WORDS[direction]}"

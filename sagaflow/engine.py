@@ -46,7 +46,7 @@ FORWARD = Direction.FORWARD
 COMPENSATE = Direction.COMPENSATE
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class Call:
     """Call step ``index`` (forward or its compensation), as attempt ``attempt``.
 

@@ -1,7 +1,9 @@
 """Lifecycle events: what the orchestrator reports about a run, to its history and listeners.
 
-Events are small frozen attrs instances of plain data (the error as text), so a history
-can be stored, compared and printed. Import them through this module
+Events are small slotted attrs instances of plain data (the error as text), so a history
+can be stored, compared and printed. Treat them as immutable: they are not frozen only
+because frozen attrs classes cost three times as much to create, and two are created
+per step. Import them through this module
 (``sagaflow.events.StepFailed``): ``sagaflow.StepFailed`` is the error of the same name.
 """
 
@@ -40,7 +42,7 @@ logger.addHandler(logging.NullHandler())
 Listener = Callable[["LifecycleEvent"], "Awaitable[None] | None"]
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class LifecycleEvent:
     """Something that happened to a run. ``at`` is a Unix timestamp (seconds)."""
 
@@ -61,29 +63,29 @@ class LifecycleEvent:
         return f"{type(self).__name__}{where}{tries}{err}"
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class SagaStarted(LifecycleEvent):
     """The run began."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class StepStarted(LifecycleEvent):
     """An attempt of a forward step began."""
 
     level: ClassVar[int] = logging.DEBUG
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class StepCompleted(LifecycleEvent):
     """A forward step succeeded."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class StepSkipped(LifecycleEvent):
     """A conditional step's guard was false; it did not run and needs no undo."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class StepRetrying(LifecycleEvent):
     """An attempt failed with a retryable error; the next one starts after ``delay``."""
 
@@ -94,7 +96,7 @@ class StepRetrying(LifecycleEvent):
         return f"{super().describe()}; retrying in {self.delay:.3g}s"
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class StepFailed(LifecycleEvent):
     """A forward step failed for good."""
 
@@ -102,12 +104,12 @@ class StepFailed(LifecycleEvent):
     timed_out: bool = False
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class CompensationStarted(LifecycleEvent):
     """An attempt of a compensation began."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class CompensationRetrying(LifecycleEvent):
     """A compensation attempt failed; the next one starts after ``delay``."""
 
@@ -118,31 +120,31 @@ class CompensationRetrying(LifecycleEvent):
         return f"{super().describe()}; retrying in {self.delay:.3g}s"
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class CompensationCompleted(LifecycleEvent):
     """A compensation succeeded: the step is undone."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class CompensationFailed(LifecycleEvent):
     """A compensation failed for good: the step could not be undone."""
 
     level: ClassVar[int] = logging.ERROR
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class SagaCompleted(LifecycleEvent):
     """Every forward step succeeded (or was skipped)."""
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class SagaCompensated(LifecycleEvent):
     """The saga failed and every step that needed undoing was undone."""
 
     level: ClassVar[int] = logging.WARNING
 
 
-@attrs.frozen(slots=True)
+@attrs.define(slots=True)
 class SagaFailed(LifecycleEvent):
     """The saga ended in a state only an operator can fix."""
 

@@ -90,7 +90,22 @@ class StepRecord:
 
     def copy(self) -> StepRecord:
         """An independent copy (records are mutated in place by the engine)."""
-        return attrs.evolve(self)
+        # Positional and explicit: attrs.evolve costs several times more, and results
+        # copy every step record of a run.
+        return StepRecord(
+            self.name,
+            self.status,
+            self.attempts,
+            self.started_at,
+            self.finished_at,
+            self.error,
+            self.timed_out,
+            self.compensation,
+            self.compensation_attempts,
+            self.compensation_started_at,
+            self.compensation_finished_at,
+            self.compensation_error,
+        )
 
 
 @attrs.define(slots=True, eq=False)

@@ -1,0 +1,304 @@
+"""Orchestration overhead per step, against a plain-Python saga run in the same process."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from sagaflow import Orchestrator, saga, spec_of, step
+
+STEPS = 5
+FAIL_AT = 4  # 1-based: the 4th step fails, 3 compensations run
+
+
+class Boom(Exception):
+    pass
+
+
+# --- the baseline: what a careful hand-written saga does -----------------------------
+
+
+def plain_saga(fail_at: int | None, log: list[int]) -> str:
+    undo: list[Callable[[], None]] = []
+    try:
+        for i in range(1, STEPS + 1):
+            if i == fail_at:
+                raise Boom
+            log.append(i)
+            undo.append(lambda i=i: log.append(-i))
+        return "COMPLETED"
+    except Boom:
+        for fn in reversed(undo):
+            fn()
+        return "COMPENSATED"
+
+
+async def aplain_saga(fail_at: int | None, log: list[int]) -> str:
+    undo: list[Callable[[], Any]] = []
+    try:
+        for i in range(1, STEPS + 1):
+            if i == fail_at:
+                raise Boom
+            await _anoop()
+            log.append(i)
+            undo.append(lambda i=i: log.append(-i))
+        return "COMPLETED"
+    except Boom:
+        for fn in reversed(undo):
+            await _anoop()
+            fn()
+        return "COMPENSATED"
+
+
+async def _anoop() -> None:
+    return None
+
+
+# --- the same saga in sagaflow ---------------------------------------------------------
+
+
+def make_sync(timeout: float | None) -> type:
+    @saga(name="bench_sync")
+    @attrs.define
+    class Bench:
+        fail_at: int | None = None
+        log: list[int] = attrs.field(factory=list)
+
+        @step(timeout=timeout)
+        def s1(self, ctx: Any) -> None:
+            self.log.append(1)
+
+        @s1.compensate(timeout=timeout)
+        def u1(self, ctx: Any) -> None:
+            self.log.append(-1)
+
+        @step(timeout=timeout)
+        def s2(self, ctx: Any) -> None:
+            self.log.append(2)
+
+        @s2.compensate(timeout=timeout)
+        def u2(self, ctx: Any) -> None:
+            self.log.append(-2)
+
+        @step(timeout=timeout)
+        def s3(self, ctx: Any) -> None:
+            self.log.append(3)
+
+        @s3.compensate(timeout=timeout)
+        def u3(self, ctx: Any) -> None:
+            self.log.append(-3)
+
+        @step(timeout=timeout)
+        def s4(self, ctx: Any) -> None:
+            if self.fail_at == 4:
+                raise Boom
+            self.log.append(4)
+
+        @s4.compensate(timeout=timeout)
+        def u4(self, ctx: Any) -> None:
+            self.log.append(-4)
+
+        @step(pivot=True, timeout=timeout)
+        def s5(self, ctx: Any) -> None:
+            self.log.append(5)
+
+    return Bench
+
+
+def make_async(timeout: float | None) -> type:
+    @saga(name="bench_async")
+    @attrs.define
+    class ABench:
+        fail_at: int | None = None
+        log: list[int] = attrs.field(factory=list)
+
+        @step(timeout=timeout)
+        async def s1(self, ctx: Any) -> None:
+            self.log.append(1)
+
+        @s1.compensate(timeout=timeout)
+        async def u1(self, ctx: Any) -> None:
+            self.log.append(-1)
+
+        @step(timeout=timeout)
+        async def s2(self, ctx: Any) -> None:
+            self.log.append(2)
+
+        @s2.compensate(timeout=timeout)
+        async def u2(self, ctx: Any) -> None:
+            self.log.append(-2)
+
+        @step(timeout=timeout)
+        async def s3(self, ctx: Any) -> None:
+            self.log.append(3)
+
+        @s3.compensate(timeout=timeout)
+        async def u3(self, ctx: Any) -> None:
+            self.log.append(-3)
+
+        @step(timeout=timeout)
+        async def s4(self, ctx: Any) -> None:
+            if self.fail_at == 4:
+                raise Boom
+            self.log.append(4)
+
+        @s4.compensate(timeout=timeout)
+        async def u4(self, ctx: Any) -> None:
+            self.log.append(-4)
+
+        @step(pivot=True, timeout=timeout)
+        async def s5(self, ctx: Any) -> None:
+            self.log.append(5)
+
+    return ABench
+
+
+def _median_per_saga(fn: Callable[[int], None], n: int, rounds: int) -> float:
+    """Median over rounds of the seconds per saga, ``fn(n)`` running n sagas."""
+    samples = []
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn(n)
+        samples.append((time.perf_counter() - t0) / n)
+    return statistics.median(samples)
+
+
+def overhead(rounds: int, n: int) -> list[tuple[str, float, float, float]]:
+    """Rows of (case, µs per saga, baseline µs per saga, overhead µs per step)."""
+    rows = []
+    for fail_at, label in ((None, "happy"), (FAIL_AT, "fail@4")):
+        calls = STEPS if fail_at is None else (FAIL_AT - 1) * 2 + 1
+
+        def base(n: int, fail_at: int | None = fail_at) -> None:
+            for _ in range(n):
+                plain_saga(fail_at, [])
+
+        base_t = _median_per_saga(base, n, rounds)
+        for timeout, tlabel in ((30.0, "timeout=30s"), (None, "timeout=None")):
+            cls = make_sync(timeout)
+            orch = Orchestrator()
+
+            def run(n: int, cls: type = cls, orch: Orchestrator = orch,
+                    fail_at: int | None = fail_at) -> None:
+                for _ in range(n):
+                    orch.run(cls(fail_at))
+
+            t = _median_per_saga(run, n, rounds)
+            rows.append((f"sync {label} {tlabel}", t, base_t, (t - base_t) / calls))
+            orch.close()
+
+        async def abase(n: int, fail_at: int | None = fail_at) -> None:
+            for _ in range(n):
+                await aplain_saga(fail_at, [])
+
+        abase_t = _median_per_saga(lambda n: asyncio.run(abase(n)), n, rounds)
+        for timeout, tlabel in ((30.0, "timeout=30s"), (None, "timeout=None")):
+            acls = make_async(timeout)
+
+            async def arun(n: int, acls: type = acls, fail_at: int | None = fail_at) -> None:
+                orch = Orchestrator()
+                for _ in range(n):
+                    await orch.arun(acls(fail_at))
+
+            t = _median_per_saga(lambda n, f=arun: asyncio.run(f(n)), n, rounds)
+            rows.append((f"async {label} {tlabel}", t, abase_t, (t - abase_t) / calls))
+    return rows
+
+
+def decoration(rounds: int) -> float:
+    """Median seconds of @saga on an attrs class with 10 compensatable steps."""
+    src = "class S:\n    x: int = 0\n" + "".join(
+        f"    @step\n    def a{i}(self, ctx): ...\n"
+        f"    @a{i}.compensate\n    def u{i}(self, ctx): ...\n"
+        for i in range(10)
+    )
+    samples = []
+    for _ in range(rounds):
+        ns: dict[str, Any] = {"step": step}
+        exec(src, ns)
+        cls = attrs.define(ns["S"])
+        t0 = time.perf_counter()
+        saga(cls)
+        samples.append(time.perf_counter() - t0)
+        assert len(spec_of(cls).steps) == 10
+    return statistics.median(samples)
+
+
+def memory(n: int) -> tuple[float, float]:
+    """Bytes per in-flight saga waiting in a step: (sagaflow, plain coroutine), n at once."""
+
+    async def measure(make: Callable[[asyncio.Event], Any]) -> float:
+        gate = asyncio.Event()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        tasks = [asyncio.ensure_future(make(gate)) for _ in range(n)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        during = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        gate.set()
+        await asyncio.gather(*tasks)
+        return (during - before) / n
+
+    @saga(name="bench_wait")
+    @attrs.define
+    class Wait:
+        gate: asyncio.Event
+
+        @step
+        async def s1(self, ctx: Any) -> None:
+            pass
+
+        @s1.compensate
+        async def u1(self, ctx: Any) -> None:
+            pass
+
+        @step
+        async def s2(self, ctx: Any) -> None:
+            await self.gate.wait()
+
+        @s2.compensate
+        async def u2(self, ctx: Any) -> None:
+            pass
+
+        @step(pivot=True)
+        async def s3(self, ctx: Any) -> None:
+            pass
+
+    async def plain(gate: asyncio.Event) -> None:
+        undo: list[Callable[[], None]] = []
+        undo.append(lambda: None)
+        await gate.wait()
+
+    async def main() -> tuple[float, float]:
+        orch = Orchestrator()
+        flow = await measure(lambda gate: orch.arun(Wait(gate)))
+        base = await measure(plain)
+        return flow, base
+
+    return asyncio.run(main())
+
+
+def report(quick: bool = False) -> None:
+    rounds, n = (3, 300) if quick else (7, 2000)
+    print(f"sagaflow core benchmark ({STEPS}-step saga; medians of {rounds} rounds of {n} sagas)")
+    print(f"{'case':34} {'µs/saga':>9} {'baseline':>9} {'ratio':>7} {'overhead µs/step':>17}")
+    for case, t, base, per_step in overhead(rounds, n):
+        print(f"{case:34} {t * 1e6:9.1f} {base * 1e6:9.2f} {t / base:6.1f}x {per_step * 1e6:17.2f}")
+    print("  (overhead/step = (sagaflow - plain Python) / calls made: 5 happy, 7 with failure at 4)")
+    print(f"decoration of a 10-step saga: {decoration(50 if quick else 300) * 1e3:.3f} ms (median)")
+    count = 10_000 if quick else 100_000
+    flow, base = memory(count)
+    print(
+        f"memory per in-flight async saga ({count:,} waiting in a step): {flow:,.0f} B "
+        f"(plain coroutine {base:,.0f} B; sagaflow's own {flow - base:,.0f} B)"
+    )
