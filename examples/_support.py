@@ -1,0 +1,294 @@
+"""What the examples share: virtual time, a fault switch, an idempotency table.
+
+None of this is sagaflow: it is the scaffolding a real application has around its sagas
+(participants that remember idempotency keys) plus what a demo and a test suite need
+(faults to inject, time that does not have to pass for real).
+
+- :class:`VirtualClock`: an orchestrator clock whose sleeps are instant but recorded, so
+  a retry "in 4 s" costs nothing. (sagaflow.testing is getting one with the same shape;
+  this copy keeps the examples free of anything not yet released.)
+- :func:`run_virtual` and :class:`LoopClock`: run coroutines on an event loop whose time
+  jumps to the next timer when nothing is ready, so an async step that hangs past a
+  10 s timeout is cancelled at once, and the durations printed are the virtual ones.
+- :class:`Faults`: each participant's switch to make an operation fail, fail after its
+  effect (the response is lost), or hang.
+- :class:`IdempotencyKeys`: a participant's memory of the keys it has applied, so a
+  retried call returns the first call's result and a compensation that comes before
+  (or without) its forward call leaves a tombstone that refuses the late forward call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+import threading
+from collections import Counter
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import attrs
+
+from sagaflow import Direction, StepContext
+
+__all__ = [
+    "Faults",
+    "IdempotencyKeys",
+    "LoopClock",
+    "Voided",
+    "VirtualClock",
+    "forward_key",
+    "run_virtual",
+]
+
+T = TypeVar("T")
+
+#: Where virtual time starts: a fixed Unix time, so runs print the same every time.
+EPOCH = 1_700_000_000.0
+
+
+def forward_key(ctx: StepContext) -> str:
+    """The idempotency key of the forward call that ``ctx`` (a compensation's) undoes.
+
+    A compensation runs after the step failed for good, timed out or completed; only the
+    participant knows whether the forward call took effect, and it knows it by this key.
+    """
+    return f"{ctx.saga_id}:{ctx.step}:{Direction.FORWARD.value}"
+
+
+# --- time ---------------------------------------------------------------------------
+
+
+class VirtualClock:
+    """An orchestrator clock whose time moves only when someone sleeps (instantly).
+
+    ``sleeps`` lists every requested sleep: the backoff delays, for tests and the demo.
+    """
+
+    def __init__(self, start: float = EPOCH) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self.time
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds`` (as if they passed)."""
+        with self._lock:
+            self.time += seconds
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.time += seconds
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"VirtualClock(time={self.time!r}, slept={sum(self.sleeps):g}s)"
+
+
+class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """A selector that, when nothing is ready and a timer is due, skips to the timer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
+        ready: list[tuple[Any, int]] = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        if timeout is None:  # no timer at all: only real I/O can wake the loop
+            return super().select(None)  # type: ignore[no-any-return]
+        self.now += timeout
+        return []
+
+
+class _VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop on virtual time: ``time()`` moves only by jumping to due timers.
+
+    Right for coroutines that wait with ``asyncio.sleep`` and ``asyncio.timeout`` (the
+    async examples' participants). Work on other threads does not move this time, so do
+    not use it for sagas with plain ``def`` steps (run in the executor under ``arun``).
+    """
+
+    def __init__(self) -> None:
+        self._virtual = _JumpingSelector()
+        super().__init__(self._virtual)
+
+    def time(self) -> float:
+        return self._virtual.now
+
+
+def run_virtual(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` to completion on a fresh virtual-time event loop."""
+    with asyncio.Runner(loop_factory=_VirtualTimeLoop) as runner:
+        return runner.run(main)
+
+
+class LoopClock:
+    """An orchestrator clock that reads the running event loop's time.
+
+    Under :func:`run_virtual` that is virtual time, shared by the orchestrator (backoff,
+    durations) and the participants (latency, hangs, timeouts): one consistent timeline.
+    Only for ``arun``: it has no blocking ``sleep``.
+    """
+
+    def __init__(self, start: float = EPOCH) -> None:
+        self.start = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.start + asyncio.get_running_loop().time()
+
+    def sleep(self, seconds: float) -> None:
+        raise TypeError("LoopClock is for Orchestrator.arun(); use VirtualClock with run()")
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await asyncio.sleep(seconds)
+
+
+# --- faults -------------------------------------------------------------------------
+
+
+@attrs.define
+class _Fault:
+    op: str
+    at: str
+    error: BaseException | None
+    hang: float | None
+    times: int | None  # None: every call, until cleared
+
+
+class Faults:
+    """A participant's fault switch, for the demo and the tests.
+
+    Each operation of a participant calls ``check(op)`` (or ``await acheck(op)``) where it
+    starts, and ``check(op, "after")`` once its effect is applied. A fault armed
+    ``at="after"`` models the nasty case: the effect happened, the caller never hears of
+    it. ``calls`` counts every call of every operation.
+    """
+
+    def __init__(self) -> None:
+        self._armed: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self.calls: Counter[str] = Counter()
+
+    def fail(
+        self, op: str, error: BaseException, *, times: int | None = 1, at: str = "before"
+    ) -> None:
+        """Make the next ``times`` calls of ``op`` raise ``error`` (``None``: every call)."""
+        self._arm(_Fault(op, at, error, None, times))
+
+    def hang(self, op: str, seconds: float, *, times: int | None = 1, at: str = "before") -> None:
+        """Make the next ``times`` calls of ``op`` stall for ``seconds`` at ``at``."""
+        self._arm(_Fault(op, at, None, seconds, times))
+
+    def clear(self) -> None:
+        """Disarm every fault and let stalled calls go on."""
+        with self._lock:
+            self._armed.clear()
+        self._release.set()
+
+    def check(self, op: str, at: str = "before") -> None:
+        """Called by the participant: raise or stall here if a fault is armed."""
+        fault = self._take(op, at)
+        if fault is None:
+            return
+        if fault.hang is not None:
+            self._release.wait(fault.hang)  # clear() ends the stall early
+        if fault.error is not None:
+            raise _fresh(fault.error)
+
+    async def acheck(self, op: str, at: str = "before") -> None:
+        """:meth:`check` for async participants: a stall is an ``asyncio.sleep``."""
+        fault = self._take(op, at)
+        if fault is None:
+            return
+        if fault.hang is not None:
+            await asyncio.sleep(fault.hang)
+        if fault.error is not None:
+            raise _fresh(fault.error)
+
+    def _arm(self, fault: _Fault) -> None:
+        if fault.times is not None and fault.times < 1:
+            raise ValueError(f"times must be >= 1 or None (every call), got {fault.times!r}")
+        with self._lock:
+            self._release.clear()
+            self._armed.append(fault)
+
+    def _take(self, op: str, at: str) -> _Fault | None:
+        with self._lock:
+            if at == "before":
+                self.calls[op] += 1
+            for fault in self._armed:
+                if fault.op == op and fault.at == at:
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            self._armed.remove(fault)
+                    return fault
+        return None
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A new exception like ``error``: raising one instance twice chains tracebacks."""
+    try:
+        return type(error)(*error.args)
+    except TypeError:
+        return error
+
+
+# --- idempotency --------------------------------------------------------------------
+
+
+class Voided(Exception):
+    """A forward call arrived after its compensation: it was cancelled, it must not apply."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key} was compensated before it arrived; refusing to apply it")
+
+
+class IdempotencyKeys:
+    """What a participant remembers per idempotency key.
+
+    ``once(key, apply)`` applies a change the first time a key is seen and returns the
+    first result on every repeat (a retry after a lost response changes nothing).
+    ``undo(key, forward_key, revert)`` reverts the forward call's effect once; when the
+    forward call never took effect (it failed, or timed out before arriving) there is
+    nothing to undo, and the forward key is voided so that a late arrival is refused.
+    Both are atomic (a lock, and no ``await`` inside), for threads and coroutines alike.
+    """
+
+    def __init__(self) -> None:
+        self.results: dict[str, Any] = {}
+        self.voided: set[str] = set()
+        self._lock = threading.Lock()
+
+    def once(self, key: str, apply: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self.voided:
+                raise Voided(key)
+            if key not in self.results:
+                self.results[key] = apply()
+            return self.results[key]  # type: ignore[no-any-return]
+
+    def undo(self, key: str, forward: str, revert: Callable[[Any], T]) -> T | None:
+        with self._lock:
+            if key not in self.results:
+                if forward in self.results:
+                    self.results[key] = revert(self.results[forward])
+                else:
+                    self.voided.add(forward)
+                    self.results[key] = None
+            return self.results[key]  # type: ignore[no-any-return]
+
+    def applied(self, key: str) -> bool:
+        """Whether a call with ``key`` took effect."""
+        return key in self.results

@@ -1,0 +1,231 @@
+"""The demo's console: a lifecycle listener that prints a run so a person reads it at a glance.
+
+In the spirit of seed 001's logs: ``step n/N`` with what each step produced, retries with
+their delays, the rollback with its compensations in order, then the final status, the
+duration and the domain events. :class:`Demo` wires it to orchestrators on virtual time
+and prints one scenario after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import attrs
+
+from sagaflow import (
+    CompensationFailed,
+    Orchestrator,
+    SagaResult,
+    SagaSpec,
+    SagaStatus,
+    StepKind,
+    events,
+    spec_of,
+)
+
+from ._support import LoopClock, VirtualClock
+
+__all__ = ["Console", "Demo", "fmt"]
+
+Out = Callable[[str], None]
+
+
+def fmt(value: Any) -> str:
+    """A value as a person writes it: money with two decimals, no quotes on text."""
+    if isinstance(value, Decimal):
+        return f"{value:.2f}"
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _fields(obj: object) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj))}
+
+
+def _event_name(event: object) -> str:
+    return type(event).__name__
+
+
+class Console:
+    """A sync lifecycle listener that prints each run's progress, one line per outcome."""
+
+    def __init__(self, out: Out = print) -> None:
+        self.out = out
+        self.muted = False
+        self._sagas: dict[str, tuple[object, Orchestrator]] = {}
+        self._seen: dict[str, dict[str, Any]] = {}
+        self._plan: dict[str, list[str]] = {}
+
+    def watch(self, saga_id: str, saga: object, orchestrator: Orchestrator) -> None:
+        """Start following ``saga`` (run as ``saga_id``) to print what its steps produce."""
+        self._sagas[saga_id] = (saga, orchestrator)
+        self._seen[saga_id] = _fields(saga)
+
+    def __call__(self, event: events.LifecycleEvent) -> None:
+        if self.muted or event.saga_id not in self._sagas:
+            return
+        saga, orch = self._sagas[event.saga_id]
+        spec = spec_of(saga)
+        line = self._line(spec, saga, orch, event)
+        if line:
+            self.out("   " + line)
+
+    def _line(
+        self, spec: SagaSpec, saga: object, orch: Orchestrator, e: events.LifecycleEvent
+    ) -> str | None:
+        n = len(spec.steps)
+        if e.step is not None:
+            s = spec.step(e.step)
+            where = f"step {s.index + 1}/{n} {s.name}"
+        if isinstance(e, events.StepCompleted):
+            tries = f" (attempt {e.attempt}/{s.retry.attempts})" if e.attempt > 1 else ""
+            return f"{where} ✓{tries}{self._produced(e.saga_id, saga)}"
+        if isinstance(e, events.StepSkipped):
+            return f"{where} - skipped ({s.guard_name} is false)"
+        if isinstance(e, events.StepRetrying):
+            return (
+                f"{where} ✗ attempt {e.attempt}/{s.retry.attempts}: {e.error}; "
+                f"retrying in {e.delay:.3g}s"
+            )
+        if isinstance(e, events.StepFailed):
+            if e.timed_out:
+                why = e.error if e.error and "timed out" not in e.error else "timed out"
+                line = f"{where} ⏱ {why}: outcome unknown"
+                if s.compensation is not None:
+                    line += f", so {s.compensation_name} runs too"
+                return line
+            return f"{where} ✗ {e.error}"
+        if isinstance(e, events.CompensationStarted):
+            plan = self._plan.get(e.saga_id)
+            if plan is None:
+                result = orch.get(e.saga_id)
+                plan = [] if result is None else _undo_plan(spec, result)
+                self._plan[e.saga_id] = plan
+                return f"↩ rolling back {len(plan)} step(s), newest first: {' → '.join(plan)}"
+            return None
+        if isinstance(e, events.CompensationRetrying | events.CompensationCompleted
+                      | events.CompensationFailed):
+            plan = self._plan.get(e.saga_id, [])
+            k = plan.index(s.name) + 1 if s.name in plan else 0
+            head = f"compensation {k}/{len(plan)} {s.compensation_name} (undoes {s.name})"
+            tries = s.compensation_retry.attempts
+            if isinstance(e, events.CompensationRetrying):
+                return (
+                    f"{head} ✗ attempt {e.attempt}/{tries}: {e.error}; "
+                    f"retrying in {e.delay:.3g}s"
+                )
+            if isinstance(e, events.CompensationFailed):
+                return f"{head} ✗ failed for good after {e.attempt} attempt(s): {e.error}"
+            done = f" (attempt {e.attempt}/{tries})" if e.attempt > 1 else ""
+            return f"{head} ✓{done}{self._produced(e.saga_id, saga)}"
+        return None
+
+    def _produced(self, saga_id: str, saga: object) -> str:
+        """The saga's fields that the step just set: what it produced."""
+        now = _fields(saga)
+        before = self._seen.get(saga_id, {})
+        self._seen[saga_id] = now
+        changed = [f"{k}={fmt(v)}" for k, v in now.items() if before.get(k) != v]
+        return "   " + ", ".join(changed) if changed else ""
+
+
+def _undo_plan(spec: SagaSpec, result: SagaResult) -> list[str]:
+    """The steps being compensated, newest first (what the record has scheduled)."""
+    planned = [r.name for r in result.steps if r.compensation.value != "NOT_NEEDED"]
+    return sorted(planned, key=lambda name: -spec.step(name).index)
+
+
+class Demo:
+    """Prints scenarios: a title, the run as it happens, then its outcome.
+
+    Sync sagas run on a :class:`VirtualClock` (backoff costs no real time), async ones on
+    a :class:`LoopClock` under :func:`~examples._support.run_virtual`; the durations
+    shown are virtual time, the real time taken follows in brackets.
+    """
+
+    def __init__(self, out: Out = print) -> None:
+        self.out = out
+        self.console = Console(out)
+        self.results: list[SagaResult] = []
+
+    def orchestrator(self) -> Orchestrator:
+        """An orchestrator for sync sagas, on a virtual clock, with a fixed jitter.
+
+        ``rand=0.5`` puts every delay in the middle of its jitter band, so a
+        ``Retry(backoff=2.0)`` waits exactly 2 s, then 4 s: the same output every run.
+        """
+        return Orchestrator(listeners=[self.console], clock=VirtualClock(), rand=lambda: 0.5)
+
+    def async_orchestrator(self) -> Orchestrator:
+        """An orchestrator for async sagas, on the running (virtual) loop's time."""
+        return Orchestrator(listeners=[self.console], clock=LoopClock(), rand=lambda: 0.5)
+
+    def section(self, title: str, subtitle: str = "") -> None:
+        self.out("")
+        self.out(f"═══ {title} ═══")
+        if subtitle:
+            self.out(f"    {subtitle}")
+
+    def scenario(self, title: str) -> None:
+        self.out("")
+        self.out(f"── {title}")
+
+    def note(self, text: str) -> None:
+        self.out(f"   {text}")
+
+    @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Stop printing runs step by step (many sagas at once would interleave)."""
+        self.console.muted = True
+        try:
+            yield
+        finally:
+            self.console.muted = False
+
+    def run(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
+        """Run a sync saga, printing it, then its outcome."""
+        self.console.watch(saga_id, saga, orch)
+        started = time.perf_counter()
+        result = orch.run(saga, saga_id=saga_id)
+        self._outcome(result, time.perf_counter() - started)
+        return result
+
+    async def arun(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
+        """Run an async saga, printing it, then its outcome."""
+        self.console.watch(saga_id, saga, orch)
+        started = time.perf_counter()
+        result = await orch.arun(saga, saga_id=saga_id)
+        self._outcome(result, time.perf_counter() - started)
+        return result
+
+    def _outcome(self, result: SagaResult, real: float) -> None:
+        self.results.append(result)
+        if self.console.muted:
+            return
+        undone = sum(1 for s in result.steps if s.compensation.value == "COMPENSATED")
+        planned = sum(1 for s in result.steps if s.compensation.value != "NOT_NEEDED")
+        comps = f"compensations {undone}/{planned}" if planned else "no compensation needed"
+        took = f"{result.duration or 0:.1f}s (real {real * 1000:.0f} ms)"
+        self.out(f"   ⇒ {result.status.value} in {took} · {comps}")
+        if result.error is not None and result.status is not SagaStatus.COMPLETED:
+            self.out(f"     error: {type(result.error).__name__}: {result.error}")
+        if result.events:
+            self.out("     events: " + " → ".join(_event_name(e) for e in result.events))
+        if isinstance(result.error, CompensationFailed):
+            for step_name, error in result.error.failures.items():
+                self.out(f"     ‼ could not undo {step_name}: {error}")
+        elif result.status is SagaStatus.FAILED:
+            spec_steps = {s.name: s for s in spec_of(result.data).steps}
+            for s in result.steps:
+                if s.status.value in ("FAILED", "TIMED_OUT"):
+                    kind = spec_steps[s.name].kind
+                    if kind is StepKind.RETRIABLE:
+                        self.out(
+                            f"     ‼ {s.name} failed for good after the pivot "
+                            f"({s.attempts} attempts): finish it by hand, nothing was undone"
+                        )

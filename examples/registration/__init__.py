@@ -1,0 +1,1 @@
+"""Seed 001: user registration with payment; refund and account deletion on rollback."""
