@@ -13,10 +13,13 @@ from .errors import (
     InvalidTransition,
     SagaCancelled,
     SagaDeadlineExceeded,
+    SagaDefinitionChanged,
     SagaDefinitionError,
     SagaflowError,
+    SagaNotFound,
     StepFailed,
     StepTimeout,
+    UnknownSaga,
 )
 from .orchestrator import Orchestrator
 from .policy import Retry, backoff_delay
@@ -34,7 +37,9 @@ __all__ = [
     "Retry",
     "SagaCancelled",
     "SagaDeadlineExceeded",
+    "SagaDefinitionChanged",
     "SagaDefinitionError",
+    "SagaNotFound",
     "SagaRecord",
     "SagaResult",
     "SagaSpec",
@@ -47,6 +52,7 @@ __all__ = [
     "StepSpec",
     "StepStatus",
     "StepTimeout",
+    "UnknownSaga",
     "backoff_delay",
     "events",
     "is_saga",

@@ -19,6 +19,7 @@ import attrs
 from . import events as ev
 from .context import Direction
 from .definition import SagaSpec, StepKind
+from .errors import CompensationFailed as CompensationFailedError
 from .errors import (
     InvalidTransition,
     SagaCancelled,
@@ -34,10 +35,14 @@ from .records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, Ste
 
 __all__ = [
     "Call",
+    "OperatorError",
     "Sleep",
+    "cancel",
     "interrupt",
     "new_record",
     "next_command",
+    "resolve",
+    "retry",
     "settle",
     "transition",
 ]
@@ -372,11 +377,12 @@ def _next_undo(spec: SagaSpec, record: SagaRecord, now: float, trigger: str) -> 
         transition(spec, record, trigger, dest)
         return
     if record.failures:
-        from .errors import CompensationFailed
-
         transition(spec, record, trigger, FAILED)
         reason = record.error
-        _finish(spec, record, now, SagaStatus.FAILED, CompensationFailed(record.failures, reason))
+        _finish(
+            spec, record, now, SagaStatus.FAILED,
+            CompensationFailedError(record.failures, reason),
+        )
     else:
         transition(spec, record, trigger, COMPENSATED)
         _finish(spec, record, now, SagaStatus.COMPENSATED, record.error)
@@ -404,4 +410,91 @@ def _finish(
         _FINAL_EVENTS[status](
             record.saga_id, spec.name, now, None, 0, None if error is None else str(error)
         )
+    )
+
+
+# --- operator actions -------------------------------------------------------------------
+
+
+class OperatorError(SagaflowError, ValueError):
+    """An operator action does not fit the saga's status."""
+
+
+def cancel(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = None) -> None:
+    """An operator cancels a running saga: it compensates what it did.
+
+    A step that was started and not finished (in flight, or cut short by a crash) has
+    an unknown outcome and is compensated too. After the pivot nothing can be undone:
+    the saga ends FAILED for an operator.
+    """
+    if record.status is not SagaStatus.RUNNING:
+        raise OperatorError(
+            f"saga {record.saga_id!r} is {record.status.value}: only a RUNNING saga can be "
+            "cancelled"
+        )
+    record.history.append(
+        ev.OperatorAction(record.saga_id, spec.name, now, action="cancel", note=note)
+    )
+    sr = record.steps[record.cursor]
+    in_flight = sr.status is StepStatus.RUNNING and record.wake_at is None
+    call = None
+    if in_flight:
+        call = Call(record.cursor, FORWARD, sr.attempts, None, False)
+    interrupt(spec, record, call, now)
+
+
+def retry(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = None) -> None:
+    """An operator retries a FAILED saga: its failed compensations, or its failed
+    retriable step, get a fresh retry budget and run again."""
+    if record.status is not SagaStatus.FAILED:
+        raise OperatorError(
+            f"saga {record.saga_id!r} is {record.status.value}: only a FAILED saga can be "
+            "retried"
+        )
+    record.history.append(
+        ev.OperatorAction(record.saga_id, spec.name, now, action="retry", note=note)
+    )
+    record.resolution = None
+    record.finished_at = None
+    if record.failures:
+        undo = [
+            j for j in record.undo
+            if record.steps[j].compensation is CompensationStatus.FAILED
+        ]
+        for j in undo:
+            record.steps[j].compensation = CompensationStatus.PENDING
+            record.steps[j].compensation_attempts = 0
+        reason = record.error
+        if isinstance(reason, CompensationFailedError):
+            reason = reason.reason
+        record.undo = undo
+        record.cursor = 0
+        record.failures = {}
+        record.error = reason
+        record.status = SagaStatus.COMPENSATING
+        if spec.compensation_deadline is not None:
+            record.compensation_deadline_at = now + spec.compensation_deadline
+        transition(spec, record, "retry", compensation_state(spec.steps[undo[0]].name))
+        return
+    sr = record.steps[record.cursor]
+    sr.status = StepStatus.PENDING
+    sr.attempts = 0
+    sr.finished_at = None
+    record.error = None
+    record.status = SagaStatus.RUNNING
+    transition(spec, record, "retry", spec.steps[record.cursor].name)
+
+
+def resolve(spec: SagaSpec, record: SagaRecord, now: float, note: str) -> None:
+    """An operator marks a FAILED saga as handled by hand; the note says how."""
+    if record.status is not SagaStatus.FAILED:
+        raise OperatorError(
+            f"saga {record.saga_id!r} is {record.status.value}: only a FAILED saga can be "
+            "resolved"
+        )
+    if not note or not note.strip():
+        raise OperatorError("resolve needs a note saying what was done by hand")
+    record.resolution = note
+    record.history.append(
+        ev.OperatorAction(record.saga_id, spec.name, now, action="resolve", note=note)
     )

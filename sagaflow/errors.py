@@ -10,8 +10,11 @@ __all__ = [
     "InvalidTransition",
     "SagaCancelled",
     "SagaDeadlineExceeded",
+    "SagaDefinitionChanged",
     "SagaDefinitionError",
+    "SagaNotFound",
     "SagaflowError",
+    "UnknownSaga",
     "StepFailed",
     "StepTimeout",
 ]
@@ -139,6 +142,59 @@ class InvalidTransition(SagaflowError, RuntimeError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.saga, self.source, self.trigger, self.dest))
+
+
+class SagaNotFound(SagaflowError, KeyError):
+    """No saga with this id is in the store."""
+
+    def __init__(self, saga_id: str) -> None:
+        self.saga_id = saga_id
+        super().__init__(f"no saga {saga_id!r} in the store")
+
+    def __str__(self) -> str:  # KeyError would add quotes around the whole message
+        return str(self.args[0])
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id,))
+
+
+class UnknownSaga(SagaflowError, LookupError):
+    """A stored saga's class is not registered with this orchestrator."""
+
+    def __init__(self, saga_id: str, saga_name: str) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        super().__init__(
+            f"saga {saga_id!r} is a {saga_name!r} saga, which this orchestrator does not "
+            f"know: pass its class in Orchestrator(sagas=[...]) (or import its module "
+            "with --import on the command line)"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.saga_name))
+
+
+class SagaDefinitionChanged(SagaflowError):
+    """A stored saga was started by a definition its class no longer has.
+
+    Resuming it could run the wrong steps or compensate the wrong ones, so it is left
+    untouched until an operator maps it (``Orchestrator(migrations=...)``).
+    """
+
+    def __init__(self, saga_id: str, saga_name: str, stored: str, current: str) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.stored = stored
+        self.current = current
+        super().__init__(
+            f"saga {saga_id!r} ({saga_name}) was started with definition {stored}, but the "
+            f"code now has {current} (steps added, removed, renamed or reordered): it is left "
+            "untouched; finish it with the old code, or map it with "
+            "Orchestrator(migrations={...})"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.saga_name, self.stored, self.current))
 
 
 def _describe(cause: BaseException | str) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "CompensationStarted",
     "LifecycleEvent",
     "Listener",
+    "OperatorAction",
     "Listeners",
     "SagaCompensated",
     "SagaCompleted",
@@ -149,6 +150,19 @@ class SagaFailed(LifecycleEvent):
     """The saga ended in a state only an operator can fix."""
 
     level: ClassVar[int] = logging.ERROR
+
+
+@attrs.define(slots=True)
+class OperatorAction(LifecycleEvent):
+    """An operator acted on the saga: ``action`` is retry, resolve or cancel."""
+
+    level: ClassVar[int] = logging.WARNING
+    action: str = ""
+    note: str | None = None
+
+    def describe(self) -> str:
+        note = f": {self.note}" if self.note else ""
+        return f"OperatorAction {self.action}{note}"
 
 
 class Listeners:

@@ -13,7 +13,9 @@ terminal ``completed``, ``compensated`` and ``failed``. Triggers:
 - ``fail``: a retriable step (after the pivot) failed for good: to ``failed``;
 - ``undone`` / ``undo_failed``: a compensation succeeded / failed for good: on to the
   next compensation, or to ``compensated`` (all undone) or ``failed`` (something could
-  not be undone).
+  not be undone);
+- ``retry``: an operator retries a FAILED saga: from ``failed`` back to a compensation
+  that failed, or to the retriable step that failed.
 
 The machine is built once per class with ``model=None``; runs never add a model.
 Instead each run checks every state change against :func:`build_machine`'s set of
@@ -115,6 +117,14 @@ def build_machine(
                 # Reached when an earlier (newer) compensation had already failed.
                 transitions.append({"trigger": "undone", "source": source, "dest": FAILED})
                 transitions.append({"trigger": "undo_failed", "source": source, "dest": FAILED})
+
+    for s in steps:
+        if s.compensation is not None:
+            transitions.append(
+                {"trigger": "retry", "source": FAILED, "dest": compensation_state(s.name)}
+            )
+        elif s.kind is StepKind.RETRIABLE:
+            transitions.append({"trigger": "retry", "source": FAILED, "dest": s.name})
 
     machine = Machine(
         model=None,

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from . import engine
 from .clock import Clock, SystemClock
 from .definition import SagaSpec, spec_of
 from .engine import new_record
-from .errors import AlreadyExecuting, SagaflowError
+from .errors import (
+    AlreadyExecuting,
+    SagaDefinitionChanged,
+    SagaflowError,
+    SagaNotFound,
+    UnknownSaga,
+)
 from .events import Listener, Listeners
 from .records import SagaRecord, SagaResult, SagaStatus
-from .runner import WorkerPool, run_async, run_sync
+from .runner import RunHandle, WorkerPool, run_async, run_sync
 from .stores import MemoryStore, Store
 
-__all__ = ["Orchestrator"]
+__all__ = ["Migration", "Orchestrator"]
 
 _ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+
+#: Turns a record started by an older definition into one the current class can run
+#: (rename steps, reorder them, ...); returns the record, or ``None`` to leave it as is.
+Migration = Callable[[SagaRecord, SagaSpec], "SagaRecord | None"]
 
 
 class Orchestrator:
@@ -27,7 +38,10 @@ class Orchestrator:
 
     ``store`` keeps the records (default: a fresh :class:`~sagaflow.stores.MemoryStore`);
     ``listeners`` are callables told every lifecycle event (``async def`` ones only under
-    :meth:`arun`); ``clock`` and ``rand`` are for tests: a virtual clock, a fixed jitter.
+    :meth:`arun`); ``sagas`` are the saga classes this orchestrator may resume or act on
+    by id (every class it runs is added); ``migrations`` maps a definition fingerprint
+    that the code no longer has to a :data:`Migration`. ``clock`` and ``rand`` are for
+    tests: a virtual clock, a fixed jitter.
     """
 
     def __init__(
@@ -35,6 +49,8 @@ class Orchestrator:
         store: Store | None = None,
         listeners: Iterable[Listener] = (),
         *,
+        sagas: Iterable[type] = (),
+        migrations: Mapping[str, Migration] | None = None,
         clock: Clock | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
@@ -42,7 +58,20 @@ class Orchestrator:
         self.listeners = Listeners(listeners)
         self.clock: Clock = SystemClock() if clock is None else clock
         self.rand: Callable[[], float] = random.random if rand is None else rand
+        self.migrations: dict[str, Migration] = dict(migrations or {})
+        self._specs: dict[str, SagaSpec] = {}
+        self._live: dict[str, RunHandle] = {}
         self._workers = WorkerPool()
+        for cls in sagas:
+            self.register(cls)
+
+    # --- running ----------------------------------------------------------------------
+
+    def register(self, *classes: type) -> None:
+        """Let this orchestrator resume and act on stored sagas of these classes."""
+        for cls in classes:
+            spec = spec_of(cls)
+            self._specs[spec.name] = spec
 
     def run(self, saga: object, saga_id: str | None = None) -> SagaResult:
         """Run ``saga`` to its end on this thread; its result, whatever the outcome.
@@ -50,25 +79,13 @@ class Orchestrator:
         Starting an id that is running raises :class:`~sagaflow.AlreadyExecuting`;
         an id that finished returns the stored result without running anything.
         """
-        spec = spec_of(saga)
-        if spec.is_async:
-            names = ", ".join(
-                s.name for s in spec.steps if s.is_async or s.compensation_is_async
-            )
-            raise TypeError(
-                f"saga {spec.name!r} has async steps or compensations ({names}): "
-                "run it with 'await orchestrator.arun(saga)'"
-            )
-        if self.listeners.async_:
-            raise TypeError(
-                f"async listeners {self.listeners.async_!r} can only be awaited under "
-                "arun(): use arun(), or give this orchestrator sync listeners"
-            )
+        spec = self._spec_to_run(saga)
+        self._check_sync(spec)
         record = self._new(spec, saga, saga_id)
         existing = self.store.create(record)
         if existing is not None:
             return self._existing(spec, existing)
-        run_sync(self, spec, record)
+        self._drive(spec, record)
         return SagaResult.of(record)
 
     async def arun(self, saga: object, saga_id: str | None = None) -> SagaResult:
@@ -77,13 +94,15 @@ class Orchestrator:
         Cancelling the awaiting task while steps run makes the saga compensate (shielded
         from the cancellation), after which the cancellation propagates.
         """
-        spec = spec_of(saga)
+        spec = self._spec_to_run(saga)
         record = self._new(spec, saga, saga_id)
         existing = await self.store.acreate(record)
         if existing is not None:
             return self._existing(spec, existing)
-        await run_async(self, spec, record)
+        await self._adrive(spec, record)
         return SagaResult.of(record)
+
+    # --- looking ----------------------------------------------------------------------
 
     def get(self, saga_id: str) -> SagaResult | None:
         """A snapshot of the saga ``saga_id`` (running or finished), or ``None``."""
@@ -99,6 +118,40 @@ class Orchestrator:
         records = self.store.query(status=_FINISHED, name=name, limit=limit)
         return [SagaResult.of(r) for r in records]
 
+    # --- operator verbs ---------------------------------------------------------------
+
+    def cancel(self, saga_id: str, note: str | None = None) -> SagaResult:
+        """Make a RUNNING saga compensate, and return its snapshot.
+
+        A saga this orchestrator is running compensates after the step in flight; one
+        that no process runs (its process died) compensates now, on this thread, the
+        step that was in flight included (its outcome is unknown).
+        """
+        handle = self._live.get(saga_id)
+        if handle is not None:
+            handle.request_cancel(note)
+            return self._snapshot(saga_id)
+        spec, record = self._stored(saga_id)
+        engine.cancel(spec, record, self.clock.now(), note)
+        self._drive(spec, record)
+        return SagaResult.of(record)
+
+    def retry(self, saga_id: str, note: str | None = None) -> SagaResult:
+        """Run a FAILED saga's failed compensations (or failed retriable step) again."""
+        spec, record = self._stored(saga_id)
+        engine.retry(spec, record, self.clock.now(), note)
+        self._drive(spec, record)
+        return SagaResult.of(record)
+
+    def resolve(self, saga_id: str, note: str) -> SagaResult:
+        """Mark a FAILED saga as handled by hand; ``note`` says what was done."""
+        spec, record = self._stored(saga_id)
+        engine.resolve(spec, record, self.clock.now(), note)
+        self._drive(spec, record)  # saves the record, tells listeners; runs nothing
+        return SagaResult.of(record)
+
+    # --- lifecycle --------------------------------------------------------------------
+
     def close(self) -> None:
         """Stop idle worker threads (calls still running finish on their own)."""
         self._workers.close()
@@ -108,6 +161,71 @@ class Orchestrator:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # --- internals --------------------------------------------------------------------
+
+    def _spec_to_run(self, saga: object) -> SagaSpec:
+        spec = spec_of(saga)
+        self._specs[spec.name] = spec  # the class run last is the one to resume
+        return spec
+
+    def _check_sync(self, spec: SagaSpec) -> None:
+        if spec.is_async:
+            names = ", ".join(
+                s.name for s in spec.steps if s.is_async or s.compensation_is_async
+            )
+            raise TypeError(
+                f"saga {spec.name!r} has async steps or compensations ({names}): "
+                "run it with 'await orchestrator.arun(saga)'"
+            )
+        if self.listeners.async_:
+            raise TypeError(
+                f"async listeners {self.listeners.async_!r} can only be awaited under "
+                "arun(): use arun(), or give this orchestrator sync listeners"
+            )
+
+    def _drive(self, spec: SagaSpec, record: SagaRecord) -> None:
+        self._check_sync(spec)
+        handle = self._live.setdefault(record.saga_id, RunHandle())
+        try:
+            run_sync(self, spec, record, handle)
+        finally:
+            self._live.pop(record.saga_id, None)
+
+    async def _adrive(self, spec: SagaSpec, record: SagaRecord) -> None:
+        handle = self._live.setdefault(record.saga_id, RunHandle())
+        try:
+            await run_async(self, spec, record, handle)
+        finally:
+            self._live.pop(record.saga_id, None)
+
+    def _snapshot(self, saga_id: str) -> SagaResult:
+        record = self.store.load(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        return SagaResult.of(record)
+
+    def spec_for(self, record: SagaRecord) -> SagaSpec:
+        """The spec that can run ``record``, migrating it if the definition changed."""
+        spec = self._specs.get(record.saga_name)
+        if spec is None:
+            raise UnknownSaga(record.saga_id, record.saga_name)
+        if record.fingerprint != spec.fingerprint:
+            migrate = self.migrations.get(record.fingerprint)
+            migrated = None if migrate is None else migrate(record, spec)
+            if migrated is None or migrated.fingerprint != spec.fingerprint:
+                raise SagaDefinitionChanged(
+                    record.saga_id, record.saga_name, record.fingerprint, spec.fingerprint
+                )
+        return spec
+
+    def _stored(self, saga_id: str) -> tuple[SagaSpec, SagaRecord]:
+        if saga_id in self._live:
+            raise AlreadyExecuting(saga_id)
+        record = self.store.load(saga_id)
+        if record is None:
+            raise SagaNotFound(saga_id)
+        return self.spec_for(record), record
 
     def _new(self, spec: SagaSpec, saga: object, saga_id: str | None) -> SagaRecord:
         if saga_id is None:

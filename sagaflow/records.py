@@ -137,6 +137,7 @@ class SagaRecord:
     events: list[Any] = attrs.field(factory=list)
     history: list[LifecycleEvent] = attrs.field(factory=list)
     version: int = 0
+    resolution: str | None = None  #: an operator's note: this FAILED saga was handled by hand
 
     @property
     def steps_executed(self) -> int:
@@ -163,6 +164,7 @@ class SagaResult:
     created_at: float
     updated_at: float
     finished_at: float | None
+    resolution: str | None = None
 
     @classmethod
     def of(cls, record: SagaRecord) -> SagaResult:
@@ -179,6 +181,7 @@ class SagaResult:
             created_at=record.created_at,
             updated_at=record.updated_at,
             finished_at=record.finished_at,
+            resolution=record.resolution,
         )
 
     @property

@@ -24,14 +24,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .context import Direction, StepContext
-from .engine import Call, Sleep, interrupt, next_command, settle
+from .engine import Call, Sleep, cancel, interrupt, next_command, settle
 from .records import SagaRecord, SagaStatus
 
 if TYPE_CHECKING:
     from .definition import SagaSpec
     from .orchestrator import Orchestrator
 
-__all__ = ["run_async", "run_sync"]
+__all__ = ["RunHandle", "run_async", "run_sync"]
 
 FORWARD = Direction.FORWARD
 _allocate = threading.Lock
@@ -174,6 +174,29 @@ class WorkerPool:
             self._idle.pop().stop()
 
 
+class RunHandle:
+    """A run in progress in this process; an operator's cancel reaches it through here."""
+
+    __slots__ = ("cancel_note", "cancel_requested")
+
+    def __init__(self) -> None:
+        self.cancel_requested = False
+        self.cancel_note: str | None = None
+
+    def request_cancel(self, note: str | None) -> None:
+        self.cancel_note = note
+        self.cancel_requested = True
+
+
+def _cancel_if_asked(
+    handle: RunHandle, spec: SagaSpec, record: SagaRecord, now: float
+) -> None:
+    """Between two calls: turn an operator's cancel into compensation."""
+    handle.cancel_requested = False
+    if record.status is SagaStatus.RUNNING:
+        cancel(spec, record, now, handle.cancel_note)
+
+
 def _context(orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float) -> (
     StepContext
 ):
@@ -215,8 +238,12 @@ def _call_sync(
     return error, False, None
 
 
-def run_sync(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
+def run_sync(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
+) -> None:
     """Drive ``record`` to a terminal state on this thread."""
+    if handle is None:
+        handle = RunHandle()
     store = orch.store
     listeners = orch.listeners
     clock = orch.clock
@@ -225,6 +252,8 @@ def run_sync(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
     seen = 0
     while True:
         now = clock.now()
+        if handle.cancel_requested:
+            _cancel_if_asked(handle, spec, record, now)
         command = next_command(spec, record, now)
         record.updated_at = now
         store.save(record)
@@ -282,6 +311,7 @@ async def _loop(
     record: SagaRecord,
     progress: _Progress,
     forward_only: bool,
+    handle: RunHandle,
 ) -> None:
     store = orch.store
     listeners = orch.listeners
@@ -289,9 +319,11 @@ async def _loop(
     rand = orch.rand
     history = record.history
     while True:
+        now = clock.now()
+        if handle.cancel_requested:
+            _cancel_if_asked(handle, spec, record, now)
         if forward_only and record.status is SagaStatus.COMPENSATING:
             return
-        now = clock.now()
         command = next_command(spec, record, now)
         record.updated_at = now
         await store.asave(record)
@@ -311,14 +343,20 @@ async def _loop(
 
 
 async def _compensate_shielded(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, progress: _Progress
+    orch: Orchestrator,
+    spec: SagaSpec,
+    record: SagaRecord,
+    progress: _Progress,
+    handle: RunHandle,
 ) -> bool:
     """Run the rest of the saga (its compensation) in a task nobody's cancel reaches.
 
     Returns whether the awaiting task was cancelled meanwhile; the caller re-raises
     the cancellation once compensation is over.
     """
-    task = asyncio.get_running_loop().create_task(_loop(orch, spec, record, progress, False))
+    task = asyncio.get_running_loop().create_task(
+        _loop(orch, spec, record, progress, False, handle)
+    )
     cancelled = False
     while not task.done():
         try:
@@ -331,22 +369,26 @@ async def _compensate_shielded(
     return cancelled
 
 
-async def run_async(orch: Orchestrator, spec: SagaSpec, record: SagaRecord) -> None:
+async def run_async(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
+) -> None:
     """Drive ``record`` to a terminal state in this task."""
+    if handle is None:
+        handle = RunHandle()
     progress = _Progress()
     try:
-        await _loop(orch, spec, record, progress, True)
+        await _loop(orch, spec, record, progress, True, handle)
     except asyncio.CancelledError:
         if record.status is SagaStatus.RUNNING:
             interrupt(spec, record, progress.call, orch.clock.now())
         if not record.status.is_terminal:
-            await _compensate_shielded(orch, spec, record, progress)
+            await _compensate_shielded(orch, spec, record, progress, handle)
         else:
             record.updated_at = orch.clock.now()
             await orch.store.asave(record)
             await orch.listeners.anotify(record.history, progress.seen)
         raise
     if not record.status.is_terminal and await _compensate_shielded(
-        orch, spec, record, progress
+        orch, spec, record, progress, handle
     ):
         raise asyncio.CancelledError

@@ -1,0 +1,223 @@
+"""Operator verbs: cancel, retry, resolve; and how stored sagas find their class."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sagaflow import (
+    CompensationStatus,
+    Orchestrator,
+    Retry,
+    SagaCancelled,
+    SagaDefinitionChanged,
+    SagaNotFound,
+    SagaStatus,
+    StepFailed,
+    StepStatus,
+    UnknownSaga,
+    events,
+    saga,
+    step,
+)
+from sagaflow.engine import OperatorError
+from sagaflow.testing import VirtualClock
+
+NO_RETRY = Retry(attempts=1)
+
+
+def make(log: list[str], broken: set[str]):
+    @saga(name="ops")
+    class Ops:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate(retry=NO_RETRY)
+        def ua(self, ctx):
+            log.append("ua")
+            if "ua" in broken:
+                raise ConnectionError("ua down")
+
+        @step
+        def b(self, ctx):
+            log.append("b")
+            if "b" in broken:
+                raise ValueError("b fails")
+
+        @b.compensate
+        def ub(self, ctx): ...
+
+        @step(pivot=True)
+        def p(self, ctx):
+            log.append("p")
+
+        @step(retriable=True, retry=NO_RETRY)
+        def r(self, ctx):
+            log.append("r")
+            if "r" in broken:
+                raise ConnectionError("r down")
+
+    return Ops
+
+
+def actions(result) -> list[tuple[str, str | None]]:
+    return [(e.action, e.note) for e in result.history if isinstance(e, events.OperatorAction)]
+
+
+def test_retry_failed_compensations_then_compensated() -> None:
+    log: list[str] = []
+    broken = {"b", "ua"}
+    orchestrator = Orchestrator(clock=VirtualClock())
+    first = orchestrator.run(make(log, broken)(), "x")
+    assert first.status is SagaStatus.FAILED and first.error.failures.keys() == {"a"}
+    broken.discard("ua")  # the operator fixed the participant
+    again = orchestrator.retry("x", note="gateway back")
+    assert again.status is SagaStatus.COMPENSATED
+    assert log == ["a", "b", "ua", "ua"]
+    assert isinstance(again.error, StepFailed) and again.error.step == "b"
+    assert again.step("a").compensation is CompensationStatus.COMPENSATED
+    assert actions(again) == [("retry", "gateway back")]
+
+
+def test_retry_failed_retriable_step_then_completed() -> None:
+    log: list[str] = []
+    broken = {"r"}
+    orchestrator = Orchestrator()
+    assert orchestrator.run(make(log, broken)(), "y").status is SagaStatus.FAILED
+    broken.clear()
+    again = orchestrator.retry("y")
+    assert again.status is SagaStatus.COMPLETED and again.error is None
+    assert log == ["a", "b", "p", "r", "r"]
+    assert again.step("r").status is StepStatus.COMPLETED
+
+
+def test_resolve_records_the_note_and_keeps_failed() -> None:
+    orchestrator = Orchestrator()
+    orchestrator.run(make([], {"r"})(), "z")
+    resolved = orchestrator.resolve("z", note="sent the email by hand")
+    assert resolved.status is SagaStatus.FAILED
+    assert resolved.resolution == "sent the email by hand"
+    assert actions(resolved) == [("resolve", "sent the email by hand")]
+    with pytest.raises(OperatorError, match="needs a note"):
+        orchestrator.resolve("z", note=" ")
+
+
+def test_operator_verbs_refuse_the_wrong_status_and_unknown_ids() -> None:
+    orchestrator = Orchestrator()
+    orchestrator.run(make([], set())(), "done")
+    with pytest.raises(OperatorError, match="only a FAILED saga can be retried"):
+        orchestrator.retry("done")
+    with pytest.raises(OperatorError, match="only a FAILED saga can be resolved"):
+        orchestrator.resolve("done", "x")
+    with pytest.raises(OperatorError, match="only a RUNNING saga can be cancelled"):
+        orchestrator.cancel("done")
+    with pytest.raises(SagaNotFound, match="no saga 'nope' in the store"):
+        orchestrator.retry("nope")
+
+
+def test_cancel_a_live_run_compensates_after_the_step_in_flight() -> None:
+    log: list[str] = []
+    inside, go_on = threading.Event(), threading.Event()
+
+    @saga
+    class Long:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(timeout=None)
+        def b(self, ctx):
+            inside.set()
+            go_on.wait(5)
+            log.append("b")
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+        @step
+        def c(self, ctx):
+            log.append("c")
+
+        @c.compensate
+        def uc(self, ctx): ...
+
+    orchestrator = Orchestrator()
+    results = []
+    worker = threading.Thread(target=lambda: results.append(orchestrator.run(Long(), "L")))
+    worker.start()
+    inside.wait(5)
+    snap = orchestrator.cancel("L", note="customer changed their mind")
+    assert snap.status is SagaStatus.RUNNING
+    go_on.set()
+    worker.join(5)
+    (result,) = results
+    assert log == ["a", "b", "ub", "ua"]
+    assert result.status is SagaStatus.COMPENSATED and isinstance(result.error, SagaCancelled)
+    assert actions(result) == [("cancel", "customer changed their mind")]
+
+
+def test_cancel_a_saga_no_process_runs_compensates_the_step_in_flight_too() -> None:
+    log: list[str] = []
+
+    @saga(name="crashy")
+    class Crashy:
+        crash: bool = True
+
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step
+        def b(self, ctx):
+            log.append("b")
+            if self.crash:
+                raise KeyboardInterrupt  # the process dies mid-step
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+    orchestrator = Orchestrator()
+    with pytest.raises(KeyboardInterrupt):
+        orchestrator.run(Crashy(), "k")
+    assert orchestrator.get("k").status is SagaStatus.RUNNING
+    result = orchestrator.cancel("k")
+    assert log == ["a", "b", "ub", "ua"]
+    assert result.status is SagaStatus.COMPENSATED
+    assert result.step("b").timed_out and result.step("b").status is StepStatus.TIMED_OUT
+
+
+def test_stored_saga_of_unknown_class_or_changed_definition_is_left_alone() -> None:
+    orchestrator = Orchestrator()
+    orchestrator.run(make([], {"r"})(), "f")
+    record = orchestrator.store.load("f")
+
+    stranger = Orchestrator(store=orchestrator.store)
+    with pytest.raises(UnknownSaga, match="pass its class in Orchestrator"):
+        stranger.retry("f")
+
+    record.fingerprint = "0123456789abcdef"
+    with pytest.raises(SagaDefinitionChanged, match="left untouched"):
+        orchestrator.retry("f")
+    assert record.status is SagaStatus.FAILED
+    assert isinstance(record.history[-1], events.SagaFailed)
+
+    def migrate(old, spec):
+        old.fingerprint = spec.fingerprint
+        return old
+
+    # a migration maps the old definition onto the current one
+    migrating = Orchestrator(store=orchestrator.store, migrations={"0123456789abcdef": migrate})
+    migrating.register(make([], set()))
+    assert migrating.retry("f").status is SagaStatus.COMPLETED
