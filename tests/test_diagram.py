@@ -1,0 +1,613 @@
+"""Diagrams: DOT and Mermaid read off the machine, runs drawn with their path, SVG/PNG rendered."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import sagaflow.diagram as diagram_module
+from sagaflow import (
+    Orchestrator,
+    Retry,
+    SagaRecord,
+    SagaResult,
+    SagaStatus,
+    StepKind,
+    events,
+    saga,
+    spec_of,
+    step,
+)
+from sagaflow.cli import find_sagas
+from sagaflow.definition import StepDef
+from sagaflow.diagram import (
+    GraphvizNotFound,
+    diagram,
+    file_stem,
+    format_for,
+    render,
+    to_dot,
+    to_mermaid,
+    write,
+)
+from sagaflow.machine import compensation_state
+from sagaflow.testing import VirtualClock
+
+ROOT = Path(__file__).resolve().parents[1]
+REGENERATE = "python -m sagaflow diagram examples --all --prune --output diagrams"
+ONCE = Retry(attempts=1)
+
+
+def needs_approval(s: FeatureSaga) -> bool:
+    return s.approval
+
+
+@saga
+@attrs.define
+class FeatureSaga:
+    """Every feature a diagram shows: readonly, conditional, compensatable, pivot, retriable.
+
+    ``fail`` names the steps whose forward call fails, ``stuck`` the compensations that do.
+    """
+
+    approval: bool = True
+    fail: frozenset[str] = frozenset()
+    stuck: frozenset[str] = frozenset()
+
+    def _forward(self, name: str) -> None:
+        if name in self.fail:
+            raise ConnectionError(f"{name} is down")
+
+    def _undo(self, name: str) -> None:
+        if name in self.stuck:
+            raise RuntimeError(f"cannot undo {name}")
+
+    @step(readonly=True, timeout=None)
+    def validate(self, ctx):
+        self._forward(ctx.step)
+
+    @step(when=needs_approval, timeout=None)
+    def approve(self, ctx):
+        self._forward(ctx.step)
+
+    @approve.compensate(retry=ONCE, timeout=None)
+    def cancel_approval(self, ctx):
+        self._undo(ctx.step)
+
+    @step(timeout=None)
+    def modify(self, ctx):
+        self._forward(ctx.step)
+
+    @modify.compensate(retry=ONCE, timeout=None)
+    def restore(self, ctx):
+        self._undo(ctx.step)
+
+    @step(timeout=None)
+    def charge(self, ctx):
+        self._forward(ctx.step)
+
+    @charge.compensate(retry=ONCE, timeout=None)
+    def refund(self, ctx):
+        self._undo(ctx.step)
+
+    @step(pivot=True, timeout=None)
+    def commit(self, ctx):
+        self._forward(ctx.step)
+
+    @step(retriable=True, retry=ONCE, timeout=None)
+    def notify(self, ctx):
+        self._forward(ctx.step)
+
+
+SPEC = spec_of(FeatureSaga)
+FORWARD = [s.name for s in SPEC.steps]
+UNDOABLE = [s.name for s in SPEC.steps if s.compensation is not None]
+
+
+# --------------------------------------------------------------------------- parsing
+
+DOT_NODE = re.compile(r'^  "((?:[^"\\]|\\.)*)" \[label="((?:[^"\\]|\\.)*)"(.*)\];$')
+DOT_EDGE = re.compile(r'^  "((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)" \[label="([^"\\]*)(.*)\];$')
+MERMAID_EDGE = re.compile(r"^    (\w+) --> (\w+) : (.+)$")
+
+
+def dot_nodes(dot: str) -> dict[str, str]:
+    """state -> its attribute text (after the label)."""
+    return {m[1]: m[2] + m[3] for line in dot.splitlines() if (m := DOT_NODE.match(line))}
+
+
+def dot_edges(dot: str) -> list[tuple[str, str, str, str]]:
+    """(source, trigger, dest, attributes) per edge line."""
+    found = []
+    for line in dot.splitlines():
+        if m := DOT_EDGE.match(line):
+            trigger = m[3].split("\\n")[0]
+            found.append((m[1], trigger, m[2], m[4]))
+    return found
+
+
+def mermaid_edges(text: str) -> list[tuple[str, str, str]]:
+    return [
+        (m[1], m[3].split(" ")[0], m[2])
+        for line in text.splitlines()
+        if (m := MERMAID_EDGE.match(line))
+    ]
+
+
+# Label text: no raw ':' ';' '#' (Mermaid would read them); entity codes such as #lt; are
+# what sagaflow writes instead, and Mermaid decodes them before parsing.
+LABEL = r"(?:[^:;#\n]|#\w+;)+"
+# Every line a generated Mermaid state diagram may have.
+MERMAID_LINE = re.compile(
+    r"^(stateDiagram-v2"
+    r"|    %% .*"
+    r"|    direction LR"
+    r"|    \[\*\] --> \w+"
+    r"|    \w+ --> \[\*\]"
+    rf"|    \w+ --> \w+ : {LABEL}"
+    rf"|    \w+ : {LABEL}"
+    r'|    state "[^"]+" as \w+'
+    r"|    classDef \w+ [\w#:,.\- ]+"
+    r"|    class \w+(,\w+)* \w+)$"
+)
+
+
+def assert_valid_mermaid(text: str) -> None:
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        assert MERMAID_LINE.match(line), f"not a line sagaflow should write: {line!r}"
+    used = {m[1] for line in text.splitlines() if (m := re.match(r"^    class \S+ (\w+)$", line))}
+    defined = {m[1] for line in text.splitlines() if (m := re.match(r"^    classDef (\w+)", line))}
+    assert used == defined
+
+
+# --------------------------------------------------------------------------- the class view
+
+def test_dot_has_every_state_and_every_transition_of_the_machine():
+    dot = render(FeatureSaga, "dot")
+    assert list(dot_nodes(dot)) == list(SPEC.machine.states)
+    edges = dot_edges(dot)
+    assert {(s, t, d) for s, t, d, _ in edges} == SPEC.transitions
+    assert len(edges) == len(SPEC.transitions)  # each transition drawn once
+
+
+def test_mermaid_has_every_state_and_every_transition_of_the_machine():
+    text = render(FeatureSaga, "mermaid")
+    assert_valid_mermaid(text)
+    edges = mermaid_edges(text)
+    assert set(edges) == SPEC.transitions
+    assert len(edges) == len(SPEC.transitions)
+    lines = text.splitlines()
+    assert "    [*] --> not_started" in lines
+    for end in ("completed", "compensated", "failed"):
+        assert f"    {end} --> [*]" in lines
+
+
+def test_the_class_view_marks_guard_pivot_retriable_and_the_compensation_chain():
+    dot = render(FeatureSaga)
+    nodes = dot_nodes(dot)
+    assert "approve\\nwhen needs_approval" in nodes["approve"]
+    assert "pivot (point of no return)" in nodes["commit"]
+    assert 'peripheries="2"' in nodes["commit"]
+    assert "retriable (up to 1 attempt)" in nodes["notify"]
+    assert "readonly" in nodes["validate"]
+    assert "undo by restore" in nodes["compensating_modify"]
+    assert "dashed" in nodes["compensating_modify"]
+    assert '"#d4edda"' in nodes["completed"]  # green
+    assert '"#fff3cd"' in nodes["compensated"]  # amber
+    assert '"#f8d7da"' in nodes["failed"]  # red
+    skips = [e for e in dot_edges(dot) if e[1] == "skip"]
+    assert len(skips) == 1
+    assert 'label="skip\\nunless needs_approval"' in next(
+        line for line in dot.splitlines() if '[label="skip' in line
+    )
+    text = render(FeatureSaga, "mermaid")
+    assert "    approve --> modify : skip (unless needs_approval)" in text
+    assert "    commit : pivot (point of no return)" in text
+    assert "    notify : retriable (up to 1 attempt)" in text
+    assert "    class compensating_approve,compensating_modify,compensating_charge " \
+        "compensatingStep" in text
+
+
+def test_text_output_is_byte_stable_across_processes():
+    here = render(FeatureSaga, "dot") + render(FeatureSaga, "mermaid")
+    code = (
+        "import sys; sys.path[:0] = [{root!r}, {tests!r}];"
+        "from test_diagram import FeatureSaga; from sagaflow.diagram import render;"
+        "sys.stdout.write(render(FeatureSaga, 'dot') + render(FeatureSaga, 'mermaid'))"
+    ).format(root=str(ROOT), tests=str(ROOT / "tests"))
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        there = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        ).stdout
+        assert there == here
+
+
+class Guard:
+    """A callable object: its repr has an address, which must not reach a diagram."""
+
+    def __call__(self, s: object) -> bool:
+        return True
+
+
+def guarded_saga(guard: object) -> type:
+    @saga(name="Guarded")
+    @attrs.define
+    class Guarded:
+        @step(when=guard, timeout=None)
+        def only(self, ctx):
+            pass
+
+        @only.compensate
+        def undo_only(self, ctx):
+            pass
+
+    return Guarded
+
+
+def test_odd_guard_names_stay_stable_and_escaped():
+    first, second = guarded_saga(Guard()), guarded_saga(Guard())
+    assert render(first) == render(second)
+    assert render(first, "mermaid") == render(second, "mermaid")
+    assert "0x" not in render(first)
+    lam = render(guarded_saga(lambda s: True), "mermaid")
+    assert "skip (unless #lt;lambda#gt;)" in lam
+    assert_valid_mermaid(lam)
+
+
+@st.composite
+def saga_shapes(draw: st.DrawFn) -> list[tuple[str, StepKind, bool]]:
+    """(name, kind, conditional) per step, in an order @saga accepts."""
+    before = draw(
+        st.lists(
+            st.tuples(st.sampled_from([StepKind.COMPENSATABLE, StepKind.READONLY]), st.booleans()),
+            min_size=0,
+            max_size=4,
+        )
+    )
+    pivot = draw(st.booleans()) or not before
+    after = draw(st.lists(st.booleans(), max_size=2)) if pivot else []
+    shape = [(kind, cond) for kind, cond in before]
+    if pivot:
+        shape.append((StepKind.PIVOT, draw(st.booleans())))
+    shape += [(StepKind.RETRIABLE, cond) for cond in after]
+    return [(f"s{i}", kind, cond) for i, (kind, cond) in enumerate(shape)]
+
+
+def build_saga(shape: list[tuple[str, StepKind, bool]]) -> type:
+    """A saga class of the given shape, made without a class body."""
+    qualname = "Shaped"
+    body: dict[str, object] = {"__qualname__": qualname, "__module__": __name__}
+
+    def fn(self, ctx):
+        pass
+
+    for name, kind, cond in shape:
+        forward = _named(fn, f"{qualname}.{name}")
+        made = StepDef(
+            fn=forward,
+            timeout=None,
+            when=(lambda s: True) if cond else None,
+            readonly=kind is StepKind.READONLY,
+            pivot=kind is StepKind.PIVOT,
+            retriable=kind is StepKind.RETRIABLE,
+        )
+        body[name] = made
+        if kind is StepKind.COMPENSATABLE:
+            body[f"undo_{name}"] = made.compensate(_named(fn, f"{qualname}.undo_{name}"))
+    return saga(type(qualname, (), body))
+
+
+def _named(fn, qualname: str):
+    def copy(self, ctx):
+        return fn(self, ctx)
+
+    copy.__qualname__ = qualname
+    copy.__name__ = qualname.rpartition(".")[2]
+    return copy
+
+
+@given(saga_shapes())
+def test_any_saga_shape_is_drawn_exactly_as_generated(shape):
+    spec = spec_of(build_saga(shape))
+    dot, text = render(spec, "dot"), render(spec, "mermaid")
+    assert list(dot_nodes(dot)) == list(spec.machine.states)
+    assert {(s, t, d) for s, t, d, _ in dot_edges(dot)} == spec.transitions
+    assert set(mermaid_edges(text)) == spec.transitions
+    assert_valid_mermaid(text)
+    assert render(spec, "dot") == dot
+
+
+# --------------------------------------------------------------------------- SVG and PNG
+
+def test_svg_is_real_svg_with_every_state():
+    svg = render(FeatureSaga, "svg")
+    root = ET.fromstring(svg.encode())
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    ns = {"svg": "http://www.w3.org/2000/svg"}
+    titles = {
+        g.find("svg:title", ns).text
+        for g in root.iter("{http://www.w3.org/2000/svg}g")
+        if g.get("class") == "node"
+    }
+    assert titles == set(SPEC.machine.states)
+    edges = [g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "edge"]
+    assert len(edges) == len(SPEC.transitions)
+
+
+def test_png_is_a_real_picture(tmp_path):
+    png = render(FeatureSaga, "png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert width > 300 and height > 100
+    assert len(png) > 10_000
+    path = write(FeatureSaga, tmp_path / "feature.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_pygraphviz_or_dot_the_error_names_both_fixes(monkeypatch):
+    monkeypatch.setattr(diagram_module, "_load_pygraphviz", lambda: ImportError("no pygraphviz"))
+    monkeypatch.setattr(diagram_module, "_find_dot", lambda: None)
+    with pytest.raises(GraphvizNotFound) as caught:
+        render(FeatureSaga, "svg")
+    message = str(caught.value)
+    assert "pip install 'sagaflow[render]'" in message
+    assert "`dot`" in message and "PATH" in message
+    assert isinstance(caught.value, RuntimeError)
+    # text formats need nothing
+    assert render(FeatureSaga, "dot").startswith("digraph")
+    assert render(FeatureSaga, "mermaid").startswith("stateDiagram-v2")
+
+
+# --------------------------------------------------------------------------- a run
+
+def run(saga_obj: object) -> tuple[SagaResult, SagaRecord]:
+    orchestrator = Orchestrator()
+    result = orchestrator.run(saga_obj)
+    record = orchestrator.store.load(result.saga_id)
+    assert record is not None
+    return result, record
+
+
+def taken(dot: str) -> set[tuple[str, str, str]]:
+    return {(s, t, d) for s, t, d, attrs_ in dot_edges(dot) if 'penwidth="3"' in attrs_}
+
+
+def current(dot: str) -> str:
+    [state] = [s for s, a in dot_nodes(dot).items() if "<< current state >>" in a]
+    return state
+
+
+def test_a_failed_saga_shows_what_was_and_was_not_undone():
+    # commit (the pivot) fails; refunding works, restoring works, cancelling the
+    # approval does not: the saga ends FAILED.
+    result, record = run(FeatureSaga(fail=frozenset({"commit"}), stuck=frozenset({"approve"})))
+    assert result.status is SagaStatus.FAILED
+    dot = render(record)
+    nodes = dot_nodes(dot)
+    assert "FeatureSaga: saga" in dot and "FAILED" in dot.splitlines()[1]
+    for done in ("validate", "approve", "modify", "charge"):
+        assert '"#c8e6c9"' in nodes[done], done  # green: done
+    assert '"#ffcdd2"' in nodes["commit"] and "FAILED, ConnectionError" in nodes["commit"]
+    assert '"#ffe0b2"' in nodes["compensating_charge"] and "undone" in nodes["compensating_charge"]
+    assert '"#ffe0b2"' in nodes["compensating_modify"]
+    assert '"#ffcdd2"' in nodes["compensating_approve"]
+    assert "COULD NOT BE UNDONE, RuntimeError" in nodes["compensating_approve"]
+    assert '"#fafafa"' in nodes["notify"]  # never reached
+    assert current(dot) == "failed" == record.state
+    assert taken(dot) == {
+        ("not_started", "start", "validate"),
+        ("validate", "advance", "approve"),
+        ("approve", "advance", "modify"),
+        ("modify", "advance", "charge"),
+        ("charge", "advance", "commit"),
+        ("commit", "compensate", "compensating_charge"),
+        ("compensating_charge", "undone", "compensating_modify"),
+        ("compensating_modify", "undone", "compensating_approve"),
+        ("compensating_approve", "undo_failed", "failed"),
+    }
+    # the result (no state of its own) draws the same picture as the record
+    assert render(result) == dot
+    text = render(record, "mermaid")
+    assert_valid_mermaid(text)
+    assert "    compensating_approve --> failed : undo_failed ✔" in text
+    assert re.search(r"^    class compensating_approve ranUndoFailed$", text, re.M)
+    assert re.search(r"^    class compensating_modify,compensating_charge ranUndone$", text, re.M)
+    assert re.search(r"^    class commit ranFailed$", text, re.M)
+    assert re.search(r"^    class failed reachedFailed$", text, re.M)
+
+
+def test_a_skipped_step_and_a_retriable_failure():
+    result, record = run(FeatureSaga(approval=False, fail=frozenset({"notify"})))
+    assert result.status is SagaStatus.FAILED
+    dot = render(result)
+    assert ("approve", "skip", "modify") in taken(dot)
+    assert ("notify", "fail", "failed") in taken(dot)
+    assert not any(t == "compensate" for _, t, _ in taken(dot))
+    assert "skipped" in dot_nodes(dot)["approve"]
+    assert render(record) == dot
+
+
+def test_a_completed_saga():
+    result, record = run(FeatureSaga())
+    dot = render(record)
+    assert current(dot) == "completed"
+    assert all(t in ("start", "advance") for _, t, _ in taken(dot))
+    assert len(taken(dot)) == len(FORWARD) + 1
+
+
+def test_a_running_saga_shows_where_it_is():
+    drawn: dict[str, str] = {}
+
+    def listener(event: events.LifecycleEvent) -> None:
+        record = orchestrator.store.load(event.saga_id)
+        if isinstance(event, events.StepStarted) and event.step == "charge":
+            drawn["running"] = render(record)
+            drawn["running_mermaid"] = render(record, "mermaid")
+        if isinstance(event, events.CompensationStarted) and event.step == "modify":
+            drawn["compensating"] = render(record)
+
+    orchestrator = Orchestrator(listeners=[listener])
+    orchestrator.run(FeatureSaga(fail=frozenset({"commit"})))
+    assert current(drawn["running"]) == "charge"
+    assert "running, attempt 1" in dot_nodes(drawn["running"])["charge"]
+    assert re.search(r"^    class charge ranRunning$", drawn["running_mermaid"], re.M)
+    assert current(drawn["compensating"]) == "compensating_modify"
+    nodes = dot_nodes(drawn["compensating"])
+    assert "undone" in nodes["compensating_charge"]
+    assert "to undo" in nodes["compensating_approve"]
+
+
+def test_a_deadline_between_steps_compensates_from_the_step_not_started():
+    clock = VirtualClock()
+
+    @saga(deadline=10)
+    @attrs.define
+    class Slow:
+        @step(timeout=None)
+        def first(self, ctx):
+            clock.advance(20)
+
+        @first.compensate
+        def undo_first(self, ctx):
+            pass
+
+        @step(timeout=None)
+        def second(self, ctx):
+            pass
+
+        @second.compensate
+        def undo_second(self, ctx):
+            pass
+
+    orchestrator = Orchestrator(clock=clock)
+    result = orchestrator.run(Slow())
+    assert result.status is SagaStatus.COMPENSATED
+    dot = render(orchestrator.store.load(result.saga_id))
+    assert ("second", "compensate", "compensating_first") in taken(dot)
+    assert render(result) == dot
+
+
+@given(
+    approval=st.booleans(),
+    fail=st.frozensets(st.sampled_from(FORWARD)),
+    stuck=st.frozensets(st.sampled_from(UNDOABLE)),
+)
+def test_any_run_is_drawn_as_a_path_of_the_machine_ending_where_the_record_is(
+    approval, fail, stuck
+):
+    result, record = run(FeatureSaga(approval, fail, stuck))
+    dot = render(record)
+    path = taken(dot)
+    assert path <= SPEC.transitions
+    # the taken transitions form one chain from not_started to the record's state
+    out = {}
+    for s, t, d in path:
+        assert s not in out, f"two transitions taken from {s}"
+        out[s] = d
+    here, seen = "not_started", 0
+    while here in out:
+        here, seen = out[here], seen + 1
+    assert seen == len(path)
+    assert here == record.state == current(dot)
+    assert render(result) == dot
+    assert_valid_mermaid(render(result, "mermaid"))
+
+
+# --------------------------------------------------------------------------- the API
+
+def test_render_takes_a_class_an_instance_or_a_spec():
+    assert render(FeatureSaga) == render(FeatureSaga()) == render(SPEC) == to_dot(FeatureSaga)
+    assert render(FeatureSaga, "mermaid") == to_mermaid(SPEC)
+
+
+def test_bad_input_gets_a_clear_error():
+    with pytest.raises(TypeError, match="decorate the class with @sagaflow.saga"):
+        render(object())
+    with pytest.raises(ValueError, match="unknown diagram format 'jpeg'"):
+        render(FeatureSaga, "jpeg")
+    with pytest.raises(ValueError, match="cannot tell the diagram format"):
+        write(FeatureSaga, "x.txt")
+    result, record = run(FeatureSaga())
+    stray = attrs.evolve(result, data={"not": "a saga"})
+    with pytest.raises(TypeError, match="saga=TheSagaClass"):
+        render(stray)
+    assert render(stray, saga=FeatureSaga) == render(result)
+    other = guarded_saga(Guard())
+    with pytest.raises(ValueError, match="is of saga 'FeatureSaga', not 'Guarded'"):
+        render(result, saga=other)
+    record.fingerprint = "0" * 16
+    with pytest.raises(ValueError, match="another definition"):
+        render(record)
+
+
+def test_write_and_diagram_pick_the_format_from_the_suffix(tmp_path):
+    for suffix, fmt in ((".dot", "dot"), (".gv", "dot"), (".mmd", "mermaid"), (".svg", "svg")):
+        path = write(FeatureSaga, tmp_path / f"f{suffix}")
+        assert format_for(path) == fmt
+        assert path.read_text(encoding="utf-8") == render(FeatureSaga, fmt)
+    out = tmp_path / "d.mmd"
+    assert diagram(FeatureSaga, output=out) == out.read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8").startswith("stateDiagram-v2")
+    assert diagram(FeatureSaga) == render(FeatureSaga, "dot")
+    assert file_stem("Order saga/v2") == "Order_saga_v2"
+
+
+# --------------------------------------------------------------------------- diagrams/
+
+def test_diagrams_folder_is_up_to_date(monkeypatch):
+    """diagrams/ holds every example saga's DOT, Mermaid and SVG; regenerate it when stale."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    sagas, errors = find_sagas("examples")
+    assert not errors, errors
+    assert sagas, "no example sagas found"
+    folder = ROOT / "diagrams"
+    expected: set[str] = set()
+    stale: list[str] = []
+    for cls in sagas:
+        stem = file_stem(spec_of(cls).name)
+        for fmt, suffix in (("dot", ".dot"), ("mermaid", ".mmd")):
+            expected.add(stem + suffix)
+            path = folder / (stem + suffix)
+            if not path.is_file():
+                stale.append(f"{path.name} is missing")
+            elif path.read_bytes() != render(cls, fmt).encode("utf-8"):
+                stale.append(f"{path.name} differs from {cls.__module__}.{cls.__qualname__}")
+        expected.add(stem + ".svg")
+        if not (folder / (stem + ".svg")).is_file():
+            stale.append(f"{stem}.svg is missing")
+    extra = sorted(
+        p.name
+        for p in folder.glob("*")
+        if p.suffix in (".dot", ".mmd", ".svg", ".png") and p.name not in expected
+    )
+    stale += [f"{name} belongs to no example saga" for name in extra]
+    assert not stale, f"diagrams/ is stale ({'; '.join(stale)}): run `{REGENERATE}`"
+
+
+def test_readme_shows_the_unbundle_saga_diagram():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.partition("## Diagrams and the sagaflow command")[2]
+    assert section, "README lacks the section '## Diagrams and the sagaflow command'"
+    assert REGENERATE in section
+    if (ROOT / "diagrams" / "UnbundleSaga.mmd").is_file():
+        mermaid = (ROOT / "diagrams" / "UnbundleSaga.mmd").read_text(encoding="utf-8")
+        assert f"```mermaid\n{mermaid}```" in section
+        assert "(diagrams/UnbundleSaga.svg)" in section
+
+
+def test_compensation_state_names_match_the_machine():
+    # The diagram's rank grouping and labels rely on this naming.
+    for s in SPEC.steps:
+        if s.compensation is not None:
+            assert compensation_state(s.name) in SPEC.machine.states
