@@ -246,6 +246,9 @@ class SagaSpec:
     pivot_index: int | None
     is_async: bool
     fingerprint: str
+    #: the shortest limit any call can get (a timeout or a deadline); ``None`` when no
+    #: call is ever limited. The sync driver's watchdog never sleeps longer than this.
+    shortest_limit: float | None
     machine: Any = attrs.field(repr=False)
     transitions: frozenset[tuple[str, str, str]] = attrs.field(repr=False)
     index: Mapping[str, int] = attrs.field(repr=False)
@@ -549,6 +552,18 @@ def _build_spec(
         pivot_index=pivot_index,
         is_async=any(s.is_async or s.compensation_is_async for s in spec_steps),
         fingerprint=hashlib.sha256(f"{saga_name}/{shape}".encode()).hexdigest()[:16],
+        shortest_limit=min(
+            (
+                limit
+                for s in spec_steps
+                for limit in (
+                    s.timeout,
+                    s.compensation_timeout if s.compensation is not None else None,
+                )
+                if limit is not None
+            ),
+            default=None,
+        ),
         machine=machine,
         transitions=allowed,
         index={s.name: s.index for s in spec_steps},

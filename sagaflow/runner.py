@@ -4,11 +4,12 @@ Both loops are the same four lines around :mod:`sagaflow.engine`: ask for the ne
 command, save the record (write-ahead), tell the listeners, perform the command and
 report its outcome. Only how a call is made differs:
 
-- sync: a call with a timeout runs on a worker thread while the caller waits at most
-  that long. Python cannot kill a thread, so a call that overruns is *abandoned*: the
-  saga records the timeout and moves on (compensating), the thread finishes on its
-  own, and whatever it returns or emits late is dropped. A call with ``timeout=None``
-  runs inline, on the caller's thread.
+- sync: when any call has a limit, the run happens on a worker thread while the
+  caller watches the clock. Python cannot kill a thread, so a call that overruns is
+  *abandoned*: the watcher records the timeout and moves the run on (compensating) on
+  a fresh worker; the abandoned thread finishes its call on its own, and whatever it
+  returns or emits late is dropped. A saga with no limits at all runs on the caller's
+  thread.
 - async: a coroutine step runs under ``asyncio.timeout`` and is cancelled when it
   overruns; a plain ``def`` step runs on a worker thread so it cannot block the loop
   (and, overrunning, is abandoned like a sync one). Compensation is shielded from
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ __all__ = ["RunHandle", "run_async", "run_sync"]
 
 FORWARD = Direction.FORWARD
 _allocate = threading.Lock
+_monotonic = time.monotonic
 
 
 class _Worker:
@@ -86,23 +89,14 @@ class _Worker:
         self, fn: Callable[..., Any], args: tuple[Any, ...], notify: Callable[[], Any] | None
     ) -> None:
         """Begin ``fn(*args)``; its end is told by ``notify()`` (run on the worker
-        thread) or, without one, awaited by :meth:`wait`."""
+        thread) or, without one, seen by :meth:`poll`."""
         self._delivered = False
         self._job = (fn, args, contextvars.copy_context(), notify)
         self._go.release()
 
-    def wait(self, timeout: float) -> bool:
-        """Block until the call ends, at most ``timeout``; False if it did not end."""
-        try:
-            if self._done.acquire(timeout=max(timeout, 0.0)):
-                return True
-        except BaseException:
-            self.give_up()
-            raise
-        if self.give_up():  # it ended just as we stopped waiting
-            self._done.acquire()
-            return True
-        return False
+    def poll(self, timeout: float) -> bool:
+        """Whether the call ended within ``timeout`` seconds (without giving up)."""
+        return self._done.acquire(timeout=max(timeout, 0.0))
 
     def give_up(self) -> bool:
         """Stop waiting for the call; True if its result had already been delivered."""
@@ -132,30 +126,25 @@ class WorkerPool:
     def __init__(self) -> None:
         self._idle: list[_Worker] = []
 
-    def _take(self) -> _Worker:
+    def take(self) -> _Worker:
+        """An idle worker, or a new one."""
         try:
             return self._idle.pop()
         except IndexError:
             return _Worker()
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float) -> tuple[
-        BaseException | None, bool
-    ]:
-        """``(error, finished)`` of ``fn(*args)`` run on a worker thread within ``timeout``."""
-        worker = self._take()
-        worker.start(fn, args, None)
-        if not worker.wait(timeout):
-            return None, False
+    def put(self, worker: _Worker) -> None:
+        """Return a worker whose call ended."""
         self._idle.append(worker)
-        return worker.result, True
 
     async def acall(
         self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
     ) -> tuple[BaseException | None, bool]:
-        """:meth:`call` for a coroutine: the event loop is never blocked by ``fn``."""
+        """``(error, finished)`` of ``fn(*args)`` run on a worker thread within
+        ``timeout``: a plain ``def`` step under ``arun`` never blocks the event loop."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        worker = self._take()
+        worker = self.take()
         worker.start(fn, args, lambda: loop.call_soon_threadsafe(_wake, future))
         try:
             async with asyncio.timeout(timeout):
@@ -218,32 +207,42 @@ def _context(orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call,
 
 def _call_sync(
     orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
-) -> tuple[BaseException | None, bool, list[Any] | None]:
+) -> tuple[BaseException | None, list[Any] | None]:
     fn = spec.forward[call.index] if call.direction is FORWARD else spec.compensations[call.index]
     assert fn is not None
     ctx = _context(orch, spec, record, call, now)
-    if call.timeout is None:
-        try:
-            fn(record.data, ctx)
-        except Exception as exc:
-            return exc, False, None
-        return None, False, ctx._pending
-    error, finished = orch._workers.call(fn, (record.data, ctx), call.timeout)
-    if not finished:
-        return None, True, None
-    if error is None:
-        return None, False, ctx._pending
-    if not isinstance(error, Exception):
-        raise error  # KeyboardInterrupt, SystemExit: never swallowed
-    return error, False, None
+    try:
+        fn(record.data, ctx)
+    except Exception as exc:
+        return exc, None
+    return None, ctx._pending
 
 
-def run_sync(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
+class _Watch:
+    """What the thread running a saga shows the thread watching its timeouts.
+
+    ``deadline`` (``time.monotonic``) is set while a call with a limit is in flight.
+    The watcher takes the run over when a call overruns; the runner checks
+    ``taken_over`` after every call and, if so, leaves the record alone.
+    """
+
+    __slots__ = ("call", "deadline", "error", "guard", "taken_over")
+
+    def __init__(self) -> None:
+        self.guard = _allocate()
+        self.deadline: float | None = None
+        self.call: Call | None = None
+        self.taken_over = False
+        self.error: BaseException | None = None
+
+
+def _drive_sync(
+    orch: Orchestrator,
+    spec: SagaSpec,
+    record: SagaRecord,
+    handle: RunHandle,
+    watch: _Watch | None,
 ) -> None:
-    """Drive ``record`` to a terminal state on this thread."""
-    if handle is None:
-        handle = RunHandle()
     store = orch.store
     listeners = orch.listeners
     clock = orch.clock
@@ -265,8 +264,89 @@ def run_sync(
         if isinstance(command, Sleep):
             clock.sleep(max(0.0, command.until - now))
             continue
-        error, timed_out, emitted = _call_sync(orch, spec, record, command, now)
-        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
+        if watch is None:
+            error, emitted = _call_sync(orch, spec, record, command, now)
+        else:
+            with watch.guard:
+                if watch.taken_over:
+                    return
+                watch.call = command
+                if command.timeout is not None:
+                    watch.deadline = _monotonic() + command.timeout
+            error, emitted = _call_sync(orch, spec, record, command, now)
+            with watch.guard:
+                if watch.taken_over:
+                    return  # the watcher gave up on this call: the record is not ours
+                watch.deadline = None
+        settle(spec, record, command, clock.now(), error, False, emitted, rand)
+
+
+def _watched(
+    orch: Orchestrator,
+    spec: SagaSpec,
+    record: SagaRecord,
+    handle: RunHandle,
+    watch: _Watch,
+) -> None:
+    try:
+        _drive_sync(orch, spec, record, handle, watch)
+    except BaseException as exc:  # re-raised by the watching thread
+        watch.error = exc
+
+
+def run_sync(
+    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
+) -> None:
+    """Drive ``record`` to a terminal state; returns when it is there.
+
+    With no limit on any call, the run happens on this thread. Otherwise it happens on
+    a worker thread while this one watches: it sleeps until the earliest moment a call
+    could overrun, and when one does it takes the run over (the timed-out call is
+    abandoned) and hands it to a fresh worker. One thread handoff per run, not per call.
+    """
+    if handle is None:
+        handle = RunHandle()
+    limits = [x for x in (spec.shortest_limit, spec.compensation_deadline) if x is not None]
+    if not limits and spec.deadline is None:
+        _drive_sync(orch, spec, record, handle, None)
+        return
+    # No call that starts from now on can overrun sooner than this, nor past the deadline.
+    floor = min(limits, default=3600.0)
+    clock = orch.clock
+    while True:
+        watch = _Watch()
+        worker = orch._workers.take()
+        worker.start(_watched, (orch, spec, record, handle, watch), None)
+        call: Call | None = None
+        try:
+            while True:
+                with watch.guard:
+                    deadline = watch.deadline
+                    now = _monotonic()
+                    if deadline is not None and now >= deadline:
+                        watch.taken_over = True
+                        call = watch.call
+                        break
+                if deadline is not None:
+                    wait = deadline - now
+                else:
+                    wait = floor
+                    if record.deadline_at is not None:
+                        left = record.deadline_at - clock.now()
+                        if left > 0:
+                            wait = min(wait, left)
+                if worker.poll(max(wait, 0.001)):
+                    orch._workers.put(worker)
+                    if watch.error is not None:
+                        raise watch.error
+                    return
+        except BaseException:
+            watch.taken_over = True
+            worker.give_up()
+            raise
+        worker.give_up()  # the thread ends when the abandoned call returns
+        assert call is not None
+        settle(spec, record, call, clock.now(), None, True, None, orch.rand)
 
 
 async def _call_async(
