@@ -439,7 +439,7 @@ def test_a_skipped_step_and_a_retriable_failure():
 
 
 def test_a_completed_saga():
-    result, record = run(FeatureSaga())
+    _, record = run(FeatureSaga())
     dot = render(record)
     assert current(dot) == "completed"
     assert all(t in ("start", "advance") for _, t, _ in taken(dot))
@@ -512,7 +512,7 @@ def test_any_run_is_drawn_as_a_path_of_the_machine_ending_where_the_record_is(
     assert path <= SPEC.transitions
     # the taken transitions form one chain from not_started to the record's state
     out = {}
-    for s, t, d in path:
+    for s, _, d in path:
         assert s not in out, f"two transitions taken from {s}"
         out[s] = d
     here, seen = "not_started", 0
@@ -532,7 +532,7 @@ def test_render_takes_a_class_an_instance_or_a_spec():
 
 
 def test_bad_input_gets_a_clear_error():
-    with pytest.raises(TypeError, match="decorate the class with @sagaflow.saga"):
+    with pytest.raises(TypeError, match=r"decorate the class with @sagaflow\.saga"):
         render(object())
     with pytest.raises(ValueError, match="unknown diagram format 'jpeg'"):
         render(FeatureSaga, "jpeg")
