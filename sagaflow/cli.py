@@ -125,6 +125,27 @@ class SagaflowGroup(click.Group):
             raise CliError(f"{self._lazy()[cmd_name]} is not a click command")
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Like click's, except that a lazy command which fails to load is listed as
+        # unavailable instead of breaking --help for every other command.
+        found: list[tuple[str, click.Command | str]] = []
+        for name in self.list_commands(ctx):
+            try:
+                command = self.get_command(ctx, name)
+            except click.ClickException as exc:
+                found.append((name, f"(unavailable: {exc.message})"))
+                continue
+            if command is not None and not command.hidden:
+                found.append((name, command))
+        if not found:
+            return
+        limit = formatter.width - 6 - max(len(name) for name, _ in found)
+        rows = [
+            (name, c if isinstance(c, str) else c.get_short_help_str(limit)) for name, c in found
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
