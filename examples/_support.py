@@ -162,6 +162,7 @@ class _Fault:
     error: BaseException | None
     hang: float | None
     times: int | None  # None: every call, until cleared
+    skip: int = 0  # calls to let through first
 
 
 class Faults:
@@ -180,14 +181,23 @@ class Faults:
         self.calls: Counter[str] = Counter()
 
     def fail(
-        self, op: str, error: BaseException, *, times: int | None = 1, at: str = "before"
+        self,
+        op: str,
+        error: BaseException,
+        *,
+        times: int | None = 1,
+        at: str = "before",
+        skip: int = 0,
     ) -> None:
-        """Make the next ``times`` calls of ``op`` raise ``error`` (``None``: every call)."""
-        self._arm(_Fault(op, at, error, None, times))
+        """Make ``times`` calls of ``op`` raise ``error`` (``None``: every call), after
+        letting ``skip`` calls through."""
+        self._arm(_Fault(op, at, error, None, times, skip))
 
-    def hang(self, op: str, seconds: float, *, times: int | None = 1, at: str = "before") -> None:
-        """Make the next ``times`` calls of ``op`` stall for ``seconds`` at ``at``."""
-        self._arm(_Fault(op, at, None, seconds, times))
+    def hang(
+        self, op: str, seconds: float, *, times: int | None = 1, at: str = "before", skip: int = 0
+    ) -> None:
+        """Make ``times`` calls of ``op`` stall for ``seconds`` at ``at``, after ``skip``."""
+        self._arm(_Fault(op, at, None, seconds, times, skip))
 
     def clear(self) -> None:
         """Disarm every fault and let stalled calls go on."""
@@ -228,6 +238,9 @@ class Faults:
                 self.calls[op] += 1
             for fault in self._armed:
                 if fault.op == op and fault.at == at:
+                    if fault.skip > 0:
+                        fault.skip -= 1
+                        return None
                     if fault.times is not None:
                         fault.times -= 1
                         if fault.times == 0:

@@ -18,18 +18,21 @@ import attrs
 
 from sagaflow import (
     CompensationFailed,
+    CompensationStatus,
     Orchestrator,
     SagaResult,
     SagaSpec,
     SagaStatus,
+    StepFailed,
     StepKind,
+    StepStatus,
     events,
     spec_of,
 )
 
 from ._support import LoopClock, VirtualClock
 
-__all__ = ["Console", "Demo", "fmt"]
+__all__ = ["Console", "Demo", "fmt", "operator_notes", "outcome"]
 
 Out = Callable[[str], None]
 
@@ -136,7 +139,7 @@ class Console:
 
 def _undo_plan(spec: SagaSpec, result: SagaResult) -> list[str]:
     """The steps being compensated, newest first (what the record has scheduled)."""
-    planned = [r.name for r in result.steps if r.compensation.value != "NOT_NEEDED"]
+    planned = [r.name for r in result.steps if r.compensation is not CompensationStatus.NOT_NEEDED]
     return sorted(planned, key=lambda name: -spec.step(name).index)
 
 
@@ -207,25 +210,49 @@ class Demo:
         self.results.append(result)
         if self.console.muted:
             return
-        undone = sum(1 for s in result.steps if s.compensation.value == "COMPENSATED")
-        planned = sum(1 for s in result.steps if s.compensation.value != "NOT_NEEDED")
-        comps = f"compensations {undone}/{planned}" if planned else "no compensation needed"
-        took = f"{result.duration or 0:.1f}s (real {real * 1000:.0f} ms)"
-        self.out(f"   ⇒ {result.status.value} in {took} · {comps}")
-        if result.error is not None and result.status is not SagaStatus.COMPLETED:
-            self.out(f"     error: {type(result.error).__name__}: {result.error}")
+        self.out("   ⇒ " + outcome(result, real))
         if result.events:
             self.out("     events: " + " → ".join(_event_name(e) for e in result.events))
-        if isinstance(result.error, CompensationFailed):
-            for step_name, error in result.error.failures.items():
-                self.out(f"     ‼ could not undo {step_name}: {error}")
-        elif result.status is SagaStatus.FAILED:
-            spec_steps = {s.name: s for s in spec_of(result.data).steps}
-            for s in result.steps:
-                if s.status.value in ("FAILED", "TIMED_OUT"):
-                    kind = spec_steps[s.name].kind
-                    if kind is StepKind.RETRIABLE:
-                        self.out(
-                            f"     ‼ {s.name} failed for good after the pivot "
-                            f"({s.attempts} attempts): finish it by hand, nothing was undone"
-                        )
+        for line in operator_notes(result):
+            self.out(f"     ‼ {line}")
+
+
+def outcome(result: SagaResult, real: float | None = None) -> str:
+    """One line: status, virtual duration (and real), compensations, the error's kind."""
+    undone = sum(1 for s in result.steps if s.compensation is CompensationStatus.COMPENSATED)
+    planned = sum(1 for s in result.steps if s.compensation is not CompensationStatus.NOT_NEEDED)
+    parts = [f"{result.status.value} in {result.duration or 0:.3g}s"]
+    if real is not None:
+        parts[0] += f" (real {real * 1000:.0f} ms)"
+    parts.append(f"compensations {undone}/{planned}" if planned else "no compensation needed")
+    error = result.error
+    if error is not None and result.status is not SagaStatus.COMPLETED:
+        if isinstance(error, CompensationFailed):
+            why = f" (compensating after {_short(error.reason)})" if error.reason else ""
+            parts.append(f"error: CompensationFailed{why}")
+        else:
+            parts.append(f"error: {_short(error)}")
+    return " · ".join(parts)
+
+
+def _short(error: BaseException) -> str:
+    """An error in a few words: a step's failure was printed on its own line already."""
+    if isinstance(error, StepFailed):
+        return f"{type(error).__name__} at {error.step}"
+    return f"{type(error).__name__}: {error}"
+
+
+def operator_notes(result: SagaResult) -> list[str]:
+    """What a FAILED saga's record says an operator must do."""
+    if isinstance(result.error, CompensationFailed):
+        return [f"could not undo {step}: {err}" for step, err in result.error.failures.items()]
+    if result.status is not SagaStatus.FAILED:
+        return []
+    spec = spec_of(result.data)
+    return [
+        f"{s.name} failed for good after the pivot ({s.attempts} attempts): "
+        "finish it by hand; nothing was undone"
+        for s in result.steps
+        if s.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
+        and spec.step(s.name).kind is StepKind.RETRIABLE
+    ]

@@ -1,0 +1,161 @@
+"""``UnbundleSaga`` (seed 000): a customer removes components from their bundle.
+
+The five steps of the seed, their kinds, and why:
+
+1. ``validate``, readonly: reads the subscription and checks the request against the
+   rules (:mod:`.rules`). A refused request ends the saga before anything changed.
+2. ``calculate_pricing``, readonly: prices the request against the subscription as it is
+   now and keeps what the next steps need: the new price, the version the modification
+   must still find, and ``original_price`` for the compensation.
+3. ``create_approval``, compensatable, conditional: only when more than half of the
+   components go. Writes a PENDING approval record; ``withdraw_approval`` marks it
+   WITHDRAWN (an approval trail forgets nothing), found by ``approval_id``.
+4. ``apply_modification``, compensatable: one transaction removes the components, sets
+   the new price and bumps the version, if the version is still the one priced (else
+   ``Conflict``: someone changed the subscription meanwhile). ``revert_modification``
+   puts the components and ``original_price`` back.
+5. ``emit_audit_events``, the pivot: writes the change to the audit trail, the outbox
+   that billing and entitlements read. Once they have it, the change is final: there is
+   no step after it to fail. If it cannot be written, the change must not stand without
+   its record, so the steps before are undone.
+
+Writes retry only on "database is locked" (SQLite's busy answer): every write is
+idempotent by its key, so a retry is safe. Compensations keep sagaflow's patient default.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+
+import attrs
+
+from sagaflow import Retry, StepContext, saga, step
+
+from .._support import forward_key
+from . import rules
+from .db import database
+
+__all__ = [
+    "ApprovalRequested",
+    "ApprovalWithdrawn",
+    "BundleModified",
+    "ModificationReverted",
+    "UnbundleSaga",
+]
+
+#: A local SQLite transaction takes milliseconds; a second means the database is stuck.
+DB_TIMEOUT = 1.0
+LOCKED = Retry(attempts=3, backoff=0.05, retry_if=lambda e: "locked" in str(e),
+               retry_on=(sqlite3.OperationalError,))
+
+
+@attrs.frozen
+class ApprovalRequested:
+    approval_id: str
+    subscription_id: str
+    removed_share: str
+
+
+@attrs.frozen
+class ApprovalWithdrawn:
+    approval_id: str
+
+
+@attrs.frozen
+class BundleModified:
+    subscription_id: str
+    removed: tuple[str, ...]
+    original_price: Decimal
+    new_price: Decimal
+
+
+@attrs.frozen
+class ModificationReverted:
+    subscription_id: str
+    restored: tuple[str, ...]
+    price: Decimal
+
+
+def approval_required(s: UnbundleSaga) -> bool:
+    """More than half of the components go (rules.requires_approval, priced by step 2)."""
+    return s.needs_approval
+
+
+@saga
+@attrs.define
+class UnbundleSaga:
+    subscription_id: str
+    bundle_id: str
+    remove: tuple[str, ...] = attrs.field(converter=tuple)
+    new_price: Decimal | None = None
+    removed_share: str | None = None
+    needs_approval: bool = False
+    version: int | None = None
+    original_price: Decimal | None = None  # kept only for revert_modification
+    approval_id: str | None = None  # kept only for withdraw_approval
+
+    @property
+    def request(self) -> rules.ModificationRequest:
+        return rules.ModificationRequest(self.subscription_id, self.bundle_id, self.remove)
+
+    @step(readonly=True, timeout=DB_TIMEOUT)
+    def validate(self, ctx: StepContext) -> None:
+        found = database().load(self.subscription_id)
+        rules.validate(self.request, found[0] if found else None)
+
+    @step(readonly=True, timeout=DB_TIMEOUT)
+    def calculate_pricing(self, ctx: StepContext) -> None:
+        found = database().load(self.subscription_id)
+        quote = rules.quote(self.request, found[0] if found else None)
+        self.version = found[1] if found else None
+        self.original_price, self.new_price = quote.original_price, quote.new_price
+        self.removed_share = str(quote.removed_share)
+        self.needs_approval = quote.requires_approval
+
+    @step(when=approval_required, timeout=DB_TIMEOUT, retry=LOCKED)
+    def create_approval(self, ctx: StepContext) -> None:
+        self.approval_id = self.approval_id or f"APR-{ctx.saga_id}"
+        database().create_approval(
+            ctx.idempotency_key, self.approval_id, self.subscription_id, self.remove,
+            str(self.removed_share),
+        )
+        ctx.emit(ApprovalRequested(self.approval_id, self.subscription_id, str(self.removed_share)))
+
+    @create_approval.compensate
+    def withdraw_approval(self, ctx: StepContext) -> None:
+        if self.approval_id is None:  # the step never got as far as naming it
+            return
+        db = database()
+        if db.withdraw_approval(ctx.idempotency_key, self.approval_id, self.subscription_id):
+            ctx.emit(ApprovalWithdrawn(self.approval_id))
+
+    @step(timeout=DB_TIMEOUT, retry=LOCKED)
+    def apply_modification(self, ctx: StepContext) -> None:
+        assert self.version is not None and self.new_price is not None
+        assert self.original_price is not None
+        database().apply_modification(
+            ctx.idempotency_key, self.subscription_id, self.remove, self.new_price, self.version
+        )
+        ctx.emit(BundleModified(self.subscription_id, self.remove, self.original_price,
+                                self.new_price))
+
+    @apply_modification.compensate
+    def revert_modification(self, ctx: StepContext) -> None:
+        assert self.original_price is not None
+        if database().revert_modification(
+            ctx.idempotency_key, forward_key(ctx), ctx.saga_id, self.subscription_id,
+            self.remove, self.original_price,
+        ):
+            ctx.emit(ModificationReverted(self.subscription_id, self.remove, self.original_price))
+
+    @step(pivot=True, timeout=DB_TIMEOUT, retry=LOCKED)
+    def emit_audit_events(self, ctx: StepContext) -> None:
+        change = {"removed": list(self.remove), "share": self.removed_share,
+                  "from": str(self.original_price), "to": str(self.new_price)}
+        events = [("BundleModified", change)]
+        if self.approval_id is not None:
+            events.insert(0, ("ApprovalRequested", {"approval_id": self.approval_id}))
+        database().append_audit_events(
+            ctx.idempotency_key, ctx.saga_id, self.subscription_id, events
+        )
