@@ -51,6 +51,18 @@ FORWARD = Direction.FORWARD
 COMPENSATE = Direction.COMPENSATE
 
 
+# Enum members read through their class cost a descriptor lookup each (Python 3.11);
+# the engine reads them on every step, so it keeps them as module globals.
+_RUNNING = SagaStatus.RUNNING
+_COMPENSATING = SagaStatus.COMPENSATING
+_S_RUNNING = StepStatus.RUNNING
+_S_COMPLETED = StepStatus.COMPLETED
+_S_SKIPPED = StepStatus.SKIPPED
+_C_RUNNING = CompensationStatus.RUNNING
+_C_COMPENSATED = CompensationStatus.COMPENSATED
+_RETRIABLE = StepKind.RETRIABLE
+
+
 @attrs.define(slots=True)
 class Call:
     """Call step ``index`` (forward or its compensation), as attempt ``attempt``.
@@ -94,7 +106,7 @@ def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecor
     if spec.deadline is not None:
         record.deadline_at = now + spec.deadline
     transition(spec, record, "start", spec.steps[0].name)
-    record.status = SagaStatus.RUNNING
+    record.status = _RUNNING
     record.history.append(ev.SagaStarted(saga_id, spec.name, now))
     return record
 
@@ -107,11 +119,11 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
     """
     while True:
         status = record.status
-        if status is SagaStatus.RUNNING:
+        if status is _RUNNING:
             i = record.cursor
             s = spec.steps[i]
             sr = record.steps[i]
-            guarded = s.kind is not StepKind.RETRIABLE and record.deadline_at is not None
+            guarded = s.kind is not _RETRIABLE and record.deadline_at is not None
             if guarded and now >= record.deadline_at:  # type: ignore[operator]
                 _begin_compensation(spec, record, now, SagaDeadlineExceeded(spec.deadline or 0))
                 continue
@@ -128,12 +140,12 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                     _step_failed(spec, record, now, StepFailed(i, s.name, exc), exc, False)
                     continue
                 if not wanted:
-                    sr.status = StepStatus.SKIPPED
+                    sr.status = _S_SKIPPED
                     record.history.append(ev.StepSkipped(record.saga_id, spec.name, now, s.name))
                     _advance(spec, record, now, "skip")
                     continue
             sr.attempts += 1
-            sr.status = StepStatus.RUNNING
+            sr.status = _S_RUNNING
             if sr.started_at is None:
                 sr.started_at = now
             record.history.append(
@@ -147,7 +159,7 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                     timeout, bound = left, True
             return Call(i, FORWARD, sr.attempts, timeout, bound)
 
-        if status is SagaStatus.COMPENSATING:
+        if status is _COMPENSATING:
             if record.wake_at is not None:
                 if now < record.wake_at:
                     return Sleep(record.wake_at)
@@ -160,7 +172,7 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                 _compensation_failed(spec, record, now, "compensation deadline passed")
                 continue
             sr.compensation_attempts += 1
-            sr.compensation = CompensationStatus.RUNNING
+            sr.compensation = _C_RUNNING
             if sr.compensation_started_at is None:
                 sr.compensation_started_at = now
             record.history.append(
@@ -192,7 +204,7 @@ def settle(
     sr = record.steps[i]
     if call.direction is FORWARD:
         if error is None and not timed_out:
-            sr.status = StepStatus.COMPLETED
+            sr.status = _S_COMPLETED
             sr.finished_at = now
             sr.error = None
             if emitted:
@@ -213,7 +225,7 @@ def settle(
         if sr.attempts < s.retry.attempts and s.retry.is_retryable(error):
             delay = backoff_delay(s.retry, sr.attempts, rand())
             deadline = record.deadline_at
-            if s.kind is StepKind.RETRIABLE or deadline is None or now + delay < deadline:
+            if s.kind is _RETRIABLE or deadline is None or now + delay < deadline:
                 sr.error = _describe(error)
                 record.wake_at = now + delay
                 record.history.append(
@@ -229,7 +241,7 @@ def settle(
 
     # a compensation
     if error is None and not timed_out:
-        sr.compensation = CompensationStatus.COMPENSATED
+        sr.compensation = _C_COMPENSATED
         sr.compensation_finished_at = now
         sr.compensation_error = None
         if emitted:
@@ -268,7 +280,7 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
     A compensation in flight is left to finish (drivers shield compensation); after
     the pivot nothing can be undone, so the saga ends FAILED for an operator.
     """
-    if record.status is not SagaStatus.RUNNING:
+    if record.status is not _RUNNING:
         return
     step = None
     if call is not None and call.direction is FORWARD:
@@ -284,7 +296,7 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
         )
     record.wake_at = None
     reason = SagaCancelled(step)
-    if spec.steps[record.cursor].kind is StepKind.RETRIABLE:
+    if spec.steps[record.cursor].kind is _RETRIABLE:
         transition(spec, record, "fail", FAILED)
         _finish(spec, record, now, SagaStatus.FAILED, reason)
     else:
@@ -320,7 +332,7 @@ def _step_failed(
         ev.StepFailed(record.saga_id, spec.name, now, s.name, sr.attempts, sr.error,
                       timed_out=timed_out)
     )
-    if s.kind is StepKind.RETRIABLE:
+    if s.kind is _RETRIABLE:
         transition(spec, record, "fail", FAILED)
         _finish(spec, record, now, SagaStatus.FAILED, failure)
     else:
@@ -331,7 +343,7 @@ def _needs_undo(spec: SagaSpec, record: SagaRecord, j: int) -> bool:
     if spec.compensations[j] is None:
         return False
     sr = record.steps[j]
-    return sr.status is StepStatus.COMPLETED or sr.timed_out
+    return sr.status is _S_COMPLETED or sr.timed_out
 
 
 def _begin_compensation(
@@ -344,7 +356,7 @@ def _begin_compensation(
     record.cursor = 0
     record.wake_at = None
     record.error = reason
-    record.status = SagaStatus.COMPENSATING
+    record.status = _COMPENSATING
     if spec.compensation_deadline is not None:
         record.compensation_deadline_at = now + spec.compensation_deadline
     if undo:
@@ -427,7 +439,7 @@ def cancel(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = No
     an unknown outcome and is compensated too. After the pivot nothing can be undone:
     the saga ends FAILED for an operator.
     """
-    if record.status is not SagaStatus.RUNNING:
+    if record.status is not _RUNNING:
         raise OperatorError(
             f"saga {record.saga_id!r} is {record.status.value}: only a RUNNING saga can be "
             "cancelled"
@@ -436,7 +448,7 @@ def cancel(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = No
         ev.OperatorAction(record.saga_id, spec.name, now, action="cancel", note=note)
     )
     sr = record.steps[record.cursor]
-    in_flight = sr.status is StepStatus.RUNNING and record.wake_at is None
+    in_flight = sr.status is _S_RUNNING and record.wake_at is None
     call = None
     if in_flight:
         call = Call(record.cursor, FORWARD, sr.attempts, None, False)
@@ -471,7 +483,7 @@ def retry(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = Non
         record.cursor = 0
         record.failures = {}
         record.error = reason
-        record.status = SagaStatus.COMPENSATING
+        record.status = _COMPENSATING
         if spec.compensation_deadline is not None:
             record.compensation_deadline_at = now + spec.compensation_deadline
         transition(spec, record, "retry", compensation_state(spec.steps[undo[0]].name))
@@ -481,7 +493,7 @@ def retry(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = Non
     sr.attempts = 0
     sr.finished_at = None
     record.error = None
-    record.status = SagaStatus.RUNNING
+    record.status = _RUNNING
     transition(spec, record, "retry", spec.steps[record.cursor].name)
 
 

