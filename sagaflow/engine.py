@@ -30,7 +30,7 @@ from .errors import (
     _describe,
 )
 from .machine import COMPENSATED, COMPLETED, FAILED, compensation_state
-from .policy import backoff_delay
+from .policy import Retry, backoff_delay
 from .records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
 
 __all__ = [
@@ -222,19 +222,10 @@ def settle(
                 return
             error = StepTimeout(i, s.name, call.timeout or 0)
         assert error is not None
-        if sr.attempts < s.retry.attempts and s.retry.is_retryable(error):
-            delay = backoff_delay(s.retry, sr.attempts, rand())
-            deadline = record.deadline_at
-            if s.kind is _RETRIABLE or deadline is None or now + delay < deadline:
-                sr.error = _describe(error)
-                record.wake_at = now + delay
-                record.history.append(
-                    ev.StepRetrying(
-                        record.saga_id, spec.name, now, s.name, call.attempt, sr.error,
-                        delay=delay,
-                    )
-                )
-                return
+        limit = None if s.kind is _RETRIABLE else record.deadline_at
+        if _retry_later(spec, record, call, s.retry, error, limit, now, rand):
+            sr.error = _describe(error)
+            return
         failure = error if isinstance(error, StepFailed) else StepFailed(i, s.name, error)
         _step_failed(spec, record, now, failure, error, timed_out)
         return
@@ -257,21 +248,38 @@ def settle(
             return
         error = StepTimeout(i, s.compensation_name or s.name, call.timeout or 0)
     assert error is not None
-    policy = s.compensation_retry
-    if sr.compensation_attempts < policy.attempts and policy.is_retryable(error):
-        delay = backoff_delay(policy, sr.compensation_attempts, rand())
-        limit = record.compensation_deadline_at
-        if limit is None or now + delay < limit:
-            sr.compensation_error = _describe(error)
-            record.wake_at = now + delay
-            record.history.append(
-                ev.CompensationRetrying(
-                    record.saga_id, spec.name, now, s.name, call.attempt,
-                    sr.compensation_error, delay=delay,
-                )
-            )
-            return
+    if _retry_later(
+        spec, record, call, s.compensation_retry, error, record.compensation_deadline_at,
+        now, rand,
+    ):
+        sr.compensation_error = _describe(error)
+        return
     _compensation_failed(spec, record, now, _describe(error))
+
+
+def _retry_later(
+    spec: SagaSpec,
+    record: SagaRecord,
+    call: Call,
+    policy: Retry,
+    error: BaseException,
+    limit: float | None,
+    now: float,
+    rand: Callable[[], float],
+) -> bool:
+    """Schedule the next attempt of ``call`` if ``policy`` allows one before ``limit``."""
+    if call.attempt >= policy.attempts or not policy.is_retryable(error):
+        return False
+    delay = backoff_delay(policy, call.attempt, rand())
+    if limit is not None and now + delay >= limit:
+        return False  # the deadline would pass before the retry: give up now
+    record.wake_at = now + delay
+    event = ev.StepRetrying if call.direction is FORWARD else ev.CompensationRetrying
+    record.history.append(
+        event(record.saga_id, spec.name, now, spec.steps[call.index].name, call.attempt,
+              _describe(error), delay=delay)
+    )
+    return True
 
 
 def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float) -> None:

@@ -87,14 +87,17 @@ class StepSkipped(LifecycleEvent):
 
 
 @attrs.define(slots=True)
-class StepRetrying(LifecycleEvent):
-    """An attempt failed with a retryable error; the next one starts after ``delay``."""
-
+class _Retrying(LifecycleEvent):
     level: ClassVar[int] = logging.WARNING
     delay: float = 0.0
 
     def describe(self) -> str:
         return f"{super().describe()}; retrying in {self.delay:.3g}s"
+
+
+@attrs.define(slots=True)
+class StepRetrying(_Retrying):
+    """An attempt failed with a retryable error; the next one starts after ``delay``."""
 
 
 @attrs.define(slots=True)
@@ -111,14 +114,8 @@ class CompensationStarted(LifecycleEvent):
 
 
 @attrs.define(slots=True)
-class CompensationRetrying(LifecycleEvent):
+class CompensationRetrying(_Retrying):
     """A compensation attempt failed; the next one starts after ``delay``."""
-
-    level: ClassVar[int] = logging.WARNING
-    delay: float = 0.0
-
-    def describe(self) -> str:
-        return f"{super().describe()}; retrying in {self.delay:.3g}s"
 
 
 @attrs.define(slots=True)
