@@ -503,7 +503,7 @@ def _describe(cls: type) -> list[str]:
     if spec.name != cls.__qualname__:
         head += f" (saga {spec.name!r})"
     lines = [
-        f"{head}: {len(spec.steps)} steps, deadline {_seconds(spec.deadline)}, "
+        f"{head}: {len(spec.steps)} step{'s' if len(spec.steps) != 1 else ''}, deadline {_seconds(spec.deadline)}, "
         f"compensation deadline {_seconds(spec.compensation_deadline)}, "
         f"fingerprint {spec.fingerprint}",
     ]

@@ -24,6 +24,7 @@ from typing import Any, Literal, overload
 
 import attrs
 
+from . import events as ev
 from .definition import SagaSpec, StepKind, StepSpec, is_saga, spec_of
 from .errors import SagaflowError
 from .machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
@@ -103,7 +104,9 @@ class _Run:
 
 
 # Triggers in the order a reader meets them; edges are sorted by it for stable output.
-_TRIGGER_ORDER = ("start", "advance", "skip", "fail", "compensate", "undone", "undo_failed")
+_TRIGGER_ORDER = (
+    "start", "advance", "skip", "fail", "compensate", "undone", "undo_failed", "retry"
+)
 _TERMINALS = (COMPLETED, COMPENSATED, FAILED)
 
 
@@ -126,6 +129,8 @@ def _edges(spec: SagaSpec) -> tuple[list[str], list[_Edge]]:
                     ("if " if c.target else "unless ") + _guard_name(c.func)
                     for c in getattr(t, "conditions", ())
                 ]
+                if trigger == "retry" and not guards:
+                    guards = ["by an operator"]
                 edges.append(_Edge(str(source), str(trigger), str(t.dest), ", ".join(guards)))
     rank = {t: i for i, t in enumerate(_TRIGGER_ORDER)}
     edges.sort(
@@ -181,8 +186,10 @@ def _short(text: str | None, limit: int = 48) -> str:
     return one if len(one) <= limit else one[: limit - 3] + "..."
 
 
-def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> _Run:
-    """Rebuild the path a run took through the machine from its step records.
+def _from_steps(
+    spec: SagaSpec, obj: SagaRecord | SagaResult
+) -> tuple[dict[str, str], dict[str, str], set[tuple[str, str, str]], str]:
+    """Each state's outcome and note, and the path and end state rebuilt from step records.
 
     The engine's rules make this exact: forward steps run in order until one does not
     complete (or skip); compensation then visits, newest first, the steps marked for
@@ -277,12 +284,112 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> _Run:
                     nxt = compensation_state(names[undo[k + 1]]) if k + 1 < len(undo) else end
                     state = go(here, trigger, nxt)
 
+    if status is not SagaStatus.RUNNING:
+        for i, sr in enumerate(steps):
+            if sr.status is StepStatus.RUNNING:  # cut short: cancelled while waiting
+                outcomes[names[i]] = "failed"
+                notes[names[i]] = f"interrupted, attempt {max(sr.attempts, 1)}"
+    return outcomes, notes, taken, state
+
+
+def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> _Run:
+    """What a run did, drawn: outcomes from its step records, its path from its history.
+
+    The history replays the exact path, operator retries included; when it cannot (a
+    history this module does not understand), the path rebuilt from the step records
+    is used, and for a record its own ``state`` is the current state.
+    """
+    outcomes, notes, taken, state = _from_steps(spec, obj)
+    status = obj.status
+    replayed = _replay(spec, obj.history)
     if isinstance(obj, SagaRecord):
-        state = obj.state  # the record knows; the rebuilt path agrees with it
+        fits = replayed is not None and replayed[1] == obj.state
+    else:  # a result has no state: its status, or the rebuilt path, must agree
+        fits = replayed is not None and _agrees(replayed[1], status)
+        fits = fits and (status.is_terminal or (replayed is not None and replayed[1] == state))
+    if fits and replayed is not None:
+        taken, state = set(replayed[0]), replayed[1]
+    elif isinstance(obj, SagaRecord):
+        state = obj.state
     if state in _TERMINALS:
         outcomes[state] = "reached"
+    if getattr(obj, "resolution", None):
+        notes[state] = f"resolved by hand: {_short(obj.resolution)}"
     label = f"{spec.name}: saga {obj.saga_id} {status.value}"
     return _Run(label, state, outcomes, notes, frozenset(taken))
+
+
+_STATUS_STATES = {
+    SagaStatus.COMPLETED: {COMPLETED},
+    SagaStatus.COMPENSATED: {COMPENSATED},
+    SagaStatus.FAILED: {FAILED},
+}
+
+
+def _agrees(state: str, status: SagaStatus) -> bool:
+    """Whether a replayed end state fits a run's status (a result has no state)."""
+    expected = _STATUS_STATES.get(status)
+    return state not in _TERMINALS if expected is None else state in expected
+
+
+def _replay(
+    spec: SagaSpec, history: Sequence[ev.LifecycleEvent]
+) -> tuple[list[tuple[str, str, str]], str] | None:
+    """The transitions a run took, replayed from its lifecycle events; ``None`` when the
+    history does not make a path of this machine (then the step records are used).
+
+    A move's destination shows in the event after it (the next step or compensation
+    started, or the saga's end), its trigger in the event before it (a failure, an
+    undo done or failed, an operator's retry).
+    """
+    names = [s.name for s in spec.steps]
+    kinds = {s.name: s.kind for s in spec.steps}
+    following = {n: names[i + 1] if i + 1 < len(names) else COMPLETED for i, n in enumerate(names)}
+    path: list[tuple[str, str, str]] = []
+    state = NOT_STARTED
+    pending: str | None = None
+
+    def go(trigger: str | None, dest: str) -> None:
+        nonlocal state, pending
+        if trigger is None:  # no event named it: the one move the machine has here
+            forward = "fail" if dest == FAILED else "compensate"
+            trigger = forward if state in kinds else "undone"
+        path.append((state, trigger, dest))
+        state, pending = dest, None
+
+    for event in history:
+        step = event.step
+        if isinstance(event, ev.SagaStarted):
+            if state == NOT_STARTED and names:
+                go("start", names[0])
+        elif isinstance(event, ev.StepStarted) and step is not None:
+            if state != step:
+                go(pending or "advance", step)
+        elif isinstance(event, ev.StepCompleted) and step in following:
+            go("advance", following[step])
+        elif isinstance(event, ev.StepSkipped) and step in following:
+            go("skip", following[step])
+        elif isinstance(event, ev.StepFailed) and step in kinds:
+            if kinds[step] is StepKind.RETRIABLE:
+                go("fail", FAILED)
+            else:
+                pending = "compensate"
+        elif isinstance(event, ev.CompensationStarted) and step is not None:
+            if state != compensation_state(step):
+                go(pending, compensation_state(step))
+        elif isinstance(event, ev.CompensationCompleted):
+            pending = "undone"
+        elif isinstance(event, ev.CompensationFailed):
+            pending = "undo_failed"
+        elif isinstance(event, ev.OperatorAction) and event.action == "retry":
+            pending = "retry"
+        elif isinstance(event, ev.SagaCompensated) and state != COMPENSATED:
+            go(pending, COMPENSATED)
+        elif isinstance(event, ev.SagaFailed) and state != FAILED:
+            go(pending, FAILED)
+    if not all(move in spec.transitions for move in path):
+        return None
+    return path, state
 
 
 # --------------------------------------------------------------------------- DOT
@@ -315,7 +422,9 @@ _TRIGGER_STYLE: dict[str, dict[str, str]] = {
     "compensate": {"color": "#b26a00", "style": "dashed"},
     "undone": {"color": "#b26a00"},
     "undo_failed": {"color": "#c62828", "style": "dashed"},
+    "retry": {"color": "#6a1b9a", "style": "dotted"},
 }
+_LAYOUT = {"start": {"weight": "10"}, "advance": {"weight": "10"}, "skip": {"weight": "2"}}
 _OUTCOME_STYLE: dict[str, dict[str, str]] = {
     "started": {"fillcolor": "#ffffff", "color": "#202124", "penwidth": "2"},
     "done": {"fillcolor": "#c8e6c9", "color": "#2e7d32", "penwidth": "2"},
@@ -383,9 +492,16 @@ def _dot(spec: SagaSpec, run: _Run | None) -> str:
         twin = compensation_state(s.name)
         if s.name in known and twin in known:
             out.append(f"  {{ rank=same; {_q(s.name)}; {_q(twin)}; }}")
+    # ...and the chain ends where it began: compensated and failed at the left.
+    ends = [s for s in (NOT_STARTED, COMPENSATED, FAILED) if s in known]
+    if len(ends) > 1:
+        out.append(f"  {{ rank=same; {'; '.join(_q(s) for s in ends)}; }}")
     for e in edges:
         label = e.trigger if not e.guard else f"{e.trigger}\n{e.guard}"
         style = {"label": label, **_TRIGGER_STYLE.get(e.trigger, {})}
+        # Only the forward moves lay the graph out (a straight line, left to right);
+        # the others are drawn where their ends fall.
+        style.update(_LAYOUT.get(e.trigger, {"constraint": "false"}))
         if run is not None:
             if (e.source, e.trigger, e.dest) in run.taken:
                 style.update({"penwidth": "3", "fontcolor": style.get("color", "#000000")})

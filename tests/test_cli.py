@@ -267,7 +267,7 @@ def test_check_lists_each_sagas_steps(runner, tmp_path):
     assert result.exit_code == 0, result.output
     out = result.output
     assert f"{path.stem}:First: 4 steps" in out
-    assert f"{path.stem}:SecondSaga (saga 'Second'): 1 steps" in out
+    assert f"{path.stem}:SecondSaga (saga 'Second'): 1 step," in out
     lines = out.splitlines()
     reserve = next(line for line in lines if " reserve " in line)
     assert "compensatable" in reserve and "5s" in reserve

@@ -521,7 +521,57 @@ def test_any_run_is_drawn_as_a_path_of_the_machine_ending_where_the_record_is(
     assert seen == len(path)
     assert here == record.state == current(dot)
     assert render(result) == dot
+    # the two reconstructions agree: the history replay and the step records
+    replayed, end = diagram_module._replay(SPEC, record.history)
+    _, _, from_steps, state = diagram_module._from_steps(SPEC, record)
+    assert (set(replayed), end) == (from_steps, state) == (path, record.state)
     assert_valid_mermaid(render(result, "mermaid"))
+
+
+def test_an_operator_retry_is_drawn_with_its_detour_through_failed():
+    orchestrator = Orchestrator()
+    first = orchestrator.run(FeatureSaga(fail=frozenset({"commit"}), stuck=frozenset({"approve"})))
+    assert first.status is SagaStatus.FAILED
+    record = orchestrator.store.load(first.saga_id)
+    record.data.stuck = frozenset()  # the operator fixed the approval service
+    assert orchestrator.retry(first.saga_id).status is SagaStatus.COMPENSATED
+    dot = render(record)
+    assert {
+        ("compensating_approve", "undo_failed", "failed"),
+        ("failed", "retry", "compensating_approve"),
+        ("compensating_approve", "undone", "compensated"),
+    } <= taken(dot)
+    assert current(dot) == "compensated" == record.state
+    assert 'label="retry\\nby an operator"' in dot
+
+    second = orchestrator.run(FeatureSaga(fail=frozenset({"notify"})))
+    record = orchestrator.store.load(second.saga_id)
+    record.data.fail = frozenset()
+    assert orchestrator.retry(second.saga_id).status is SagaStatus.COMPLETED
+    dot = render(record)
+    assert {
+        ("notify", "fail", "failed"),
+        ("failed", "retry", "notify"),
+        ("notify", "advance", "completed"),
+    } <= taken(dot)
+    assert current(dot) == "completed"
+
+
+def test_a_resolved_saga_says_so():
+    orchestrator = Orchestrator()
+    result = orchestrator.run(FeatureSaga(fail=frozenset({"notify"})))
+    resolved = orchestrator.resolve(result.saga_id, "notified the customer by phone")
+    assert "resolved by hand: notified the customer by phone" in dot_nodes(render(resolved))[
+        "failed"
+    ]
+
+
+def test_without_a_usable_history_the_step_records_give_the_path():
+    result, record = run(FeatureSaga(fail=frozenset({"charge"})))
+    full = render(record)
+    record.history.clear()
+    assert render(record) == full
+    assert render(attrs.evolve(result, history=())) == full
 
 
 # --------------------------------------------------------------------------- the API
