@@ -188,10 +188,11 @@ class Faults:
         times: int | None = 1,
         at: str = "before",
         skip: int = 0,
+        stall: float | None = None,
     ) -> None:
         """Make ``times`` calls of ``op`` raise ``error`` (``None``: every call), after
-        letting ``skip`` calls through."""
-        self._arm(_Fault(op, at, error, None, times, skip))
+        letting ``skip`` calls through; with ``stall``, each waits that long first."""
+        self._arm(_Fault(op, at, error, stall, times, skip))
 
     def hang(
         self, op: str, seconds: float, *, times: int | None = 1, at: str = "before", skip: int = 0

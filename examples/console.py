@@ -97,7 +97,13 @@ class Console:
             )
         if isinstance(e, events.StepFailed):
             if e.timed_out:
-                why = e.error if e.error and "timed out" not in e.error else "timed out"
+                error = e.error or ""
+                if "deadline" in error:
+                    why = f"the saga's {spec.deadline:g}s deadline passed"
+                elif "cancelled" in error:
+                    why = "cancelled"
+                else:
+                    why = f"timed out after {s.timeout:g}s"
                 line = f"{where} ⏱ {why}: outcome unknown"
                 if s.compensation is not None:
                     line += f", so {s.compensation_name} runs too"

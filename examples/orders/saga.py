@@ -1,0 +1,114 @@
+"""Seed 003's order saga: reserve inventory, process the payment, confirm the order.
+
+Every step is compensatable, as the seed's quality gate asks ("all steps have
+compensations"): release the reservation, refund, cancel. The steps are coroutines, so
+many orders run concurrently on one event loop (``arun``), and a step that overruns its
+timeout is cancelled. A timed-out step's outcome is unknown, so its own compensation
+runs too; each compensation asks its participant, by the forward call's key, whether
+there is anything to undo.
+
+The payment step retries when the gateway is unavailable (the charge was not made, and
+the call is idempotent by its key anyway); a declined card or a timeout is not retried:
+the saga compensates. The whole order has a 30 s deadline.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import attrs
+
+from sagaflow import Retry, StepContext, saga, step
+
+from .._support import forward_key
+from .services import GatewayUnavailable, inventory, orders, payments
+
+__all__ = [
+    "InventoryReleased",
+    "InventoryReserved",
+    "OrderCancelled",
+    "OrderConfirmed",
+    "OrderSaga",
+    "PaymentProcessed",
+    "PaymentRefunded",
+]
+
+
+@attrs.frozen
+class InventoryReserved:
+    order_id: str
+    sku: str
+    quantity: int
+
+
+@attrs.frozen
+class InventoryReleased:
+    order_id: str
+    sku: str
+    quantity: int
+
+
+@attrs.frozen
+class PaymentProcessed:
+    order_id: str
+    amount: Decimal
+
+
+@attrs.frozen
+class PaymentRefunded:
+    order_id: str
+    amount: Decimal
+
+
+@attrs.frozen
+class OrderConfirmed:
+    order_id: str
+
+
+@attrs.frozen
+class OrderCancelled:
+    order_id: str
+
+
+@saga(deadline=30.0)
+@attrs.define
+class OrderSaga:
+    order_id: str
+    customer: str
+    sku: str
+    quantity: int
+    amount: Decimal
+    reservation_id: str | None = None
+    charge_id: str | None = None
+
+    @step(timeout=5.0)
+    async def reserve_inventory(self, ctx: StepContext) -> None:
+        self.reservation_id = await inventory.reserve(
+            ctx.idempotency_key, self.order_id, self.sku, self.quantity
+        )
+        ctx.emit(InventoryReserved(self.order_id, self.sku, self.quantity))
+
+    @reserve_inventory.compensate
+    async def release_reservation(self, ctx: StepContext) -> None:
+        if await inventory.release(ctx.idempotency_key, forward_key(ctx)):
+            ctx.emit(InventoryReleased(self.order_id, self.sku, self.quantity))
+
+    @step(timeout=10.0, retry=Retry(attempts=3, backoff=1.0, retry_on=GatewayUnavailable))
+    async def process_payment(self, ctx: StepContext) -> None:
+        self.charge_id = await payments.charge(ctx.idempotency_key, self.customer, self.amount)
+        ctx.emit(PaymentProcessed(self.order_id, self.amount))
+
+    @process_payment.compensate
+    async def refund(self, ctx: StepContext) -> None:
+        if await payments.refund(ctx.idempotency_key, forward_key(ctx)):
+            ctx.emit(PaymentRefunded(self.order_id, self.amount))
+
+    @step(timeout=5.0)
+    async def confirm_order(self, ctx: StepContext) -> None:
+        await orders.confirm(ctx.idempotency_key, self.order_id, self.customer)
+        ctx.emit(OrderConfirmed(self.order_id))
+
+    @confirm_order.compensate
+    async def cancel(self, ctx: StepContext) -> None:
+        if await orders.cancel(ctx.idempotency_key, forward_key(ctx)):
+            ctx.emit(OrderCancelled(self.order_id))
