@@ -502,8 +502,9 @@ def _describe(cls: type) -> list[str]:
     head = f"{cls.__module__}:{cls.__qualname__}"
     if spec.name != cls.__qualname__:
         head += f" (saga {spec.name!r})"
+    n = len(spec.steps)
     lines = [
-        f"{head}: {len(spec.steps)} step{'s' if len(spec.steps) != 1 else ''}, deadline {_seconds(spec.deadline)}, "
+        f"{head}: {n} step{'s' if n != 1 else ''}, deadline {_seconds(spec.deadline)}, "
         f"compensation deadline {_seconds(spec.compensation_deadline)}, "
         f"fingerprint {spec.fingerprint}",
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import sagaflow.diagram as diagram_module
 from sagaflow import (
     Orchestrator,
     Retry,
@@ -42,6 +42,9 @@ from sagaflow.diagram import (
 from sagaflow.machine import compensation_state
 from sagaflow.testing import VirtualClock
 
+# import_module, not `import sagaflow.diagram as ...`: that form reads the package's
+# attribute, which is the sagaflow.diagram() function once the package exports it.
+diagram_module = importlib.import_module("sagaflow.diagram")
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "python -m sagaflow diagram examples --all --prune --output diagrams"
 ONCE = Retry(attempts=1)
