@@ -1,0 +1,996 @@
+"""The SQLite store: durable sagas in one file, on the standard library's ``sqlite3``.
+
+Layout (schema version 1, created on first use; ``sagaflow_meta`` holds the version):
+
+- ``sagaflow_sagas``: one compact row per saga: id, name, definition fingerprint,
+  status, machine state, version, cursor, timestamps, and as JSON the step records,
+  the saga instance (``data``), the error and the incident (``failures``);
+- ``sagaflow_history``: the lifecycle events, one row each, append-only;
+- ``sagaflow_events``: the domain events, one row each, append-only.
+
+A checkpoint rewrites the saga's row and appends only the events that are new since
+the last checkpoint, so a long saga's checkpoints stay cheap (a single JSON blob would
+be rewritten whole each time: quadratic in the length of the history).
+
+Durability: the database runs in WAL mode. With ``synchronous="FULL"`` (the default)
+every commit is on disk when :meth:`SQLiteStore.save` returns: a power cut loses
+nothing that was saved. ``"NORMAL"`` skips the sync at each commit (the WAL is synced
+at checkpoints): several times faster, still safe when the *process* dies (the OS has
+the data), but a power cut or OS crash may lose the last commits; sagaflow then redoes
+those steps on recovery, which is safe only because steps are idempotent.
+
+Writes are write-ahead: ``save`` and ``asave`` return once the record is committed.
+Concurrent ``asave`` calls (many sagas under asyncio) and concurrent ``save`` calls
+from threads are *group-committed*: one writer takes every pending checkpoint and
+commits them in one transaction, so one sync to disk serves them all, and each caller
+is released only when its own row is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from ..codec import (
+    Codec,
+    CodecError,
+    CorruptRecord,
+    default_codec,
+    describe_failure,
+    import_path,
+    type_path,
+)
+from ..errors import SagaflowError
+from ..records import SagaRecord, SagaStatus
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConcurrentModification",
+    "SQLiteStore",
+    "StoreError",
+    "StoredSaga",
+    "UnknownSagaClass",
+]
+
+#: The layout this code writes; a database with a newer one is refused.
+SCHEMA_VERSION = 1
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class StoreError(SagaflowError, RuntimeError):
+    """The store cannot be used: not a database, a newer schema, closed."""
+
+
+class ConcurrentModification(StoreError):
+    """The saga changed in the store since this copy was loaded: someone else saved it.
+
+    ``expected`` is this copy's version, ``found`` the store's (``None``: deleted).
+    """
+
+    def __init__(self, saga_id: str, expected: int, found: int | None) -> None:
+        self.saga_id = saga_id
+        self.expected = expected
+        self.found = found
+        if found is None:
+            what = "it is no longer in the store (deleted?)"
+        else:
+            what = f"this copy is at version {expected}, the store has version {found}"
+        super().__init__(
+            f"saga {saga_id!r} was modified by someone else: {what}; load it again "
+            "(store.load) and redo the change"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.expected, self.found))
+
+
+class UnknownSagaClass(SagaflowError, LookupError):
+    """A stored saga's class is neither registered with the store nor importable."""
+
+    def __init__(self, saga_id: str, saga_name: str, data_type: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.data_type = data_type
+        super().__init__(
+            f"saga {saga_id!r} is a {saga_name!r} saga of class {data_type!r}, which "
+            f"this store cannot load ({reason}): pass the class to store.register()"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.saga_name, self.data_type, "?"))
+
+
+# Column order of sagaflow_sagas; a write binds these as ?1..?21 (?22: expected version).
+_COLUMNS = (
+    "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
+    "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
+    "compensation_deadline_at", "steps", "data", "error", "failures", "history_count",
+    "events_count",
+)  # fmt: skip
+_NCOLS = len(_COLUMNS)
+_I = {name: i for i, name in enumerate(_COLUMNS)}
+
+_SCHEMA = (
+    """CREATE TABLE sagaflow_sagas (
+        saga_id TEXT PRIMARY KEY NOT NULL,
+        saga_name TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        data_type TEXT NOT NULL,
+        status TEXT NOT NULL,
+        state TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        cursor INTEGER NOT NULL,
+        undo TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        finished_at REAL,
+        wake_at REAL,
+        deadline_at REAL,
+        compensation_deadline_at REAL,
+        steps TEXT NOT NULL,
+        data TEXT NOT NULL,
+        error TEXT,
+        failures TEXT,
+        history_count INTEGER NOT NULL,
+        events_count INTEGER NOT NULL
+    )""",
+    # Status changes a few times per saga, unlike updated_at: indexing (status, name)
+    # costs index writes only at those changes, and serves recovery and listings.
+    "CREATE INDEX sagaflow_sagas_by_status ON sagaflow_sagas (status, saga_name)",
+    """CREATE TABLE sagaflow_history (
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        at REAL NOT NULL,
+        step TEXT,
+        attempt INTEGER NOT NULL,
+        error TEXT,
+        detail TEXT,
+        PRIMARY KEY (saga_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE sagaflow_events (
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        PRIMARY KEY (saga_id, seq)
+    ) WITHOUT ROWID""",
+)
+
+_INSERT = (
+    f"INSERT INTO sagaflow_sagas ({', '.join(_COLUMNS)}) "
+    f"VALUES ({', '.join(f'?{i + 1}' for i in range(_NCOLS))}) ON CONFLICT(saga_id) DO NOTHING"
+)
+_UPDATE = (
+    "UPDATE sagaflow_sagas SET "
+    + ", ".join(f"{c} = ?{i + 1}" for i, c in enumerate(_COLUMNS) if c not in ("saga_id",))
+    + f" WHERE saga_id = ?1 AND version = ?{_NCOLS + 1}"
+)
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sagaflow_sagas"
+_INSERT_HISTORY = (
+    "INSERT INTO sagaflow_history (saga_id, seq, type, at, step, attempt, error, detail) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = "INSERT INTO sagaflow_events (saga_id, seq, body) VALUES (?, ?, ?)"
+_CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-variable limit
+
+
+@attrs.frozen(slots=True)
+class StoredSaga:
+    """A saga as stored, not yet decoded: what recovery needs to decide what to do.
+
+    Decode it with :meth:`SQLiteStore.decode`; a corrupted record fails there (with
+    :class:`~sagaflow.codec.CorruptRecord` naming it), not while listing.
+    """
+
+    saga_id: str
+    saga_name: str
+    fingerprint: str
+    status: str
+    state: str
+    version: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    wake_at: float | None
+    deadline_at: float | None
+    data_type: str
+    columns: tuple[Any, ...] = attrs.field(repr=False)
+    history: tuple[tuple[Any, ...], ...] = attrs.field(repr=False)
+    events: tuple[str, ...] = attrs.field(repr=False)
+
+    @classmethod
+    def of(
+        cls, row: Sequence[Any], history: Sequence[tuple[Any, ...]], events: Sequence[str]
+    ) -> StoredSaga:
+        return cls(
+            saga_id=row[0],
+            saga_name=row[1],
+            fingerprint=row[2],
+            status=row[4],
+            state=row[5],
+            version=row[6],
+            created_at=row[9],
+            updated_at=row[10],
+            finished_at=row[11],
+            wake_at=row[12],
+            deadline_at=row[13],
+            data_type=row[3],
+            columns=tuple(row),
+            history=tuple(history),
+            events=tuple(events),
+        )
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the stored status is a final one."""
+        return self.status in _TERMINAL_VALUES
+
+
+_TERMINAL_VALUES = frozenset(s.value for s in SagaStatus if s.is_terminal)
+
+
+class _Write:
+    """One pending write: the row and new history/events, encoded at submit time."""
+
+    __slots__ = (
+        "create", "done", "error", "events", "events_from", "expected", "future",
+        "history", "history_from", "inserted", "loop", "row",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        create: bool,
+        row: tuple[Any, ...],
+        expected: int,
+        history: list[tuple[Any, ...]],
+        history_from: int | None,
+        events: list[tuple[Any, ...]],
+        events_from: int | None,
+    ) -> None:
+        self.create = create
+        self.row = row
+        self.expected = expected
+        #: rows numbered from ``history_from``; ``None``: all rows, the writer reads
+        #: how many the store already has
+        self.history = history
+        self.history_from = history_from
+        self.events = events
+        self.events_from = events_from
+        self.done = False
+        self.error: BaseException | None = None
+        self.inserted = False
+        self.future: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+
+class SQLiteStore:
+    """Durable saga records in a SQLite file (or ``":memory:"``, for tests).
+
+    ``synchronous`` is SQLite's sync level: ``"FULL"`` (default: durable at each
+    save), ``"NORMAL"`` (faster; survives process crashes but may lose the last
+    commits on power loss), ``"EXTRA"`` or ``"OFF"``. ``busy_timeout`` (seconds) is
+    how long a write waits for another process's lock. ``codec`` turns records into
+    JSON (default: :data:`sagaflow.codec.default_codec`).
+
+    Thread-safe; processes may share the file. Use it as a context manager or call
+    :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = "sagaflow.db",
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 5.0,
+        codec: Codec | None = None,
+        max_batch: int = 1000,
+    ) -> None:
+        mode = str(synchronous).upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ValueError(
+                f"synchronous={synchronous!r} is not a SQLite sync level: use one of "
+                f"{', '.join(SYNCHRONOUS_MODES)} (FULL: durable at each save; NORMAL: "
+                "faster, may lose the last commits on power loss)"
+            )
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        self.path = os.fspath(path)
+        self.synchronous = mode
+        self.codec = codec if codec is not None else default_codec
+        self._max_batch = max_batch
+        self._busy_timeout = busy_timeout
+        self._in_memory = self.path == ":memory:" or self.path == ""
+        self._closed = False
+        # saga name -> {fingerprint: saga class}: how stored data is turned back into
+        # instances. Filled by register() and by every create().
+        self._classes: dict[str, dict[str, type]] = {}
+        self._data_types: dict[type, str] = {}
+        # saga id -> (version, history count, event count) the store has (or will have
+        # once the queued writes land). Lets a checkpoint send only the new events;
+        # without an entry the writer reads the counts. Only running sagas are kept.
+        self._known: dict[str, tuple[int, int, int]] = {}
+        self._pending: collections.deque[_Write] = collections.deque()
+        self._write_lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._writer_guard = threading.Lock()
+
+        self._conn = self._connect()
+        try:
+            self.journal_mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._conn.execute(f"PRAGMA synchronous={mode}")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise StoreError(f"cannot open the sagaflow store at {self.path!r}: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+        if self._in_memory:
+            # Each connection to ":memory:" is its own database: share the one.
+            self._read_conn = self._conn
+            self._read_lock = self._write_lock
+        else:
+            self._read_conn = self._connect()
+            self._read_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self._busy_timeout,
+                isolation_level=None,  # we issue BEGIN/COMMIT ourselves
+                check_same_thread=False,  # guarded by our locks instead
+                cached_statements=64,
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the sagaflow store at {self.path!r}: {exc}") from exc
+        return conn
+
+    def _init_schema(self) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS sagaflow_meta "
+                "(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
+            )
+            row = conn.execute(
+                "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
+            ).fetchone()
+            if row is None:
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO sagaflow_meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            else:
+                try:
+                    found = int(row[0])
+                except (TypeError, ValueError):
+                    raise StoreError(
+                        f"{self.path!r}: sagaflow_meta.schema_version is {row[0]!r}, not a "
+                        "number: the database was not written by sagaflow, or is damaged"
+                    ) from None
+                if found > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path!r} has sagaflow schema version {found}, newer than "
+                        f"this sagaflow understands ({SCHEMA_VERSION}): upgrade sagaflow"
+                    )
+                if found < 1:
+                    raise StoreError(f"{self.path!r}: unknown sagaflow schema version {found}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        with self._read_lock:
+            row = self._read_conn.execute(
+                "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        return int(row[0])
+
+    # -- saga classes ------------------------------------------------------------
+
+    def register(self, *saga_classes: type) -> None:
+        """Tell the store which classes stored sagas are instances of, so it can load
+        them (``create`` registers the classes it sees; recovery registers the rest)."""
+        from ..definition import spec_of
+
+        for cls in saga_classes:
+            spec = spec_of(cls)
+            self._classes.setdefault(spec.name, {})[spec.fingerprint] = spec.cls
+
+    def _learn(self, record: SagaRecord) -> None:
+        known = self._classes.setdefault(record.saga_name, {})
+        cls = type(record.data)
+        if known.get(record.fingerprint) is not cls:
+            known.pop(record.fingerprint, None)  # re-insert: the newest class is last
+            known[record.fingerprint] = cls
+
+    def _class_for(self, stored: StoredSaga) -> type:
+        known = self._classes.get(stored.saga_name)
+        if known:
+            exact = known.get(stored.fingerprint)
+            return exact if exact is not None else next(reversed(known.values()))
+        from ..definition import is_saga, spec_of
+
+        try:
+            found = import_path(stored.data_type)
+        except CodecError as exc:
+            raise UnknownSagaClass(
+                stored.saga_id, stored.saga_name, stored.data_type, str(exc)
+            ) from exc
+        if not is_saga(found) or spec_of(found).name != stored.saga_name:
+            raise UnknownSagaClass(
+                stored.saga_id, stored.saga_name, stored.data_type,
+                "that name is not a saga class of this name",
+            )
+        self.register(found)
+        return found  # type: ignore[no-any-return]
+
+    def _data_type(self, cls: type) -> str:
+        path = self._data_types.get(cls)
+        if path is None:
+            path = self._data_types[cls] = type_path(cls)
+        return path
+
+    # -- encoding ----------------------------------------------------------------
+
+    def _row(self, record: SagaRecord, version: int, verify: bool) -> tuple[Any, ...]:
+        codec = self.codec
+        dumps = codec.dumps_json
+        error = record.error
+        return (
+            record.saga_id,
+            record.saga_name,
+            record.fingerprint,
+            self._data_type(type(record.data)),
+            record.status.value,
+            record.state,
+            version,
+            record.cursor,
+            dumps(record.undo) if record.undo else "[]",
+            record.created_at,
+            record.updated_at,
+            record.finished_at,
+            record.wake_at,
+            record.deadline_at,
+            record.compensation_deadline_at,
+            codec.dump_steps(record.steps),
+            codec.dump_data(record, verify=verify),
+            None if error is None else dumps(codec.encode_error(error)),
+            dumps(record.failures) if record.failures else None,
+            len(record.history),
+            len(record.events),
+        )
+
+    def _new_rows(
+        self, record: SagaRecord, history_from: int, events_from: int
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        sid = record.saga_id
+        codec = self.codec
+        history = record.history
+        events = record.events
+        hist_rows = [
+            (sid, i, *codec.history_row(history[i])) for i in range(history_from, len(history))
+        ]
+        event_rows = [
+            (sid, i, codec.dump_event(events[i], record, i))
+            for i in range(events_from, len(events))
+        ]
+        return hist_rows, event_rows
+
+    def _create_item(self, record: SagaRecord) -> _Write:
+        self._check_open()
+        row = self._row(record, record.version, verify=True)
+        hist, events = self._new_rows(record, 0, 0)
+        return _Write(True, row, record.version, hist, 0, events, 0)
+
+    def _save_item(self, record: SagaRecord) -> _Write:
+        self._check_open()
+        sid = record.saga_id
+        expected = record.version
+        known = self._known.get(sid)
+        if known is not None and known[0] == expected:
+            h_from: int | None = known[1]
+            e_from: int | None = known[2]
+            if len(record.history) < known[1] or len(record.events) < known[2]:
+                raise StoreError(
+                    f"saga {sid!r}: its history or events shrank since the last save; "
+                    "they are append-only"
+                )
+        else:
+            h_from = e_from = None
+        row = self._row(record, expected + 1, verify=h_from is None)
+        hist, events = self._new_rows(record, h_from or 0, e_from or 0)
+        if record.status.is_terminal:
+            self._known.pop(sid, None)  # keep the map to running sagas
+        else:
+            self._known[sid] = (expected + 1, len(record.history), len(record.events))
+        return _Write(False, row, expected, hist, h_from, events, e_from)
+
+    # -- the write path (group commit) -------------------------------------------
+
+    def _submit(self, item: _Write) -> None:
+        """Queue ``item`` and write until it is committed (helping others' writes)."""
+        self._pending.append(item)
+        try:
+            while not item.done:
+                with self._write_lock:
+                    if not item.done:
+                        self._drain()
+        except BaseException:
+            if not item.done:
+                with contextlib.suppress(ValueError):  # already taken: it will be written
+                    self._pending.remove(item)
+            raise
+        if item.error is not None:
+            raise item.error
+
+    def _submit_async(self, item: _Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        item.loop = loop
+        item.future = loop.create_future()
+        self._pending.append(item)
+        if self._writer is None:
+            self._start_writer()
+        self._wakeup.set()
+        return item.future
+
+    def _start_writer(self) -> None:
+        with self._writer_guard:
+            if self._writer is None:
+                thread = threading.Thread(
+                    target=self._serve, name=f"sagaflow-sqlite-writer:{self.path}", daemon=True
+                )
+                thread.start()
+                self._writer = thread
+
+    def _serve(self) -> None:
+        while True:
+            self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                with self._write_lock:
+                    self._drain()
+            if self._closed:
+                return
+
+    def _drain(self) -> None:
+        """Write one batch of pending items in one transaction. Hold ``_write_lock``."""
+        pending = self._pending
+        batch: list[_Write] = []
+        try:
+            while len(batch) < self._max_batch:
+                batch.append(pending.popleft())
+        except IndexError:
+            pass
+        if not batch:
+            return
+        try:
+            self._write_batch(batch)
+        except BaseException as exc:  # interrupted before COMMIT: nothing was written
+            for item in batch:
+                if item.error is None:
+                    item.error = StoreError(f"the write was interrupted: {exc!r}")
+            raise
+        finally:
+            self._complete(batch)
+
+    def _write_batch(self, batch: list[_Write]) -> None:
+        conn = self._conn
+        todo = batch
+        while todo:
+            outcomes: list[BaseException | bool | None] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                for item in todo:
+                    item.error = exc
+                return
+            failed: _Write | None = None
+            try:
+                for item in todo:
+                    failed = item
+                    outcomes.append(self._apply(conn, item))
+                failed = None
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                # Locked, I/O error, disk full: nothing of this batch is committed.
+                _rollback(conn)
+                for item in todo:
+                    item.error = exc
+                return
+            except Exception as exc:
+                # One item's data was refused (a constraint, a binding): fail it alone
+                # and write the others again without it.
+                _rollback(conn)
+                if failed is None:
+                    for item in todo:
+                        item.error = exc
+                    return
+                failed.error = exc
+                todo = [item for item in todo if item is not failed]
+                continue
+            except BaseException:
+                _rollback(conn)
+                raise
+            for item, outcome in zip(todo, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    item.error = outcome
+                else:
+                    item.inserted = bool(outcome)
+            return
+
+    def _apply(self, conn: sqlite3.Connection, item: _Write) -> BaseException | bool | None:
+        """Write ``item`` inside the open transaction; a lost race is returned, not raised."""
+        row = item.row
+        sid = row[0]
+        if item.create:
+            if conn.execute(_INSERT, row).rowcount == 0:
+                return False  # the id exists: create() reports the existing saga
+            h_from, e_from = 0, 0
+        elif item.history_from is not None and item.events_from is not None:
+            if conn.execute(_UPDATE, (*row, item.expected)).rowcount == 0:
+                found = conn.execute(
+                    "SELECT version FROM sagaflow_sagas WHERE saga_id = ?", (sid,)
+                ).fetchone()
+                now = None if found is None else found[0]
+                return ConcurrentModification(sid, item.expected, now)
+            h_from, e_from = item.history_from, item.events_from
+        else:
+            current = conn.execute(
+                "SELECT version, history_count, events_count FROM sagaflow_sagas "
+                "WHERE saga_id = ?",
+                (sid,),
+            ).fetchone()
+            if current is None:
+                # Never created here (or created by a store that skipped create()):
+                # insert it, as the memory store does.
+                conn.execute(_INSERT, row)
+                h_from, e_from = 0, 0
+            elif current[0] != item.expected:
+                return ConcurrentModification(sid, item.expected, current[0])
+            else:
+                conn.execute(_UPDATE, (*row, item.expected))
+                h_from, e_from = current[1], current[2]
+        # item.history holds the rows from history_from (all rows when unknown); the
+        # store has h_from of them already.
+        skip = h_from - (item.history_from or 0)
+        rows = item.history[skip:] if skip else item.history
+        if rows:
+            conn.executemany(_INSERT_HISTORY, rows)
+        skip = e_from - (item.events_from or 0)
+        rows = item.events[skip:] if skip else item.events
+        if rows:
+            conn.executemany(_INSERT_EVENT, rows)
+        return True
+
+    def _complete(self, batch: list[_Write]) -> None:
+        """Release the waiters: sync ones see ``done``; async ones get their future set
+        on their own loop (one wake-up per loop, not per item)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Write]] = {}
+        for item in batch:
+            item.done = True
+            if item.loop is not None:
+                by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, items)
+
+    # -- the Store protocol: sync ------------------------------------------------
+
+    def create(self, record: SagaRecord) -> SagaRecord | None:
+        """Insert ``record`` unless its saga id exists (then return the stored one).
+
+        The first save of a saga: its data is checked to load back as itself, so a
+        field that cannot be stored fails here, naming the field.
+        """
+        item = self._create_item(record)
+        self._submit(item)
+        return self._created(record, item)
+
+    def _created(self, record: SagaRecord, item: _Write) -> SagaRecord | None:
+        if item.inserted:
+            self._learn(record)
+            if not record.status.is_terminal:
+                self._known[record.saga_id] = (
+                    record.version, len(record.history), len(record.events)
+                )
+            return None
+        stored = self.load_raw(record.saga_id)
+        if stored is None:  # deleted in between: nothing to report but a retry
+            return self.create(record)
+        if stored.saga_name == record.saga_name:
+            return self.decode(stored, type(record.data))
+        try:
+            return self.decode(stored)
+        except UnknownSagaClass:
+            return self.decode(stored, raw_data=True)
+
+    def save(self, record: SagaRecord) -> None:
+        """Commit ``record``; durable (per ``synchronous``) when this returns.
+
+        Optimistic concurrency: the store's version must be ``record.version``, which
+        is then bumped; else :class:`ConcurrentModification` and nothing is written.
+        """
+        item = self._save_item(record)
+        try:
+            self._submit(item)
+        except BaseException:
+            self._known.pop(record.saga_id, None)
+            raise
+        record.version = item.expected + 1
+
+    def load(self, saga_id: str) -> SagaRecord | None:
+        """The record of ``saga_id`` (a fresh copy), or ``None``."""
+        stored = self.load_raw(saga_id)
+        return None if stored is None else self.decode(stored)
+
+    def query(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[SagaRecord]:
+        """Records by status and saga name, most recently updated first."""
+        where, params = _filters(status, name)
+        sql = f"{_SELECT}{where} ORDER BY updated_at DESC, saga_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [self.decode(s) for s in self._fetch(sql, params)]
+
+    # -- the Store protocol: async -----------------------------------------------
+
+    async def acreate(self, record: SagaRecord) -> SagaRecord | None:
+        """:meth:`create`, group-committed with other sagas' writes."""
+        item = self._create_item(record)
+        await self._submit_async(item)
+        if item.inserted:
+            return self._created(record, item)
+        return await asyncio.to_thread(self._created, record, item)
+
+    async def asave(self, record: SagaRecord) -> None:
+        """:meth:`save`, group-committed: many sagas' checkpoints share a transaction,
+        and this returns once *this* record is committed.
+
+        If the awaiting task is cancelled meanwhile, the write still happens (it may
+        already be on disk) and ``record.version`` already counts it, so the saga's
+        next save follows on from it.
+        """
+        item = self._save_item(record)
+        expected = item.expected
+        record.version = expected + 1
+        try:
+            await self._submit_async(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if record.version == expected + 1:
+                record.version = expected
+            self._known.pop(record.saga_id, None)
+            raise
+
+    async def aload(self, saga_id: str) -> SagaRecord | None:
+        """:meth:`load` on a worker thread."""
+        return await asyncio.to_thread(self.load, saga_id)
+
+    # -- raw access: recovery and operators --------------------------------------
+
+    def load_raw(self, saga_id: str) -> StoredSaga | None:
+        """The stored form of ``saga_id``, not decoded; ``None`` if absent."""
+        found = self._fetch(f"{_SELECT} WHERE saga_id = ?", [saga_id])
+        return found[0] if found else None
+
+    def scan(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        batch: int = _CHUNK,
+    ) -> Iterator[StoredSaga]:
+        """Every stored saga matching ``status`` and ``name``, by saga id, undecoded.
+
+        Reads in batches (each one consistent), so a huge table does not sit in memory
+        and writers are not held up. Decoding is left to :meth:`decode`, so one
+        corrupted record is reported by its id and never stops the iteration.
+        """
+        where, params = _filters(status, name)
+        joiner = " AND " if where else " WHERE "
+        after: str | None = None
+        while True:
+            sql = f"{_SELECT}{where}"
+            args = list(params)
+            if after is not None:
+                sql += f"{joiner}saga_id > ?"
+                args.append(after)
+            sql += " ORDER BY saga_id LIMIT ?"
+            args.append(batch)
+            found = self._fetch(sql, args)
+            yield from found
+            if len(found) < batch:
+                return
+            after = found[-1].saga_id
+
+    def decode(
+        self, stored: StoredSaga, cls: type | None = None, *, raw_data: bool = False
+    ) -> SagaRecord:
+        """The record of ``stored``. ``cls`` is the saga class (default: the one
+        registered for its name, or imported from its stored type path);
+        ``raw_data=True`` leaves ``data`` as its JSON form (an operator's view of a
+        saga whose class is not at hand). Raises :class:`~sagaflow.codec.CorruptRecord`
+        or :class:`UnknownSagaClass`."""
+        if cls is None and not raw_data:
+            cls = self._class_for(stored)
+        codec = self.codec
+        c = stored.columns
+        sid = stored.saga_id
+        name = stored.saga_name
+        try:
+            loads = codec.loads_json
+            text = c[_I["data"]]
+            data = loads(text) if cls is None else codec.load_data(text, cls)
+            error_text = c[_I["error"]]
+            failures_text = c[_I["failures"]]
+            record = SagaRecord(
+                saga_id=sid,
+                saga_name=name,
+                fingerprint=stored.fingerprint,
+                data=data,
+                steps=codec.load_steps(c[_I["steps"]]),
+                created_at=c[_I["created_at"]],
+                status=SagaStatus(stored.status),
+                state=stored.state,
+                cursor=c[_I["cursor"]],
+                undo=list(loads(c[_I["undo"]])),
+                wake_at=c[_I["wake_at"]],
+                deadline_at=c[_I["deadline_at"]],
+                compensation_deadline_at=c[_I["compensation_deadline_at"]],
+                updated_at=c[_I["updated_at"]],
+                finished_at=c[_I["finished_at"]],
+                error=None if error_text is None else codec.decode_error(loads(error_text)),
+                failures={} if failures_text is None else dict(loads(failures_text)),
+                events=[codec.load_event(body) for body in stored.events],
+                history=[codec.event_from_row(h, sid, name) for h in stored.history],
+                version=stored.version,
+            )
+            _check_counts(stored, c)
+        except CorruptRecord:
+            raise
+        except Exception as exc:  # anything malformed: one error naming the saga
+            raise CorruptRecord(sid, describe_failure(exc)) from exc
+        if record.status.is_terminal:
+            self._known.pop(sid, None)
+        else:
+            self._known[sid] = (record.version, len(record.history), len(record.events))
+        return record
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[StoredSaga]:
+        """Rows of ``sql`` with their history and events, read in one transaction."""
+        self._check_open()
+        conn = self._read_conn
+        with self._read_lock:
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(sql, params).fetchall()
+                history: dict[str, list[tuple[Any, ...]]] = {}
+                events: dict[str, list[str]] = {}
+                ids = [r[0] for r in rows]
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = ids[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    for sid, *rest in conn.execute(
+                        "SELECT saga_id, type, at, step, attempt, error, detail "
+                        f"FROM sagaflow_history WHERE saga_id IN ({marks}) "
+                        "ORDER BY saga_id, seq",
+                        chunk,
+                    ):
+                        history.setdefault(sid, []).append(tuple(rest))
+                    for sid, body in conn.execute(
+                        f"SELECT saga_id, body FROM sagaflow_events WHERE saga_id IN ({marks}) "
+                        "ORDER BY saga_id, seq",
+                        chunk,
+                    ):
+                        events.setdefault(sid, []).append(body)
+            finally:
+                conn.execute("COMMIT")
+        return [StoredSaga.of(r, history.get(r[0], ()), events.get(r[0], ())) for r in rows]
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"the SQLite store at {self.path!r} is closed")
+
+    def close(self) -> None:
+        """Finish pending writes, stop the writer thread, close the connections."""
+        if self._closed:
+            return
+        self._closed = True
+        writer = self._writer
+        if writer is not None:
+            self._wakeup.set()
+            writer.join()
+        with self._write_lock:
+            while self._pending:
+                self._drain()
+            if self._read_conn is not self._conn:
+                with self._read_lock:
+                    self._read_conn.close()
+            self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        with self._read_lock:
+            return int(self._read_conn.execute("SELECT count(*) FROM sagaflow_sagas").fetchone()[0])
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r})"
+
+
+def _resolve(items: list[_Write]) -> None:
+    for item in items:
+        future = item.future
+        if future is None or future.done():  # its waiter was cancelled
+            continue
+        if item.error is not None:
+            future.set_exception(item.error)
+        else:
+            future.set_result(None)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):  # SQLite may have ended it already
+        conn.execute("ROLLBACK")
+
+
+def _filters(
+    status: Collection[SagaStatus] | None, name: str | None
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        values = [SagaStatus(s).value for s in status]
+        if not values:
+            return " WHERE 0", []
+        clauses.append(f"status IN ({','.join('?' * len(values))})")
+        params.extend(values)
+    if name is not None:
+        clauses.append("saga_name = ?")
+        params.append(name)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _check_counts(stored: StoredSaga, columns: tuple[Any, ...]) -> None:
+    if len(stored.history) != columns[_I["history_count"]]:
+        raise CorruptRecord(
+            stored.saga_id,
+            f"its row counts {columns[_I['history_count']]} lifecycle events but "
+            f"{len(stored.history)} are stored",
+        )
+    if len(stored.events) != columns[_I["events_count"]]:
+        raise CorruptRecord(
+            stored.saga_id,
+            f"its row counts {columns[_I['events_count']]} domain events but "
+            f"{len(stored.events)} are stored",
+        )
