@@ -60,21 +60,31 @@ class Console:
     def __init__(self, out: Out = print) -> None:
         self.out = out
         self.muted = False
+        self.orchestrators: list[Orchestrator] = []
         self._sagas: dict[str, tuple[object, Orchestrator]] = {}
         self._seen: dict[str, dict[str, Any]] = {}
         self._plan: dict[str, list[str]] = {}
 
-    def watch(self, saga_id: str, saga: object, orchestrator: Orchestrator) -> None:
-        """Start following ``saga`` (run as ``saga_id``) to print what its steps produce."""
-        self._sagas[saga_id] = (saga, orchestrator)
-        self._seen[saga_id] = _fields(saga)
+    def _find(self, saga_id: str) -> tuple[object, Orchestrator] | None:
+        """The saga instance run as ``saga_id``, and its orchestrator (asked once)."""
+        found = self._sagas.get(saga_id)
+        if found is None:
+            for orch in self.orchestrators:
+                result = orch.get(saga_id)
+                if result is not None:
+                    found = self._sagas[saga_id] = (result.data, orch)
+                    self._seen[saga_id] = _fields(result.data)
+                    break
+        return found
 
     def __call__(self, event: events.LifecycleEvent) -> None:
-        if self.muted or event.saga_id not in self._sagas:
+        if self.muted:
             return
-        saga, orch = self._sagas[event.saga_id]
-        spec = spec_of(saga)
-        line = self._line(spec, saga, orch, event)
+        found = self._find(event.saga_id)
+        if found is None:
+            return
+        saga, orch = found
+        line = self._line(spec_of(saga), saga, orch, event)
         if line:
             self.out("   " + line)
 
@@ -108,6 +118,8 @@ class Console:
                 if s.compensation is not None:
                     line += f", so {s.compensation_name} runs too"
                 return line
+            if e.attempt > 1:
+                return f"{where} ✗ failed for good after {e.attempt} attempts: {e.error}"
             return f"{where} ✗ {e.error}"
         if isinstance(e, events.CompensationStarted):
             plan = self._plan.get(e.saga_id)
@@ -168,11 +180,19 @@ class Demo:
         ``rand=0.5`` puts every delay in the middle of its jitter band, so a
         ``Retry(backoff=2.0)`` waits exactly 2 s, then 4 s: the same output every run.
         """
-        return Orchestrator(listeners=[self.console], clock=VirtualClock(), rand=lambda: 0.5)
+        return self._wired(Orchestrator(
+            listeners=[self.console], clock=VirtualClock(), rand=lambda: 0.5
+        ))
 
     def async_orchestrator(self) -> Orchestrator:
         """An orchestrator for async sagas, on the running (virtual) loop's time."""
-        return Orchestrator(listeners=[self.console], clock=LoopClock(), rand=lambda: 0.5)
+        return self._wired(Orchestrator(
+            listeners=[self.console], clock=LoopClock(), rand=lambda: 0.5
+        ))
+
+    def _wired(self, orch: Orchestrator) -> Orchestrator:
+        self.console.orchestrators.append(orch)
+        return orch
 
     def section(self, title: str, subtitle: str = "") -> None:
         self.out("")
@@ -198,21 +218,20 @@ class Demo:
 
     def run(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
         """Run a sync saga, printing it, then its outcome."""
-        self.console.watch(saga_id, saga, orch)
         started = time.perf_counter()
         result = orch.run(saga, saga_id=saga_id)
-        self._outcome(result, time.perf_counter() - started)
+        self.show(result, time.perf_counter() - started)
         return result
 
     async def arun(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
         """Run an async saga, printing it, then its outcome."""
-        self.console.watch(saga_id, saga, orch)
         started = time.perf_counter()
         result = await orch.arun(saga, saga_id=saga_id)
-        self._outcome(result, time.perf_counter() - started)
+        self.show(result, time.perf_counter() - started)
         return result
 
-    def _outcome(self, result: SagaResult, real: float) -> None:
+    def show(self, result: SagaResult, real: float | None = None) -> None:
+        """Print a run's outcome: status, duration, compensations, events, operator notes."""
         self.results.append(result)
         if self.console.muted:
             return

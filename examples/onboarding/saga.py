@@ -1,0 +1,119 @@
+"""Seed 002's ``OnboardClientSaga``: a ``ClientOnboarded`` event starts it.
+
+The seed's steps and events: create the workspace (WorkspaceCreated), set up billing
+(BillingProfileCreated), send the welcome email (NotificationSent). The seed's failure
+column maps onto one compensation: ``delete_workspace`` removes the workspace and its
+tenant, so it is the seed's DeleteWorkspace when billing fails and its DeleteTenant when
+the workspace step itself timed out (its outcome unknown).
+
+Kinds, and why:
+
+- ``create_workspace``: compensatable (``delete_workspace``).
+- ``setup_billing``: the pivot. With a billing profile the client is a customer and
+  invoicing acts on it; from there the onboarding only goes forward. It is retried when
+  billing is unavailable or slow (idempotent by key, so a retry settles an unknown
+  outcome instead of tearing the workspace down around a profile that may exist); a
+  rejected plan is not retried, and the workspace is deleted.
+- ``send_welcome_email``: retriable, the seed's "N/A" compensation. An email cannot be
+  unsent, and a late welcome is no reason to undo a paying client's workspace: it is
+  retried with backoff, and if the mail server stays down the saga ends FAILED for an
+  operator to resend it, with nothing undone.
+
+:func:`on_client_onboarded` is the trigger: the saga id is derived from the client id, so
+an event delivered twice runs the saga once (the second delivery gets the first result).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from sagaflow import Orchestrator, Retry, SagaResult, StepContext, StepTimeout, saga, step
+
+from .._support import forward_key
+from .services import BillingUnavailable, billing, notifications, workspaces
+
+__all__ = [
+    "BillingProfileCreated",
+    "ClientOnboarded",
+    "NotificationSent",
+    "OnboardClientSaga",
+    "WorkspaceCreated",
+    "WorkspaceDeleted",
+    "on_client_onboarded",
+]
+
+
+@attrs.frozen
+class ClientOnboarded:
+    """The trigger, from the clients service."""
+
+    client_id: str
+    company: str
+    email: str
+    plan: str
+
+
+@attrs.frozen
+class WorkspaceCreated:
+    client_id: str
+    workspace_id: str
+
+
+@attrs.frozen
+class WorkspaceDeleted:
+    client_id: str
+    workspace_id: str
+
+
+@attrs.frozen
+class BillingProfileCreated:
+    client_id: str
+    billing_profile_id: str
+    plan: str
+
+
+@attrs.frozen
+class NotificationSent:
+    client_id: str
+    notification_id: str
+
+
+@saga
+@attrs.define
+class OnboardClientSaga:
+    client_id: str
+    company: str
+    email: str
+    plan: str
+    workspace_id: str | None = None
+    billing_profile_id: str | None = None
+
+    @step(timeout=5.0)
+    def create_workspace(self, ctx: StepContext) -> None:
+        self.workspace_id = workspaces.create(ctx.idempotency_key, self.client_id, self.company)
+        ctx.emit(WorkspaceCreated(self.client_id, self.workspace_id))
+
+    @create_workspace.compensate
+    def delete_workspace(self, ctx: StepContext) -> None:
+        if (deleted := workspaces.delete(ctx.idempotency_key, forward_key(ctx))) is not None:
+            ctx.emit(WorkspaceDeleted(self.client_id, deleted))
+
+    @step(pivot=True, timeout=5.0,
+          retry=Retry(attempts=3, backoff=0.5, retry_on=(BillingUnavailable, StepTimeout)))
+    def setup_billing(self, ctx: StepContext) -> None:
+        self.billing_profile_id = billing.create_profile(
+            ctx.idempotency_key, self.client_id, self.plan
+        )
+        ctx.emit(BillingProfileCreated(self.client_id, self.billing_profile_id, self.plan))
+
+    @step(retriable=True, timeout=10.0, retry=Retry(attempts=5, backoff=1.0))
+    def send_welcome_email(self, ctx: StepContext) -> None:
+        subject = f"Welcome to your {self.plan} workspace, {self.company}"
+        notification_id = notifications.send(ctx.idempotency_key, self.email, subject)
+        ctx.emit(NotificationSent(self.client_id, notification_id))
+
+
+def on_client_onboarded(orchestrator: Orchestrator, event: ClientOnboarded) -> SagaResult:
+    """Handle the trigger event: one onboarding per client, however often it is delivered."""
+    saga_ = OnboardClientSaga(event.client_id, event.company, event.email, event.plan)
+    return orchestrator.run(saga_, saga_id=f"onboard-{event.client_id}")
