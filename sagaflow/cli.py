@@ -307,7 +307,9 @@ def load_saga(target: str) -> type:
     except SagaDefinitionError as exc:
         raise DefinitionProblems([(module_name, exc)]) from None
     if attr is None:
-        sagas = _sagas_of(module)
+        sagas, errors = find_sagas(module_name)  # a package: the sagas of its modules
+        if errors:
+            raise DefinitionProblems(errors)
         if len(sagas) == 1:
             return sagas[0]
         if not sagas:
