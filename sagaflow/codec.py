@@ -5,7 +5,8 @@ A durable store keeps a :class:`~sagaflow.records.SagaRecord` as JSON. What goes
 - the saga instance (``record.data``) is unstructured by a cattrs converter *with its
   declared field types*: ``Decimal`` as a string, ``UUID`` as its canonical text, ``datetime``,
   ``date``, ``time`` in ISO 8601, ``timedelta`` as ``[days, seconds, microseconds]``,
-  ``bytes`` as base85, enums by value, nested attrs classes and dataclasses as objects,
+  ``bytes`` as base85 (a datetime in a named zone keeps the zone:
+  ``2024-03-31T02:30:00+02:00[Europe/Paris]``), enums by value, nested attrs classes and dataclasses as objects,
   tuples, sets and frozensets as lists, ``Optional``/unions of scalars as themselves;
 - a value whose declared type says nothing (``Any``, ``object``, a bare ``list`` or
   ``dict``, an unannotated field) and every domain event (``ctx.emit``) are encoded
@@ -34,6 +35,7 @@ import json
 import math
 import threading
 import uuid
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -132,6 +134,22 @@ def _structure_timedelta(v: Any, _: Any) -> dt.timedelta:
     return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
 
 
+def _unstructure_datetime(v: dt.datetime) -> str:
+    # An aware datetime in a named zone keeps the zone (RFC 9557's "[Europe/Paris]"
+    # suffix), not only today's offset, so its later arithmetic follows the zone's rules.
+    tz = v.tzinfo
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return f"{v.isoformat()}[{tz.key}]"
+    return v.isoformat()
+
+
+def _structure_datetime(v: Any, _: Any) -> dt.datetime:
+    if v.endswith("]"):
+        text, _sep, key = v[:-1].partition("[")
+        return dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(key))
+    return dt.datetime.fromisoformat(v)
+
+
 def _unstructure_bytes(v: bytes) -> str:
     return base64.b85encode(v).decode("ascii")
 
@@ -168,6 +186,7 @@ class Codec:
         c = make_converter(unstructure_fallback_factory=self._no_unstructure)
         hooks: list[tuple[type, Callable[[Any], Any], Callable[[Any, Any], Any]]] = [
             (decimal.Decimal, str, lambda v, _: decimal.Decimal(v)),
+            (dt.datetime, _unstructure_datetime, _structure_datetime),
             (uuid.UUID, str, lambda v, _: uuid.UUID(v)),
             (dt.time, lambda v: v.isoformat(), lambda v, _: dt.time.fromisoformat(v)),
             (dt.timedelta, _unstructure_timedelta, _structure_timedelta),
@@ -605,6 +624,7 @@ class Codec:
             "version": record.version,
             "error": self.encode_error(record.error),
             "failures": dict(record.failures),
+            "resolution": record.resolution,
             "steps": self._decode(self.dump_steps(record.steps)),
             "data": self._decode(self.dump_data(record)),
             "events": [self.encode_value(e) for e in record.events],
@@ -656,6 +676,7 @@ class Codec:
                 events=[self.decode_value(e) for e in data["events"]],
                 history=history,
                 version=data["version"],
+                resolution=data.get("resolution"),
             )
         except Exception as exc:  # report any malformation as one error naming the saga
             raise CorruptRecord(saga_id, describe_failure(exc)) from exc

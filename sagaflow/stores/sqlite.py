@@ -48,7 +48,7 @@ from ..codec import (
     import_path,
     type_path,
 )
-from ..errors import SagaflowError
+from ..errors import SagaflowError, UnknownSaga
 from ..records import SagaRecord, SagaStatus
 
 __all__ = [
@@ -92,14 +92,15 @@ class ConcurrentModification(StoreError):
         return (type(self), (self.saga_id, self.expected, self.found))
 
 
-class UnknownSagaClass(SagaflowError, LookupError):
+class UnknownSagaClass(UnknownSaga):
     """A stored saga's class is neither registered with the store nor importable."""
 
     def __init__(self, saga_id: str, saga_name: str, data_type: str, reason: str) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
         self.data_type = data_type
-        super().__init__(
+        SagaflowError.__init__(
+            self,
             f"saga {saga_id!r} is a {saga_name!r} saga of class {data_type!r}, which "
             f"this store cannot load ({reason}): pass the class to store.register()"
         )
@@ -108,12 +109,12 @@ class UnknownSagaClass(SagaflowError, LookupError):
         return (type(self), (self.saga_id, self.saga_name, self.data_type, "?"))
 
 
-# Column order of sagaflow_sagas; a write binds these as ?1..?21 (?22: expected version).
+# Column order of sagaflow_sagas; a write binds these as ?1..?N (?N+1: expected version).
 _COLUMNS = (
     "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
     "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
-    "compensation_deadline_at", "steps", "data", "error", "failures", "history_count",
-    "events_count",
+    "compensation_deadline_at", "steps", "data", "error", "failures", "resolution",
+    "history_count", "events_count",
 )  # fmt: skip
 _NCOLS = len(_COLUMNS)
 _I = {name: i for i, name in enumerate(_COLUMNS)}
@@ -139,6 +140,7 @@ _SCHEMA = (
         data TEXT NOT NULL,
         error TEXT,
         failures TEXT,
+        resolution TEXT,
         history_count INTEGER NOT NULL,
         events_count INTEGER NOT NULL
     )""",
@@ -473,6 +475,7 @@ class SQLiteStore:
             codec.dump_data(record, verify=verify),
             None if error is None else dumps(codec.encode_error(error)),
             dumps(record.failures) if record.failures else None,
+            record.resolution,
             len(record.history),
             len(record.events),
         )
@@ -868,6 +871,7 @@ class SQLiteStore:
                 events=[codec.load_event(body) for body in stored.events],
                 history=[codec.event_from_row(h, sid, name) for h in stored.history],
                 version=stored.version,
+                resolution=c[_I["resolution"]],
             )
             _check_counts(stored, c)
         except CorruptRecord:
