@@ -358,6 +358,29 @@ def test_png_is_a_real_picture(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+DOT_PROGRAM = '''#!{python}
+"""`dot -K<engine> -T<format>` reading DOT on stdin, run by the Graphviz the pygraphviz
+wheel bundles: a real Graphviz behind the `dot` command line, for machines without one."""
+import sys
+import pygraphviz
+fmt = next(arg[2:] for arg in sys.argv[1:] if arg.startswith("-T"))
+graph = pygraphviz.AGraph(string=sys.stdin.read())
+sys.stdout.buffer.write(graph.draw(format=fmt, prog="dot"))
+'''
+
+
+def test_without_pygraphviz_a_dot_on_path_renders(monkeypatch, tmp_path):
+    program = tmp_path / "dot"
+    program.write_text(DOT_PROGRAM.format(python=sys.executable), encoding="utf-8")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(diagram_module, "_load_pygraphviz", lambda: ImportError("not installed"))
+    svg = render(FeatureSaga, "svg")
+    titles = {el.text for el in ET.fromstring(svg.encode()).iter("{http://www.w3.org/2000/svg}title")}
+    assert set(SPEC.machine.states) <= titles
+    assert render(FeatureSaga, "png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_without_pygraphviz_or_dot_the_error_names_both_fixes(monkeypatch):
     monkeypatch.setattr(diagram_module, "_load_pygraphviz", lambda: ImportError("no pygraphviz"))
     monkeypatch.setattr(diagram_module, "_find_dot", lambda: None)
