@@ -32,7 +32,7 @@ from sagaflow import (
 
 from ._support import LoopClock, VirtualClock
 
-__all__ = ["Console", "Demo", "fmt", "operator_notes", "outcome"]
+__all__ = ["Console", "Demo", "events_line", "fmt", "operator_notes", "outcome"]
 
 Out = Callable[[str], None]
 
@@ -50,8 +50,18 @@ def _fields(obj: object) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj))}
 
 
-def _event_name(event: object) -> str:
-    return type(event).__name__
+def events_line(domain_events: tuple[Any, ...], width: int = 110) -> str:
+    """Domain events in order, with their values when that fits on a line."""
+    full = " → ".join(_event_text(e) for e in domain_events)
+    if len(full) <= width:
+        return full
+    return " → ".join(type(e).__name__ for e in domain_events)
+
+
+def _event_text(event: object) -> str:
+    if not attrs.has(type(event)):
+        return type(event).__name__
+    return f"{type(event).__name__}({', '.join(fmt(v) for v in _fields(event).values())})"
 
 
 class Console:
@@ -237,7 +247,7 @@ class Demo:
             return
         self.out("   ⇒ " + outcome(result, real))
         if result.events:
-            self.out("     events: " + " → ".join(_event_name(e) for e in result.events))
+            self.out("     events: " + events_line(result.events))
         for line in operator_notes(result):
             self.out(f"     ‼ {line}")
 

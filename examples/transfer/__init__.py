@@ -1,0 +1,1 @@
+"""Seed 004: a money transfer (debit, credit) emitting AccountEvent domain events."""
