@@ -1,5 +1,74 @@
-"""Tools to test sagas: a virtual clock (more to come: failure plans, invariants)."""
+"""Tools to test sagas: failure plans, fault injection on a virtual clock, invariants.
+
+- :class:`FailurePlan`: what goes wrong in one run; :func:`failure_plans` draws them
+  from a saga class (hypothesis).
+- :func:`run_plan` / :func:`arun_plan`: run a saga instance under a plan, with no change
+  to its code, on a :class:`VirtualClock`; returns a :class:`PlanRun`.
+- :func:`check_invariants`: raise :class:`InvariantViolation` (an ``AssertionError``
+  that names the broken invariant and shows the trace) unless the run is sound.
+- :func:`saga_state_machine`: a hypothesis ``RuleBasedStateMachine`` that drives runs
+  call by call, injecting failures as rules.
+- :func:`assert_compensations_idempotent`: a second compensation must change nothing.
+
+The names that need hypothesis (:func:`failure_plans`, :func:`saga_cases`,
+:func:`saga_state_machine`, :func:`register_strategies`) are imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .clock import VirtualClock
+from .harness import CallRecord, Harness, Outcome, PlanRun, arun_plan, run_plan
+from .idempotency import (
+    assert_compensations_idempotent,
+    assert_compensations_tolerate_nothing_to_undo,
+)
+from .invariants import INVARIANTS, InvariantViolation, Violation, check_invariants
+from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
 
-__all__ = ["VirtualClock"]
+if TYPE_CHECKING:
+    from .stateful import saga_state_machine
+    from .strategies import failure_plans, register_strategies, saga_cases
+
+__all__ = [
+    "INVARIANTS",
+    "CallRecord",
+    "DeadlinePass",
+    "FailurePlan",
+    "Fault",
+    "Harness",
+    "InjectedFault",
+    "InvariantViolation",
+    "Outcome",
+    "PlanRun",
+    "SagaCase",
+    "VirtualClock",
+    "Violation",
+    "arun_plan",
+    "assert_compensations_idempotent",
+    "assert_compensations_tolerate_nothing_to_undo",
+    "check_invariants",
+    "failure_plans",
+    "register_strategies",
+    "run_plan",
+    "saga_cases",
+    "saga_state_machine",
+]
+
+_LAZY = {
+    "failure_plans": "strategies",
+    "register_strategies": "strategies",
+    "saga_cases": "strategies",
+    "saga_state_machine": "stateful",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # hypothesis is a test dependency: import it only when a name that needs it is used
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

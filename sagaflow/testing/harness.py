@@ -1,0 +1,714 @@
+"""Run a saga instance under a :class:`~sagaflow.testing.FailurePlan`, on a virtual clock.
+
+The user's saga code is never changed. Faults are injected around the user's own
+functions, and the run is recorded call by call (step, direction, attempt, idempotency
+key, what was injected, what the user's function did) for
+:func:`~sagaflow.testing.check_invariants`.
+
+Three drivers:
+
+- ``"engine"`` (the default, and the fast one): this module's own loop around the
+  sans-IO core, :func:`sagaflow.engine.next_command` / :func:`~sagaflow.engine.settle`
+  / :func:`~sagaflow.engine.interrupt`: the same few lines as the real drivers, with
+  no threads. A timeout is *reported* (the virtual clock advances by the call's
+  timeout) rather than waited for, so thousands of plans run in seconds.
+- ``"sync"`` and ``"async"``: the real drivers (:func:`sagaflow.runner.run_sync`,
+  :func:`~sagaflow.runner.run_async`) with an :class:`~sagaflow.Orchestrator` on a
+  memory store, on a *shadow* spec whose dispatch tables wrap the user's functions.
+  A planned timeout really overruns there, so the shadow spec gives that one step a
+  short real timeout (:data:`REAL_TIMEOUT`); a cancellation raises
+  ``CancelledError`` inside the call, which only the async driver turns into one.
+
+The saga's deadline passes where the plan says: the virtual clock jumps when the
+orchestrator next reads it at that step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from ..context import Direction, StepContext
+from ..definition import SagaSpec, StepKind, spec_of
+from ..engine import Call, Sleep, interrupt, new_record, next_command, settle
+from ..orchestrator import Orchestrator
+from ..records import SagaRecord, SagaResult, SagaStatus
+from ..runner import run_async, run_sync
+from ..stores import MemoryStore
+from .clock import VirtualClock
+from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
+
+__all__ = [
+    "DRIVERS",
+    "REAL_TIMEOUT",
+    "CallRecord",
+    "Harness",
+    "Outcome",
+    "PlanRun",
+    "arun_plan",
+    "run_plan",
+]
+
+Driver = Literal["engine", "sync", "async"]
+DRIVERS: tuple[Driver, ...] = ("engine", "sync", "async")
+FORWARD = Direction.FORWARD
+COMPENSATE = Direction.COMPENSATE
+
+#: Real seconds a planned timeout takes under the real drivers (which wait in real time).
+REAL_TIMEOUT = 0.02
+#: How long an injected overrun blocks under the real drivers: well past any timeout.
+_OVERRUN = 0.25
+#: How far before the deadline the clock jumps when the deadline passes *during* a step.
+DEADLINE_MARGIN = 0.001
+
+_ids = itertools.count(1)
+
+
+@attrs.frozen
+class Outcome:
+    """What a call does: succeed (``fault is None``) or fail with ``fault``.
+
+    ``effect``: whether the user's function runs before the failure shows (a success
+    always runs it). ``cause`` says why, for the trace.
+    """
+
+    fault: Fault | None = None
+    effect: bool = False
+    cause: str = ""
+
+    @property
+    def calls_user(self) -> bool:
+        return self.fault is None or self.effect
+
+    def __str__(self) -> str:
+        if self.fault is None:
+            return "-"
+        eff = "+effect" if self.effect else ""
+        return f"{self.fault.value}{eff}"
+
+
+SUCCEED = Outcome()
+
+
+@attrs.define(slots=True, eq=False)
+class CallRecord:
+    """One call of a step or compensation, as the run made it.
+
+    ``reported`` is what the orchestrator was told: ``"ok"``, ``"error"``,
+    ``"timeout"`` or ``"cancelled"``; ``error`` the exception it saw (injected, or the
+    user's own, ``user_error``). ``ran_user`` says whether the user's function ran.
+    """
+
+    seq: int
+    step: str
+    index: int
+    direction: Direction
+    attempt: int
+    key: str
+    at: float
+    timeout: float | None
+    injected: Outcome
+    ended: float | None = None
+    ran_user: bool = False
+    user_error: BaseException | None = None
+    reported: str = "pending"
+    error: BaseException | None = None
+    emitted: tuple[Any, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reported == "ok"
+
+    @property
+    def label(self) -> str:
+        return self.step if self.direction is FORWARD else f"undo {self.step}"
+
+
+@attrs.frozen(eq=False)
+class PlanRun:
+    """One run of a saga under a plan: the result and everything seen on the way.
+
+    ``plan`` is ``None`` for runs driven rule by rule (the stateful test). ``before`` /
+    ``after`` are the participants' snapshots when a snapshot function was given.
+    """
+
+    spec: SagaSpec
+    saga_id: str
+    plan: FailurePlan[Any] | None
+    driver: str
+    result: SagaResult
+    calls: tuple[CallRecord, ...]
+    sleeps: tuple[float, ...]
+    rand: float | None
+    started_at: float
+    deadline_at: float | None
+    deadline_fired: tuple[str, float] | None
+    cancelled: bool
+    final_state: str
+    compensation_deadline_at: float | None
+    before: Any = None
+    after: Any = None
+    snapshotted: bool = False
+    complete: bool = True
+
+    @property
+    def status(self) -> SagaStatus:
+        return self.result.status
+
+    def forward_calls(self, step: str | None = None) -> list[CallRecord]:
+        return [c for c in self.calls if c.direction is FORWARD and step in (None, c.step)]
+
+    def compensation_calls(self, step: str | None = None) -> list[CallRecord]:
+        return [c for c in self.calls if c.direction is COMPENSATE and step in (None, c.step)]
+
+    def table(self) -> str:
+        """The calls as a compact table (times in virtual seconds from the start)."""
+        from .invariants import format_trace
+
+        return format_trace(self)
+
+    def check(self, **options: Any) -> PlanRun:
+        """:func:`~sagaflow.testing.check_invariants` on this run; returns the run."""
+        from .invariants import check_invariants
+
+        check_invariants(self, **options)
+        return self
+
+
+class Harness:
+    """One run driven one call at a time through the engine, on a virtual clock.
+
+    :meth:`next_call` performs sleeps (virtually) and returns the next
+    :class:`~sagaflow.engine.Call`, or ``None`` once the run is over; :meth:`begin` /
+    :meth:`finish` perform a call with a chosen :class:`Outcome`. :func:`run_plan`
+    chooses outcomes from a plan; the stateful test chooses them by rule.
+    """
+
+    def __init__(
+        self,
+        saga: Any,
+        *,
+        plan: FailurePlan[Any] | None = None,
+        saga_id: str | None = None,
+        clock: VirtualClock | None = None,
+        rand: float = 0.5,
+        driver: str = "engine",
+        spec: SagaSpec | None = None,
+    ) -> None:
+        self.spec = spec_of(saga) if spec is None else spec
+        self.plan = plan
+        self.clock = VirtualClock() if clock is None else clock
+        self.rand = rand
+        self.driver = driver
+        self.saga_id = saga_id or f"run-{next(_ids)}"
+        self.calls: list[CallRecord] = []
+        self.cancelled = False
+        self.deadline_fired: tuple[str, float] | None = None
+        self._cut_next = False
+        self._sleeps_from = len(self.clock.sleeps)
+        self._record: SagaRecord | None = None
+        if plan is not None and plan.deadline is not None:
+            self._deadline: DeadlinePass | None = plan.deadline
+            self._deadline_index = self.spec.index.get(plan.deadline.step, len(self.spec.steps))
+            self.clock.on_now = self._watch_deadline
+        else:
+            self._deadline = None
+        self.started_at = self.clock.now()
+        self.record = new_record(self.spec, saga, self.saga_id, self.started_at)
+        self._record = self.record
+
+    # -- the deadline, passing where the plan says ----------------------------------
+
+    def _watch_deadline(self) -> None:
+        record = self._record
+        d = self._deadline
+        if d is None or record is None or record.deadline_at is None:
+            return
+        if record.status is SagaStatus.RUNNING and record.cursor >= self._deadline_index:
+            self._deadline = None
+            self.clock.on_now = None
+            self.pass_deadline(during=d.during)
+
+    def pass_deadline(self, during: bool = False) -> None:
+        """Move the clock to the saga's deadline (``during``: just short of it, so that
+        the next forward call is the one the deadline cuts short)."""
+        record = self.record
+        if record.deadline_at is None:
+            raise ValueError(f"saga {self.spec.name!r} has no deadline to pass")
+        target = record.deadline_at - (DEADLINE_MARGIN if during else 0.0)
+        self.clock.advance_to(target)
+        self._cut_next = during
+        self.deadline_fired = (self.spec.steps[min(record.cursor, len(self.spec.steps) - 1)].name,
+                               self.clock.time)
+
+    # -- deciding outcomes from the plan ---------------------------------------------
+
+    def decide(self, index: int, direction: Direction, attempt: int, bound: bool) -> Outcome:
+        """The outcome the plan gives this call."""
+        plan = self.plan
+        name = self.spec.steps[index].name
+        if direction is FORWARD:
+            if self._cut_next:
+                self._cut_next = False
+                if bound:
+                    d = plan.deadline if plan is not None else None
+                    effect = d.effect if d is not None else False
+                    return Outcome(Fault.TIMES_OUT, effect, "the deadline passes during the call")
+            if plan is None:
+                return SUCCEED
+            n = plan.transient_failures(name)
+            if attempt <= n:
+                return Outcome(plan.transient_fault, plan.transient_effect,
+                               f"transient failure {attempt} of {n}")
+            if plan.step == name:
+                return Outcome(plan.fault, plan.effect, "the plan's failure")
+            return SUCCEED
+        if plan is None:
+            return SUCCEED
+        if name in plan.compensation_fails:
+            return Outcome(Fault.RAISES, plan.compensation_effect,
+                           "the plan's compensation failure")
+        m = plan.compensation_failures(name)
+        if attempt <= m:
+            return Outcome(Fault.RAISES, plan.compensation_effect,
+                           f"transient failure {attempt} of {m}")
+        return SUCCEED
+
+    # -- the engine loop, one call at a time -----------------------------------------
+
+    def next_call(self) -> Call | None:
+        """The next call the engine asks for (sleeping through backoff), or ``None``."""
+        spec, record, clock = self.spec, self.record, self.clock
+        while True:
+            now = clock.now()
+            command = next_command(spec, record, now)
+            record.updated_at = now
+            if isinstance(command, Sleep):
+                clock.sleep(max(0.0, command.until - now))
+                continue
+            return command
+
+    def context(self, call: Call) -> StepContext:
+        s = self.spec.steps[call.index]
+        record = self.record
+        forward = call.direction is FORWARD
+        return StepContext(
+            record.saga_id,
+            self.spec.name,
+            s.name,
+            call.direction,
+            call.attempt,
+            call.timeout,
+            record.deadline_at if forward else record.compensation_deadline_at,
+            self.clock.now(),
+            self.clock.now,
+        )
+
+    def function(self, call: Call) -> Callable[..., Any]:
+        fn = (self.spec.forward if call.direction is FORWARD else self.spec.compensations)[
+            call.index
+        ]
+        assert fn is not None
+        return fn
+
+    def begin(self, call: Call, outcome: Outcome | None = None) -> tuple[CallRecord, StepContext]:
+        """Record the start of ``call`` with ``outcome`` (default: the plan's)."""
+        if outcome is None:
+            outcome = self.decide(call.index, call.direction, call.attempt, call.deadline_bound)
+        s = self.spec.steps[call.index]
+        if outcome.fault is Fault.CANCELLED and call.direction is COMPENSATE:
+            raise ValueError(
+                "a compensation cannot be cancelled: the drivers shield compensation"
+            )
+        if outcome.fault is Fault.TIMES_OUT and call.timeout is None:
+            raise ValueError(
+                f"call {s.name!r} ({call.direction.value}) has no timeout and no deadline: "
+                "it cannot time out"
+            )
+        ctx = self.context(call)
+        rec = CallRecord(
+            seq=len(self.calls) + 1,
+            step=s.name,
+            index=call.index,
+            direction=call.direction,
+            attempt=call.attempt,
+            key=ctx.idempotency_key,
+            at=self.clock.time,
+            timeout=call.timeout,
+            injected=outcome,
+        )
+        self.calls.append(rec)
+        return rec, ctx
+
+    def finish(self, call: Call, rec: CallRecord, ctx: StepContext) -> None:
+        """Report ``rec``'s outcome to the engine (after the user's function, if it ran)."""
+        spec, record, clock = self.spec, self.record, self.clock
+        fault = rec.injected.fault
+        error: BaseException | None = None
+        timed_out = False
+        if rec.user_error is not None:
+            rec.reported, rec.error = "error", rec.user_error
+            error = rec.user_error
+        elif fault is None:
+            rec.reported = "ok"
+            rec.emitted = tuple(ctx._pending)
+        elif fault is Fault.RAISES:
+            error = InjectedFault(_fault_message(rec))
+            rec.reported, rec.error = "error", error
+        elif fault is Fault.TIMES_OUT:
+            assert call.timeout is not None
+            clock.advance(call.timeout)
+            rec.reported = "timeout"
+            timed_out = True
+        else:
+            rec.reported = "cancelled"
+            rec.ended = clock.now()
+            self.cancelled = True
+            interrupt(spec, record, call, rec.ended)
+            return
+        rec.ended = now = clock.now()
+        emitted = list(rec.emitted) if rec.reported == "ok" else None
+        settle(spec, record, call, now, error, timed_out, emitted, self._rand)
+
+    def _rand(self) -> float:
+        return self.rand
+
+    def perform(self, call: Call, outcome: Outcome | None = None,
+                loop: asyncio.AbstractEventLoop | None = None) -> CallRecord:
+        """Make ``call`` with ``outcome`` (default: the plan's), synchronously."""
+        rec, ctx = self.begin(call, outcome)
+        if rec.injected.calls_user:
+            rec.ran_user = True
+            try:
+                value = self.function(call)(self.record.data, ctx)
+                if inspect.isawaitable(value):
+                    if loop is None:
+                        raise RuntimeError("an async step needs an event loop")
+                    loop.run_until_complete(_await(value))
+            except Exception as exc:
+                rec.user_error = exc
+        self.finish(call, rec, ctx)
+        return rec
+
+    async def aperform(self, call: Call, outcome: Outcome | None = None) -> CallRecord:
+        """:meth:`perform`, awaiting coroutine steps in the running loop."""
+        rec, ctx = self.begin(call, outcome)
+        if rec.injected.calls_user:
+            rec.ran_user = True
+            try:
+                value = self.function(call)(self.record.data, ctx)
+                if inspect.isawaitable(value):
+                    await value
+            except Exception as exc:
+                rec.user_error = exc
+        self.finish(call, rec, ctx)
+        return rec
+
+    def outcome_run(self, *, before: Any = None, after: Any = None, snapshotted: bool = False,
+                    complete: bool = True) -> PlanRun:
+        """The :class:`PlanRun` of this harness so far."""
+        return PlanRun(
+            spec=self.spec,
+            saga_id=self.saga_id,
+            plan=self.plan,
+            driver=self.driver,
+            result=SagaResult.of(self.record),
+            calls=tuple(self.calls),
+            sleeps=tuple(self.clock.sleeps[self._sleeps_from:]),
+            rand=self.rand,
+            started_at=self.started_at,
+            deadline_at=self.record.deadline_at,
+            deadline_fired=self.deadline_fired,
+            cancelled=self.cancelled,
+            final_state=self.record.state,
+            compensation_deadline_at=self.record.compensation_deadline_at,
+            before=before,
+            after=after,
+            snapshotted=snapshotted,
+            complete=complete,
+        )
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _fault_message(rec: CallRecord) -> str:
+    what = rec.step if rec.direction is FORWARD else f"compensation of {rec.step}"
+    return f"injected: {what}, attempt {rec.attempt} ({rec.injected.cause})"
+
+
+# -- the real drivers, with the user's functions wrapped --------------------------------
+
+
+class _Injector:
+    """Wraps a spec's dispatch tables so that each call follows the plan."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.h = harness
+
+    def _begin(self, index: int, direction: Direction, ctx: StepContext) -> CallRecord:
+        h = self.h
+        s = h.spec.steps[index]
+        record = h.record
+        bound = (
+            direction is FORWARD
+            and s.kind is not StepKind.RETRIABLE
+            and record.deadline_at is not None
+            and ctx.call_deadline is not None
+            and ctx.call_deadline >= record.deadline_at - 1e-6
+        )
+        outcome = h.decide(index, direction, ctx.attempt, bound)
+        if outcome.fault is Fault.CANCELLED and h.driver != "async":
+            raise ValueError(
+                "Fault.CANCELLED needs the async driver (driver='async' or 'engine'): "
+                "a sync run cannot be cancelled"
+            )
+        rec = CallRecord(
+            seq=len(h.calls) + 1,
+            step=s.name,
+            index=index,
+            direction=direction,
+            attempt=ctx.attempt,
+            key=ctx.idempotency_key,
+            at=h.clock.time,
+            timeout=ctx.timeout,
+            injected=outcome,
+        )
+        h.calls.append(rec)
+        return rec
+
+    def _after_user(self, rec: CallRecord, ctx: StepContext) -> None:
+        """The injected failure, once the user's function (if it ran) returned."""
+        fault = rec.injected.fault
+        rec.ended = self.h.clock.time
+        if fault is None:
+            rec.reported = "ok"
+            rec.emitted = tuple(ctx._pending)
+        elif fault is Fault.RAISES:
+            rec.error = InjectedFault(_fault_message(rec))
+            rec.reported = "error"
+            raise rec.error
+        elif fault is Fault.CANCELLED:
+            rec.reported = "cancelled"
+            self.h.cancelled = True
+            raise asyncio.CancelledError(_fault_message(rec))
+
+    def wrap(self, index: int, direction: Direction, fn: Callable[..., Any],
+             is_async: bool) -> Callable[..., Any]:
+        if is_async:
+
+            async def acall(saga: Any, ctx: StepContext) -> None:
+                rec = self._begin(index, direction, ctx)
+                if rec.injected.calls_user:
+                    rec.ran_user = True
+                    try:
+                        await fn(saga, ctx)
+                    except Exception as exc:
+                        rec.user_error, rec.error, rec.reported = exc, exc, "error"
+                        rec.ended = self.h.clock.time
+                        raise
+                if rec.injected.fault is Fault.TIMES_OUT:
+                    rec.reported, rec.ended = "timeout", self.h.clock.time
+                    await asyncio.sleep(_OVERRUN)
+                    return
+                self._after_user(rec, ctx)
+
+            return acall
+
+        def call(saga: Any, ctx: StepContext) -> None:
+            rec = self._begin(index, direction, ctx)
+            if rec.injected.calls_user:
+                rec.ran_user = True
+                try:
+                    fn(saga, ctx)
+                except Exception as exc:
+                    rec.user_error, rec.error, rec.reported = exc, exc, "error"
+                    rec.ended = self.h.clock.time
+                    raise
+            if rec.injected.fault is Fault.TIMES_OUT:
+                rec.reported, rec.ended = "timeout", self.h.clock.time
+                time.sleep(_OVERRUN)  # overrun: the driver abandons this worker thread
+                return
+            self._after_user(rec, ctx)
+
+        return call
+
+    def shadow(self) -> SagaSpec:
+        """The spec with wrapped dispatch tables (and short real timeouts where the
+        plan makes a step time out)."""
+        spec = self.h.spec
+        plan = self.h.plan
+        overrun: set[str] = set()
+        if plan is not None:
+            if plan.step is not None and plan.fault is Fault.TIMES_OUT:
+                overrun.add(plan.step)
+            if plan.transient_fault is Fault.TIMES_OUT:
+                overrun.update(name for name, _ in plan.transient)
+        steps = []
+        for s in spec.steps:
+            forward = self.wrap(s.index, FORWARD, s.fn, s.is_async)
+            comp = None
+            if s.compensation is not None:
+                comp = self.wrap(s.index, COMPENSATE, s.compensation, s.compensation_is_async)
+            timeout = REAL_TIMEOUT if s.name in overrun else s.timeout
+            steps.append(attrs.evolve(s, fn=forward, compensation=comp, timeout=timeout))
+        changes: dict[str, Any] = {
+            "steps": tuple(steps),
+            "forward": tuple(s.fn for s in steps),
+            "compensations": tuple(s.compensation for s in steps),
+        }
+        limit = getattr(spec, "shortest_limit", None)
+        if overrun and "shortest_limit" in attrs.fields_dict(type(spec)):
+            # the sync driver's watchdog never sleeps past the shortest limit of any call
+            changes["shortest_limit"] = min(REAL_TIMEOUT, limit or REAL_TIMEOUT)
+        return attrs.evolve(spec, **changes)
+
+
+# -- running a plan ------------------------------------------------------------------
+
+
+def _unpack(
+    saga: Any, setup: Callable[[], Any] | None, snapshot: Callable[[], Any] | None
+) -> tuple[Any, Callable[[], Any] | None, Callable[[], Any] | None]:
+    if isinstance(saga, SagaCase):
+        return saga.saga, setup or saga.setup, snapshot or saga.snapshot
+    return saga, setup, snapshot
+
+
+def _check_driver(driver: str) -> None:
+    if driver not in DRIVERS:
+        raise ValueError(f"driver must be one of {', '.join(DRIVERS)}; got {driver!r}")
+
+
+def run_plan(
+    saga: Any,
+    plan: FailurePlan[Any] | None = None,
+    *,
+    driver: Driver = "engine",
+    saga_id: str | None = None,
+    clock: VirtualClock | None = None,
+    rand: float = 0.5,
+    setup: Callable[[], Any] | None = None,
+    snapshot: Callable[[], Any] | None = None,
+) -> PlanRun:
+    """Run ``saga`` (an instance, or a :class:`SagaCase`) under ``plan``, to its end.
+
+    ``driver``: ``"engine"`` (fast, no threads), ``"sync"`` or ``"async"`` (the real
+    drivers through an :class:`~sagaflow.Orchestrator`). ``rand`` is the jitter draw
+    every backoff uses, so delays are exact. ``setup`` runs first; ``snapshot`` is taken
+    before and after. Returns a :class:`PlanRun` for :func:`check_invariants`.
+    """
+    _check_driver(driver)
+    if driver == "async":
+        return asyncio.run(
+            arun_plan(saga, plan, driver=driver, saga_id=saga_id, clock=clock, rand=rand,
+                      setup=setup, snapshot=snapshot)
+        )
+    instance, setup, snapshot = _unpack(saga, setup, snapshot)
+    h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
+    if driver == "engine":
+        loop = asyncio.new_event_loop() if h.spec.is_async else None
+        try:
+            while (call := h.next_call()) is not None:
+                h.perform(call, loop=loop)
+        finally:
+            if loop is not None:
+                loop.close()
+    else:
+        if h.spec.is_async:
+            raise TypeError(
+                f"saga {h.spec.name!r} has async steps: use driver='async' or 'engine'"
+            )
+        orchestrator, shadow = _orchestrate(h)
+        try:
+            run_sync(orchestrator, shadow, h.record)
+        finally:
+            orchestrator.close()
+    return _done(h, before, snapshot)
+
+
+async def arun_plan(
+    saga: Any,
+    plan: FailurePlan[Any] | None = None,
+    *,
+    driver: Driver = "engine",
+    saga_id: str | None = None,
+    clock: VirtualClock | None = None,
+    rand: float = 0.5,
+    setup: Callable[[], Any] | None = None,
+    snapshot: Callable[[], Any] | None = None,
+) -> PlanRun:
+    """:func:`run_plan` in a running event loop (``driver``: ``"engine"`` or ``"async"``)."""
+    _check_driver(driver)
+    if driver == "sync":
+        raise ValueError("arun_plan runs the engine or the async driver; use run_plan for sync")
+    instance, setup, snapshot = _unpack(saga, setup, snapshot)
+    h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
+    if driver == "engine":
+        while (call := h.next_call()) is not None:
+            await h.aperform(call)
+    else:
+        orchestrator, shadow = _orchestrate(h)
+        try:
+            await run_async(orchestrator, shadow, h.record)
+        except asyncio.CancelledError:
+            if not h.cancelled:
+                raise  # a real cancellation of the caller, not the plan's
+        finally:
+            orchestrator.close()
+    return _done(h, before, snapshot)
+
+
+def _prepare(
+    saga: Any,
+    plan: FailurePlan[Any] | None,
+    driver: str,
+    saga_id: str | None,
+    clock: VirtualClock | None,
+    rand: float,
+    setup: Callable[[], Any] | None,
+    snapshot: Callable[[], Any] | None,
+) -> tuple[Harness, Any]:
+    spec = spec_of(saga)
+    if plan is not None:
+        if not isinstance(plan, FailurePlan):
+            raise TypeError(f"plan must be a FailurePlan or None, got {plan!r}")
+        plan.validate(spec)
+        if driver == "sync" and plan.step is not None and plan.fault is Fault.CANCELLED:
+            raise ValueError(
+                f"{plan!r} cancels the run, which needs driver='async' or 'engine': "
+                "a sync run cannot be cancelled"
+            )
+    if setup is not None:
+        setup()
+    before = snapshot() if snapshot is not None else None
+    h = Harness(saga, plan=plan, saga_id=saga_id, clock=clock, rand=rand, driver=driver,
+                spec=spec)
+    return h, before
+
+
+def _orchestrate(h: Harness) -> tuple[Orchestrator, SagaSpec]:
+    shadow = _Injector(h).shadow()
+    rand = h.rand
+    orchestrator = Orchestrator(MemoryStore(), clock=h.clock, rand=lambda: rand)
+    orchestrator.store.create(h.record)
+    return orchestrator, shadow
+
+
+def _done(h: Harness, before: Any, snapshot: Callable[[], Any] | None) -> PlanRun:
+    h.clock.on_now = None
+    after = snapshot() if snapshot is not None else None
+    return h.outcome_run(before=before, after=after, snapshotted=snapshot is not None)
+
+
+def run_plans(saga_factory: Callable[[], Any], plans: Sequence[FailurePlan[Any]],
+              **options: Any) -> list[PlanRun]:
+    """:func:`run_plan` for each plan, each on a fresh saga from ``saga_factory()``."""
+    return [run_plan(saga_factory(), plan, **options) for plan in plans]

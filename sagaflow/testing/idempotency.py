@@ -1,0 +1,235 @@
+"""Direct checks of compensations against a snapshot of the participants' state.
+
+A compensation is retried (a lost reply, a crash before the record was saved), so it
+must be idempotent: running it a second time, with the same idempotency key, must
+change nothing. And it runs for steps that timed out, so it must tolerate "nothing to
+undo". These helpers call the user's functions directly, step by step, with no
+orchestrator, and compare snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from ..context import Direction, StepContext
+from ..definition import SagaSpec, spec_of
+from .clock import VirtualClock
+from .plan import SagaCase
+
+__all__ = [
+    "assert_compensations_idempotent",
+    "assert_compensations_tolerate_nothing_to_undo",
+]
+
+Factory = Callable[[], Any]
+
+
+def _source(saga: Any) -> Callable[[], SagaCase]:
+    """A function giving a fresh :class:`SagaCase` for each scenario."""
+    if callable(saga) and not isinstance(saga, SagaCase) and not isinstance(saga, type) and (
+        not attrs.has(type(saga))
+    ):
+        factory: Factory = saga
+
+        def fresh() -> SagaCase:
+            made = factory()
+            return made if isinstance(made, SagaCase) else SagaCase(made)
+
+        return fresh
+    case = saga if isinstance(saga, SagaCase) else SagaCase(saga)
+
+    def copy() -> SagaCase:
+        return attrs.evolve(case, saga=attrs.evolve(case.saga))
+
+    return copy
+
+
+class _Caller:
+    def __init__(self, spec: SagaSpec, saga_id: str) -> None:
+        self.spec = spec
+        self.saga_id = saga_id
+        self.clock = VirtualClock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, saga: Any, index: int, direction: Direction, attempt: int) -> None:
+        s = self.spec.steps[index]
+        fn = self.spec.forward[index] if direction is Direction.FORWARD else (
+            self.spec.compensations[index]
+        )
+        assert fn is not None
+        timeout = s.timeout if direction is Direction.FORWARD else s.compensation_timeout
+        ctx = StepContext(self.saga_id, self.spec.name, s.name, direction, attempt, timeout,
+                          None, self.clock.now(), self.clock.now)
+        value = fn(saga, ctx)
+        if inspect.isawaitable(value):
+            if self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            self.loop.run_until_complete(_await(value))
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def _reach(caller: _Caller, saga: Any, upto: int) -> bool:
+    """Run the forward steps before ``upto`` (and ``upto`` itself if ``include``)."""
+    spec = caller.spec
+    for s in spec.steps[:upto]:
+        if s.when is not None and not s.when(saga):
+            continue
+        try:
+            caller.call(saga, s.index, Direction.FORWARD, 1)
+        except Exception as exc:
+            raise AssertionError(
+                f"could not bring saga {spec.name!r} to step {spec.steps[upto].name!r}: "
+                f"step {s.name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
+    return True
+
+
+def _steps(spec: SagaSpec, only: Iterable[str] | None) -> list[int]:
+    chosen = [s.index for s in spec.steps if s.compensation is not None]
+    if only is not None:
+        names = set(only)
+        unknown = names - {s.name for s in spec.steps}
+        if unknown:
+            raise ValueError(f"saga {spec.name!r} has no steps {sorted(unknown)}")
+        chosen = [i for i in chosen if spec.steps[i].name in names]
+    return chosen
+
+
+def _diff(before: Any, after: Any) -> str:
+    from .invariants import _diff as diff
+
+    return diff(before, after)
+
+
+def assert_compensations_idempotent(
+    saga: Any,
+    *,
+    snapshot: Callable[[], Any] | None = None,
+    setup: Callable[[], Any] | None = None,
+    steps: Iterable[str] | None = None,
+    saga_id: str = "idempotency-check",
+) -> None:
+    """Run each compensation twice after its step; the second run must change nothing.
+
+    ``saga``: a saga instance or :class:`SagaCase` (copied for each step with
+    ``attrs.evolve``), or a function returning a fresh one. ``snapshot()`` returns the
+    participants' state (default: the case's); ``setup()`` resets them before each step
+    (default: the case's). For each compensatable step: setup, run the forward steps up
+    to and including it, run its compensation (attempt 1), snapshot, run it again
+    (attempt 2, same idempotency key), snapshot. Raises ``AssertionError`` listing every
+    compensation whose second run changed the snapshot or raised.
+    """
+    fresh = _source(saga)
+    first = fresh()
+    spec = spec_of(first.saga)
+    problems: list[str] = []
+    for index in _steps(spec, steps):
+        case = fresh()
+        snap = snapshot or case.snapshot
+        if snap is None:
+            raise ValueError(
+                "assert_compensations_idempotent needs a snapshot of the participants' "
+                "state: pass snapshot=... or a SagaCase with one"
+            )
+        prepare = setup or case.setup
+        if prepare is not None:
+            prepare()
+        s = spec.steps[index]
+        caller = _Caller(spec, saga_id)
+        try:
+            _reach(caller, case.saga, index)
+            if s.when is not None and not s.when(case.saga):
+                continue  # the step would be skipped for this saga: nothing to undo
+            caller.call(case.saga, index, Direction.FORWARD, 1)
+            caller.call(case.saga, index, Direction.COMPENSATE, 1)
+            once = snap()
+            try:
+                caller.call(case.saga, index, Direction.COMPENSATE, 2)
+            except Exception as exc:
+                problems.append(
+                    f"{s.compensation_name} (undoes {s.name!r}) raised on its second run: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                continue
+            twice = snap()
+        finally:
+            caller.close()
+        if once != twice:
+            problems.append(
+                f"{s.compensation_name} (undoes {s.name!r}) is not idempotent: its second "
+                f"run (same key {caller.saga_id}:{s.name}:compensate) changed:\n"
+                + _indent(_diff(once, twice))
+            )
+    if problems:
+        raise AssertionError(
+            f"saga {spec.name!r}: {len(problems)} compensation(s) not idempotent:\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
+
+
+def assert_compensations_tolerate_nothing_to_undo(
+    saga: Any,
+    *,
+    snapshot: Callable[[], Any] | None = None,
+    setup: Callable[[], Any] | None = None,
+    steps: Iterable[str] | None = None,
+    saga_id: str = "nothing-to-undo-check",
+) -> None:
+    """Run each compensation after the steps before its own, but not its own step.
+
+    That is the situation after a step timed out before taking effect: the compensation
+    runs with nothing to undo. It must not raise, and (with a snapshot) must change
+    nothing. Arguments as for :func:`assert_compensations_idempotent`.
+    """
+    fresh = _source(saga)
+    first = fresh()
+    spec = spec_of(first.saga)
+    problems: list[str] = []
+    for index in _steps(spec, steps):
+        case = fresh()
+        snap = snapshot or case.snapshot
+        prepare = setup or case.setup
+        if prepare is not None:
+            prepare()
+        s = spec.steps[index]
+        caller = _Caller(spec, saga_id)
+        try:
+            _reach(caller, case.saga, index)
+            before = snap() if snap is not None else None
+            try:
+                caller.call(case.saga, index, Direction.COMPENSATE, 1)
+            except Exception as exc:
+                problems.append(
+                    f"{s.compensation_name} (undoes {s.name!r}) raised with nothing to "
+                    f"undo: {type(exc).__name__}: {exc}"
+                )
+                continue
+            after = snap() if snap is not None else None
+        finally:
+            caller.close()
+        if before != after:
+            problems.append(
+                f"{s.compensation_name} (undoes {s.name!r}) changed the participants with "
+                "nothing to undo:\n" + _indent(_diff(before, after))
+            )
+    if problems:
+        raise AssertionError(
+            f"saga {spec.name!r}: {len(problems)} compensation(s) do not tolerate "
+            "\"nothing to undo\":\n" + "\n".join(f"- {p}" for p in problems)
+        )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())

@@ -1,0 +1,787 @@
+"""The invariants every saga run must keep, checked on a :class:`~sagaflow.testing.PlanRun`.
+
+:func:`check_invariants` reads the run three ways (the calls the injector saw, the
+lifecycle history, the result) and checks each against the others, against the saga's
+spec and against the plan. A broken invariant raises :class:`InvariantViolation`, an
+``AssertionError`` whose message names each broken invariant (number and name), says
+what was expected and what was seen, and shows the trace of calls.
+"""
+
+from __future__ import annotations
+
+import math
+import reprlib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+
+from .. import events as ev
+from ..context import Direction, idempotency_key
+from ..definition import StepKind, StepSpec
+from ..errors import SagaDeadlineExceeded, StepTimeout
+from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
+from ..policy import Retry, backoff_delay
+from ..records import CompensationStatus, SagaStatus, StepStatus
+from .harness import CallRecord, PlanRun
+
+__all__ = ["INVARIANTS", "InvariantViolation", "Violation", "check_invariants", "format_trace"]
+
+FORWARD = Direction.FORWARD
+COMPENSATE = Direction.COMPENSATE
+
+#: Every invariant by number: what :func:`check_invariants` checks.
+INVARIANTS: dict[int, str] = {
+    1: "the run ends in a terminal status that matches its plan and its calls' outcomes",
+    2: "a plan with no permanent failure completes, compensating nothing",
+    3: "compensations run in exact reverse order of the completed (and timed-out) steps",
+    4: "each compensation succeeds at most once, and only for a step that may have taken "
+    "effect",
+    5: "retries stay within their budgets and back off as the policy says",
+    6: "after the pivot completed, nothing is compensated",
+    7: "the run's state changes are a path in the saga's state machine",
+    8: "the lifecycle history is consistent with the result",
+    9: "idempotency keys are the same on every attempt of a step and direction",
+    10: "steps and compensations fail only where the plan says",
+    11: "a compensated run leaves the participants as it found them",
+}
+USER = 12  # user-supplied invariants are numbered from here
+
+_TERMINAL_EVENT = {
+    SagaStatus.COMPLETED: ev.SagaCompleted,
+    SagaStatus.COMPENSATED: ev.SagaCompensated,
+    SagaStatus.FAILED: ev.SagaFailed,
+}
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+
+
+@attrs.frozen
+class Violation:
+    """One broken invariant: its number, its name and what was seen."""
+
+    number: int
+    name: str
+    detail: str
+
+    def __str__(self) -> str:
+        body = "\n".join("    " + line for line in self.detail.splitlines())
+        return f"[{self.number}] {self.name}:\n{body}"
+
+
+class InvariantViolation(AssertionError):
+    """A saga run broke one or more invariants; ``violations`` lists them."""
+
+    def __init__(self, run: PlanRun, violations: Sequence[Violation]) -> None:
+        self.run = run
+        self.violations = tuple(violations)
+        super().__init__(_report(run, self.violations))
+
+    @property
+    def numbers(self) -> list[int]:
+        """The numbers of the broken invariants."""
+        return sorted({v.number for v in self.violations})
+
+
+def check_invariants(
+    run: PlanRun,
+    *,
+    extra: Iterable[Callable[[PlanRun], object]] = (),
+    allow_step_errors: bool = False,
+    only: Iterable[int] | None = None,
+) -> None:
+    """Raise :class:`InvariantViolation` unless ``run`` keeps every invariant.
+
+    ``extra``: your own invariants, each a callable of the :class:`PlanRun` that raises
+    ``AssertionError`` (or returns ``False``) when broken; say, "a compensated
+    subscription has no approval left". ``allow_step_errors``: forward steps may raise
+    on their own (a business rule refusing the input); by default any failure the plan
+    did not inject is reported, since under a plan the participants are fakes that
+    only fail when told to. ``only``: check just these invariant numbers.
+    """
+    wanted = None if only is None else set(only)
+    found = _Checker(run, allow_step_errors).check(wanted)
+    for i, fn in enumerate(extra):
+        number = USER + i
+        if wanted is not None and number not in wanted:
+            continue
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+        title = f"{name}: {doc[0]}" if doc else name
+        try:
+            verdict = fn(run)
+        except AssertionError as exc:
+            found.append(Violation(number, title, str(exc) or "assertion failed"))
+            continue
+        if verdict is False:
+            found.append(Violation(number, title, "returned False"))
+    if found:
+        raise InvariantViolation(run, found)
+
+
+class _Checker:
+    def __init__(self, run: PlanRun, allow_step_errors: bool) -> None:
+        self.run = run
+        self.spec = run.spec
+        self.allow_step_errors = allow_step_errors
+        self.history = run.result.history
+        self.found: list[Violation] = []
+        spec = self.spec
+        self.fwd: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
+        self.comp: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
+        for c in run.calls:
+            (self.fwd if c.direction is FORWARD else self.comp)[c.step].append(c)
+        self.skipped = {e.step for e in self.history if isinstance(e, ev.StepSkipped)}
+        self.completed = {name for name, cs in self.fwd.items() if any(c.ok for c in cs)}
+        self.unknown = {
+            name
+            for name, cs in self.fwd.items()
+            if any(c.reported in ("timeout", "cancelled") for c in cs)
+        }
+        self.guard_failed = {
+            e.step
+            for e in self.history
+            if isinstance(e, ev.StepFailed) and e.step is not None and not self.fwd[e.step]
+        }
+        self.user_errors = [c for c in run.calls if c.user_error is not None]
+        self._forward_end()
+
+    # -- what the calls say happened ----------------------------------------------
+
+    def _forward_end(self) -> None:
+        """Where the forward steps stopped (``stop``), if they did, and why."""
+        spec = self.spec
+        done = self.completed | self.skipped
+        self.forward_done = all(s.name in done for s in spec.steps)
+        self.stop: StepSpec | None = None
+        if self.forward_done:
+            return
+        fwd_calls = [c for c in self.run.calls if c.direction is FORWARD]
+        last = fwd_calls[-1] if fwd_calls else None
+        if last is not None and not last.ok and last.step not in done:
+            self.stop = spec.steps[last.index]
+            return
+        for s in spec.steps:  # nothing failed in a call: the deadline or a guard
+            if s.name not in done:
+                self.stop = s
+                return
+
+    @property
+    def compensating(self) -> bool:
+        """Whether the calls' outcomes call for compensation."""
+        if self.forward_done or self.stop is None:
+            return False
+        if not self.run.complete and self.run.result.status is SagaStatus.RUNNING:
+            return False
+        return self.stop.kind is not StepKind.RETRIABLE
+
+    def expected_undo(self) -> list[str]:
+        assert self.stop is not None
+        return [
+            s.name
+            for s in reversed(self.spec.steps[: self.stop.index + 1])
+            if s.compensation is not None
+            and (s.name in self.completed or s.name in self.unknown)
+        ]
+
+    def seen_undo(self) -> list[str]:
+        order: list[str] = []
+        for e in self.history:
+            if isinstance(e, (ev.CompensationStarted, ev.CompensationFailed)) and (
+                not order or order[-1] != e.step
+            ):
+                assert e.step is not None
+                order.append(e.step)
+        return order
+
+    def fail(self, number: int, detail: str) -> None:
+        self.found.append(Violation(number, INVARIANTS[number], detail))
+
+    # -- the invariants -------------------------------------------------------------
+
+    def check(self, wanted: set[int] | None) -> list[Violation]:
+        checks: list[tuple[int, Callable[[], None]]] = [
+            (1, self.i1_status),
+            (2, self.i2_quiet_plan_completes),
+            (3, self.i3_reverse_order),
+            (4, self.i4_compensation_once),
+            (5, self.i5_budgets),
+            (6, self.i6_pivot),
+            (7, self.i7_machine_path),
+            (8, self.i8_history),
+            (9, self.i9_keys),
+            (10, self.i10_only_planned_failures),
+            (11, self.i11_snapshot),
+        ]
+        for number, check in checks:
+            if wanted is None or number in wanted:
+                check()
+        return self.found
+
+    def i1_status(self) -> None:
+        run, result = self.run, self.run.result
+        status = result.status
+        if not run.complete:
+            if status.is_terminal:
+                self.fail(1, f"the run is not over yet, but its status is {status.value}")
+            return
+        if not status.is_terminal:
+            self.fail(1, f"the run is over but its status is {status.value}, not terminal")
+            return
+        if run.final_state != status.value.lower():
+            self.fail(1, f"status {status.value} but the machine is in state "
+                         f"{run.final_state!r}")
+        if self.forward_done:
+            expected, why = SagaStatus.COMPLETED, "every step completed or was skipped"
+        else:
+            assert self.stop is not None
+            if self.stop.kind is StepKind.RETRIABLE:
+                expected = SagaStatus.FAILED
+                why = f"retriable step {self.stop.name!r} (after the pivot) failed for good"
+            else:
+                gave_up = [
+                    name for name in self.expected_undo()
+                    if not (self.comp[name] and self.comp[name][-1].ok)
+                ]
+                if gave_up:
+                    expected = SagaStatus.FAILED
+                    why = (f"{self.stop.name!r} stopped the saga and the compensation of "
+                           f"{', '.join(map(repr, gave_up))} did not succeed")
+                else:
+                    expected = SagaStatus.COMPENSATED
+                    why = (f"{self.stop.name!r} stopped the saga and every compensation "
+                           "needed succeeded")
+        if status is not expected:
+            self.fail(1, f"expected {expected.value} ({why}); seen {status.value}")
+        self._matches_plan()
+
+    def _planned_stop(self) -> tuple[int, str] | None:
+        """The step where the plan stops the forward steps, if it does and it is reached."""
+        plan, spec = self.run.plan, self.spec
+        if plan is None:
+            return None
+        stops: list[tuple[int, str]] = []
+        if plan.step is not None and plan.step not in self.skipped:
+            stops.append((spec.index[plan.step], f"the plan fails {plan.step!r} for good"))
+        d = plan.deadline
+        if d is not None and spec.deadline is not None:
+            for s in spec.steps[spec.index[d.step]:]:
+                if s.kind is StepKind.RETRIABLE:
+                    break  # the deadline does not stop retriable steps
+                if d.during and s.name in self.skipped:
+                    continue
+                when = "while" if d.during else "before"
+                stops.append((s.index, f"the plan passes the deadline {when} {s.name!r} runs"))
+                break
+        return min(stops) if stops else None
+
+    def _matches_plan(self) -> None:
+        planned = self._planned_stop()
+        if planned is None:
+            return
+        index, why = planned
+        if self.forward_done:
+            self.fail(1, f"{why}, but every step completed")
+        elif self.stop is not None and self.stop.index > index:
+            self.fail(1, f"{why}, but the saga went on to {self.stop.name!r}")
+
+    def i2_quiet_plan_completes(self) -> None:
+        run = self.run
+        plan = run.plan
+        if plan is None or not run.complete or plan.has_permanent_failure(self.spec):
+            return
+        if self.user_errors or self._deadline_cut():
+            return  # explained elsewhere: a step's own error, or retries out of time
+        comps = [c for c in run.calls if c.direction is COMPENSATE]
+        if run.result.status is not SagaStatus.COMPLETED or comps:
+            undone = ", ".join(sorted({c.step for c in comps})) or "nothing"
+            self.fail(2, f"{plan!r} has no permanent failure; expected COMPLETED with no "
+                         f"compensation; seen {run.result.status.value}, compensated: "
+                         f"{undone}")
+
+    def _deadline_cut(self) -> bool:
+        """Whether the deadline stopped the forward steps (not the plan's failures)."""
+        error = self.run.result.error
+        reason = getattr(error, "reason", None)
+        if isinstance(error, SagaDeadlineExceeded) or isinstance(reason, SagaDeadlineExceeded):
+            return True
+        return self.stop is not None and (
+            self._reason_to_give_up(self.stop, FORWARD) == "deadline"
+        )
+
+    def i3_reverse_order(self) -> None:
+        seen = self.seen_undo()
+        calls_order: list[str] = []
+        for c in self.run.calls:
+            if c.direction is COMPENSATE and (not calls_order or calls_order[-1] != c.step):
+                calls_order.append(c.step)
+        if len(set(calls_order)) != len(calls_order):
+            self.fail(3, "a compensation resumed after another one ran: "
+                         + " > ".join(calls_order))
+        if not self.compensating:
+            return
+        expected = self.expected_undo()
+        if not self.run.complete:
+            expected = expected[: len(seen)]
+        if seen != expected:
+            assert self.stop is not None
+            took = sorted(self.completed | self.unknown, key=self.spec.index.__getitem__)
+            self.fail(3, f"the saga stopped at {self.stop.name!r}; steps that took (or may "
+                         f"have taken) effect: {', '.join(took) or 'none'}\n"
+                         f"expected: {' > '.join(expected) or '(nothing to undo)'}\n"
+                         f"seen:     {' > '.join(seen) or '(nothing undone)'}")
+
+    def i4_compensation_once(self) -> None:
+        for s in self.spec.steps:
+            calls = self.comp[s.name]
+            succeeded = [c for c in calls if c.ok]
+            if len(succeeded) > 1:
+                attempts = ", ".join(str(c.attempt) for c in succeeded)
+                self.fail(4, f"the compensation of {s.name!r} succeeded {len(succeeded)} "
+                             f"times (attempts {attempts})")
+            done = [e for e in self.history
+                    if isinstance(e, ev.CompensationCompleted) and e.step == s.name]
+            if len(done) > 1:
+                self.fail(4, f"CompensationCompleted for {s.name!r} {len(done)} times")
+            if not calls and not any(
+                isinstance(e, ev.CompensationStarted) and e.step == s.name for e in self.history
+            ):
+                continue
+            why = None
+            if s.compensation is None:
+                why = f"it is {s.kind.value}: there is nothing to undo"
+            elif s.name in self.skipped:
+                why = "it was skipped (its condition was false)"
+            elif not self.fwd[s.name]:
+                why = "it never started"
+            elif s.name not in self.completed and s.name not in self.unknown:
+                why = "every attempt failed by raising, so it took no effect"
+            if why:
+                self.fail(4, f"{s.name!r} was compensated, but {why}")
+
+    def _reason_to_give_up(self, s: StepSpec, direction: Direction) -> str | None:
+        """Why the last call of ``s`` in ``direction`` was its last, if it failed."""
+        calls = (self.fwd if direction is FORWARD else self.comp)[s.name]
+        if not calls or calls[-1].ok:
+            return None
+        last = calls[-1]
+        policy = s.retry if direction is FORWARD else s.compensation_retry
+        if last.reported == "cancelled":
+            return "cancelled"
+        if last.attempt >= policy.attempts:
+            return "budget"
+        error = last.error if last.reported == "error" else StepTimeout(s.index, s.name, 0)
+        if error is None or not policy.is_retryable(error):
+            return "not retryable"
+        if direction is FORWARD:
+            limit = self.run.deadline_at if s.kind is not StepKind.RETRIABLE else None
+        else:
+            limit = self.run.compensation_deadline_at
+        if limit is not None:
+            if last.reported == "timeout" and last.timeout is not None and (
+                last.at + last.timeout >= limit - 1e-6
+            ):
+                return "deadline"
+            end = last.ended if last.ended is not None else last.at
+            if end + backoff_delay(policy, last.attempt, self._rand()) >= limit - 1e-9:
+                return "deadline"
+        return None
+
+    def _rand(self) -> float:
+        return 0.0 if self.run.rand is None else self.run.rand
+
+    def i5_budgets(self) -> None:
+        spec, run = self.spec, self.run
+        for s in spec.steps:
+            for direction, calls, policy in (
+                (FORWARD, self.fwd[s.name], s.retry),
+                (COMPENSATE, self.comp[s.name], s.compensation_retry),
+            ):
+                what = s.name if direction is FORWARD else f"the compensation of {s.name!r}"
+                attempts = [c.attempt for c in calls]
+                if attempts != list(range(1, len(calls) + 1)):
+                    self.fail(5, f"{what}: attempts numbered {attempts}, not 1..{len(calls)}")
+                if len(calls) > policy.attempts:
+                    self.fail(5, f"{what} was tried {len(calls)} times; its policy allows "
+                                 f"{policy.attempts} ({_policy(policy)})")
+                for prev in calls[:-1]:
+                    if prev.ok:
+                        self.fail(5, f"{what} was tried again after attempt {prev.attempt} "
+                                     "succeeded")
+                    elif prev.reported == "error" and prev.error is not None and (
+                        not policy.is_retryable(prev.error)
+                    ):
+                        self.fail(5, f"{what} was retried after {_err(prev.error)}, which "
+                                     f"its policy does not retry ({_policy(policy)})")
+                if not run.complete or not calls or calls[-1].ok:
+                    continue
+                if calls[-1].reported == "cancelled":
+                    continue
+                if self._reason_to_give_up(s, direction) is None:
+                    last = calls[-1]
+                    self.fail(5, f"{what} gave up after attempt {last.attempt} of "
+                                 f"{policy.attempts} though its error "
+                                 f"({_err(last.error) if last.error else last.reported}) "
+                                 "is retryable and no deadline was near")
+        self._delays()
+
+    def _delays(self) -> None:
+        delays: list[float] = []
+        for e in self.history:
+            if isinstance(e, (ev.StepRetrying, ev.CompensationRetrying)):
+                assert e.step is not None
+                s = self.spec.step(e.step)
+                forward = isinstance(e, ev.StepRetrying)
+                policy = s.retry if forward else s.compensation_retry
+                what = e.step if forward else f"the compensation of {e.step!r}"
+                delays.append(e.delay)
+                if self.run.rand is not None:
+                    want = backoff_delay(policy, e.attempt, self.run.rand)
+                    if not math.isclose(e.delay, want, rel_tol=1e-9, abs_tol=1e-9):
+                        self.fail(5, f"{what}: the delay before retry {e.attempt} is "
+                                     f"{e.delay:g}s; the policy gives {want:g}s "
+                                     f"({_policy(policy)})")
+                else:
+                    low = backoff_delay(policy, e.attempt, 0.0)
+                    high = backoff_delay(policy, e.attempt, 1.0)
+                    if not low - 1e-9 <= e.delay <= high + 1e-9:
+                        self.fail(5, f"{what}: the delay before retry {e.attempt} is "
+                                     f"{e.delay:g}s, outside the policy's [{low:g}, {high:g}]")
+        sleeps = list(self.run.sleeps)
+        if self.run.complete and (
+            len(sleeps) != len(delays)
+            or not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+                       for a, b in zip(sleeps, delays, strict=False))
+        ):
+            self.fail(5, f"the run slept {_floats(sleeps)}; its retries asked for "
+                         f"{_floats(delays)}")
+
+    def i6_pivot(self) -> None:
+        pivot = self.spec.pivot_index
+        done_at = None
+        for i, e in enumerate(self.history):
+            if isinstance(e, ev.StepCompleted) and pivot is not None and (
+                e.step == self.spec.steps[pivot].name
+            ):
+                done_at = i
+            if isinstance(e, ev.StepCompleted) and self.spec.step(e.step or "").kind is (
+                StepKind.RETRIABLE
+            ) and done_at is None:
+                done_at = i
+        if done_at is None:
+            return
+        later = [e for e in self.history[done_at + 1:]
+                 if isinstance(e, (ev.CompensationStarted, ev.CompensationFailed))]
+        if later:
+            steps = ", ".join(dict.fromkeys(str(e.step) for e in later))
+            name = self.spec.steps[pivot].name if pivot is not None else "a retriable step"
+            self.fail(6, f"{name!r} completed, yet the saga compensated {steps}")
+        if self.run.result.status is SagaStatus.COMPENSATED:
+            self.fail(6, "the pivot completed, yet the saga ended COMPENSATED")
+
+    def i7_machine_path(self) -> None:
+        spec = self.spec
+        allowed = spec.transitions
+        state = NOT_STARTED
+        path = [state]
+        last_undo: dict[str, str] = {}
+        names = [s.name for s in spec.steps]
+
+        def after(step: str) -> str:
+            i = spec.index[step]
+            return names[i + 1] if i + 1 < len(names) else COMPLETED
+
+        def move(trigger: str, dest: str, why: str) -> bool:
+            nonlocal state
+            if (state, trigger, dest) not in allowed:
+                options = sorted(f"{t} -> {d}" for s, t, d in allowed if s == state)
+                self.fail(7, f"{why}: {state!r} --{trigger}--> {dest!r} is not a transition "
+                             f"of the machine (from {state!r}: {', '.join(options) or 'none'})"
+                             f"\npath so far: {' > '.join(path)}")
+                state = dest
+                return False
+            state = dest
+            path.append(dest)
+            return True
+
+        def leave_for(dest: str, why: str) -> bool:
+            if state.startswith("compensating_"):
+                step = state[len("compensating_"):]
+                return move(last_undo.get(step, "undone"), dest, why)
+            trigger = "fail" if dest == FAILED and state in names else "compensate"
+            return move(trigger, dest, why)
+
+        def at(expected: str, e: ev.LifecycleEvent) -> bool:
+            if state != expected:
+                self.fail(7, f"{e.describe()} happened in state {state!r}, not {expected!r}"
+                             f"\npath so far: {' > '.join(path)}")
+                return False
+            return True
+
+        for e in self.history:
+            step = e.step or ""
+            ok = True
+            if isinstance(e, ev.SagaStarted):
+                ok = move("start", names[0], "SagaStarted")
+            elif isinstance(e, (ev.StepStarted, ev.StepRetrying, ev.StepFailed)):
+                ok = at(step, e)
+            elif isinstance(e, ev.StepCompleted):
+                ok = at(step, e) and move("advance", after(step), e.describe())
+            elif isinstance(e, ev.StepSkipped):
+                ok = at(step, e) and move("skip", after(step), e.describe())
+            elif isinstance(e, (ev.CompensationStarted, ev.CompensationFailed)):
+                target = compensation_state(step)
+                if state != target:
+                    ok = leave_for(target, e.describe())
+                if isinstance(e, ev.CompensationFailed):
+                    last_undo[step] = "undo_failed"
+            elif isinstance(e, (ev.CompensationRetrying, ev.CompensationCompleted)):
+                ok = at(compensation_state(step), e)
+                if isinstance(e, ev.CompensationCompleted):
+                    last_undo[step] = "undone"
+            elif isinstance(e, ev.SagaCompleted):
+                ok = at(COMPLETED, e)
+            elif isinstance(e, (ev.SagaCompensated, ev.SagaFailed)):
+                target = COMPENSATED if isinstance(e, ev.SagaCompensated) else FAILED
+                if state != target:
+                    ok = leave_for(target, e.describe())
+            if not ok:
+                return
+        if state != self.run.final_state:
+            self.fail(7, f"the history leads to state {state!r}, but the run is in "
+                         f"{self.run.final_state!r}\npath: {' > '.join(path)}")
+
+    def i8_history(self) -> None:
+        run, history, result = self.run, self.history, self.run.result
+        if not history or not isinstance(history[0], ev.SagaStarted):
+            self.fail(8, "the history does not begin with SagaStarted")
+        starts = sum(isinstance(e, ev.SagaStarted) for e in history)
+        if starts != 1:
+            self.fail(8, f"SagaStarted appears {starts} times")
+        finals = [e for e in history if isinstance(e, tuple(_TERMINAL_EVENT.values()))]
+        if run.complete:
+            want = _TERMINAL_EVENT.get(result.status)
+            if len(finals) != 1 or history[-1] is not finals[0] or (
+                want is not None and not isinstance(finals[0], want)
+            ):
+                names = ", ".join(type(e).__name__ for e in finals) or "none"
+                self.fail(8, f"status {result.status.value}: expected one final "
+                             f"{want.__name__ if want else '?'}, last; seen {names}")
+        elif finals:
+            self.fail(8, "a run still going has a final event")
+        self._brackets()
+        self._counts()
+        emitted = [x for c in run.calls if c.ok for x in c.emitted]
+        if list(result.events) != emitted:
+            self.fail(8, f"domain events {_short.repr(list(result.events))}; the successful "
+                         f"calls emitted {_short.repr(emitted)}")
+        if run.complete and (result.status is SagaStatus.COMPLETED) != (result.error is None):
+            self.fail(8, f"status {result.status.value} with error {result.error!r}")
+
+    def _brackets(self) -> None:
+        open_: tuple[str, str, int] | None = None
+        for e in self.history:
+            step = e.step or ""
+            if isinstance(e, (ev.StepStarted, ev.CompensationStarted)):
+                kind = "step" if isinstance(e, ev.StepStarted) else "comp"
+                if open_ is not None:
+                    self.fail(8, f"{e.describe()} while {open_[1]!r} attempt {open_[2]} "
+                                 "was still open")
+                open_ = (kind, step, e.attempt)
+            elif isinstance(e, (ev.StepCompleted, ev.StepRetrying, ev.StepFailed)):
+                if open_ == ("step", step, e.attempt):
+                    open_ = None
+                elif not (isinstance(e, ev.StepFailed) and step in self.guard_failed
+                          and open_ is None):
+                    self.fail(8, f"{e.describe()} closes no StepStarted "
+                                 f"(open: {open_ or 'nothing'})")
+            elif isinstance(e, (ev.CompensationCompleted, ev.CompensationRetrying,
+                                ev.CompensationFailed)):
+                if open_ == ("comp", step, e.attempt):
+                    open_ = None
+                elif not (isinstance(e, ev.CompensationFailed) and open_ is None
+                          and "deadline" in (e.error or "")):
+                    self.fail(8, f"{e.describe()} closes no CompensationStarted "
+                                 f"(open: {open_ or 'nothing'})")
+            elif open_ is not None:
+                self.fail(8, f"{e.describe()} while {open_[1]!r} attempt {open_[2]} was open")
+        if open_ is not None:
+            self.fail(8, f"{open_[1]!r} attempt {open_[2]} started and never ended")
+
+    def _counts(self) -> None:
+        result, history = self.run.result, self.history
+        for s, sr in zip(self.spec.steps, result.steps, strict=True):
+            started = sum(isinstance(e, ev.StepStarted) and e.step == s.name for e in history)
+            calls = len(self.fwd[s.name])
+            guard = 1 if s.name in self.guard_failed else 0
+            if not started == calls == sr.attempts - guard:
+                self.fail(8, f"{s.name!r}: {started} StepStarted, {calls} calls, record says "
+                             f"{sr.attempts} attempts")
+            cstarted = sum(isinstance(e, ev.CompensationStarted) and e.step == s.name
+                           for e in history)
+            ccalls = len(self.comp[s.name])
+            if not cstarted == ccalls == sr.compensation_attempts:
+                self.fail(8, f"the compensation of {s.name!r}: {cstarted} CompensationStarted,"
+                             f" {ccalls} calls, record says {sr.compensation_attempts} attempts")
+            kinds = {type(e) for e in history if e.step == s.name}
+            expect = {
+                StepStatus.COMPLETED: ev.StepCompleted in kinds,
+                StepStatus.SKIPPED: ev.StepSkipped in kinds,
+                StepStatus.FAILED: ev.StepFailed in kinds,
+                StepStatus.TIMED_OUT: ev.StepFailed in kinds,
+                StepStatus.PENDING: ev.StepStarted not in kinds and ev.StepFailed not in kinds,
+                StepStatus.RUNNING: not self.run.complete,
+            }
+            if not expect[sr.status]:
+                seen = ", ".join(sorted(k.__name__ for k in kinds)) or "no events"
+                self.fail(8, f"{s.name!r} is {sr.status.value} but its events are: {seen}")
+            timed_out = any(c.reported in ("timeout", "cancelled") for c in self.fwd[s.name])
+            if sr.timed_out != timed_out:
+                self.fail(8, f"{s.name!r}: record timed_out={sr.timed_out}, calls say "
+                             f"{timed_out}")
+            cexpect = {
+                CompensationStatus.COMPENSATED: ev.CompensationCompleted in kinds,
+                CompensationStatus.FAILED: ev.CompensationFailed in kinds,
+                CompensationStatus.NOT_NEEDED: ev.CompensationStarted not in kinds,
+                CompensationStatus.PENDING: not self.run.complete,
+                CompensationStatus.RUNNING: not self.run.complete,
+            }
+            if not cexpect[sr.compensation]:
+                self.fail(8, f"the compensation of {s.name!r} is {sr.compensation.value} but "
+                             "the history disagrees")
+
+    def i9_keys(self) -> None:
+        run = self.run
+        keys: dict[tuple[str, Direction], set[str]] = {}
+        for c in run.calls:
+            keys.setdefault((c.step, c.direction), set()).add(c.key)
+        owners: dict[str, tuple[str, Direction]] = {}
+        for (step, direction), seen in keys.items():
+            want = idempotency_key(run.saga_id, step, direction)
+            if seen != {want}:
+                self.fail(9, f"{step} {direction.value}: keys {sorted(seen)}; expected "
+                             f"{want!r} on every attempt")
+            for key in seen:
+                other = owners.setdefault(key, (step, direction))
+                if other != (step, direction):
+                    self.fail(9, f"key {key!r} is shared by {other[0]} {other[1].value} and "
+                                 f"{step} {direction.value}")
+
+    def i10_only_planned_failures(self) -> None:
+        for c in self.user_errors:
+            err = _err(c.user_error)
+            if c.direction is FORWARD:
+                if self.allow_step_errors:
+                    continue
+                self.fail(10, f"step {c.step!r} raised {err} by itself at attempt {c.attempt}"
+                              " (nothing was injected there): if the inputs make it fail, "
+                              "pass allow_step_errors=True")
+            else:
+                self.fail(10, f"the compensation of {c.step!r} raised {err} by itself at "
+                              f"attempt {c.attempt}. {self._undo_context(c.step)} A "
+                              "compensation must succeed, and tolerate \"nothing to undo\"")
+
+    def _undo_context(self, step: str) -> str:
+        calls = self.fwd[step]
+        if not calls:
+            return "Its step never ran."
+        last = calls[-1]
+        if last.ok:
+            return "Its step had completed."
+        if last.reported in ("timeout", "cancelled"):
+            took = "after taking effect" if last.ran_user and last.user_error is None else (
+                "before taking effect: there was nothing to undo"
+            )
+            return f"Its step {'timed out' if last.reported == 'timeout' else 'was cancelled'}" \
+                   f" {took}."
+        return "Its step had failed."
+
+    def i11_snapshot(self) -> None:
+        run = self.run
+        if not run.snapshotted or run.result.status is not SagaStatus.COMPENSATED:
+            return
+        if run.before != run.after:
+            self.fail(11, "the saga ended COMPENSATED but the participants changed:\n"
+                          + _diff(run.before, run.after))
+
+
+# -- formatting -----------------------------------------------------------------------
+
+
+def _policy(p: Retry) -> str:
+    return (f"Retry(attempts={p.attempts}, backoff={p.backoff:g}, multiplier={p.multiplier:g}, "
+            f"max_delay={p.max_delay:g}, jitter={p.jitter:g})")
+
+
+def _err(error: BaseException | None) -> str:
+    if error is None:
+        return "no error"
+    text = str(error)
+    return f"{type(error).__name__}({_short.repr(text)})" if text else type(error).__name__
+
+
+def _floats(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def _diff(before: Any, after: Any) -> str:
+    if isinstance(before, dict) and isinstance(after, dict):
+        lines = []
+        for key in list(before) + [k for k in after if k not in before]:
+            b, a = before.get(key, "<missing>"), after.get(key, "<missing>")
+            if b != a:
+                lines.append(f"{key!r}: before {b!r}, after {a!r}")
+        return "\n".join(lines)
+    return f"before: {before!r}\nafter:  {after!r}"
+
+
+def format_trace(run: PlanRun) -> str:
+    """The run's calls as a table: time, call, attempt, injected fault, user code, outcome."""
+    t0 = run.started_at
+    head = ("#", "t", "call", "try", "injected", "user fn", "reported", "idempotency key")
+    rows = [head]
+    for c in run.calls:
+        if not c.ran_user:
+            user = "not run"
+        elif c.user_error is not None:
+            user = f"raised {_err(c.user_error)}"
+        else:
+            user = "ran"
+        cause = f"{c.injected} ({c.injected.cause})" if c.injected.fault else "-"
+        if c.injected.fault is None and c.injected.cause:
+            cause = c.injected.cause
+        rows.append((str(c.seq), f"{c.at - t0:g}", c.label, str(c.attempt), cause, user,
+                     c.reported, c.key))
+    if len(rows) == 1:
+        return "  (no calls)"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join(
+        "  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    )
+
+
+def _history(run: PlanRun) -> str:
+    t0 = run.started_at
+    return "\n".join(f"  {e.at - t0:>8g}  {e.describe()}" for e in run.result.history)
+
+
+def _report(run: PlanRun, violations: Sequence[Violation]) -> str:
+    n = len({v.number for v in violations})
+    noun = "invariant" if n == 1 else "invariants"
+    lines = [f"saga {run.spec.name!r} broke {n} {noun} (run {run.saga_id!r}, driver "
+             f"{run.driver!r})"]
+    if run.plan is not None:
+        lines.append(f"plan: {run.plan!r}")
+        lines.append(f"      {run.plan.describe()}")
+    err = f" ({run.result.error})" if run.result.error is not None else ""
+    lines.append(f"status: {run.result.status.value}{err}")
+    if run.deadline_fired is not None:
+        lines.append(f"the deadline was made to pass at {run.deadline_fired[0]!r}")
+    lines.append("")
+    lines.extend(str(v) for v in violations)
+    lines += ["", "calls (t in virtual seconds from the start):", format_trace(run)]
+    lines += ["", "lifecycle history:", _history(run)]
+    return "\n".join(lines)
+

@@ -1,0 +1,356 @@
+"""Failure plans: what goes wrong in one run of a saga, as a small frozen value.
+
+A :class:`FailurePlan` says which forward step fails for good and how, how many
+transient failures each step and each compensation suffers before it succeeds, which
+compensations fail for good, and whether (and where) the saga's deadline passes. The
+runner (:func:`sagaflow.testing.run_plan`) injects exactly that around the user's own
+functions; :func:`sagaflow.testing.failure_plans` generates plans from a saga class.
+
+"Effect" is the question every fault raises: did the call change the world before it
+failed? A forward step that *raises* is taken not to have (the step contract: an error
+means nothing happened, so the engine does not compensate it); a *timeout* or a
+*cancellation* leaves the outcome unknown, so the plan says which it was. Compensations
+are retried, so a failing compensation may also have taken effect before it failed:
+that is what makes a compensation that is not idempotent visible.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from ..definition import SagaSpec, StepSpec
+
+__all__ = [
+    "DeadlinePass",
+    "FailurePlan",
+    "Fault",
+    "InjectedFault",
+    "SagaCase",
+]
+
+S = TypeVar("S")
+
+
+class Fault(enum.Enum):
+    """How an injected failure shows itself to the orchestrator."""
+
+    RAISES = "raises"  #: the call raises :class:`InjectedFault` (before taking effect)
+    TIMES_OUT = "times_out"  #: the call overruns its timeout: its outcome is unknown
+    CANCELLED = "cancelled"  #: the task running the saga is cancelled during the call
+
+    def __repr__(self) -> str:
+        return f"Fault.{self.name}"
+
+
+class InjectedFault(ConnectionError):
+    """The error a failure plan makes a call raise.
+
+    A :class:`ConnectionError`, the usual transient error, so that retry policies
+    written for real outages (``retry_on=ConnectionError``) retry it too.
+    """
+
+
+def _counts(value: Mapping[str, int] | Iterable[tuple[str, int]] | None) -> tuple[
+    tuple[str, int], ...
+]:
+    items = value.items() if isinstance(value, Mapping) else (value or ())
+    out: dict[str, int] = {}
+    for item in items:
+        try:
+            name, count = item
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"failure counts are a mapping of step name to count, got item {item!r}"
+            ) from None
+        if not isinstance(name, str):
+            raise ValueError(f"failure counts are keyed by step name (str), got {name!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"failure count for {name!r} must be a whole number >= 0, got {count!r}"
+            )
+        if count:
+            out[name] = count
+    return tuple(sorted(out.items()))
+
+
+def _names(value: Iterable[str] | None) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ValueError(
+            f"compensation_fails is a set of step names, got the string {value!r}: "
+            f"write {{{value!r}}}"
+        )
+    names = frozenset(value or ())
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"compensation_fails holds step names (str), got {name!r}")
+    return names
+
+
+@attrs.frozen(repr=False)
+class DeadlinePass:
+    """The saga's deadline passes when the run reaches step ``step``.
+
+    ``during=False``: just before the step starts (the engine compensates without
+    starting it). ``during=True``: while it runs (its call is cut short by the deadline,
+    having taken effect or not: ``effect``).
+    """
+
+    step: str
+    during: bool = False
+    effect: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.effect and not self.during:
+            raise ValueError(
+                "DeadlinePass(effect=True) needs during=True: a step the deadline "
+                "stops before it starts cannot have taken effect"
+            )
+
+    def __repr__(self) -> str:
+        extra = ""
+        if self.during:
+            extra += ", during=True"
+        if self.effect:
+            extra += ", effect=True"
+        return f"DeadlinePass({self.step!r}{extra})"
+
+
+@attrs.frozen(repr=False)
+class FailurePlan(Generic[S]):
+    """What goes wrong in one run; the default plan is "nothing goes wrong".
+
+    - ``step`` fails for good with ``fault`` (every attempt left after its transient
+      failures); ``effect`` says whether a timed-out or cancelled call took effect.
+    - ``transient`` maps a step to how many attempts fail (with ``transient_fault``,
+      taking effect or not: ``transient_effect``) before one succeeds.
+    - ``compensation_transient`` maps a step to how many attempts of *its compensation*
+      fail before one succeeds; ``compensation_fails`` lists the steps whose
+      compensation always fails; ``compensation_effect`` says whether those failing
+      compensation attempts took effect first (a lost reply).
+    - ``deadline``: where the saga's deadline passes, if it does.
+
+    ``FailurePlan[MySaga]`` is the type ``st.from_type`` turns into
+    ``failure_plans(MySaga)``.
+    """
+
+    step: str | None = None
+    fault: Fault = Fault.RAISES
+    effect: bool = False
+    transient: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
+    transient_fault: Fault = Fault.RAISES
+    transient_effect: bool = False
+    compensation_transient: tuple[tuple[str, int], ...] = attrs.field(
+        default=(), converter=_counts
+    )
+    compensation_fails: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
+    compensation_effect: bool = False
+    deadline: DeadlinePass | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.fault, Fault):
+            raise ValueError(f"fault must be a Fault, got {self.fault!r}")
+        if self.effect and self.fault is Fault.RAISES:
+            raise ValueError(
+                "effect=True needs fault=Fault.TIMES_OUT or Fault.CANCELLED: a step that "
+                "raises is taken not to have taken effect (that is the step contract)"
+            )
+        if self.effect and self.step is None:
+            raise ValueError("effect=True needs a failing step: set step=...")
+        if self.transient_fault is Fault.CANCELLED:
+            raise ValueError(
+                "transient_fault cannot be Fault.CANCELLED: a cancelled run does not "
+                "retry; plan it as step=..., fault=Fault.CANCELLED"
+            )
+        if self.transient_effect and self.transient_fault is Fault.RAISES:
+            raise ValueError(
+                "transient_effect=True needs transient_fault=Fault.TIMES_OUT: a step "
+                "that raises is taken not to have taken effect"
+            )
+        if self.deadline is not None and not isinstance(self.deadline, DeadlinePass):
+            raise ValueError(
+                f"deadline must be a DeadlinePass or None, got {self.deadline!r}: "
+                f"write deadline=DeadlinePass({self.deadline!r})"
+            )
+
+    # -- questions the runner and the checks ask ---------------------------------------
+
+    def transient_failures(self, step: str) -> int:
+        """How many attempts of ``step`` fail before one succeeds."""
+        return dict(self.transient).get(step, 0)
+
+    def compensation_failures(self, step: str) -> int:
+        """How many attempts of ``step``'s compensation fail before one succeeds."""
+        return dict(self.compensation_transient).get(step, 0)
+
+    @property
+    def is_quiet(self) -> bool:
+        """Whether nothing at all goes wrong (the default plan)."""
+        return self == FailurePlan()
+
+    def has_permanent_failure(self, spec: SagaSpec) -> bool:
+        """Whether something in this plan stops the forward steps, for ``spec``.
+
+        A failing step or a deadline does; so do transient failures that the step's
+        retry policy does not retry, or more of them than it has attempts.
+        """
+        if self.step is not None or self.deadline is not None:
+            return True
+        for name, count in self.transient:
+            s = spec.step(name)
+            if count >= s.retry.attempts or not s.retry.is_retryable(
+                sample_error(s, self.transient_fault)
+            ):
+                return True
+        return False
+
+    def validate(self, spec: SagaSpec) -> None:
+        """Raise ``ValueError`` naming every way this plan does not fit ``spec``."""
+        problems: list[str] = []
+        names = [s.name for s in spec.steps]
+        known = ", ".join(names)
+
+        def check_step(name: str, what: str) -> StepSpec | None:
+            if name not in spec.index:
+                problems.append(f"{what} names step {name!r}, which saga {spec.name!r} "
+                                f"does not have (steps: {known})")
+                return None
+            return spec.steps[spec.index[name]]
+
+        if self.step is not None:
+            s = check_step(self.step, "step")
+            if s is not None and self.fault is Fault.TIMES_OUT and not can_time_out(spec, s):
+                problems.append(
+                    f"step {s.name!r} cannot time out: it has timeout=None and the saga "
+                    "no deadline; give it a timeout or plan another fault"
+                )
+        for name, _ in self.transient:
+            s = check_step(name, "transient")
+            if s is not None and self.transient_fault is Fault.TIMES_OUT and s.timeout is None:
+                problems.append(
+                    f"transient timeouts of step {name!r} are impossible: it has "
+                    "timeout=None"
+                )
+        for name in sorted({n for n, _ in self.compensation_transient} | self.compensation_fails):
+            s = check_step(name, "a compensation failure")
+            if s is not None and s.compensation is None:
+                problems.append(
+                    f"step {name!r} is {s.kind.value} and has no compensation to fail"
+                )
+        if self.deadline is not None:
+            if spec.deadline is None:
+                problems.append(
+                    f"the plan passes the deadline, but saga {spec.name!r} has none: "
+                    "set @saga(deadline=...) or drop deadline="
+                )
+            check_step(self.deadline.step, "deadline")
+        if problems:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            raise ValueError(f"{self!r} does not fit saga {spec.name!r}:\n{lines}")
+
+    # -- showing it ----------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        parts: list[str] = []
+        if self.step is not None:
+            parts.append(f"step={self.step!r}")
+            parts.append(f"fault={self.fault!r}")
+        if self.effect:
+            parts.append("effect=True")
+        if self.transient:
+            parts.append(f"transient={dict(self.transient)!r}")
+            if self.transient_fault is not Fault.RAISES:
+                parts.append(f"transient_fault={self.transient_fault!r}")
+            if self.transient_effect:
+                parts.append("transient_effect=True")
+        if self.compensation_transient:
+            parts.append(f"compensation_transient={dict(self.compensation_transient)!r}")
+        if self.compensation_fails:
+            parts.append(f"compensation_fails={set(sorted(self.compensation_fails))!r}")
+        if self.compensation_effect:
+            parts.append("compensation_effect=True")
+        if self.deadline is not None:
+            parts.append(f"deadline={self.deadline!r}")
+        return f"FailurePlan({', '.join(parts)})"
+
+    def describe(self) -> str:
+        """The plan in words, one clause per failure."""
+        said: list[str] = []
+        for name, count in self.transient:
+            how = "times out" if self.transient_fault is Fault.TIMES_OUT else "raises"
+            eff = " (after taking effect)" if self.transient_effect else ""
+            said.append(f"{name} {how}{eff} {_times(count)} then succeeds")
+        if self.step is not None:
+            verb = {
+                Fault.RAISES: "raises",
+                Fault.TIMES_OUT: "times out",
+                Fault.CANCELLED: "is cancelled",
+            }[self.fault]
+            eff = "" if self.fault is Fault.RAISES else (
+                " after taking effect" if self.effect else " before taking effect"
+            )
+            said.append(f"{self.step} {verb}{eff} for good")
+        if self.deadline is not None:
+            d = self.deadline
+            when = "while it runs" if d.during else "before it starts"
+            said.append(f"the deadline passes at {d.step} ({when})")
+        eff = " after taking effect" if self.compensation_effect else ""
+        for name, count in self.compensation_transient:
+            said.append(f"{name}'s compensation raises{eff} {_times(count)} then succeeds")
+        for name in sorted(self.compensation_fails):
+            said.append(f"{name}'s compensation always raises{eff}")
+        return "; ".join(said) if said else "nothing goes wrong"
+
+
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
+def can_time_out(spec: SagaSpec, s: StepSpec) -> bool:
+    """Whether a call of ``s`` has any time limit: its own timeout or the deadline."""
+    from ..definition import StepKind
+
+    return s.timeout is not None or (
+        spec.deadline is not None and s.kind is not StepKind.RETRIABLE
+    )
+
+
+def sample_error(s: StepSpec, fault: Fault) -> BaseException:
+    """The error the engine sees for ``fault`` on step ``s`` (for retry decisions)."""
+    from ..errors import StepTimeout
+
+    if fault is Fault.TIMES_OUT:
+        return StepTimeout(s.index, s.name, s.timeout or 0.0)
+    return InjectedFault(f"injected: {s.name}")
+
+
+@attrs.frozen
+class SagaCase:
+    """A saga instance with what property tests need around it.
+
+    ``setup`` puts the participants back in their initial state; it is called before
+    every run (never while a strategy draws). ``snapshot`` returns a comparable picture
+    of the participants' state: with it, a run that ends COMPENSATED must leave the
+    world as it found it, and :func:`~sagaflow.testing.assert_compensations_idempotent`
+    can tell whether a second compensation changes anything.
+    """
+
+    saga: Any
+    setup: Any = None  #: Callable[[], None] | None
+    snapshot: Any = None  #: Callable[[], object] | None
+
+    def __attrs_post_init__(self) -> None:
+        from ..definition import is_saga
+
+        if isinstance(self.saga, type) or not is_saga(self.saga):
+            raise TypeError(
+                f"SagaCase needs an instance of a saga class, got {self.saga!r}"
+            )
+        for what in ("setup", "snapshot"):
+            fn = getattr(self, what)
+            if fn is not None and not callable(fn):
+                raise TypeError(f"SagaCase.{what} must be callable or None, got {fn!r}")

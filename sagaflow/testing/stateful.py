@@ -1,0 +1,210 @@
+"""A hypothesis state machine that drives saga runs call by call, failures as rules.
+
+``saga_state_machine(MySaga)`` returns a ``RuleBasedStateMachine`` class: each rule
+decides the outcome of the run's next call (it succeeds, raises, times out, is
+cancelled), or moves time (a stall, the deadline passing); after every rule the run so
+far must keep the invariants, and every finished run is checked in full. Where
+``failure_plans`` draws one plan per run, the state machine can put any outcome on any
+attempt, and hypothesis shrinks the sequence of rules.
+
+Use it as a test::
+
+    TestMySaga = saga_state_machine(MySaga).TestCase
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from ..context import Direction
+from ..definition import StepKind, spec_of
+from ..engine import Call
+from ..records import SagaStatus
+from .harness import SUCCEED, Harness, Outcome, PlanRun
+from .invariants import check_invariants
+from .plan import Fault, SagaCase
+from .strategies import saga_cases
+
+__all__ = ["saga_state_machine"]
+
+_LIVE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+def saga_state_machine(
+    saga_class: type,
+    *,
+    sagas: st.SearchStrategy[Any] | None = None,
+    extra: Iterable[Callable[[PlanRun], object]] = (),
+    allow_step_errors: bool = False,
+) -> type[RuleBasedStateMachine]:
+    """A ``RuleBasedStateMachine`` class that runs ``saga_class`` rule by rule.
+
+    ``sagas``: a strategy of instances (or :class:`SagaCase`) to run; default
+    :func:`saga_cases` (the module's ``example_sagas()`` or ``st.builds``). ``extra``
+    and ``allow_step_errors`` go to :func:`check_invariants` for every finished run.
+    """
+    spec = spec_of(saga_class)
+    cases = saga_cases(saga_class) if sagas is None else sagas
+    extras = tuple(extra)
+    stall_max = 2.0 * (spec.deadline or 60.0)
+
+    class SagaMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.h: Harness | None = None
+            self.case: SagaCase | None = None
+            self.before: Any = None
+            self.call: Call | None = None
+            self.fetched = False
+            self.loop: asyncio.AbstractEventLoop | None = None
+            self.runs = 0
+
+        # -- helpers --------------------------------------------------------------
+
+        def _start(self, case: Any) -> None:
+            self.case = case if isinstance(case, SagaCase) else SagaCase(case)
+            if self.case.setup is not None:
+                self.case.setup()
+            snap = self.case.snapshot
+            self.before = snap() if snap is not None else None
+            self.h = Harness(self.case.saga, driver="stateful")
+            self.call, self.fetched = None, False
+            self.runs += 1
+
+        def _harness(self) -> Harness:
+            assert self.h is not None
+            return self.h
+
+        def _live(self) -> bool:
+            return self.h is not None and self.h.record.status in _LIVE
+
+        def _between(self) -> bool:
+            return self._live() and not self.fetched
+
+        def _fetch(self) -> Call | None:
+            if not self.fetched:
+                self.call = self._harness().next_call()
+                self.fetched = True
+            return self.call
+
+        def _do(self, outcome: Outcome) -> None:
+            call = self._fetch()
+            if call is None:
+                return
+            h = self._harness()
+            if h.spec.is_async and self.loop is None:
+                self.loop = asyncio.new_event_loop()
+            h.perform(call, outcome, loop=self.loop)
+            self.call, self.fetched = None, False
+
+        def _run(self) -> PlanRun:
+            h = self._harness()
+            done = h.record.status.is_terminal
+            snap = self.case.snapshot if self.case is not None else None
+            after = snap() if snap is not None and done else None
+            return h.outcome_run(before=self.before, after=after,
+                                 snapshotted=snap is not None and done, complete=done)
+
+        def _check_finished(self) -> None:
+            check_invariants(self._run(), extra=extras, allow_step_errors=allow_step_errors)
+
+        # -- rules ----------------------------------------------------------------
+
+        @initialize(case=cases)
+        def start(self, case: Any) -> None:
+            self._start(case)
+
+        @precondition(lambda self: self.h is not None and not self._live())
+        @rule(case=cases)
+        def next_run(self, case: Any) -> None:
+            """The run is over: check it in full and start another."""
+            self._check_finished()
+            self._start(case)
+
+        @precondition(lambda self: self._live())
+        @rule()
+        def succeed(self) -> None:
+            self._do(SUCCEED)
+
+        @precondition(lambda self: self._live())
+        @rule(effect=st.booleans())
+        def raise_error(self, effect: bool) -> None:
+            """The call raises; a compensation may have taken effect first."""
+            call = self._fetch()
+            if call is not None:
+                effect = effect and call.direction is Direction.COMPENSATE
+                self._do(Outcome(Fault.RAISES, effect, "rule raise_error"))
+
+        @precondition(lambda self: self._live())
+        @rule(effect=st.booleans())
+        def time_out(self, effect: bool) -> None:
+            """The call overruns its time limit (if it has one: else it stays pending)."""
+            call = self._fetch()
+            if call is not None and call.timeout is not None:
+                self._do(Outcome(Fault.TIMES_OUT, effect, "rule time_out"))
+
+        @precondition(lambda self: self._live()
+                      and self._harness().record.status is SagaStatus.RUNNING)
+        @rule(effect=st.booleans())
+        def cancel(self, effect: bool) -> None:
+            """The task running the saga is cancelled during a forward call."""
+            call = self._fetch()
+            if call is not None and call.direction is Direction.FORWARD:
+                self._do(Outcome(Fault.CANCELLED, effect, "rule cancel"))
+
+        @precondition(lambda self: self._between())
+        @rule(seconds=st.floats(0.0, stall_max, allow_nan=False))
+        def stall(self, seconds: float) -> None:
+            """Time passes between two calls (a slow store, a busy process)."""
+            self._harness().clock.advance(seconds)
+
+        @precondition(lambda self: spec.deadline is not None and self._between()
+                      and self._harness().record.status is SagaStatus.RUNNING)
+        @rule(during=st.booleans(), effect=st.booleans())
+        def pass_deadline(self, during: bool, effect: bool) -> None:
+            """The saga's deadline passes, before the next step or while it runs."""
+            h = self._harness()
+            h.pass_deadline(during=during)
+            if not during:
+                return
+            call = self._fetch()
+            h._cut_next = False
+            if call is not None and call.direction is Direction.FORWARD and call.deadline_bound:
+                kind = spec.steps[call.index].kind
+                assert kind is not StepKind.RETRIABLE
+                self._do(Outcome(Fault.TIMES_OUT, effect, "the deadline passes during the call"))
+
+        # -- invariants -----------------------------------------------------------
+
+        @precondition(lambda self: self.h is not None and not self.fetched)
+        @invariant()
+        def run_so_far_is_sound(self) -> None:
+            run = self._run()
+            if run.complete:
+                self._check_finished()
+            else:
+                check_invariants(run, allow_step_errors=allow_step_errors)
+
+        def teardown(self) -> None:
+            try:
+                if self.h is not None:
+                    while self._live():
+                        self._do(SUCCEED)
+                    self._check_finished()
+            finally:
+                if self.loop is not None:
+                    self.loop.close()
+
+    SagaMachine.__name__ = SagaMachine.__qualname__ = f"{saga_class.__name__}StateMachine"
+    return SagaMachine

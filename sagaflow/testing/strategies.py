@@ -1,0 +1,235 @@
+"""Hypothesis strategies: failure plans drawn from a saga class's own spec.
+
+``failure_plans(MySaga)`` draws only plans that fit the class: its step names, the
+faults each step can suffer (a step with no timeout cannot time out), transient
+failures within each retry budget (and only where the policy retries them), and a
+deadline only if the saga has one. Plans shrink toward the simplest: no failure at
+all, then a failure of the first step, raising, with no transient failures.
+
+``st.from_type(FailurePlan[MySaga])`` gives the same strategy once
+:func:`register_strategies` has run: the ``hypothesis`` entry point runs it when
+hypothesis is imported.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Collection
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from ..definition import SagaSpec, StepKind, StepSpec, is_saga, spec_of
+from ..policy import Retry, backoff_delay
+from .plan import DeadlinePass, FailurePlan, Fault, SagaCase, can_time_out, sample_error
+
+__all__ = [
+    "failure_plans",
+    "register_strategies",
+    "saga_cases",
+]
+
+ALL_FAULTS = (Fault.RAISES, Fault.TIMES_OUT, Fault.CANCELLED)
+#: Share of the saga's deadline that planned transient failures may use up.
+_TIME_SHARE = 0.5
+
+
+def _spec(saga: Any) -> SagaSpec:
+    if not is_saga(saga):
+        raise InvalidArgument(
+            f"failure_plans() takes a saga class (decorated with @sagaflow.saga), "
+            f"got {saga!r}"
+        )
+    return spec_of(saga)
+
+
+def _retries_for(s: StepSpec, fault: Fault, policy: Retry, cap: int) -> int:
+    if not policy.is_retryable(sample_error(s, fault)):
+        return 0
+    return min(policy.attempts - 1, cap)
+
+
+def _worst_delay(policy: Retry, n: int) -> float:
+    return backoff_delay(policy, n, 1.0)
+
+
+def failure_plans(
+    saga: Any,
+    *,
+    faults: Collection[Fault] = ALL_FAULTS,
+    transient: bool = True,
+    compensation_failures: bool = True,
+    deadlines: bool = True,
+    effects: bool = True,
+    max_transient: int = 3,
+) -> st.SearchStrategy[FailurePlan[Any]]:
+    """Plans for ``saga`` (a saga class or instance), shrinking toward "no failure".
+
+    ``faults``: the permanent faults to plan (drop ``Fault.CANCELLED`` for the sync
+    driver); ``transient``: plan transient failures of steps; ``compensation_failures``:
+    plan failures of compensations; ``deadlines``: plan the saga's deadline passing (if
+    it has one); ``effects``: let timed-out and failing calls take effect first;
+    ``max_transient``: at most this many transient failures per step or compensation.
+    """
+    spec = _spec(saga)
+    faults = tuple(f for f in ALL_FAULTS if f in set(faults))
+    if any(not isinstance(f, Fault) for f in faults):
+        raise InvalidArgument(f"faults must be Fault members, got {faults!r}")
+    if isinstance(max_transient, bool) or not isinstance(max_transient, int) or (
+        max_transient < 0
+    ):
+        raise InvalidArgument(f"max_transient must be a whole number >= 0, got {max_transient!r}")
+    names = [s.name for s in spec.steps]
+    compensatable = [s for s in spec.steps if s.compensation is not None]
+    guarded = [s.name for s in spec.steps if s.kind is not StepKind.RETRIABLE]
+
+    def faults_of(s: StepSpec) -> list[Fault]:
+        return [f for f in faults if f is not Fault.TIMES_OUT or can_time_out(spec, s)]
+
+    transient_kinds = [Fault.RAISES]
+    if any(s.timeout is not None for s in spec.steps):
+        transient_kinds.append(Fault.TIMES_OUT)
+
+    @st.composite
+    def plans(draw: st.DrawFn) -> FailurePlan[Any]:
+        step = draw(st.none() | st.sampled_from(names)) if faults else None
+        fault = Fault.RAISES
+        effect = False
+        if step is not None:
+            possible = faults_of(spec.step(step))
+            if not possible:
+                step = None
+            else:
+                fault = draw(st.sampled_from(possible))
+                if effects and fault is not Fault.RAISES:
+                    effect = draw(st.booleans())
+
+        counts: dict[str, int] = {}
+        t_fault = Fault.RAISES
+        t_effect = False
+        if transient and max_transient:
+            t_fault = draw(st.sampled_from(transient_kinds))
+            budget = None if spec.deadline is None else spec.deadline * _TIME_SHARE
+            for s in spec.steps:
+                room = _retries_for(s, t_fault, s.retry, max_transient)
+                if t_fault is Fault.TIMES_OUT and s.timeout is None:
+                    room = 0
+                n = draw(st.integers(0, room)) if room else 0
+                if n and budget is not None and s.kind is not StepKind.RETRIABLE:
+                    # keep transient failures within the deadline, so that they stay
+                    # transient: each costs its timeout (if it times out) and a backoff
+                    for k in range(1, n + 1):
+                        cost = (s.timeout or 0.0) if t_fault is Fault.TIMES_OUT else 0.0
+                        cost += _worst_delay(s.retry, k)
+                        if cost > budget:
+                            n = k - 1
+                            break
+                        budget -= cost
+                if n:
+                    counts[s.name] = n
+            if counts and effects and t_fault is Fault.TIMES_OUT:
+                t_effect = draw(st.booleans())
+            if not counts:
+                t_fault = Fault.RAISES
+
+        comp_counts: dict[str, int] = {}
+        comp_fails: frozenset[str] = frozenset()
+        comp_effect = False
+        if compensation_failures and compensatable:
+            comp_fails = draw(st.frozensets(st.sampled_from([s.name for s in compensatable])))
+            budget = (None if spec.compensation_deadline is None
+                      else spec.compensation_deadline * _TIME_SHARE)
+            for s in compensatable:
+                room = _retries_for(s, Fault.RAISES, s.compensation_retry, max_transient)
+                if s.name in comp_fails or not room:
+                    continue
+                n = draw(st.integers(0, room))
+                if n and budget is not None:
+                    for k in range(1, n + 1):
+                        cost = _worst_delay(s.compensation_retry, k)
+                        if cost > budget:
+                            n = k - 1
+                            break
+                        budget -= cost
+                if n:
+                    comp_counts[s.name] = n
+            if (comp_counts or comp_fails) and effects:
+                comp_effect = draw(st.booleans())
+
+        deadline = None
+        if deadlines and spec.deadline is not None and guarded and draw(st.booleans()):
+            where = draw(st.sampled_from(guarded))
+            during = draw(st.booleans())
+            d_effect = draw(st.booleans()) if during and effects else False
+            deadline = DeadlinePass(where, during=during, effect=d_effect)
+
+        return FailurePlan(
+            step=step,
+            fault=fault,
+            effect=effect,
+            transient=counts,
+            transient_fault=t_fault,
+            transient_effect=t_effect,
+            compensation_transient=comp_counts,
+            compensation_fails=comp_fails,
+            compensation_effect=comp_effect,
+            deadline=deadline,
+        )
+
+    return plans()
+
+
+def saga_cases(saga_class: type) -> st.SearchStrategy[SagaCase]:
+    """Instances of ``saga_class``, as :class:`SagaCase`, by the examples convention.
+
+    If the class's module defines ``example_sagas()`` (a function returning a strategy
+    of saga instances or :class:`SagaCase`), its values of this class are used;
+    otherwise ``st.builds(saga_class)``.
+    """
+    import importlib
+
+    _spec(saga_class)
+    module = importlib.import_module(saga_class.__module__)
+    hook = getattr(module, "example_sagas", None)
+    base: st.SearchStrategy[Any]
+    if hook is None:
+        base = st.builds(saga_class)
+    else:
+        base = hook()
+        if not isinstance(base, st.SearchStrategy):
+            raise InvalidArgument(
+                f"{module.__name__}.example_sagas() must return a hypothesis strategy of "
+                f"saga instances (or SagaCase), got {base!r}"
+            )
+
+    def as_case(value: Any) -> SagaCase:
+        return value if isinstance(value, SagaCase) else SagaCase(value)
+
+    def of_class(case: SagaCase) -> bool:
+        return type(case.saga) is saga_class
+
+    cases = base.map(as_case)
+    if hook is not None:
+        cases = cases.filter(of_class)
+    return cases
+
+
+def _resolve(thing: Any) -> st.SearchStrategy[FailurePlan[Any]]:
+    args = typing.get_args(thing)
+    if not args:
+        raise InvalidArgument(
+            "st.from_type(FailurePlan) needs the saga class: write "
+            "st.from_type(FailurePlan[MySaga]) or sagaflow.testing.failure_plans(MySaga)"
+        )
+    return failure_plans(args[0])
+
+
+def register_strategies() -> None:
+    """Teach ``st.from_type`` about ``FailurePlan[MySaga]`` (the entry point calls it)."""
+    st.register_type_strategy(FailurePlan, _resolve)
+
+
+def _hypothesis_setup_hook() -> None:
+    """Run by hypothesis's ``hypothesis`` entry point group when it is imported."""
+    register_strategies()
