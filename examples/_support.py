@@ -90,7 +90,7 @@ class VirtualClock:
         return f"VirtualClock(time={self.time!r}, slept={sum(self.sleeps):g}s)"
 
 
-class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _JumpingSelector(selectors.DefaultSelector):
     """A selector that, when nothing is ready and a timer is due, skips to the timer."""
 
     def __init__(self) -> None:
@@ -102,7 +102,7 @@ class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         if ready or timeout == 0:
             return ready
         if timeout is None:  # no timer at all: only real I/O can wake the loop
-            return super().select(None)  # type: ignore[no-any-return]
+            return super().select(None)
         self.now += timeout
         return []
 

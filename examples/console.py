@@ -47,7 +47,9 @@ def fmt(value: Any) -> str:
 
 
 def _fields(obj: object) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in attrs.fields(type(obj))}
+    """An attrs instance's fields by name (saga classes and events are attrs classes)."""
+    cls: Any = type(obj)
+    return {f.name: getattr(obj, f.name) for f in attrs.fields(cls)}
 
 
 def events_line(domain_events: tuple[Any, ...], width: int = 110) -> str:
@@ -144,15 +146,15 @@ class Console:
             plan = self._plan.get(e.saga_id, [])
             k = plan.index(s.name) + 1 if s.name in plan else 0
             head = f"compensation {k}/{len(plan)} {s.compensation_name} (undoes {s.name})"
-            tries = s.compensation_retry.attempts
+            most = s.compensation_retry.attempts
             if isinstance(e, events.CompensationRetrying):
                 return (
-                    f"{head} ✗ attempt {e.attempt}/{tries}: {e.error}; "
+                    f"{head} ✗ attempt {e.attempt}/{most}: {e.error}; "
                     f"retrying in {e.delay:.3g}s"
                 )
             if isinstance(e, events.CompensationFailed):
                 return f"{head} ✗ failed for good after {e.attempt} attempt(s): {e.error}"
-            done = f" (attempt {e.attempt}/{tries})" if e.attempt > 1 else ""
+            done = f" (attempt {e.attempt}/{most})" if e.attempt > 1 else ""
             return f"{head} ✓{done}{self._produced(e.saga_id, saga)}"
         return None
 

@@ -26,6 +26,7 @@ idempotent by its key, so a retry is safe. Compensations keep sagaflow's patient
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from decimal import Decimal
 
 import attrs
@@ -46,8 +47,14 @@ __all__ = [
 
 #: A local SQLite transaction takes milliseconds; a second means the database is stuck.
 DB_TIMEOUT = 1.0
-LOCKED = Retry(attempts=3, backoff=0.05, retry_if=lambda e: "locked" in str(e),
-               retry_on=(sqlite3.OperationalError,))
+
+
+def is_locked(error: BaseException) -> bool:
+    """SQLite's busy answer: another writer holds the database; worth another try."""
+    return "locked" in str(error)
+
+
+LOCKED = Retry(attempts=3, backoff=0.05, retry_on=sqlite3.OperationalError, retry_if=is_locked)
 
 
 @attrs.frozen
@@ -77,6 +84,11 @@ class ModificationReverted:
     price: Decimal
 
 
+def component_ids(value: Iterable[str]) -> tuple[str, ...]:
+    """The components to remove, as a tuple (a list is accepted, and kept immutable)."""
+    return tuple(value)
+
+
 def approval_required(s: UnbundleSaga) -> bool:
     """More than half of the components go (rules.requires_approval, priced by step 2)."""
     return s.needs_approval
@@ -87,7 +99,7 @@ def approval_required(s: UnbundleSaga) -> bool:
 class UnbundleSaga:
     subscription_id: str
     bundle_id: str
-    remove: tuple[str, ...] = attrs.field(converter=tuple)
+    remove: tuple[str, ...] = attrs.field(converter=component_ids)
     new_price: Decimal | None = None
     removed_share: str | None = None
     needs_approval: bool = False

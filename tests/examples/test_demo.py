@@ -1,0 +1,61 @@
+"""The demo (the README's ``./run.sh demo``): it runs, fast, and shows what it promises."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from examples.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> None:
+    lines: list[str] = []
+    assert main(["--out", str(tmp_path)], out=lines.append) == 0
+    text = "\n".join(lines)
+
+    for section in ("quickstart", "registration (seed 001)", "subscriptions (seed 000)",
+                    "onboarding (seed 002)", "orders (seed 003)", "transfer (seed 004)"):
+        assert f"═══ {section}" in text
+    # step n/N, retries with their delays, compensations in order, status, duration, events
+    assert "step 3/3 send_confirmation ✗ SMTPError: SMTP connection timeout" in text
+    assert "retrying in 2s" in text and "retrying in 4s" in text
+    assert "↩ rolling back 2 step(s), newest first: process_payment → create_account" in text
+    assert "compensation 1/2 refund (undoes process_payment) ✓ (attempt 3/5)" in text
+    assert "⇒ COMPENSATED in 6s" in text
+    assert "events: AccountCreated" in text
+    assert "[CRITICAL] Manual action required" in text
+    assert "timed out after 10s: outcome unknown, so refund runs too" in text
+    assert "nothing oversold" in text
+    assert "total 300.00" in text and "total 299" not in text
+    assert (tmp_path / "subscriptions.db").exists()
+    assert lines[-1].startswith("═══ 41 sagas run in ")
+
+
+def test_the_demo_command_runs_from_the_repository_root(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples", "registration", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "scenario 4: the refund fails for good" in done.stdout
+
+
+def test_an_unknown_example_is_refused_with_the_choices() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples", "nope"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no example nope: choose from quickstart, registration" in done.stderr
+
+
+def test_the_quickstart_still_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "examples.quickstart"], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "-> COMPLETED" in done.stdout and "-> COMPENSATED" in done.stdout
