@@ -7,6 +7,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 from . import events
 from .context import Direction, StepContext
 from .definition import SagaSpec, StepKind, StepSpec, is_saga, saga, spec_of, step
+from .diagram import GraphvizNotFound, diagram
 from .errors import (
     AlreadyExecuting,
     CompensationFailed,
@@ -32,6 +33,7 @@ __all__ = [
     "CompensationFailed",
     "CompensationStatus",
     "Direction",
+    "GraphvizNotFound",
     "InvalidTransition",
     "Orchestrator",
     "Retry",
@@ -54,6 +56,7 @@ __all__ = [
     "StepTimeout",
     "UnknownSaga",
     "backoff_delay",
+    "diagram",
     "events",
     "is_saga",
     "saga",

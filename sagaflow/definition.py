@@ -76,7 +76,8 @@ def _owner_of(fn: object) -> str:
 
 
 def _callable_name(fn: object) -> str:
-    return getattr(fn, "__name__", None) or repr(fn)
+    # No repr(): it carries a memory address, and diagrams must be stable across runs.
+    return getattr(fn, "__name__", None) or type(fn).__qualname__
 
 
 @attrs.frozen(eq=False)
@@ -377,7 +378,7 @@ def _build_spec(
     deadline: object,
     compensation_deadline: object,
 ) -> SagaSpec:
-    from .machine import build_machine  # machine.py depends on StepSpec, defined above
+    from .machine import build_machine, check_graph  # machine.py needs StepSpec, above
 
     saga_name = name if name is not None else cls.__name__
     problems: list[str] = []
@@ -537,6 +538,9 @@ def _build_spec(
 
     spec_steps = tuple(steps)
     machine, allowed = build_machine(saga_name, spec_steps)
+    trapped = check_graph(list(machine.states), allowed)
+    if trapped:
+        raise SagaDefinitionError(saga_name, [f"internal: {p}" for p in trapped])
     shape = "|".join(
         f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
         for s in spec_steps

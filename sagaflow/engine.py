@@ -167,6 +167,9 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
             i = record.undo[record.cursor]
             s = spec.steps[i]
             sr = record.steps[i]
+            if sr.compensation is _C_COMPENSATED:  # undone before an operator's retry
+                _next_undo(spec, record, now, "undone")
+                continue
             limit = record.compensation_deadline_at
             if limit is not None and now >= limit:
                 _compensation_failed(spec, record, now, "compensation deadline passed")
@@ -477,24 +480,27 @@ def retry(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = Non
     record.resolution = None
     record.finished_at = None
     if record.failures:
-        undo = [
-            j for j in record.undo
-            if record.steps[j].compensation is CompensationStatus.FAILED
-        ]
-        for j in undo:
-            record.steps[j].compensation = CompensationStatus.PENDING
-            record.steps[j].compensation_attempts = 0
+        # The chain is walked again from the first failed compensation, through those
+        # already done, so that every state change stays an edge of the machine.
+        first = None
+        for position, j in enumerate(record.undo):
+            if record.steps[j].compensation is CompensationStatus.FAILED:
+                record.steps[j].compensation = CompensationStatus.PENDING
+                record.steps[j].compensation_attempts = 0
+                if first is None:
+                    first = position
+        assert first is not None
         reason = record.error
         if isinstance(reason, CompensationFailedError):
             reason = reason.reason
-        record.undo = undo
-        record.cursor = 0
+        record.cursor = first
         record.failures = {}
         record.error = reason
         record.status = _COMPENSATING
         if spec.compensation_deadline is not None:
             record.compensation_deadline_at = now + spec.compensation_deadline
-        transition(spec, record, "retry", compensation_state(spec.steps[undo[0]].name))
+        dest = compensation_state(spec.steps[record.undo[first]].name)
+        transition(spec, record, "retry", dest)
         return
     sr = record.steps[record.cursor]
     sr.status = StepStatus.PENDING

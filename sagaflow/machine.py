@@ -40,6 +40,7 @@ __all__ = [
     "NOT_STARTED",
     "TERMINAL_STATES",
     "build_machine",
+    "check_graph",
     "compensation_state",
 ]
 
@@ -142,3 +143,41 @@ def build_machine(
         if t.dest is not None
     )
     return machine, allowed
+
+
+def check_graph(states: Sequence[str], allowed: frozenset[tuple[str, str, str]]) -> list[str]:
+    """Problems with the machine's graph: states a run cannot reach, or cannot leave
+    for a terminal state. ``failed`` may be unreachable (nothing can fail for good).
+
+    The machine is built from validated steps, so a problem here is a bug in sagaflow;
+    checking once per class makes sure no run can ever be trapped.
+    """
+    forward: dict[str, set[str]] = {state: set() for state in states}
+    backward: dict[str, set[str]] = {state: set() for state in states}
+    for source, _, dest in allowed:
+        forward[source].add(dest)
+        backward[dest].add(source)
+
+    def closure(start: set[str], edges: dict[str, set[str]]) -> set[str]:
+        seen = set(start)
+        todo = list(start)
+        while todo:
+            for nxt in edges[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    reachable = closure({NOT_STARTED}, forward)
+    finishing = closure(set(TERMINAL_STATES), backward)
+    problems = [
+        f"state {state!r} cannot be reached from {NOT_STARTED!r}"
+        for state in states
+        if state not in reachable and state != FAILED
+    ]
+    problems += [
+        f"state {state!r} cannot reach a terminal state"
+        for state in states
+        if state not in finishing
+    ]
+    return problems

@@ -493,3 +493,44 @@ def test_saga_inherits_steps_subclass_overrides() -> None:
     spec = spec_of(Child)
     assert [s.name for s in spec.steps] == ["a", "b"]
     assert spec.step("b").timeout == 1.0 and spec_of(Base).step("b").timeout == 30.0
+
+
+def test_machine_graph_check_finds_traps_and_unreachable_states() -> None:
+    from sagaflow.machine import check_graph
+
+    states = ["not_started", "a", "b", "island", "completed", "compensated", "failed"]
+    allowed = frozenset(
+        {
+            ("not_started", "start", "a"),
+            ("a", "advance", "b"),
+            ("b", "advance", "b"),  # b never finishes
+            ("a", "compensate", "compensated"),
+        }
+    )
+    problems = check_graph(states, allowed)
+    assert "state 'island' cannot be reached from 'not_started'" in problems
+    assert "state 'b' cannot reach a terminal state" in problems
+    assert "state 'island' cannot reach a terminal state" in problems
+    assert not any("'failed' cannot be reached" in p for p in problems)
+    # and every saga defined in this module passed it at decoration time
+    assert check_graph(
+        list(spec_of(_ThreeKinds).machine.states), spec_of(_ThreeKinds).transitions
+    ) == []
+
+
+@saga
+class _ThreeKinds:
+    @step(readonly=True)
+    def look(self, ctx): ...
+
+    @step(when=lambda s: True)
+    def maybe(self, ctx): ...
+
+    @maybe.compensate
+    def unmaybe(self, ctx): ...
+
+    @step(pivot=True)
+    def commit(self, ctx): ...
+
+    @step(retriable=True)
+    def tell(self, ctx): ...

@@ -221,3 +221,48 @@ def test_stored_saga_of_unknown_class_or_changed_definition_is_left_alone() -> N
     migrating = Orchestrator(store=orchestrator.store, migrations={"0123456789abcdef": migrate})
     migrating.register(make([], set()))
     assert migrating.retry("f").status is SagaStatus.COMPLETED
+
+
+def test_retry_walks_through_compensations_already_done() -> None:
+    log: list[str] = []
+    stuck = {"c", "a"}
+
+    @saga
+    class Chain:
+        @step
+        def a(self, ctx): ...
+
+        @a.compensate(retry=NO_RETRY)
+        def ua(self, ctx):
+            log.append("ua")
+            if "a" in stuck:
+                raise ConnectionError("a stuck")
+
+        @step
+        def b(self, ctx): ...
+
+        @b.compensate(retry=NO_RETRY)
+        def ub(self, ctx):
+            log.append("ub")
+
+        @step
+        def c(self, ctx): ...
+
+        @c.compensate(retry=NO_RETRY)
+        def uc(self, ctx):
+            log.append("uc")
+            if "c" in stuck:
+                raise ConnectionError("c stuck")
+
+        @step(readonly=True)
+        def d(self, ctx):
+            raise ValueError("d fails")
+
+    orchestrator = Orchestrator()
+    first = orchestrator.run(Chain(), "chain")
+    assert first.status is SagaStatus.FAILED and set(first.error.failures) == {"a", "c"}
+    stuck.clear()
+    again = orchestrator.retry("chain")
+    assert again.status is SagaStatus.COMPENSATED
+    assert log == ["uc", "ub", "ua", "uc", "ua"]  # b, undone already, is not run again
+    assert [s.compensation for s in again.steps[:3]] == [CompensationStatus.COMPENSATED] * 3
