@@ -5,9 +5,10 @@ A durable store keeps a :class:`~sagaflow.records.SagaRecord` as JSON. What goes
 - the saga instance (``record.data``) is unstructured by a cattrs converter *with its
   declared field types*: ``Decimal`` as a string, ``UUID`` as its canonical text, ``datetime``,
   ``date``, ``time`` in ISO 8601, ``timedelta`` as ``[days, seconds, microseconds]``,
-  ``bytes`` as base85 (a datetime in a named zone keeps the zone:
-  ``2024-03-31T02:30:00+02:00[Europe/Paris]``), enums by value, nested attrs classes and dataclasses as objects,
-  tuples, sets and frozensets as lists, ``Optional``/unions of scalars as themselves;
+  ``bytes`` as base85, enums by value, nested attrs classes and dataclasses as
+  objects, tuples, sets and frozensets as lists, ``Optional``/unions of scalars as
+  themselves; an aware datetime in a named zone keeps the zone
+  (``2024-10-27T02:30:00+01:00[Europe/Paris]``), not only its offset;
 - a value whose declared type says nothing (``Any``, ``object``, a bare ``list`` or
   ``dict``, an unannotated field) and every domain event (``ctx.emit``) are encoded
   *self-describing*: JSON values as themselves, anything else tagged with its type, e.g.
@@ -23,6 +24,7 @@ saga, the field, its type and the fix; teach the codec a type with :func:`regist
 
 from __future__ import annotations
 
+import ast
 import base64
 import contextlib
 import dataclasses
@@ -33,11 +35,13 @@ import importlib
 import inspect
 import json
 import math
+import re
 import threading
+import types
 import uuid
 import zoneinfo
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import attrs
 from cattrs.errors import ClassValidationError
@@ -344,9 +348,13 @@ class Codec:
         """
         data = record.data
         cls = type(data)
-        try:
-            if cls not in self._checked:
+        if cls not in self._checked:
+            try:
                 self._check_class(cls)
+            except CodecError as exc:
+                where = f"saga {record.saga_name!r} (id {record.saga_id!r})"
+                raise CodecError(f"{where}: {exc}") from exc
+        try:
             plain = self.converter.unstructure(data, cls)
             text = self._encode(plain)
         except CodecError as exc:
@@ -368,19 +376,21 @@ class Codec:
                 f"a saga's data must be an attrs class (what @saga makes); "
                 f"got a {_type_name(cls)}"
             )
+        problem = _field_problem(cls, self.converter)
+        if problem is not None:
+            raise CodecError(problem)
         try:
             self.converter.get_unstructure_hook(cls)
             self.converter.get_structure_hook(cls)
         except Exception as exc:  # cattrs raises several kinds here; report them alike
-            problem = _field_problem(cls, self.converter)
-            raise CodecError(problem or f"{_type_name(cls)}: {exc}") from exc
+            raise CodecError(f"{_type_name(cls)} cannot be stored as JSON: {exc}") from exc
         with self._lock:
             self._checked.add(cls)
 
     def _explain(self, record: SagaRecord, exc: BaseException) -> CodecError:
         """Find the field that failed and say what to do about it."""
         where = f"saga {record.saga_name!r} (id {record.saga_id!r})"
-        path, value = _culprit(record.data, self)
+        path, value = _culprit(record.data, self, _stores)
         if path is None:
             return CodecError(f"{where}: its data cannot be stored as JSON: {exc}")
         name = _type_name(type(value))
@@ -391,24 +401,32 @@ class Codec:
 
     def _verify(self, record: SagaRecord, text: str) -> None:
         data = record.data
-        where = f"saga {record.saga_name!r} (id {record.saga_id!r})"
         try:
             back = self.load_data(text, type(data))
+            failure: BaseException | None = None
         except Exception as exc:  # any failure to load is what we are here to report
-            detail = describe_failure(exc)
+            back, failure = None, exc
+        if failure is None and _difference(data, back, "") is None:
+            return
+        where = f"saga {record.saga_name!r} (id {record.saga_id!r})"
+        path, value = _culprit(data, self, _round_trips)
+        if path is None:
+            detail = "?" if failure is None else describe_failure(failure)
             raise CodecError(
-                f"{where}: its data is stored but would not load back ({detail}): "
-                "check that each field holds a value of its annotated type"
-            ) from exc
-        diff = _difference(data, back, _type_name(type(data)))
-        if diff is not None:
-            path, before, after = diff
-            raise CodecError(
-                f"{where}: field {path!r} holds {_short(before)} ({_type_name(type(before))})"
-                f", which would load back as {_short(after)} ({_type_name(type(after))}): "
-                "make the value match the field's annotation, or annotate the field "
-                "with the value's type"
-            )
+                f"{where}: its data would not load back as itself ({detail}): check that "
+                "each field holds a value of its annotated type"
+            ) from failure
+        declared = _declared_at(data, path)
+        try:
+            after: Any = _round_trip(self, value, declared)
+            outcome = f"load back as {_short(after)} ({_type_name(type(after))})"
+        except Exception as exc:  # the value does not load back at all
+            outcome = f"not load back ({describe_failure(exc)})"
+        raise CodecError(
+            f"{where}: field {path!r} holds {_short(value)} ({_type_name(type(value))}), "
+            f"which would {outcome}: make the value match the field's annotation, or "
+            "annotate the field with the value's type"
+        ) from failure
 
     # -- steps, errors, lifecycle and domain events ------------------------------
 
@@ -535,7 +553,7 @@ class Codec:
                 if value is not default and (type(value) is not type(default) or value != default):
                     values[name] = self.encode_value(value)
             detail = self._encode(values) if values else None
-        return (tag, event.at, event.step, event.attempt, event.error, detail)
+        return (tag, event.at, _text(event.step), event.attempt, _text(event.error), detail)
 
     def event_from_row(
         self, row: tuple[Any, ...], saga_id: str, saga_name: str
@@ -698,6 +716,18 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _text(value: str | None) -> str | None:
+    """Text a database column can hold: a lone surrogate (an exception message made
+    from undecodable bytes) is escaped as ``\\udcxx`` rather than failing the save."""
+    if type(value) is not str or value.isascii():
+        return value  # None, ASCII, or not text at all (the store refuses that)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _is_dataclass(t: Any) -> bool:
     return isinstance(t, type) and dataclasses.is_dataclass(t) and not attrs.has(t)
 
@@ -727,33 +757,39 @@ def _fields_of(value: Any) -> list[tuple[str, Any, Any]] | None:
     return None
 
 
-def _culprit(value: Any, codec: Codec, path: str = "") -> tuple[str | None, Any]:
-    """The dotted path and value of the first field that cannot be stored."""
+Check = Callable[["Codec", Any, Any], bool]
+
+
+def _culprit(
+    value: Any, codec: Codec, ok: Check, path: str = ""
+) -> tuple[str | None, Any]:
+    """The path (``items[1].price``) and value of the first field that fails ``ok``."""
     fields = _fields_of(value)
     if fields is not None:
         for name, declared, v in fields:
             where = f"{path}.{name}" if path else name
-            if not _stores(codec, v, declared):
-                inner, bad = _culprit(v, codec, where)
+            if not ok(codec, v, declared):
+                inner, bad = _culprit(v, codec, ok, where)
                 return (inner, bad) if inner is not None else (where, v)
         return None, None
     if isinstance(value, (list, tuple, set, frozenset)):
         for i, v in enumerate(value):
-            if not _stores(codec, v, None):
-                inner, bad = _culprit(v, codec, f"{path}[{i}]")
+            if not ok(codec, v, None):
+                inner, bad = _culprit(v, codec, ok, f"{path}[{i}]")
                 return (inner, bad) if inner is not None else (f"{path}[{i}]", v)
     if isinstance(value, dict):
         for k, v in value.items():
-            if not _stores(codec, v, None):
-                inner, bad = _culprit(v, codec, f"{path}[{k!r}]")
+            if not ok(codec, v, None):
+                inner, bad = _culprit(v, codec, ok, f"{path}[{k!r}]")
                 return (inner, bad) if inner is not None else (f"{path}[{k!r}]", v)
     return None, None
 
 
 def _stores(codec: Codec, value: Any, declared: Any) -> bool:
+    """Whether ``value`` (declared ``declared``; ``None``: say nothing) becomes JSON."""
     try:
         if declared is None or isinstance(declared, str):
-            plain = codec.converter.unstructure(value)
+            plain = codec.encode_value(value)
         else:
             plain = codec.converter.unstructure(value, declared)
         json.dumps(plain)
@@ -762,28 +798,105 @@ def _stores(codec: Codec, value: Any, declared: Any) -> bool:
     return True
 
 
-def _field_problem(cls: type, converter: JsonConverter) -> str | None:
-    """Name the field of ``cls`` whose declared type cattrs cannot handle."""
+def _round_trip(codec: Codec, value: Any, declared: Any) -> Any:
+    """``value`` stored as JSON and loaded back (raises if it cannot be)."""
+    if declared is None or isinstance(declared, str):
+        return codec.decode_value(json.loads(json.dumps(codec.encode_value(value))))
+    plain = json.loads(json.dumps(codec.converter.unstructure(value, declared)))
+    return codec.converter.structure(plain, declared)
+
+
+def _round_trips(codec: Codec, value: Any, declared: Any) -> bool:
     try:
-        attrs.resolve_types(cls) if attrs.has(cls) else None
+        back = _round_trip(codec, value, declared)
+    except Exception:
+        return False
+    return _difference(value, back, "") is None
+
+
+def _declared_at(data: Any, path: str) -> Any:
+    """The declared type of the attribute at the end of ``path`` (``None``: an item of
+    a container, whose type the annotation of the container says)."""
+    if path.endswith("]"):
+        return None
+    owner = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        name, _, rest = part.partition("[")
+        owner = getattr(owner, name)
+        for index in re.findall(r"\[(.*?)\]", "[" + rest if rest else ""):
+            key = ast.literal_eval(index)
+            owner = owner[key] if not isinstance(owner, (set, frozenset)) else list(owner)[key]
+    for name, declared, _v in _fields_of(owner) or ():
+        if name == parts[-1]:
+            return declared
+    return None
+
+
+def _field_problem(cls: type, converter: JsonConverter) -> str | None:
+    """Name the first field of ``cls`` (nested classes included) whose declared type
+    cattrs cannot handle. Union members are checked one by one: cattrs resolves them
+    only when a value arrives, which would be too late (a recovery)."""
+    try:
+        if attrs.has(cls):
+            attrs.resolve_types(cls)
     except NameError as exc:
         return (
             f"{_type_name(cls)}: a field annotation cannot be resolved ({exc}): define the "
             "types the saga's fields use at module level"
         )
-    fields = attrs.fields(cls) if attrs.has(cls) else dataclasses.fields(cls)
-    for f in fields:
-        if f.type is None or isinstance(f.type, str):
-            continue
+    seen: set[Any] = set()
+
+    def walk(t: Any, where: str) -> str | None:
+        if t is None or t is type(None) or t is Ellipsis or isinstance(t, (str, TypeVar)):
+            return None
         try:
-            converter.get_structure_hook(f.type, cache_result=False)
-            converter.get_unstructure_hook(f.type, cache_result=False)
-        except Exception as exc:
-            name = getattr(f.type, "__qualname__", None) or repr(f.type)
+            if t in seen:
+                return None
+            seen.add(t)
+        except TypeError:  # an unhashable annotation: check it every time
+            pass
+        origin = get_origin(t)
+        if origin is Literal:
+            return None
+        if origin is Annotated:
+            return walk(get_args(t)[0], where)
+        if origin is Union or origin is types.UnionType:
+            for member in get_args(t):
+                problem = walk(member, where)
+                if problem is not None:
+                    return problem
+            return None
+        try:
+            converter.get_structure_hook(t)
+            converter.get_unstructure_hook(t)
+        except Exception as exc:  # cattrs raises several kinds here; report them alike
+            name = getattr(t, "__qualname__", None) or repr(t)
             return (
-                f"{_type_name(cls)}.{f.name}: its type {name} cannot be stored as JSON "
-                f"({exc}). To fix: " + _FIX.format(name=name)
+                f"field {where!r}: its type {name} cannot be stored as JSON ({exc}). "
+                "To fix: " + _FIX.format(name=name)
             )
+        for arg in get_args(t):
+            problem = walk(arg, where)
+            if problem is not None:
+                return problem
+        if isinstance(t, type) and (attrs.has(t) or dataclasses.is_dataclass(t)):
+            klass: Any = t
+            with contextlib.suppress(Exception):
+                if attrs.has(klass):
+                    attrs.resolve_types(klass)
+            nested = attrs.fields(klass) if attrs.has(klass) else dataclasses.fields(klass)
+            for f in nested:
+                problem = walk(f.type, f"{where}.{f.name}")
+                if problem is not None:
+                    return problem
+        return None
+
+    fields: Any = attrs.fields(cls) if attrs.has(cls) else dataclasses.fields(cls)
+    for f in fields:
+        problem = walk(f.type, f"{cls.__qualname__}.{f.name}")
+        if problem is not None:
+            return problem
     return None
 
 

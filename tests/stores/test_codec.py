@@ -1,0 +1,483 @@
+"""The codec: records to JSON and back, faithfully, with clear errors for what cannot be."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import uuid
+import zoneinfo
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from store_sagas import (
+    ORDER_SPEC,
+    Address,
+    Charged,
+    Item,
+    Level,
+    Order,
+    Tier,
+    assert_same,
+    record_of,
+)
+
+from sagaflow import (
+    AlreadyExecuting,
+    CompensationFailed,
+    CompensationStatus,
+    InvalidTransition,
+    SagaCancelled,
+    SagaDeadlineExceeded,
+    SagaDefinitionChanged,
+    SagaDefinitionError,
+    SagaflowError,
+    SagaStatus,
+    StepFailed,
+    StepRecord,
+    StepStatus,
+    StepTimeout,
+    events,
+    saga,
+    step,
+)
+from sagaflow.codec import (
+    Codec,
+    CodecError,
+    CorruptRecord,
+    decode_record,
+    default_codec,
+    dumps,
+    encode_record,
+    import_path,
+    loads,
+)
+from sagaflow.events import LifecycleEvent
+from sagaflow.stores.sqlite import SQLiteStore
+
+# -- strategies ------------------------------------------------------------------
+
+plain_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+any_text = st.text(max_size=12)  # lone surrogates too: JSON escapes them
+timestamps = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+maybe_ts = st.none() | timestamps
+decimals = st.decimals(allow_nan=False)
+zones = st.sampled_from(
+    [None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30)),
+     zoneinfo.ZoneInfo("Europe/Paris")]
+)
+datetimes = st.datetimes(timezones=zones, allow_imaginary=False)
+items = st.builds(Item, sku=any_text, qty=st.integers(), price=decimals)
+leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | any_text
+    | decimals
+    | st.uuids()
+    | datetimes
+    | st.dates()
+    | st.times()
+    | st.timedeltas()
+    | st.binary(max_size=8)
+    | st.sampled_from(Tier)
+    | st.sampled_from(Level)
+    | items
+)
+hashables = st.recursive(
+    st.none() | st.booleans() | st.integers() | any_text | st.uuids() | decimals,
+    lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+    max_leaves=4,
+)
+#: What a field typed Any, or a domain event, may hold: it must come back as itself.
+values = st.recursive(
+    leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(any_text | st.sampled_from(["$type", "$x", "items"]), inner,
+                          max_size=3)
+        | st.dictionaries(hashables, inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.sets(hashables, max_size=3)
+        | st.frozensets(hashables, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def orders(draw: st.DrawFn) -> Order:
+    order = Order(
+        order_id=draw(st.uuids()),
+        amount=draw(decimals),
+        placed=draw(st.none() | datetimes),
+        day=draw(st.none() | st.dates()),
+        tier=draw(st.sampled_from(Tier)),
+        level=draw(st.sampled_from(Level)),
+        address=draw(st.builds(Address, street=any_text, zip=st.none() | any_text)),
+        items=draw(st.lists(items, max_size=3)),
+        tags=draw(st.frozensets(any_text, max_size=3)),
+        pair=draw(st.tuples(st.integers(), any_text)),
+        counts=draw(st.dictionaries(any_text, st.integers(), max_size=3)),
+        note=draw(st.none() | any_text),
+        extra=draw(st.dictionaries(any_text, values, max_size=3)),
+        anything=draw(values),
+        blob=draw(st.binary(max_size=8)),
+        delay=draw(st.timedeltas()),
+    )
+    order.charged_id = draw(st.none() | any_text)
+    return order
+
+
+def step_records(name: str) -> st.SearchStrategy[StepRecord]:
+    return st.builds(
+        StepRecord,
+        name=st.just(name),
+        status=st.sampled_from(StepStatus),
+        attempts=st.integers(0, 50),
+        started_at=maybe_ts,
+        finished_at=maybe_ts,
+        error=st.none() | any_text,
+        timed_out=st.booleans(),
+        compensation=st.sampled_from(CompensationStatus),
+        compensation_attempts=st.integers(0, 50),
+        compensation_started_at=maybe_ts,
+        compensation_finished_at=maybe_ts,
+        compensation_error=st.none() | any_text,
+    )
+
+
+EVENT_CLASSES = sorted(
+    (c for c in vars(events).values()
+     if isinstance(c, type) and issubclass(c, LifecycleEvent)),
+    key=lambda c: c.__name__,
+)
+BASE_FIELDS = {f.name for f in attrs.fields(LifecycleEvent)}
+EXTRA_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "delay": st.floats(allow_nan=False),
+    "timed_out": st.booleans(),
+    "action": plain_text,
+    "note": st.none() | plain_text,
+}
+
+
+@st.composite
+def lifecycle_events(draw: st.DrawFn, saga_id: str, saga_name: str) -> LifecycleEvent:
+    cls = draw(st.sampled_from(EVENT_CLASSES))
+    extra = {
+        f.name: draw(EXTRA_FIELDS[f.name])
+        for f in attrs.fields(cls)
+        if f.name not in BASE_FIELDS and f.name in EXTRA_FIELDS
+    }
+    return cls(
+        saga_id, saga_name, draw(timestamps), draw(st.none() | plain_text),
+        draw(st.integers(0, 100)), draw(st.none() | plain_text), **extra,
+    )
+
+
+exceptions = st.builds(ValueError, any_text) | st.builds(ConnectionError, any_text)
+step_failures = st.builds(StepFailed, st.integers(0, 9), any_text, exceptions | any_text)
+sagaflow_errors = st.one_of(
+    step_failures,
+    st.builds(StepTimeout, st.integers(0, 9), any_text, st.floats(0.001, 1e6)),
+    st.builds(SagaDeadlineExceeded, st.floats(0.001, 1e6), st.none() | any_text),
+    st.builds(SagaCancelled, st.none() | any_text),
+    st.builds(CompensationFailed, st.dictionaries(any_text, any_text, max_size=3),
+              st.none() | step_failures),
+    st.builds(AlreadyExecuting, any_text, any_text),
+    st.builds(InvalidTransition, any_text, any_text, any_text, any_text),
+    st.builds(SagaDefinitionError, any_text, st.lists(any_text, min_size=1, max_size=3)),
+    st.builds(SagaDefinitionChanged, any_text, any_text, any_text, any_text),
+)
+
+
+@st.composite
+def records(draw: st.DrawFn):
+    saga_id = draw(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1,
+                           max_size=12))
+    record = record_of(draw(orders()), saga_id, now=draw(timestamps))
+    name = record.saga_name
+    record.status = draw(st.sampled_from(SagaStatus))
+    record.state = draw(plain_text)
+    record.steps = [draw(step_records(s.name)) for s in ORDER_SPEC.steps]
+    record.cursor = draw(st.integers(0, 5))
+    record.undo = draw(st.lists(st.integers(0, 2), max_size=3))
+    record.wake_at = draw(maybe_ts)
+    record.deadline_at = draw(maybe_ts)
+    record.compensation_deadline_at = draw(maybe_ts)
+    record.updated_at = draw(timestamps)
+    record.finished_at = draw(maybe_ts)
+    record.error = draw(st.none() | sagaflow_errors)
+    record.failures = draw(st.dictionaries(any_text, any_text, max_size=3))
+    record.events = draw(st.lists(values, max_size=4))
+    record.history = draw(st.lists(lifecycle_events(saga_id, name), max_size=8))
+    record.version = draw(st.integers(0, 10_000))
+    record.resolution = draw(st.none() | plain_text)
+    return record
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, and of the same types all the way down (sets compared by ==)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_value(v, b[k]) for k, v in a.items())
+    if isinstance(a, dt.datetime):
+        return a == b and a.tzinfo == b.tzinfo and a.utcoffset() == b.utcoffset()
+    return bool(a == b)
+
+
+# -- round trips -----------------------------------------------------------------
+
+
+@given(values)
+def test_any_value_comes_back_as_itself(value: Any) -> None:
+    encoded = default_codec.encode_value(value)
+    text = json.dumps(encoded)
+    assert same_value(default_codec.decode_value(json.loads(text)), value)
+
+
+@given(records())
+def test_a_record_round_trips_through_its_json_form(record) -> None:
+    back = decode_record(json.loads(json.dumps(encode_record(record))), Order)
+    assert_same(back, record)
+    assert same_value(back.events, record.events)
+    assert same_value(back.data.extra, record.data.extra)
+    assert same_value(back.data.anything, record.data.anything)
+    assert_same(loads(dumps(record), Order), record)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+@given(record=records())
+def test_a_record_round_trips_through_sqlite(tmp_path: Path, record) -> None:
+    path = tmp_path / "rt.db"
+    with SQLiteStore(path, synchronous="OFF") as store:
+        record.saga_id = uuid.uuid4().hex  # one file for all examples
+        for e in record.history:
+            e.saga_id = record.saga_id
+        assert store.create(record) is None
+    with SQLiteStore(path, synchronous="OFF") as fresh:
+        fresh.register(Order)
+        back = fresh.load(record.saga_id)
+    assert_same(back, record)
+    assert same_value(back.events, record.events)
+    assert same_value(back.data.anything, record.data.anything)
+
+
+def test_the_json_form_is_readable() -> None:
+    record = record_of(Order(amount=decimal.Decimal("9.90"), tier=Tier.SILVER), "r-1")
+    record.error = StepFailed(1, "charge", ValueError("boom"))
+    record.events = [Charged(uuid.UUID(int=7), decimal.Decimal("1.5")), ("Reserved", "x")]
+    record.history.append(events.StepRetrying("r-1", "store-order", 5.0, "charge", 1,
+                                              "boom", delay=0.5))
+    form = encode_record(record)
+    assert form["data"]["amount"] == "9.90"
+    assert form["data"]["tier"] == "silver"
+    assert form["data"]["order_id"] == str(uuid.UUID(int=1))
+    assert form["error"] == {
+        "type": "StepFailed",
+        "message": "step 2 'charge' failed: ValueError: boom",
+        "step_index": 1,
+        "step": "charge",
+        "cause": "ValueError: boom",
+    }
+    assert form["events"] == [
+        {"$type": "store_sagas:Charged",
+         "value": {"order_id": str(uuid.UUID(int=7)), "amount": "1.5"}},
+        {"$type": "tuple", "items": ["Reserved", "x"]},
+    ]
+    assert form["history"][-1] == {
+        "type": "StepRetrying", "at": 5.0, "step": "charge", "attempt": 1, "error": "boom",
+        "detail": {"delay": 0.5},
+    }
+    assert form["history"][0] == {"type": "SagaStarted", "at": record.created_at}
+
+
+def test_nested_errors_keep_their_reason() -> None:
+    reason = StepFailed(0, "pay", TimeoutError("slow"))
+    error = CompensationFailed({"pay": "ConnectionError: down"}, reason)
+    back = default_codec.decode_error(json.loads(json.dumps(default_codec.encode_error(error))))
+    assert isinstance(back, CompensationFailed)
+    assert back.failures == {"pay": "ConnectionError: down"}
+    assert isinstance(back.reason, StepFailed) and back.reason.step == "pay"
+    assert str(back) == str(error)
+
+
+class AppError(SagaflowError):
+    """A user's own error type, outside sagaflow.errors."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"app error {code}: {detail}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.code, self.detail))
+
+
+def test_errors_outside_sagaflow_are_tagged_by_import_path() -> None:
+    form = default_codec.encode_error(AppError(7, "nope"))
+    assert form["type"] == "test_codec:AppError"
+    back = default_codec.decode_error(form)
+    assert isinstance(back, AppError) and back.code == 7
+
+
+def test_an_error_whose_class_is_gone_comes_back_as_its_message() -> None:
+    back = default_codec.decode_error({"type": "nowhere.mod:Gone", "message": "it broke"})
+    assert type(back) is SagaflowError and str(back) == "it broke"
+
+
+# -- what cannot be stored: clear errors at the first save -----------------------
+
+
+class Money:
+    """Not attrs, not a dataclass: the codec does not know it until registered."""
+
+    def __init__(self, cents: int) -> None:
+        self.cents = cents
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Money) and other.cents == self.cents
+
+    def __hash__(self) -> int:
+        return hash(self.cents)
+
+
+@saga(name="priced")
+class Priced:
+    price: Money | None = None
+
+    @step(readonly=True)
+    def look(self, ctx): ...
+
+
+def test_a_field_of_an_unknown_type_is_named_with_the_fix(tmp_path: Path) -> None:
+    codec = Codec()
+    with SQLiteStore(tmp_path / "x.db", codec=codec) as store:
+        with pytest.raises(CodecError) as caught:
+            store.create(record_of(Priced(Money(5)), "p-1"))
+        message = str(caught.value)
+        assert "Priced.price" in message and "Money" in message
+        assert "sagaflow.codec.register" in message
+        assert store.load("p-1") is None  # nothing was written
+
+        codec.register(Money, lambda m: m.cents, lambda v: Money(v))
+        record = record_of(Priced(Money(5)), "p-1")
+        assert store.create(record) is None
+        assert store.load("p-1").data.price == Money(5)
+
+
+@pytest.mark.parametrize(
+    ("fields", "where", "what"),
+    [
+        ({"anything": object()}, "field 'anything'", "object"),
+        ({"extra": {"k": [1, object()]}}, "field \"extra['k'][1]\"", "object"),
+        ({"items": [Item("a", 1, decimal.Decimal(1)), Item("b", 2, object())]},
+         "field 'items[1].price'", "object"),
+    ],
+)
+def test_an_unserializable_value_is_named_at_the_first_save(
+    tmp_path: Path, fields: dict[str, Any], where: str, what: str
+) -> None:
+    with SQLiteStore(tmp_path / "x.db") as store:
+        with pytest.raises(CodecError) as caught:
+            store.create(record_of(Order(**fields), "bad-1"))
+        message = str(caught.value)
+        assert "saga 'store-order' (id 'bad-1')" in message
+        assert where in message and what in message
+        assert isinstance(caught.value, TypeError)  # usage errors subclass the builtin
+        assert store.load("bad-1") is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"counts": {"a": "not a number"}},
+         "field 'counts' holds {'a': 'not a number'} (dict), which would not load back"),
+        ({"note": 5}, "field 'note' holds 5 (int), which would load back as '5' (str)"),
+        ({"pair": [1, "x"]}, "field 'pair' holds [1, 'x'] (list), which would load back as"),
+        ({"address": Address(street=7)}, "field 'address.street' holds 7 (int)"),
+    ],
+)
+def test_a_value_that_would_not_load_back_as_itself_is_refused(
+    tmp_path: Path, fields: dict[str, Any], where: str
+) -> None:
+    with SQLiteStore(tmp_path / "x.db") as store, pytest.raises(CodecError) as caught:
+        store.create(record_of(Order(**fields), "typo-1"))
+    assert where in str(caught.value)
+
+
+def test_an_unserializable_domain_event_is_named(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "x.db") as store:
+        record = record_of(Order(), "ev-1")
+        store.create(record)
+        record.events.append(("fine",))
+        record.events.append(object())
+        with pytest.raises(CodecError) as caught:
+            store.save(record)
+        message = str(caught.value)
+        assert "domain event #1" in message and "object" in message
+        assert store.load("ev-1").version == 0  # the failed save wrote nothing
+
+
+def test_register_on_the_default_codec() -> None:
+    class Celsius(float):
+        pass
+
+    from sagaflow import codec as codec_module
+
+    with pytest.raises(CodecError):
+        default_codec.encode_value(Point(1, 2))
+    codec_module.register(Point, lambda p: [p.x, p.y], lambda v: Point(*v))
+    assert default_codec.decode_value(default_codec.encode_value(Point(1, 2))) == Point(1, 2)
+    with pytest.raises(TypeError, match="takes a type"):
+        codec_module.register("Point", str, str)  # type: ignore[arg-type]
+    assert Celsius  # a float subclass is stored as a float, not refused
+    assert default_codec.encode_value(Celsius(1.5)) == 1.5
+
+
+class Point:
+    def __init__(self, x: int, y: int) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (other.x, other.y) == (self.x, self.y)
+
+    def __hash__(self) -> int:
+        return hash((self.x, self.y))
+
+
+def test_malformed_json_forms_are_reported_with_the_saga_id() -> None:
+    form = encode_record(record_of(Order(), "m-1"))
+    form["steps"] = [{"name": "reserve", "status": "NO SUCH STATUS"}]
+    with pytest.raises(CorruptRecord, match="saga 'm-1'"):
+        decode_record(form, Order)
+    with pytest.raises(CorruptRecord):
+        loads("{not json", Order)
+
+
+def test_import_path_explains_what_cannot_be_imported() -> None:
+    assert import_path("decimal:Decimal") is decimal.Decimal
+    with pytest.raises(CodecError, match="inside a function"):
+        import_path("mod:f.<locals>.C")
+    with pytest.raises(CodecError, match="cannot import"):
+        import_path("no_such_module_xyz:C")
+    with pytest.raises(CodecError, match="not a 'module:QualName'"):
+        import_path("justaname")
+
+
+def test_a_lone_surrogate_in_an_error_message_does_not_break_the_save(tmp_path: Path) -> None:
+    with SQLiteStore(tmp_path / "x.db") as store:
+        record = record_of(Order(), "s-1")
+        store.create(record)
+        bad = b"caf\xff".decode("utf-8", "surrogateescape")
+        record.history.append(events.StepFailed("s-1", "store-order", 1.0, "reserve", 1, bad))
+        store.save(record)
+        assert store.load("s-1").history[-1].error == "caf\\udcff"
