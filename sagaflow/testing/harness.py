@@ -42,6 +42,7 @@ from ..records import SagaRecord, SagaResult, SagaStatus
 from ..runner import run_async, run_sync
 from ..stores import MemoryStore
 from .clock import VirtualClock
+from .loop import VirtualTimeLoop, all_coroutines
 from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
 
 __all__ = [
@@ -607,14 +608,17 @@ def run_plan(
     """
     _check_driver(driver)
     if driver == "async":
-        return asyncio.run(
-            arun_plan(saga, plan, driver=driver, saga_id=saga_id, clock=clock, rand=rand,
-                      setup=setup, snapshot=snapshot)
-        )
+        instance = saga.saga if isinstance(saga, SagaCase) else saga
+        virtual = all_coroutines(spec_of(instance))
+        with asyncio.Runner(loop_factory=VirtualTimeLoop if virtual else None) as runner:
+            return runner.run(
+                arun_plan(saga, plan, driver=driver, saga_id=saga_id, clock=clock, rand=rand,
+                          setup=setup, snapshot=snapshot)
+            )
     instance, setup, snapshot = _unpack(saga, setup, snapshot)
     h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
     if driver == "engine":
-        loop = asyncio.new_event_loop() if h.spec.is_async else None
+        loop = VirtualTimeLoop() if h.spec.is_async else None
         try:
             while (call := h.next_call()) is not None:
                 h.perform(call, loop=loop)

@@ -19,6 +19,7 @@ import attrs
 from ..context import Direction, StepContext
 from ..definition import SagaSpec, spec_of
 from .clock import VirtualClock
+from .loop import VirtualTimeLoop
 from .plan import SagaCase
 
 __all__ = [
@@ -68,7 +69,7 @@ class _Caller:
         value = fn(saga, ctx)
         if inspect.isawaitable(value):
             if self.loop is None:
-                self.loop = asyncio.new_event_loop()
+                self.loop = VirtualTimeLoop()
             self.loop.run_until_complete(_await(value))
 
     def close(self) -> None:

@@ -33,6 +33,7 @@ from ..engine import Call
 from ..records import SagaStatus
 from .harness import SUCCEED, Harness, Outcome, PlanRun
 from .invariants import check_invariants
+from .loop import VirtualTimeLoop
 from .plan import Fault, SagaCase
 from .strategies import saga_cases
 
@@ -104,7 +105,7 @@ def saga_state_machine(
                 return
             h = self._harness()
             if h.spec.is_async and self.loop is None:
-                self.loop = asyncio.new_event_loop()
+                self.loop = VirtualTimeLoop()
             h.perform(call, outcome, loop=self.loop)
             self.call, self.fetched = None, False
 

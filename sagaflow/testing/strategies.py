@@ -194,7 +194,7 @@ def saga_cases(saga_class: type) -> st.SearchStrategy[SagaCase]:
     hook = getattr(module, "example_sagas", None)
     base: st.SearchStrategy[Any]
     if hook is None:
-        base = st.builds(saga_class)
+        base = _builds(saga_class)
     else:
         base = hook()
         if not isinstance(base, st.SearchStrategy):
@@ -213,6 +213,23 @@ def saga_cases(saga_class: type) -> st.SearchStrategy[SagaCase]:
     if hook is not None:
         cases = cases.filter(of_class)
     return cases
+
+
+def _builds(saga_class: type) -> st.SearchStrategy[Any]:
+    """``st.builds`` with the required fields' annotations resolved (they may be strings,
+    under ``from __future__ import annotations``)."""
+    import attrs
+
+    try:
+        hints = typing.get_type_hints(saga_class)
+    except Exception:  # unresolvable annotations: let st.builds say what it can't infer
+        hints = {}
+    required = {
+        f.alias or f.name: st.from_type(hints[f.name])
+        for f in attrs.fields(saga_class)
+        if f.init and f.default is attrs.NOTHING and f.name in hints
+    }
+    return st.builds(saga_class, **required)
 
 
 def _resolve(thing: Any) -> st.SearchStrategy[FailurePlan[Any]]:

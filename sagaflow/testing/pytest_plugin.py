@@ -1,0 +1,60 @@
+"""The sagaflow pytest plugin: fixtures for testing sagas (``pytest11`` entry point).
+
+- ``virtual_clock``: a fresh :class:`~sagaflow.testing.VirtualClock`.
+- ``saga_orchestrator``: an :class:`~sagaflow.Orchestrator` on a fresh memory store and
+  the ``virtual_clock``, with jitter fixed at the middle of its band (closed after).
+- ``run_saga_plan``: :func:`~sagaflow.testing.run_plan` followed by
+  :func:`~sagaflow.testing.check_invariants`; returns the
+  :class:`~sagaflow.testing.PlanRun`.
+
+Installed with sagaflow, this module is loaded by every pytest session, so it imports
+nothing beyond sagaflow's core at import time (hypothesis is a test extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..orchestrator import Orchestrator
+from ..stores import MemoryStore
+from .clock import VirtualClock
+
+if TYPE_CHECKING:
+    from .harness import PlanRun
+
+__all__ = ["run_saga_plan", "saga_orchestrator", "virtual_clock"]
+
+
+@pytest.fixture
+def virtual_clock() -> VirtualClock:
+    """A clock whose time moves only when the code under test sleeps."""
+    return VirtualClock()
+
+
+@pytest.fixture
+def saga_orchestrator(virtual_clock: VirtualClock) -> Iterator[Orchestrator]:
+    """An orchestrator on a memory store and the virtual clock; backoff costs no time."""
+    orchestrator = Orchestrator(MemoryStore(), clock=virtual_clock, rand=lambda: 0.5)
+    try:
+        yield orchestrator
+    finally:
+        orchestrator.close()
+
+
+@pytest.fixture
+def run_saga_plan() -> Callable[..., PlanRun]:
+    """``run_saga_plan(saga, plan=None, *, extra=(), allow_step_errors=False, **run_options)``:
+    run ``saga`` under ``plan`` and check every invariant; returns the run."""
+    from .harness import run_plan
+    from .invariants import check_invariants
+
+    def run(saga: Any, plan: Any = None, *, extra: Any = (), allow_step_errors: bool = False,
+            **options: Any) -> PlanRun:
+        outcome = run_plan(saga, plan, **options)
+        check_invariants(outcome, extra=extra, allow_step_errors=allow_step_errors)
+        return outcome
+
+    return run
