@@ -99,8 +99,8 @@ def test_timeouts_cost_virtual_time_only() -> None:
 
 @pytest.mark.parametrize("driver", ["engine", "async"])
 def test_deadline_passing_before_a_step_compensates_without_starting_it(driver: str) -> None:
-    run = run_plan(SagaCase(Trip(), reset_world, world), FailurePlan(deadline=DeadlinePass("hotel")),
-                   driver=driver)
+    plan = FailurePlan(deadline=DeadlinePass("hotel"))
+    run = run_plan(SagaCase(Trip(), reset_world, world), plan, driver=driver)
     assert run.status is SagaStatus.COMPENSATED
     assert isinstance(run.result.error, SagaDeadlineExceeded)
     assert calls(run) == [("flight", 1, "ok"), ("undo flight", 1, "ok")]
