@@ -5,7 +5,9 @@ logs: step n/N and what it produced, retries with their delays, compensations in
 order, the final status, the duration and the domain events. Time is virtual: a retry
 "in 16s" or a payment that hangs for 30 s takes no real time, so the whole demo runs in
 a second or two. ``python -m examples orders transfer`` runs only those examples.
-The subscription example's SQLite domain database is left in ``out/`` to look at.
+The runs are recorded in sagaflow's SQLite store, ``out/sagas.db``, next to the
+subscription example's own domain database, ``out/subscriptions.db``: both stay there to
+look at.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+from sagaflow.stores.sqlite import SQLiteStore
 
 from .console import Demo
 
@@ -90,18 +94,27 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
     chosen = args.examples or list(EXAMPLES)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    d = Demo(out)
-    out("sagaflow demo: the seeds' sagas against small in-process services with their own")
-    out("state. Faults are injected on purpose; time is virtual (durations are virtual")
-    out("seconds, the real time follows in brackets).")
-    started = time.perf_counter()
-    for name in chosen:
-        RUNNERS[name](d, args.out)
-    took = time.perf_counter() - started
-    tally = Counter(r.status.value for r in d.results)
+    records = args.out / "sagas.db"
+    for stale in (records, records.with_name("sagas.db-wal"), records.with_name("sagas.db-shm")):
+        stale.unlink(missing_ok=True)  # a fresh run: the same saga ids would be found done
+    # The embedded durable store; NORMAL sync (no fsync per save) suits a demo's throwaway
+    # file: it still survives the process dying, only not a power cut.
+    with SQLiteStore(records, synchronous="NORMAL") as store:
+        d = Demo(out, store)
+        out("sagaflow demo: the seeds' sagas against small in-process services with their")
+        out("own state, recorded in the SQLite store " + str(records) + ". Faults are")
+        out("injected on purpose; time is virtual (durations are virtual seconds, the real")
+        out("time follows in brackets).")
+        started = time.perf_counter()
+        for name in chosen:
+            RUNNERS[name](d, args.out)
+        took = time.perf_counter() - started
+        tally = Counter(r.status.value for r in d.results)
+        stored = len(store.query())
     out("")
     out(f"═══ {len(d.results)} sagas run in {took:.1f}s real: "
-        + ", ".join(f"{n} {status}" for status, n in sorted(tally.items())) + " ═══")
+        + ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
+        + f"; {stored} records in {records} ═══")
     return 0
 
 

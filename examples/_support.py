@@ -4,12 +4,10 @@ None of this is sagaflow: it is the scaffolding a real application has around it
 (participants that remember idempotency keys) plus what a demo and a test suite need
 (faults to inject, time that does not have to pass for real).
 
-- :class:`VirtualClock`: an orchestrator clock whose sleeps are instant but recorded, so
-  a retry "in 4 s" costs nothing. (sagaflow.testing is getting one with the same shape;
-  this copy keeps the examples free of anything not yet released.)
 - :func:`run_virtual` and :class:`LoopClock`: run coroutines on an event loop whose time
   jumps to the next timer when nothing is ready, so an async step that hangs past a
   10 s timeout is cancelled at once, and the durations printed are the virtual ones.
+  (Sync sagas use ``sagaflow.testing.VirtualClock``: sleeps instant but recorded.)
 - :class:`Faults`: each participant's switch to make an operation fail, fail after its
   effect (the response is lost), or hang.
 - :class:`IdempotencyKeys`: a participant's memory of the keys it has applied, so a
@@ -28,14 +26,15 @@ from typing import Any, TypeVar
 
 import attrs
 
-from sagaflow import Direction, StepContext
+from sagaflow import Direction, SagaRecord, StepContext
+from sagaflow.stores import Store
 
 __all__ = [
+    "BlockingStore",
     "Faults",
     "IdempotencyKeys",
     "LoopClock",
     "Voided",
-    "VirtualClock",
     "forward_key",
     "run_virtual",
 ]
@@ -56,38 +55,6 @@ def forward_key(ctx: StepContext) -> str:
 
 
 # --- time ---------------------------------------------------------------------------
-
-
-class VirtualClock:
-    """An orchestrator clock whose time moves only when someone sleeps (instantly).
-
-    ``sleeps`` lists every requested sleep: the backoff delays, for tests and the demo.
-    """
-
-    def __init__(self, start: float = EPOCH) -> None:
-        self.time = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        return self.time
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward by ``seconds`` (as if they passed)."""
-        with self._lock:
-            self.time += seconds
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.time += seconds
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleep(seconds)
-        await asyncio.sleep(0)
-
-    def __repr__(self) -> str:
-        return f"VirtualClock(time={self.time!r}, slept={sum(self.sleeps):g}s)"
 
 
 class _JumpingSelector(selectors.DefaultSelector):
@@ -150,6 +117,44 @@ class LoopClock:
     async def asleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         await asyncio.sleep(seconds)
+
+
+class BlockingStore:
+    """A view of a store whose async methods call its blocking ones.
+
+    For async sagas under :func:`run_virtual`: while a coroutine awaits another thread
+    (a durable store's group commit), the virtual loop sees nothing ready and jumps to
+    the next timer, so virtual time runs ahead. A short blocking write keeps the
+    timeline exact. Fine for a demo's sub-millisecond local writes; in production,
+    give the orchestrator the store itself.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, record: SagaRecord) -> SagaRecord | None:
+        return self.store.create(record)
+
+    def save(self, record: SagaRecord) -> None:
+        self.store.save(record)
+
+    def load(self, saga_id: str) -> SagaRecord | None:
+        return self.store.load(saga_id)
+
+    def query(self, **filters: Any) -> list[SagaRecord]:
+        return self.store.query(**filters)
+
+    async def acreate(self, record: SagaRecord) -> SagaRecord | None:
+        return self.store.create(record)
+
+    async def asave(self, record: SagaRecord) -> None:
+        self.store.save(record)
+
+    async def aload(self, saga_id: str) -> SagaRecord | None:
+        return self.store.load(saga_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 # --- faults -------------------------------------------------------------------------

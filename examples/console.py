@@ -29,8 +29,10 @@ from sagaflow import (
     events,
     spec_of,
 )
+from sagaflow.stores import Store
+from sagaflow.testing import VirtualClock
 
-from ._support import LoopClock, VirtualClock
+from ._support import BlockingStore, LoopClock
 
 __all__ = ["Console", "Demo", "events_line", "fmt", "operator_notes", "outcome"]
 
@@ -73,26 +75,30 @@ class Console:
         self.out = out
         self.muted = False
         self.orchestrators: list[Orchestrator] = []
-        self._sagas: dict[str, tuple[object, Orchestrator]] = {}
+        self._owner: dict[str, Orchestrator] = {}
         self._seen: dict[str, dict[str, Any]] = {}
         self._plan: dict[str, list[str]] = {}
 
-    def _find(self, saga_id: str) -> tuple[object, Orchestrator] | None:
-        """The saga instance run as ``saga_id``, and its orchestrator (asked once)."""
-        found = self._sagas.get(saga_id)
-        if found is None:
-            for orch in self.orchestrators:
-                result = orch.get(saga_id)
-                if result is not None:
-                    found = self._sagas[saga_id] = (result.data, orch)
+    def _current(self, saga_id: str) -> tuple[object, Orchestrator] | None:
+        """The saga's data as its store has it now, and the orchestrator running it.
+
+        Read afresh each time: a durable store hands back a decoded copy, and the
+        listener is told of an event only once the record with it is saved.
+        """
+        owner = self._owner.get(saga_id)
+        for orch in [owner] if owner is not None else self.orchestrators:
+            result = orch.get(saga_id)
+            if result is not None:
+                if owner is None:
+                    self._owner[saga_id] = orch
                     self._seen[saga_id] = _fields(result.data)
-                    break
-        return found
+                return result.data, orch
+        return None
 
     def __call__(self, event: events.LifecycleEvent) -> None:
         if self.muted:
             return
-        found = self._find(event.saga_id)
+        found = self._current(event.saga_id)
         if found is None:
             return
         saga, orch = found
@@ -181,8 +187,9 @@ class Demo:
     shown are virtual time, the real time taken follows in brackets.
     """
 
-    def __init__(self, out: Out = print) -> None:
+    def __init__(self, out: Out = print, store: Store | None = None) -> None:
         self.out = out
+        self.store = store  #: shared by every orchestrator; None: a MemoryStore each
         self.console = Console(out)
         self.results: list[SagaResult] = []
 
@@ -193,13 +200,14 @@ class Demo:
         ``Retry(backoff=2.0)`` waits exactly 2 s, then 4 s: the same output every run.
         """
         return self._wired(Orchestrator(
-            listeners=[self.console], clock=VirtualClock(), rand=lambda: 0.5
+            self.store, [self.console], clock=VirtualClock(), rand=lambda: 0.5
         ))
 
     def async_orchestrator(self) -> Orchestrator:
         """An orchestrator for async sagas, on the running (virtual) loop's time."""
+        store = None if self.store is None else BlockingStore(self.store)
         return self._wired(Orchestrator(
-            listeners=[self.console], clock=LoopClock(), rand=lambda: 0.5
+            store, [self.console], clock=LoopClock(), rand=lambda: 0.5
         ))
 
     def _wired(self, orch: Orchestrator) -> Orchestrator:

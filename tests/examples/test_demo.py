@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 from examples.__main__ import main
+from examples.registration.saga import manual_actions
+from sagaflow import CompensationFailed, SagaResult, SagaStatus, StepTimeout
+from sagaflow.stores.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +36,27 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert "total 300.00" in text and "total 299" not in text
     assert (tmp_path / "subscriptions.db").exists()
     assert lines[-1].startswith("═══ 41 sagas run in ")
+    assert lines[-1].endswith(f"41 records in {tmp_path / 'sagas.db'} ═══")
+
+
+def test_the_demo_records_survive_in_the_sqlite_store(tmp_path: Path) -> None:
+    main(["registration", "orders", "--out", str(tmp_path)], out=lambda line: None)
+
+    with SQLiteStore(tmp_path / "sagas.db") as store:  # a fresh store: read from disk
+        failed = store.load("reg-4")
+        timed_out = store.load("order-4")
+    assert failed is not None and timed_out is not None
+    # what the operator needs is all in the stored record
+    assert failed.status is SagaStatus.FAILED
+    assert isinstance(failed.error, CompensationFailed)
+    assert list(failed.error.failures) == ["process_payment"]
+    assert manual_actions(SagaResult.of(failed))[1] == "Please refund $99.99 to user 126 manually"
+    assert [type(e).__name__ for e in failed.events] == [
+        "AccountCreated", "PaymentCharged", "AccountDeleted",
+    ]
+    assert timed_out.status is SagaStatus.COMPENSATED
+    assert isinstance(timed_out.error, StepTimeout)
+    assert timed_out.data.amount == Decimal("49.90")
 
 
 def test_the_demo_command_runs_from_the_repository_root(tmp_path: Path) -> None:
