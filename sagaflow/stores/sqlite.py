@@ -324,6 +324,10 @@ class SQLiteStore:
         self._wakeup = threading.Event()
         self._writer: threading.Thread | None = None
         self._writer_guard = threading.Lock()
+        #: transactions committed, and the saga writes they carried: ``writes / commits``
+        #: is how many checkpoints group commit put in one transaction, on average
+        self.commits = 0
+        self.writes = 0
 
         self._conn = self._connect()
         try:
@@ -631,6 +635,8 @@ class SQLiteStore:
             except BaseException:
                 _rollback(conn)
                 raise
+            self.commits += 1
+            self.writes += len(todo)
             for item, outcome in zip(todo, outcomes, strict=True):
                 if isinstance(outcome, BaseException):
                     item.error = outcome

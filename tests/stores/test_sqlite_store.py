@@ -1,0 +1,457 @@
+"""What only the durable SQLite store does: schema, concurrency, corruption, group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from store_sagas import ORDER_SPEC, Order, Other, assert_same, record_of
+
+from sagaflow import Orchestrator, SagaStatus, events, saga, step
+from sagaflow.codec import CorruptRecord
+from sagaflow.engine import Call, next_command, settle
+from sagaflow.errors import UnknownSaga
+from sagaflow.stores.sqlite import (
+    SCHEMA_VERSION,
+    ConcurrentModification,
+    SQLiteStore,
+    StoreError,
+    UnknownSagaClass,
+)
+from sagaflow.testing import VirtualClock
+
+NOW = 1_700_000_000.0
+ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+def raw(path: Path | str) -> sqlite3.Connection:
+    """A second, independent connection: what another process would see."""
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def stored_version(path: Path | str, saga_id: str) -> int | None:
+    with raw(path) as conn:
+        row = conn.execute(
+            "SELECT version FROM sagaflow_sagas WHERE saga_id = ?", (saga_id,)
+        ).fetchone()
+    return None if row is None else row[0]
+
+
+def step_once(record, now: float) -> None:
+    """Start the next call and settle it successfully (what a driver does between saves)."""
+    call = next_command(ORDER_SPEC, record, now)
+    if isinstance(call, Call):
+        settle(ORDER_SPEC, record, call, now, None, False, [("ok", call.index)])
+
+
+# -- schema ----------------------------------------------------------------------
+
+
+def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    with SQLiteStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.journal_mode == "wal"
+    with raw(path) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
+                "sagaflow_events"} <= tables
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with SQLiteStore(path) as again:  # opening an existing store changes nothing
+        assert again.schema_version == 1 and len(again) == 0
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    SQLiteStore(path).close()
+    with raw(path) as conn:
+        conn.execute("UPDATE sagaflow_meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"schema version 99, newer .* upgrade sagaflow"):
+        SQLiteStore(path)
+    with raw(path) as conn:
+        conn.execute("UPDATE sagaflow_meta SET value = 'x' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="not a number"):
+        SQLiteStore(path)
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"cannot open the sagaflow store at .*notes\.txt"):
+        SQLiteStore(path)
+
+
+def test_synchronous_is_checked_and_applied(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="OFF, NORMAL, FULL, EXTRA"):
+        SQLiteStore(tmp_path / "x.db", synchronous="SOMETIMES")
+    for mode, level in (("FULL", 2), ("normal", 1)):
+        with SQLiteStore(tmp_path / f"{mode}.db", synchronous=mode) as store:
+            assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+
+
+def test_an_in_memory_database_works_on_one_connection() -> None:
+    with SQLiteStore(":memory:") as store:
+        record = record_of(Order(), "m-1")
+        store.create(record)
+        step_once(record, NOW + 1)
+        store.save(record)
+        assert_same(store.load("m-1"), record)
+
+
+# -- write-ahead and optimistic concurrency --------------------------------------
+
+
+def test_a_save_is_committed_when_it_returns(durable: SQLiteStore) -> None:
+    record = record_of(Order(), "w-1")
+    durable.create(record)
+    assert stored_version(durable.path, "w-1") == 0
+    for n in range(1, 5):
+        step_once(record, NOW + n)
+        durable.save(record)
+        assert stored_version(durable.path, "w-1") == n  # another connection sees it
+
+
+def test_a_stale_copy_cannot_overwrite_a_newer_one(durable: SQLiteStore) -> None:
+    record = record_of(Order(), "cc-1")
+    durable.create(record)
+    durable.save(record)
+    mine = durable.load("cc-1")
+    with SQLiteStore(durable.path) as other_process:
+        theirs = other_process.load("cc-1")
+        step_once(theirs, NOW + 1)
+        other_process.save(theirs)
+    step_once(mine, NOW + 2)
+    with pytest.raises(ConcurrentModification) as caught:
+        durable.save(mine)
+    assert (caught.value.saga_id, caught.value.expected, caught.value.found) == ("cc-1", 1, 2)
+    assert "load it again" in str(caught.value)
+    assert mine.version == 1  # unchanged: nothing was written
+    loaded = durable.load("cc-1")
+    assert_same(loaded, theirs)  # the newer copy stands
+    step_once(loaded, NOW + 3)
+    durable.save(loaded)  # reloading and redoing the change works
+    assert durable.load("cc-1").version == 3
+
+
+def test_an_async_save_that_loses_the_race_raises_and_keeps_the_version(
+    durable: SQLiteStore,
+) -> None:
+    record = record_of(Order(), "cc-2")
+    durable.create(record)
+    copy = durable.load("cc-2")
+    durable.save(record)
+
+    async def main() -> None:
+        with pytest.raises(ConcurrentModification):
+            await durable.asave(copy)
+
+    asyncio.run(main())
+    assert copy.version == 0 and durable.load("cc-2").version == 1
+
+
+def test_a_saga_deleted_under_a_running_copy_is_reported(durable: SQLiteStore) -> None:
+    record = record_of(Order(), "gone-1")
+    durable.create(record)
+    with raw(durable.path) as conn:
+        conn.execute("DELETE FROM sagaflow_sagas WHERE saga_id = 'gone-1'")
+    with pytest.raises(ConcurrentModification, match="no longer in the store"):
+        durable.save(record)
+
+
+def test_history_and_events_are_appended_not_rewritten(durable: SQLiteStore) -> None:
+    record = record_of(Order(), "ap-1")
+    durable.create(record)
+    for n in range(1, 6):
+        step_once(record, NOW + n)
+        durable.save(record)
+    with raw(durable.path) as conn:
+        seqs = [r[0] for r in conn.execute(
+            "SELECT seq FROM sagaflow_history WHERE saga_id = 'ap-1' ORDER BY seq")]
+        kinds = [r[0] for r in conn.execute(
+            "SELECT type FROM sagaflow_history WHERE saga_id = 'ap-1' ORDER BY seq")]
+        n_events = conn.execute(
+            "SELECT count(*) FROM sagaflow_events WHERE saga_id = 'ap-1'").fetchone()[0]
+    assert seqs == list(range(len(record.history)))
+    assert kinds == [type(e).__name__ for e in record.history]
+    assert n_events == len(record.events) == 3
+
+
+def test_another_store_instance_continues_a_saga_where_it_stands(durable: SQLiteStore) -> None:
+    """Recovery's path: a new process loads a running saga and saves its progress."""
+    record = record_of(Order(), "rc-1")
+    durable.create(record)
+    step_once(record, NOW + 1)
+    durable.save(record)
+    with SQLiteStore(durable.path) as recovered:
+        again = recovered.load("rc-1")  # a module-level class: found by its import path
+        assert_same(again, record)
+        for n in range(2, 5):
+            step_once(again, NOW + n)
+            recovered.save(again)
+        assert again.status is SagaStatus.COMPLETED
+    final = durable.load("rc-1")
+    assert_same(final, again)
+    assert [type(e).__name__ for e in final.history].count("StepCompleted") == 3
+
+
+def test_saving_a_record_that_was_never_created_inserts_it(durable: SQLiteStore) -> None:
+    record = record_of(Order(), "ins-1")
+    step_once(record, NOW + 1)
+    durable.save(record)
+    assert_same(durable.load("ins-1"), record)
+
+
+# -- recovery's view: raw rows, corruption, unknown classes ----------------------
+
+
+def test_scan_yields_every_match_in_batches_by_id(durable: SQLiteStore) -> None:
+    for i in range(10):
+        record = record_of(Order() if i % 3 else Other(n=i), f"s-{i:02}")
+        durable.create(record)
+        if i >= 7:
+            record.status = SagaStatus.COMPLETED
+            durable.save(record)
+    everything = list(durable.scan(batch=3))
+    assert [s.saga_id for s in everything] == [f"s-{i:02}" for i in range(10)]
+    active = list(durable.scan(status=ACTIVE, batch=3))
+    assert [s.saga_id for s in active] == [f"s-{i:02}" for i in range(7)]
+    assert not any(s.is_terminal for s in active)
+    others = list(durable.scan(status=ACTIVE, name="store-other", batch=2))
+    assert [s.saga_id for s in others] == ["s-00", "s-03", "s-06"]
+    assert {s.fingerprint for s in others} == {Other.__sagaflow_spec__.fingerprint}
+
+
+def test_a_corrupted_record_is_reported_by_id_and_the_others_load(durable: SQLiteStore) -> None:
+    for i in range(5):
+        durable.create(record_of(Order(), f"k-{i}"))
+    with raw(durable.path) as conn:
+        conn.execute("UPDATE sagaflow_sagas SET data = '{garbage' WHERE saga_id = 'k-1'")
+        conn.execute(
+            "UPDATE sagaflow_sagas SET steps = '[{\"name\": 1, \"status\": \"NOPE\"}]' "
+            "WHERE saga_id = 'k-2'"
+        )
+        conn.execute("UPDATE sagaflow_sagas SET status = 'BOGUS' WHERE saga_id = 'k-3'")
+        conn.execute("DELETE FROM sagaflow_history WHERE saga_id = 'k-4'")
+    good, bad = [], {}
+    for stored in durable.scan():
+        try:
+            good.append(durable.decode(stored).saga_id)
+        except CorruptRecord as exc:
+            bad[exc.saga_id] = str(exc)
+    assert good == ["k-0"]
+    assert sorted(bad) == ["k-1", "k-2", "k-3", "k-4"]
+    assert all(msg.startswith(f"saga '{sid}': the stored record cannot be read")
+               for sid, msg in bad.items())
+    assert "BOGUS" in bad["k-3"] and "lifecycle events" in bad["k-4"]
+    with pytest.raises(CorruptRecord, match="'k-1'"):
+        durable.load("k-1")
+
+
+@saga(name="store-local")
+class _Placeholder:
+    @step(readonly=True)
+    def look(self, ctx): ...
+
+
+def test_a_saga_whose_class_cannot_be_found_is_a_clear_error(durable: SQLiteStore) -> None:
+    def make():
+        @saga(name="store-local")
+        class Local:
+            n: int = 3
+
+            @step(readonly=True)
+            def look(self, ctx): ...
+
+        return Local
+
+    durable.create(record_of(make()(), "loc-1"))
+    with SQLiteStore(durable.path) as fresh:
+        with pytest.raises(UnknownSagaClass) as caught:
+            fresh.load("loc-1")
+        assert isinstance(caught.value, UnknownSaga)
+        assert "inside a function" in str(caught.value) and "store.register" in str(caught.value)
+        stored = fresh.load_raw("loc-1")
+        assert fresh.decode(stored, raw_data=True).data == {"n": 3}  # an operator's view
+        fresh.register(make())
+        assert fresh.load("loc-1").data.n == 3
+
+
+# -- group commit ----------------------------------------------------------------
+
+
+def test_concurrent_async_saves_share_one_transaction_and_each_is_durable_on_return(
+    durable: SQLiteStore,
+) -> None:
+    n = 100
+    records = [record_of(Order(), f"g-{i:03}") for i in range(n)]
+    for r in records:
+        durable.create(r)
+        step_once(r, NOW + 1)
+    commits = durable.commits
+
+    async def save_one(record) -> None:
+        await durable.asave(record)
+        # Write-ahead: when asave returns, this saga's row is on disk for everyone.
+        assert stored_version(durable.path, record.saga_id) == 1
+
+    async def main() -> None:
+        durable._write_lock.acquire()  # hold the writer so that all 100 queue up
+        try:
+            tasks = [asyncio.create_task(save_one(r)) for r in records]
+            while len(durable._pending) < n:
+                await asyncio.sleep(0)
+            assert all(stored_version(durable.path, r.saga_id) == 0 for r in records[:5])
+        finally:
+            durable._write_lock.release()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    assert durable.commits == commits + 1  # one transaction, one sync to disk
+    assert all(r.version == 1 for r in records)
+    assert all(durable.load(r.saga_id).version == 1 for r in records)
+
+
+def test_concurrent_sync_saves_from_threads_are_grouped_too(durable: SQLiteStore) -> None:
+    records = [record_of(Order(), f"t-{i}") for i in range(8)]
+    for r in records:
+        durable.create(r)
+    commits = durable.commits
+    durable._write_lock.acquire()
+    threads = [threading.Thread(target=durable.save, args=(r,)) for r in records]
+    for t in threads:
+        t.start()
+    while len(durable._pending) < len(records):
+        time.sleep(0.001)
+    durable._write_lock.release()
+    for t in threads:
+        t.join()
+    assert durable.commits == commits + 1
+    assert [stored_version(durable.path, r.saga_id) for r in records] == [1] * 8
+
+
+def test_one_refused_write_fails_alone_and_a_lost_race_is_reported_to_its_waiter(
+    durable: SQLiteStore,
+) -> None:
+    good = [record_of(Order(), f"e-{i}") for i in range(3)]
+    for r in good:
+        durable.create(r)
+    stale = durable.load("e-0")
+    durable.save(good[0])
+    huge = record_of(Order(), "e-huge")
+    durable.create(huge)
+    # SQLite integers are 64-bit: this history row cannot be bound. Only its saga fails.
+    huge.history.append(events.StepStarted("e-huge", "store-order", NOW, "reserve", 2**70))
+
+    async def main() -> list[object]:
+        durable._write_lock.acquire()
+        try:
+            tasks = [asyncio.create_task(durable.asave(r))
+                     for r in (good[1], stale, huge, good[2])]
+            while len(durable._pending) < 4:
+                await asyncio.sleep(0)
+        finally:
+            durable._write_lock.release()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert outcomes[0] is None and outcomes[3] is None
+    assert isinstance(outcomes[1], ConcurrentModification)
+    assert isinstance(outcomes[2], OverflowError)
+    assert [stored_version(durable.path, s) for s in ("e-1", "e-2", "e-huge")] == [1, 1, 0]
+    assert huge.version == 0 and stale.version == 0
+
+
+def test_when_the_database_is_locked_every_waiter_gets_the_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.db"
+    with SQLiteStore(path, busy_timeout=0.05) as store:
+        records = [record_of(Order(), f"l-{i}") for i in range(3)]
+        for r in records:
+            store.create(r)
+        blocker = raw(path)
+        blocker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+
+        async def main() -> list[object]:
+            return await asyncio.gather(*(store.asave(r) for r in records),
+                                        return_exceptions=True)
+
+        outcomes = asyncio.run(main())
+        assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes)
+        assert all("locked" in str(o) for o in outcomes)
+        assert all(r.version == 0 for r in records)
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        asyncio.run(main())  # the same records save fine once the lock is gone
+        assert [stored_version(path, r.saga_id) for r in records] == [1, 1, 1]
+
+
+def test_a_cancelled_waiter_still_has_its_write_and_the_saga_goes_on(
+    durable: SQLiteStore,
+) -> None:
+    record = record_of(Order(), "cx-1")
+    durable.create(record)
+
+    async def main() -> None:
+        durable._write_lock.acquire()
+        try:
+            task = asyncio.create_task(durable.asave(record))
+            while not durable._pending:
+                await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        finally:
+            durable._write_lock.release()
+        # The saga's next checkpoint follows on from the cancelled one.
+        step_once(record, NOW + 1)
+        await durable.asave(record)
+
+    asyncio.run(main())
+    assert stored_version(durable.path, "cx-1") == 2 and record.version == 2
+    assert_same(durable.load("cx-1"), record)
+
+
+def test_close_finishes_pending_writes_then_refuses_more(tmp_path: Path) -> None:
+    path = tmp_path / "close.db"
+    store = SQLiteStore(path)
+    record = record_of(Order(), "cl-1")
+
+    async def main() -> None:
+        await store.acreate(record)
+        await store.asave(record)
+
+    asyncio.run(main())
+    store.close()
+    store.close()  # idempotent
+    assert stored_version(path, "cl-1") == 1
+    with pytest.raises(StoreError, match="closed"):
+        store.save(record)
+    with pytest.raises(StoreError, match="closed"):
+        store.load("cl-1")
+
+
+# -- end to end ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("note", [None, "flaky", "decline"])
+def test_a_run_reloads_whole_from_a_fresh_store_on_the_same_file(
+    durable: SQLiteStore, drive, note: str | None
+) -> None:
+    orch = Orchestrator(store=durable, clock=VirtualClock())
+    result = drive(orch, Order(note=note), "e2e")
+    with SQLiteStore(durable.path) as fresh:
+        loaded = fresh.load("e2e")
+    assert loaded.status is result.status
+    assert tuple(loaded.steps) == result.steps
+    assert tuple(loaded.history) == result.history
+    assert tuple(loaded.events) == result.events
+    assert loaded.data == result.data
+    assert (type(loaded.error), str(loaded.error)) == (type(result.error), str(result.error))
+    assert loaded.finished_at == result.finished_at
+    if note == "flaky":
+        kinds = [type(e).__name__ for e in loaded.history]
+        assert "StepRetrying" in kinds
+        assert loaded.history[kinds.index("StepRetrying")].delay == 0.5
