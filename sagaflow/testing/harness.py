@@ -515,9 +515,15 @@ class _Injector:
                         rec.user_error, rec.error, rec.reported = exc, exc, "error"
                         rec.ended = self.h.clock.time
                         raise
+                    except asyncio.CancelledError:
+                        # the driver's timer cut the user's coroutine short (the call
+                        # was planned to overrun): its outcome is unknown, a timeout
+                        rec.reported, rec.ended = "timeout", self.h.clock.time
+                        raise
                 if rec.injected.fault is Fault.TIMES_OUT:
                     rec.reported, rec.ended = "timeout", self.h.clock.time
-                    await asyncio.sleep(_OVERRUN)
+                    # overrun: the driver's timer cancels this (at once on virtual time)
+                    await asyncio.sleep((ctx.timeout or 0.0) + _OVERRUN)
                     return
                 self._after_user(rec, ctx)
 
@@ -541,13 +547,13 @@ class _Injector:
 
         return call
 
-    def shadow(self) -> SagaSpec:
-        """The spec with wrapped dispatch tables (and short real timeouts where the
-        plan makes a step time out)."""
+    def shadow(self, real_time: bool) -> SagaSpec:
+        """The spec with wrapped dispatch tables; with ``real_time`` (timeouts are waited
+        for in real time), short real timeouts where the plan makes a step time out."""
         spec = self.h.spec
         plan = self.h.plan
         overrun: set[str] = set()
-        if plan is not None:
+        if plan is not None and real_time:
             if plan.step is not None and plan.fault is Fault.TIMES_OUT:
                 overrun.add(plan.step)
             if plan.transient_fault is Fault.TIMES_OUT:
@@ -699,7 +705,11 @@ def _prepare(
 
 
 def _orchestrate(h: Harness) -> tuple[Orchestrator, SagaSpec]:
-    shadow = _Injector(h).shadow()
+    try:
+        virtual = isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
+    except RuntimeError:  # the sync driver: no loop
+        virtual = False
+    shadow = _Injector(h).shadow(real_time=not virtual)
     rand = h.rand
     orchestrator = Orchestrator(MemoryStore(), clock=h.clock, rand=lambda: rand)
     orchestrator.store.create(h.record)

@@ -13,6 +13,7 @@ hypothesis is imported.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Collection
 from typing import Any
@@ -84,84 +85,102 @@ def failure_plans(
     compensatable = [s for s in spec.steps if s.compensation is not None]
     guarded = [s.name for s in spec.steps if s.kind is not StepKind.RETRIABLE]
 
-    def faults_of(s: StepSpec) -> list[Fault]:
-        return [f for f in faults if f is not Fault.TIMES_OUT or can_time_out(spec, s)]
-
+    # Everything that depends only on the spec is worked out once, here; the
+    # strategies are made once too (drawing is what hypothesis does thousands of times).
+    booleans = st.booleans()
+    step_choice = st.none() | st.sampled_from(names) if faults else st.none()
+    fault_choice = {
+        s.name: st.sampled_from(possible)
+        for s in spec.steps
+        if (possible := [f for f in faults
+                         if f is not Fault.TIMES_OUT or can_time_out(spec, s)])
+    }
     transient_kinds = [Fault.RAISES]
     if any(s.timeout is not None for s in spec.steps):
         transient_kinds.append(Fault.TIMES_OUT)
+    kind_choice = st.sampled_from(transient_kinds)
+    rooms: dict[Fault, list[tuple[StepSpec, st.SearchStrategy[int]]]] = {}
+    for kind in transient_kinds:
+        rooms[kind] = []
+        for s in spec.steps:
+            room = _retries_for(s, kind, s.retry, max_transient)
+            if kind is Fault.TIMES_OUT and s.timeout is None:
+                room = 0
+            if room:
+                rooms[kind].append((s, st.integers(0, room)))
+    comp_names = st.frozensets(st.sampled_from([s.name for s in compensatable])) if (
+        compensatable
+    ) else st.just(frozenset[str]())
+    comp_rooms = [
+        (s, st.integers(0, room))
+        for s in compensatable
+        if (room := _retries_for(s, Fault.RAISES, s.compensation_retry, max_transient))
+    ]
+    where_choice = st.sampled_from(guarded) if guarded else st.nothing()
+    with_deadline = deadlines and spec.deadline is not None and bool(guarded)
+
+    def within(s: StepSpec, n: int, policy: Retry, each: float, budget: list[float]) -> int:
+        """Cut ``n`` failures so that their time (``each`` plus a backoff per failure)
+        fits the budget left (``budget[0]``): they must stay transient."""
+        for k in range(1, n + 1):
+            cost = each + _worst_delay(policy, k)
+            if cost > budget[0]:
+                return k - 1
+            budget[0] -= cost
+        return n
 
     @st.composite
     def plans(draw: st.DrawFn) -> FailurePlan[Any]:
-        step = draw(st.none() | st.sampled_from(names)) if faults else None
+        step = draw(step_choice)
         fault = Fault.RAISES
         effect = False
         if step is not None:
-            possible = faults_of(spec.step(step))
-            if not possible:
+            if step not in fault_choice:
                 step = None
             else:
-                fault = draw(st.sampled_from(possible))
+                fault = draw(fault_choice[step])
                 if effects and fault is not Fault.RAISES:
-                    effect = draw(st.booleans())
+                    effect = draw(booleans)
 
         counts: dict[str, int] = {}
         t_fault = Fault.RAISES
         t_effect = False
-        if transient and max_transient:
-            t_fault = draw(st.sampled_from(transient_kinds))
-            budget = None if spec.deadline is None else spec.deadline * _TIME_SHARE
-            for s in spec.steps:
-                room = _retries_for(s, t_fault, s.retry, max_transient)
-                if t_fault is Fault.TIMES_OUT and s.timeout is None:
-                    room = 0
-                n = draw(st.integers(0, room)) if room else 0
-                if n and budget is not None and s.kind is not StepKind.RETRIABLE:
-                    # keep transient failures within the deadline, so that they stay
-                    # transient: each costs its timeout (if it times out) and a backoff
-                    for k in range(1, n + 1):
-                        cost = (s.timeout or 0.0) if t_fault is Fault.TIMES_OUT else 0.0
-                        cost += _worst_delay(s.retry, k)
-                        if cost > budget:
-                            n = k - 1
-                            break
-                        budget -= cost
+        if transient and max_transient and draw(booleans):
+            t_fault = draw(kind_choice)
+            budget = [math.inf if spec.deadline is None else spec.deadline * _TIME_SHARE]
+            for s, strategy in rooms[t_fault]:
+                n = draw(strategy)
+                if n and s.kind is not StepKind.RETRIABLE:
+                    each = (s.timeout or 0.0) if t_fault is Fault.TIMES_OUT else 0.0
+                    n = within(s, n, s.retry, each, budget)
                 if n:
                     counts[s.name] = n
             if counts and effects and t_fault is Fault.TIMES_OUT:
-                t_effect = draw(st.booleans())
+                t_effect = draw(booleans)
             if not counts:
                 t_fault = Fault.RAISES
 
         comp_counts: dict[str, int] = {}
         comp_fails: frozenset[str] = frozenset()
         comp_effect = False
-        if compensation_failures and compensatable:
-            comp_fails = draw(st.frozensets(st.sampled_from([s.name for s in compensatable])))
-            budget = (None if spec.compensation_deadline is None
-                      else spec.compensation_deadline * _TIME_SHARE)
-            for s in compensatable:
-                room = _retries_for(s, Fault.RAISES, s.compensation_retry, max_transient)
-                if s.name in comp_fails or not room:
+        if compensation_failures and compensatable and draw(booleans):
+            comp_fails = draw(comp_names)
+            budget = [math.inf if spec.compensation_deadline is None
+                      else spec.compensation_deadline * _TIME_SHARE]
+            for s, strategy in comp_rooms:
+                if s.name in comp_fails:
                     continue
-                n = draw(st.integers(0, room))
-                if n and budget is not None:
-                    for k in range(1, n + 1):
-                        cost = _worst_delay(s.compensation_retry, k)
-                        if cost > budget:
-                            n = k - 1
-                            break
-                        budget -= cost
+                n = within(s, draw(strategy), s.compensation_retry, 0.0, budget)
                 if n:
                     comp_counts[s.name] = n
             if (comp_counts or comp_fails) and effects:
-                comp_effect = draw(st.booleans())
+                comp_effect = draw(booleans)
 
         deadline = None
-        if deadlines and spec.deadline is not None and guarded and draw(st.booleans()):
-            where = draw(st.sampled_from(guarded))
-            during = draw(st.booleans())
-            d_effect = draw(st.booleans()) if during and effects else False
+        if with_deadline and draw(booleans):
+            where = draw(where_choice)
+            during = draw(booleans)
+            d_effect = draw(booleans) if during and effects else False
             deadline = DeadlinePass(where, during=during, effect=d_effect)
 
         return FailurePlan(
