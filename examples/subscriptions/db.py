@@ -121,6 +121,8 @@ class SubscriptionDB:
         self._busy = 0
         self._idle = threading.Condition()
         with contextlib.closing(self._connect()) as conn:
+            # WAL: readers never block the writer, and a commit costs one sync, not two
+            conn.execute("PRAGMA journal_mode = WAL")
             conn.executescript(SCHEMA)
 
     # --- plumbing ---------------------------------------------------------------
