@@ -674,18 +674,22 @@ class _Checker:
                                  f"{step} {direction.value}")
 
     def i10_only_planned_failures(self) -> None:
+        grouped: dict[tuple[str, Direction, str], list[int]] = {}
         for c in self.user_errors:
-            err = _err(c.user_error)
-            if c.direction is FORWARD:
-                if self.allow_step_errors:
-                    continue
-                self.fail(10, f"step {c.step!r} raised {err} by itself at attempt {c.attempt}"
-                              " (nothing was injected there): if the inputs make it fail, "
-                              "pass allow_step_errors=True")
+            if c.direction is FORWARD and self.allow_step_errors:
+                continue
+            grouped.setdefault((c.step, c.direction, _err(c.user_error)), []).append(c.attempt)
+        for (step, direction, err), attempts in grouped.items():
+            noun = "attempt" if len(attempts) == 1 else "attempts"
+            at = f"{noun} {', '.join(map(str, attempts))}"
+            if direction is FORWARD:
+                self.fail(10, f"step {step!r} raised {err} by itself at {at} (nothing was "
+                              "injected there): if the inputs make it fail, pass "
+                              "allow_step_errors=True")
             else:
-                self.fail(10, f"the compensation of {c.step!r} raised {err} by itself at "
-                              f"attempt {c.attempt}. {self._undo_context(c.step)} A "
-                              "compensation must succeed, and tolerate \"nothing to undo\"")
+                self.fail(10, f"the compensation of {step!r} raised {err} by itself at {at}."
+                              f" {self._undo_context(step)} A compensation must succeed, "
+                              "and tolerate \"nothing to undo\"")
 
     def _undo_context(self, step: str) -> str:
         calls = self.fwd[step]
@@ -728,8 +732,8 @@ def _policy(p: Retry) -> str:
 def _err(error: BaseException | None) -> str:
     if error is None:
         return "no error"
-    text = str(error)
-    return f"{type(error).__name__}({_short.repr(text)})" if text else type(error).__name__
+    text = repr(error)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _floats(values: Sequence[float]) -> str:
