@@ -74,6 +74,12 @@ class StepContext:
         return f"{self.saga_id}:{self.step}:{_WORDS[self.direction]}"
 
     @property
+    def forward_key(self) -> str:
+        """The idempotency key of this step's forward call: what a compensation looks
+        for to learn whether there is anything to undo."""
+        return f"{self.saga_id}:{self.step}:forward"
+
+    @property
     def time_left(self) -> float | None:
         """Seconds before this call times out (``None``: no limit)."""
         if self.call_deadline is None:

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ._copy import shallow_copy
 from .context import Direction, StepContext
 from .engine import Call, Sleep, cancel, interrupt, next_command, settle
 from .records import SagaRecord, SagaStatus
@@ -227,7 +228,7 @@ class _Watch:
     ``taken_over`` after every call and, if so, leaves the record alone.
     """
 
-    __slots__ = ("call", "deadline", "error", "guard", "taken_over")
+    __slots__ = ("before", "call", "deadline", "error", "guard", "taken_over")
 
     def __init__(self) -> None:
         self.guard = _allocate()
@@ -235,6 +236,7 @@ class _Watch:
         self.call: Call | None = None
         self.taken_over = False
         self.error: BaseException | None = None
+        self.before: Any = None
 
 
 def _drive_sync(
@@ -274,6 +276,9 @@ def _drive_sync(
                 watch.call = command
                 if command.timeout is not None:
                     watch.deadline = _monotonic() + command.timeout
+                    # If this call is abandoned it keeps the instance; the run goes on
+                    # with the fields as they were, untouched by what it writes late.
+                    watch.before = shallow_copy(record.data)
             error, emitted = _call_sync(orch, spec, record, command, now)
             with watch.guard:
                 if watch.taken_over:
@@ -347,6 +352,7 @@ def run_sync(
             raise
         worker.give_up()  # the thread ends when the abandoned call returns
         assert call is not None
+        record.data = watch.before
         settle(spec, record, call, clock.now(), None, True, None, orch.rand)
 
 
@@ -364,8 +370,10 @@ async def _call_async(
     assert fn is not None
     ctx = _context(orch, spec, record, call, now)
     if not (s.is_async if forward else s.compensation_is_async):
+        before = shallow_copy(record.data) if call.timeout is not None else None
         error, finished = await orch._workers.acall(fn, (record.data, ctx), call.timeout)
         if not finished:
+            record.data = before  # the abandoned call keeps the instance it was given
             return None, True, None
         if error is not None and not isinstance(error, Exception):
             raise error  # KeyboardInterrupt, SystemExit: never swallowed

@@ -597,3 +597,29 @@ def test_run_refuses_async_sagas_and_async_listeners() -> None:
         Orchestrator().run(object())
     with pytest.raises(ValueError, match="saga_id must be a non-empty string"):
         Orchestrator().run(S(), "")
+
+
+def test_an_abandoned_call_writing_late_does_not_touch_the_record(drive) -> None:
+    release = threading.Event()
+    wrote = threading.Event()
+
+    @saga
+    class Late:
+        note: str = "before"
+
+        @step(timeout=0.05)
+        def slow(self, ctx):
+            release.wait(5)
+            self.note = "written late by the abandoned call"
+            wrote.set()
+
+        @slow.compensate
+        def undo(self, ctx):
+            assert ctx.forward_key == f"{ctx.saga_id}:slow:forward"
+
+    orchestrator = Orchestrator()
+    result = drive(orchestrator, Late(), "late")
+    release.set()
+    assert wrote.wait(5)
+    assert result.status is SagaStatus.COMPENSATED
+    assert orchestrator.get("late").data.note == "before"
