@@ -11,6 +11,7 @@ import attrs
 __all__ = ["shallow_copy"]
 
 _copiers: dict[type, Callable[[Any], Any]] = {}
+_UNSET = object()
 
 
 def _make_copier(cls: type) -> Callable[[Any], Any]:
@@ -23,10 +24,9 @@ def _make_copier(cls: type) -> Callable[[Any], Any]:
     def copier(obj: Any) -> Any:
         twin = new(cls)
         for name in names:
-            try:
-                put(twin, name, getattr(obj, name))
-            except AttributeError:  # a field never set (init=False, no default)
-                pass
+            value = getattr(obj, name, _UNSET)
+            if value is not _UNSET:  # a field never set (init=False, no default) stays so
+                put(twin, name, value)
         return twin
 
     return copier
