@@ -180,9 +180,10 @@ class Codec:
         self._error_params: dict[type, tuple[str, ...] | None] = {}
         self._event_classes: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
         self._event_tags: dict[str, type[LifecycleEvent]] = {}
-        self._encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+        self._encode = _compact_json_encoder()
         self._decode = json.JSONDecoder().decode
         self.converter = self._make_converter()
+        self._unstructure_step = self.converter.get_unstructure_hook(StepRecord)
 
     # -- configuration -----------------------------------------------------------
 
@@ -432,8 +433,11 @@ class Codec:
 
     def dump_steps(self, steps: list[StepRecord]) -> str:
         """The step records as JSON text (default values omitted)."""
-        unstructure = self.converter.unstructure
-        return self._encode([unstructure(s, StepRecord) for s in steps])
+        return "[" + ",".join(self.dump_step(s) for s in steps) + "]"
+
+    def dump_step(self, step: StepRecord) -> str:
+        """One step record as JSON text (a store may keep it while the step is unchanged)."""
+        return self._encode(self._unstructure_step(step))
 
     def load_steps(self, text: str) -> list[StepRecord]:
         """The step records from :meth:`dump_steps`'s text."""
@@ -560,9 +564,43 @@ class Codec:
     ) -> LifecycleEvent:
         """A lifecycle event from ``(type, at, step, attempt, error, detail)``."""
         tag, at, step_, attempt, error, detail = row
+        return self._event(
+            tag, at, step_, attempt, error, self._decode(detail) if detail else None,
+            saga_id, saga_name,
+        )
+
+    def history_text(self, row: HistoryRow) -> str:
+        """A history row as a compact JSON array, ``["StepRetrying", at, step, attempt,
+        error, {detail}]`` (trailing empty fields left out): the form a store keeps
+        inline, next to the saga's row."""
+        tag, at, step_, attempt, error, detail = row
+        if detail is None:
+            return self._encode([tag, at, step_, attempt] if error is None
+                                else [tag, at, step_, attempt, error])
+        return self._encode([tag, at, step_, attempt, error])[:-1] + "," + detail + "]"
+
+    def event_from_item(self, item: list[Any], saga_id: str, saga_name: str) -> LifecycleEvent:
+        """A lifecycle event from :meth:`history_text`'s array."""
+        tag, at, step_, attempt, *rest = item
+        return self._event(
+            tag, at, step_, attempt, rest[0] if rest else None,
+            rest[1] if len(rest) > 1 else None, saga_id, saga_name,
+        )
+
+    def _event(
+        self,
+        tag: str,
+        at: float,
+        step_: str | None,
+        attempt: int,
+        error: str | None,
+        detail: dict[str, Any] | None,
+        saga_id: str,
+        saga_name: str,
+    ) -> LifecycleEvent:
         cls = self._event_type(tag)
         if detail:
-            extra = {k: self.decode_value(v) for k, v in self._decode(detail).items()}
+            extra = {k: self.decode_value(v) for k, v in detail.items()}
             return cls(saga_id, saga_name, at, step_, attempt, error, **extra)
         return cls(saga_id, saga_name, at, step_, attempt, error)
 
@@ -710,6 +748,27 @@ class Codec:
         except ValueError as exc:
             raise CorruptRecord("?", f"not JSON: {exc}") from exc
         return self.decode_record(data, cls)
+
+
+def _compact_json_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` with compact separators, minus its per-call set-up: the C encoder
+    is made once (``json.dumps`` builds one on every call; a checkpoint makes several)."""
+    try:
+        from _json import make_encoder
+    except ImportError:  # pragma: no cover - CPython always has it
+        return json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+
+    def default(value: Any) -> Any:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    encode = make_encoder(
+        None, default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True
+    )
+
+    def dumps(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return dumps
 
 
 def _identity(value: Any) -> Any:
