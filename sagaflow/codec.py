@@ -183,7 +183,9 @@ class Codec:
         self._encode = _compact_json_encoder()
         self._decode = json.JSONDecoder().decode
         self.converter = self._make_converter()
-        self._unstructure_step = self.converter.get_unstructure_hook(StepRecord)
+        self._step_dict = _plain_dict_maker(StepRecord) or self.converter.get_unstructure_hook(
+            StepRecord
+        )
 
     # -- configuration -----------------------------------------------------------
 
@@ -437,7 +439,7 @@ class Codec:
 
     def dump_step(self, step: StepRecord) -> str:
         """One step record as JSON text (a store may keep it while the step is unchanged)."""
-        return self._encode(self._unstructure_step(step))
+        return self._encode(self._step_dict(step))
 
     def load_steps(self, text: str) -> list[StepRecord]:
         """The step records from :meth:`dump_steps`'s text."""
@@ -574,10 +576,19 @@ class Codec:
         error, {detail}]`` (trailing empty fields left out): the form a store keeps
         inline, next to the saga's row."""
         tag, at, step_, attempt, error, detail = row
-        if detail is None:
-            return self._encode([tag, at, step_, attempt] if error is None
-                                else [tag, at, step_, attempt, error])
-        return self._encode([tag, at, step_, attempt, error])[:-1] + "," + detail + "]"
+        if type(at) is not float or type(attempt) is not int or not math.isfinite(at):
+            return self._encode([tag, at, step_, attempt, error, None if detail is None
+                                 else self._decode(detail)])
+        # Written out by hand: this runs for every lifecycle event, and the C string
+        # escaper is what json.dumps would use anyway.
+        text = (
+            f"[{_quote(tag)},{at!r},{'null' if step_ is None else _quote(step_)},{attempt}"
+        )
+        if detail is not None:
+            return f"{text},{'null' if error is None else _quote(error)},{detail}]"
+        if error is not None:
+            return f"{text},{_quote(error)}]"
+        return text + "]"
 
     def event_from_item(self, item: list[Any], saga_id: str, saga_name: str) -> LifecycleEvent:
         """A lifecycle event from :meth:`history_text`'s array."""
@@ -769,6 +780,47 @@ def _compact_json_encoder() -> Callable[[Any], str]:
         return "".join(encode(value, 0))
 
     return dumps
+
+
+_quote = json.encoder.encode_basestring_ascii
+
+
+def _plain_dict_maker(cls: type) -> Callable[[Any], dict[str, Any]] | None:
+    """A function from an instance of attrs class ``cls`` to a dict of its fields that
+    differ from their defaults, enums by value: generated from the class's fields (so a
+    field added later is not lost), for classes of plain fields only (else ``None``)."""
+    try:
+        fields = attrs.fields(attrs.resolve_types(cls))
+    except Exception:  # unresolvable annotations: let cattrs handle the class
+        return None
+    lines = ["def make(o):", "    d = {}"]
+    env: dict[str, Any] = {}
+    for i, f in enumerate(fields):
+        t = f.type
+        is_enum = isinstance(t, type) and issubclass(t, enum.Enum)
+        if not (is_enum or t in (str, int, float, bool) or t in _OPTIONAL_SCALARS):
+            return None
+        value = f"v{i}"
+        lines.append(f"    {value} = o.{f.name}")
+        out = f"{value}.value" if is_enum else value
+        if f.default is attrs.NOTHING:
+            lines.append(f"    d[{f.name!r}] = {out}")
+        elif isinstance(f.default, _FACTORY):
+            return None
+        else:
+            env[f"D{i}"] = f.default
+            test = "is not" if is_enum or f.default is None else "!="
+            lines.append(f"    if {value} {test} D{i}:")
+            lines.append(f"        d[{f.name!r}] = {out}")
+    lines.append("    return d")
+    exec("\n".join(lines), env)  # code made from the class's own field names only
+    made: Callable[[Any], dict[str, Any]] = env["make"]
+    return made
+
+
+_OPTIONAL_SCALARS = frozenset(
+    {str | None, int | None, float | None, bool | None}
+)
 
 
 def _identity(value: Any) -> Any:

@@ -678,7 +678,10 @@ class SQLiteStore:
         self._pending.append(item)
         if self._writer is None:
             self._start_writer()
-        self._wakeup.set()
+        # Still set: the writer has not woken yet, and will take this item too (it
+        # clears the event before it drains). Skipping set() saves a lock under load.
+        if not self._wakeup.is_set():
+            self._wakeup.set()
         return item.future
 
     def _start_writer(self) -> None:

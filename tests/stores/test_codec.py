@@ -481,3 +481,42 @@ def test_a_lone_surrogate_in_an_error_message_does_not_break_the_save(tmp_path: 
         record.history.append(events.StepFailed("s-1", "store-order", 1.0, "reserve", 1, bad))
         store.save(record)
         assert store.load("s-1").history[-1].error == "caf\\udcff"
+
+
+@given(st.builds(
+    StepRecord,
+    name=any_text,
+    status=st.sampled_from(StepStatus),
+    attempts=st.integers(),
+    started_at=st.none() | st.floats(allow_nan=False),
+    finished_at=maybe_ts,
+    error=st.none() | any_text,
+    timed_out=st.booleans(),
+    compensation=st.sampled_from(CompensationStatus),
+    compensation_attempts=st.integers(0, 9),
+    compensation_started_at=maybe_ts,
+    compensation_finished_at=maybe_ts,
+    compensation_error=st.none() | any_text,
+))
+def test_the_fast_step_encoder_agrees_with_cattrs(step_record: StepRecord) -> None:
+    codec = default_codec
+    text = codec.dump_step(step_record)
+    assert json.loads(text) == json.loads(json.dumps(
+        codec.converter.unstructure(step_record, StepRecord)))
+    assert codec.load_steps(f"[{text}]") == [step_record]
+
+
+@given(
+    st.sampled_from(EVENT_CLASSES),
+    st.floats(allow_nan=False) | st.integers(0, 10**12).map(float),
+    st.none() | plain_text,
+    st.integers(0, 10**6),
+    st.none() | plain_text,
+)
+def test_a_lifecycle_event_round_trips_through_its_inline_form(
+    cls: type[LifecycleEvent], at: float, step_name: str | None, attempt: int, error: str | None
+) -> None:
+    event = cls("s", "n", at, step_name, attempt, error)
+    text = default_codec.history_text(default_codec.history_row(event))
+    back = default_codec.event_from_item(json.loads(text), "s", "n")
+    assert back == event
