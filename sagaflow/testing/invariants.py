@@ -791,7 +791,9 @@ def format_trace(run: PlanRun) -> str:
             user = f"raised {_err(c.user_error)}"
         else:
             user = "ran"
-        cause = f"{c.injected} ({c.injected.cause})" if c.injected.fault else "-"
+        cause = str(c.injected)
+        if c.injected.fault and c.injected.cause:
+            cause += f" ({c.injected.cause})"
         if c.injected.fault is None and c.injected.cause:
             cause = c.injected.cause
         rows.append((str(c.seq), f"{c.at - t0:g}", c.label, str(c.attempt), cause, user,
