@@ -1,0 +1,60 @@
+"""The pytest plugin's fixtures, and the plugin module loading as a plugin."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from testing_sagas import Shop, reset_world, world
+
+from sagaflow import Orchestrator, SagaStatus
+from sagaflow.testing import FailurePlan, SagaCase, VirtualClock
+from sagaflow.testing.strategies import _hypothesis_setup_hook
+
+
+def test_saga_orchestrator_runs_on_the_virtual_clock(
+    saga_orchestrator: Orchestrator, virtual_clock: VirtualClock
+) -> None:
+    reset_world()
+    result = saga_orchestrator.run(Shop("ann", 1))
+    assert result.status is SagaStatus.COMPLETED
+    assert saga_orchestrator.clock is virtual_clock and virtual_clock.sleeps == []
+    assert saga_orchestrator.get(result.saga_id) is not None
+
+
+def test_run_saga_plan_runs_and_checks(run_saga_plan) -> None:
+    run = run_saga_plan(SagaCase(Shop(), reset_world, world), FailurePlan(step="ship"),
+                        driver="sync")
+    assert run.status is SagaStatus.COMPENSATED and run.driver == "sync"
+
+
+def test_the_hypothesis_setup_hook_registers_the_strategies() -> None:
+    _hypothesis_setup_hook()  # what the ``hypothesis`` entry point calls
+
+
+def test_the_module_loads_as_a_pytest_plugin(tmp_path: Path) -> None:
+    test = tmp_path / "test_with_plugin.py"
+    test.write_text(textwrap.dedent("""
+        from sagaflow import saga, step
+
+        @saga
+        class One:
+            @step(readonly=True)
+            def look(self, ctx): ...
+
+        def test_fixtures(virtual_clock, saga_orchestrator, run_saga_plan):
+            assert saga_orchestrator.clock is virtual_clock
+            assert run_saga_plan(One()).status.value == "COMPLETED"
+    """))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "sagaflow.testing.pytest_plugin",
+         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(test)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
