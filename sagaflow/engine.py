@@ -125,7 +125,11 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
             sr = record.steps[i]
             guarded = s.kind is not _RETRIABLE and record.deadline_at is not None
             if guarded and now >= record.deadline_at:  # type: ignore[operator]
-                _begin_compensation(spec, record, now, SagaDeadlineExceeded(spec.deadline or 0))
+                reason = SagaDeadlineExceeded(spec.deadline or 0)
+                if sr.status is _S_RUNNING:  # waiting to retry (say, across a crash)
+                    _step_failed(spec, record, now, reason, reason, False, keep_error=True)
+                else:
+                    _begin_compensation(spec, record, now, reason)
                 continue
             if record.wake_at is not None:
                 if now < record.wake_at:
@@ -330,13 +334,15 @@ def _step_failed(
     failure: SagaflowError,
     error: BaseException,
     timed_out: bool,
+    keep_error: bool = False,
 ) -> None:
     i = record.cursor
     s = spec.steps[i]
     sr = record.steps[i]
     sr.status = StepStatus.TIMED_OUT if timed_out else StepStatus.FAILED
     sr.finished_at = now
-    sr.error = _describe(error)
+    if not keep_error or sr.error is None:
+        sr.error = _describe(error)
     if failure is not error:
         failure.__cause__ = error
     record.history.append(

@@ -623,3 +623,41 @@ def test_an_abandoned_call_writing_late_does_not_touch_the_record(drive) -> None
     assert wrote.wait(5)
     assert result.status is SagaStatus.COMPENSATED
     assert orchestrator.get("late").data.note == "before"
+
+
+def test_deadline_passing_while_a_retry_waits_fails_the_step_and_compensates() -> None:
+    # As after a crash: the run resumes past its deadline with a retry still pending.
+    class Oversleeping(VirtualClock):
+        def sleep(self, seconds: float) -> None:
+            super().sleep(seconds + 20)
+
+    log = Log()
+
+    @saga(deadline=10.0)
+    class Waiting:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(retry=Retry(attempts=3, backoff=1.0, jitter=0))
+        def b(self, ctx):
+            log.append("b")
+            raise ConnectionError("down")
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+    result = Orchestrator(clock=Oversleeping()).run(Waiting())
+    assert log == ["a", "b", "ua"]
+    b = result.step("b")
+    assert b.status is StepStatus.FAILED and b.error == "ConnectionError: down"
+    assert isinstance(result.error, SagaDeadlineExceeded)
+    assert [type(e).__name__ for e in result.history][-5:] == [
+        "StepRetrying", "StepFailed", "CompensationStarted", "CompensationCompleted",
+        "SagaCompensated",
+    ]
