@@ -181,11 +181,19 @@ class Codec:
         self._event_classes: dict[type, tuple[str, tuple[tuple[str, Any], ...]]] = {}
         self._event_tags: dict[str, type[LifecycleEvent]] = {}
         self._encode = _compact_json_encoder()
-        self._decode = json.JSONDecoder().decode
+        self._decode = _json_decoder()
         self.converter = self._make_converter()
         self._step_dict = _plain_dict_maker(StepRecord) or self.converter.get_unstructure_hook(
             StepRecord
         )
+        made = _plain_maker(StepRecord)
+        if made is None:  # pragma: no cover - StepRecord has plain fields
+            hook = self.converter.get_structure_hook(StepRecord)
+
+            def made(d: Any) -> Any:
+                return hook(d, StepRecord)
+
+        self._step_from_dict: Callable[[Any], StepRecord] = made
 
     # -- configuration -----------------------------------------------------------
 
@@ -443,8 +451,8 @@ class Codec:
 
     def load_steps(self, text: str) -> list[StepRecord]:
         """The step records from :meth:`dump_steps`'s text."""
-        structure = self.converter.structure
-        return [structure(s, StepRecord) for s in self._decode(text)]
+        make = self._step_from_dict
+        return [make(s) for s in self._decode(text)]
 
     def encode_error(self, error: SagaflowError | None) -> dict[str, Any] | None:
         """A sagaflow error as ``{"type": name, "message": ..., <its constructor args>}``."""
@@ -816,6 +824,71 @@ def _plain_dict_maker(cls: type) -> Callable[[Any], dict[str, Any]] | None:
     exec("\n".join(lines), env)  # code made from the class's own field names only
     made: Callable[[Any], dict[str, Any]] = env["make"]
     return made
+
+
+def _plain_maker(cls: type) -> Callable[[Any], Any] | None:
+    """The inverse of :func:`_plain_dict_maker`: an instance of ``cls`` from such a dict,
+    checking each value's type (a damaged record fails here, naming the field)."""
+    try:
+        fields = attrs.fields(attrs.resolve_types(cls))
+    except Exception:  # unresolvable annotations: let cattrs handle the class
+        return None
+    env: dict[str, Any] = {"cls": cls, "bad": _bad_field}
+    lines = ["def make(d):"]
+    args = []
+    for i, f in enumerate(fields):
+        t = f.type
+        optional = t in _OPTIONAL_SCALARS
+        base = next(a for a in get_args(t) if a is not type(None)) if optional else t
+        if isinstance(f.default, _FACTORY):
+            return None
+        value = f"v{i}"
+        if f.default is attrs.NOTHING:
+            lines.append(f"    {value} = d[{f.name!r}]")
+        else:
+            env[f"D{i}"] = f.default
+            lines.append(f"    {value} = d.get({f.name!r}, D{i})")
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            env[f"E{i}"] = base
+            lines.append(f"    if type({value}) is not E{i}: {value} = E{i}({value})")
+        elif base in (str, bool, int, float):
+            ok = {
+                str: f"type({value}) is str",
+                bool: f"type({value}) is bool",
+                int: f"type({value}) is int",
+                float: f"type({value}) is float or type({value}) is int",
+            }[base]
+            if optional:
+                ok = f"{value} is None or {ok}"
+            lines.append(f"    if not ({ok}): bad({f.name!r}, {value})")
+        else:
+            return None
+        args.append(value)
+    lines.append(f"    return cls({', '.join(args)})")
+    exec("\n".join(lines), env)  # code made from the class's own field names only
+    made: Callable[[Any], Any] = env["make"]
+    return made
+
+
+def _bad_field(name: str, value: Any) -> None:
+    raise ValueError(f"field {name!r} holds {_short(value)}, a {type(value).__name__}")
+
+
+def _json_decoder() -> Callable[[str], Any]:
+    """``json.loads`` minus its whitespace-skipping wrapper: the text a store wrote has
+    none. Anything else (or malformed text) goes through ``json.loads`` and its errors."""
+    scan = json.decoder.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+    def loads(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except (StopIteration, TypeError, ValueError):
+            return json.loads(text)
+        if end != len(text):
+            return json.loads(text)
+        return value
+
+    return loads
 
 
 _OPTIONAL_SCALARS = frozenset(
