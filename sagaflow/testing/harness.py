@@ -15,8 +15,11 @@ Three drivers:
 - ``"sync"`` and ``"async"``: the real drivers (:func:`sagaflow.runner.run_sync`,
   :func:`~sagaflow.runner.run_async`) with an :class:`~sagaflow.Orchestrator` on a
   memory store, on a *shadow* spec whose dispatch tables wrap the user's functions.
-  A planned timeout really overruns there, so the shadow spec gives that one step a
-  short real timeout (:data:`REAL_TIMEOUT`); a cancellation raises
+  A planned timeout really overruns there. Sagas made only of coroutines run on a
+  virtual-time event loop (:class:`~sagaflow.testing.loop.VirtualTimeLoop`), where
+  overrunning costs nothing; otherwise the shadow spec gives each step the plan makes
+  time out a short real timeout (:data:`REAL_TIMEOUT`, on all its attempts: a step
+  that takes real time itself belongs with the engine driver). A cancellation raises
   ``CancelledError`` inside the call, which only the async driver turns into one.
 
 The saga's deadline passes where the plan says: the virtual clock jumps when the
@@ -29,7 +32,7 @@ import asyncio
 import inspect
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -720,9 +723,3 @@ def _done(h: Harness, before: Any, snapshot: Callable[[], Any] | None) -> PlanRu
     h.clock.on_now = None
     after = snapshot() if snapshot is not None else None
     return h.outcome_run(before=before, after=after, snapshotted=snapshot is not None)
-
-
-def run_plans(saga_factory: Callable[[], Any], plans: Sequence[FailurePlan[Any]],
-              **options: Any) -> list[PlanRun]:
-    """:func:`run_plan` for each plan, each on a fresh saga from ``saga_factory()``."""
-    return [run_plan(saga_factory(), plan, **options) for plan in plans]

@@ -82,7 +82,7 @@ async def _await(value: Any) -> Any:
 
 
 def _reach(caller: _Caller, saga: Any, upto: int) -> bool:
-    """Run the forward steps before ``upto`` (and ``upto`` itself if ``include``)."""
+    """Run the forward steps before ``upto`` (skipping those whose condition is false)."""
     spec = caller.spec
     for s in spec.steps[:upto]:
         if s.when is not None and not s.when(saga):

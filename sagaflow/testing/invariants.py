@@ -19,7 +19,7 @@ import attrs
 from .. import events as ev
 from ..context import Direction, idempotency_key
 from ..definition import StepKind, StepSpec
-from ..errors import SagaDeadlineExceeded, StepTimeout
+from ..errors import SagaCancelled, SagaDeadlineExceeded, StepTimeout
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..policy import Retry, backoff_delay
 from ..records import CompensationStatus, SagaStatus, StepStatus
@@ -374,6 +374,11 @@ class _Checker:
         policy = s.retry if direction is FORWARD else s.compensation_retry
         if last.reported == "cancelled":
             return "cancelled"
+        outcome = self.run.result.error
+        if isinstance(outcome, SagaCancelled) or isinstance(
+            getattr(outcome, "reason", None), SagaCancelled
+        ):
+            return "cancelled"  # while the retry waited
         if last.attempt >= policy.attempts:
             return "budget"
         error = last.error if last.reported == "error" else StepTimeout(s.index, s.name, 0)
@@ -614,6 +619,7 @@ class _Checker:
 
     def _brackets(self) -> None:
         open_: tuple[str, str, int] | None = None
+        last_closed: dict[str, type] = {}
         for e in self.history:
             step = e.step or ""
             if isinstance(e, (ev.StepStarted, ev.CompensationStarted)):
@@ -623,10 +629,13 @@ class _Checker:
                                  "was still open")
                 open_ = (kind, step, e.attempt)
             elif isinstance(e, (ev.StepCompleted, ev.StepRetrying, ev.StepFailed)):
+                before = last_closed.get(step)
+                last_closed[step] = type(e)
                 if open_ == ("step", step, e.attempt):
                     open_ = None
-                elif not (isinstance(e, ev.StepFailed) and step in self.guard_failed
-                          and open_ is None):
+                elif not (isinstance(e, ev.StepFailed) and open_ is None and (
+                    step in self.guard_failed or before is ev.StepRetrying
+                )):  # a guard that raised; a deadline that overtook a waiting retry
                     self.fail(8, f"{e.describe()} closes no StepStarted "
                                  f"(open: {open_ or 'nothing'})")
             elif isinstance(e, (ev.CompensationCompleted, ev.CompensationRetrying,

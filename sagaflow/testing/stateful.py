@@ -93,12 +93,7 @@ def saga_state_machine(
             return self.h is not None and self.h.record.status in _LIVE
 
         def _between(self) -> bool:
-            # Time jumps only between steps, not while a retry waits: the engine does not
-            # yet close a step whose retry the deadline overtakes (see the README).
-            h = self.h
-            return self._live() and not self.fetched and h is not None and (
-                h.record.wake_at is None
-            )
+            return self._live() and not self.fetched
 
         def _fetch(self) -> Call | None:
             if not self.fetched:
