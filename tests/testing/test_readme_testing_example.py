@@ -6,6 +6,8 @@ import types
 import unittest
 from pathlib import Path
 
+from hypothesis import settings
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -25,4 +27,5 @@ def test_the_readme_example_passes() -> None:
         test()
     machine = module.TestTransferStateMachine
     assert issubclass(machine, unittest.TestCase)
+    machine.settings = settings(max_examples=20, stateful_step_count=20, deadline=None)
     machine("runTest").runTest()
