@@ -58,3 +58,54 @@ def test_the_module_loads_as_a_pytest_plugin(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+ENTRY_POINTS = """\
+[hypothesis]
+sagaflow = sagaflow.testing.strategies:_hypothesis_setup_hook
+
+[pytest11]
+sagaflow = sagaflow.testing.pytest_plugin
+"""
+
+
+def test_the_entry_points_proposed_for_setup_cfg_work(tmp_path: Path) -> None:
+    """A stand-in distribution declares the two entry points; pytest then loads the
+    plugin by itself, and importing hypothesis registers ``FailurePlan[MySaga]``."""
+    site = tmp_path / "site"
+    info = site / "sagaflow_entry_points-0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sagaflow-entry-points\n"
+                                   "Version: 0\n")
+    (info / "entry_points.txt").write_text(ENTRY_POINTS)
+    test = tmp_path / "test_entry_points.py"
+    test.write_text(textwrap.dedent("""
+        from hypothesis import given, settings, strategies as st
+        from sagaflow import saga, step
+        from sagaflow.testing import FailurePlan
+
+        @saga
+        class One:
+            @step
+            def do(self, ctx): ...
+
+            @do.compensate
+            def undo(self, ctx): ...
+
+        @settings(max_examples=20)
+        @given(st.from_type(FailurePlan[One]))
+        def test_plans(plan):
+            assert plan.step in (None, "do")
+
+        def test_fixtures(saga_orchestrator, run_saga_plan):
+            assert run_saga_plan(One()).status.value == "COMPLETED"
+    """))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir",
+         str(tmp_path), str(test)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{root}"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout
