@@ -160,6 +160,7 @@ class PlanRun:
     after: Any = None
     snapshotted: bool = False
     complete: bool = True
+    allow_step_errors: bool = False
 
     @property
     def status(self) -> SagaStatus:
@@ -213,6 +214,7 @@ class Harness:
         self.saga_id = saga_id or f"run-{next(_ids)}"
         self.calls: list[CallRecord] = []
         self.cancelled = False
+        self.allow_step_errors = False
         self.deadline_fired: tuple[str, float] | None = None
         self._cut_next = False
         self._sleeps_from = len(self.clock.sleeps)
@@ -436,6 +438,7 @@ class Harness:
             after=after,
             snapshotted=snapshotted,
             complete=complete,
+            allow_step_errors=self.allow_step_errors,
         )
 
 
@@ -586,10 +589,10 @@ class _Injector:
 
 def _unpack(
     saga: Any, setup: Callable[[], Any] | None, snapshot: Callable[[], Any] | None
-) -> tuple[Any, Callable[[], Any] | None, Callable[[], Any] | None]:
+) -> tuple[Any, Callable[[], Any] | None, Callable[[], Any] | None, bool]:
     if isinstance(saga, SagaCase):
-        return saga.saga, setup or saga.setup, snapshot or saga.snapshot
-    return saga, setup, snapshot
+        return saga.saga, setup or saga.setup, snapshot or saga.snapshot, saga.allow_step_errors
+    return saga, setup, snapshot, False
 
 
 def _check_driver(driver: str) -> None:
@@ -624,8 +627,9 @@ def run_plan(
                 arun_plan(saga, plan, driver=driver, saga_id=saga_id, clock=clock, rand=rand,
                           setup=setup, snapshot=snapshot)
             )
-    instance, setup, snapshot = _unpack(saga, setup, snapshot)
+    instance, setup, snapshot, lenient = _unpack(saga, setup, snapshot)
     h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
+    h.allow_step_errors = lenient
     if driver == "engine":
         loop = VirtualTimeLoop() if h.spec.is_async else None
         try:
@@ -662,8 +666,9 @@ async def arun_plan(
     _check_driver(driver)
     if driver == "sync":
         raise ValueError("arun_plan runs the engine or the async driver; use run_plan for sync")
-    instance, setup, snapshot = _unpack(saga, setup, snapshot)
+    instance, setup, snapshot, lenient = _unpack(saga, setup, snapshot)
     h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
+    h.allow_step_errors = lenient
     if driver == "engine":
         while (call := h.next_call()) is not None:
             await h.aperform(call)

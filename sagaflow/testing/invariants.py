@@ -88,7 +88,7 @@ def check_invariants(
     run: PlanRun,
     *,
     extra: Iterable[Callable[[PlanRun], object]] = (),
-    allow_step_errors: bool = False,
+    allow_step_errors: bool | None = None,
     strict_pivot: bool = False,
     only: Iterable[int] | None = None,
 ) -> None:
@@ -97,15 +97,17 @@ def check_invariants(
     ``extra``: your own invariants, each a callable of the :class:`PlanRun` that raises
     ``AssertionError`` (or returns ``False``) when broken; say, "a compensated
     subscription has no approval left". ``allow_step_errors``: forward steps may raise
-    on their own (a business rule refusing the input); by default any failure the plan
+    on their own (a business rule refusing the input); otherwise any failure the plan
     did not inject is reported, since under a plan the participants are fakes that
-    only fail when told to. ``strict_pivot``: hold invariant 11 even when the pivot
-    timed out (or was cancelled) after taking effect; by default such runs are exempt,
-    since nothing in the saga can undo a pivot (see the README). ``only``: check just
-    these invariant numbers.
+    only fail when told to (default: what the run's :class:`SagaCase` says).
+    ``strict_pivot``: hold invariant 11 even when the pivot timed out (or was
+    cancelled) after taking effect; by default such runs are exempt, since nothing in
+    the saga can undo a pivot (see the README). ``only``: check just these invariant
+    numbers.
     """
     wanted = None if only is None else set(only)
-    found = _Checker(run, allow_step_errors, strict_pivot).check(wanted)
+    lenient = run.allow_step_errors if allow_step_errors is None else allow_step_errors
+    found = _Checker(run, lenient, strict_pivot).check(wanted)
     for i, fn in enumerate(extra):
         number = USER + i
         if wanted is not None and number not in wanted:

@@ -336,12 +336,15 @@ class SagaCase:
     every run (never while a strategy draws). ``snapshot`` returns a comparable picture
     of the participants' state: with it, a run that ends COMPENSATED must leave the
     world as it found it, and :func:`~sagaflow.testing.assert_compensations_idempotent`
-    can tell whether a second compensation changes anything.
+    can tell whether a second compensation changes anything. ``allow_step_errors``:
+    this saga's inputs may make a forward step fail on its own (a declined card), so
+    :func:`~sagaflow.testing.check_invariants` does not report that.
     """
 
     saga: Any
     setup: Any = None  #: Callable[[], None] | None
     snapshot: Any = None  #: Callable[[], object] | None
+    allow_step_errors: bool = False
 
     def __attrs_post_init__(self) -> None:
         from ..definition import is_saga

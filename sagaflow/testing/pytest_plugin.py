@@ -46,12 +46,13 @@ def saga_orchestrator(virtual_clock: VirtualClock) -> Iterator[Orchestrator]:
 
 @pytest.fixture
 def run_saga_plan() -> Callable[..., PlanRun]:
-    """``run_saga_plan(saga, plan=None, *, extra=(), allow_step_errors=False, **run_options)``:
+    """``run_saga_plan(saga, plan=None, *, extra=(), allow_step_errors=None, **run_options)``:
     run ``saga`` under ``plan`` and check every invariant; returns the run."""
     from .harness import run_plan
     from .invariants import check_invariants
 
-    def run(saga: Any, plan: Any = None, *, extra: Any = (), allow_step_errors: bool = False,
+    def run(saga: Any, plan: Any = None, *, extra: Any = (),
+            allow_step_errors: bool | None = None,
             **options: Any) -> PlanRun:
         outcome = run_plan(saga, plan, **options)
         check_invariants(outcome, extra=extra, allow_step_errors=allow_step_errors)

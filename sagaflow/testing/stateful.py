@@ -47,7 +47,7 @@ def saga_state_machine(
     *,
     sagas: st.SearchStrategy[Any] | None = None,
     extra: Iterable[Callable[[PlanRun], object]] = (),
-    allow_step_errors: bool = False,
+    allow_step_errors: bool | None = None,
 ) -> type[RuleBasedStateMachine]:
     """A ``RuleBasedStateMachine`` class that runs ``saga_class`` rule by rule.
 
@@ -82,6 +82,7 @@ def saga_state_machine(
             snap = self.case.snapshot
             self.before = snap() if snap is not None else None
             self.h = Harness(self.case.saga, driver="stateful")
+            self.h.allow_step_errors = self.case.allow_step_errors
             self.call, self.fetched = None, False
             self.runs += 1
 

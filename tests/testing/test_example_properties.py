@@ -77,14 +77,15 @@ def test_every_example_saga_is_found() -> None:
 @pytest.mark.parametrize("saga_class", SAGAS, ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
 def test_example_saga_keeps_every_invariant(saga_class: type) -> None:
     module = importlib.import_module(saga_class.__module__)
-    hooked = hasattr(module, "example_sagas")
     local = LOCAL.get(f"{saga_class.__module__}.{saga_class.__name__}")
-    cases = local() if local is not None and not hooked else saga_cases(saga_class)
-    strict = hooked or local is not None
+    if local is not None and not hasattr(module, "example_sagas"):
+        cases = local()
+    else:
+        cases = saga_cases(saga_class)  # arbitrary inputs may fail: SagaCase says so
 
     @EXAMPLES
     @given(case=cases, plan=failure_plans(saga_class))
     def check(case: SagaCase, plan) -> None:
-        run_plan(case, plan).check(allow_step_errors=not strict)
+        run_plan(case, plan).check()
 
     check()
