@@ -324,13 +324,13 @@ class SQLiteStore:
     how long a write waits for another process's lock. ``codec`` turns records into
     JSON (default: :data:`sagaflow.codec.default_codec`).
 
-    Thread-safe; processes may share the file. Use it as a context manager or call
-    :meth:`close`.
+    Thread-safe; processes may share the file (each opens its own store: a store does
+    not survive ``fork()``). Use it as a context manager or call :meth:`close`.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = "sagaflow.db",
+        path: str | os.PathLike[str],
         *,
         synchronous: str = "FULL",
         busy_timeout: float = 5.0,
@@ -353,6 +353,7 @@ class SQLiteStore:
         self._busy_timeout = busy_timeout
         self._in_memory = self.path == ":memory:" or self.path == ""
         self._closed = False
+        self._pid = os.getpid()
         # saga name -> {fingerprint: saga class}: how stored data is turned back into
         # instances. Filled by register() and by every create().
         self._classes: dict[str, dict[str, type]] = {}
@@ -1075,6 +1076,13 @@ class SQLiteStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"the SQLite store at {self.path!r} is closed")
+        if os.getpid() != self._pid:
+            # SQLite connections must not cross a fork: the child would share the
+            # parent's file locks and could corrupt the database.
+            raise StoreError(
+                f"this SQLiteStore for {self.path!r} was opened in process {self._pid}, "
+                "before a fork: open a new SQLiteStore in each process"
+            )
 
     def close(self) -> None:
         """Finish pending writes, stop the writer thread, close the connections."""

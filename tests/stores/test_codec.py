@@ -197,7 +197,7 @@ sagaflow_errors = st.one_of(
 
 
 @st.composite
-def records(draw: st.DrawFn):
+def records(draw: st.DrawFn, max_history: int = 8, max_events: int = 4):
     saga_id = draw(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1,
                            max_size=12))
     record = record_of(draw(orders()), saga_id, now=draw(timestamps))
@@ -214,8 +214,8 @@ def records(draw: st.DrawFn):
     record.finished_at = draw(maybe_ts)
     record.error = draw(st.none() | sagaflow_errors)
     record.failures = draw(st.dictionaries(any_text, any_text, max_size=3))
-    record.events = draw(st.lists(values, max_size=4))
-    record.history = draw(st.lists(lifecycle_events(saga_id, name), max_size=8))
+    record.events = draw(st.lists(values, max_size=max_events))
+    record.history = draw(st.lists(lifecycle_events(saga_id, name), max_size=max_history))
     record.version = draw(st.integers(0, 10_000))
     record.resolution = draw(st.none() | plain_text)
     return record
@@ -255,7 +255,7 @@ def test_a_record_round_trips_through_its_json_form(record) -> None:
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
-@given(record=records())
+@given(record=records(max_history=80, max_events=40))  # past INLINE: some events spill
 def test_a_record_round_trips_through_sqlite(tmp_path: Path, record) -> None:
     path = tmp_path / "rt.db"
     with SQLiteStore(path, synchronous="OFF") as store:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 import time
@@ -441,6 +442,29 @@ def test_a_cancelled_waiter_still_has_its_write_and_the_saga_goes_on(
     asyncio.run(main())
     assert stored_version(durable.path, "cx-1") == 2 and record.version == 2
     assert_same(durable.load("cx-1"), record)
+
+
+# Python 3.12 warns about fork() in a process with threads; the child only checks and exits.
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_store_refuses_to_be_used_across_a_fork(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "fork.db")
+    store.create(record_of(Order(), "f-1"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the inherited store must refuse, not share the connection
+        try:
+            store.load("f-1")
+            os.write(write, b"used")
+        except StoreError as exc:
+            os.write(write, b"refused" if "open a new SQLiteStore" in str(exc) else b"?")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"refused"
+    os.close(read)
+    os.close(write)
+    assert store.load("f-1") is not None  # the parent's store still works
+    store.close()
 
 
 def test_close_finishes_pending_writes_then_refuses_more(tmp_path: Path) -> None:
