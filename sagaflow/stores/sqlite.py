@@ -359,8 +359,9 @@ class SQLiteStore:
         self._classes: dict[str, dict[str, type]] = {}
         self._data_types: dict[type, str] = {}
         # saga id -> what the store has (or will have once the queued writes land) of
-        # that saga: lets a checkpoint send only what is new; without an entry the
-        # writer reads the counts. Only running sagas are kept.
+        # that saga: lets a checkpoint encode only what is new. Without an entry (a
+        # record loaded here or elsewhere) the next save encodes the whole record and
+        # the writer skips the spilled events already stored. Running sagas only.
         self._known: dict[str, _Tracked] = {}
         self._pending: collections.deque[_Write] = collections.deque()
         self._write_lock = threading.Lock()
@@ -439,7 +440,7 @@ class SQLiteStore:
                     raise StoreError(f"{self.path!r}: unknown sagaflow schema version {found}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     @property
@@ -677,6 +678,10 @@ class SQLiteStore:
         item.loop = loop
         item.future = loop.create_future()
         self._pending.append(item)
+        if self._closed:  # closed meanwhile, by another thread: nobody would write it
+            with contextlib.suppress(ValueError):
+                self._pending.remove(item)
+                raise StoreError(f"the SQLite store at {self.path!r} is closed")
         if self._writer is None:
             self._start_writer()
         # Still set: the writer has not woken yet, and will take this item too (it
