@@ -309,6 +309,15 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
             ev.StepFailed(record.saga_id, spec.name, now, step, call.attempt, sr.error,
                           timed_out=True)
         )
+    else:
+        sr = record.steps[record.cursor]
+        if sr.status is _S_RUNNING:  # waiting to retry: its last attempt failed for good now
+            step = sr.name
+            sr.status = StepStatus.FAILED
+            sr.finished_at = now
+            record.history.append(
+                ev.StepFailed(record.saga_id, spec.name, now, step, sr.attempts, sr.error)
+            )
     record.wake_at = None
     reason = SagaCancelled(step)
     if spec.steps[record.cursor].kind is _RETRIABLE:

@@ -266,3 +266,39 @@ def test_retry_walks_through_compensations_already_done() -> None:
     assert again.status is SagaStatus.COMPENSATED
     assert log == ["uc", "ub", "ua", "uc", "ua"]  # b, undone already, is not run again
     assert [s.compensation for s in again.steps[:3]] == [CompensationStatus.COMPENSATED] * 3
+
+
+def test_cancel_while_a_retry_waits_fails_that_step_and_compensates() -> None:
+    log: list[str] = []
+    orchestrator: Orchestrator
+
+    class CancelWhileSleeping(VirtualClock):
+        def sleep(self, seconds: float) -> None:
+            orchestrator.cancel("w", note="stop retrying")
+            super().sleep(seconds)
+
+    @saga
+    class Waits:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(retry=Retry(attempts=5, backoff=1.0))
+        def b(self, ctx):
+            log.append("b")
+            raise ConnectionError("down")
+
+        @b.compensate
+        def ub(self, ctx):
+            log.append("ub")
+
+    orchestrator = Orchestrator(clock=CancelWhileSleeping())
+    result = orchestrator.run(Waits(), "w")
+    assert log == ["a", "b", "ua"]  # b never took effect: only a is undone
+    assert result.step("b").status is StepStatus.FAILED
+    assert isinstance(result.error, SagaCancelled) and result.error.step == "b"
+    assert actions(result) == [("cancel", "stop retrying")]
