@@ -254,18 +254,25 @@ def test_a_record_round_trips_through_its_json_form(record) -> None:
     assert_same(loads(dumps(record), Order), record)
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=50)
+@pytest.fixture(scope="module")
+def writer_and_reader(tmp_path_factory: pytest.TempPathFactory):
+    """Two stores on one file: the reader never saw what the writer wrote."""
+    path = tmp_path_factory.mktemp("rt") / "rt.db"
+    with SQLiteStore(path, synchronous="OFF") as writer, \
+            SQLiteStore(path, synchronous="OFF") as reader:
+        reader.register(Order)
+        yield writer, reader
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(record=records(max_history=80, max_events=40))  # past INLINE: some events spill
-def test_a_record_round_trips_through_sqlite(tmp_path: Path, record) -> None:
-    path = tmp_path / "rt.db"
-    with SQLiteStore(path, synchronous="OFF") as store:
-        record.saga_id = uuid.uuid4().hex  # one file for all examples
-        for e in record.history:
-            e.saga_id = record.saga_id
-        assert store.create(record) is None
-    with SQLiteStore(path, synchronous="OFF") as fresh:
-        fresh.register(Order)
-        back = fresh.load(record.saga_id)
+def test_a_record_round_trips_through_sqlite(writer_and_reader, record) -> None:
+    writer, reader = writer_and_reader
+    record.saga_id = uuid.uuid4().hex  # one file for all examples
+    for e in record.history:
+        e.saga_id = record.saga_id
+    assert writer.create(record) is None
+    back = reader.load(record.saga_id)
     assert_same(back, record)
     assert same_value(back.events, record.events)
     assert same_value(back.data.anything, record.data.anything)
