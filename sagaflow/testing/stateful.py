@@ -2,8 +2,9 @@
 
 ``saga_state_machine(MySaga)`` returns a ``RuleBasedStateMachine`` class: each rule
 decides the outcome of the run's next call (it succeeds, raises, times out, is
-cancelled), or moves time (a stall, the deadline passing); after every rule the run so
-far must keep the invariants, and every finished run is checked in full. Where
+cancelled), cancels the run while a retry waits, or moves time (a stall, the deadline
+passing); after every rule the run so far must keep the invariants, and every
+finished run is checked in full. Where
 ``failure_plans`` draws one plan per run, the state machine can put any outcome on any
 attempt, and hypothesis shrinks the sequence of rules.
 
@@ -29,7 +30,7 @@ from hypothesis.stateful import (
 
 from ..context import Direction
 from ..definition import StepKind, spec_of
-from ..engine import Call
+from ..engine import Call, interrupt
 from ..records import SagaStatus
 from .harness import SUCCEED, Harness, Outcome, PlanRun
 from .invariants import check_invariants
@@ -177,6 +178,16 @@ def saga_state_machine(
             call = self._fetch()
             if call is not None and call.direction is Direction.FORWARD:
                 self._do(Outcome(Fault.CANCELLED, effect, "rule cancel"))
+
+        @precondition(lambda self: self._between()
+                      and self._harness().record.status is SagaStatus.RUNNING
+                      and self._harness().record.wake_at is not None)
+        @rule()
+        def cancel_while_waiting(self) -> None:
+            """The task running the saga is cancelled while a step waits to retry."""
+            h = self._harness()
+            interrupt(h.spec, h.record, None, h.clock.now())
+            h.cancelled = True
 
         @precondition(lambda self: self._between())
         @rule(seconds=st.floats(0.0, stall_max, allow_nan=False))
