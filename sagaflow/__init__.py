@@ -10,7 +10,10 @@ from .definition import SagaSpec, StepKind, StepSpec, is_saga, saga, spec_of, st
 from .diagram import GraphvizNotFound, diagram
 from .errors import (
     AlreadyExecuting,
+    CodecError,
     CompensationFailed,
+    ConcurrentModification,
+    CorruptRecord,
     InvalidTransition,
     SagaCancelled,
     SagaDeadlineExceeded,
@@ -20,9 +23,10 @@ from .errors import (
     SagaNotFound,
     StepFailed,
     StepTimeout,
+    StoreError,
     UnknownSaga,
 )
-from .orchestrator import Orchestrator
+from .orchestrator import Orchestrator, RecoveryReport
 from .policy import Retry, backoff_delay
 from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepRecord, StepStatus
 
@@ -30,12 +34,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExecuting",
+    "CodecError",
     "CompensationFailed",
+    "ConcurrentModification",
+    "CorruptRecord",
     "CompensationStatus",
     "Direction",
     "GraphvizNotFound",
     "InvalidTransition",
     "Orchestrator",
+    "RecoveryReport",
     "Retry",
     "SagaCancelled",
     "SagaDeadlineExceeded",
@@ -54,6 +62,7 @@ __all__ = [
     "StepSpec",
     "StepStatus",
     "StepTimeout",
+    "StoreError",
     "UnknownSaga",
     "backoff_delay",
     "diagram",

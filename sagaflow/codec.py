@@ -50,7 +50,7 @@ from cattrs.preconf.json import JsonConverter, make_converter
 
 from . import errors as _errors
 from . import events as _events
-from .errors import SagaflowError, _describe
+from .errors import CodecError, CorruptRecord, SagaflowError, _describe
 from .events import LifecycleEvent
 from .records import SagaRecord, SagaStatus, StepRecord
 
@@ -77,22 +77,6 @@ _FIX = (
     "datetime, date, time, timedelta or bytes, or teach sagaflow its JSON form with "
     "sagaflow.codec.register({name}, unstructure, structure)"
 )
-
-
-class CodecError(SagaflowError, TypeError):
-    """A value cannot be stored as JSON (or would not load back as itself)."""
-
-
-class CorruptRecord(SagaflowError, ValueError):
-    """A stored record cannot be read back: ``saga_id`` names it, ``reason`` says why."""
-
-    def __init__(self, saga_id: str, reason: str) -> None:
-        self.saga_id = saga_id
-        self.reason = reason
-        super().__init__(f"saga {saga_id!r}: the stored record cannot be read: {reason}")
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.saga_id, self.reason))
 
 
 def type_path(t: type) -> str:

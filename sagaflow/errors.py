@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 __all__ = [
     "AlreadyExecuting",
+    "CodecError",
     "CompensationFailed",
+    "ConcurrentModification",
+    "CorruptRecord",
     "InvalidTransition",
     "SagaCancelled",
     "SagaDeadlineExceeded",
@@ -195,6 +198,66 @@ class SagaDefinitionChanged(SagaflowError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.saga_id, self.saga_name, self.stored, self.current))
+
+
+class CodecError(SagaflowError, TypeError):
+    """A value cannot be stored as JSON (or would not load back as itself)."""
+
+
+class CorruptRecord(SagaflowError, ValueError):
+    """A stored record cannot be read back: ``saga_id`` names it, ``reason`` says why."""
+
+    def __init__(self, saga_id: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.reason = reason
+        super().__init__(f"saga {saga_id!r}: the stored record cannot be read: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.reason))
+
+
+class StoreError(SagaflowError, RuntimeError):
+    """The store cannot be used: not a database, a newer schema, closed."""
+
+
+class ConcurrentModification(StoreError):
+    """The saga changed in the store since this copy was loaded: someone else saved it.
+
+    ``expected`` is this copy's version, ``found`` the store's (``None``: deleted).
+    """
+
+    def __init__(self, saga_id: str, expected: int, found: int | None) -> None:
+        self.saga_id = saga_id
+        self.expected = expected
+        self.found = found
+        if found is None:
+            what = "it is no longer in the store (deleted?)"
+        else:
+            what = f"this copy is at version {expected}, the store has version {found}"
+        super().__init__(
+            f"saga {saga_id!r} was modified by someone else: {what}; load it again "
+            "(store.load) and redo the change"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.expected, self.found))
+
+
+class UnknownSagaClass(UnknownSaga):
+    """A stored saga's class is neither registered with the store nor importable."""
+
+    def __init__(self, saga_id: str, saga_name: str, data_type: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.saga_name = saga_name
+        self.data_type = data_type
+        SagaflowError.__init__(
+            self,
+            f"saga {saga_id!r} is a {saga_name!r} saga of class {data_type!r}, which "
+            f"this store cannot load ({reason}): pass the class to store.register()"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.saga_name, self.data_type, "?"))
 
 
 def _describe(cause: BaseException | str) -> str:

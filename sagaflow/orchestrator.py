@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+import attrs
 
 from . import engine
 from .clock import Clock, SystemClock
@@ -21,9 +24,9 @@ from .errors import (
 from .events import Listener, Listeners
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import RunHandle, WorkerPool, run_async, run_sync
-from .stores import MemoryStore, Store
+from .stores import MemoryStore, Store, Stored, open_store
 
-__all__ = ["Migration", "Orchestrator"]
+__all__ = ["Migration", "Orchestrator", "RecoveryReport"]
 
 _ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
@@ -33,10 +36,28 @@ _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 Migration = Callable[[SagaRecord, SagaSpec], "SagaRecord | None"]
 
 
+@attrs.frozen
+class RecoveryReport:
+    """What :meth:`Orchestrator.recover` did: each saga resumed, with the status it
+    reached, and each saga left alone, with the reason (unknown class, changed
+    definition, unreadable record, run elsewhere)."""
+
+    resumed: dict[str, SagaStatus] = attrs.field(factory=dict)
+    skipped: dict[str, SagaflowError] = attrs.field(factory=dict)
+
+    def describe(self) -> str:
+        """A few lines for a person."""
+        lines = [f"recovered {len(self.resumed)} saga(s), left {len(self.skipped)} alone"]
+        lines += [f"  {sid}: {status.value}" for sid, status in self.resumed.items()]
+        lines += [f"  {sid}: not resumed: {err}" for sid, err in self.skipped.items()]
+        return "\n".join(lines)
+
+
 class Orchestrator:
     """Runs sagas and keeps their records.
 
-    ``store`` keeps the records (default: a fresh :class:`~sagaflow.stores.MemoryStore`);
+    ``store`` keeps the records: a store object or a URL (``sqlite:///sagas.db``,
+    ``memory://``; default: a fresh :class:`~sagaflow.stores.MemoryStore`);
     ``listeners`` are callables told every lifecycle event (``async def`` ones only under
     :meth:`arun`); ``sagas`` are the saga classes this orchestrator may resume or act on
     by id (every class it runs is added); ``migrations`` maps a definition fingerprint
@@ -46,7 +67,7 @@ class Orchestrator:
 
     def __init__(
         self,
-        store: Store | None = None,
+        store: Store | str | None = None,
         listeners: Iterable[Listener] = (),
         *,
         sagas: Iterable[type] = (),
@@ -54,7 +75,8 @@ class Orchestrator:
         clock: Clock | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
-        self.store: Store = MemoryStore() if store is None else store
+        self._owns_store = isinstance(store, str)
+        self.store: Store = MemoryStore() if store is None else open_store(store)
         self.listeners = Listeners(listeners)
         self.clock: Clock = SystemClock() if clock is None else clock
         self.rand: Callable[[], float] = random.random if rand is None else rand
@@ -72,6 +94,7 @@ class Orchestrator:
         for cls in classes:
             spec = spec_of(cls)
             self._specs[spec.name] = spec
+        self.store.register(*classes)
 
     def run(self, saga: object, saga_id: str | None = None) -> SagaResult:
         """Run ``saga`` to its end on this thread; its result, whatever the outcome.
@@ -150,11 +173,82 @@ class Orchestrator:
         self._drive(spec, record)  # saves the record, tells listeners; runs nothing
         return SagaResult.of(record)
 
+    # --- recovery ---------------------------------------------------------------------
+
+    def recover(self) -> RecoveryReport:
+        """Resume every unfinished saga of the registered classes, one after another.
+
+        A step or compensation that was in flight when its process died runs again with
+        the same idempotency key; a retry that was waiting waits out the rest of its
+        delay; a deadline that passed meanwhile starts compensation. A saga whose class
+        is unknown, whose definition changed (see ``migrations``), or whose record
+        cannot be read is left untouched and reported.
+        """
+        report = RecoveryReport()
+        for stored in list(self.store.scan(status=_ACTIVE)):
+            found = self._recoverable(stored, report)
+            if found is None:
+                continue
+            spec, record = found
+            try:
+                self._drive(spec, record)
+            except SagaflowError as exc:  # e.g. another process took it over meanwhile
+                report.skipped[record.saga_id] = exc
+            else:
+                report.resumed[record.saga_id] = record.status
+        return report
+
+    async def arecover(self, concurrency: int = 256) -> RecoveryReport:
+        """:meth:`recover`, resuming up to ``concurrency`` sagas at once on this loop
+        (a durable store then commits their checkpoints together)."""
+        report = RecoveryReport()
+        gate = asyncio.Semaphore(concurrency)
+
+        async def resume(spec: SagaSpec, record: SagaRecord) -> None:
+            async with gate:
+                try:
+                    await self._adrive(spec, record)
+                except SagaflowError as exc:
+                    report.skipped[record.saga_id] = exc
+                else:
+                    report.resumed[record.saga_id] = record.status
+
+        tasks = []
+        for stored in list(self.store.scan(status=_ACTIVE)):
+            found = self._recoverable(stored, report)
+            if found is not None:
+                tasks.append(asyncio.ensure_future(resume(*found)))
+        if tasks:
+            await asyncio.gather(*tasks)
+        return report
+
+    def _recoverable(
+        self, stored: Stored, report: RecoveryReport
+    ) -> tuple[SagaSpec, SagaRecord] | None:
+        """The spec and decoded record of ``stored``, or ``None`` (reported) if it is
+        unknown, changed, unreadable, or already running here."""
+        sid = stored.saga_id
+        if sid in self._live:
+            return None
+        try:
+            spec = self._specs.get(stored.saga_name)
+            if spec is None:
+                raise UnknownSaga(sid, stored.saga_name)
+            record = self.store.decode(stored, spec.cls)
+            return self.spec_for(record), record
+        except SagaflowError as exc:
+            report.skipped[sid] = exc
+            return None
+
     # --- lifecycle --------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop idle worker threads (calls still running finish on their own)."""
+        """Stop idle worker threads (calls still running finish on their own), and
+        close the store if this orchestrator opened it from a URL."""
         self._workers.close()
+        close = getattr(self.store, "close", None)
+        if self._owns_store and close is not None:
+            close()
 
     def __enter__(self) -> Orchestrator:
         return self
@@ -166,7 +260,8 @@ class Orchestrator:
 
     def _spec_to_run(self, saga: object) -> SagaSpec:
         spec = spec_of(saga)
-        self._specs[spec.name] = spec  # the class run last is the one to resume
+        if self._specs.get(spec.name) is not spec:
+            self.register(spec.cls)  # the class run last is the one to resume
         return spec
 
     def _check_sync(self, spec: SagaSpec) -> None:

@@ -3,17 +3,40 @@
 A driver calls :meth:`Store.save` after every decision of the engine and before it acts
 on it, so a step never starts before its "started" record is saved and its outcome is
 saved before the next one starts. Records are plain data (see :mod:`sagaflow.records`);
-durable stores serialize them, the memory store keeps the objects.
+durable stores serialize them (:mod:`sagaflow.codec`), the memory store keeps the objects.
+
+Recovery and operators read undecoded sagas (:class:`Stored`) with :meth:`Store.scan`
+and :meth:`Store.load_raw`, and decode each one with :meth:`Store.decode`, so that one
+corrupted record is reported by its id and never stops the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Protocol, runtime_checkable
 
 from ..records import SagaRecord, SagaStatus
 
-__all__ = ["AsyncStoreMixin", "Store"]
+__all__ = ["AsyncStoreMixin", "Store", "Stored"]
+
+
+class Stored(Protocol):
+    """A saga as a store keeps it, not decoded: enough to decide what to do with it."""
+
+    @property
+    def saga_id(self) -> str: ...
+
+    @property
+    def saga_name(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def updated_at(self) -> float: ...
 
 
 @runtime_checkable
@@ -24,7 +47,11 @@ class Store(Protocol):
         """Insert ``record`` unless its saga id exists; return the existing record if it does."""
 
     def save(self, record: SagaRecord) -> None:
-        """Persist ``record`` (durably, for a durable store) before returning."""
+        """Persist ``record`` (durably, for a durable store) before returning.
+
+        Raises :class:`~sagaflow.ConcurrentModification` if someone else saved the
+        saga since this copy was loaded; nothing is written then.
+        """
 
     def load(self, saga_id: str) -> SagaRecord | None:
         """The record of ``saga_id``, or ``None``."""
@@ -37,6 +64,21 @@ class Store(Protocol):
         limit: int | None = None,
     ) -> list[SagaRecord]:
         """Records by status and saga name, most recently updated first."""
+
+    def scan(
+        self, *, status: Collection[SagaStatus] | None = None, name: str | None = None
+    ) -> Iterator[Stored]:
+        """Every saga matching ``status`` and ``name``, undecoded."""
+
+    def load_raw(self, saga_id: str) -> Stored | None:
+        """The undecoded saga ``saga_id``, or ``None``."""
+
+    def decode(self, stored: Stored, cls: type | None = None) -> SagaRecord:
+        """The record of ``stored``, its data an instance of ``cls`` (default: the class
+        registered for it). Raises :class:`~sagaflow.CorruptRecord` naming the saga."""
+
+    def register(self, *saga_classes: type) -> None:
+        """Tell the store which classes its sagas' data are instances of."""
 
     async def acreate(self, record: SagaRecord) -> SagaRecord | None:
         """:meth:`create`, for the async driver."""

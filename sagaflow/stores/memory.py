@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+
+import attrs
 
 from ..records import SagaRecord, SagaStatus
 from .base import AsyncStoreMixin
@@ -10,8 +12,38 @@ from .base import AsyncStoreMixin
 __all__ = ["MemoryStore"]
 
 
+@attrs.frozen(slots=True)
+class _Held:
+    """A saga held in memory, as :meth:`MemoryStore.scan` lists it."""
+
+    record: SagaRecord
+
+    @property
+    def saga_id(self) -> str:
+        return self.record.saga_id
+
+    @property
+    def saga_name(self) -> str:
+        return self.record.saga_name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.record.fingerprint
+
+    @property
+    def status(self) -> str:
+        return self.record.status.value
+
+    @property
+    def updated_at(self) -> float:
+        return self.record.updated_at
+
+
 class MemoryStore(AsyncStoreMixin):
-    """Keeps the live record objects in a dict; nothing survives the process."""
+    """Keeps the live record objects in a dict; nothing survives the process.
+
+    It keeps every record it is given, finished ones included, for as long as it lives.
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, SagaRecord] = {}
@@ -43,6 +75,24 @@ class MemoryStore(AsyncStoreMixin):
         ]
         found.sort(key=lambda r: r.updated_at, reverse=True)
         return found if limit is None else found[:limit]
+
+    def scan(
+        self, *, status: Collection[SagaStatus] | None = None, name: str | None = None
+    ) -> Iterator[_Held]:
+        for record in sorted(self.query(status=status, name=name), key=lambda r: r.saga_id):
+            yield _Held(record)
+
+    def load_raw(self, saga_id: str) -> _Held | None:
+        record = self._records.get(saga_id)
+        return None if record is None else _Held(record)
+
+    def decode(self, stored: object, cls: type | None = None) -> SagaRecord:
+        if not isinstance(stored, _Held):
+            raise TypeError(f"{stored!r} did not come from this MemoryStore")
+        return stored.record
+
+    def register(self, *saga_classes: type) -> None:
+        """Nothing to do: the memory store keeps the instances themselves."""
 
     def __len__(self) -> int:
         return len(self._records)

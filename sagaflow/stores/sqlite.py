@@ -46,15 +46,20 @@ import attrs
 
 from ..codec import (
     Codec,
-    CodecError,
-    CorruptRecord,
     default_codec,
     describe_failure,
     import_path,
     type_path,
 )
-from ..errors import SagaflowError, UnknownSaga
+from ..errors import (
+    CodecError,
+    ConcurrentModification,
+    CorruptRecord,
+    StoreError,
+    UnknownSagaClass,
+)
 from ..records import SagaRecord, SagaStatus, StepRecord
+from .base import Stored
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -68,50 +73,6 @@ __all__ = [
 #: The layout this code writes; a database with a newer one is refused.
 SCHEMA_VERSION = 1
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
-
-
-class StoreError(SagaflowError, RuntimeError):
-    """The store cannot be used: not a database, a newer schema, closed."""
-
-
-class ConcurrentModification(StoreError):
-    """The saga changed in the store since this copy was loaded: someone else saved it.
-
-    ``expected`` is this copy's version, ``found`` the store's (``None``: deleted).
-    """
-
-    def __init__(self, saga_id: str, expected: int, found: int | None) -> None:
-        self.saga_id = saga_id
-        self.expected = expected
-        self.found = found
-        if found is None:
-            what = "it is no longer in the store (deleted?)"
-        else:
-            what = f"this copy is at version {expected}, the store has version {found}"
-        super().__init__(
-            f"saga {saga_id!r} was modified by someone else: {what}; load it again "
-            "(store.load) and redo the change"
-        )
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.saga_id, self.expected, self.found))
-
-
-class UnknownSagaClass(UnknownSaga):
-    """A stored saga's class is neither registered with the store nor importable."""
-
-    def __init__(self, saga_id: str, saga_name: str, data_type: str, reason: str) -> None:
-        self.saga_id = saga_id
-        self.saga_name = saga_name
-        self.data_type = data_type
-        SagaflowError.__init__(
-            self,
-            f"saga {saga_id!r} is a {saga_name!r} saga of class {data_type!r}, which "
-            f"this store cannot load ({reason}): pass the class to store.register()"
-        )
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.saga_id, self.saga_name, self.data_type, "?"))
 
 
 # Column order of sagaflow_sagas; a write binds these as ?1..?N (?N+1: expected version).
@@ -992,13 +953,15 @@ class SQLiteStore:
             after = found[-1].saga_id
 
     def decode(
-        self, stored: StoredSaga, cls: type | None = None, *, raw_data: bool = False
+        self, stored: Stored, cls: type | None = None, *, raw_data: bool = False
     ) -> SagaRecord:
         """The record of ``stored``. ``cls`` is the saga class (default: the one
         registered for its name, or imported from its stored type path);
         ``raw_data=True`` leaves ``data`` as its JSON form (an operator's view of a
         saga whose class is not at hand). Raises :class:`~sagaflow.codec.CorruptRecord`
         or :class:`UnknownSagaClass`."""
+        if not isinstance(stored, StoredSaga):
+            raise TypeError(f"{stored!r} did not come from a SQLiteStore")
         if cls is None and not raw_data:
             cls = self._class_for(stored)
         codec = self.codec

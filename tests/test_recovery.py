@@ -1,0 +1,118 @@
+"""recover(): unfinished sagas resume from their last checkpoint (in-process crashes;
+the real-process SIGKILL tests are in tests/crash/)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from sagaflow import (
+    CorruptRecord,
+    Orchestrator,
+    Retry,
+    SagaDefinitionChanged,
+    SagaStatus,
+    UnknownSaga,
+    saga,
+    step,
+)
+from sagaflow.stores import SQLiteStore
+
+calls: list[tuple[str, str]] = []
+crash_in: set[str] = set()
+
+
+@saga(name="resumable")
+class Resumable:
+    order: str = "o"
+
+    @step
+    def reserve(self, ctx):
+        calls.append(("reserve", ctx.idempotency_key))
+
+    @reserve.compensate
+    def release(self, ctx):
+        calls.append(("release", ctx.idempotency_key))
+
+    @step
+    def charge(self, ctx):
+        calls.append(("charge", ctx.idempotency_key))
+        if "charge" in crash_in:
+            crash_in.discard("charge")
+            raise KeyboardInterrupt  # the process dies while the step runs
+
+    @charge.compensate
+    def refund(self, ctx):
+        calls.append(("refund", ctx.idempotency_key))
+
+    @step(pivot=True, retry=Retry(attempts=1))
+    def ship(self, ctx):
+        calls.append(("ship", ctx.idempotency_key))
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    calls.clear()
+    crash_in.clear()
+
+
+def test_a_step_in_flight_at_the_crash_runs_again_with_the_same_key(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    crash_in.add("charge")
+    with Orchestrator(store=url) as first, pytest.raises(KeyboardInterrupt):
+        first.run(Resumable(), "r1")
+
+    with Orchestrator(store=url, sagas=[Resumable]) as second:
+        assert second.get("r1").status is SagaStatus.RUNNING
+        report = second.recover()
+        assert report.resumed == {"r1": SagaStatus.COMPLETED} and report.skipped == {}
+        assert calls == [
+            ("reserve", "r1:reserve:forward"),
+            ("charge", "r1:charge:forward"),
+            ("charge", "r1:charge:forward"),
+            ("ship", "r1:ship:forward"),
+        ]
+        assert second.get("r1").step("charge").attempts == 2
+        assert second.recover().resumed == {}  # nothing left to do
+
+
+def test_async_recovery_resumes_many_at_once(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    with Orchestrator(store=url) as first:
+        for i in range(20):
+            crash_in.add("charge")
+            with pytest.raises(KeyboardInterrupt):
+                first.run(Resumable(f"o{i}"), f"s{i}")
+    with Orchestrator(store=url, sagas=[Resumable]) as second:
+        report = asyncio.run(second.arecover(concurrency=8))
+    assert report.resumed == {f"s{i}": SagaStatus.COMPLETED for i in range(20)}
+
+
+def test_unknown_changed_and_corrupt_sagas_are_reported_and_never_stop_the_others(
+    tmp_path,
+) -> None:
+    path = tmp_path / "sagas.db"
+    with Orchestrator(store=SQLiteStore(path)) as first:
+        for sid in ("ok", "changed", "corrupt"):
+            crash_in.add("charge")
+            with pytest.raises(KeyboardInterrupt):
+                first.run(Resumable(), sid)
+    import sqlite3
+
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_sagas SET fingerprint = 'feedfacefeedface' WHERE saga_id = 'changed'")
+        raw.execute("UPDATE sagaflow_sagas SET steps = '{not json' WHERE saga_id = 'corrupt'")
+
+    with Orchestrator(store=SQLiteStore(path)) as stranger:
+        report = stranger.recover()
+        assert report.resumed == {}
+        assert {type(e) for e in report.skipped.values()} == {UnknownSaga}
+
+    with Orchestrator(store=SQLiteStore(path), sagas=[Resumable]) as second:
+        report = second.recover()
+    assert report.resumed == {"ok": SagaStatus.COMPLETED}
+    assert isinstance(report.skipped["changed"], SagaDefinitionChanged)
+    assert isinstance(report.skipped["corrupt"], CorruptRecord)
+    assert "corrupt" in str(report.skipped["corrupt"])
+    assert "not resumed" in report.describe()
