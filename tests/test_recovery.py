@@ -101,7 +101,9 @@ def test_unknown_changed_and_corrupt_sagas_are_reported_and_never_stop_the_other
     import sqlite3
 
     with sqlite3.connect(path) as raw:
-        raw.execute("UPDATE sagaflow_sagas SET fingerprint = 'feedfacefeedface' WHERE saga_id = 'changed'")
+        raw.execute(
+            "UPDATE sagaflow_sagas SET fingerprint = 'feedfacefeedface' WHERE saga_id = 'changed'"
+        )
         raw.execute("UPDATE sagaflow_sagas SET steps = '{not json' WHERE saga_id = 'corrupt'")
 
     with Orchestrator(store=SQLiteStore(path)) as stranger:
