@@ -61,6 +61,7 @@ _S_SKIPPED = StepStatus.SKIPPED
 _C_RUNNING = CompensationStatus.RUNNING
 _C_COMPENSATED = CompensationStatus.COMPENSATED
 _RETRIABLE = StepKind.RETRIABLE
+_PIVOT = StepKind.PIVOT
 
 
 @attrs.define(slots=True)
@@ -320,7 +321,10 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
             )
     record.wake_at = None
     reason = SagaCancelled(step)
-    if spec.steps[record.cursor].kind is _RETRIABLE:
+    current = spec.steps[record.cursor]
+    if current.kind is _RETRIABLE or (
+        current.kind is _PIVOT and record.steps[record.cursor].timed_out
+    ):
         transition(spec, record, "fail", FAILED)
         _finish(spec, record, now, SagaStatus.FAILED, reason)
     else:
@@ -358,7 +362,7 @@ def _step_failed(
         ev.StepFailed(record.saga_id, spec.name, now, s.name, sr.attempts, sr.error,
                       timed_out=timed_out)
     )
-    if s.kind is _RETRIABLE:
+    if s.kind is _RETRIABLE or (s.kind is _PIVOT and sr.timed_out):
         transition(spec, record, "fail", FAILED)
         _finish(spec, record, now, SagaStatus.FAILED, failure)
     else:

@@ -10,12 +10,14 @@ terminal ``completed``, ``compensated`` and ``failed``. Triggers:
 - ``compensate``: a step before or at the pivot failed (or the deadline passed, or the
   run was cancelled): to the newest step that needs undoing, or ``compensated`` when
   there is none;
-- ``fail``: a retriable step (after the pivot) failed for good: to ``failed``;
+- ``fail``: a retriable step (after the pivot) failed for good, or the pivot timed out
+  (it may have taken effect, so it can be neither undone nor assumed undone): to
+  ``failed``;
 - ``undone`` / ``undo_failed``: a compensation succeeded / failed for good: on to the
   next compensation, or to ``compensated`` (all undone) or ``failed`` (something could
   not be undone);
 - ``retry``: an operator retries a FAILED saga: from ``failed`` back to a compensation
-  that failed, or to the retriable step that failed.
+  that failed, or to the retriable step (or the pivot) that failed.
 
 The machine is built once per class with ``model=None``; runs never add a model.
 Instead each run checks every state change against :func:`build_machine`'s set of
@@ -98,6 +100,9 @@ def build_machine(
         if s.kind is StepKind.RETRIABLE:
             transitions.append({"trigger": "fail", "source": s.name, "dest": FAILED})
             continue
+        if s.kind is StepKind.PIVOT:
+            # A pivot that timed out may have taken effect: neither way is safe.
+            transitions.append({"trigger": "fail", "source": s.name, "dest": FAILED})
         # A step that timed out may have taken effect, so its own compensation comes first.
         targets = [compensation_state(s.name)] if s.compensation is not None else []
         targets += _undo_targets(steps, i)
@@ -124,7 +129,7 @@ def build_machine(
             transitions.append(
                 {"trigger": "retry", "source": FAILED, "dest": compensation_state(s.name)}
             )
-        elif s.kind is StepKind.RETRIABLE:
+        elif s.kind in (StepKind.RETRIABLE, StepKind.PIVOT):
             transitions.append({"trigger": "retry", "source": FAILED, "dest": s.name})
 
     machine = Machine(

@@ -678,7 +678,10 @@ def test_readme_shows_the_unbundle_saga_diagram():
     assert REGENERATE in section
     if (ROOT / "diagrams" / "UnbundleSaga.mmd").is_file():
         mermaid = (ROOT / "diagrams" / "UnbundleSaga.mmd").read_text(encoding="utf-8")
-        assert f"```mermaid\n{mermaid}```" in section
+        assert f"```mermaid\n{mermaid}```" in section, (
+            "README's Mermaid block differs from diagrams/UnbundleSaga.mmd: copy the file "
+            "into the block"
+        )
         assert "(diagrams/UnbundleSaga.svg)" in section
 
 

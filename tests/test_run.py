@@ -661,3 +661,35 @@ def test_deadline_passing_while_a_retry_waits_fails_the_step_and_compensates() -
         "StepRetrying", "StepFailed", "CompensationStarted", "CompensationCompleted",
         "SagaCompensated",
     ]
+
+
+def test_a_pivot_that_times_out_ends_failed_for_an_operator(drive) -> None:
+    # It may have taken effect: undoing what came before would be as wrong as going on.
+    log = Log()
+    release = threading.Event()
+
+    @saga(name="pivoting")
+    class Pivoting:
+        @step
+        def a(self, ctx):
+            log.append("a")
+
+        @a.compensate
+        def ua(self, ctx):
+            log.append("ua")
+
+        @step(pivot=True, timeout=0.05)
+        def commit(self, ctx):
+            log.append(("commit", ctx.attempt))
+            if ctx.attempt == 1:
+                release.wait(5)
+
+    orchestrator = Orchestrator()
+    result = drive(orchestrator, Pivoting(), "pv")
+    release.set()
+    assert result.status is SagaStatus.FAILED and isinstance(result.error, StepTimeout)
+    assert log == ["a", ("commit", 1)]  # nothing compensated
+    assert result.step("a").compensation is CompensationStatus.NOT_NEEDED
+    again = orchestrator.retry("pv", note="the ledger shows no commit: run it again")
+    assert again.status is SagaStatus.COMPLETED
+    assert log == ["a", ("commit", 1), ("commit", 1)]  # a fresh budget, the same key

@@ -17,7 +17,9 @@ The five steps of the seed, their kinds, and why:
 5. ``emit_audit_events``, the pivot: writes the change to the audit trail, the outbox
    that billing and entitlements read. Once they have it, the change is final: there is
    no step after it to fail. If it cannot be written, the change must not stand without
-   its record, so the steps before are undone.
+   its record, so the steps before are undone. If it times out, it may have been
+   written: sagaflow then stops the saga FAILED, nothing undone, and an operator's
+   retry appends it again under the same key (the append is idempotent).
 
 Writes retry only on "database is locked" (SQLite's busy answer): every write is
 idempotent by its key, so a retry is safe. Compensations keep sagaflow's patient default.

@@ -175,16 +175,25 @@ class _Checker:
                 return
 
     @property
+    def stopped_at_unknown_pivot(self) -> bool:
+        """Whether the pivot stopped the saga with an unknown outcome (it timed out or
+        was cancelled): then nothing is compensated and the saga ends FAILED."""
+        stop = self.stop
+        return stop is not None and stop.kind is StepKind.PIVOT and stop.name in self.unknown
+
+    @property
     def compensating(self) -> bool:
         """Whether the calls' outcomes call for compensation."""
         if self.forward_done or self.stop is None:
             return False
         if not self.run.complete and self.run.result.status is SagaStatus.RUNNING:
             return False
-        return self.stop.kind is not StepKind.RETRIABLE
+        return self.stop.kind is not StepKind.RETRIABLE and not self.stopped_at_unknown_pivot
 
     def expected_undo(self) -> list[str]:
         assert self.stop is not None
+        if self.stopped_at_unknown_pivot:
+            return []
         return [
             s.name
             for s in reversed(self.spec.steps[: self.stop.index + 1])
@@ -246,6 +255,9 @@ class _Checker:
             if self.stop.kind is StepKind.RETRIABLE:
                 expected = SagaStatus.FAILED
                 why = f"retriable step {self.stop.name!r} (after the pivot) failed for good"
+            elif self.stopped_at_unknown_pivot:
+                expected = SagaStatus.FAILED
+                why = f"the pivot {self.stop.name!r} timed out: its outcome is unknown"
             else:
                 gave_up = [
                     name for name in self.expected_undo()
