@@ -693,3 +693,33 @@ def test_a_pivot_that_times_out_ends_failed_for_an_operator(drive) -> None:
     again = orchestrator.retry("pv", note="the ledger shows no commit: run it again")
     assert again.status is SagaStatus.COMPLETED
     assert log == ["a", ("commit", 1), ("commit", 1)]  # a fresh budget, the same key
+
+
+def test_step_context_tells_the_call_its_limits(drive) -> None:
+    seen = {}
+    clock = VirtualClock()
+
+    @saga(deadline=100.0)
+    class Ctx:
+        @step(timeout=5.0)
+        def a(self, ctx):
+            seen["forward"] = (ctx.saga_name, ctx.step, ctx.direction, ctx.attempt, ctx.timeout)
+            seen["deadline"] = ctx.deadline - clock.now()
+            seen["left"] = ctx.time_left
+            clock.advance(2.0)
+            seen["left later"] = ctx.time_left
+            assert "Ctx" in repr(ctx) or "a" in repr(ctx)
+
+        @a.compensate
+        def ua(self, ctx): ...
+
+    result = drive(Orchestrator(clock=clock), Ctx(), "ctx")
+    assert result.ok
+    assert seen["forward"] == ("Ctx", "a", Direction.FORWARD, 1, 5.0)
+    assert seen["deadline"] == 100.0
+    assert seen["left"] == 5.0 and seen["left later"] == 3.0
+
+
+def test_the_sagaflow_logger_is_silent_unless_configured() -> None:
+    logger = logging.getLogger("sagaflow")
+    assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
