@@ -51,7 +51,10 @@ def test_the_module_loads_as_a_pytest_plugin(tmp_path: Path) -> None:
     """))
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "sagaflow.testing.pytest_plugin",
+        # no:sagaflow: once sagaflow is installed, its pytest11 entry point registers the
+        # same module under that name, and pytest refuses a second registration.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:sagaflow",
+         "-p", "sagaflow.testing.pytest_plugin",
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(test)],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
         env={**os.environ, "PYTHONPATH": str(root)},
