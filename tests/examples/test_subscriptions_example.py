@@ -6,7 +6,6 @@ shows is what is tested. Each test gets a fresh database file.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
