@@ -614,5 +614,9 @@ def new_saga(name: str, steps: str, pivot: str | None, path: Path) -> None:
     )
 
 
+main.add_lazy_command("sagas", "sagaflow.cli_sagas:sagas")
+main.add_lazy_command("recover", "sagaflow.cli_sagas:recover")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name="sagaflow")
