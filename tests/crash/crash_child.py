@@ -1,0 +1,88 @@
+"""The processes the crash tests kill. Run with ``sys.executable``; prints JSON.
+
+    crash_child.py jobs STORE JOBS.json   run each job in a forked process, one after
+                                          another; print how each ended
+    crash_child.py recover STORE          Orchestrator.recover() in this (fresh) process
+
+A job is ``{"saga_id", "action": "run"|"recover", "fail": bool, "point": [kind, n,
+when] | null, "synchronous": "FULL"|"NORMAL"}``: the forked process arms its kill switch
+at ``point`` and runs the saga (or recovers it, alone), so it dies there by SIGKILL
+(or ends normally, if the point lies beyond what it does). Forking from this process,
+which has imported everything but opened nothing, makes a fresh process per kill cost
+milliseconds instead of an interpreter start; each one opens its own store and ledger.
+The participants' ledger is the file named by $SAGAFLOW_CRASH_LEDGER.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+
+import crash_sagas
+from crash_sagas import CrashOrder, KillingStore, Point, SkippingClock
+
+from sagaflow import Orchestrator
+
+
+def _job(store_path: str, job: dict) -> None:
+    point = None if job["point"] is None else Point(*job["point"])
+    crash_sagas.set_kill(point)
+    store = KillingStore(store_path, synchronous=job.get("synchronous", "FULL"))
+    orch = Orchestrator(store, sagas=[CrashOrder], clock=SkippingClock())
+    if job["action"] == "run":
+        orch.run(CrashOrder(fail=job["fail"]), job["saga_id"])
+    else:
+        store.only = job["saga_id"]
+        report = orch.recover()
+        if report.skipped:
+            raise RuntimeError(f"recovery skipped {report.skipped}")
+
+
+def jobs(store_path: str, jobs_file: str) -> None:
+    with open(jobs_file, encoding="utf-8") as f:
+        todo = json.load(f)
+    results = []
+    for job in todo:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the process to kill
+            code = 0
+            try:
+                signal.alarm(60)  # a hang ends the process by SIGALRM, never the suite
+                _job(store_path, job)
+            except BaseException:
+                traceback.print_exc()
+                code = 3
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        results.append({
+            **job,
+            "killed": killed,
+            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status),
+        })
+    json.dump(results, sys.stdout)
+
+
+def recover(store_path: str) -> None:
+    with Orchestrator(KillingStore(store_path), sagas=[CrashOrder],
+                      clock=SkippingClock()) as orch:
+        report = orch.recover()
+        orch.store.close()  # type: ignore[attr-defined]
+    json.dump({"resumed": {k: v.value for k, v in report.resumed.items()},
+               "skipped": {k: str(v) for k, v in report.skipped.items()}}, sys.stdout)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "jobs":
+        jobs(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "recover":
+        recover(sys.argv[2])
+    else:
+        raise SystemExit(f"unknown mode {sys.argv[1]!r}: jobs or recover")
