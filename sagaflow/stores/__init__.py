@@ -1,8 +1,33 @@
-"""Stores keep saga records: memory, SQLite (the embedded default); one protocol."""
+"""Stores keep saga records: memory, SQLite (the embedded default), PostgreSQL; one protocol.
+
+``PostgresStore`` is imported on first use, so ``import sagaflow`` works without psycopg.
+"""
+
+from typing import TYPE_CHECKING
 
 from .base import Store, Stored
 from .memory import MemoryStore
 from .sqlite import SQLiteStore, StoredSaga
 from .url import open_store
 
-__all__ = ["MemoryStore", "SQLiteStore", "Store", "Stored", "StoredSaga", "open_store"]
+if TYPE_CHECKING:
+    from .postgres import PostgresStore
+
+
+def __getattr__(name: str) -> object:
+    if name == "PostgresStore":
+        from .url import postgres_module
+
+        return postgres_module().PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "MemoryStore",
+    "PostgresStore",
+    "SQLiteStore",
+    "Store",
+    "Stored",
+    "StoredSaga",
+    "open_store",
+]

@@ -7,7 +7,12 @@
 ``sqlite:////var/lib/app/sagas.db``  an absolute path (four slashes); ``~`` expands
 ``sqlite:///:memory:``             an in-memory SQLite database (tests: not durable)
 ``...?synchronous=NORMAL``         SQLite options: ``synchronous``, ``busy_timeout``
-``postgresql://...``               reserved: the PostgreSQL store is not available yet
+``postgresql://user@host/db``      a :class:`~sagaflow.stores.postgres.PostgresStore`
+                                   (also ``postgres://``, ``postgresql+psycopg://``;
+                                   needs ``pip install 'sagaflow[postgres]'``)
+``...?schema=app&pool_size=8``     sagaflow's PostgreSQL options: ``schema`` (the
+                                   tables' schema), ``pool_size``, ``max_batch``;
+                                   every other parameter goes to libpq
 =================================  ==================================================
 """
 
@@ -15,17 +20,19 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from types import ModuleType
 from typing import Any
 
 from .base import Store
 from .memory import MemoryStore
 
-__all__ = ["SCHEMES", "open_store"]
+__all__ = ["SCHEMES", "open_store", "postgres_module"]
 
 #: The URL schemes open_store understands.
-SCHEMES = ("memory://", "sqlite:///")
+SCHEMES = ("memory://", "sqlite:///", "postgresql://")
 _POSTGRES = ("postgresql", "postgres", "postgresql+psycopg")
 _SQLITE_OPTIONS = {"synchronous": str, "busy_timeout": float}
+_POSTGRES_OPTIONS = {"schema": str, "pool_size": int, "max_batch": int}
 
 
 def open_store(store: str | Store) -> Store:
@@ -52,14 +59,48 @@ def open_store(store: str | Store) -> Store:
     if scheme == "sqlite":
         return _sqlite(store, rest)
     if scheme in _POSTGRES:
-        raise ValueError(
-            f"{store!r}: the PostgreSQL store is not available yet in this version of "
-            "sagaflow; use 'sqlite:///path/to/sagas.db' meanwhile"
-        )
+        return _postgres(store, rest)
     raise ValueError(
-        f"{store!r}: unknown store scheme {scheme + '://'!r}; supported: "
-        f"{', '.join(SCHEMES)} (postgresql:// is reserved for a later version)"
+        f"{store!r}: unknown store scheme {scheme + '://'!r}; supported: {', '.join(SCHEMES)}"
     )
+
+
+def postgres_module() -> ModuleType:
+    """:mod:`sagaflow.stores.postgres`, or an error saying how to install psycopg."""
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"the PostgreSQL store needs psycopg 3 with its pool ({exc}): "
+            "pip install 'sagaflow[postgres]'"
+        ) from exc
+    from . import postgres
+
+    return postgres
+
+
+def _postgres(url: str, rest: str) -> Store:
+    """A PostgresStore for ``url``; sagaflow's own options are taken out of the query,
+    the rest of the URL is libpq's (it reports its own mistakes)."""
+    location, _, query = rest.partition("?")
+    options: dict[str, Any] = {}
+    kept: list[tuple[str, str]] = []
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        convert = _POSTGRES_OPTIONS.get(key)
+        if convert is None:
+            kept.append((key, value))
+            continue
+        try:
+            options[key] = convert(value)
+        except ValueError:
+            raise ValueError(f"{url!r}: option {key}={value!r} is not valid") from None
+    conninfo = "postgresql://" + location
+    if kept:
+        conninfo += "?" + urllib.parse.urlencode(kept)
+    module = postgres_module()
+    store: Store = module.PostgresStore(conninfo, **options)
+    return store
 
 
 def _sqlite(url: str, rest: str) -> Store:
