@@ -7,7 +7,8 @@ order, the final status, the duration and the domain events. Time is virtual: a 
 a second or two. ``python -m examples orders transfer`` runs only those examples.
 The runs are recorded in sagaflow's SQLite store, ``out/sagas.db``, next to the
 subscription example's own domain database, ``out/subscriptions.db``: both stay there to
-look at.
+look at. The last example, ``crash``, runs a saga in a child process that is killed
+(SIGKILL) in the middle of a step, then recovers it from ``out/sagas.db``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from sagaflow.stores.sqlite import SQLiteStore
 
 from .console import Demo
 
-EXAMPLES = ("quickstart", "registration", "subscriptions", "onboarding", "orders", "transfer")
+EXAMPLES = (
+    "quickstart", "registration", "subscriptions", "onboarding", "orders", "transfer", "crash",
+)
 
 
 def _quickstart(d: Demo, out: Path) -> None:
@@ -69,6 +72,12 @@ def _transfer(d: Demo, out: Path) -> None:
     demo.demo(d)
 
 
+def _crash(d: Demo, out: Path) -> None:
+    from . import crash_demo
+
+    crash_demo.demo(d, out)
+
+
 RUNNERS: dict[str, Callable[[Demo, Path], None]] = {
     "quickstart": _quickstart,
     "registration": _registration,
@@ -76,6 +85,7 @@ RUNNERS: dict[str, Callable[[Demo, Path], None]] = {
     "onboarding": _onboarding,
     "orders": _orders,
     "transfer": _transfer,
+    "crash": _crash,
 }
 
 

@@ -21,7 +21,8 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     text = "\n".join(lines)
 
     for section in ("quickstart", "registration (seed 001)", "subscriptions (seed 000)",
-                    "onboarding (seed 002)", "orders (seed 003)", "transfer (seed 004)"):
+                    "onboarding (seed 002)", "orders (seed 003)", "transfer (seed 004)",
+                    "crash and recovery"):
         assert f"═══ {section}" in text
     # step n/N, retries with their delays, compensations in order, status, duration, events
     assert "step 3/3 send_confirmation ✗ SMTPError: SMTP connection timeout" in text
@@ -35,8 +36,37 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert "nothing oversold" in text
     assert "total 300.00" in text and "total 299" not in text
     assert (tmp_path / "subscriptions.db").exists()
-    assert lines[-1].startswith("═══ 41 sagas run in ")
-    assert lines[-1].endswith(f"41 records in {tmp_path / 'sagas.db'} ═══")
+    assert "process killed (SIGKILL)" in text and "card charged 1 time(s)" in text
+    assert lines[-1].startswith("═══ 42 sagas run in ")
+    assert lines[-1].endswith(f"42 records in {tmp_path / 'sagas.db'} ═══")
+
+
+def test_the_crash_demo_kills_a_process_and_recovers_its_saga_from_the_file(
+    tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    assert main(["crash", "--out", str(tmp_path)], out=lines.append) == 0
+    text = "\n".join(lines)
+    # the child ran step 1, took the charge, and died before step 2 returned
+    assert "   step 1/4 reserve_stock ✓   reservation=res-A-1001" in text
+    assert "charge_card took effect; the process is killed (SIGKILL)" in text
+    assert "   process killed (SIGKILL): exit status -9" in text
+    assert "ship-1: RUNNING, at step 2/4 charge_card (attempt 1 started" in text
+    # recovered here: the step re-run with the same key, which the participant knew
+    assert "   step 2/4 charge_card ✓ (attempt 2/3)   charge=charge-A-1001" in text
+    assert "key ship-1:charge_card:forward seen before: returns charge-A-1001" in text
+    assert "recovered: step 2/4 charge_card re-run with the same idempotency key" in text
+    assert "   ⇒ COMPLETED in 0s" in text
+    assert "card charged 1 time(s): 49.90 (exactly once)" in text
+    assert "step 1/4 reserve_stock ✓" not in text.split("── recovery:")[1]  # not replayed
+
+    with SQLiteStore(tmp_path / "sagas.db") as store:  # what the file holds
+        record = store.load("ship-1")
+    assert record is not None and record.status is SagaStatus.COMPLETED
+    started = [(e.step, e.attempt) for e in record.history if type(e).__name__ == "StepStarted"]
+    assert started == [("reserve_stock", 1), ("charge_card", 1), ("charge_card", 2),
+                       ("book_courier", 1), ("send_receipt", 1)]
+    assert record.data.charge == "charge-A-1001"
 
 
 def test_the_demo_records_survive_in_the_sqlite_store(tmp_path: Path) -> None:
