@@ -616,6 +616,7 @@ def new_saga(name: str, steps: str, pivot: str | None, path: Path) -> None:
 
 main.add_lazy_command("sagas", "sagaflow.cli_sagas:sagas")
 main.add_lazy_command("recover", "sagaflow.cli_sagas:recover")
+main.add_lazy_command("worker", "sagaflow.cli_worker:worker")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import operator
 import os
 import threading
@@ -66,6 +67,8 @@ __all__ = [
     "PostgresStore",
     "PostgresStoredSaga",
 ]
+
+log = logging.getLogger("sagaflow.stores.postgres")
 
 #: The layout this code writes; a database with a newer one is refused.
 SCHEMA_VERSION = 1
@@ -337,6 +340,16 @@ class _Write:
         self.tracked: _Tracked | None = None
 
 
+class _Lane:
+    """A writer's connection (opened on first use, again after a failure) and its lock."""
+
+    __slots__ = ("conn", "lock")
+
+    def __init__(self) -> None:
+        self.conn: _Conn | None = None
+        self.lock = threading.Lock()
+
+
 class _Tracked:
     """What this store knows of a running saga's stored form at ``version``, so that a
     checkpoint encodes only what changed (as in the SQLite store)."""
@@ -374,8 +387,10 @@ class PostgresStore:
     ``conninfo`` is a libpq connection string or URL (``postgresql://user@host/db``).
     ``schema`` puts the tables in that schema (created if absent; default: the
     connection's ``search_path``). ``pool_size`` bounds the connections used for reads
-    and queue operations (writes use one more, the group-commit writer's). ``codec``
-    turns records into JSON (default: :data:`sagaflow.codec.default_codec`).
+    and queue operations. Writes are group-committed by ``writers`` connections of their
+    own: async checkpoints by as many threads, so that one batch executes while another
+    commits. ``max_batch`` bounds the checkpoints in one transaction. ``codec`` turns
+    records into JSON (default: :data:`sagaflow.codec.default_codec`).
 
     Thread-safe, and usable from any number of event loops. It does not survive
     ``fork()``: open one per process. Use it as a context manager or call :meth:`close`.
@@ -389,12 +404,15 @@ class PostgresStore:
         pool_size: int = 4,
         codec: Codec | None = None,
         max_batch: int = 500,
+        writers: int = 2,
         connect_timeout: float = 10.0,
     ) -> None:
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size!r}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        if writers < 1:
+            raise ValueError(f"writers must be >= 1, got {writers!r}")
         if schema is not None and (not isinstance(schema, str) or not schema):
             raise ValueError(f"schema must be a non-empty string, got {schema!r}")
         self.conninfo = conninfo
@@ -408,11 +426,13 @@ class PostgresStore:
         self._data_types: dict[type, str] = {}
         self._known: dict[str, _Tracked] = {}
         self._pending: collections.deque[_Write] = collections.deque()
-        self._write_lock = threading.Lock()
+        # Lane 0 serves sync callers (each writes its own batch, helping the others)
+        # and the first writer thread; async writes also go through the others, so that
+        # a batch executes while the one before it commits.
+        self._lanes = [_Lane() for _ in range(writers)]
         self._wakeup = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._writers: list[threading.Thread] = []
         self._writer_guard = threading.Lock()
-        self._conn: _Conn | None = None
         #: transactions committed, and the saga writes they carried
         self.commits = 0
         self.writes = 0
@@ -429,9 +449,9 @@ class PostgresStore:
         try:
             # The writer's connection first: a wrong URL or a server that is down fails
             # here at once, with libpq's own message (the pool would retry for a while).
-            with self._write_lock:
-                conn = self._connect_writer()
-                self._init_schema(conn)
+            lane = self._lanes[0]
+            with lane.lock:
+                self._init_schema(self._connect_writer(lane))
             self._pool.open(wait=True, timeout=connect_timeout)
         except StoreError:
             self._pool.close()
@@ -464,8 +484,8 @@ class PostgresStore:
         with conn.transaction():
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
 
-    def _connect_writer(self) -> _Conn:
-        conn = self._conn
+    def _connect_writer(self, lane: _Lane) -> _Conn:
+        conn = lane.conn
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         if conn is not None:
@@ -481,11 +501,11 @@ class PostgresStore:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
                 conn.commit()
         except psycopg.Error as exc:
-            self._conn = None
+            lane.conn = None
             raise StoreError(
                 f"cannot connect to the sagaflow store at {self._where()}: {exc}"
             ) from exc
-        self._conn = conn
+        lane.conn = conn
         return conn
 
     def _init_schema(self, conn: _Conn) -> None:
@@ -772,12 +792,13 @@ class PostgresStore:
         """Queue ``items`` and write until they are committed (helping others' writes)."""
         pending = self._pending
         pending.extend(items)
+        lane = self._lanes[0]
         try:
             for item in items:
                 while not item.done:
-                    with self._write_lock:
+                    with lane.lock:
                         if not item.done:
-                            self._drain()
+                            self._drain(lane)
         except BaseException:
             for item in items:
                 if not item.done:
@@ -794,34 +815,40 @@ class PostgresStore:
             with contextlib.suppress(ValueError):
                 self._pending.remove(item)
                 raise StoreError(f"the sagaflow store at {self._where()} is closed")
-        if self._writer is None:
-            self._start_writer()
+        if not self._writers:
+            self._start_writers()
         # Still set: the writer has not woken yet and will take this item too.
         if not self._wakeup.is_set():
             self._wakeup.set()
         return item.future
 
-    def _start_writer(self) -> None:
+    def _start_writers(self) -> None:
         with self._writer_guard:
-            if self._writer is None:
+            if self._writers:
+                return
+            for lane in self._lanes:
                 thread = threading.Thread(
-                    target=self._serve, name="sagaflow-postgres-writer", daemon=True
+                    target=self._serve, args=(lane,), name="sagaflow-postgres-writer",
+                    daemon=True,
                 )
                 thread.start()
-                self._writer = thread
+                self._writers.append(thread)
 
-    def _serve(self) -> None:
+    def _serve(self, lane: _Lane) -> None:
         while True:
             self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                with self._write_lock:
-                    self._drain()
+                with lane.lock:
+                    try:
+                        self._drain(lane)
+                    except Exception:  # the batch's waiters have their error: go on
+                        log.exception("sagaflow: the PostgreSQL store's writer failed")
             if self._closed:
                 return
 
-    def _drain(self) -> None:
-        """Write one batch of pending items in one transaction. Hold ``_write_lock``."""
+    def _drain(self, lane: _Lane) -> None:
+        """Write one batch of pending items in one transaction. Hold ``lane.lock``."""
         pending = self._pending
         batch: list[_Write] = []
         try:
@@ -832,7 +859,7 @@ class PostgresStore:
         if not batch:
             return
         try:
-            self._write_batch(batch)
+            self._write_batch(batch, lane)
         except BaseException as exc:  # interrupted before COMMIT: nothing was written
             for item in batch:
                 if item.error is None and not item.done:
@@ -841,11 +868,11 @@ class PostgresStore:
         finally:
             self._complete(batch)
 
-    def _write_batch(self, batch: list[_Write]) -> None:
+    def _write_batch(self, batch: list[_Write], lane: _Lane) -> None:
         """Write ``batch`` in one transaction; if a statement fails (a value the server
         refuses), each item again in its own, so that each waiter gets its own outcome."""
         try:
-            conn = self._connect_writer()
+            conn = self._connect_writer(lane)
         except StoreError as exc:
             for item in batch:
                 item.error = exc
@@ -869,7 +896,7 @@ class PostgresStore:
                 conn.rollback()
             if len(batch) > 1:
                 for item in batch:
-                    self._write_batch([item])
+                    self._write_batch([item], lane)
                 return
             batch[0].error = StoreError(
                 f"saga {batch[0].row[0]!r}: the sagaflow store refused the write: {exc}"
@@ -1289,16 +1316,16 @@ class PostgresStore:
         if self._closed:
             return
         self._closed = True
-        writer = self._writer
-        if writer is not None:
-            self._wakeup.set()
+        self._wakeup.set()
+        for writer in self._writers:
             writer.join()
-        with self._write_lock:
-            while self._pending:
-                self._drain()
-            if self._conn is not None:
-                with contextlib.suppress(Exception):
-                    self._conn.close()
+        for lane in self._lanes:
+            with lane.lock:
+                while self._pending:
+                    self._drain(lane)
+                if lane.conn is not None:
+                    with contextlib.suppress(Exception):
+                        lane.conn.close()
         self._pool.close()
 
     def __enter__(self) -> PostgresStore:

@@ -1,0 +1,630 @@
+"""Workers: queued sagas run by any number of processes, on any number of machines,
+sharing one PostgreSQL database and nothing else.
+
+A client *enqueues* a saga (:func:`enqueue`: the record is stored, due now, held by
+nobody) and may :func:`wait` for its result. A :class:`Worker` (or ``sagaflow worker
+--store URL --import MODULE``) claims due sagas and drives them with the orchestrator's
+own machinery, many at once on one event loop:
+
+- **claim**: ``FOR UPDATE SKIP LOCKED`` picks due sagas that no live lease holds, so
+  concurrent workers never wait for each other nor take the same saga; each claim sets
+  the saga's ``owner``, starts a lease of ``lease`` seconds (the database's clock) and
+  bumps the saga's *fence* token.
+- **heartbeat**: a thread renews the leases of every saga this worker holds every
+  ``heartbeat`` seconds, as long as the event loop is alive (a loop stuck for a whole
+  lease stops renewing, so that its sagas are taken over).
+- **fencing**: every save carries the token the worker claimed the saga with
+  (:meth:`~sagaflow.stores.postgres.PostgresStore.fenced`). A worker that was paused
+  or cut off past its lease, whose saga another worker has claimed since, fails its
+  next write (:class:`~sagaflow.stores.postgres.LeaseLost`) and writes nothing. Steps
+  may read the token too (:func:`current_lease`), to pass it on to a participant that
+  checks it.
+- **takeover**: a dead worker's sagas are claimed again once their leases expire; the
+  step that was in flight runs again with the same idempotency key (at-least-once).
+- **wake-ups**: a retry that must wait longer than ``park_after`` seconds releases its
+  saga to the queue, due when the retry is, for any worker to pick up then; a saga past
+  its deadline is compensated by whichever worker claims it next.
+- **shutdown**: :meth:`Worker.stop` (SIGTERM, SIGINT under :meth:`Worker.run`) stops
+  claiming, releases sagas waiting for a retry, gives the running ones ``grace``
+  seconds to finish, then releases the rest (a second signal: at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import attrs
+
+from .clock import Clock, SystemClock
+from .definition import SagaSpec, spec_of
+from .engine import new_record
+from .errors import ConcurrentModification, SagaflowError, SagaNotFound, StoreError
+from .events import Listener
+from .orchestrator import Migration, Orchestrator
+from .records import SagaRecord, SagaResult, SagaStatus
+from .stores import Store
+from .stores.postgres import FencedStore, LeaseLost, PostgresStore, PostgresStoredSaga
+from .stores.url import open_store
+
+__all__ = [
+    "Lease",
+    "Worker",
+    "WorkerStats",
+    "aenqueue",
+    "current_lease",
+    "enqueue",
+    "enqueue_many",
+    "wait",
+    "wait_async",
+]
+
+log = logging.getLogger("sagaflow.worker")
+
+
+@attrs.define
+class Lease:
+    """The lease under which this worker drives a saga: ``token`` is the saga's fence
+    token from the claim (a re-claim by the same worker updates it), ``owner`` the
+    worker's id. A participant that remembers the highest token it has seen for a saga
+    can refuse calls carrying a lower one: they come from a worker that lost the saga."""
+
+    saga_id: str
+    token: int
+    owner: str
+
+
+_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
+    "sagaflow_lease", default=None
+)
+
+
+def current_lease() -> Lease | None:
+    """The lease of the saga whose step is running here, under a :class:`Worker`
+    (``None`` elsewhere)."""
+    return _lease.get()
+
+
+@attrs.define
+class WorkerStats:
+    """What a worker did: sagas claimed, finished (by status), parked until a retry
+    is due, released (shutdown, errors), lost to another worker."""
+
+    claimed: int = 0
+    finished: Counter[str] = attrs.field(factory=Counter)
+    parked: int = 0
+    released: int = 0
+    lost: int = 0
+    errors: int = 0
+
+    def describe(self) -> str:
+        done = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.finished.items())) or "none"
+        return (
+            f"claimed {self.claimed}; finished: {done}; parked {self.parked}; "
+            f"released {self.released}; lost to other workers {self.lost}; errors {self.errors}"
+        )
+
+
+class _Park(Exception):
+    """Raised by the worker's clock instead of a long sleep: the record is saved with
+    its ``wake_at``, so the saga goes back to the queue, due then."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
+
+
+class _ParkingClock:
+    """The worker's clock: short sleeps are slept; a longer one (or any, once the
+    worker is stopping) parks the saga instead of holding it."""
+
+    def __init__(self, base: Clock, worker: Worker) -> None:
+        self.base = base
+        self.worker = worker
+
+    def now(self) -> float:
+        return self.base.now()
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        worker = self.worker
+        if worker.stopping or seconds > worker.park_after:
+            raise _Park(self.base.now() + seconds)
+        stopping = worker._stopping_event
+        if stopping is None or not isinstance(self.base, SystemClock):
+            await self.base.asleep(seconds)
+            if worker.stopping:
+                raise _Park(self.base.now())
+            return
+        until = self.base.now() + seconds
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await stopping.wait()
+        if worker.stopping:
+            raise _Park(until)
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+class Worker:
+    """Claims queued sagas from a PostgreSQL store and runs them, ``concurrency`` at once.
+
+    ``store`` is a :class:`~sagaflow.stores.postgres.PostgresStore` or its URL;
+    ``sagas`` the saga classes this worker runs (it claims only those, and only at
+    their current definitions or one that ``migrations`` maps). ``lease`` is how long
+    a claim lasts without a heartbeat (seconds): a dead worker's sagas are taken over
+    that long after its last heartbeat, every ``heartbeat`` seconds (default: a third of
+    ``lease``). ``poll`` is how often an idle worker looks for due sagas; a retry
+    waiting longer than ``park_after`` goes back to the queue; ``grace`` is how long a
+    stopping worker lets running sagas finish. ``listeners`` and ``clock`` are the
+    :class:`~sagaflow.Orchestrator`'s.
+    """
+
+    def __init__(
+        self,
+        store: PostgresStore | str,
+        sagas: Iterable[type] = (),
+        *,
+        concurrency: int = 64,
+        lease: float = 30.0,
+        heartbeat: float | None = None,
+        poll: float = 0.5,
+        park_after: float = 1.0,
+        grace: float = 30.0,
+        retry_later: float = 60.0,
+        claim_batch: int | None = None,
+        listeners: Iterable[Listener] = (),
+        migrations: Mapping[str, Migration] | None = None,
+        clock: Clock | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
+        if lease <= 0:
+            raise ValueError(f"lease must be > 0 seconds, got {lease!r}")
+        heartbeat = lease / 3 if heartbeat is None else heartbeat
+        if not 0 < heartbeat < lease:
+            raise ValueError(
+                f"heartbeat must be > 0 and shorter than the lease ({lease:g}s), got "
+                f"{heartbeat!r}: a lease must be renewed before it expires"
+            )
+        self._owns_store = isinstance(store, str)
+        opened = open_store(store) if isinstance(store, str) else store
+        try:
+            self.store: PostgresStore = _queue_store(opened)
+        except TypeError:
+            close = getattr(opened, "close", None)
+            if self._owns_store and close is not None:
+                close()
+            raise
+        self.id = worker_id or _worker_id()
+        self.concurrency = concurrency
+        self.lease = float(lease)
+        self.heartbeat = float(heartbeat)
+        self.poll = float(poll)
+        self.park_after = float(park_after)
+        self.grace = float(grace)
+        self.retry_later = float(retry_later)
+        self.claim_batch = claim_batch if claim_batch is not None else concurrency
+        self.stats = WorkerStats()
+        self.stopping = False
+        self._grace_override: float | None = None
+        self._base_clock: Clock = SystemClock() if clock is None else clock
+        #: saga id -> lease token of the sagas this worker holds (read by every save)
+        self._tokens: dict[str, int] = {}
+        self._leases: dict[str, Lease] = {}
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._specs: dict[str, SagaSpec] = {}
+        self._migrations = dict(migrations or {})
+        self._fenced: FencedStore = self.store.fenced(self._tokens)
+        self.orchestrator = Orchestrator(
+            self._fenced,
+            listeners,
+            migrations=self._migrations,
+            clock=_ParkingClock(self._base_clock, self),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping_event: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._tick = time.monotonic()
+        self._heartbeat_stop = threading.Event()
+        self.register(*sagas)
+
+    def register(self, *classes: type) -> None:
+        """Run sagas of these classes too."""
+        for cls in classes:
+            spec = spec_of(cls)
+            self._specs[spec.name] = spec
+        self.orchestrator.register(*classes)
+
+    # --- running ------------------------------------------------------------------
+
+    def run(self, *, handle_signals: bool = True) -> WorkerStats:
+        """Serve until :meth:`stop` (or SIGTERM / SIGINT, with ``handle_signals``): the
+        blocking form of :meth:`serve`, for a worker process's main thread."""
+
+        async def main() -> WorkerStats:
+            loop = asyncio.get_running_loop()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+            return await self.serve()
+
+        return asyncio.run(main())
+
+    def _on_signal(self, sig: int) -> None:
+        if self.stopping:
+            log.warning("worker %s: second %s, releasing everything now", self.id, sig)
+            self.stop(grace=0.0)
+        else:
+            log.info("worker %s: %s, stopping (grace %gs)", self.id, sig, self.grace)
+            self.stop()
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop claiming; let running sagas finish for ``grace`` seconds (default: the
+        worker's), then release the rest. Safe from any thread; returns at once."""
+        if grace is not None:
+            self._grace_override = grace
+        loop = self._loop
+        if loop is None:
+            self.stopping = True
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to stop
+            loop.call_soon_threadsafe(self._stop_now)
+
+    def _stop_now(self) -> None:
+        self.stopping = True
+        if self._stopping_event is not None:
+            self._stopping_event.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    async def serve(self) -> WorkerStats:
+        """Claim and run sagas until :meth:`stop`; returns what was done."""
+        if not self._specs:
+            raise ValueError(
+                "this worker knows no saga classes: pass them as Worker(store, sagas=[...]) "
+                "(or --import their module on the command line)"
+            )
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping_event = asyncio.Event()
+        self._wake = asyncio.Event()
+        if self.stopping:
+            self._stop_now()
+        self._tick = time.monotonic()
+        self._heartbeat_stop.clear()
+        beat = threading.Thread(target=self._heartbeat, name=f"sagaflow-heartbeat:{self.id}",
+                                daemon=True)
+        beat.start()
+        ticker = loop.create_task(self._ticker())
+        log.info("worker %s: serving %s", self.id, ", ".join(sorted(self._specs)))
+        try:
+            await self._claim_loop()
+            await self._shutdown()
+        finally:
+            ticker.cancel()
+            self._heartbeat_stop.set()
+            await asyncio.to_thread(beat.join)
+            self._loop = None
+            if self._owns_store:
+                self.orchestrator.close()
+                self.store.close()
+        log.info("worker %s: stopped; %s", self.id, self.stats.describe())
+        return self.stats
+
+    async def _claim_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        # Claim in batches: a quarter of the slots free at least (one, when idle).
+        threshold = max(1, min(self.claim_batch, self.concurrency) // 4)
+        next_claim = 0.0  # when the queue was found drained: not before this
+        while not self.stopping:
+            free = self.concurrency - len(self._active)
+            now = time.monotonic()
+            if free >= threshold and now >= next_claim:
+                want = min(free, self.claim_batch)
+                claimed = await self._claim(want)
+                if len(claimed) == want:
+                    continue  # there may be more due
+                next_claim = now + self.poll
+            timeout = max(0.0, next_claim - time.monotonic()) if free >= threshold else self.poll
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await wake.wait()
+
+    async def _claim(self, n: int) -> list[PostgresStoredSaga]:
+        names = list(self._specs)
+        fingerprints = [s.fingerprint for s in self._specs.values()] + list(self._migrations)
+        try:
+            claimed = await asyncio.to_thread(
+                self.store.claim, self.id, n, lease=self.lease, now=self._base_clock.now(),
+                names=names, fingerprints=fingerprints,
+            )
+        except StoreError as exc:
+            self.stats.errors += 1
+            log.warning("worker %s: claiming failed, will retry: %s", self.id, exc)
+            return []
+        for stored in claimed:
+            self._start(stored)
+        return claimed
+
+    def _start(self, stored: PostgresStoredSaga) -> None:
+        sid = stored.saga_id
+        self.stats.claimed += 1
+        self._tokens[sid] = stored.fence
+        held = self._leases.get(sid)
+        if held is not None:
+            # Our own lease had lapsed and nobody took the saga: the drive goes on,
+            # under the new token.
+            held.token = stored.fence
+            return
+        lease = self._leases[sid] = Lease(sid, stored.fence, self.id)
+        assert self._loop is not None
+        self._active[sid] = self._loop.create_task(self._drive(stored, lease))
+
+    async def _drive(self, stored: PostgresStoredSaga, lease: Lease) -> None:
+        sid = stored.saga_id
+        _lease.set(lease)  # this task's context: its steps (and their threads) see it
+        orch = self.orchestrator
+        try:
+            try:
+                spec = self._specs[stored.saga_name]
+                record = self.store.decode(stored, spec.cls)
+                spec = orch.spec_for(record)
+            except SagaflowError as exc:  # a changed definition, an unreadable record
+                self.stats.errors += 1
+                log.error("worker %s: cannot run saga %s, retrying in %gs: %s",
+                          self.id, sid, self.retry_later, exc)
+                await self._release(sid, lease, self._base_clock.now() + self.retry_later)
+                return
+            await orch._adrive(spec, record)
+            self.stats.finished[record.status.value] += 1
+        except _Park as park:
+            self.stats.parked += 1
+            await self._release(sid, lease, park.until)
+        except LeaseLost as exc:
+            self.stats.lost += 1
+            log.warning("worker %s: %s", self.id, exc)
+        except ConcurrentModification as exc:  # an operator acted on it meanwhile
+            self.stats.errors += 1
+            log.warning("worker %s: %s; leaving it to be claimed afresh", self.id, exc)
+            await self._release(sid, lease, self._base_clock.now())
+        except Exception as exc:  # the store failed, a listener raised: resume later
+            self.stats.errors += 1
+            log.exception("worker %s: saga %s failed to run, releasing it: %s", self.id, sid, exc)
+            await self._release(sid, lease, self._base_clock.now() + min(self.retry_later, 5.0))
+        finally:
+            if self._leases.get(sid) is lease:
+                del self._leases[sid]
+                self._tokens.pop(sid, None)
+            self._active.pop(sid, None)
+            if self._wake is not None:
+                self._wake.set()
+
+    async def _release(self, sid: str, lease: Lease, run_at: float) -> None:
+        try:
+            if await asyncio.to_thread(self.store.release, sid, lease.token, run_at):
+                self.stats.released += 1
+        except StoreError as exc:  # the lease will lapse instead
+            log.warning("worker %s: could not release saga %s: %s", self.id, sid, exc)
+
+    async def _shutdown(self) -> None:
+        """Let running sagas finish for the grace period, then release the rest."""
+        tasks = list(self._active.values())
+        grace = self.grace if self._grace_override is None else self._grace_override
+        if tasks:
+            log.info("worker %s: waiting up to %gs for %d running saga(s)",
+                     self.id, grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+        remaining = {sid: t for sid, t in self._active.items() if not t.done()}
+        if not remaining:
+            return
+        log.warning("worker %s: releasing %d saga(s) still running", self.id, len(remaining))
+        now = self._base_clock.now()
+        for sid in remaining:
+            lease = self._leases.get(sid)
+            if lease is not None:
+                # Released first, so that the cancelled run's compensation cannot write.
+                await self._release(sid, lease, now)
+        for task in remaining.values():
+            task.cancel()
+        await asyncio.gather(*remaining.values(), return_exceptions=True)
+
+    async def _ticker(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(self.heartbeat / 2)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of the sagas held, while the event loop is alive."""
+        while not self._heartbeat_stop.wait(self.heartbeat):
+            held = dict(self._tokens)
+            if not held:
+                continue
+            stalled = time.monotonic() - self._tick
+            if stalled > self.lease:
+                log.error("worker %s: event loop stuck for %.1fs; not renewing leases",
+                          self.id, stalled)
+                continue
+            try:
+                renewed = self.store.renew(
+                    self.id, list(held), lease=self.lease, now=self._base_clock.now()
+                )
+            except StoreError as exc:
+                log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                continue
+            for sid, token in held.items():
+                if sid not in renewed and self._tokens.get(sid) == token:
+                    # Finished a moment ago, or taken over: then its next save fails.
+                    log.debug("worker %s: the lease on saga %s was not renewed", self.id, sid)
+
+    def __repr__(self) -> str:
+        return f"Worker({self.id!r}, {len(self._active)} running, {self.store!r})"
+
+
+# --- clients: enqueue and wait ----------------------------------------------------------
+
+
+def _queue_store(store: Store | PostgresStore | FencedStore) -> PostgresStore:
+    if isinstance(store, PostgresStore):
+        return store
+    if isinstance(store, FencedStore):
+        return store.store
+    raise TypeError(
+        f"queued sagas need the PostgreSQL store, not {store!r}: open one with "
+        "open_store('postgresql://user@host/db')"
+    )
+
+
+def _queued_record(saga: object, saga_id: str | None, now: float) -> SagaRecord:
+    spec = spec_of(saga)
+    if saga_id is None:
+        saga_id = os.urandom(16).hex()
+    elif not isinstance(saga_id, str) or not saga_id:
+        raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
+    return new_record(spec, saga, saga_id, now)
+
+
+def _check_existing(record: SagaRecord, existing: SagaRecord | None) -> str:
+    if existing is not None and existing.saga_name != record.saga_name:
+        raise SagaflowError(
+            f"saga id {record.saga_id!r} belongs to a {existing.saga_name!r} saga, not "
+            f"{record.saga_name!r}: saga ids must be unique across saga types"
+        )
+    return record.saga_id
+
+
+def enqueue(
+    store: Store | PostgresStore,
+    saga: object,
+    saga_id: str | None = None,
+    *,
+    run_at: float | None = None,
+    clock: Clock | None = None,
+) -> str:
+    """Store ``saga`` for a worker to run (from ``run_at``, default now); its saga id.
+
+    Enqueueing an id that exists runs nothing again: the id is returned (a client may
+    retry an enqueue safely), unless it belongs to another saga type.
+    """
+    pg = _queue_store(store)
+    now = (clock or SystemClock()).now()
+    record = _queued_record(saga, saga_id, now)
+    return _check_existing(record, pg.enqueue(record, run_at))
+
+
+def enqueue_many(
+    store: Store | PostgresStore, sagas: Iterable[object], *, clock: Clock | None = None
+) -> list[str]:
+    """:func:`enqueue` for many sagas (new ids), committed in one transaction."""
+    pg = _queue_store(store)
+    now = (clock or SystemClock()).now()
+    records = [_queued_record(saga, None, now) for saga in sagas]
+    pg.enqueue_many(records)
+    return [r.saga_id for r in records]
+
+
+async def aenqueue(
+    store: Store | PostgresStore,
+    saga: object,
+    saga_id: str | None = None,
+    *,
+    run_at: float | None = None,
+    clock: Clock | None = None,
+) -> str:
+    """:func:`enqueue` for async code (group-committed with other writes)."""
+    pg = _queue_store(store)
+    now = (clock or SystemClock()).now()
+    record = _queued_record(saga, saga_id, now)
+    return _check_existing(record, await pg.aenqueue(record, run_at))
+
+
+def _result(pg: PostgresStore, saga_id: str) -> SagaResult | None:
+    status = pg.status_of(saga_id)
+    if status is None:
+        raise SagaNotFound(saga_id)
+    if not status.is_terminal:
+        return None
+    record = pg.load(saga_id)
+    if record is None:  # deleted in between
+        raise SagaNotFound(saga_id)
+    return SagaResult.of(record)
+
+
+def _timed_out(saga_id: str, timeout: float, status: SagaStatus | None) -> TimeoutError:
+    now = "unknown" if status is None else status.value
+    return TimeoutError(
+        f"saga {saga_id!r} did not finish within {timeout:g}s (it is {now}); wait again, "
+        "or look at it with 'sagaflow sagas show'"
+    )
+
+
+def wait(
+    store: Store | PostgresStore,
+    saga_id: str,
+    timeout: float | None = None,
+    *,
+    poll: float = 0.5,
+) -> SagaResult:
+    """The result of saga ``saga_id`` once it has finished (whoever runs it).
+
+    Polls the store, from every few milliseconds up to every ``poll`` seconds. Raises
+    :class:`~sagaflow.SagaNotFound` for an unknown id and ``TimeoutError`` after
+    ``timeout`` seconds.
+    """
+    pg = _queue_store(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        found = _result(pg, saga_id)
+        if found is not None:
+            return found
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                assert timeout is not None
+                raise _timed_out(saga_id, timeout, pg.status_of(saga_id))
+            delay = min(delay, left)
+        time.sleep(delay)
+        delay = min(delay * 2, poll)
+
+
+async def wait_async(
+    store: Store | PostgresStore,
+    saga_id: str,
+    timeout: float | None = None,
+    *,
+    poll: float = 0.5,
+) -> SagaResult:
+    """:func:`wait` for async code (the store is read on a worker thread)."""
+    pg = _queue_store(store)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        found = await asyncio.to_thread(_result, pg, saga_id)
+        if found is not None:
+            return found
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                assert timeout is not None
+                status = await asyncio.to_thread(pg.status_of, saga_id)
+                raise _timed_out(saga_id, timeout, status)
+            delay = min(delay, left)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, poll)
