@@ -39,6 +39,7 @@ import re
 import threading
 import types
 import uuid
+import weakref
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
@@ -170,6 +171,7 @@ class Codec:
         self._step_dict = _plain_dict_maker(StepRecord) or self.converter.get_unstructure_hook(
             StepRecord
         )
+        self._step_text = _plain_text_maker(StepRecord)
         made = _plain_maker(StepRecord)
         if made is None:  # pragma: no cover - StepRecord has plain fields
             hook = self.converter.get_structure_hook(StepRecord)
@@ -431,6 +433,11 @@ class Codec:
 
     def dump_step(self, step: StepRecord) -> str:
         """One step record as JSON text (a store may keep it while the step is unchanged)."""
+        made = self._step_text
+        if made is not None:
+            text = made(step)
+            if text is not None:
+                return text
         return self._encode(self._step_dict(step))
 
     def load_steps(self, text: str) -> list[StepRecord]:
@@ -574,7 +581,8 @@ class Codec:
         # Written out by hand: this runs for every lifecycle event, and the C string
         # escaper is what json.dumps would use anyway.
         text = (
-            f"[{_quote(tag)},{at!r},{'null' if step_ is None else _quote(step_)},{attempt}"
+            f"[{_quote(tag)},{_float_text(at)},{'null' if step_ is None else _quote(step_)},"
+            f"{attempt}"
         )
         if detail is not None:
             return f"{text},{'null' if error is None else _quote(error)},{detail}]"
@@ -776,6 +784,23 @@ def _compact_json_encoder() -> Callable[[Any], str]:
 
 _quote = json.encoder.encode_basestring_ascii
 
+_FLOAT_TEXTS: dict[float, str] = {}
+
+
+def _float_text(value: float) -> str:
+    """``repr(value)``, remembered for recent values: one checkpoint writes its time
+    several times (the event that ends a step, the step's end, the next one's start)
+    and formatting a float costs more than looking it up. Zero is not remembered:
+    ``0.0 == -0.0``, and they are written differently."""
+    text = _FLOAT_TEXTS.get(value)
+    if text is None:
+        text = float.__repr__(value)
+        if value:
+            if len(_FLOAT_TEXTS) >= 256:
+                _FLOAT_TEXTS.clear()
+            _FLOAT_TEXTS[value] = text
+    return text
+
 
 def _plain_dict_maker(cls: type) -> Callable[[Any], dict[str, Any]] | None:
     """A function from an instance of attrs class ``cls`` to a dict of its fields that
@@ -807,6 +832,73 @@ def _plain_dict_maker(cls: type) -> Callable[[Any], dict[str, Any]] | None:
     lines.append("    return d")
     exec("\n".join(lines), env)  # code made from the class's own field names only
     made: Callable[[Any], dict[str, Any]] = env["make"]
+    return made
+
+
+def _plain_text_maker(cls: type) -> Callable[[Any], str | None] | None:
+    """:func:`_plain_dict_maker` and the JSON encoder in one: the JSON text of an
+    instance of attrs class ``cls`` of plain fields, written out directly (a store
+    encodes a step record at nearly every checkpoint). Returns ``None`` for a value the
+    generic path must handle (a value not of its field's type, a NaN or infinity);
+    the text is the generic path's, byte for byte."""
+    try:
+        fields = attrs.fields(attrs.resolve_types(cls))
+    except Exception:  # unresolvable annotations: let cattrs handle the class
+        return None
+    env: dict[str, Any] = {"q": _quote, "frepr": _float_text, "irepr": int.__repr__,
+                           "INF": math.inf}
+    lines = ["def text(o):", "    out = []", "    add = out.append"]
+    for i, f in enumerate(fields):
+        t = f.type
+        optional = t in _OPTIONAL_SCALARS
+        base = next(a for a in get_args(t) if a is not type(None)) if optional else t
+        is_enum = isinstance(base, type) and issubclass(base, enum.Enum)
+        if not (is_enum or base in (str, int, float, bool)) or isinstance(f.default, _FACTORY):
+            return None
+        v = f"v{i}"
+        key = json.dumps(f.name) + ":"
+        body: list[str] = []
+        if optional:
+            body += [f"if {v} is None:", f"    add({key + 'null'!r})", "else:"]
+            indent = "    "
+        else:
+            indent = ""
+        if is_enum:
+            # By member name: a dict keyed by the members would call Enum.__hash__, a
+            # Python function, for every field of every step.
+            env[f"T{i}"] = base
+            env[f"E{i}"] = {m.name: key + _quote(m.value) for m in base
+                            if isinstance(m.value, str)}
+            body += [f"{indent}if type({v}) is not T{i}: return None",
+                     f"{indent}s = E{i}.get({v}._name_)", f"{indent}if s is None: return None",
+                     f"{indent}add(s)"]
+        elif base is str:
+            body += [f"{indent}if type({v}) is not str: return None",
+                     f"{indent}add({key!r} + q({v}))"]
+        elif base is bool:
+            body += [f"{indent}if {v} is True: add({key + 'true'!r})",
+                     f"{indent}elif {v} is False: add({key + 'false'!r})",
+                     f"{indent}else: return None"]
+        elif base is int:
+            body += [f"{indent}if type({v}) is not int: return None",
+                     f"{indent}add({key!r} + irepr({v}))"]
+        else:  # float: an int stays an int, as the JSON encoder writes it
+            body += [f"{indent}if type({v}) is float:",
+                     f"{indent}    if {v} != {v} or {v} == INF or {v} == -INF: return None",
+                     f"{indent}    add({key!r} + frepr({v}))",
+                     f"{indent}elif type({v}) is int: add({key!r} + irepr({v}))",
+                     f"{indent}else: return None"]
+        lines.append(f"    {v} = o.{f.name}")
+        if f.default is attrs.NOTHING:
+            lines += ["    " + b for b in body]
+        else:
+            env[f"D{i}"] = f.default
+            test = "is not" if is_enum or f.default is None else "!="  # the dict maker's
+            lines.append(f"    if {v} {test} D{i}:")
+            lines += ["        " + b for b in body]
+    lines.append('    return "{" + ",".join(out) + "}"')
+    exec("\n".join(lines), env)  # code made from the class's own field names only
+    made: Callable[[Any], str | None] = env["text"]
     return made
 
 
@@ -1079,14 +1171,49 @@ def describe_failure(exc: BaseException) -> str:
     return _describe(exc)
 
 
+_FIELD_NAMES: weakref.WeakKeyDictionary[type, tuple[str, ...] | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _field_names(t: type) -> tuple[str, ...] | None:
+    """The field names of attrs/dataclass class ``t`` (``None``: neither), cached: the
+    first save of every saga compares its data field by field."""
+    try:
+        return _FIELD_NAMES[t]
+    except KeyError:
+        pass
+    except TypeError:  # pragma: no cover - a type that takes no weak reference
+        fields = _fields_of_type(t)
+        return None if fields is None else tuple(fields)
+    names = _fields_of_type(t)
+    found = None if names is None else tuple(names)
+    with contextlib.suppress(TypeError):
+        _FIELD_NAMES[t] = found
+    return found
+
+
+def _fields_of_type(t: type) -> list[str] | None:
+    if attrs.has(t):
+        return [f.name for f in attrs.fields(t)]
+    if dataclasses.is_dataclass(t):
+        return [f.name for f in dataclasses.fields(t)]
+    return None
+
+
 def _difference(a: Any, b: Any, path: str) -> tuple[str, Any, Any] | None:
     """Where ``b`` (loaded back) differs from ``a`` (saved), or ``None``."""
     if type(a) is not type(b):
         return path, a, b
-    fields = _fields_of(a)
-    if fields is not None:
-        for name, _declared, v in fields:
-            found = _difference(v, getattr(b, name, None), f"{path}.{name}")
+    t = type(a)
+    if t is str or t is int or t is bool or a is None:
+        return None if a == b else (path, a, b)
+    names = _field_names(t)
+    if names is not None:
+        for name in names:
+            found = _difference(
+                getattr(a, name, None), getattr(b, name, None), f"{path}.{name}"
+            )
             if found is not None:
                 return found
         return None

@@ -145,6 +145,17 @@ _UPDATE = (
     + ", ".join(f"{c} = ?{i + 1}" for i, c in enumerate(_COLUMNS) if c not in ("saga_id",))
     + f" WHERE saga_id = ?1 AND version = ?{_NCOLS + 1}"
 )
+#: Columns a save leaves alone while they keep their stored values: a checkpoint that
+#: names ``status`` or ``saga_name`` rewrites their index entry (SQLite updates an index
+#: when one of its columns is SET, whatever the value), a second b-tree page written and
+#: synced per commit. :data:`_UPDATE_NARROW` leaves them out; it binds the same
+#: parameters as :data:`_UPDATE` (``?N`` by column position, unused ones ignored).
+_STATIC = ("saga_id", "saga_name", "fingerprint", "data_type", "status", "created_at")
+_UPDATE_NARROW = (
+    "UPDATE sagaflow_sagas SET "
+    + ", ".join(f"{c} = ?{i + 1}" for i, c in enumerate(_COLUMNS) if c not in _STATIC)
+    + f" WHERE saga_id = ?1 AND version = ?{_NCOLS + 1}"
+)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM sagaflow_sagas"
 _INSERT_HISTORY = (
     "INSERT {}INTO sagaflow_history (saga_id, seq, type, at, step, attempt, error, detail) "
@@ -215,7 +226,7 @@ class _Write:
 
     __slots__ = (
         "create", "done", "error", "events", "expected", "future", "history", "inserted",
-        "loop", "replay", "row", "tracked",
+        "loop", "narrow", "replay", "row", "tracked",
     )  # fmt: skip
 
     def __init__(
@@ -241,31 +252,41 @@ class _Write:
         self.future: asyncio.Future[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tracked: _Tracked | None = None
+        #: the static columns are as stored: write with :data:`_UPDATE_NARROW`
+        self.narrow = False
 
 
 class _Tracked:
     """What this store knows of a running saga's stored form at ``version``, so that a
     checkpoint encodes only what changed: the number of lifecycle and domain events
-    stored, the ones kept inline (as (row, JSON) pairs), and each step record's JSON
-    (only the current step changes between checkpoints)."""
+    stored, the ones kept inline (as (row, JSON) pairs), each step record's values and
+    JSON (only the current step changes between checkpoints), and the values of the
+    columns in :data:`_STATIC` (unchanged: the save need not name them)."""
 
-    __slots__ = ("events", "history", "inline_events", "inline_history", "steps", "version")
+    __slots__ = (
+        "events", "history", "history_text", "inline_events", "inline_history", "static",
+        "step_texts", "step_values", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
         version: int,
         history: int,
         events: int,
-        steps: list[tuple[Any, str]],
+        steps: tuple[list[Any], list[str]],
         inline_history: list[tuple[tuple[Any, ...], str]],
         inline_events: list[str],
+        static: tuple[Any, ...],
     ) -> None:
         self.version = version
         self.history = history
         self.events = events
-        self.steps = steps
+        self.step_values, self.step_texts = steps
         self.inline_history = inline_history
+        #: the inline history's JSON items, joined (the column without its brackets)
+        self.history_text = ",".join([text for _, text in inline_history])
         self.inline_events = inline_events
+        self.static = static
 
 
 def _spilled(n: int) -> int:
@@ -500,27 +521,34 @@ class SQLiteStore:
         )
 
     def _steps(
-        self, steps: list[StepRecord], cache: list[tuple[Any, str]] | None
-    ) -> tuple[str, list[tuple[Any, str]]]:
-        """The steps' JSON, re-encoding only the step records that changed."""
+        self, steps: list[StepRecord], tracked: _Tracked | None
+    ) -> tuple[str, tuple[list[Any], list[str]]]:
+        """The steps' JSON, re-encoding only the step records that changed since
+        ``tracked`` (whose lists are updated in place); and the values and texts."""
         dump_step = self.codec.dump_step
-        if cache is None or len(cache) != len(steps):
-            cache = [(_step_values(s), dump_step(s)) for s in steps]
+        if tracked is None or len(tracked.step_values) != len(steps):
+            values = [_step_values(s) for s in steps]
+            texts = [dump_step(s) for s in steps]
         else:
+            values = tracked.step_values
+            texts = tracked.step_texts
             for i, s in enumerate(steps):
-                values = _step_values(s)
-                if values != cache[i][0]:
-                    cache[i] = (values, dump_step(s))
-        return "[" + ",".join([text for _, text in cache]) + "]", cache
+                now = _step_values(s)
+                if now != values[i]:
+                    values[i] = now
+                    texts[i] = dump_step(s)
+        return "[" + ",".join(texts) + "]", (values, texts)
 
     def _history(
         self,
         record: SagaRecord,
         stored: int,
         inline: list[tuple[tuple[Any, ...], str]],
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[tuple[Any, ...], str]]]:
-        """Rows to append to sagaflow_history, and the new inline tail, given that the
-        store has ``stored`` lifecycle events (the last ones in ``inline``)."""
+        joined: str | None = None,
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[tuple[Any, ...], str]], str]:
+        """Rows to append to sagaflow_history, the new inline tail and its items joined
+        (the ``history`` column without brackets), given that the store has ``stored``
+        lifecycle events (the last ones in ``inline``, joined in ``joined``)."""
         codec = self.codec
         history = record.history
         n = len(history)
@@ -529,16 +557,24 @@ class SQLiteStore:
                 f"saga {record.saga_id!r}: its history shrank since the last save; it is "
                 "append-only"
             )
+        added = []
         for i in range(stored, n):
             row = codec.history_row(history[i])
-            inline.append((row, codec.history_text(row)))
+            text = codec.history_text(row)
+            inline.append((row, text))
+            added.append(text)
         cut = _spilled(n) - _spilled(stored)
         if not cut:
-            return [], inline
+            if joined is None:
+                joined = ",".join([text for _, text in inline])
+            elif added:
+                joined = f"{joined},{','.join(added)}" if joined else ",".join(added)
+            return [], inline, joined
         sid = record.saga_id
         first = _spilled(stored)
         rows = [(sid, first + k, *inline[k][0]) for k in range(cut)]
-        return rows, inline[cut:]
+        inline = inline[cut:]
+        return rows, inline, ",".join([text for _, text in inline])
 
     def _events(
         self, record: SagaRecord, stored: int, inline: list[str]
@@ -565,24 +601,36 @@ class SQLiteStore:
     def _item(self, record: SagaRecord, create: bool) -> _Write:
         """Encode a write of ``record``: a create, or a save of the next version."""
         self._check_open()
+        try:
+            return self._encode_item(record, create)
+        except BaseException:
+            # What this store knows of the saga may be half updated: forget it (the
+            # next save encodes the whole record).
+            self._known.pop(record.saga_id, None)
+            raise
+
+    def _encode_item(self, record: SagaRecord, create: bool) -> _Write:
         sid = record.saga_id
         expected = record.version
         tracked = None if create else self._known.get(sid)
         if tracked is not None and tracked.version == expected:
-            steps, step_cache = self._steps(record.steps, tracked.steps)
-            hist_rows, hist_inline = self._history(
-                record, tracked.history, tracked.inline_history
+            steps, step_cache = self._steps(record.steps, tracked)
+            hist_rows, hist_inline, hist_text = self._history(
+                record, tracked.history, tracked.inline_history, tracked.history_text
             )
-            event_rows, event_inline = self._events(
-                record, tracked.events, tracked.inline_events
-            )
+            if len(record.events) == tracked.events:  # the usual case: nothing emitted
+                event_rows, event_inline = [], tracked.inline_events
+            else:
+                event_rows, event_inline = self._events(
+                    record, tracked.events, tracked.inline_events
+                )
             replay = False
         else:
             # Nothing known (a create, a record loaded elsewhere): encode every event;
             # the spilled ones already stored are skipped by the writer.
             tracked = None
             steps, step_cache = self._steps(record.steps, None)
-            hist_rows, hist_inline = self._history(record, 0, [])
+            hist_rows, hist_inline, hist_text = self._history(record, 0, [])
             event_rows, event_inline = self._events(record, 0, [])
             replay = not create
         version = expected if create else expected + 1
@@ -591,17 +639,20 @@ class SQLiteStore:
             version,
             tracked is None,  # verify the data loads back at a saga's first save here
             steps,
-            "[" + ",".join([text for _, text in hist_inline]) + "]",
-            "[" + ",".join(event_inline) + "]",
+            f"[{hist_text}]",
+            "[" + ",".join(event_inline) + "]" if event_inline else "[]",
         )
         item = _Write(create, row, expected, hist_rows, event_rows, replay)
+        static = (row[1], row[2], row[3], row[4], row[9])  # the _STATIC columns but the id
+        if tracked is not None and tracked.static == static:
+            item.narrow = True
         if record.status.is_terminal:
             self._known.pop(sid, None)  # keep the map to running sagas
             return item
         if tracked is None:
             tracked = _Tracked(
                 version, len(record.history), len(record.events), step_cache, hist_inline,
-                event_inline,
+                event_inline, static,
             )
             if create:
                 item.tracked = tracked  # installed once the insert is known to be new
@@ -611,15 +662,33 @@ class SQLiteStore:
             tracked.version = version
             tracked.history = len(record.history)
             tracked.events = len(record.events)
-            tracked.steps = step_cache
             tracked.inline_history = hist_inline
+            tracked.history_text = hist_text
             tracked.inline_events = event_inline
+            tracked.static = static
         return item
 
     # -- the write path (group commit) -------------------------------------------
 
     def _submit(self, item: _Write) -> None:
-        """Queue ``item`` and write until it is committed (helping others' writes)."""
+        """Write ``item`` now if nothing else is queued; else queue it and write until
+        it is committed (helping others' writes: group commit)."""
+        if not self._pending and self._write_lock.acquire(blocking=False):
+            try:
+                if not self._pending:  # still alone: no queue, no batch to gather
+                    try:
+                        self._write_batch([item])
+                    except BaseException as exc:  # interrupted before COMMIT
+                        if item.error is None:
+                            item.error = StoreError(f"the write was interrupted: {exc!r}")
+                        raise
+                    finally:
+                        item.done = True
+                    if item.error is not None:
+                        raise item.error
+                    return
+            finally:
+                self._write_lock.release()
         self._pending.append(item)
         try:
             while not item.done:
@@ -758,6 +827,7 @@ class SQLiteStore:
         ``False`` if some item needs the item-by-item path (the caller rolls back)."""
         creates: list[tuple[Any, ...]] = []
         saves: list[tuple[Any, ...]] = []
+        narrow: list[tuple[Any, ...]] = []
         history: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         for item in items:
@@ -765,16 +835,21 @@ class SQLiteStore:
                 return False
             if item.create:
                 creates.append(item.row)
+            elif item.narrow:
+                narrow.append((*item.row, item.expected))
             else:
                 saves.append((*item.row, item.expected))
             history.extend(item.history)
             events.extend(item.events)
         # Creates first: a save in the same batch is never of a saga created in it
-        # (a save follows its create's return), so only saves keep their order.
+        # (a save follows its create's return), nor of a saga saved in it (a save
+        # follows the last one's return), so the order of the saves does not matter.
         if creates and conn.executemany(_INSERT, creates).rowcount != len(creates):
             return False  # an id existed
         if saves and conn.executemany(_UPDATE, saves).rowcount != len(saves):
             return False  # a lost race, or a saga gone
+        if narrow and conn.executemany(_UPDATE_NARROW, narrow).rowcount != len(narrow):
+            return False
         if history:
             conn.executemany(_INSERT_HISTORY.format(""), history)
         if events:
@@ -787,7 +862,9 @@ class SQLiteStore:
         if item.create:
             if conn.execute(_INSERT, row).rowcount == 0:
                 return False  # the id exists: create() reports the existing saga
-        elif conn.execute(_UPDATE, (*row, item.expected)).rowcount == 0:
+        elif conn.execute(
+            _UPDATE_NARROW if item.narrow else _UPDATE, (*row, item.expected)
+        ).rowcount == 0:
             sid = row[0]
             found = conn.execute(
                 "SELECT version FROM sagaflow_sagas WHERE saga_id = ?", (sid,)
