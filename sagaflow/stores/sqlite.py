@@ -618,6 +618,7 @@ class SQLiteStore:
             hist_rows, hist_inline, hist_text = self._history(
                 record, tracked.history, tracked.inline_history, tracked.history_text
             )
+            event_rows: list[tuple[Any, ...]]
             if len(record.events) == tracked.events:  # the usual case: nothing emitted
                 event_rows, event_inline = [], tracked.inline_events
             else:
