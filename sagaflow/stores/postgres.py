@@ -556,22 +556,28 @@ class PostgresStore:
     @property
     def schema_version(self) -> int:
         """The schema version recorded in the database."""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
+        rows = self._execute("SELECT value FROM sagaflow_meta WHERE key = 'schema_version'")
+        return int(rows[0][0])
 
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[_Conn]:
-        """A pooled (autocommit) connection; database errors become StoreError."""
+    def _execute(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+        """Run one statement on a pooled (autocommit) connection: its rows (or, without
+        a result, its row count). A connection that turns out dead (the server
+        restarted, an idle connection was cut) is replaced and the statement run once
+        more; database errors become StoreError."""
         self._check_open()
-        try:
-            with self._pool.connection(timeout=self._connect_timeout) as conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+        for attempt in (1, 2):
+            conn: _Conn | None = None
+            try:
+                with self._pool.connection(timeout=self._connect_timeout) as conn:
+                    cur = conn.execute(statement, params)
+                    return cur.fetchall() if cur.description is not None else cur.rowcount
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and conn is not None and (conn.broken or conn.closed):
+                    continue
+                raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- saga classes ------------------------------------------------------------
 
@@ -1119,11 +1125,8 @@ class PostgresStore:
 
     def status_of(self, saga_id: str) -> SagaStatus | None:
         """Just the status of ``saga_id`` (``None`` if absent): a cheap poll."""
-        with self._read() as conn:
-            row = conn.execute(
-                "SELECT status FROM sagaflow_sagas WHERE saga_id = %s", (saga_id,)
-            ).fetchone()
-        return None if row is None else SagaStatus(row[0])
+        rows = self._execute("SELECT status FROM sagaflow_sagas WHERE saga_id = %s", (saga_id,))
+        return SagaStatus(rows[0][0]) if rows else None
 
     def scan(
         self,
@@ -1209,9 +1212,7 @@ class PostgresStore:
         return record
 
     def _fetch(self, statement: str, params: Sequence[Any]) -> list[PostgresStoredSaga]:
-        with self._read() as conn:
-            rows = conn.execute(statement, params).fetchall()
-        return [PostgresStoredSaga.of(r) for r in rows]
+        return [PostgresStoredSaga.of(r) for r in self._execute(statement, params)]
 
     # -- the queue (see sagaflow.worker) -----------------------------------------
 
@@ -1272,9 +1273,7 @@ class PostgresStore:
             "now": now, "lease": float(lease), "owner": owner, "limit": int(limit),
             "names": list(names), "fps": list(fingerprints),
         }  # fmt: skip
-        with self._read() as conn:
-            rows = conn.execute(_CLAIM, params).fetchall()
-        return [PostgresStoredSaga.of(r) for r in rows]
+        return [PostgresStoredSaga.of(r) for r in self._execute(_CLAIM, params)]
 
     def renew(
         self, owner: str, saga_ids: Collection[str], *, lease: float, now: float
@@ -1283,17 +1282,13 @@ class PostgresStore:
         sagas still held, with their tokens (the others were taken over or finished)."""
         if not saga_ids:
             return {}
-        with self._read() as conn:
-            rows = conn.execute(
-                _RENEW, (float(lease), now + lease, list(saga_ids), owner)
-            ).fetchall()
+        rows = self._execute(_RENEW, (float(lease), now + lease, list(saga_ids), owner))
         return {sid: fence for sid, fence in rows}
 
     def release(self, saga_id: str, fence: int, run_at: float) -> bool:
         """Give a held saga back to the queue, due at ``run_at``, if ``fence`` is still
         its token. The token is bumped, so the releasing worker's later writes fail."""
-        with self._read() as conn:
-            return conn.execute(_RELEASE, (run_at, saga_id, fence)).rowcount == 1
+        return bool(self._execute(_RELEASE, (run_at, saga_id, fence)) == 1)
 
     def fenced(self, tokens: Mapping[str, int]) -> FencedStore:
         """A view of this store whose saves of a saga in ``tokens`` carry its lease
@@ -1335,10 +1330,7 @@ class PostgresStore:
         self.close()
 
     def __len__(self) -> int:
-        with self._read() as conn:
-            row = conn.execute("SELECT count(*) FROM sagaflow_sagas").fetchone()
-        assert row is not None
-        return int(row[0])
+        return int(self._execute("SELECT count(*) FROM sagaflow_sagas")[0][0])
 
     def __repr__(self) -> str:
         schema = "" if self.schema is None else f", schema={self.schema!r}"
