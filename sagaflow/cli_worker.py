@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 
 import click
 
 from .cli import CliError, DefinitionProblems, find_sagas, import_target
 from .definition import is_saga
 from .errors import SagaflowError
+from .stores.url import open_store
+from .worker import Worker
 
 __all__ = ["worker"]
 
@@ -95,14 +98,24 @@ def worker(
             f"{url!r}: workers share their sagas through PostgreSQL: give a "
             "postgresql://user@host/db store"
         )
+    # A stop asked for while the worker starts up (imports, connecting) is honoured
+    # once it runs, rather than killing it half-way.
+    stops: list[int] = []
+    made: list[Worker] = []
+
+    def early(sig: int, frame: object) -> None:
+        stops.append(sig)
+        if made:
+            made[0].stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, early)
     if verbose:
         logging.basicConfig(
             level=logging.INFO if verbose == 1 else logging.DEBUG,
             format=f"%(asctime)s sagaflow worker[{os.getpid()}] %(message)s",
         )
     classes = _classes(modules)
-    from .stores.url import open_store
-    from .worker import Worker
 
     try:
         store = open_store(url)
@@ -120,6 +133,9 @@ def worker(
             park_after=park_after,
             grace=grace,
         )
+        made.append(runner)
+        if stops:
+            runner.stop()
         names = ", ".join(sorted(c.__qualname__ for c in classes))
         click.echo(f"sagaflow worker {runner.id}: running {names} from {store!r}", err=True)
         stats = runner.run()

@@ -53,8 +53,16 @@ from .events import Listener
 from .orchestrator import Migration, Orchestrator
 from .records import SagaRecord, SagaResult, SagaStatus
 from .stores import Store
-from .stores.postgres import FencedStore, LeaseLost, PostgresStore, PostgresStoredSaga
-from .stores.url import open_store
+from .stores.url import open_store, postgres_module
+
+postgres_module()  # without psycopg: an ImportError that says how to install it
+
+from .stores.postgres import (  # noqa: E402
+    FencedStore,
+    LeaseLost,
+    PostgresStore,
+    PostgresStoredSaga,
+)
 
 __all__ = [
     "Lease",
@@ -153,6 +161,9 @@ class _ParkingClock:
                 await stopping.wait()
         if worker.stopping:
             raise _Park(until)
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _worker_id() -> str:
@@ -259,11 +270,22 @@ class Worker:
         async def main() -> WorkerStats:
             loop = asyncio.get_running_loop()
             if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in _SIGNALS:
                     loop.add_signal_handler(sig, self._on_signal, sig)
             return await self.serve()
 
-        return asyncio.run(main())
+        if not handle_signals:
+            return asyncio.run(main())
+        # Until the loop handles them: a signal during start-up stops the worker too.
+        before = {sig: signal.signal(sig, self._on_early_signal) for sig in _SIGNALS}
+        try:
+            return asyncio.run(main())
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    def _on_early_signal(self, sig: int, frame: object) -> None:
+        self._on_signal(sig)
 
     def _on_signal(self, sig: int) -> None:
         if self.stopping:

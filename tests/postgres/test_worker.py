@@ -203,7 +203,8 @@ def test_a_paused_worker_cannot_overwrite_the_saga_s_new_owner(
     """A worker stalls past its lease in the middle of a step; another takes the saga
     over and finishes it; the first one's late checkpoint is refused, and it stops."""
     sid = enqueue(pg_store, SlowSync(seconds=1.0))
-    stalled = Worker(pg_store, [SlowSync], poll=0.02, lease=30)
+    # concurrency=1: busy with this saga, it claims nothing more (not even it, again).
+    stalled = Worker(pg_store, [SlowSync], poll=0.02, lease=30, concurrency=1)
     with serving(stalled):
         while not calls_of(sid):  # its step has started
             time.sleep(0.01)
