@@ -21,8 +21,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any, TypeVar
 
 import attrs
 
@@ -32,7 +34,11 @@ from sagaflow.testing import VirtualClock
 
 from .console import Demo
 
-__all__ = ["Participants", "ShipOrderSaga", "demo"]
+__all__ = [
+    "Participants", "ShipOrderSaga", "Voided", "demo", "example_sagas", "open_participants",
+]
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAGA_ID = "ship-1"
@@ -40,50 +46,103 @@ SAGA_ID = "ship-1"
 _CRASH_AFTER: str | None = None
 
 
-class Participants:
-    """The warehouse, the payment provider and the courier: one SQLite file, each
-    effect committed with its idempotency key, so a repeated call changes nothing."""
+class Voided(Exception):
+    """A forward call arrived after its compensation: it must not apply any more."""
 
-    def __init__(self, path: Path) -> None:
+
+class Participants:
+    """The warehouse, the payment provider and the courier, in one SQLite file (or
+    ``":memory:"``). Each effect is committed with its idempotency key, so a repeated
+    call changes nothing and returns the first result; a compensation undoes its
+    forward call's effect once, by that call's key, and when there was nothing to undo
+    it voids the key, so that a forward call arriving late is refused."""
+
+    def __init__(self, path: Path | str) -> None:
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(
             "CREATE TABLE IF NOT EXISTS applied (key TEXT PRIMARY KEY, what TEXT NOT NULL,"
-            " amount TEXT)"
+            " amount TEXT, undone INTEGER NOT NULL DEFAULT 0)"
         )
+        self.conn.execute("CREATE TABLE IF NOT EXISTS voided (key TEXT PRIMARY KEY)")
         self.notes: list[str] = []
 
-    def once(self, key: str, what: str, amount: Decimal | None = None) -> str:
-        """Apply ``what`` under ``key`` unless it was applied; return the first result."""
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            found = c.execute("SELECT what FROM applied WHERE key = ?", (key,)).fetchone()
-            if found is None:
-                c.execute("INSERT INTO applied VALUES (?, ?, ?)",
-                          (key, what, None if amount is None else str(amount)))
-            c.execute("COMMIT")
+            result = body(c)
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        if found is not None:
-            self.notes.append(f"key {key} seen before: returns {found[0]}, changes nothing")
-            return str(found[0])
-        return what
+        c.execute("COMMIT")
+        return result
+
+    def once(self, key: str, what: str, amount: Decimal | None = None) -> str:
+        """Apply ``what`` under ``key`` unless it was applied; return the first result."""
+
+        def body(c: sqlite3.Connection) -> tuple[str, bool]:
+            if c.execute("SELECT 1 FROM voided WHERE key = ?", (key,)).fetchone():
+                raise Voided(f"{key} was compensated before it arrived: refused")
+            found = c.execute("SELECT what FROM applied WHERE key = ?", (key,)).fetchone()
+            if found is not None:
+                return str(found[0]), True
+            c.execute("INSERT INTO applied (key, what, amount) VALUES (?, ?, ?)",
+                      (key, what, None if amount is None else str(amount)))
+            return what, False
+
+        result, repeated = self._transaction(body)
+        if repeated:
+            self.notes.append(f"key {key} seen before: returns {result}, changes nothing")
+        return result
+
+    def undo(self, key: str, forward_key: str) -> None:
+        """Undo the effect of the call ``forward_key``, once (``key`` is the undo's)."""
+
+        def body(c: sqlite3.Connection) -> None:
+            if c.execute("SELECT 1 FROM applied WHERE key = ?", (key,)).fetchone():
+                return  # undone already: a repeat changes nothing
+            done = c.execute(
+                "UPDATE applied SET undone = 1 WHERE key = ?", (forward_key,)
+            ).rowcount
+            if not done:  # it never took effect: nothing to undo, and it must not later
+                c.execute("INSERT OR IGNORE INTO voided VALUES (?)", (forward_key,))
+            c.execute("INSERT INTO applied (key, what) VALUES (?, ?)",
+                      (key, f"undid {forward_key}" if done else "nothing to undo"))
+
+        self._transaction(body)
 
     def charges(self, saga_id: str) -> list[Decimal]:
+        """The charges of ``saga_id`` that stand (taken and not refunded)."""
         rows = self.conn.execute(
-            "SELECT amount FROM applied WHERE key LIKE ? AND what LIKE 'charge%'",
-            (f"{saga_id}:%",),
+            "SELECT amount FROM applied WHERE key = ? AND undone = 0",
+            (f"{saga_id}:charge_card:forward",),
         ).fetchall()
         return [Decimal(r[0]) for r in rows]
+
+    def standing(self) -> list[tuple[str, str | None]]:
+        """Every forward effect that stands, as (what, amount): a snapshot of the world."""
+        rows = self.conn.execute(
+            "SELECT what, amount FROM applied WHERE key LIKE '%:forward' AND undone = 0"
+        ).fetchall()
+        return sorted((str(w), a) for w, a in rows)
 
 
 _participants: Participants | None = None
 
 
 def participants() -> Participants:
-    assert _participants is not None, "open the participants' database first"
+    if _participants is None:
+        raise RuntimeError("the participants' database is not open: call open_participants()")
+    return _participants
+
+
+def open_participants(path: Path | str = ":memory:") -> Participants:
+    """Open (a fresh in-memory one by default) the participants' database for this process."""
+    global _participants
+    if _participants is not None:
+        _participants.conn.close()
+    _participants = Participants(path)
     return _participants
 
 
@@ -109,7 +168,7 @@ class ShipOrderSaga:
 
     @reserve_stock.compensate
     def release_stock(self, ctx: StepContext) -> None:
-        participants().once(ctx.idempotency_key, "released")
+        participants().undo(ctx.idempotency_key, ctx.forward_key)
 
     @step(retry=Retry(attempts=3, backoff=1.0))
     def charge_card(self, ctx: StepContext) -> None:
@@ -120,7 +179,7 @@ class ShipOrderSaga:
 
     @charge_card.compensate
     def refund(self, ctx: StepContext) -> None:
-        participants().once(ctx.idempotency_key, "refunded")
+        participants().undo(ctx.idempotency_key, ctx.forward_key)
 
     @step(pivot=True)
     def book_courier(self, ctx: StepContext) -> None:
@@ -129,6 +188,20 @@ class ShipOrderSaga:
     @step(retriable=True)
     def send_receipt(self, ctx: StepContext) -> None:
         participants().once(ctx.idempotency_key, "receipt sent")
+
+
+def example_sagas() -> Any:
+    """Orders for the property tests (``sagaflow.testing``): each run on a fresh
+    in-memory participants' database, whose standing effects are the snapshot."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    orders = st.text("ABCDEFGHJK0123456789-", min_size=1, max_size=8)
+    amounts = st.decimals(min_value=1, max_value=10_000, places=2)
+    return st.builds(ShipOrderSaga, orders, amounts).map(
+        lambda saga: SagaCase(saga, open_participants, lambda: participants().standing())
+    )
 
 
 class _SkipReplayed:
@@ -177,7 +250,7 @@ def demo(d: Demo, out: Path) -> None:
                            f"{child.stderr.strip()}")
     d.note(f"process killed (SIGKILL): exit status {child.returncode}")
 
-    _participants = Participants(shipping)
+    open_participants(shipping)
     d.scenario("the store, read by this process: the saga is in flight")
     store.register(ShipOrderSaga)
     stored = store.load(SAGA_ID)
@@ -212,9 +285,9 @@ def demo(d: Demo, out: Path) -> None:
 
 def _child(store_path: str, shipping: str) -> None:
     """The child process: run the saga until the payment participant kills it."""
-    global _CRASH_AFTER, _participants
+    global _CRASH_AFTER
     _CRASH_AFTER = "charge_card"
-    _participants = Participants(Path(shipping))
+    open_participants(Path(shipping))
     with SQLiteStore(store_path, synchronous="NORMAL") as store:
         d = Demo(lambda line: print(line, flush=True), store)
         d.run(d.orchestrator(), ShipOrderSaga("A-1001", Decimal("49.90")), SAGA_ID)
