@@ -375,7 +375,7 @@ class Worker:
         try:
             claimed = await asyncio.to_thread(
                 self.store.claim, self.id, n, lease=self.lease, now=self._base_clock.now(),
-                names=names, fingerprints=fingerprints,
+                names=names, fingerprints=fingerprints, exclude=list(self._active),
             )
         except StoreError as exc:
             self.stats.errors += 1
@@ -474,7 +474,9 @@ class Worker:
 
     def _heartbeat(self) -> None:
         """Renew the leases of the sagas held, while the event loop is alive."""
-        while not self._heartbeat_stop.wait(self.heartbeat):
+        pause = self.heartbeat
+        while not self._heartbeat_stop.wait(pause):
+            pause = self.heartbeat
             held = dict(self._tokens)
             if not held:
                 continue
@@ -488,7 +490,8 @@ class Worker:
                     self.id, list(held), lease=self.lease, now=self._base_clock.now()
                 )
             except StoreError as exc:
-                log.warning("worker %s: heartbeat failed: %s", self.id, exc)
+                log.warning("worker %s: heartbeat failed, trying again: %s", self.id, exc)
+                pause = min(self.heartbeat, 0.1)
                 continue
             for sid, token in held.items():
                 if sid not in renewed and self._tokens.get(sid) == token:

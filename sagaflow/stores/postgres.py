@@ -189,6 +189,7 @@ _CLAIM = (
     " SELECT saga_id FROM sagaflow_sagas"
     " WHERE run_at <= %(now)s AND saga_name = ANY(%(names)s) AND fingerprint = ANY(%(fps)s)"
     " AND (lease_until IS NULL OR lease_until < clock_timestamp())"
+    " AND saga_id <> ALL(%(busy)s)"
     " ORDER BY run_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
     "), s AS ("
     " UPDATE sagaflow_sagas t SET owner = %(owner)s, fence = t.fence + 1,"
@@ -197,15 +198,21 @@ _CLAIM = (
     " FROM picked WHERE t.saga_id = picked.saga_id RETURNING t.*"
     f") SELECT {_SELECT_LIST} FROM s{_SPILLED}"
 )
+# Row locks are taken in saga id order, by renewals as by the writers' batches, so that
+# the two never deadlock.
 _RENEW = (
-    "UPDATE sagaflow_sagas SET lease_until = clock_timestamp() + make_interval(secs => %s),"
-    " run_at = %s WHERE saga_id = ANY(%s) AND owner = %s AND run_at IS NOT NULL"
-    " RETURNING saga_id, fence"
+    "WITH held AS (SELECT saga_id FROM sagaflow_sagas WHERE saga_id = ANY(%s) AND owner = %s"
+    " AND run_at IS NOT NULL ORDER BY saga_id FOR NO KEY UPDATE)"
+    " UPDATE sagaflow_sagas s SET lease_until = clock_timestamp() + make_interval(secs => %s),"
+    " run_at = %s FROM held WHERE s.saga_id = held.saga_id RETURNING s.saga_id, s.fence"
 )
 _RELEASE = (
     "UPDATE sagaflow_sagas SET owner = NULL, lease_until = NULL, fence = fence + 1,"
     " run_at = %s WHERE saga_id = %s AND fence = %s AND run_at IS NOT NULL"
 )
+
+
+_ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
 class LeaseLost(ConcurrentModification):
@@ -874,9 +881,11 @@ class PostgresStore:
         finally:
             self._complete(batch)
 
-    def _write_batch(self, batch: list[_Write], lane: _Lane) -> None:
+    def _write_batch(self, batch: list[_Write], lane: _Lane, retries: int = 5) -> None:
         """Write ``batch`` in one transaction; if a statement fails (a value the server
-        refuses), each item again in its own, so that each waiter gets its own outcome."""
+        refuses), each item again in its own, so that each waiter gets its own outcome.
+        A transaction the server rolled back (a deadlock, a serialization failure) is
+        run again."""
         try:
             conn = self._connect_writer(lane)
         except StoreError as exc:
@@ -886,20 +895,23 @@ class PostgresStore:
         try:
             outcomes = self._apply(conn, batch)
             conn.commit()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            # The connection failed: whether the commit happened is unknown.
-            with contextlib.suppress(Exception):
-                conn.close()
-            error = StoreError(
-                f"the connection to the sagaflow store at {self._where()} failed during a "
-                f"write, which may or may not have been committed: {exc}"
-            )
-            for item in batch:
-                item.error = error
-            return
         except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                # The connection failed: whether the commit happened is unknown.
+                with contextlib.suppress(Exception):
+                    conn.close()
+                error = StoreError(
+                    f"the connection to the sagaflow store at {self._where()} failed during "
+                    f"a write, which may or may not have been committed: {exc}"
+                )
+                for item in batch:
+                    item.error = error
+                return
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
+            if isinstance(exc, _ROLLED_BACK) and retries > 0:
+                self._write_batch(batch, lane, retries - 1)
+                return
             if len(batch) > 1:
                 for item in batch:
                     self._write_batch([item], lane)
@@ -924,8 +936,10 @@ class PostgresStore:
         """Write ``batch`` inside the open transaction; one outcome per item (True:
         written or inserted; False: a create whose id existed; an error: a lost race)."""
         outcomes: list[BaseException | bool] = [True] * len(batch)
-        creates = [k for k, item in enumerate(batch) if item.create]
-        saves = [k for k, item in enumerate(batch) if not item.create]
+        # In saga id order: row locks are always taken in that order (see _RENEW).
+        order = sorted(range(len(batch)), key=lambda k: batch[k].row[0])
+        creates = [k for k in order if batch[k].create]
+        saves = [k for k in order if not batch[k].create]
         cur = conn.cursor()
         if creates:
             cur.executemany(
@@ -1258,6 +1272,7 @@ class PostgresStore:
         now: float,
         names: Collection[str],
         fingerprints: Collection[str],
+        exclude: Collection[str] = (),
     ) -> list[PostgresStoredSaga]:
         """Take up to ``limit`` queued sagas that are due (``run_at <= now``) and not
         held under a live lease, of the given names and definition fingerprints.
@@ -1265,13 +1280,14 @@ class PostgresStore:
         ``FOR UPDATE SKIP LOCKED``: concurrent claims never wait for each other nor take
         the same saga. Each claimed saga's ``fence`` is bumped (its ``fence`` here is
         the new lease token), its ``owner`` set, and its lease runs ``lease`` seconds of
-        the database's clock.
+        the database's clock. Sagas in ``exclude`` (those the caller is running) are
+        left alone even if their lease lapsed: a heartbeat renews it.
         """
         if limit < 1 or not names:
             return []
         params = {
             "now": now, "lease": float(lease), "owner": owner, "limit": int(limit),
-            "names": list(names), "fps": list(fingerprints),
+            "names": list(names), "fps": list(fingerprints), "busy": list(exclude),
         }  # fmt: skip
         return [PostgresStoredSaga.of(r) for r in self._execute(_CLAIM, params)]
 
@@ -1282,7 +1298,7 @@ class PostgresStore:
         sagas still held, with their tokens (the others were taken over or finished)."""
         if not saga_ids:
             return {}
-        rows = self._execute(_RENEW, (float(lease), now + lease, list(saga_ids), owner))
+        rows = self._execute(_RENEW, (sorted(saga_ids), owner, float(lease), now + lease))
         return {sid: fence for sid, fence in rows}
 
     def release(self, saga_id: str, fence: int, run_at: float) -> bool:
