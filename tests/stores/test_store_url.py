@@ -54,8 +54,6 @@ def test_sqlite_in_memory_urls() -> None:
     ("url", "message"),
     [
         ("redis://localhost", "unknown store scheme 'redis://'; supported: memory://, sqlite:///"),
-        ("postgresql://u@h/db", "PostgreSQL store is not available yet"),
-        ("postgres://u@h/db", "PostgreSQL store is not available yet"),
         ("sagas.db", "write 'sqlite:///sagas.db'"),
         ("sqlite://host/sagas.db", "a SQLite URL has no host"),
         ("sqlite:///s.db?color=blue", "unknown SQLite option 'color'"),
@@ -71,6 +69,14 @@ def test_bad_urls_say_what_is_supported(
     with pytest.raises(ValueError) as caught:
         open_store(url)
     assert message in str(caught.value)
+
+
+def test_an_unreachable_postgresql_server_is_a_clear_error() -> None:
+    from sagaflow import StoreError
+
+    for url in ("postgresql://u@no-such-host.invalid/db", "postgres://u@no-such-host.invalid/db"):
+        with pytest.raises(StoreError, match="cannot connect to the sagaflow store"):
+            open_store(url)
 
 
 def test_something_that_is_neither_a_url_nor_a_store() -> None:
