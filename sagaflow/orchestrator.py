@@ -21,7 +21,7 @@ from .errors import (
     SagaNotFound,
     UnknownSaga,
 )
-from .events import Listener, Listeners
+from .events import Listener, Listeners, OperatorAction
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import RunHandle, WorkerPool, run_async, run_sync
 from .stores import MemoryStore, Store, Stored, open_store
@@ -154,24 +154,63 @@ class Orchestrator:
         if handle is not None:
             handle.request_cancel(note)
             return self._snapshot(saga_id)
-        spec, record = self._stored(saga_id)
-        engine.cancel(spec, record, self.clock.now(), note)
-        self._drive(spec, record)
+        spec, record, told = self._act(saga_id, engine.cancel, note)
+        self._drive(spec, record, told)
         return SagaResult.of(record)
 
     def retry(self, saga_id: str, note: str | None = None) -> SagaResult:
-        """Run a FAILED saga's failed compensations (or failed retriable step) again."""
-        spec, record = self._stored(saga_id)
-        engine.retry(spec, record, self.clock.now(), note)
-        self._drive(spec, record)
+        """Run a FAILED saga's failed compensations (or failed retriable step or pivot)
+        again, with a fresh retry budget."""
+        spec, record, told = self._act(saga_id, engine.retry, note)
+        self._drive(spec, record, told)
         return SagaResult.of(record)
 
     def resolve(self, saga_id: str, note: str) -> SagaResult:
         """Mark a FAILED saga as handled by hand; ``note`` says what was done."""
-        spec, record = self._stored(saga_id)
-        engine.resolve(spec, record, self.clock.now(), note)
-        self._drive(spec, record)  # saves the record, tells listeners; runs nothing
+        spec, record, told = self._act(saga_id, engine.resolve, note)
+        self._drive(spec, record, told)  # saves the record, tells listeners; runs nothing
         return SagaResult.of(record)
+
+    async def acancel(self, saga_id: str, note: str | None = None) -> SagaResult:
+        """:meth:`cancel`, for sagas with async steps (or under a running loop)."""
+        handle = self._live.get(saga_id)
+        if handle is not None:
+            handle.request_cancel(note)
+            return self._snapshot(saga_id)
+        spec, record, told = self._act(saga_id, engine.cancel, note, sync=False)
+        await self._adrive(spec, record, told)
+        return SagaResult.of(record)
+
+    async def aretry(self, saga_id: str, note: str | None = None) -> SagaResult:
+        """:meth:`retry`, for sagas with async steps (or under a running loop)."""
+        spec, record, told = self._act(saga_id, engine.retry, note, sync=False)
+        await self._adrive(spec, record, told)
+        return SagaResult.of(record)
+
+    async def aresolve(self, saga_id: str, note: str) -> SagaResult:
+        """:meth:`resolve`, under a running loop."""
+        spec, record, told = self._act(saga_id, engine.resolve, note, sync=False)
+        await self._adrive(spec, record, told)
+        return SagaResult.of(record)
+
+    def _act(
+        self,
+        saga_id: str,
+        verb: Callable[[SagaSpec, SagaRecord, float, Any], None],
+        note: str | None,
+        sync: bool = True,
+    ) -> tuple[SagaSpec, SagaRecord, int]:
+        """Apply an operator ``verb`` to a stored saga; what listeners were told of it.
+
+        ``sync``: the saga is driven on by this thread, so refuse an async saga before
+        changing anything.
+        """
+        spec, record = self._stored(saga_id)
+        if sync:
+            self._check_sync(spec)
+        told = len(record.history)
+        verb(spec, record, self.clock.now(), note)
+        return spec, record, told
 
     # --- recovery ---------------------------------------------------------------------
 
@@ -189,9 +228,9 @@ class Orchestrator:
             found = self._recoverable(stored, report)
             if found is None:
                 continue
-            spec, record = found
+            spec, record, told = found
             try:
-                self._drive(spec, record)
+                self._drive(spec, record, told)
             except SagaflowError as exc:  # e.g. another process took it over meanwhile
                 report.skipped[record.saga_id] = exc
             else:
@@ -204,10 +243,10 @@ class Orchestrator:
         report = RecoveryReport()
         gate = asyncio.Semaphore(concurrency)
 
-        async def resume(spec: SagaSpec, record: SagaRecord) -> None:
+        async def resume(spec: SagaSpec, record: SagaRecord, told: int) -> None:
             async with gate:
                 try:
-                    await self._adrive(spec, record)
+                    await self._adrive(spec, record, told)
                 except SagaflowError as exc:
                     report.skipped[record.saga_id] = exc
                 else:
@@ -224,9 +263,10 @@ class Orchestrator:
 
     def _recoverable(
         self, stored: Stored, report: RecoveryReport
-    ) -> tuple[SagaSpec, SagaRecord] | None:
-        """The spec and decoded record of ``stored``, or ``None`` (reported) if it is
-        unknown, changed, unreadable, or already running here."""
+    ) -> tuple[SagaSpec, SagaRecord, int] | None:
+        """The spec and decoded record of ``stored`` (its history so far: what listeners
+        heard already), or ``None`` (reported) if it is unknown, changed, unreadable, or
+        already running here. The resumption is recorded in its history."""
         sid = stored.saga_id
         if sid in self._live:
             return None
@@ -235,10 +275,16 @@ class Orchestrator:
             if spec is None:
                 raise UnknownSaga(sid, stored.saga_name)
             record = self.store.decode(stored, spec.cls)
-            return self.spec_for(record), record
+            spec = self.spec_for(record)
         except SagaflowError as exc:
             report.skipped[sid] = exc
             return None
+        told = len(record.history)
+        record.history.append(
+            OperatorAction(sid, spec.name, self.clock.now(), action="recover",
+                           note="resumed from its last checkpoint")
+        )
+        return spec, record, told
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -279,16 +325,18 @@ class Orchestrator:
                 "arun(): use arun(), or give this orchestrator sync listeners"
             )
 
-    def _drive(self, spec: SagaSpec, record: SagaRecord) -> None:
+    def _drive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+        """Run ``record`` to its end; listeners hear of its history from ``told`` on."""
         self._check_sync(spec)
-        handle = self._live.setdefault(record.saga_id, RunHandle())
+        handle = self._live.setdefault(record.saga_id, RunHandle(told))
         try:
             run_sync(self, spec, record, handle)
         finally:
             self._live.pop(record.saga_id, None)
 
-    async def _adrive(self, spec: SagaSpec, record: SagaRecord) -> None:
-        handle = self._live.setdefault(record.saga_id, RunHandle())
+    async def _adrive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+        """:meth:`_drive`, in this task."""
+        handle = self._live.setdefault(record.saga_id, RunHandle(told))
         try:
             await run_async(self, spec, record, handle)
         finally:
@@ -312,6 +360,9 @@ class Orchestrator:
                 raise SagaDefinitionChanged(
                     record.saga_id, record.saga_name, record.fingerprint, spec.fingerprint
                 )
+            if migrated is not record:  # a new record: the caller holds the old object
+                for field in attrs.fields(SagaRecord):
+                    setattr(record, field.name, getattr(migrated, field.name))
         return spec
 
     def _stored(self, saga_id: str) -> tuple[SagaSpec, SagaRecord]:

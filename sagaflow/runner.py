@@ -168,11 +168,13 @@ class WorkerPool:
 class RunHandle:
     """A run in progress in this process; an operator's cancel reaches it through here."""
 
-    __slots__ = ("cancel_note", "cancel_requested")
+    __slots__ = ("cancel_note", "cancel_requested", "told")
 
-    def __init__(self) -> None:
+    def __init__(self, told: int = 0) -> None:
         self.cancel_requested = False
         self.cancel_note: str | None = None
+        #: how many of the record's history events the listeners were told already
+        self.told = told
 
     def request_cancel(self, note: str | None) -> None:
         self.cancel_note = note
@@ -251,7 +253,6 @@ def _drive_sync(
     clock = orch.clock
     rand = orch.rand
     history = record.history
-    seen = 0
     while True:
         now = clock.now()
         if handle.cancel_requested:
@@ -259,9 +260,10 @@ def _drive_sync(
         command = next_command(spec, record, now)
         record.updated_at = now
         store.save(record)
-        if len(history) > seen:
-            listeners.notify(history, seen)
-            seen = len(history)
+        if len(history) > handle.told:
+            start = handle.told
+            handle.told = len(history)
+            listeners.notify(history, start)
         if command is None:
             return
         if isinstance(command, Sleep):
@@ -547,6 +549,7 @@ async def run_async(
     if handle is None:
         handle = RunHandle()
     progress = _Progress()
+    progress.seen = handle.told
     try:
         await _loop(orch, spec, record, progress, True, handle)
     except asyncio.CancelledError:

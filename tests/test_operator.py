@@ -302,3 +302,45 @@ def test_cancel_while_a_retry_waits_fails_that_step_and_compensates() -> None:
     assert result.step("b").status is StepStatus.FAILED
     assert isinstance(result.error, SagaCancelled) and result.error.step == "b"
     assert actions(result) == [("cancel", "stop retrying")]
+
+
+def test_listeners_hear_each_event_once_across_an_operator_retry() -> None:
+    heard: list[str] = []
+    broken = {"r"}
+    orchestrator = Orchestrator(listeners=[lambda e: heard.append(type(e).__name__)])
+    orchestrator.run(make([], broken)(), "once")
+    broken.clear()
+    result = orchestrator.retry("once")
+    assert heard == [type(e).__name__ for e in result.history]
+
+
+def test_async_operator_verbs() -> None:
+    import asyncio
+
+    stuck = {"ua"}
+
+    @saga
+    class AsyncOps:
+        @step
+        async def a(self, ctx): ...
+
+        @a.compensate(retry=NO_RETRY)
+        async def ua(self, ctx):
+            if "ua" in stuck:
+                raise ConnectionError("down")
+
+        @step(readonly=True)
+        async def b(self, ctx):
+            raise ValueError("b fails")
+
+    async def main():
+        orchestrator = Orchestrator()
+        first = await orchestrator.arun(AsyncOps(), "as")
+        assert first.status is SagaStatus.FAILED
+        with pytest.raises(TypeError, match="arun"):
+            orchestrator.retry("as")  # sync verbs cannot run async steps...
+        assert orchestrator.get("as").status is SagaStatus.FAILED  # ...and change nothing
+        stuck.clear()
+        return await orchestrator.aretry("as", note="ledger back")
+
+    assert asyncio.run(main()).status is SagaStatus.COMPENSATED

@@ -118,3 +118,19 @@ def test_unknown_changed_and_corrupt_sagas_are_reported_and_never_stop_the_other
     assert isinstance(report.skipped["corrupt"], CorruptRecord)
     assert "corrupt" in str(report.skipped["corrupt"])
     assert "not resumed" in report.describe()
+
+
+def test_recovery_is_recorded_and_listeners_hear_only_what_is_new(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    crash_in.add("charge")
+    with Orchestrator(store=url) as first, pytest.raises(KeyboardInterrupt):
+        first.run(Resumable(), "r2")
+    heard: list[object] = []
+    with Orchestrator(store=url, sagas=[Resumable], listeners=[heard.append]) as second:
+        before = len(second.get("r2").history)
+        second.recover()
+        history = second.get("r2").history
+    assert heard == list(history[before:])
+    assert [(e.action, e.note) for e in history if type(e).__name__ == "OperatorAction"] == [
+        ("recover", "resumed from its last checkpoint")
+    ]
