@@ -186,9 +186,9 @@ def test_a_saga_past_its_deadline_is_compensated_by_whoever_takes_it_over(
 
 
 def test_heartbeats_keep_a_long_step_s_lease_alive(pg_store: PostgresStore) -> None:
-    sid = enqueue(pg_store, Slow(seconds=1.5))
-    one = Worker(pg_store, [Slow], poll=0.02, lease=0.6, heartbeat=0.1)
-    other = Worker(pg_store, [Slow], poll=0.02, lease=0.6, heartbeat=0.1)
+    sid = enqueue(pg_store, Slow(seconds=2.0))
+    one = Worker(pg_store, [Slow], poll=0.02, lease=1.0, heartbeat=0.1)
+    other = Worker(pg_store, [Slow], poll=0.02, lease=1.0, heartbeat=0.1)
     with serving(one), serving(other):
         result = wait(pg_store, sid, timeout=30)
     assert result.ok
