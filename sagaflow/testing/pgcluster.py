@@ -6,9 +6,9 @@ that directory (no TCP port, so nothing can clash with another cluster on the ma
 ``postgres`` system user (Debian's server package makes one), whose files the
 directory then holds.
 
-The server binaries are found in this order: ``$SAGAFLOW_PG_BIN``, the newest
-``/usr/lib/postgresql/<version>/bin`` (Debian and Ubuntu keep them off ``PATH``), then
-``initdb`` on ``PATH``. :func:`find_binaries` returns ``None`` when there are none, so a
+The server binaries are found in ``$SAGAFLOW_PG_BIN`` if it is set, else in the newest
+``/usr/lib/postgresql/<version>/bin`` (Debian and Ubuntu keep them off ``PATH``), else
+next to ``initdb`` on ``PATH``. :func:`find_binaries` returns ``None`` when there are none, so a
 test suite can skip (or, in CI, fail) with :data:`MISSING`.
 
 ::
@@ -61,11 +61,15 @@ class PgClusterError(RuntimeError):
 
 
 def find_binaries() -> Path | None:
-    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``, or ``None``."""
+    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``, or ``None``.
+
+    ``$SAGAFLOW_PG_BIN``, when set, is the only place looked at.
+    """
     explicit = os.environ.get("SAGAFLOW_PG_BIN")
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
+        return candidates[0] if _complete(candidates[0]) else None
     found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
     found.sort(key=lambda p: _version_key(Path(p).parents[1].name), reverse=True)
     candidates += [Path(p).parent for p in found]
@@ -73,9 +77,13 @@ def find_binaries() -> Path | None:
     if on_path:
         candidates.append(Path(on_path).parent)
     for folder in candidates:
-        if all(os.access(folder / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres")):
+        if _complete(folder):
             return folder
     return None
+
+
+def _complete(folder: Path) -> bool:
+    return all(os.access(folder / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
 
 
 def _version_key(name: str) -> tuple[int, ...]:
