@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from sagaflow import Orchestrator, Retry, SagaStatus, StepContext, events, saga, spec_of, step
+from sagaflow import Orchestrator, Retry, SagaStatus, StepContext, saga, spec_of, step
 from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.testing import VirtualClock
 
@@ -204,21 +204,6 @@ def example_sagas() -> Any:
     )
 
 
-class _SkipReplayed:
-    """Passes on a resumed saga's events except the first ``skip``: a resumed run tells
-    its listeners the whole history again, and the console printed those already."""
-
-    def __init__(self, listener: events.Listener, skip: int) -> None:
-        self.listener = listener
-        self.skip = skip
-
-    def __call__(self, event: events.LifecycleEvent) -> None:
-        if self.skip > 0:
-            self.skip -= 1
-            return
-        self.listener(event)
-
-
 def demo(d: Demo, out: Path) -> None:
     """Run the saga in a child process that is killed mid-step, then recover it here."""
     global _participants
@@ -263,7 +248,7 @@ def demo(d: Demo, out: Path) -> None:
 
     d.scenario("recovery: Orchestrator(store, sagas=[ShipOrderSaga]).recover()")
     orch = Orchestrator(
-        store, [_SkipReplayed(d.console, len(stored.history))], sagas=[ShipOrderSaga],
+        store, [d.console], sagas=[ShipOrderSaga],
         clock=VirtualClock(), rand=lambda: 0.5,
     )
     d.console.orchestrators.append(orch)

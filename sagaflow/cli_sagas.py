@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -323,18 +322,14 @@ def _print_outcome(verb: str, result: SagaResult) -> None:
 
 
 class _Printer:
-    """A lifecycle listener that prints each event of the sagas acted on.
-
-    A resumed saga's listeners are told its whole history again, from its first event:
-    only the events of this command (stamped from now on) are printed.
-    """
+    """A lifecycle listener that prints each event of the sagas acted on (a resumed
+    saga's listeners hear only what happens from now on)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self.since = time.time()
 
     def __call__(self, event: LifecycleEvent) -> None:
-        if self.enabled and event.at >= self.since:
+        if self.enabled:
             click.echo(f"  {event.saga_id}: {event.describe()}")
 
 
