@@ -264,8 +264,8 @@ class Worker:
     # --- running ------------------------------------------------------------------
 
     def run(self, *, handle_signals: bool = True) -> WorkerStats:
-        """Serve until :meth:`stop` (or SIGTERM / SIGINT, with ``handle_signals``): the
-        blocking form of :meth:`serve`, for a worker process's main thread."""
+        """Serve until :meth:`stop` (or SIGTERM / SIGINT, with ``handle_signals``, on the
+        main thread): the blocking form of :meth:`serve`, for a worker process."""
 
         async def main() -> WorkerStats:
             loop = asyncio.get_running_loop()
@@ -274,6 +274,8 @@ class Worker:
                     loop.add_signal_handler(sig, self._on_signal, sig)
             return await self.serve()
 
+        if threading.current_thread() is not threading.main_thread():
+            handle_signals = False  # only the main thread may handle signals
         if not handle_signals:
             return asyncio.run(main())
         # Until the loop handles them: a signal during start-up stops the worker too.

@@ -1304,6 +1304,7 @@ class PostgresStore:
     def release(self, saga_id: str, fence: int, run_at: float) -> bool:
         """Give a held saga back to the queue, due at ``run_at``, if ``fence`` is still
         its token. The token is bumped, so the releasing worker's later writes fail."""
+        self._known.pop(saga_id, None)  # whoever takes it next, its next save starts afresh
         return bool(self._execute(_RELEASE, (run_at, saga_id, fence)) == 1)
 
     def fenced(self, tokens: Mapping[str, int]) -> FencedStore:
