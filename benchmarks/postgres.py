@@ -212,9 +212,22 @@ def worker_main(url: str, concurrency: int) -> None:
     print(f"{stats.claimed} {store.commits} {store.writes}", flush=True)
 
 
-def run_workers(url: str, processes: int, n: int, concurrency: int) -> tuple[float, float]:
-    """(sagas per second, checkpoints per commit) of ``processes`` workers draining ``n``
-    queued sagas."""
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies of every CPU, from /proc/stat (Linux); else ``None``."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+    return sum(fields) - idle, sum(fields)
+
+
+def run_workers(
+    url: str, processes: int, n: int, concurrency: int
+) -> tuple[float, float, float | None]:
+    """(sagas per second, checkpoints per commit, share of the machine's CPU time busy)
+    of ``processes`` workers draining ``n`` queued sagas."""
     import psycopg
 
     from sagaflow.stores.postgres import PostgresStore
@@ -237,6 +250,7 @@ def run_workers(url: str, processes: int, n: int, concurrency: int) -> tuple[flo
         t0 = time.time()
         enqueue_many(store, records)
         t0 = time.time()
+        cpu0 = _cpu_times()
         while True:
             with psycopg.connect(url) as conn:
                 row = conn.execute(
@@ -246,6 +260,7 @@ def run_workers(url: str, processes: int, n: int, concurrency: int) -> tuple[flo
             assert row is not None
             if row[0] >= n:
                 t1 = float(row[1])
+                cpu1 = _cpu_times()
                 break
             time.sleep(0.05)
     finally:
@@ -259,7 +274,10 @@ def run_workers(url: str, processes: int, n: int, concurrency: int) -> tuple[flo
         if len(fields) >= 3:
             commits += int(fields[-2])
             writes += int(fields[-1])
-    return n / (t1 - t0), (writes / commits if commits else 0.0)
+    busy = None
+    if cpu0 is not None and cpu1 is not None and cpu1[1] > cpu0[1]:
+        busy = (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
+    return n / (t1 - t0), (writes / commits if commits else 0.0), busy
 
 
 def _spawn(*args: str, stdout: Any = None) -> subprocess.Popen[str]:
@@ -299,7 +317,7 @@ def report(
         url = cluster.create_database("bench")
         print(f"sagaflow on PostgreSQL ({STEPS}-step saga, {os.cpu_count()} CPUs, every commit "
               f"durable; {n} sagas per sagaflow run; medians of {rounds} round(s))")
-        print(f"{'case':30} {'sagas/s':>9} {'x raw':>7}  per saga")
+        print(f"{'case':30} {'sagas/s':>9} {'x raw':>7}  per saga (CPU busy: all cores)")
         raw1 = median(lambda: run_raw(url, 1, raw_n))
         print(f"{'raw, 1 connection':30} {raw1:9.0f} {1:7.2f}  7 commits")
         for w in workers:
@@ -310,11 +328,13 @@ def report(
         print(f"{'raw, 5 commits, 1 connection':30} {raw5:9.0f} {raw5 / raw1:7.2f}  5 commits")
         for w in workers:
             results = [run_workers(url, w, n, concurrency) for _ in range(rounds)]
-            rate = statistics.median(r for r, _ in results)
-            batch = statistics.median(b for _, b in results)
+            rate = statistics.median(r for r, _, _ in results)
+            batch = statistics.median(b for _, b, _ in results)
+            busy = [c for _, _, c in results if c is not None]
+            cpu = f" (CPU {statistics.median(busy):.0%})" if busy else ""
             label = f"sagaflow, {w} worker" + ("s" if w > 1 else "")
             print(f"{label:30} {rate:9.0f} {rate / raw1:7.2f}  7 writes, "
-                  f"{batch:.0f} per commit")
+                  f"{batch:.0f} per commit{cpu}")
         print("  x raw: against the raw saga on one connection, in the same run")
 
 
