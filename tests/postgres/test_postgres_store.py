@@ -130,11 +130,15 @@ def test_sagaflow_imports_without_psycopg_and_says_how_to_get_it() -> None:
         "    open_store('postgresql://u@h/db')\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
+        "try:\n"
+        "    import sagaflow.worker\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert "pip install 'sagaflow[postgres]'" in done.stdout
+    assert done.stdout.count("pip install 'sagaflow[postgres]'") == 2, done.stdout
 
 
 # --- records ------------------------------------------------------------------------
