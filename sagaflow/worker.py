@@ -450,11 +450,23 @@ class Worker:
     async def _shutdown(self) -> None:
         """Let running sagas finish for the grace period, then release the rest."""
         tasks = list(self._active.values())
-        grace = self.grace if self._grace_override is None else self._grace_override
+        wake = self._wake
+        assert wake is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         if tasks:
             log.info("worker %s: waiting up to %gs for %d running saga(s)",
-                     self.id, grace, len(tasks))
-            await asyncio.wait(tasks, timeout=grace)
+                     self.id, self._grace(), len(tasks))
+        while True:
+            pending = [t for t in tasks if not t.done()]
+            left = start + self._grace() - loop.time()
+            if not pending or left <= 0:
+                break
+            wake.clear()  # set again by a saga ending, or by stop(grace=...)
+            woken = loop.create_task(wake.wait())
+            await asyncio.wait([*pending, woken], timeout=left,
+                               return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
         remaining = {sid: t for sid, t in self._active.items() if not t.done()}
         if not remaining:
             return
@@ -468,6 +480,9 @@ class Worker:
         for task in remaining.values():
             task.cancel()
         await asyncio.gather(*remaining.values(), return_exceptions=True)
+
+    def _grace(self) -> float:
+        return self.grace if self._grace_override is None else self._grace_override
 
     async def _ticker(self) -> None:
         while True:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -330,3 +331,20 @@ def test_an_unreadable_record_is_put_back_for_later_and_reported(
     stored = pg_store.load_raw(sid)
     assert stored is not None and stored.owner is None
     assert stored.run_at is not None and stored.run_at > time.time() + 500
+
+
+def test_a_second_stop_releases_at_once(pg_store: PostgresStore) -> None:
+    sid = enqueue(pg_store, Slow(seconds=30.0))
+    worker = Worker(pg_store, [Slow], poll=0.02, grace=300)
+    thread = threading.Thread(target=worker.run, daemon=True)  # not the main thread
+    thread.start()
+    while not calls_of(sid):
+        time.sleep(0.01)
+    worker.stop()  # graceful: would wait up to 300 s for the saga
+    time.sleep(0.2)
+    assert thread.is_alive()
+    worker.stop(grace=0)  # as a second SIGTERM does
+    thread.join(timeout=30)
+    assert not thread.is_alive() and worker.stats.released == 1
+    stored = pg_store.load_raw(sid)
+    assert stored is not None and stored.owner is None and stored.status == "RUNNING"
