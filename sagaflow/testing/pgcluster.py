@@ -178,7 +178,10 @@ class PgCluster:
         """Create the cluster (initdb) and start it; returns ``self``."""
         if self.started:
             return self
-        self.base = Path(tempfile.mkdtemp(prefix="sagaflow-pg-"))
+        parent = tempfile.gettempdir()
+        if len(parent) > 60 and os.path.isdir("/tmp"):
+            parent = "/tmp"  # a Unix socket's path is limited to about 100 bytes
+        self.base = Path(tempfile.mkdtemp(prefix="sagaflow-pg-", dir=parent))
         try:
             self.socket_dir.mkdir()
             if self._uid is not None and os.geteuid() == 0:
