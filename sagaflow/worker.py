@@ -416,7 +416,10 @@ class Worker:
                           self.id, sid, self.retry_later, exc)
                 await self._release(sid, lease, self._base_clock.now() + self.retry_later)
                 return
-            await orch._adrive(spec, record)
+            # Listeners hear what happens from here on; a saga's first claim also tells
+            # them how it started (its client, which enqueued it, told nobody).
+            told = 0 if stored.fence <= 1 else len(record.history)
+            await orch._adrive(spec, record, told)
             self.stats.finished[record.status.value] += 1
         except _Park as park:
             self.stats.parked += 1

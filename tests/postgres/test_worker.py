@@ -348,3 +348,15 @@ def test_a_second_stop_releases_at_once(pg_store: PostgresStore) -> None:
     assert not thread.is_alive() and worker.stats.released == 1
     stored = pg_store.load_raw(sid)
     assert stored is not None and stored.owner is None and stored.status == "RUNNING"
+
+
+def test_listeners_hear_each_event_once_across_parking(pg_store: PostgresStore) -> None:
+    heard: list[str] = []
+    sid = enqueue(pg_store, Flaky(failures=1))
+    worker = Worker(pg_store, [Flaky], poll=0.02, park_after=0.1,
+                    listeners=[lambda event: heard.append(type(event).__name__)])
+    with serving(worker):
+        result = wait(pg_store, sid, timeout=30)
+    assert worker.stats.parked == 1
+    assert heard == [type(e).__name__ for e in result.history]
+    assert heard[0] == "SagaStarted" and heard.count("StepStarted") == 2
