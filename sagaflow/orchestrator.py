@@ -125,6 +125,37 @@ class Orchestrator:
         await self._adrive(spec, record)
         return SagaResult.of(record)
 
+    # --- queueing (PostgreSQL: workers run what is started) ----------------------------
+
+    def start(self, saga: object, saga_id: str | None = None) -> str:
+        """Enqueue ``saga`` for a worker (``sagaflow worker``) to run; its saga id.
+
+        Needs a queue store (PostgreSQL). Starting an id that exists runs nothing again.
+        """
+        from .worker import enqueue
+
+        self._spec_to_run(saga)
+        return enqueue(self.store, saga, saga_id, clock=self.clock)
+
+    async def astart(self, saga: object, saga_id: str | None = None) -> str:
+        """:meth:`start`, without blocking the event loop."""
+        from .worker import aenqueue
+
+        self._spec_to_run(saga)
+        return await aenqueue(self.store, saga, saga_id, clock=self.clock)
+
+    def wait(self, saga_id: str, timeout: float | None = None) -> SagaResult:
+        """The result of ``saga_id`` once it has finished, whichever worker ran it."""
+        from .worker import wait
+
+        return wait(self.store, saga_id, timeout)
+
+    async def await_result(self, saga_id: str, timeout: float | None = None) -> SagaResult:
+        """:meth:`wait`, without blocking the event loop."""
+        from .worker import wait_async
+
+        return await wait_async(self.store, saga_id, timeout)
+
     # --- looking ----------------------------------------------------------------------
 
     def get(self, saga_id: str) -> SagaResult | None:

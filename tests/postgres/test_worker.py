@@ -360,3 +360,21 @@ def test_listeners_hear_each_event_once_across_parking(pg_store: PostgresStore) 
     assert worker.stats.parked == 1
     assert heard == [type(e).__name__ for e in result.history]
     assert heard[0] == "SagaStarted" and heard.count("StepStarted") == 2
+
+
+def test_orchestrator_start_and_wait_go_through_the_queue(pg_store: PostgresStore) -> None:
+    from sagaflow import Orchestrator
+
+    client = Orchestrator(store=pg_store)
+    sid = client.start(Hello(who="queued"))
+    assert client.start(Hello(who="queued"), sid) == sid  # starting it again runs nothing
+    worker = Worker(pg_store, [Hello], poll=0.05)
+    with serving(worker):
+        result = client.wait(sid, timeout=30)
+
+        async def also_async() -> str:
+            other = await client.astart(Hello(who="async"))
+            return (await client.await_result(other, timeout=30)).status.value
+
+        assert asyncio.run(also_async()) == "COMPLETED"
+    assert result.ok and result.data == Hello(who="queued", greeted=True)
