@@ -393,10 +393,12 @@ def _build_spec(
     # Walk the whole MRO so that a saga may inherit steps; the subclass wins.
     found: dict[str, StepDef] = {}
     comps: dict[str, CompensationDef] = {}
+    position: dict[str, int] = {}  # an overridden step keeps its base class's place
     for klass in reversed(cls.__mro__):
         for attr, value in vars(klass).items():
             if isinstance(value, StepDef):
                 found[attr] = value
+                position.setdefault(attr, value.order)
                 comps.pop(attr, None)
             elif isinstance(value, CompensationDef):
                 comps[attr] = value
@@ -412,7 +414,7 @@ def _build_spec(
                 "definition replaced the earlier one: give each step its own name"
             )
 
-    defs = sorted(found.items(), key=lambda item: item[1].order)
+    defs = sorted(found.items(), key=lambda item: position[item[0]])
     if not defs:
         problems.append(
             "it has no steps: decorate at least one method 'def name(self, ctx)' with @step"

@@ -127,8 +127,11 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
             guarded = s.kind is not _RETRIABLE and record.deadline_at is not None
             if guarded and now >= record.deadline_at:  # type: ignore[operator]
                 reason = SagaDeadlineExceeded(spec.deadline or 0)
-                if sr.status is _S_RUNNING:  # waiting to retry (say, across a crash)
-                    _step_failed(spec, record, now, reason, reason, False, keep_error=True)
+                if sr.status is _S_RUNNING:  # waiting to retry, or cut off by a crash
+                    unknown = record.wake_at is None
+                    if unknown:
+                        sr.timed_out = True
+                    _step_failed(spec, record, now, reason, reason, unknown, keep_error=True)
                 else:
                     _begin_compensation(spec, record, now, reason)
                 continue
@@ -136,6 +139,10 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                 if now < record.wake_at:
                     return Sleep(record.wake_at)
                 record.wake_at = None
+            elif sr.status is _S_RUNNING:
+                # Started and never settled: the process died during the attempt, which
+                # may have taken effect. If the step fails for good, it is undone too.
+                sr.timed_out = True
             if sr.attempts == 0 and s.when is not None:
                 try:
                     wanted = bool(s.when(record.data))

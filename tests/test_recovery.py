@@ -134,3 +134,32 @@ def test_recovery_is_recorded_and_listeners_hear_only_what_is_new(tmp_path) -> N
     assert [(e.action, e.note) for e in history if type(e).__name__ == "OperatorAction"] == [
         ("recover", "resumed from its last checkpoint")
     ]
+
+
+def test_an_attempt_cut_off_by_a_crash_is_undone_if_its_step_then_fails(tmp_path) -> None:
+    # The first attempt may have charged before the process died; the rerun fails for
+    # good: the charge must be refunded, not left in place.
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    crash_in.add("charge")
+
+    @saga(name="resumable")
+    class FailsOnRerun(Resumable):
+        @step
+        def charge(self, ctx):
+            calls.append(("charge", ctx.idempotency_key))
+            if "charge" in crash_in:
+                crash_in.discard("charge")
+                raise KeyboardInterrupt
+            raise ValueError("card declined on the rerun")
+
+        @charge.compensate
+        def refund(self, ctx):
+            calls.append(("refund", ctx.idempotency_key))
+
+    with Orchestrator(store=url) as first, pytest.raises(KeyboardInterrupt):
+        first.run(FailsOnRerun(), "r3")
+    with Orchestrator(store=url, sagas=[FailsOnRerun]) as second:
+        report = second.recover()
+        assert report.resumed == {"r3": SagaStatus.COMPENSATED}
+        assert second.get("r3").step("charge").timed_out
+    assert [c for c, _ in calls] == ["reserve", "charge", "charge", "refund", "release"]

@@ -102,7 +102,9 @@ class Outcome:
             return
         path = "failing" if fail else "happy"
         assert record.status is TERMINAL[path], (saga_id, record.status, record.history)
-        assert effects == expected_effects(saga_id, fail)
+        # A step cut off by the kill has an unknown outcome: if it then fails for good,
+        # its compensation runs too and, finding nothing to undo, leaves a zero entry.
+        assert {k: v for k, v in effects.items() if v} == expected_effects(saga_id, fail)
         assert sum(effects.values()) == (0 if fail else 11_111)
         kinds = [type(e).__name__ for e in record.history]
         assert kinds[0] == "SagaStarted"
@@ -110,7 +112,9 @@ class Outcome:
         done = [e.step for e in record.history if isinstance(e, events.StepCompleted)]
         assert done == (["s1", "s2", "s3"] if fail else list(STEPS))  # each once, in order
         undone = [e.step for e in record.history if isinstance(e, events.CompensationCompleted)]
-        assert undone == (["s3", "s2", "s1"] if fail else [])
+        # s4 itself too when a kill cut off one of its attempts (outcome unknown)
+        cut_off = record.steps[3].timed_out
+        assert undone == ((["s4"] if cut_off else []) + ["s3", "s2", "s1"] if fail else [])
         for key in effects:
             assert self.calls[key] >= 1
 
