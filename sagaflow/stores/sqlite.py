@@ -48,17 +48,15 @@ from ..codec import (
     Codec,
     default_codec,
     describe_failure,
-    import_path,
-    type_path,
 )
 from ..errors import (
-    CodecError,
     ConcurrentModification,
     CorruptRecord,
     StoreError,
     UnknownSagaClass,
 )
 from ..records import SagaRecord, SagaStatus, StepRecord
+from ._durable import DurableRows
 from .base import Stored
 
 __all__ = [
@@ -297,7 +295,7 @@ def _spilled(n: int) -> int:
 _step_values = operator.attrgetter(*(f.name for f in attrs.fields(StepRecord)))
 
 
-class SQLiteStore:
+class SQLiteStore(DurableRows):
     """Durable saga records in a SQLite file (or ``":memory:"``, for tests).
 
     ``synchronous`` is SQLite's sync level: ``"FULL"`` (default: durable at each
@@ -435,90 +433,6 @@ class SQLiteStore:
         return int(row[0])
 
     # -- saga classes ------------------------------------------------------------
-
-    def register(self, *saga_classes: type) -> None:
-        """Tell the store which classes stored sagas are instances of, so it can load
-        them (``create`` registers the classes it sees; recovery registers the rest)."""
-        from ..definition import spec_of
-
-        for cls in saga_classes:
-            spec = spec_of(cls)
-            self._classes.setdefault(spec.name, {})[spec.fingerprint] = spec.cls
-
-    def _learn(self, record: SagaRecord) -> None:
-        known = self._classes.setdefault(record.saga_name, {})
-        cls = type(record.data)
-        if known.get(record.fingerprint) is not cls:
-            known.pop(record.fingerprint, None)  # re-insert: the newest class is last
-            known[record.fingerprint] = cls
-
-    def _class_for(self, stored: StoredSaga) -> type:
-        known = self._classes.get(stored.saga_name)
-        if known:
-            exact = known.get(stored.fingerprint)
-            return exact if exact is not None else next(reversed(known.values()))
-        from ..definition import is_saga, spec_of
-
-        try:
-            found = import_path(stored.data_type)
-        except CodecError as exc:
-            raise UnknownSagaClass(
-                stored.saga_id, stored.saga_name, stored.data_type, str(exc)
-            ) from exc
-        if not is_saga(found) or spec_of(found).name != stored.saga_name:
-            raise UnknownSagaClass(
-                stored.saga_id, stored.saga_name, stored.data_type,
-                "that name is not a saga class of this name",
-            )
-        self.register(found)
-        return found  # type: ignore[no-any-return]
-
-    def _data_type(self, cls: type) -> str:
-        path = self._data_types.get(cls)
-        if path is None:
-            path = self._data_types[cls] = type_path(cls)
-        return path
-
-    # -- encoding ----------------------------------------------------------------
-
-    def _row(
-        self,
-        record: SagaRecord,
-        version: int,
-        verify: bool,
-        steps: str,
-        history: str,
-        events: str,
-    ) -> tuple[Any, ...]:
-        codec = self.codec
-        dumps = codec.dumps_json
-        error = record.error
-        return (
-            record.saga_id,
-            record.saga_name,
-            record.fingerprint,
-            self._data_type(type(record.data)),
-            record.status.value,
-            record.state,
-            version,
-            record.cursor,
-            dumps(record.undo) if record.undo else "[]",
-            record.created_at,
-            record.updated_at,
-            record.finished_at,
-            record.wake_at,
-            record.deadline_at,
-            record.compensation_deadline_at,
-            steps,
-            codec.dump_data(record, verify=verify),
-            None if error is None else dumps(codec.encode_error(error)),
-            dumps(record.failures) if record.failures else None,
-            record.resolution,
-            history,
-            len(record.history),
-            events,
-            len(record.events),
-        )
 
     def _steps(
         self, steps: list[StepRecord], tracked: _Tracked | None
