@@ -17,13 +17,13 @@ from typing import Any
 import attrs
 
 from sagaflow import (
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     Orchestrator,
     SagaResult,
     SagaSpec,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepKind,
     StepStatus,
     events,
@@ -272,9 +272,9 @@ def outcome(result: SagaResult, real: float | None = None) -> str:
     parts.append(f"compensations {undone}/{planned}" if planned else "no compensation needed")
     error = result.error
     if error is not None and result.status is not SagaStatus.COMPLETED:
-        if isinstance(error, CompensationFailed):
+        if isinstance(error, CompensationError):
             why = f" (compensating after {_short(error.reason)})" if error.reason else ""
-            parts.append(f"error: CompensationFailed{why}")
+            parts.append(f"error: CompensationError{why}")
         else:
             parts.append(f"error: {_short(error)}")
     return " · ".join(parts)
@@ -282,14 +282,14 @@ def outcome(result: SagaResult, real: float | None = None) -> str:
 
 def _short(error: BaseException) -> str:
     """An error in a few words: a step's failure was printed on its own line already."""
-    if isinstance(error, StepFailed):
+    if isinstance(error, StepError):
         return f"{type(error).__name__} at {error.step}"
     return f"{type(error).__name__}: {error}"
 
 
 def operator_notes(result: SagaResult) -> list[str]:
     """What a FAILED saga's record says an operator must do."""
-    if isinstance(result.error, CompensationFailed):
+    if isinstance(result.error, CompensationError):
         return [f"could not undo {step}: {err}" for step, err in result.error.failures.items()]
     if result.status is not SagaStatus.FAILED:
         return []

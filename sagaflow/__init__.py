@@ -7,24 +7,29 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 from . import events
 from .context import Direction, StepContext
 from .definition import SagaSpec, StepKind, StepSpec, is_saga, saga, spec_of, step
-from .diagram import GraphvizNotFound, diagram
+from .diagram import diagram
 from .errors import (
     AlreadyExecuting,
     CodecError,
-    CompensationFailed,
+    CompensationError,
     ConcurrentModification,
     CorruptRecord,
+    GraphvizNotFound,
     InvalidTransition,
+    LeaseLost,
+    OperatorError,
     SagaCancelled,
     SagaDeadlineExceeded,
     SagaDefinitionChanged,
     SagaDefinitionError,
     SagaflowError,
     SagaNotFound,
-    StepFailed,
+    ScaffoldError,
+    StepError,
     StepTimeout,
     StoreError,
     UnknownSaga,
+    UnknownSagaClass,
 )
 from .orchestrator import Orchestrator, RecoveryReport
 from .policy import Retry, backoff_delay
@@ -35,13 +40,16 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExecuting",
     "CodecError",
+    "CompensationError",
     "CompensationFailed",
+    "CompensationStatus",
     "ConcurrentModification",
     "CorruptRecord",
-    "CompensationStatus",
     "Direction",
     "GraphvizNotFound",
     "InvalidTransition",
+    "LeaseLost",
+    "OperatorError",
     "Orchestrator",
     "RecoveryReport",
     "Retry",
@@ -55,7 +63,9 @@ __all__ = [
     "SagaSpec",
     "SagaStatus",
     "SagaflowError",
+    "ScaffoldError",
     "StepContext",
+    "StepError",
     "StepFailed",
     "StepKind",
     "StepRecord",
@@ -64,6 +74,7 @@ __all__ = [
     "StepTimeout",
     "StoreError",
     "UnknownSaga",
+    "UnknownSagaClass",
     "backoff_delay",
     "diagram",
     "events",

@@ -35,11 +35,11 @@ import click
 
 from . import __version__
 from .definition import SagaSpec, StepKind, is_saga, spec_of
-from .diagram import FORMATS, SUFFIXES, GraphvizNotFound, file_stem, format_for, render, write_all
-from .errors import SagaDefinitionError
+from .diagram import FORMATS, SUFFIXES, file_stem, format_for, render, write_all
+from .errors import GraphvizNotFound, SagaDefinitionError, ScaffoldError
 from .machine import TERMINAL_STATES
 from .policy import Retry
-from .scaffold import DEFAULT_STEPS, ScaffoldError, create
+from .scaffold import DEFAULT_STEPS, create
 
 __all__ = [
     "LAZY_COMMANDS",

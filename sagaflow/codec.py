@@ -15,7 +15,7 @@ A durable store keeps a :class:`~sagaflow.records.SagaRecord` as JSON. What goes
   ``{"$type": "decimal:Decimal", "value": "9.99"}`` or ``{"$type": "tuple", "items": [...]}``,
   so that what is loaded has the type that was saved;
 - lifecycle events are tagged by class name (``{"type": "StepRetrying", "at": ...}``);
-- the saga's error is ``{"type": "StepFailed", "step_index": 2, ...}``: the arguments its
+- the saga's error is ``{"type": "StepError", "step_index": 2, ...}``: the arguments its
   ``__reduce__`` gives, an arbitrary exception ``cause`` flattened to ``"ValueError: boom"``.
 
 A value the codec cannot store is a :class:`CodecError` at the first save, naming the
@@ -103,6 +103,9 @@ def import_path(path: str) -> Any:
         raise CodecError(f"cannot import {path!r}: {exc}") from exc
     return obj
 
+
+#: Errors stored under the names they had before 0.2.0.
+_RENAMED_ERRORS = {"StepFailed": "StepError", "CompensationFailed": "CompensationError"}
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _FACTORY: type = type(attrs.Factory(list))
@@ -474,6 +477,7 @@ class Codec:
         if data is None:
             return None
         tag = data["type"]
+        tag = _RENAMED_ERRORS.get(tag, tag)
         message = data.get("message", tag)
         try:
             cls = getattr(_errors, tag, None) if ":" not in tag else self._resolve(tag)

@@ -56,9 +56,10 @@ UNSET = _Unset.UNSET
 
 _counter = itertools.count()
 _lock = threading.Lock()
-# Every @step made for a class body, by the body's qualified name, so that @saga can see a
-# step that a later method of the same name silently replaced.
-_made_for: dict[str, list[StepDef]] = {}
+# Every @step made for a class body, by the body's module and qualified name, so that @saga
+# can see a step that a later method of the same name silently replaced. The module is part
+# of the key: an undecorated mixin's steps must not be blamed on a saga of the same name.
+_made_for: dict[tuple[str, str], list[StepDef]] = {}
 
 
 class StepKind(enum.Enum):
@@ -70,9 +71,11 @@ class StepKind(enum.Enum):
     RETRIABLE = "retriable"  #: after the pivot: retried, never compensated
 
 
-def _owner_of(fn: object) -> str:
+def _owner_of(fn: object) -> tuple[str, str]:
+    """The (module, qualified name) of the class body ``fn`` is defined in."""
     qualname = getattr(fn, "__qualname__", "")
-    return qualname.rpartition(".")[0] if "." in qualname else ""
+    owner = qualname.rpartition(".")[0] if "." in qualname else ""
+    return getattr(fn, "__module__", None) or "", owner
 
 
 def _callable_name(fn: object) -> str:
@@ -404,7 +407,7 @@ def _build_spec(
                 comps[attr] = value
                 found.pop(attr, None)
     with _lock:
-        made = _made_for.pop(cls.__qualname__, [])
+        made = _made_for.pop((cls.__module__, cls.__qualname__), [])
     present = {id(d) for d in found.values()}
     for lost in made:
         if id(lost) not in present:

@@ -26,7 +26,7 @@ import attrs
 
 from . import events as ev
 from .definition import SagaSpec, StepKind, StepSpec, is_saga, spec_of
-from .errors import SagaflowError
+from .errors import GraphvizNotFound
 from .machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepRecord, StepStatus
 
@@ -55,25 +55,6 @@ _FORMAT_OF_SUFFIX = {
     ".svg": "svg",
     ".png": "png",
 }
-INSTALL_HINT = (
-    "pip install 'sagaflow[render]' (the pygraphviz wheels bundle Graphviz), "
-    "or install Graphviz so that its `dot` program is on PATH"
-)
-
-
-class GraphvizNotFound(SagaflowError, RuntimeError):
-    """SVG or PNG was asked for, but neither pygraphviz nor a ``dot`` binary is available."""
-
-    def __init__(self, fmt: str, why: Sequence[str] = ()) -> None:
-        self.format = fmt
-        self.why = tuple(why)
-        seen = f" ({'; '.join(self.why)})" if self.why else ""
-        super().__init__(
-            f"rendering {fmt.upper()} needs Graphviz, found neither way{seen}: {INSTALL_HINT}. "
-            "DOT and Mermaid text need nothing: use format='dot' or 'mermaid'"
-        )
-
-
 # --------------------------------------------------------------------------- the graph
 
 @attrs.frozen

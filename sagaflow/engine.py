@@ -19,13 +19,14 @@ import attrs
 from . import events as ev
 from .context import Direction
 from .definition import SagaSpec, StepKind
-from .errors import CompensationFailed as CompensationFailedError
 from .errors import (
+    CompensationError,
     InvalidTransition,
+    OperatorError,
     SagaCancelled,
     SagaDeadlineExceeded,
     SagaflowError,
-    StepFailed,
+    StepError,
     StepTimeout,
     _describe,
 )
@@ -149,7 +150,7 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                 except Exception as exc:  # a broken guard fails its step, like the step would
                     sr.attempts = 1
                     sr.started_at = now
-                    _step_failed(spec, record, now, StepFailed(i, s.name, exc), exc, False)
+                    _step_failed(spec, record, now, StepError(i, s.name, exc), exc, False)
                     continue
                 if not wanted:
                     sr.status = _S_SKIPPED
@@ -241,7 +242,7 @@ def settle(
         if _retry_later(spec, record, call, s.retry, error, limit, now, rand):
             sr.error = _describe(error)
             return
-        failure = error if isinstance(error, StepFailed) else StepFailed(i, s.name, error)
+        failure = error if isinstance(error, StepError) else StepError(i, s.name, error)
         _step_failed(spec, record, now, failure, error, timed_out)
         return
 
@@ -430,7 +431,7 @@ def _next_undo(spec: SagaSpec, record: SagaRecord, now: float, trigger: str) -> 
         reason = record.error
         _finish(
             spec, record, now, SagaStatus.FAILED,
-            CompensationFailedError(record.failures, reason),
+            CompensationError(record.failures, reason),
         )
     else:
         transition(spec, record, trigger, COMPENSATED)
@@ -463,10 +464,6 @@ def _finish(
 
 
 # --- operator actions -------------------------------------------------------------------
-
-
-class OperatorError(SagaflowError, ValueError):
-    """An operator action does not fit the saga's status."""
 
 
 def cancel(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = None) -> None:
@@ -517,7 +514,7 @@ def retry(spec: SagaSpec, record: SagaRecord, now: float, note: str | None = Non
                     first = position
         assert first is not None
         reason = record.error
-        if isinstance(reason, CompensationFailedError):
+        if isinstance(reason, CompensationError):
             reason = reason.reason
         record.cursor = first
         record.failures = {}

@@ -7,19 +7,25 @@ from collections.abc import Sequence
 __all__ = [
     "AlreadyExecuting",
     "CodecError",
-    "CompensationFailed",
+    "CompensationError",
     "ConcurrentModification",
     "CorruptRecord",
+    "GraphvizNotFound",
     "InvalidTransition",
+    "LeaseLost",
+    "OperatorError",
     "SagaCancelled",
     "SagaDeadlineExceeded",
     "SagaDefinitionChanged",
     "SagaDefinitionError",
     "SagaNotFound",
     "SagaflowError",
-    "UnknownSaga",
-    "StepFailed",
+    "ScaffoldError",
+    "StepError",
     "StepTimeout",
+    "StoreError",
+    "UnknownSaga",
+    "UnknownSagaClass",
 ]
 
 
@@ -41,7 +47,7 @@ class SagaDefinitionError(SagaflowError, TypeError):
         return (type(self), (self.saga, self.problems))
 
 
-class StepFailed(SagaflowError):
+class StepError(SagaflowError):
     """A forward step failed for good (its retries, if any, are exhausted)."""
 
     def __init__(self, step_index: int, step: str, cause: BaseException | str) -> None:
@@ -54,7 +60,7 @@ class StepFailed(SagaflowError):
         return (type(self), (self.step_index, self.step, self.cause))
 
 
-class StepTimeout(StepFailed):
+class StepTimeout(StepError):
     """A step ran past its timeout; its outcome is unknown (it may have taken effect)."""
 
     def __init__(self, step_index: int, step: str, timeout: float) -> None:
@@ -93,7 +99,7 @@ class SagaCancelled(SagaflowError):
         return (type(self), (self.step,))
 
 
-class CompensationFailed(SagaflowError):
+class CompensationError(SagaflowError):
     """Compensations failed for good: an operator must finish the undo by hand.
 
     ``failures`` maps each step whose compensation could not be done to the last
@@ -258,6 +264,58 @@ class UnknownSagaClass(UnknownSaga):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.saga_id, self.saga_name, self.data_type, "?"))
+
+
+class OperatorError(SagaflowError, ValueError):
+    """An operator action does not fit the saga's status."""
+
+
+class LeaseLost(ConcurrentModification):
+    """A worker wrote to a saga that another worker has taken over since it claimed it.
+
+    Its lease expired (the worker was paused, cut off, or too slow to renew it) and the
+    saga was claimed again: ``fence`` is the token this worker holds, ``current`` the
+    saga's. Nothing was written; this worker must stop driving the saga.
+    """
+
+    def __init__(self, saga_id: str, fence: int, current: int | None) -> None:
+        self.saga_id = saga_id
+        self.expected = fence
+        self.found = current
+        self.fence = fence
+        self.current = current
+        StoreError.__init__(
+            self,
+            f"saga {saga_id!r} was taken over by another worker (this worker's lease "
+            f"token is {fence}, the saga's is {current}): its lease expired before this "
+            "write; nothing was written, and this worker must stop driving the saga",
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.fence, self.current))
+
+
+class ScaffoldError(SagaflowError, ValueError):
+    """The scaffold cannot be written as asked: the message says why and what to do."""
+
+
+INSTALL_HINT = (
+    "pip install 'sagaflow[render]' (the pygraphviz wheels bundle Graphviz), "
+    "or install Graphviz so that its `dot` program is on PATH"
+)
+
+
+class GraphvizNotFound(SagaflowError, RuntimeError):
+    """SVG or PNG was asked for, but neither pygraphviz nor a ``dot`` binary is available."""
+
+    def __init__(self, fmt: str, why: Sequence[str] = ()) -> None:
+        self.format = fmt
+        self.why = tuple(why)
+        seen = f" ({'; '.join(self.why)})" if self.why else ""
+        super().__init__(
+            f"rendering {fmt.upper()} needs Graphviz, found neither way{seen}: {INSTALL_HINT}. "
+            "DOT and Mermaid text need nothing: use format='dot' or 'mermaid'"
+        )
 
 
 def _describe(cause: BaseException | str) -> str:

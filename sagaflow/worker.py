@@ -16,7 +16,7 @@ own machinery, many at once on one event loop:
 - **fencing**: every save carries the token the worker claimed the saga with
   (:meth:`~sagaflow.stores.postgres.PostgresStore.fenced`). A worker that was paused
   or cut off past its lease, whose saga another worker has claimed since, fails its
-  next write (:class:`~sagaflow.stores.postgres.LeaseLost`) and writes nothing. Steps
+  next write (:class:`~sagaflow.LeaseLost`) and writes nothing. Steps
   may read the token too (:func:`current_lease`), to pass it on to a participant that
   checks it.
 - **takeover**: a dead worker's sagas are claimed again once their leases expire; the
@@ -48,7 +48,7 @@ import attrs
 from .clock import Clock, SystemClock
 from .definition import SagaSpec, spec_of
 from .engine import new_record
-from .errors import ConcurrentModification, SagaflowError, SagaNotFound, StoreError
+from .errors import ConcurrentModification, LeaseLost, SagaflowError, SagaNotFound, StoreError
 from .events import Listener
 from .orchestrator import Migration, Orchestrator
 from .records import SagaRecord, SagaResult, SagaStatus
@@ -59,7 +59,6 @@ postgres_module()  # without psycopg: an ImportError that says how to install it
 
 from .stores.postgres import (  # noqa: E402
     FencedStore,
-    LeaseLost,
     PostgresStore,
     PostgresStoredSaga,
 )

@@ -211,7 +211,7 @@ def test_show_prints_the_record_history_and_the_diagram_with_its_position(db):
     text = result.output
     assert text.startswith("saga undo-failed (ops): FAILED in ")
     assert '  data        {"order": "undo"}' in text
-    assert "  error       CompensationFailed: 1 compensation could not be done" in text
+    assert "  error       CompensationError: 1 compensation could not be done" in text
     steps = {ln.split()[1]: ln.split() for ln in text.split("steps:\n")[1].split("\n\n")[0]
              .splitlines()[1:]}
     assert steps["a"][2:6] == ["compensatable", "COMPLETED", "1", "FAILED"]

@@ -204,6 +204,30 @@ def test_step_defined_twice_in_class_body() -> None:
     assert "'a' is defined twice" in msg and "its own name" in msg
 
 
+def test_undecorated_mixin_steps_do_not_leak_into_a_saga_of_the_same_name() -> None:
+    # The same class name in two modules: a mixin (never decorated) in one, a saga in the
+    # other. The saga's definition must see its own body only.
+    mixin_source = (
+        "from sagaflow import step\n"
+        "class Shared:\n"
+        "    @step(readonly=True)\n"
+        "    def a(self, ctx): ...\n"
+        "    @step(readonly=True)\n"
+        "    def a(self, ctx): ...\n"
+    )
+    saga_source = (
+        "from sagaflow import saga, step\n"
+        "@saga\n"
+        "class Shared:\n"
+        "    @step(readonly=True)\n"
+        "    def a(self, ctx): ...\n"
+    )
+    exec(compile(mixin_source, "mixins.py", "exec"), {"__name__": "tests_mixins"})
+    namespace: dict[str, object] = {"__name__": "tests_sagas"}
+    exec(compile(saga_source, "sagas.py", "exec"), namespace)
+    assert [s.name for s in spec_of(namespace["Shared"]).steps] == ["a"]
+
+
 def test_compensation_for_unknown_step() -> None:
     @saga
     class Other:

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sagaflow import (
+    GraphvizNotFound,
     Orchestrator,
     Retry,
     SagaRecord,
@@ -30,7 +31,6 @@ from sagaflow import (
 from sagaflow.cli import find_sagas
 from sagaflow.definition import StepDef
 from sagaflow.diagram import (
-    GraphvizNotFound,
     diagram,
     file_stem,
     format_for,

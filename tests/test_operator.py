@@ -8,20 +8,20 @@ import pytest
 
 from sagaflow import (
     CompensationStatus,
+    OperatorError,
     Orchestrator,
     Retry,
     SagaCancelled,
     SagaDefinitionChanged,
     SagaNotFound,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepStatus,
     UnknownSaga,
     events,
     saga,
     step,
 )
-from sagaflow.engine import OperatorError
 from sagaflow.testing import VirtualClock
 
 NO_RETRY = Retry(attempts=1)
@@ -76,7 +76,7 @@ def test_retry_failed_compensations_then_compensated() -> None:
     again = orchestrator.retry("x", note="gateway back")
     assert again.status is SagaStatus.COMPENSATED
     assert log == ["a", "b", "ua", "ua"]
-    assert isinstance(again.error, StepFailed) and again.error.step == "b"
+    assert isinstance(again.error, StepError) and again.error.step == "b"
     assert again.step("a").compensation is CompensationStatus.COMPENSATED
     assert actions(again) == [("retry", "gateway back")]
 

@@ -10,7 +10,7 @@ import pytest
 
 from sagaflow import (
     AlreadyExecuting,
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     Direction,
     InvalidTransition,
@@ -18,7 +18,7 @@ from sagaflow import (
     Retry,
     SagaDeadlineExceeded,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepStatus,
     StepTimeout,
     events,
@@ -146,7 +146,7 @@ def test_exhausted_step_compensates_completed_steps_newest_first(drive) -> None:
     assert result.status is SagaStatus.COMPENSATED
     assert calls(log) == ["reserve", "check", "charge", "ship", "refund", "release"]
     err = result.error
-    assert isinstance(err, StepFailed) and not isinstance(err, StepTimeout)
+    assert isinstance(err, StepError) and not isinstance(err, StepTimeout)
     assert (err.step_index, err.step) == (3, "ship")
     assert isinstance(err.cause, ConnectionError) and err.__cause__ is err.cause
     assert result.step("check").compensation is CompensationStatus.NOT_NEEDED  # readonly
@@ -160,7 +160,7 @@ def test_exhausted_step_compensates_completed_steps_newest_first(drive) -> None:
         "CompensationCompleted",
         "SagaCompensated",
     ]
-    with pytest.raises(StepFailed):
+    with pytest.raises(StepError):
         result.raise_for_status()
 
 
@@ -296,16 +296,16 @@ def test_compensation_retried_then_failing_for_good_is_recorded_others_still_run
     assert result.status is SagaStatus.FAILED
     assert calls(log)[3:] == ["ship", "refund", "refund", "refund", "release", "release", "release"]
     err = result.error
-    assert isinstance(err, CompensationFailed)
+    assert isinstance(err, CompensationError)
     assert err.failures == {"charge": "ConnectionError: refund unavailable"}
-    assert isinstance(err.reason, StepFailed) and err.reason.step == "ship"
+    assert isinstance(err.reason, StepError) and err.reason.step == "ship"
     assert "undo by hand" in str(err) and "charge" in str(err)
     assert result.step("charge").compensation is CompensationStatus.FAILED
     assert result.step("charge").compensation_attempts == 3
     assert result.step("reserve").compensation is CompensationStatus.COMPENSATED
     assert clock.sleeps == [0.5, 1.0, 0.5, 1.0]  # compensation backoff, jitter 0
     assert kinds(result)[-1] == "SagaFailed"
-    with pytest.raises(CompensationFailed):
+    with pytest.raises(CompensationError):
         result.raise_for_status()
 
 
@@ -315,7 +315,7 @@ def test_retriable_step_after_pivot_failing_for_good_compensates_nothing(drive) 
     result = drive(Orchestrator(clock=clock), make_saga(log, fail={"notify": -1})())
     assert result.status is SagaStatus.FAILED
     assert calls(log) == ["reserve", "check", "charge", "ship", "notify", "notify", "notify"]
-    assert isinstance(result.error, StepFailed) and result.error.step == "notify"
+    assert isinstance(result.error, StepError) and result.error.step == "notify"
     assert all(s.compensation is CompensationStatus.NOT_NEEDED for s in result.steps)
     assert clock.sleeps == [1.0, 2.0]
 

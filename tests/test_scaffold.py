@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from sagaflow import ScaffoldError
 from sagaflow.cli import main
-from sagaflow.scaffold import ScaffoldError, create, names_for, parse_steps, plan
+from sagaflow.scaffold import create, names_for, parse_steps, plan
 
 ROOT = Path(__file__).resolve().parents[1]
 _serial = itertools.count()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-from sagaflow import CompensationStatus, SagaResult, StepFailed
+from sagaflow import CompensationStatus, SagaResult, StepError
 
 from .._support import run_virtual
 from ..console import Demo, fmt
@@ -115,7 +115,7 @@ async def concurrent_last_units(d: Demo) -> list[SagaResult]:
         results = await asyncio.gather(*(arrive(i, c) for i, c in enumerate(CUSTOMERS)))
     for r in results:
         why = ""
-        if isinstance(r.error, StepFailed):
+        if isinstance(r.error, StepError):
             why = f": {r.error.cause}"
         undone = [s.name for s in r.steps if s.compensation is CompensationStatus.COMPENSATED]
         if undone:

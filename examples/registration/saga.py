@@ -23,7 +23,7 @@ from decimal import Decimal
 import attrs
 
 from sagaflow import (
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     Retry,
     SagaResult,
@@ -113,7 +113,7 @@ class RegistrationSaga:
 
 def manual_actions(result: SagaResult) -> list[str]:
     """What an operator must do by hand for a FAILED registration, read off its record."""
-    if not isinstance(result.error, CompensationFailed):
+    if not isinstance(result.error, CompensationError):
         return []
     reg: RegistrationSaga = result.data
     lines = []

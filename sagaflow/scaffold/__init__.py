@@ -24,6 +24,7 @@ from pathlib import Path
 import attrs
 
 from ..definition import RESERVED_NAMES
+from ..errors import ScaffoldError
 
 __all__ = ["DEFAULT_STEPS", "Plan", "ScaffoldError", "create", "plan"]
 
@@ -31,10 +32,6 @@ __all__ = ["DEFAULT_STEPS", "Plan", "ScaffoldError", "create", "plan"]
 DEFAULT_STEPS = ("reserve", "charge", "confirm")
 # Names the generated class uses for itself; a step may not take them.
 _TAKEN = frozenset({"request_id"})
-
-
-class ScaffoldError(ValueError):
-    """The scaffold cannot be written as asked: the message says why and what to do."""
 
 
 @attrs.frozen

@@ -53,6 +53,7 @@ from ..codec import Codec, default_codec, describe_failure
 from ..errors import (
     ConcurrentModification,
     CorruptRecord,
+    LeaseLost,
     StoreError,
     UnknownSagaClass,
 )
@@ -63,7 +64,6 @@ from .base import Stored
 __all__ = [
     "SCHEMA_VERSION",
     "FencedStore",
-    "LeaseLost",
     "PostgresStore",
     "PostgresStoredSaga",
 ]
@@ -213,31 +213,6 @@ _RELEASE = (
 
 
 _ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-
-
-class LeaseLost(ConcurrentModification):
-    """A worker wrote to a saga that another worker has taken over since it claimed it.
-
-    Its lease expired (the worker was paused, cut off, or too slow to renew it) and the
-    saga was claimed again: ``fence`` is the token this worker holds, ``current`` the
-    saga's. Nothing was written; this worker must stop driving the saga.
-    """
-
-    def __init__(self, saga_id: str, fence: int, current: int | None) -> None:
-        self.saga_id = saga_id
-        self.expected = fence
-        self.found = current
-        self.fence = fence
-        self.current = current
-        StoreError.__init__(
-            self,
-            f"saga {saga_id!r} was taken over by another worker (this worker's lease "
-            f"token is {fence}, the saga's is {current}): its lease expired before this "
-            "write; nothing was written, and this worker must stop driving the saga",
-        )
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.saga_id, self.fence, self.current))
 
 
 @attrs.frozen(slots=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from examples.__main__ import main
 from examples.registration.saga import manual_actions
-from sagaflow import CompensationFailed, SagaResult, SagaStatus, StepTimeout
+from sagaflow import CompensationError, SagaResult, SagaStatus, StepTimeout
 from sagaflow.stores.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ def test_the_demo_records_survive_in_the_sqlite_store(tmp_path: Path) -> None:
     assert failed is not None and timed_out is not None
     # what the operator needs is all in the stored record
     assert failed.status is SagaStatus.FAILED
-    assert isinstance(failed.error, CompensationFailed)
+    assert isinstance(failed.error, CompensationError)
     assert list(failed.error.failures) == ["process_payment"]
     assert manual_actions(SagaResult.of(failed))[1] == "Please refund $99.99 to user 126 manually"
     assert [type(e).__name__ for e in failed.events] == [

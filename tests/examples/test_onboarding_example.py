@@ -22,7 +22,7 @@ from examples.onboarding.services import BillingUnavailable, billing, notificati
 from sagaflow import (
     CompensationStatus,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepKind,
     StepStatus,
     spec_of,
@@ -65,7 +65,7 @@ def test_a_rejected_plan_deletes_the_workspace_and_tenant(demo: Captured) -> Non
     result = scenarios.billing_rejects(demo)
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed) and result.error.step == "setup_billing"
+    assert isinstance(result.error, StepError) and result.error.step == "setup_billing"
     assert result.step("setup_billing").attempts == 1  # a rejection is not retried
     assert compensation_order(result) == ["create_workspace"]
     assert [type(e) for e in result.events] == [WorkspaceCreated, WorkspaceDeleted]
@@ -110,7 +110,7 @@ def test_a_mail_server_down_for_good_fails_the_saga_and_undoes_nothing(demo: Cap
     result = scenarios.mail_server_down(demo)
 
     assert result.status is SagaStatus.FAILED
-    assert isinstance(result.error, StepFailed) and result.error.step == "send_welcome_email"
+    assert isinstance(result.error, StepError) and result.error.step == "send_welcome_email"
     assert result.step("send_welcome_email").status is StepStatus.FAILED
     assert result.step("send_welcome_email").attempts == 5
     assert all(s.compensation is CompensationStatus.NOT_NEEDED for s in result.steps)

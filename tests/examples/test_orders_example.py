@@ -32,7 +32,7 @@ from sagaflow import (
     SagaDeadlineExceeded,
     SagaResult,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepStatus,
     StepTimeout,
 )
@@ -62,7 +62,7 @@ def test_a_declined_card_releases_the_reservation(demo: Captured) -> None:
     result = run_virtual(scenarios.declined_card(demo))
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed) and result.error.step == "process_payment"
+    assert isinstance(result.error, StepError) and result.error.step == "process_payment"
     assert compensation_order(result) == ["reserve_inventory"]
     assert inventory.available["keyboard"] == 100
     assert inventory.held("keyboard") == 0
@@ -125,7 +125,7 @@ def test_out_of_stock_fails_the_first_step_with_nothing_to_undo(demo: Captured) 
     result = run_virtual(demo.async_orchestrator().arun(saga))
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed) and isinstance(result.error.cause, OutOfStock)
+    assert isinstance(result.error, StepError) and isinstance(result.error.cause, OutOfStock)
     assert compensation_order(result) == []
     assert inventory.available["limited-edition"] == 3
 

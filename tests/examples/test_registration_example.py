@@ -21,10 +21,10 @@ from examples.registration.saga import (
     manual_actions,
 )
 from sagaflow import (
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepStatus,
     events,
 )
@@ -58,7 +58,7 @@ def test_scenario_2_notification_failure_rolls_back_in_reverse_order(demo: Captu
     result = scenarios.notification_fails(demo)
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed)
+    assert isinstance(result.error, StepError)
     assert result.error.step == "send_confirmation"
     assert "SMTP connection timeout" in str(result.error)
     assert compensation_order(result) == ["process_payment", "create_account"]
@@ -94,10 +94,10 @@ def test_scenario_4_refund_fails_for_good_needs_manual_action(demo: Captured) ->
 
     assert result.status is SagaStatus.FAILED
     error = result.error
-    assert isinstance(error, CompensationFailed)
+    assert isinstance(error, CompensationError)
     assert list(error.failures) == ["process_payment"]
     assert "permanently down" in error.failures["process_payment"]
-    assert isinstance(error.reason, StepFailed) and error.reason.step == "send_confirmation"
+    assert isinstance(error.reason, StepError) and error.reason.step == "send_confirmation"
     refund = result.step("process_payment")
     assert refund.compensation is CompensationStatus.FAILED
     assert refund.compensation_attempts == 5

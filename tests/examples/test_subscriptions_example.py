@@ -30,7 +30,7 @@ from examples.subscriptions.saga import (
 from sagaflow import (
     CompensationStatus,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepKind,
     StepStatus,
     StepTimeout,
@@ -138,7 +138,7 @@ def test_5_a_refused_request_fails_validate_and_changes_nothing(
     result = scenarios.rejected(demo)
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed) and result.error.step == "validate"
+    assert isinstance(result.error, StepError) and result.error.step == "validate"
     cause = result.error.cause
     assert isinstance(cause, Rejected) and cause.reason is Rejection.UNKNOWN_COMPONENT
     assert state(db, "sub-5")["components"] == ALL
@@ -304,7 +304,7 @@ def test_refused_requests_end_the_saga_before_any_write(
     result = demo.orchestrator().run(UnbundleSaga(sub, bundle, remove))
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed) and result.error.step == "validate"
+    assert isinstance(result.error, StepError) and result.error.step == "validate"
     assert isinstance(result.error.cause, Rejected)
     assert result.error.cause.reason is reason
     assert db.snapshot() == before

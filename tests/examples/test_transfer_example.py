@@ -15,11 +15,11 @@ from examples.transfer import demo as scenarios
 from examples.transfer.saga import Credited, Debited, TransferMoneySaga
 from examples.transfer.services import InsufficientFunds, ledger
 from sagaflow import (
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     SagaResult,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepStatus,
     StepTimeout,
     spec_of,
@@ -49,7 +49,7 @@ def test_insufficient_funds_fails_the_debit_with_nothing_to_undo(demo: Captured)
     result = run_virtual(scenarios.insufficient_funds(demo))
 
     assert result.status is SagaStatus.COMPENSATED
-    assert isinstance(result.error, StepFailed)
+    assert isinstance(result.error, StepError)
     assert isinstance(result.error.cause, InsufficientFunds)
     assert compensation_order(result) == []
     assert balances() == {"A": Decimal(200), "B": Decimal(100)}
@@ -148,7 +148,7 @@ def apply_fault(fault: tuple[str, str] | None, times: int) -> None:
 def finish_by_hand(result: SagaResult) -> None:
     """What an operator does with a FAILED transfer: retry, from its record, every
     compensation that could not be done, newest first."""
-    assert isinstance(result.error, CompensationFailed)
+    assert isinstance(result.error, CompensationError)
     ledger.faults.clear()
     saga = result.data
     spec = spec_of(saga)

@@ -17,12 +17,19 @@ import pytest
 from pg_sagas import AHello, Hello
 from psycopg import sql
 
-from sagaflow import ConcurrentModification, Orchestrator, SagaRecord, SagaStatus, StoreError
+from sagaflow import (
+    ConcurrentModification,
+    LeaseLost,
+    Orchestrator,
+    SagaRecord,
+    SagaStatus,
+    StoreError,
+)
 from sagaflow.definition import spec_of
 from sagaflow.engine import new_record
 from sagaflow.events import StepStarted
 from sagaflow.stores import PostgresStore, open_store
-from sagaflow.stores.postgres import SCHEMA_VERSION, LeaseLost
+from sagaflow.stores.postgres import SCHEMA_VERSION
 
 NOW = 1_700_000_000.0
 ROOT = Path(__file__).resolve().parents[2]

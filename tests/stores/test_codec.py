@@ -28,7 +28,7 @@ from store_sagas import (
 
 from sagaflow import (
     AlreadyExecuting,
-    CompensationFailed,
+    CompensationError,
     CompensationStatus,
     InvalidTransition,
     SagaCancelled,
@@ -37,7 +37,7 @@ from sagaflow import (
     SagaDefinitionError,
     SagaflowError,
     SagaStatus,
-    StepFailed,
+    StepError,
     StepRecord,
     StepStatus,
     StepTimeout,
@@ -181,13 +181,13 @@ def lifecycle_events(draw: st.DrawFn, saga_id: str, saga_name: str) -> Lifecycle
 
 
 exceptions = st.builds(ValueError, any_text) | st.builds(ConnectionError, any_text)
-step_failures = st.builds(StepFailed, st.integers(0, 9), any_text, exceptions | any_text)
+step_failures = st.builds(StepError, st.integers(0, 9), any_text, exceptions | any_text)
 sagaflow_errors = st.one_of(
     step_failures,
     st.builds(StepTimeout, st.integers(0, 9), any_text, st.floats(0.001, 1e6)),
     st.builds(SagaDeadlineExceeded, st.floats(0.001, 1e6), st.none() | any_text),
     st.builds(SagaCancelled, st.none() | any_text),
-    st.builds(CompensationFailed, st.dictionaries(any_text, any_text, max_size=3),
+    st.builds(CompensationError, st.dictionaries(any_text, any_text, max_size=3),
               st.none() | step_failures),
     st.builds(AlreadyExecuting, any_text, any_text),
     st.builds(InvalidTransition, any_text, any_text, any_text, any_text),
@@ -280,7 +280,7 @@ def test_a_record_round_trips_through_sqlite(writer_and_reader, record) -> None:
 
 def test_the_json_form_is_readable() -> None:
     record = record_of(Order(amount=decimal.Decimal("9.90"), tier=Tier.SILVER), "r-1")
-    record.error = StepFailed(1, "charge", ValueError("boom"))
+    record.error = StepError(1, "charge", ValueError("boom"))
     record.events = [Charged(uuid.UUID(int=7), decimal.Decimal("1.5")), ("Reserved", "x")]
     record.history.append(events.StepRetrying("r-1", "store-order", 5.0, "charge", 1,
                                               "boom", delay=0.5))
@@ -289,7 +289,7 @@ def test_the_json_form_is_readable() -> None:
     assert form["data"]["tier"] == "silver"
     assert form["data"]["order_id"] == str(uuid.UUID(int=1))
     assert form["error"] == {
-        "type": "StepFailed",
+        "type": "StepError",
         "message": "step 2 'charge' failed: ValueError: boom",
         "step_index": 1,
         "step": "charge",
@@ -308,13 +308,27 @@ def test_the_json_form_is_readable() -> None:
 
 
 def test_nested_errors_keep_their_reason() -> None:
-    reason = StepFailed(0, "pay", TimeoutError("slow"))
-    error = CompensationFailed({"pay": "ConnectionError: down"}, reason)
+    reason = StepError(0, "pay", TimeoutError("slow"))
+    error = CompensationError({"pay": "ConnectionError: down"}, reason)
     back = default_codec.decode_error(json.loads(json.dumps(default_codec.encode_error(error))))
-    assert isinstance(back, CompensationFailed)
+    assert isinstance(back, CompensationError)
     assert back.failures == {"pay": "ConnectionError: down"}
-    assert isinstance(back.reason, StepFailed) and back.reason.step == "pay"
+    assert isinstance(back.reason, StepError) and back.reason.step == "pay"
     assert str(back) == str(error)
+
+
+def test_errors_stored_under_their_old_names_still_load() -> None:
+    # Before 0.2.0 the errors were called StepFailed and CompensationFailed.
+    stored = {
+        "type": "CompensationFailed",
+        "message": "1 compensation could not be done",
+        "failures": {"pay": "ConnectionError: down"},
+        "reason": {"$error": {"type": "StepFailed", "message": "m", "step_index": 0,
+                              "step": "pay", "cause": "TimeoutError: slow"}},
+    }
+    back = default_codec.decode_error(stored)
+    assert isinstance(back, CompensationError)
+    assert isinstance(back.reason, StepError) and back.reason.step == "pay"
 
 
 class AppError(SagaflowError):

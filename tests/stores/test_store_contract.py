@@ -10,7 +10,7 @@ import uuid
 import pytest
 from store_sagas import ORDER_SPEC, Address, Item, Order, Other, assert_same, record_of
 
-from sagaflow import Orchestrator, SagaStatus, StepFailed, StepStatus
+from sagaflow import Orchestrator, SagaStatus, StepError, StepStatus
 from sagaflow.engine import Call, next_command, settle
 from sagaflow.stores import Store
 from sagaflow.testing import VirtualClock
@@ -94,7 +94,7 @@ def test_a_failed_saga_keeps_its_error_and_compensation_state(store: Store) -> N
     loaded = store.load("o-3")
     assert_same(loaded, record)
     assert loaded.status is SagaStatus.COMPENSATED
-    assert isinstance(loaded.error, StepFailed) and loaded.error.step == "charge"
+    assert isinstance(loaded.error, StepError) and loaded.error.step == "charge"
     assert str(loaded.error) == "step 2 'charge' failed: ValueError: card declined"
     assert loaded.steps[1].status is StepStatus.FAILED
 
