@@ -88,10 +88,13 @@ class Sleep:
 
 
 def transition(spec: SagaSpec, record: SagaRecord, trigger: str, dest: str) -> None:
-    """Move ``record`` to ``dest`` by ``trigger``, if the class's machine allows it."""
-    if (record.state, trigger, dest) not in spec.transitions:
+    """Move ``record`` to ``dest`` by ``trigger``, if the class's machine allows it; the
+    change is added to the record's path."""
+    edge = (record.state, trigger, dest)
+    if edge not in spec.transitions:
         raise InvalidTransition(spec.name, record.state, trigger, dest)
     record.state = dest
+    record.path.append(edge)
 
 
 def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecord:

@@ -115,6 +115,8 @@ class SagaRecord:
     ``state`` is the run's state in the class's machine; ``cursor`` the forward step it
     is at, or during compensation the position in ``undo`` (the step indices to
     compensate, newest first). ``wake_at`` is set while the run sleeps before a retry.
+    ``path`` is every state change the run made, in order, as the machine's
+    ``(source, trigger, destination)``: what a diagram of the run draws.
     """
 
     saga_id: str
@@ -138,6 +140,7 @@ class SagaRecord:
     history: list[LifecycleEvent] = attrs.field(factory=list)
     version: int = 0
     resolution: str | None = None  #: an operator's note: this FAILED saga was handled by hand
+    path: list[tuple[str, str, str]] = attrs.field(factory=list)
 
     @property
     def steps_executed(self) -> int:
@@ -165,6 +168,8 @@ class SagaResult:
     updated_at: float
     finished_at: float | None
     resolution: str | None = None
+    #: the state changes the run made, in order: ``(source, trigger, destination)``
+    path: tuple[tuple[str, str, str], ...] = ()
 
     @classmethod
     def of(cls, record: SagaRecord) -> SagaResult:
@@ -182,6 +187,7 @@ class SagaResult:
             updated_at=record.updated_at,
             finished_at=record.finished_at,
             resolution=record.resolution,
+            path=tuple(record.path),
         )
 
     @property

@@ -162,6 +162,17 @@ def test_exhausted_step_compensates_completed_steps_newest_first(drive) -> None:
     ]
     with pytest.raises(StepError):
         result.raise_for_status()
+    # The engine records every state change: the diagram of a run draws exactly this.
+    assert result.path == (
+        ("not_started", "start", "reserve"),
+        ("reserve", "advance", "check"),
+        ("check", "advance", "charge"),
+        ("charge", "advance", "ship"),
+        ("ship", "compensate", "compensating_charge"),
+        ("compensating_charge", "undone", "compensating_reserve"),
+        ("compensating_reserve", "undone", "compensated"),
+    )
+    assert set(result.path) <= spec_of(Shop).transitions
 
 
 def test_first_step_failing_ends_compensated_with_nothing_to_undo(drive) -> None:
