@@ -700,6 +700,7 @@ class Codec:
             "data": self._decode(self.dump_data(record)),
             "events": [self.encode_value(e) for e in record.events],
             "history": history,
+            "path": [list(edge) for edge in record.path],
         }
 
     def decode_record(self, data: Mapping[str, Any], cls: type | None) -> SagaRecord:
@@ -748,6 +749,7 @@ class Codec:
                 history=history,
                 version=data["version"],
                 resolution=data.get("resolution"),
+                path=[(a, b, c) for a, b, c in data.get("path", ())],
             )
         except Exception as exc:  # report any malformation as one error naming the saga
             raise CorruptRecord(saga_id, describe_failure(exc)) from exc

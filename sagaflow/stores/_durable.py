@@ -1,15 +1,56 @@
 """What the durable stores (SQLite, PostgreSQL) share: which class a stored saga's data
-is an instance of, and the saga row's column values in one order."""
+is an instance of, the saga row's column values in one order, and the run's path (its
+recent edges in the row, the older ones in an append-only table, as the events)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..codec import Codec, import_path, type_path
-from ..errors import CodecError, UnknownSagaClass
+from ..errors import CodecError, CorruptRecord, StoreError, UnknownSagaClass
 from ..records import SagaRecord
 
-__all__ = ["DurableRows"]
+__all__ = ["INLINE", "DurableRows", "edge_text", "path_of", "spilled"]
+
+#: Events (and path edges) kept in the saga's row; every INLINE, they move to the
+#: append-only tables.
+INLINE = 32
+
+
+def spilled(n: int) -> int:
+    """How many of ``n`` events live in the append-only tables (the rest are inline)."""
+    return n - n % INLINE
+
+
+def edge_text(edge: tuple[str, str, str]) -> str:
+    """One path edge as JSON: ``["source","trigger","destination"]``. State and trigger
+    names are identifiers (nothing to escape); anything else goes through json."""
+    a, b, c = edge
+    if a.isidentifier() and b.isidentifier() and c.isidentifier():
+        return f'["{a}","{b}","{c}"]'
+    return json.dumps([a, b, c], separators=(",", ":"), ensure_ascii=False)
+
+
+def path_of(
+    saga_id: str, spilled_edges: Any, inline: Any, count: Any
+) -> list[tuple[str, str, str]]:
+    """The run's path from its spilled edges and its row's inline tail (parsed JSON),
+    checking that they add up to the row's count."""
+    if (
+        not isinstance(count, int)
+        or len(spilled_edges) != spilled(count)
+        or not isinstance(inline, list)
+        or len(inline) != count - spilled(count)
+    ):
+        raise CorruptRecord(
+            saga_id,
+            f"its row counts {count!r} path edges but {len(spilled_edges)} + "
+            f"{len(inline) if isinstance(inline, list) else repr(inline)} are stored",
+        )
+    path = [(a, b, c) for a, b, c in spilled_edges]
+    path.extend((a, b, c) for a, b, c in inline)
+    return path
 
 
 class DurableRows:
@@ -74,6 +115,7 @@ class DurableRows:
         steps: str,
         history: str,
         events: str,
+        path: str,
     ) -> tuple[Any, ...]:
         codec = self.codec
         dumps = codec.dumps_json
@@ -103,4 +145,28 @@ class DurableRows:
             len(record.history),
             events,
             len(record.events),
+            path,
+            len(record.path),
         )
+
+    def _path(
+        self, record: SagaRecord, stored: int, inline: list[str]
+    ) -> tuple[list[tuple[Any, ...]], list[str]]:
+        """Rows to append to sagaflow_path and the new inline tail (edges as JSON),
+        given that the store has ``stored`` edges of the path (the last ones in
+        ``inline``): only the new edges are encoded."""
+        path = record.path
+        n = len(path)
+        if n < stored:
+            raise StoreError(
+                f"saga {record.saga_id!r}: its path shrank since the last save; it is "
+                "append-only"
+            )
+        for i in range(stored, n):
+            inline.append(edge_text(path[i]))
+        cut = spilled(n) - spilled(stored)
+        if not cut:
+            return [], inline
+        sid = record.saga_id
+        first = spilled(stored)
+        return [(sid, first + k, *path[first + k]) for k in range(cut)], inline[cut:]

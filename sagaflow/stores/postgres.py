@@ -1,17 +1,19 @@
 """The PostgreSQL store: durable sagas shared by many processes and machines (psycopg 3).
 
-Layout (schema version 1, created on first use in the connection's schema;
-``sagaflow_meta`` holds the version) is the SQLite store's, plus a queue:
+Layout (schema version 2, created on first use in the connection's schema;
+``sagaflow_meta`` holds the version; a version-1 schema is migrated when opened) is the
+SQLite store's, plus a queue:
 
 - ``sagaflow_sagas``: one row per saga: id, name, definition fingerprint, status,
   machine state, version, cursor, timestamps; as JSON text the step records, the saga
   instance (``data``), the error, the incident (``failures``); and the recent tail of
-  its lifecycle events (``history``) and domain events (``events``). JSON is kept as
-  ``text``: the store never looks inside it, and ``jsonb`` would make the server parse
-  every checkpoint.
-- ``sagaflow_history`` and ``sagaflow_events``: the older events, append-only: every 32
-  events, a chunk moves out of the saga's row into these tables, so every checkpoint
-  writes O(1) bytes however long the saga runs.
+  its lifecycle events (``history``), domain events (``events``) and path through the
+  machine (``path``). JSON is kept as ``text``: the store never looks inside it, and
+  ``jsonb`` would make the server parse every checkpoint.
+- ``sagaflow_history``, ``sagaflow_events`` and ``sagaflow_path``: the older events and
+  edges, append-only: every 32, a chunk moves out of the saga's row into these tables,
+  so every checkpoint writes O(1) bytes however long the saga runs;
+- ``sagaflow_quarantine``: sagas set aside (their rows untouched), with the reason;
 - the queue columns of ``sagaflow_sagas`` (see :mod:`sagaflow.worker`): ``run_at``
   (when a worker may take the saga; ``NULL``: not queued, as for a saga an
   :class:`~sagaflow.Orchestrator` runs in its own process), ``owner`` and
@@ -58,7 +60,7 @@ from ..errors import (
     UnknownSagaClass,
 )
 from ..records import SagaRecord, SagaStatus, StepRecord
-from ._durable import DurableRows
+from ._durable import INLINE, DurableRows, path_of, spilled
 from .base import Stored
 
 __all__ = [
@@ -71,9 +73,7 @@ __all__ = [
 log = logging.getLogger("sagaflow.stores.postgres")
 
 #: The layout this code writes; a database with a newer one is refused.
-SCHEMA_VERSION = 1
-#: Events kept in the saga's row; every INLINE events, they move to the append-only tables.
-INLINE = 32
+SCHEMA_VERSION = 2
 
 _Conn = psycopg.Connection[tuple[Any, ...]]
 
@@ -82,7 +82,7 @@ _COLUMNS = (
     "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
     "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
     "compensation_deadline_at", "steps", "data", "error", "failures", "resolution",
-    "history", "history_count", "events", "events_count",
+    "history", "history_count", "events", "events_count", "path", "path_count",
 )  # fmt: skip
 _NCOLS = len(_COLUMNS)
 _I = {name: i for i, name in enumerate(_COLUMNS)}
@@ -115,6 +115,8 @@ _SCHEMA = (
         history_count integer NOT NULL,
         events text NOT NULL,
         events_count integer NOT NULL,
+        path text NOT NULL DEFAULT '[]',
+        path_count integer NOT NULL DEFAULT 0,
         run_at double precision,
         owner text,
         fence bigint NOT NULL DEFAULT 0,
@@ -145,6 +147,28 @@ _SCHEMA = (
         PRIMARY KEY (saga_id, seq)
     )""",
 )
+#: What version 2 adds to version 1 (the whole of it for a new schema: _SCHEMA first).
+_SCHEMA_2 = (
+    """CREATE TABLE sagaflow_path (
+        saga_id text NOT NULL,
+        seq integer NOT NULL,
+        source text NOT NULL,
+        trigger text NOT NULL,
+        destination text NOT NULL,
+        PRIMARY KEY (saga_id, seq)
+    )""",
+    """CREATE TABLE sagaflow_quarantine (
+        saga_id text PRIMARY KEY,
+        reason text NOT NULL,
+        at double precision NOT NULL
+    )""",
+)
+#: Version 1 to 2: the path columns (a migrated saga's path is empty) and tables.
+_MIGRATE_1 = (
+    "ALTER TABLE sagaflow_sagas ADD COLUMN path text NOT NULL DEFAULT '[]',"
+    " ADD COLUMN path_count integer NOT NULL DEFAULT 0",
+    *_SCHEMA_2,
+)
 
 _INSERT = (
     f"INSERT INTO sagaflow_sagas ({', '.join(_COLUMNS)}, run_at) "
@@ -167,6 +191,10 @@ _INSERT_HISTORY = (
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _INSERT_EVENT = "INSERT INTO sagaflow_events (saga_id, seq, body) VALUES (%s, %s, %s)"
+_INSERT_PATH = (
+    "INSERT INTO sagaflow_path (saga_id, seq, source, trigger, destination) "
+    "VALUES (%s, %s, %s, %s, %s)"
+)
 _REPLAY = " ON CONFLICT DO NOTHING"
 
 # Reading: the row, and the spilled events of sagas that have some, in one statement
@@ -180,8 +208,15 @@ _SPILLED = (
     f" WHERE saga_id = s.saga_id AND s.history_count >= {INLINE}) h ON true"
     " LEFT JOIN LATERAL (SELECT array_agg(body ORDER BY seq) AS e_body FROM sagaflow_events"
     f" WHERE saga_id = s.saga_id AND s.events_count >= {INLINE}) e ON true"
+    " LEFT JOIN LATERAL (SELECT array_agg(source ORDER BY seq) AS p_source,"
+    " array_agg(trigger ORDER BY seq) AS p_trigger,"
+    " array_agg(destination ORDER BY seq) AS p_destination FROM sagaflow_path"
+    f" WHERE saga_id = s.saga_id AND s.path_count >= {INLINE}) p ON true"
 )
-_SELECT_LIST = f"{_COLS}, h.h_type, h.h_at, h.h_step, h.h_attempt, h.h_error, h.h_detail, e.e_body"
+_SELECT_LIST = (
+    f"{_COLS}, h.h_type, h.h_at, h.h_step, h.h_attempt, h.h_error, h.h_detail, e.e_body,"
+    " p.p_source, p.p_trigger, p.p_destination"
+)
 _SELECT = f"SELECT {_SELECT_LIST} FROM sagaflow_sagas s{_SPILLED}"
 
 _CLAIM = (
@@ -243,14 +278,18 @@ class PostgresStoredSaga:
     columns: tuple[Any, ...] = attrs.field(repr=False)
     history: tuple[tuple[Any, ...], ...] = attrs.field(repr=False)
     events: tuple[str, ...] = attrs.field(repr=False)
+    path: tuple[tuple[Any, ...], ...] = attrs.field(repr=False, default=())
 
     @classmethod
     def of(cls, row: Sequence[Any]) -> PostgresStoredSaga:
         q = _NCOLS
-        h_type, h_at, h_step, h_attempt, h_error, h_detail, e_body = row[q + 4 :]
+        h_type, h_at, h_step, h_attempt, h_error, h_detail, e_body, *edges = row[q + 4 :]
         history: tuple[tuple[Any, ...], ...] = ()
         if h_type:
             history = tuple(zip(h_type, h_at, h_step, h_attempt, h_error, h_detail, strict=True))
+        path: tuple[tuple[Any, ...], ...] = ()
+        if edges[0]:
+            path = tuple(zip(*edges, strict=True))
         return cls(
             saga_id=row[0],
             saga_name=row[1],
@@ -271,6 +310,7 @@ class PostgresStoredSaga:
             columns=tuple(row[:q]),
             history=history,
             events=tuple(e_body or ()),
+            path=path,
         )
 
     @property
@@ -290,7 +330,7 @@ class _Write:
 
     __slots__ = (
         "create", "done", "error", "events", "expected", "fence", "future", "history",
-        "inserted", "loop", "replay", "row", "run_at", "terminal", "tracked",
+        "inserted", "loop", "path", "replay", "row", "run_at", "terminal", "tracked",
     )  # fmt: skip
 
     def __init__(
@@ -300,6 +340,7 @@ class _Write:
         expected: int,
         history: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        path: list[tuple[Any, ...]],
         replay: bool,
         fence: int | None,
         run_at: float | None,
@@ -310,6 +351,7 @@ class _Write:
         self.expected = expected
         self.history = history
         self.events = events
+        self.path = path
         self.replay = replay
         self.fence = fence
         self.run_at = run_at
@@ -336,7 +378,10 @@ class _Tracked:
     """What this store knows of a running saga's stored form at ``version``, so that a
     checkpoint encodes only what changed (as in the SQLite store)."""
 
-    __slots__ = ("events", "history", "inline_events", "inline_history", "steps", "version")
+    __slots__ = (
+        "events", "history", "inline_events", "inline_history", "inline_path", "path",
+        "steps", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -346,6 +391,8 @@ class _Tracked:
         steps: list[tuple[Any, str]],
         inline_history: list[tuple[tuple[Any, ...], str]],
         inline_events: list[str],
+        path: int,
+        inline_path: list[str],
     ) -> None:
         self.version = version
         self.history = history
@@ -353,11 +400,8 @@ class _Tracked:
         self.steps = steps
         self.inline_history = inline_history
         self.inline_events = inline_events
-
-
-def _spilled(n: int) -> int:
-    """How many of ``n`` events live in the append-only tables (the rest are inline)."""
-    return n - n % INLINE
+        self.path = path
+        self.inline_path = inline_path
 
 
 _step_values = operator.attrgetter(*(f.name for f in attrs.fields(StepRecord)))
@@ -513,7 +557,7 @@ class PostgresStore(DurableRows):
             "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
         ).fetchone()
         if row is None:
-            for statement in _SCHEMA:
+            for statement in (*_SCHEMA, *_SCHEMA_2):
                 conn.execute(statement)
             conn.execute(
                 "INSERT INTO sagaflow_meta (key, value) VALUES ('schema_version', %s)",
@@ -534,6 +578,13 @@ class PostgresStore(DurableRows):
             )
         if found < 1:
             raise StoreError(f"{self._where()}: unknown sagaflow schema version {found}")
+        if found == 1:
+            for statement in _MIGRATE_1:
+                conn.execute(statement)
+            conn.execute(
+                "UPDATE sagaflow_meta SET value = %s WHERE key = 'schema_version'",
+                (str(SCHEMA_VERSION),),
+            )
 
     @property
     def schema_version(self) -> int:
@@ -596,11 +647,11 @@ class PostgresStore(DurableRows):
         for i in range(stored, n):
             row = codec.history_row(history[i])
             inline.append((row, codec.history_text(row)))
-        cut = _spilled(n) - _spilled(stored)
+        cut = spilled(n) - spilled(stored)
         if not cut:
             return [], inline
         sid = record.saga_id
-        first = _spilled(stored)
+        first = spilled(stored)
         rows = [(sid, first + k, *inline[k][0]) for k in range(cut)]
         return rows, inline[cut:]
 
@@ -618,11 +669,11 @@ class PostgresStore(DurableRows):
         dump_event = self.codec.dump_event
         for i in range(stored, n):
             inline.append(dump_event(events[i], record, i))
-        cut = _spilled(n) - _spilled(stored)
+        cut = spilled(n) - spilled(stored)
         if not cut:
             return [], inline
         sid = record.saga_id
-        first = _spilled(stored)
+        first = spilled(stored)
         rows = [(sid, first + k, inline[k]) for k in range(cut)]
         return rows, inline[cut:]
 
@@ -646,6 +697,7 @@ class PostgresStore(DurableRows):
             event_rows, event_inline = self._events(
                 record, tracked.events, tracked.inline_events
             )
+            path_rows, path_inline = self._path(record, tracked.path, tracked.inline_path)
             replay = False
         else:
             # Nothing known (a create, a record loaded elsewhere): encode every event;
@@ -654,6 +706,7 @@ class PostgresStore(DurableRows):
             steps, step_cache = self._steps(record.steps, None)
             hist_rows, hist_inline = self._history(record, 0, [])
             event_rows, event_inline = self._events(record, 0, [])
+            path_rows, path_inline = self._path(record, 0, [])
             replay = not create
         version = expected if create else expected + 1
         row = self._row(
@@ -663,10 +716,11 @@ class PostgresStore(DurableRows):
             steps,
             "[" + ",".join([text for _, text in hist_inline]) + "]",
             "[" + ",".join(event_inline) + "]",
+            "[" + ",".join(path_inline) + "]",
         )
         terminal = record.status.is_terminal
         item = _Write(
-            create, row, expected, hist_rows, event_rows, replay, fence,
+            create, row, expected, hist_rows, event_rows, path_rows, replay, fence,
             None if terminal else run_at, terminal,
         )
         if terminal:
@@ -675,7 +729,7 @@ class PostgresStore(DurableRows):
         if tracked is None:
             tracked = _Tracked(
                 version, len(record.history), len(record.events), step_cache, hist_inline,
-                event_inline,
+                event_inline, len(record.path), path_inline,
             )
             if create:
                 item.tracked = tracked  # installed once the insert is known to be new
@@ -688,6 +742,8 @@ class PostgresStore(DurableRows):
             tracked.steps = step_cache
             tracked.inline_history = hist_inline
             tracked.inline_events = event_inline
+            tracked.path = len(record.path)
+            tracked.inline_path = path_inline
         return item
 
     # -- the write path (group commit) -------------------------------------------
@@ -858,18 +914,23 @@ class PostgresStore(DurableRows):
                 self._lost_races(conn, batch, lost, outcomes)
         history: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        path: list[tuple[Any, ...]] = []
         history_replay: list[tuple[Any, ...]] = []
         events_replay: list[tuple[Any, ...]] = []
+        path_replay: list[tuple[Any, ...]] = []
         for item, outcome in zip(batch, outcomes, strict=True):
-            if outcome is not True or not (item.history or item.events):
+            if outcome is not True or not (item.history or item.events or item.path):
                 continue
             (history_replay if item.replay else history).extend(item.history)
             (events_replay if item.replay else events).extend(item.events)
+            (path_replay if item.replay else path).extend(item.path)
         for rows, statement in (
             (history, _INSERT_HISTORY),
             (history_replay, _INSERT_HISTORY + _REPLAY),
             (events, _INSERT_EVENT),
             (events_replay, _INSERT_EVENT + _REPLAY),
+            (path, _INSERT_PATH),
+            (path_replay, _INSERT_PATH + _REPLAY),
         ):
             if rows:
                 cur.executemany(statement, rows)
@@ -1106,6 +1167,9 @@ class PostgresStore(DurableRows):
                 history=[codec.event_from_row(h, sid, name) for h in stored.history],
                 version=stored.version,
                 resolution=c[_I["resolution"]],
+                path=path_of(
+                    sid, stored.path, loads(c[_I["path"]]), c[_I["path_count"]]
+                ),
             )
             _merge_inline(record, stored, codec)
         except CorruptRecord:
@@ -1340,15 +1404,15 @@ def _merge_inline(record: SagaRecord, stored: PostgresStoredSaga, codec: Codec) 
     c = stored.columns
     sid = stored.saga_id
     name = stored.saga_name
-    for what, spilled, inline_text, count in (
+    for what, outside, inline_text, count in (
         ("lifecycle", stored.history, c[_I["history"]], c[_I["history_count"]]),
         ("domain", stored.events, c[_I["events"]], c[_I["events_count"]]),
     ):
         inline = codec.loads_json(inline_text)
-        if len(spilled) != _spilled(count) or len(inline) != count - _spilled(count):
+        if len(outside) != spilled(count) or len(inline) != count - spilled(count):
             raise CorruptRecord(
                 sid,
-                f"its row counts {count} {what} events but {len(spilled)} + "
+                f"its row counts {count} {what} events but {len(outside)} + "
                 f"{len(inline)} are stored",
             )
         if what == "lifecycle":

@@ -1,13 +1,17 @@
 """The SQLite store: durable sagas in one file, on the standard library's ``sqlite3``.
 
-Layout (schema version 1, created on first use; ``sagaflow_meta`` holds the version):
+Layout (schema version 2, created on first use; ``sagaflow_meta`` holds the version; a
+version-1 database is migrated when opened):
 
 - ``sagaflow_sagas``: one row per saga: id, name, definition fingerprint, status,
   machine state, version, cursor, timestamps; as JSON the step records, the saga
   instance (``data``), the error, the incident (``failures``); and the recent tail of
-  its lifecycle events (``history``) and domain events (``events``);
-- ``sagaflow_history`` and ``sagaflow_events``: the older events, append-only, one row
-  each: every 32 events, a chunk moves out of the saga's row into these tables.
+  its lifecycle events (``history``), domain events (``events``) and of its path
+  through the machine (``path``, edges as ``[source, trigger, destination]``);
+- ``sagaflow_history``, ``sagaflow_events`` and ``sagaflow_path``: the older events and
+  edges, append-only, one row each: every 32, a chunk moves out of the saga's row into
+  these tables;
+- ``sagaflow_quarantine``: sagas set aside (their rows untouched), with the reason.
 
 What a checkpoint writes: the saga's row, in one UPDATE, and every 32 events a chunk
 of rows appended. Measured against the alternatives: a row plus one history row per
@@ -56,7 +60,7 @@ from ..errors import (
     UnknownSagaClass,
 )
 from ..records import SagaRecord, SagaStatus, StepRecord
-from ._durable import DurableRows
+from ._durable import INLINE, DurableRows, path_of, spilled
 from .base import Stored
 
 __all__ = [
@@ -69,7 +73,7 @@ __all__ = [
 ]
 
 #: The layout this code writes; a database with a newer one is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
@@ -78,10 +82,8 @@ _COLUMNS = (
     "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
     "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
     "compensation_deadline_at", "steps", "data", "error", "failures", "resolution",
-    "history", "history_count", "events", "events_count",
+    "history", "history_count", "events", "events_count", "path", "path_count",
 )  # fmt: skip
-#: Events kept in the saga's row; every INLINE events, they move to the append-only tables.
-INLINE = 32
 _NCOLS = len(_COLUMNS)
 _I = {name: i for i, name in enumerate(_COLUMNS)}
 
@@ -110,7 +112,9 @@ _SCHEMA = (
         history TEXT NOT NULL,
         history_count INTEGER NOT NULL,
         events TEXT NOT NULL,
-        events_count INTEGER NOT NULL
+        events_count INTEGER NOT NULL,
+        path TEXT NOT NULL DEFAULT '[]',
+        path_count INTEGER NOT NULL DEFAULT 0
     )""",
     # Status changes a few times per saga, unlike updated_at: indexing (status, name)
     # costs index writes only at those changes, and serves recovery and listings.
@@ -132,6 +136,28 @@ _SCHEMA = (
         body TEXT NOT NULL,
         PRIMARY KEY (saga_id, seq)
     ) WITHOUT ROWID""",
+)
+#: What version 2 adds to version 1 (the whole of it for a new database: _SCHEMA first).
+_SCHEMA_2 = (
+    """CREATE TABLE sagaflow_path (
+        saga_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        trigger TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        PRIMARY KEY (saga_id, seq)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE sagaflow_quarantine (
+        saga_id TEXT PRIMARY KEY NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+)
+#: Version 1 to 2: the path columns (a migrated saga's path is empty) and tables.
+_MIGRATE_1 = (
+    "ALTER TABLE sagaflow_sagas ADD COLUMN path TEXT NOT NULL DEFAULT '[]'",
+    "ALTER TABLE sagaflow_sagas ADD COLUMN path_count INTEGER NOT NULL DEFAULT 0",
+    *_SCHEMA_2,
 )
 
 _INSERT = (
@@ -160,6 +186,10 @@ _INSERT_HISTORY = (
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_EVENT = "INSERT {}INTO sagaflow_events (saga_id, seq, body) VALUES (?, ?, ?)"
+_INSERT_PATH = (
+    "INSERT {}INTO sagaflow_path (saga_id, seq, source, trigger, destination) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's bound-variable limit
 
 
@@ -186,10 +216,15 @@ class StoredSaga:
     columns: tuple[Any, ...] = attrs.field(repr=False)
     history: tuple[tuple[Any, ...], ...] = attrs.field(repr=False)
     events: tuple[str, ...] = attrs.field(repr=False)
+    path: tuple[tuple[Any, ...], ...] = attrs.field(repr=False, default=())
 
     @classmethod
     def of(
-        cls, row: Sequence[Any], history: Sequence[tuple[Any, ...]], events: Sequence[str]
+        cls,
+        row: Sequence[Any],
+        history: Sequence[tuple[Any, ...]],
+        events: Sequence[str],
+        path: Sequence[tuple[Any, ...]] = (),
     ) -> StoredSaga:
         return cls(
             saga_id=row[0],
@@ -207,6 +242,7 @@ class StoredSaga:
             columns=tuple(row),
             history=tuple(history),
             events=tuple(events),
+            path=tuple(path),
         )
 
     @property
@@ -224,7 +260,7 @@ class _Write:
 
     __slots__ = (
         "create", "done", "error", "events", "expected", "future", "history", "inserted",
-        "loop", "narrow", "replay", "row", "tracked",
+        "loop", "narrow", "path", "replay", "row", "tracked",
     )  # fmt: skip
 
     def __init__(
@@ -234,6 +270,7 @@ class _Write:
         expected: int,
         history: list[tuple[Any, ...]],
         events: list[tuple[Any, ...]],
+        path: list[tuple[Any, ...]],
         replay: bool,
     ) -> None:
         self.create = create
@@ -241,6 +278,7 @@ class _Write:
         self.expected = expected
         self.history = history  #: rows to append to sagaflow_history
         self.events = events  #: rows to append to sagaflow_events
+        self.path = path  #: rows to append to sagaflow_path
         #: the store's state was not known: the rows are every spilled event, and the
         #: ones already stored are skipped
         self.replay = replay
@@ -262,8 +300,8 @@ class _Tracked:
     columns in :data:`_STATIC` (unchanged: the save need not name them)."""
 
     __slots__ = (
-        "events", "history", "history_text", "inline_events", "inline_history", "static",
-        "step_texts", "step_values", "version",
+        "events", "history", "history_text", "inline_events", "inline_history",
+        "inline_path", "path", "static", "step_texts", "step_values", "version",
     )  # fmt: skip
 
     def __init__(
@@ -275,6 +313,8 @@ class _Tracked:
         inline_history: list[tuple[tuple[Any, ...], str]],
         inline_events: list[str],
         static: tuple[Any, ...],
+        path: int,
+        inline_path: list[str],
     ) -> None:
         self.version = version
         self.history = history
@@ -285,11 +325,8 @@ class _Tracked:
         self.history_text = ",".join([text for _, text in inline_history])
         self.inline_events = inline_events
         self.static = static
-
-
-def _spilled(n: int) -> int:
-    """How many of ``n`` events live in the append-only tables (the rest are inline)."""
-    return n - n % INLINE
+        self.path = path
+        self.inline_path = inline_path
 
 
 _step_values = operator.attrgetter(*(f.name for f in attrs.fields(StepRecord)))
@@ -397,7 +434,7 @@ class SQLiteStore(DurableRows):
                 "SELECT value FROM sagaflow_meta WHERE key = 'schema_version'"
             ).fetchone()
             if row is None:
-                for statement in _SCHEMA:
+                for statement in (*_SCHEMA, *_SCHEMA_2):
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO sagaflow_meta (key, value) VALUES ('schema_version', ?)",
@@ -418,6 +455,13 @@ class SQLiteStore(DurableRows):
                     )
                 if found < 1:
                     raise StoreError(f"{self.path!r}: unknown sagaflow schema version {found}")
+                if found == 1:
+                    for statement in _MIGRATE_1:
+                        conn.execute(statement)
+                    conn.execute(
+                        "UPDATE sagaflow_meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),),
+                    )
             conn.execute("COMMIT")
         except BaseException:
             _rollback(conn)
@@ -477,7 +521,7 @@ class SQLiteStore(DurableRows):
             text = codec.history_text(row)
             inline.append((row, text))
             added.append(text)
-        cut = _spilled(n) - _spilled(stored)
+        cut = spilled(n) - spilled(stored)
         if not cut:
             if joined is None:
                 joined = ",".join([text for _, text in inline])
@@ -485,7 +529,7 @@ class SQLiteStore(DurableRows):
                 joined = f"{joined},{','.join(added)}" if joined else ",".join(added)
             return [], inline, joined
         sid = record.saga_id
-        first = _spilled(stored)
+        first = spilled(stored)
         rows = [(sid, first + k, *inline[k][0]) for k in range(cut)]
         inline = inline[cut:]
         return rows, inline, ",".join([text for _, text in inline])
@@ -504,11 +548,11 @@ class SQLiteStore(DurableRows):
         dump_event = self.codec.dump_event
         for i in range(stored, n):
             inline.append(dump_event(events[i], record, i))
-        cut = _spilled(n) - _spilled(stored)
+        cut = spilled(n) - spilled(stored)
         if not cut:
             return [], inline
         sid = record.saga_id
-        first = _spilled(stored)
+        first = spilled(stored)
         rows = [(sid, first + k, inline[k]) for k in range(cut)]
         return rows, inline[cut:]
 
@@ -539,6 +583,7 @@ class SQLiteStore(DurableRows):
                 event_rows, event_inline = self._events(
                     record, tracked.events, tracked.inline_events
                 )
+            path_rows, path_inline = self._path(record, tracked.path, tracked.inline_path)
             replay = False
         else:
             # Nothing known (a create, a record loaded elsewhere): encode every event;
@@ -547,6 +592,7 @@ class SQLiteStore(DurableRows):
             steps, step_cache = self._steps(record.steps, None)
             hist_rows, hist_inline, hist_text = self._history(record, 0, [])
             event_rows, event_inline = self._events(record, 0, [])
+            path_rows, path_inline = self._path(record, 0, [])
             replay = not create
         version = expected if create else expected + 1
         row = self._row(
@@ -556,8 +602,9 @@ class SQLiteStore(DurableRows):
             steps,
             f"[{hist_text}]",
             "[" + ",".join(event_inline) + "]" if event_inline else "[]",
+            "[" + ",".join(path_inline) + "]" if path_inline else "[]",
         )
-        item = _Write(create, row, expected, hist_rows, event_rows, replay)
+        item = _Write(create, row, expected, hist_rows, event_rows, path_rows, replay)
         static = (row[1], row[2], row[3], row[4], row[9])  # the _STATIC columns but the id
         if tracked is not None and tracked.static == static:
             item.narrow = True
@@ -567,7 +614,7 @@ class SQLiteStore(DurableRows):
         if tracked is None:
             tracked = _Tracked(
                 version, len(record.history), len(record.events), step_cache, hist_inline,
-                event_inline, static,
+                event_inline, static, len(record.path), path_inline,
             )
             if create:
                 item.tracked = tracked  # installed once the insert is known to be new
@@ -581,6 +628,8 @@ class SQLiteStore(DurableRows):
             tracked.history_text = hist_text
             tracked.inline_events = event_inline
             tracked.static = static
+            tracked.path = len(record.path)
+            tracked.inline_path = path_inline
         return item
 
     # -- the write path (group commit) -------------------------------------------
@@ -745,6 +794,7 @@ class SQLiteStore(DurableRows):
         narrow: list[tuple[Any, ...]] = []
         history: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        path: list[tuple[Any, ...]] = []
         for item in items:
             if item.replay:
                 return False
@@ -756,6 +806,7 @@ class SQLiteStore(DurableRows):
                 saves.append((*item.row, item.expected))
             history.extend(item.history)
             events.extend(item.events)
+            path.extend(item.path)
         # Creates first: a save in the same batch is never of a saga created in it
         # (a save follows its create's return), nor of a saga saved in it (a save
         # follows the last one's return), so the order of the saves does not matter.
@@ -769,6 +820,8 @@ class SQLiteStore(DurableRows):
             conn.executemany(_INSERT_HISTORY.format(""), history)
         if events:
             conn.executemany(_INSERT_EVENT.format(""), events)
+        if path:
+            conn.executemany(_INSERT_PATH.format(""), path)
         return True
 
     def _apply(self, conn: sqlite3.Connection, item: _Write) -> BaseException | bool | None:
@@ -796,6 +849,8 @@ class SQLiteStore(DurableRows):
             conn.executemany(_INSERT_HISTORY.format(verb), item.history)
         if item.events:
             conn.executemany(_INSERT_EVENT.format(verb), item.events)
+        if item.path:
+            conn.executemany(_INSERT_PATH.format(verb), item.path)
         return True
 
     def _complete(self, batch: list[_Write]) -> None:
@@ -988,6 +1043,9 @@ class SQLiteStore(DurableRows):
                 history=[codec.event_from_row(h, sid, name) for h in stored.history],
                 version=stored.version,
                 resolution=c[_I["resolution"]],
+                path=path_of(
+                    sid, stored.path, loads(c[_I["path"]]), c[_I["path_count"]]
+                ),
             )
             _merge_inline(record, stored, codec)
         except CorruptRecord:
@@ -1008,9 +1066,14 @@ class SQLiteStore(DurableRows):
                 rows = conn.execute(sql, params).fetchall()
                 history: dict[str, list[tuple[Any, ...]]] = {}
                 events: dict[str, list[str]] = {}
+                path: dict[str, list[tuple[Any, ...]]] = {}
                 # Only sagas with INLINE events or more have rows in the event tables.
-                hc, ec = _I["history_count"], _I["events_count"]
-                ids = [r[0] for r in rows if _has_spilled(r[hc]) or _has_spilled(r[ec])]
+                hc, ec, pc = _I["history_count"], _I["events_count"], _I["path_count"]
+                ids = [
+                    r[0]
+                    for r in rows
+                    if _has_spilled(r[hc]) or _has_spilled(r[ec]) or _has_spilled(r[pc])
+                ]
                 for start in range(0, len(ids), _CHUNK):
                     chunk = ids[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
@@ -1027,9 +1090,18 @@ class SQLiteStore(DurableRows):
                         chunk,
                     ):
                         events.setdefault(sid, []).append(body)
+                    for sid, *edge in conn.execute(
+                        "SELECT saga_id, source, trigger, destination FROM sagaflow_path "
+                        f"WHERE saga_id IN ({marks}) ORDER BY saga_id, seq",
+                        chunk,
+                    ):
+                        path.setdefault(sid, []).append(tuple(edge))
             finally:
                 conn.execute("COMMIT")
-        return [StoredSaga.of(r, history.get(r[0], ()), events.get(r[0], ())) for r in rows]
+        return [
+            StoredSaga.of(r, history.get(r[0], ()), events.get(r[0], ()), path.get(r[0], ()))
+            for r in rows
+        ]
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -1117,15 +1189,15 @@ def _merge_inline(record: SagaRecord, stored: StoredSaga, codec: Codec) -> None:
     c = stored.columns
     sid = stored.saga_id
     name = stored.saga_name
-    for what, spilled, inline_text, count in (
+    for what, outside, inline_text, count in (
         ("lifecycle", stored.history, c[_I["history"]], c[_I["history_count"]]),
         ("domain", stored.events, c[_I["events"]], c[_I["events_count"]]),
     ):
         inline = codec.loads_json(inline_text)
-        if len(spilled) != _spilled(count) or len(inline) != count - _spilled(count):
+        if len(outside) != spilled(count) or len(inline) != count - spilled(count):
             raise CorruptRecord(
                 sid,
-                f"its row counts {count} {what} events but {len(spilled)} + "
+                f"its row counts {count} {what} events but {len(outside)} + "
                 f"{len(inline)} are stored",
             )
         if what == "lifecycle":

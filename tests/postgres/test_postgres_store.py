@@ -56,7 +56,8 @@ def test_the_schema_is_created_once_and_versioned(
     tables = {r[0] for r in execute(
         pg_url, schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
     )}
-    assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history", "sagaflow_events"}
+    assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history", "sagaflow_events",
+                      "sagaflow_path", "sagaflow_quarantine"}
     # A second store (another process, say) finds the tables and shares the sagas.
     pg_store.create(record_of(Hello(), "h-1"))
     with PostgresStore(pg_url, schema=schema) as other:
@@ -64,6 +65,29 @@ def test_the_schema_is_created_once_and_versioned(
         other.register(Hello)
         assert other.load("h-1").data == Hello()
         assert len(other) == 1
+
+
+def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
+    pg_url: str, schema: str, pg_store: PostgresStore
+) -> None:
+    """Version 1 is version 2 without the path and the quarantine: take them away (what
+    sagaflow 0.1 wrote), then open the store again."""
+    record = record_of(Hello(), "old")
+    pg_store.create(record)
+    pg_store.close()
+    execute(pg_url, schema, "DROP TABLE sagaflow_path, sagaflow_quarantine")
+    execute(pg_url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN path, DROP COLUMN path_count")
+    execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '1'")
+    with PostgresStore(pg_url, schema=schema) as store:
+        assert store.schema_version == SCHEMA_VERSION == 2
+        store.register(Hello)
+        old = store.load("old")
+        assert old.path == [] and old.data == Hello()
+        old.path.append(("not_started", "start", "greet"))
+        store.save(old)
+        assert store.load("old").path == [("not_started", "start", "greet")]
+    with PostgresStore(pg_url, schema=schema) as again:
+        assert again.schema_version == 2 and len(again) == 1
 
 
 def test_opening_stores_at_once_creates_the_schema_once(pg_url: str, schema: str) -> None:

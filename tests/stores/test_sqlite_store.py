@@ -27,6 +27,7 @@ from sagaflow.stores.sqlite import (
 from sagaflow.testing import VirtualClock
 
 NOW = 1_700_000_000.0
+DATA = Path(__file__).parent / "data"
 ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
@@ -56,15 +57,44 @@ def step_once(record, now: float) -> None:
 def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         assert store.journal_mode == "wal"
     with raw(path) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        assert {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
-                "sagaflow_events"} <= tables
+        assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
+                          "sagaflow_events", "sagaflow_path", "sagaflow_quarantine"}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with SQLiteStore(path) as again:  # opening an existing store changes nothing
-        assert again.schema_version == 1 and len(again) == 0
+        assert again.schema_version == 2 and len(again) == 0
+
+
+def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_path(
+    tmp_path: Path,
+) -> None:
+    """data/sqlite-v1.sql is a database written by sagaflow 0.1 (schema version 1): a
+    finished saga, a compensated one, one running with its history partly spilled."""
+    path = tmp_path / "v1.db"
+    with raw(path) as conn:
+        conn.executescript((DATA / "sqlite-v1.sql").read_text())
+    with SQLiteStore(path) as store:
+        assert store.schema_version == 2
+        done, compensated, running = (
+            store.load(f"v1-{s}") for s in ("done", "compensated", "running")
+        )
+        assert done.status is SagaStatus.COMPLETED and done.events
+        assert compensated.status is SagaStatus.COMPENSATED
+        assert "card declined" in str(compensated.error)
+        assert len(running.history) == 41  # 32 of them from sagaflow_history
+        assert done.path == compensated.path == running.path == []
+        # A migrated saga goes on: its path starts from here.
+        step_once(running, NOW + 1)
+        store.save(running)
+        assert len(running.path) == 1 and store.load("v1-running").path == running.path
+    with raw(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(sagaflow_sagas)")]
+        assert columns[-2:] == ["path", "path_count"]
+    with SQLiteStore(path) as again:  # once migrated, opening changes nothing
+        assert again.schema_version == 2 and len(again) == 3
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -198,6 +228,23 @@ def test_a_long_history_spills_to_the_append_only_tables_in_chunks(
         kinds = {r[0] for r in conn.execute(
             "SELECT type FROM sagaflow_history WHERE saga_id = 'long-1'")}
     assert kinds == {"SagaStarted", "StepRetrying"}  # spilled rows keep their columns
+    # The path spills alike: a checkpoint appends its new edges, it never rewrites them.
+    retry = ("failed", "retry", "compensating_reserve")
+    undo_failed = ("compensating_reserve", "undo_failed", "failed")
+    for n in range(INLINE + 3):
+        record.path.append(undo_failed if n % 2 else retry)
+        durable.save(record)
+    with raw(durable.path) as conn:
+        edges = conn.execute(
+            "SELECT seq, source, trigger, destination FROM sagaflow_path "
+            "WHERE saga_id = 'long-1' ORDER BY seq"
+        ).fetchall()
+        inline, count = conn.execute(
+            "SELECT json_array_length(path), path_count FROM sagaflow_sagas "
+            "WHERE saga_id = 'long-1'"
+        ).fetchone()
+    assert edges == [(k, *record.path[k]) for k in range(INLINE)]
+    assert (inline, count) == (len(record.path) - INLINE, len(record.path))
     # Another process continues it: its first save re-sends the spilled events, which
     # are already stored and skipped.
     with SQLiteStore(durable.path) as other:

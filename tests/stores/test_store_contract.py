@@ -75,6 +75,37 @@ def test_every_checkpoint_loads_back_whole(store: Store) -> None:
     assert [type(e).__name__ for e in loaded.history][-1] == "SagaCompleted"
 
 
+def test_the_path_round_trips_however_long_it_grows(store: Store) -> None:
+    """The run's path (every state change) loads back whole, in order: a short one in
+    the saga's row, a long one (operator retries, past what a row keeps) in part from
+    the append-only table."""
+    record = record_of(an_order(), "p-1")
+    store.create(record)
+    t = NOW
+    while not record.status.is_terminal:  # charge fails for good: compensated
+        t += 1
+        call = next_command(ORDER_SPEC, record, t)
+        record.updated_at = t
+        store.save(record)
+        if isinstance(call, Call):
+            forward = call.direction.value == "forward"
+            error = ValueError("no") if call.index == 1 and forward else None
+            settle(ORDER_SPEC, record, call, t, error, False, None)
+    store.save(record)
+    assert record.path[0] == ("not_started", "start", "reserve")
+    assert_same(store.load("p-1"), record)
+    retry = ("failed", "retry", "compensating_reserve")
+    undo_failed = ("compensating_reserve", "undo_failed", "failed")
+    for n in range(100):  # an operator retrying a failed undo, again and again
+        record.path.append(undo_failed if n % 2 else retry)
+        record.updated_at = t + n
+        store.save(record)
+        loaded = store.load("p-1")
+        assert loaded.path == record.path
+    assert len(record.path) > 3 * 32
+    assert set(record.path) <= ORDER_SPEC.transitions
+
+
 def test_a_failed_saga_keeps_its_error_and_compensation_state(store: Store) -> None:
     record = record_of(an_order(note="decline"), "o-3")
     store.create(record)
