@@ -47,7 +47,6 @@ from .errors import (
 from .events import LifecycleEvent
 from .orchestrator import Orchestrator
 from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus
-from .runner import run_async
 from .stores import Store, Stored, open_store
 
 __all__ = ["recover", "sagas"]
@@ -204,7 +203,7 @@ def _act(
         spec = orch.spec_for(record)
         action: Callable[..., None] = getattr(engine, verb)
         action(spec, record, orch.clock.now(), note)
-        asyncio.run(run_async(orch, spec, record))
+        asyncio.run(orch.adrive(spec, record))
         return SagaResult.of(record)
     except engine.OperatorError as exc:
         raise CliError(str(exc)) from None

@@ -27,6 +27,9 @@ class StepContext:
     ``idempotency_key`` is stable for (saga id, step, direction): the same on every
     retry and after recovery, so a participant can deduplicate on it. ``emit`` records
     a domain event; events are kept, in order, only if this attempt succeeds.
+
+    A context describes the call it is passed to; a driver passes the same object to
+    the run's next call (:meth:`rebind`), so keep what you need of it, not the context.
     """
 
     __slots__ = (
@@ -56,6 +59,20 @@ class StepContext:
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
+        self._clock = clock
+        self._pending: list[Any] = []
+        self.rebind(step, direction, attempt, timeout, deadline, now)
+
+    def rebind(
+        self,
+        step: str,
+        direction: Direction,
+        attempt: int,
+        timeout: float | None,
+        deadline: float | None,
+        now: float,
+    ) -> None:
+        """Describe the run's next call: one context per run, not one per call."""
         self.step = step
         self.direction = direction
         self.attempt = attempt
@@ -65,8 +82,13 @@ class StepContext:
         self.deadline = deadline
         #: Unix time at which this call times out (``None``: no limit)
         self.call_deadline = None if timeout is None else now + timeout
-        self._clock = clock
-        self._pending: list[Any] = []
+        if self._pending:
+            self._pending = []  # the last call's list went to the record (or was dropped)
+
+    @property
+    def emitted(self) -> list[Any]:
+        """The domain events this call emitted so far."""
+        return self._pending
 
     @property
     def idempotency_key(self) -> str:

@@ -20,7 +20,9 @@ from . import events as ev
 from .context import Direction
 from .definition import SagaSpec, StepKind
 from .errors import (
+    CodecError,
     CompensationError,
+    CorruptRecord,
     InvalidTransition,
     OperatorError,
     SagaCancelled,
@@ -46,6 +48,7 @@ __all__ = [
     "retry",
     "settle",
     "transition",
+    "unstorable",
 ]
 
 FORWARD = Direction.FORWARD
@@ -126,7 +129,16 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
         status = record.status
         if status is _RUNNING:
             i = record.cursor
+            if i.__class__ is not int or not 0 <= i < len(spec.steps) or (
+                len(record.steps) != len(spec.steps)
+            ):
+                raise _corrupt(record, f"its step cursor {i!r} is not a step of {spec.name!r}")
             s = spec.steps[i]
+            if record.state is not s.name and record.state != s.name:
+                raise _corrupt(
+                    record, f"it is RUNNING at step {s.name!r} but its state is "
+                    f"{record.state!r}"
+                )
             sr = record.steps[i]
             guarded = s.kind is not _RETRIABLE and record.deadline_at is not None
             if guarded and now >= record.deadline_at:  # type: ignore[operator]
@@ -180,8 +192,20 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                 if now < record.wake_at:
                     return Sleep(record.wake_at)
                 record.wake_at = None
-            i = record.undo[record.cursor]
+            position = record.cursor
+            if position.__class__ is not int or not 0 <= position < len(record.undo):
+                raise _corrupt(record, f"its undo cursor {position!r} is out of its undo list")
+            i = record.undo[position]
+            if i.__class__ is not int or not 0 <= i < len(spec.steps) or (
+                len(record.steps) != len(spec.steps)
+            ):
+                raise _corrupt(record, f"its undo list names step {i!r}, not a step")
             s = spec.steps[i]
+            if record.state != compensation_state(s.name):
+                raise _corrupt(
+                    record, f"it is COMPENSATING step {s.name!r} but its state is "
+                    f"{record.state!r}"
+                )
             sr = record.steps[i]
             if sr.compensation is _C_COMPENSATED:  # undone before an operator's retry
                 _next_undo(spec, record, now, "undone")
@@ -242,10 +266,16 @@ def settle(
             error = StepTimeout(i, s.name, call.timeout or 0)
         assert error is not None
         limit = None if s.kind is _RETRIABLE else record.deadline_at
-        if _retry_later(spec, record, call, s.retry, error, limit, now, rand):
+        later = _retry_later(spec, record, call, s.retry, error, limit, now, rand)
+        if later is _RETRY:
             sr.error = _describe(error)
             return
-        failure = error if isinstance(error, StepError) else StepError(i, s.name, error)
+        if later is _PAST_DEADLINE:  # a retry was due, but after the saga's deadline
+            failure: SagaflowError = SagaDeadlineExceeded(spec.deadline or 0, s.name)
+        elif isinstance(error, StepError):
+            failure = error
+        else:
+            failure = StepError(i, s.name, error)
         _step_failed(spec, record, now, failure, error, timed_out)
         return
 
@@ -267,13 +297,52 @@ def settle(
             return
         error = StepTimeout(i, s.compensation_name or s.name, call.timeout or 0)
     assert error is not None
-    if _retry_later(
+    later = _retry_later(
         spec, record, call, s.compensation_retry, error, record.compensation_deadline_at,
         now, rand,
-    ):
+    )
+    if later is _RETRY:
         sr.compensation_error = _describe(error)
         return
-    _compensation_failed(spec, record, now, _describe(error))
+    text = _describe(error)
+    if later is _PAST_DEADLINE:
+        text += " (no retry: the compensation deadline would pass first)"
+    _compensation_failed(spec, record, now, text)
+
+
+def unstorable(
+    spec: SagaSpec,
+    record: SagaRecord,
+    call: Call,
+    now: float,
+    error: BaseException,
+    rand: Callable[[], float] = random.random,
+) -> None:
+    """``call`` returned, but what it left in the saga's fields cannot be stored.
+
+    The driver has put the record back as the store holds it (the fields as they were
+    before the call); the call may have taken effect, so its outcome is unknown: it
+    counts as failed with ``error`` and, a forward step, is compensated too.
+    """
+    if call.direction is FORWARD:
+        record.steps[call.index].timed_out = True
+    lost = CodecError(
+        f"it returned, but what it left in the saga's fields cannot be stored, so its "
+        f"outcome is unknown: {error}"
+    )
+    lost.__cause__ = error
+    settle(spec, record, call, now, lost, False, None, rand)
+
+
+# What _retry_later decided.
+_RETRY = "retry"
+_NO_RETRY = "no retry"
+_PAST_DEADLINE = "past the deadline"
+
+
+def _corrupt(record: SagaRecord, why: str) -> CorruptRecord:
+    """Refused before any call: running an inconsistent record could repeat a step."""
+    return CorruptRecord(record.saga_id, f"{why}; nothing was run")
 
 
 def _retry_later(
@@ -285,20 +354,20 @@ def _retry_later(
     limit: float | None,
     now: float,
     rand: Callable[[], float],
-) -> bool:
+) -> str:
     """Schedule the next attempt of ``call`` if ``policy`` allows one before ``limit``."""
     if call.attempt >= policy.attempts or not policy.is_retryable(error):
-        return False
+        return _NO_RETRY
     delay = backoff_delay(policy, call.attempt, rand())
     if limit is not None and now + delay >= limit:
-        return False  # the deadline would pass before the retry: give up now
+        return _PAST_DEADLINE  # the deadline would pass before the retry: give up now
     record.wake_at = now + delay
     event = ev.StepRetrying if call.direction is FORWARD else ev.CompensationRetrying
     record.history.append(
         event(record.saga_id, spec.name, now, spec.steps[call.index].name, call.attempt,
               _describe(error), delay=delay)
     )
-    return True
+    return _RETRY
 
 
 def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float) -> None:

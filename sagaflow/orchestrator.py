@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
 
-from . import engine
-from .clock import Clock, SystemClock
+from . import engine, queue
+from .clock import Clock
 from .definition import SagaSpec, spec_of
 from .engine import new_record
 from .errors import (
@@ -23,7 +21,8 @@ from .errors import (
 )
 from .events import Listener, Listeners, OperatorAction
 from .records import SagaRecord, SagaResult, SagaStatus
-from .runner import RunHandle, WorkerPool, run_async, run_sync
+from .runner import adrive, drive
+from .runtime import Runtime
 from .stores import MemoryStore, Store, Stored, open_store
 
 __all__ = ["Migration", "Orchestrator", "RecoveryReport"]
@@ -76,16 +75,33 @@ class Orchestrator:
         rand: Callable[[], float] | None = None,
     ) -> None:
         self._owns_store = isinstance(store, str)
-        self.store: Store = MemoryStore() if store is None else open_store(store)
-        self.listeners = Listeners(listeners)
-        self.clock: Clock = SystemClock() if clock is None else clock
-        self.rand: Callable[[], float] = random.random if rand is None else rand
+        opened: Store = MemoryStore() if store is None else open_store(store)
+        #: what the drivers use: the store, listeners, clock, jitter, threads, live runs
+        self.runtime = Runtime(opened, Listeners(listeners), clock, rand)
         self.migrations: dict[str, Migration] = dict(migrations or {})
         self._specs: dict[str, SagaSpec] = {}
-        self._live: dict[str, RunHandle] = {}
-        self._workers = WorkerPool()
         for cls in sagas:
             self.register(cls)
+
+    @property
+    def store(self) -> Store:
+        """Where the records are kept."""
+        return self.runtime.store
+
+    @property
+    def listeners(self) -> Listeners:
+        """Who hears the lifecycle events."""
+        return self.runtime.listeners
+
+    @property
+    def clock(self) -> Clock:
+        """The clock runs read (a virtual one in tests)."""
+        return self.runtime.clock
+
+    @property
+    def rand(self) -> Callable[[], float]:
+        """The draw that places each backoff in its jitter band."""
+        return self.runtime.rand
 
     # --- running ----------------------------------------------------------------------
 
@@ -105,10 +121,10 @@ class Orchestrator:
         spec = self._spec_to_run(saga)
         self._check_sync(spec)
         record = self._new(spec, saga, saga_id)
-        existing = self.store.create(record)
+        existing = self.runtime.store.create(record)
         if existing is not None:
             return self._existing(spec, existing)
-        self._drive(spec, record)
+        drive(self.runtime, spec, record)
         return SagaResult.of(record)
 
     async def arun(self, saga: object, saga_id: str | None = None) -> SagaResult:
@@ -119,11 +135,23 @@ class Orchestrator:
         """
         spec = self._spec_to_run(saga)
         record = self._new(spec, saga, saga_id)
-        existing = await self.store.acreate(record)
+        existing = await self.runtime.store.acreate(record)
         if existing is not None:
             return self._existing(spec, existing)
-        await self._adrive(spec, record)
+        await adrive(self.runtime, spec, record)
         return SagaResult.of(record)
+
+    def drive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+        """Drive a record (a stored saga, or one an operator verb of :mod:`sagaflow.engine`
+        changed) to its end on this thread, saving and telling listeners as it goes;
+        listeners hear its history from event ``told`` on. ``spec`` is what
+        :meth:`spec_for` gives for it (tests may pass one with faults injected)."""
+        self._check_sync(spec)
+        drive(self.runtime, spec, record, told)
+
+    async def adrive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+        """:meth:`drive`, in this task."""
+        await adrive(self.runtime, spec, record, told)
 
     # --- queueing (PostgreSQL: workers run what is started) ----------------------------
 
@@ -132,29 +160,21 @@ class Orchestrator:
 
         Needs a queue store (PostgreSQL). Starting an id that exists runs nothing again.
         """
-        from .worker import enqueue
-
         self._spec_to_run(saga)
-        return enqueue(self.store, saga, saga_id, clock=self.clock)
+        return queue.enqueue(self.store, saga, saga_id, clock=self.clock)
 
     async def astart(self, saga: object, saga_id: str | None = None) -> str:
         """:meth:`start`, without blocking the event loop."""
-        from .worker import aenqueue
-
         self._spec_to_run(saga)
-        return await aenqueue(self.store, saga, saga_id, clock=self.clock)
+        return await queue.aenqueue(self.store, saga, saga_id, clock=self.clock)
 
     def wait(self, saga_id: str, timeout: float | None = None) -> SagaResult:
         """The result of ``saga_id`` once it has finished, whichever worker ran it."""
-        from .worker import wait
-
-        return wait(self.store, saga_id, timeout)
+        return queue.wait(self.store, saga_id, timeout)
 
     async def await_result(self, saga_id: str, timeout: float | None = None) -> SagaResult:
         """:meth:`wait`, without blocking the event loop."""
-        from .worker import wait_async
-
-        return await wait_async(self.store, saga_id, timeout)
+        return await queue.wait_async(self.store, saga_id, timeout)
 
     # --- looking ----------------------------------------------------------------------
 
@@ -181,47 +201,43 @@ class Orchestrator:
         that no process runs (its process died) compensates now, on this thread, the
         step that was in flight included (its outcome is unknown).
         """
-        handle = self._live.get(saga_id)
-        if handle is not None:
-            handle.request_cancel(note)
+        if self.runtime.request_cancel(saga_id, note):
             return self._snapshot(saga_id)
         spec, record, told = self._act(saga_id, engine.cancel, note)
-        self._drive(spec, record, told)
+        self.drive(spec, record, told)
         return SagaResult.of(record)
 
     def retry(self, saga_id: str, note: str | None = None) -> SagaResult:
         """Run a FAILED saga's failed compensations (or failed retriable step or pivot)
         again, with a fresh retry budget."""
         spec, record, told = self._act(saga_id, engine.retry, note)
-        self._drive(spec, record, told)
+        self.drive(spec, record, told)
         return SagaResult.of(record)
 
     def resolve(self, saga_id: str, note: str) -> SagaResult:
         """Mark a FAILED saga as handled by hand; ``note`` says what was done."""
         spec, record, told = self._act(saga_id, engine.resolve, note)
-        self._drive(spec, record, told)  # saves the record, tells listeners; runs nothing
+        self.drive(spec, record, told)  # saves the record, tells listeners; runs nothing
         return SagaResult.of(record)
 
     async def acancel(self, saga_id: str, note: str | None = None) -> SagaResult:
         """:meth:`cancel`, for sagas with async steps (or under a running loop)."""
-        handle = self._live.get(saga_id)
-        if handle is not None:
-            handle.request_cancel(note)
+        if self.runtime.request_cancel(saga_id, note):
             return self._snapshot(saga_id)
         spec, record, told = self._act(saga_id, engine.cancel, note, sync=False)
-        await self._adrive(spec, record, told)
+        await self.adrive(spec, record, told)
         return SagaResult.of(record)
 
     async def aretry(self, saga_id: str, note: str | None = None) -> SagaResult:
         """:meth:`retry`, for sagas with async steps (or under a running loop)."""
         spec, record, told = self._act(saga_id, engine.retry, note, sync=False)
-        await self._adrive(spec, record, told)
+        await self.adrive(spec, record, told)
         return SagaResult.of(record)
 
     async def aresolve(self, saga_id: str, note: str) -> SagaResult:
         """:meth:`resolve`, under a running loop."""
         spec, record, told = self._act(saga_id, engine.resolve, note, sync=False)
-        await self._adrive(spec, record, told)
+        await self.adrive(spec, record, told)
         return SagaResult.of(record)
 
     def _act(
@@ -261,7 +277,7 @@ class Orchestrator:
                 continue
             spec, record, told = found
             try:
-                self._drive(spec, record, told)
+                self.drive(spec, record, told)
             except SagaflowError as exc:  # e.g. another process took it over meanwhile
                 report.skipped[record.saga_id] = exc
             else:
@@ -277,7 +293,7 @@ class Orchestrator:
         async def resume(spec: SagaSpec, record: SagaRecord, told: int) -> None:
             async with gate:
                 try:
-                    await self._adrive(spec, record, told)
+                    await self.adrive(spec, record, told)
                 except SagaflowError as exc:
                     report.skipped[record.saga_id] = exc
                 else:
@@ -299,7 +315,7 @@ class Orchestrator:
         heard already), or ``None`` (reported) if it is unknown, changed, unreadable, or
         already running here. The resumption is recorded in its history."""
         sid = stored.saga_id
-        if sid in self._live:
+        if sid in self.runtime.live:
             return None
         try:
             spec = self._specs.get(stored.saga_name)
@@ -322,7 +338,7 @@ class Orchestrator:
     def close(self) -> None:
         """Stop idle worker threads (calls still running finish on their own), and
         close the store if this orchestrator opened it from a URL."""
-        self._workers.close()
+        self.runtime.close()
         close = getattr(self.store, "close", None)
         if self._owns_store and close is not None:
             close()
@@ -356,23 +372,6 @@ class Orchestrator:
                 "arun(): use arun(), or give this orchestrator sync listeners"
             )
 
-    def _drive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
-        """Run ``record`` to its end; listeners hear of its history from ``told`` on."""
-        self._check_sync(spec)
-        handle = self._live.setdefault(record.saga_id, RunHandle(told))
-        try:
-            run_sync(self, spec, record, handle)
-        finally:
-            self._live.pop(record.saga_id, None)
-
-    async def _adrive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
-        """:meth:`_drive`, in this task."""
-        handle = self._live.setdefault(record.saga_id, RunHandle(told))
-        try:
-            await run_async(self, spec, record, handle)
-        finally:
-            self._live.pop(record.saga_id, None)
-
     def _snapshot(self, saga_id: str) -> SagaResult:
         record = self.store.load(saga_id)
         if record is None:
@@ -397,7 +396,7 @@ class Orchestrator:
         return spec
 
     def _stored(self, saga_id: str) -> tuple[SagaSpec, SagaRecord]:
-        if saga_id in self._live:
+        if saga_id in self.runtime.live:
             raise AlreadyExecuting(saga_id)
         record = self.store.load(saga_id)
         if record is None:
@@ -405,11 +404,7 @@ class Orchestrator:
         return self.spec_for(record), record
 
     def _new(self, spec: SagaSpec, saga: object, saga_id: str | None) -> SagaRecord:
-        if saga_id is None:
-            saga_id = os.urandom(16).hex()  # 128 random bits; uuid4() costs 5x more
-        elif not isinstance(saga_id, str) or not saga_id:
-            raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
-        return new_record(spec, saga, saga_id, self.clock.now())
+        return new_record(spec, saga, queue.new_saga_id(saga_id), self.clock.now())
 
     @staticmethod
     def _existing(spec: SagaSpec, record: SagaRecord) -> SagaResult:

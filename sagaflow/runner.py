@@ -1,330 +1,240 @@
 """The sync and async drivers: perform what the engine decides, save, notify.
 
-Both loops are the same four lines around :mod:`sagaflow.engine`: ask for the next
-command, save the record (write-ahead), tell the listeners, perform the command and
-report its outcome. Only how a call is made differs:
+:func:`drive` and :func:`adrive` take a :class:`~sagaflow.runtime.Runtime` and a record
+and run it to a terminal state. Both loops are the same few lines around
+:mod:`sagaflow.engine`: ask for the next command, save the record (write-ahead), tell
+the listeners, perform the command and report its outcome. Only how a call is made
+differs:
 
-- sync: when any call has a limit, the run happens on a worker thread while the
+- sync: when any call has a limit, the run happens on a call thread while the
   caller watches the clock. Python cannot kill a thread, so a call that overruns is
   *abandoned*: the watcher records the timeout and moves the run on (compensating) on
-  a fresh worker; the abandoned thread finishes its call on its own, and whatever it
+  a fresh thread; the abandoned thread finishes its call on its own, and whatever it
   returns or emits late is dropped. A saga with no limits at all runs on the caller's
   thread.
-- async: a coroutine step runs under ``asyncio.timeout`` and is cancelled when it
-  overruns; a plain ``def`` step runs on a worker thread so it cannot block the loop
-  (and, overrunning, is abandoned like a sync one). Compensation is shielded from
-  cancellation of the task that awaits the run.
+- async: a coroutine step is cancelled when it overruns; a plain ``def`` step runs on
+  a call thread so it cannot block the loop (and, overrunning, is abandoned like a sync
+  one). Compensation is shielded from cancellation of the task that awaits the run.
+
+A save that cannot encode what a call left in the saga's fields (a field that cannot be
+stored) does not leave the saga stuck: the record goes back to what the store holds
+(the fields as they were before the call), the call's outcome is taken as unknown, and
+the saga moves on (compensating the step too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from ._copy import shallow_copy
 from .context import Direction, StepContext
-from .engine import Call, Sleep, cancel, interrupt, next_command, settle
+from .engine import Call, Sleep, cancel, interrupt, next_command, settle, unstorable
+from .errors import AlreadyExecuting, CodecError
 from .records import SagaRecord, SagaStatus
 
 if TYPE_CHECKING:
     from .definition import SagaSpec
-    from .orchestrator import Orchestrator
+    from .runtime import Runtime
 
-__all__ = ["RunHandle", "run_async", "run_sync"]
+__all__ = ["adrive", "drive"]
 
 FORWARD = Direction.FORWARD
-_allocate = threading.Lock
 _monotonic = time.monotonic
+_RUNNING = SagaStatus.RUNNING
 _COMPENSATING = SagaStatus.COMPENSATING
+_NO_LIMIT_WAIT = 3600.0  # how long a watcher sleeps when no call can overrun sooner
 
 
-class _Worker:
-    """A daemon thread that performs one plain ``def`` call at a time.
-
-    The caller waits for the call at most its timeout. Giving up *abandons* the worker:
-    the call finishes on its own, its result is dropped and the thread ends. Daemon
-    threads, so that an abandoned call never holds up the interpreter's exit.
-    """
-
-    __slots__ = ("_delivered", "_done", "_go", "_guard", "_job", "_result", "abandoned")
-
-    def __init__(self) -> None:
-        self._go = _allocate()
-        self._go.acquire()
-        self._done = _allocate()
-        self._done.acquire()
-        self._guard = _allocate()
-        self._job: tuple[Any, ...] | None = None
-        self._result: BaseException | None = None
-        self._delivered = False
-        self.abandoned = False
-        threading.Thread(target=self._serve, name="sagaflow-call", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            self._go.acquire()
-            job = self._job
-            if job is None:
-                return
-            fn, args, context, notify = job
-            self._job = None
-            try:
-                context.run(fn, *args)
-                result: BaseException | None = None
-            except BaseException as exc:  # handed to the caller, which re-raises non-Exceptions
-                result = exc
-            with self._guard:
-                if self.abandoned:
-                    return  # nobody waits for this late result: drop it, end the thread
-                self._result = result
-                self._delivered = True
-                if notify is None:
-                    self._done.release()
-                else:
-                    notify()
-
-    def start(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], notify: Callable[[], Any] | None
-    ) -> None:
-        """Begin ``fn(*args)``; its end is told by ``notify()`` (run on the worker
-        thread) or, without one, seen by :meth:`poll`."""
-        self._delivered = False
-        self._job = (fn, args, contextvars.copy_context(), notify)
-        self._go.release()
-
-    def poll(self, timeout: float) -> bool:
-        """Whether the call ended within ``timeout`` seconds (without giving up)."""
-        return self._done.acquire(timeout=max(timeout, 0.0))
-
-    def give_up(self) -> bool:
-        """Stop waiting for the call; True if its result had already been delivered."""
-        with self._guard:
-            if self._delivered:
-                return True
-            self.abandoned = True
-            return False
-
-    @property
-    def result(self) -> BaseException | None:
-        return self._result
-
-    def stop(self) -> None:
-        self._job = None
-        self._go.release()
+def _enter(rt: Runtime, record: SagaRecord) -> None:
+    """Mark ``record`` as driven here; a second driver of the same saga is refused."""
+    if rt.live.setdefault(record.saga_id, record) is not record:
+        raise AlreadyExecuting(record.saga_id)
 
 
-def _wake(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _leave(rt: Runtime, saga_id: str) -> None:
+    rt.live.pop(saga_id, None)
+    if rt.cancels:
+        rt.cancels.pop(saga_id, None)
 
 
-class WorkerPool:
-    """Idle worker threads kept for reuse; an abandoned worker is never reused."""
-
-    def __init__(self) -> None:
-        self._idle: list[_Worker] = []
-
-    def take(self) -> _Worker:
-        """An idle worker, or a new one."""
-        try:
-            return self._idle.pop()
-        except IndexError:
-            return _Worker()
-
-    def put(self, worker: _Worker) -> None:
-        """Return a worker whose call ended."""
-        self._idle.append(worker)
-
-    async def acall(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
-    ) -> tuple[BaseException | None, bool]:
-        """``(error, finished)`` of ``fn(*args)`` run on a worker thread within
-        ``timeout``: a plain ``def`` step under ``arun`` never blocks the event loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        worker = self.take()
-        worker.start(fn, args, lambda: loop.call_soon_threadsafe(_wake, future))
-        try:
-            async with asyncio.timeout(timeout):
-                await future
-        except TimeoutError:
-            if not worker.give_up():
-                return None, False
-        except BaseException:
-            worker.give_up()
-            raise
-        self._idle.append(worker)
-        return worker.result, True
-
-    def close(self) -> None:
-        while self._idle:
-            self._idle.pop().stop()
-
-
-class RunHandle:
-    """A run in progress in this process; an operator's cancel reaches it through here."""
-
-    __slots__ = ("cancel_note", "cancel_requested", "told")
-
-    def __init__(self, told: int = 0) -> None:
-        self.cancel_requested = False
-        self.cancel_note: str | None = None
-        #: how many of the record's history events the listeners were told already
-        self.told = told
-
-    def request_cancel(self, note: str | None) -> None:
-        self.cancel_note = note
-        self.cancel_requested = True
-
-
-def _cancel_if_asked(
-    handle: RunHandle, spec: SagaSpec, record: SagaRecord, now: float
-) -> None:
-    """Between two calls: turn an operator's cancel into compensation."""
-    handle.cancel_requested = False
-    if record.status is SagaStatus.RUNNING:
-        cancel(spec, record, now, handle.cancel_note)
-
-
-def _context(orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float) -> (
-    StepContext
-):
-    s = spec.steps[call.index]
-    forward = call.direction is FORWARD
-    deadline = record.deadline_at if forward else record.compensation_deadline_at
+def _context(spec: SagaSpec, record: SagaRecord, rt: Runtime) -> StepContext:
     return StepContext(
-        record.saga_id,
-        spec.name,
-        s.name,
-        call.direction,
-        call.attempt,
-        call.timeout,
-        deadline,
-        now,
-        orch.clock.now,
+        record.saga_id, spec.name, "", FORWARD, 0, None, None, 0.0, rt.clock.now
     )
 
 
-def _call_sync(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, call: Call, now: float
-) -> tuple[BaseException | None, list[Any] | None]:
-    fn = spec.forward[call.index] if call.direction is FORWARD else spec.compensations[call.index]
-    assert fn is not None
-    ctx = _context(orch, spec, record, call, now)
-    try:
-        fn(record.data, ctx)
-    except Exception as exc:
-        return exc, None
-    return None, ctx._pending
+def _rebind(ctx: StepContext, spec: SagaSpec, record: SagaRecord, call: Call, now: float) -> None:
+    forward = call.direction is FORWARD
+    ctx.rebind(
+        spec.steps[call.index].name,
+        call.direction,
+        call.attempt,
+        call.timeout,
+        record.deadline_at if forward else record.compensation_deadline_at,
+        now,
+    )
+
+
+def _unstorable(
+    rt: Runtime,
+    spec: SagaSpec,
+    record: SagaRecord,
+    saved: SagaRecord | None,
+    call: Call | None,
+    error: CodecError,
+) -> None:
+    """The save after ``call`` failed on what it left in the fields: put back what the
+    store holds of ``record`` (the fields as before the call) and record the call's
+    outcome as unknown (see the module's notes). No call to blame: ``error`` stands."""
+    if call is None or saved is None:
+        raise error
+    for field in attrs.fields(SagaRecord):
+        setattr(record, field.name, getattr(saved, field.name))
+    unstorable(spec, record, call, rt.clock.now(), error, rt.rand)
+
+
+# --- sync ------------------------------------------------------------------------------
 
 
 class _Watch:
-    """What the thread running a saga shows the thread watching its timeouts.
+    """What the thread running a saga shares with the thread watching its timeouts.
 
     ``deadline`` (``time.monotonic``) is set while a call with a limit is in flight.
     The watcher takes the run over when a call overruns; the runner checks
-    ``taken_over`` after every call and, if so, leaves the record alone.
+    ``taken_over`` after every such call and, if so, leaves the record alone. ``told``
+    is how many of the record's history events the listeners heard, carried across
+    takeovers.
     """
 
-    __slots__ = ("before", "call", "deadline", "error", "guard", "taken_over")
+    __slots__ = ("before", "call", "deadline", "error", "guard", "taken_over", "told")
 
-    def __init__(self) -> None:
-        self.guard = _allocate()
+    def __init__(self, told: int) -> None:
+        self.guard = threading.Lock()
         self.deadline: float | None = None
         self.call: Call | None = None
         self.taken_over = False
         self.error: BaseException | None = None
         self.before: Any = None
+        self.told = told
 
 
-def _drive_sync(
-    orch: Orchestrator,
-    spec: SagaSpec,
-    record: SagaRecord,
-    handle: RunHandle,
-    watch: _Watch | None,
+def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+    """Drive ``record`` to a terminal state; returns when it is there.
+
+    Listeners hear the record's history from event ``told`` on. With no limit on any
+    call, the run happens on this thread. Otherwise it happens on a call thread while
+    this one watches: it sleeps until the earliest moment a call could overrun, and
+    when one does it takes the run over (the timed-out call is abandoned) and hands it
+    to a fresh thread. One thread handoff per run, not per call.
+    """
+    _enter(rt, record)
+    try:
+        if spec.shortest_limit is None and spec.deadline is None and (
+            spec.compensation_deadline is None
+        ):
+            _run_sync(rt, spec, record, told, None)
+        else:
+            _watch(rt, spec, record, told)
+    finally:
+        _leave(rt, record.saga_id)
+
+
+def _run_sync(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, watch: _Watch | None
 ) -> None:
-    store = orch.store
-    listeners = orch.listeners
-    clock = orch.clock
-    rand = orch.rand
+    store = rt.store
+    listeners = rt.listeners
+    clock = rt.clock
+    rand = rt.rand
+    cancels = rt.cancels
+    forward_fns = spec.forward
+    compensations = spec.compensations
     history = record.history
+    sid = record.saga_id
+    ctx = _context(spec, record, rt)
+    done: Call | None = None  # the call whose outcome the next save records
     while True:
         now = clock.now()
-        if handle.cancel_requested:
-            _cancel_if_asked(handle, spec, record, now)
+        if cancels and sid in cancels and record.status is _RUNNING:
+            cancel(spec, record, now, cancels.pop(sid))
         command = next_command(spec, record, now)
         record.updated_at = now
-        store.save(record)
-        if len(history) > handle.told:
-            start = handle.told
-            handle.told = len(history)
+        try:
+            store.save(record)
+        except CodecError as exc:
+            _unstorable(rt, spec, record, store.load(sid), done, exc)
+            done = None
+            continue
+        if len(history) > told:
+            start = told
+            told = len(history)
+            if watch is not None:
+                watch.told = told
             listeners.notify(history, start)
         if command is None:
             return
         if isinstance(command, Sleep):
             clock.sleep(max(0.0, command.until - now))
             continue
-        if watch is None:
-            error, emitted = _call_sync(orch, spec, record, command, now)
-        else:
+        call = command
+        fn = forward_fns[call.index] if call.direction is FORWARD else compensations[call.index]
+        assert fn is not None
+        _rebind(ctx, spec, record, call, now)
+        if watch is not None and call.timeout is not None:
+            # If this call is abandoned it keeps the instance; the run goes on with the
+            # fields as they were, untouched by what it writes late.
+            before = shallow_copy(record.data)
             with watch.guard:
                 if watch.taken_over:
                     return
-                watch.call = command
-                if command.timeout is not None:
-                    watch.deadline = _monotonic() + command.timeout
-                    # If this call is abandoned it keeps the instance; the run goes on
-                    # with the fields as they were, untouched by what it writes late.
-                    watch.before = shallow_copy(record.data)
-            error, emitted = _call_sync(orch, spec, record, command, now)
+                watch.call = call
+                watch.before = before
+                watch.deadline = _monotonic() + call.timeout
+            error = _call(fn, record.data, ctx)
             with watch.guard:
                 if watch.taken_over:
                     return  # the watcher gave up on this call: the record is not ours
                 watch.deadline = None
-        settle(spec, record, command, clock.now(), error, False, emitted, rand)
+        else:
+            error = _call(fn, record.data, ctx)
+        settle(spec, record, call, clock.now(), error, False,
+               None if error is not None else ctx.emitted, rand)
+        done = call
+
+
+def _call(fn: Any, data: Any, ctx: StepContext) -> Exception | None:
+    try:
+        fn(data, ctx)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _watched(
-    orch: Orchestrator,
-    spec: SagaSpec,
-    record: SagaRecord,
-    handle: RunHandle,
-    watch: _Watch,
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, watch: _Watch
 ) -> None:
     try:
-        _drive_sync(orch, spec, record, handle, watch)
+        _run_sync(rt, spec, record, watch.told, watch)
     except BaseException as exc:  # re-raised by the watching thread
         watch.error = exc
 
 
-def run_sync(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
-) -> None:
-    """Drive ``record`` to a terminal state; returns when it is there.
-
-    With no limit on any call, the run happens on this thread. Otherwise it happens on
-    a worker thread while this one watches: it sleeps until the earliest moment a call
-    could overrun, and when one does it takes the run over (the timed-out call is
-    abandoned) and hands it to a fresh worker. One thread handoff per run, not per call.
-    """
-    if handle is None:
-        handle = RunHandle()
+def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
+    """Run ``record`` on call threads while this thread watches for overrunning calls."""
     limits = [x for x in (spec.shortest_limit, spec.compensation_deadline) if x is not None]
-    if not limits and spec.deadline is None:
-        _drive_sync(orch, spec, record, handle, None)
-        return
-    # No call that starts from now on can overrun sooner than this, nor past the deadline.
-    floor = min(limits, default=3600.0)
-    clock = orch.clock
+    # No call that starts from now on can overrun sooner than this, nor past a deadline.
+    floor = min(limits, default=_NO_LIMIT_WAIT)
+    clock = rt.clock
+    threads = rt.threads
     while True:
-        watch = _Watch()
-        worker = orch._workers.take()
-        worker.start(_watched, (orch, spec, record, handle, watch), None)
+        watch = _Watch(told)
+        thread = threads.take()
+        thread.start(_watched, (rt, spec, record, watch), None)
         call: Call | None = None
         try:
             while True:
@@ -332,72 +242,178 @@ def run_sync(
                     deadline = watch.deadline
                     now = _monotonic()
                     if deadline is not None and now >= deadline:
-                        watch.taken_over = True
+                        watch.taken_over = True  # overran: the call is abandoned
                         call = watch.call
                         break
+                wait = floor
                 if deadline is not None:
-                    wait = deadline - now
-                else:
-                    wait = floor
-                    if record.deadline_at is not None:
-                        left = record.deadline_at - clock.now()
+                    wait = min(wait, deadline - now)
+                for limit in (record.deadline_at, record.compensation_deadline_at):
+                    if limit is not None:
+                        left = limit - clock.now()
                         if left > 0:
                             wait = min(wait, left)
-                if worker.poll(max(wait, 0.001)):
-                    orch._workers.put(worker)
+                if thread.poll(max(wait, 0.001)):
+                    threads.put(thread)
                     if watch.error is not None:
                         raise watch.error
                     return
         except BaseException:
-            watch.taken_over = True
-            worker.give_up()
+            watch.taken_over = True  # whatever the run does next, it does not write
+            thread.give_up()
             raise
-        worker.give_up()  # the thread ends when the abandoned call returns
+        thread.give_up()  # the thread ends when the abandoned call returns
         assert call is not None
+        told = watch.told
         record.data = watch.before
-        settle(spec, record, call, clock.now(), None, True, None, orch.rand)
+        settle(spec, record, call, clock.now(), None, True, None, rt.rand)
 
 
-async def _call_async(
-    orch: Orchestrator,
-    spec: SagaSpec,
-    record: SagaRecord,
-    call: Call,
-    now: float,
-    timer: _Timer,
-) -> tuple[BaseException | None, bool, list[Any] | None]:
-    s = spec.steps[call.index]
-    forward = call.direction is FORWARD
-    fn = spec.forward[call.index] if forward else spec.compensations[call.index]
-    assert fn is not None
-    ctx = _context(orch, spec, record, call, now)
-    if not (s.is_async if forward else s.compensation_is_async):
-        before = shallow_copy(record.data) if call.timeout is not None else None
-        error, finished = await orch._workers.acall(fn, (record.data, ctx), call.timeout)
-        if not finished:
-            record.data = before  # the abandoned call keeps the instance it was given
-            return None, True, None
-        if error is not None and not isinstance(error, Exception):
-            raise error  # KeyboardInterrupt, SystemExit: never swallowed
-        return error, False, None if error is not None else ctx._pending
-    if call.timeout is None:
-        try:
-            await fn(record.data, ctx)
-        except Exception as exc:
-            return exc, False, None
-        return None, False, ctx._pending
-    base = timer.arm(call.timeout)
+# --- async -----------------------------------------------------------------------------
+
+
+async def adrive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+    """Drive ``record`` to a terminal state in this task (listeners hear its history
+    from event ``told`` on).
+
+    Cancelling the task makes the saga compensate, shielded from the cancellation,
+    after which the cancellation propagates.
+    """
+    _enter(rt, record)
     try:
-        await fn(record.data, ctx)
-    except asyncio.CancelledError:
-        if not timer.expired(base):
-            raise
-        return None, True, None
-    except Exception as exc:
-        return exc, False, None  # a step's own TimeoutError is an ordinary error, too
+        await _arun(rt, spec, record, told, False)
     finally:
-        timer.disarm()
-    return None, False, ctx._pending
+        _leave(rt, record.saga_id)
+
+
+async def _arun(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, shielded: bool
+) -> int:
+    """The async loop; returns how many history events the listeners heard.
+
+    Unshielded (the caller's task), it runs the forward steps and hands compensation
+    to a shielded task of its own; shielded, it runs to the end.
+    """
+    store = rt.store
+    listeners = rt.listeners
+    clock = rt.clock
+    rand = rt.rand
+    cancels = rt.cancels
+    threads = rt.threads
+    steps = spec.steps
+    forward_fns = spec.forward
+    compensations = spec.compensations
+    history = record.history
+    sid = record.saga_id
+    ctx = _context(spec, record, rt)
+    timer: _Timer | None = None
+    call: Call | None = None  # the call in flight
+    done: Call | None = None  # the call whose outcome the next save records
+    try:
+        while True:
+            now = clock.now()
+            if cancels and sid in cancels and record.status is _RUNNING:
+                cancel(spec, record, now, cancels.pop(sid))
+            if not shielded and record.status is _COMPENSATING:
+                break
+            command = next_command(spec, record, now)
+            record.updated_at = now
+            try:
+                await store.asave(record)
+            except CodecError as exc:
+                _unstorable(rt, spec, record, await store.aload(sid), done, exc)
+                done = None
+                continue
+            if len(history) > told:
+                start = told
+                told = len(history)
+                await listeners.anotify(history, start)
+            if command is None:
+                return told
+            if isinstance(command, Sleep):
+                await clock.asleep(max(0.0, command.until - now))
+                continue
+            call = command
+            i = call.index
+            forward = call.direction is FORWARD
+            fn = forward_fns[i] if forward else compensations[i]
+            assert fn is not None
+            _rebind(ctx, spec, record, call, now)
+            timeout = call.timeout
+            error: BaseException | None = None
+            timed_out = False
+            if not (steps[i].is_async if forward else steps[i].compensation_is_async):
+                before = shallow_copy(record.data) if timeout is not None else None
+                error, finished = await threads.acall(fn, (record.data, ctx), timeout)
+                if not finished:
+                    record.data = before  # the abandoned call keeps the instance it was given
+                    ctx = _context(spec, record, rt)  # and its context
+                    timed_out = True
+                elif error is not None and not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: never swallowed
+            elif timeout is None:
+                try:
+                    await fn(record.data, ctx)
+                except Exception as exc:
+                    error = exc
+            else:
+                if timer is None:
+                    timer = _Timer()
+                base = timer.arm(timeout)
+                try:
+                    await fn(record.data, ctx)
+                except asyncio.CancelledError:
+                    if not timer.expired(base):
+                        raise
+                    timed_out = True
+                except Exception as exc:  # a step's own TimeoutError is an ordinary error
+                    error = exc
+                finally:
+                    timer.disarm()
+            call = None
+            emitted = None if error is not None or timed_out else ctx.emitted
+            settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
+            done = command
+    except asyncio.CancelledError:
+        if shielded:
+            raise
+        if record.status is _RUNNING:
+            interrupt(spec, record, call, clock.now())
+        if not record.status.is_terminal:
+            await _compensate_shielded(rt, spec, record, told)
+        else:
+            record.updated_at = clock.now()
+            await store.asave(record)
+            await listeners.anotify(history, told)
+        raise
+    finally:
+        if timer is not None:
+            timer.close()
+    # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
+    if await _compensate_shielded(rt, spec, record, told):
+        raise asyncio.CancelledError
+    return told
+
+
+async def _compensate_shielded(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int
+) -> bool:
+    """Run the rest of the saga (its compensation) in a task nobody's cancel reaches.
+
+    Returns whether the awaiting task was cancelled meanwhile; the caller re-raises
+    the cancellation once compensation is over.
+    """
+    task = asyncio.get_running_loop().create_task(_arun(rt, spec, record, told, True))
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                break
+            cancelled = True
+    task.result()
+    return cancelled
 
 
 class _Timer:
@@ -462,107 +478,3 @@ class _Timer:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-class _Progress:
-    __slots__ = ("call", "seen")
-
-    def __init__(self) -> None:
-        self.seen = 0
-        self.call: Call | None = None
-
-
-async def _loop(
-    orch: Orchestrator,
-    spec: SagaSpec,
-    record: SagaRecord,
-    progress: _Progress,
-    forward_only: bool,
-    handle: RunHandle,
-) -> None:
-    store = orch.store
-    listeners = orch.listeners
-    clock = orch.clock
-    rand = orch.rand
-    history = record.history
-    timer = _Timer()
-    try:
-        while True:
-            now = clock.now()
-            if handle.cancel_requested:
-                _cancel_if_asked(handle, spec, record, now)
-            if forward_only and record.status is _COMPENSATING:
-                return
-            command = next_command(spec, record, now)
-            record.updated_at = now
-            await store.asave(record)
-            if len(history) > progress.seen:
-                start = progress.seen
-                progress.seen = len(history)
-                await listeners.anotify(history, start)
-            if command is None:
-                return
-            if isinstance(command, Sleep):
-                await clock.asleep(max(0.0, command.until - now))
-                continue
-            progress.call = command
-            error, timed_out, emitted = await _call_async(
-                orch, spec, record, command, now, timer
-            )
-            progress.call = None
-            settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
-    finally:
-        timer.close()
-
-
-async def _compensate_shielded(
-    orch: Orchestrator,
-    spec: SagaSpec,
-    record: SagaRecord,
-    progress: _Progress,
-    handle: RunHandle,
-) -> bool:
-    """Run the rest of the saga (its compensation) in a task nobody's cancel reaches.
-
-    Returns whether the awaiting task was cancelled meanwhile; the caller re-raises
-    the cancellation once compensation is over.
-    """
-    task = asyncio.get_running_loop().create_task(
-        _loop(orch, spec, record, progress, False, handle)
-    )
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                break
-            cancelled = True
-    task.result()
-    return cancelled
-
-
-async def run_async(
-    orch: Orchestrator, spec: SagaSpec, record: SagaRecord, handle: RunHandle | None = None
-) -> None:
-    """Drive ``record`` to a terminal state in this task."""
-    if handle is None:
-        handle = RunHandle()
-    progress = _Progress()
-    progress.seen = handle.told
-    try:
-        await _loop(orch, spec, record, progress, True, handle)
-    except asyncio.CancelledError:
-        if record.status is SagaStatus.RUNNING:
-            interrupt(spec, record, progress.call, orch.clock.now())
-        if not record.status.is_terminal:
-            await _compensate_shielded(orch, spec, record, progress, handle)
-        else:
-            record.updated_at = orch.clock.now()
-            await orch.store.asave(record)
-            await orch.listeners.anotify(record.history, progress.seen)
-        raise
-    if not record.status.is_terminal and await _compensate_shielded(
-        orch, spec, record, progress, handle
-    ):
-        raise asyncio.CancelledError

@@ -1,10 +1,11 @@
 """Workers: queued sagas run by any number of processes, on any number of machines,
 sharing one PostgreSQL database and nothing else.
 
-A client *enqueues* a saga (:func:`enqueue`: the record is stored, due now, held by
-nobody) and may :func:`wait` for its result. A :class:`Worker` (or ``sagaflow worker
---store URL --import MODULE``) claims due sagas and drives them with the orchestrator's
-own machinery, many at once on one event loop:
+A client *enqueues* a saga (:func:`~sagaflow.queue.enqueue`: the record is stored, due
+now, held by nobody) and may :func:`~sagaflow.queue.wait` for its result. A
+:class:`Worker` (or ``sagaflow worker --store URL --import MODULE``) claims due sagas
+and drives them with the orchestrator's public drive (:meth:`Orchestrator.adrive`), many
+at once on one event loop:
 
 - **claim**: ``FOR UPDATE SKIP LOCKED`` picks due sagas that no live lease holds, so
   concurrent workers never wait for each other nor take the same saga; each claim sets
@@ -47,11 +48,10 @@ import attrs
 
 from .clock import Clock, SystemClock
 from .definition import SagaSpec, spec_of
-from .engine import new_record
-from .errors import ConcurrentModification, LeaseLost, SagaflowError, SagaNotFound, StoreError
+from .errors import ConcurrentModification, LeaseLost, SagaflowError, StoreError
 from .events import Listener
 from .orchestrator import Migration, Orchestrator
-from .records import SagaRecord, SagaResult, SagaStatus
+from .queue import aenqueue, enqueue, enqueue_many, wait, wait_async
 from .stores import Store
 from .stores.url import open_store, postgres_module
 
@@ -63,6 +63,8 @@ from .stores.postgres import (  # noqa: E402
     PostgresStoredSaga,
 )
 
+# The clients' functions live in sagaflow.queue; they are named here too, beside the
+# workers that run what they enqueue.
 __all__ = [
     "Lease",
     "Worker",
@@ -214,7 +216,7 @@ class Worker:
         self._owns_store = isinstance(store, str)
         opened = open_store(store) if isinstance(store, str) else store
         try:
-            self.store: PostgresStore = _queue_store(opened)
+            self.store: PostgresStore = _postgres_store(opened)
         except TypeError:
             close = getattr(opened, "close", None)
             if self._owns_store and close is not None:
@@ -418,7 +420,7 @@ class Worker:
             # Listeners hear what happens from here on; a saga's first claim also tells
             # them how it started (its client, which enqueued it, told nobody).
             told = 0 if stored.fence <= 1 else len(record.history)
-            await orch._adrive(spec, record, told)
+            await orch.adrive(spec, record, told)
             self.stats.finished[record.status.value] += 1
         except _Park as park:
             self.stats.parked += 1
@@ -521,10 +523,7 @@ class Worker:
         return f"Worker({self.id!r}, {len(self._active)} running, {self.store!r})"
 
 
-# --- clients: enqueue and wait ----------------------------------------------------------
-
-
-def _queue_store(store: Store | PostgresStore | FencedStore) -> PostgresStore:
+def _postgres_store(store: Store | PostgresStore | FencedStore) -> PostgresStore:
     if isinstance(store, PostgresStore):
         return store
     if isinstance(store, FencedStore):
@@ -533,142 +532,3 @@ def _queue_store(store: Store | PostgresStore | FencedStore) -> PostgresStore:
         f"queued sagas need the PostgreSQL store, not {store!r}: open one with "
         "open_store('postgresql://user@host/db')"
     )
-
-
-def _queued_record(saga: object, saga_id: str | None, now: float) -> SagaRecord:
-    spec = spec_of(saga)
-    if saga_id is None:
-        saga_id = os.urandom(16).hex()
-    elif not isinstance(saga_id, str) or not saga_id:
-        raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
-    return new_record(spec, saga, saga_id, now)
-
-
-def _check_existing(record: SagaRecord, existing: SagaRecord | None) -> str:
-    if existing is not None and existing.saga_name != record.saga_name:
-        raise SagaflowError(
-            f"saga id {record.saga_id!r} belongs to a {existing.saga_name!r} saga, not "
-            f"{record.saga_name!r}: saga ids must be unique across saga types"
-        )
-    return record.saga_id
-
-
-def enqueue(
-    store: Store | PostgresStore,
-    saga: object,
-    saga_id: str | None = None,
-    *,
-    run_at: float | None = None,
-    clock: Clock | None = None,
-) -> str:
-    """Store ``saga`` for a worker to run (from ``run_at``, default now); its saga id.
-
-    Enqueueing an id that exists runs nothing again: the id is returned (a client may
-    retry an enqueue safely), unless it belongs to another saga type.
-    """
-    pg = _queue_store(store)
-    now = (clock or SystemClock()).now()
-    record = _queued_record(saga, saga_id, now)
-    return _check_existing(record, pg.enqueue(record, run_at))
-
-
-def enqueue_many(
-    store: Store | PostgresStore, sagas: Iterable[object], *, clock: Clock | None = None
-) -> list[str]:
-    """:func:`enqueue` for many sagas (new ids), committed in one transaction."""
-    pg = _queue_store(store)
-    now = (clock or SystemClock()).now()
-    records = [_queued_record(saga, None, now) for saga in sagas]
-    pg.enqueue_many(records)
-    return [r.saga_id for r in records]
-
-
-async def aenqueue(
-    store: Store | PostgresStore,
-    saga: object,
-    saga_id: str | None = None,
-    *,
-    run_at: float | None = None,
-    clock: Clock | None = None,
-) -> str:
-    """:func:`enqueue` for async code (group-committed with other writes)."""
-    pg = _queue_store(store)
-    now = (clock or SystemClock()).now()
-    record = _queued_record(saga, saga_id, now)
-    return _check_existing(record, await pg.aenqueue(record, run_at))
-
-
-def _result(pg: PostgresStore, saga_id: str) -> SagaResult | None:
-    status = pg.status_of(saga_id)
-    if status is None:
-        raise SagaNotFound(saga_id)
-    if not status.is_terminal:
-        return None
-    record = pg.load(saga_id)
-    if record is None:  # deleted in between
-        raise SagaNotFound(saga_id)
-    return SagaResult.of(record)
-
-
-def _timed_out(saga_id: str, timeout: float, status: SagaStatus | None) -> TimeoutError:
-    now = "unknown" if status is None else status.value
-    return TimeoutError(
-        f"saga {saga_id!r} did not finish within {timeout:g}s (it is {now}); wait again, "
-        "or look at it with 'sagaflow sagas show'"
-    )
-
-
-def wait(
-    store: Store | PostgresStore,
-    saga_id: str,
-    timeout: float | None = None,
-    *,
-    poll: float = 0.5,
-) -> SagaResult:
-    """The result of saga ``saga_id`` once it has finished (whoever runs it).
-
-    Polls the store, from every few milliseconds up to every ``poll`` seconds. Raises
-    :class:`~sagaflow.SagaNotFound` for an unknown id and ``TimeoutError`` after
-    ``timeout`` seconds.
-    """
-    pg = _queue_store(store)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        found = _result(pg, saga_id)
-        if found is not None:
-            return found
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                assert timeout is not None
-                raise _timed_out(saga_id, timeout, pg.status_of(saga_id))
-            delay = min(delay, left)
-        time.sleep(delay)
-        delay = min(delay * 2, poll)
-
-
-async def wait_async(
-    store: Store | PostgresStore,
-    saga_id: str,
-    timeout: float | None = None,
-    *,
-    poll: float = 0.5,
-) -> SagaResult:
-    """:func:`wait` for async code (the store is read on a worker thread)."""
-    pg = _queue_store(store)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        found = await asyncio.to_thread(_result, pg, saga_id)
-        if found is not None:
-            return found
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                assert timeout is not None
-                status = await asyncio.to_thread(pg.status_of, saga_id)
-                raise _timed_out(saga_id, timeout, status)
-            delay = min(delay, left)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, poll)

@@ -120,6 +120,40 @@ def test_unknown_changed_and_corrupt_sagas_are_reported_and_never_stop_the_other
     assert "not resumed" in report.describe()
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "state = 'ship'",  # a state of the machine, but not where the cursor is
+        "state = 'nowhere'",
+        "state = 'completed'",
+        "cursor = -1",  # as an index, the last step: the pivot
+        "cursor = 99",
+    ],
+)
+def test_a_damaged_position_is_refused_before_any_participant_call(tmp_path, damage) -> None:
+    import sqlite3
+
+    path = tmp_path / "sagas.db"
+    with Orchestrator(store=SQLiteStore(path)) as first:
+        for sid in ("damaged", "fine"):
+            crash_in.add("charge")
+            with pytest.raises(KeyboardInterrupt):
+                first.run(Resumable(), sid)
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"UPDATE sagaflow_sagas SET {damage} WHERE saga_id = 'damaged'")
+        row = raw.execute("SELECT * FROM sagaflow_sagas WHERE saga_id = 'damaged'").fetchone()
+    calls.clear()
+    with Orchestrator(store=SQLiteStore(path), sagas=[Resumable]) as second:
+        report = second.recover()
+    assert report.resumed == {"fine": SagaStatus.COMPLETED}
+    assert isinstance(report.skipped["damaged"], CorruptRecord)
+    assert all(key.startswith("fine:") for _, key in calls)  # nothing of 'damaged' ran
+    with sqlite3.connect(path) as raw:
+        assert raw.execute(
+            "SELECT * FROM sagaflow_sagas WHERE saga_id = 'damaged'"
+        ).fetchone() == row
+
+
 def test_recovery_is_recorded_and_listeners_hear_only_what_is_new(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'sagas.db'}"
     crash_in.add("charge")

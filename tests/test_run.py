@@ -297,6 +297,55 @@ def test_deadline_passing_before_a_retry_starts_compensation(drive) -> None:
     assert log == ["a", "b", "b", "ua"]
     assert clock.sleeps == [2.0]
     assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, SagaDeadlineExceeded) and result.error.step == "b"
+    assert isinstance(result.error.__cause__, ConnectionError)
+
+
+def test_a_step_retrying_into_the_deadline_ends_with_saga_deadline_exceeded(drive) -> None:
+    # As a user tried it: 10 attempts allowed, but the saga's 0.3 s run out after 3.
+    tries: list[int] = []
+
+    @saga(deadline=0.3)
+    class Hurried:
+        @step(retry=Retry(attempts=10, backoff=0.05, jitter=0.0))
+        def call_partner(self, ctx):
+            tries.append(ctx.attempt)
+            raise ConnectionError("partner down")
+
+        @call_partner.compensate
+        def undo(self, ctx): ...
+
+    result = drive(Orchestrator(clock=VirtualClock()), Hurried())
+    assert tries == [1, 2, 3]  # delays 0.05, 0.1; the next (0.2) would end past 0.3
+    assert result.status is SagaStatus.COMPENSATED
+    error = result.error
+    assert isinstance(error, SagaDeadlineExceeded)
+    assert str(error) == "saga deadline of 0.3s passed during step 'call_partner'"
+    assert isinstance(error.__cause__, ConnectionError)
+    assert result.step("call_partner").error == "ConnectionError: partner down"
+    with pytest.raises(SagaDeadlineExceeded):
+        result.raise_for_status()
+
+
+def test_a_compensation_retrying_into_its_deadline_says_so(drive) -> None:
+    @saga(compensation_deadline=0.3)
+    class Stubborn:
+        @step
+        def a(self, ctx): ...
+
+        @a.compensate(retry=Retry(attempts=10, backoff=0.05, jitter=0.0))
+        def ua(self, ctx):
+            raise ConnectionError("ledger down")
+
+        @step(pivot=True)
+        def b(self, ctx):
+            raise ValueError("no")
+
+    result = drive(Orchestrator(clock=VirtualClock()), Stubborn())
+    assert result.status is SagaStatus.FAILED
+    assert result.step("a").compensation_error == (
+        "ConnectionError: ledger down (no retry: the compensation deadline would pass first)"
+    )
 
 
 def test_compensation_retried_then_failing_for_good_is_recorded_others_still_run(drive) -> None:
@@ -479,6 +528,84 @@ def test_domain_events_of_failed_attempts_are_dropped(drive) -> None:
 
     result = drive(Orchestrator(), E())
     assert result.events == ("attempt 2",)
+
+
+def test_a_step_leaving_a_field_that_cannot_be_stored_is_undone_and_the_saga_ends(
+    drive, tmp_path
+) -> None:
+    # As a user met it: the step took effect, then the save failed; the saga stayed
+    # RUNNING for ever ("already executing" on a new run, recover failing the same way).
+    undone: list[tuple[str, str, object]] = []
+
+    @saga(name="leaky")
+    class Leaky:
+        handle: object = None
+
+        @step
+        def reserve(self, ctx): ...
+
+        @reserve.compensate
+        def release(self, ctx):
+            undone.append(("release", ctx.forward_key, self.handle))
+
+        @step
+        def connect(self, ctx):
+            self.handle = threading.Lock()  # not JSON: the save after this step fails
+
+        @connect.compensate
+        def disconnect(self, ctx):
+            undone.append(("disconnect", ctx.forward_key, self.handle))
+
+        @step(pivot=True)
+        def ship(self, ctx): ...
+
+    path = tmp_path / "sagas.db"
+    with Orchestrator(f"sqlite:///{path}") as orchestrator:
+        result = drive(orchestrator, Leaky(), "x")
+        assert result.status is SagaStatus.COMPENSATED
+        assert isinstance(result.error, StepError) and result.error.step == "connect"
+        assert "field 'handle'" in str(result.error) and "outcome is unknown" in str(result.error)
+        # its outcome is unknown: undone too, newest first; the fields as before the step
+        assert undone == [("disconnect", "x:connect:forward", None),
+                          ("release", "x:reserve:forward", None)]
+        connect = result.step("connect")
+        assert connect.status is StepStatus.FAILED and connect.timed_out
+        assert connect.compensation is CompensationStatus.COMPENSATED
+        assert drive(orchestrator, Leaky(), "x").status is SagaStatus.COMPENSATED  # no rerun
+    with Orchestrator(f"sqlite:///{path}", sagas=[Leaky]) as reopened:
+        stored = reopened.get("x")
+        assert stored is not None and stored.status is SagaStatus.COMPENSATED
+        assert reopened.recover().resumed == {}
+
+
+def test_a_shorter_timeout_after_a_longer_one_is_watched_for_in_sync_runs() -> None:
+    # The watcher used to sleep until a's deadline (an hour) while b overran.
+    release = threading.Event()
+
+    @saga
+    class Mixed:
+        @step(timeout=3600)
+        def a(self, ctx):
+            time.sleep(0.2)  # the watcher looks while a is in flight
+
+        @a.compensate
+        def ua(self, ctx): ...
+
+        @step(timeout=0.05)
+        def b(self, ctx):
+            release.wait(60)
+
+        @b.compensate
+        def ub(self, ctx): ...
+
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(Orchestrator().run(Mixed())))
+    runner.start()
+    runner.join(timeout=30)
+    release.set()
+    assert outcome, "the sync run did not time b out"
+    result = outcome[0]
+    assert isinstance(result.error, StepTimeout) and result.error.step == "b"
 
 
 def test_invalid_transition_raises_from_the_machine() -> None:

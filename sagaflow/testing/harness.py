@@ -12,8 +12,8 @@ Three drivers:
   / :func:`~sagaflow.engine.interrupt`: the same few lines as the real drivers, with
   no threads. A timeout is *reported* (the virtual clock advances by the call's
   timeout) rather than waited for, so thousands of plans run in seconds.
-- ``"sync"`` and ``"async"``: the real drivers (:func:`sagaflow.runner.run_sync`,
-  :func:`~sagaflow.runner.run_async`) with an :class:`~sagaflow.Orchestrator` on a
+- ``"sync"`` and ``"async"``: the real drivers (:func:`sagaflow.runner.drive`,
+  :func:`~sagaflow.runner.adrive`) with an :class:`~sagaflow.Orchestrator` on a
   memory store, on a *shadow* spec whose dispatch tables wrap the user's functions.
   A planned timeout really overruns there. Sagas made only of coroutines run on a
   virtual-time event loop (:class:`~sagaflow.testing.loop.VirtualTimeLoop`), where
@@ -42,7 +42,6 @@ from ..definition import SagaSpec, StepKind, spec_of
 from ..engine import Call, Sleep, interrupt, new_record, next_command, settle
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus
-from ..runner import run_async, run_sync
 from ..stores import MemoryStore
 from .clock import VirtualClock
 from .loop import VirtualTimeLoop, all_coroutines
@@ -645,7 +644,7 @@ def run_plan(
             )
         orchestrator, shadow = _orchestrate(h)
         try:
-            run_sync(orchestrator, shadow, h.record)
+            orchestrator.drive(shadow, h.record)
         finally:
             orchestrator.close()
     return _done(h, before, snapshot)
@@ -675,7 +674,7 @@ async def arun_plan(
     else:
         orchestrator, shadow = _orchestrate(h)
         try:
-            await run_async(orchestrator, shadow, h.record)
+            await orchestrator.adrive(shadow, h.record)
         except asyncio.CancelledError:
             if not h.cancelled:
                 raise  # a real cancellation of the caller, not the plan's
