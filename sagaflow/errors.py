@@ -211,15 +211,24 @@ class CodecError(SagaflowError, TypeError):
 
 
 class CorruptRecord(SagaflowError, ValueError):
-    """A stored record cannot be read back: ``saga_id`` names it, ``reason`` says why."""
+    """A stored record cannot be read back: ``saga_id`` names it, ``reason`` says why;
+    ``column`` is the damaged column of the saga's row (``None``: not one column) and
+    ``found`` what it holds, shortened."""
 
-    def __init__(self, saga_id: str, reason: str) -> None:
+    def __init__(
+        self, saga_id: str, reason: str, column: str | None = None, found: str | None = None
+    ) -> None:
         self.saga_id = saga_id
         self.reason = reason
-        super().__init__(f"saga {saga_id!r}: the stored record cannot be read: {reason}")
+        self.column = column
+        self.found = found
+        where = ""
+        if column is not None:
+            where = f"column {column!r}" + ("" if found is None else f" holds {found}") + ": "
+        super().__init__(f"saga {saga_id!r}: the stored record cannot be read: {where}{reason}")
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (type(self), (self.saga_id, self.reason))
+        return (type(self), (self.saga_id, self.reason, self.column, self.found))
 
 
 class StoreError(SagaflowError, RuntimeError):

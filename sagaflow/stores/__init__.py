@@ -5,9 +5,10 @@
 
 from typing import TYPE_CHECKING
 
-from .base import Store, Stored
+from ._rows import StoredSaga
+from .base import Quarantined, Store, Stored
 from .memory import MemoryStore
-from .sqlite import SQLiteStore, StoredSaga
+from .sqlite import SQLiteStore
 from .url import open_store
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "MemoryStore",
     "PostgresStore",
+    "Quarantined",
     "SQLiteStore",
     "Store",
     "Stored",

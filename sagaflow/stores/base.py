@@ -7,7 +7,9 @@ durable stores serialize them (:mod:`sagaflow.codec`), the memory store keeps th
 
 Recovery and operators read undecoded sagas (:class:`Stored`) with :meth:`Store.scan`
 and :meth:`Store.load_raw`, and decode each one with :meth:`Store.decode`, so that one
-corrupted record is reported by its id and never stops the others.
+damaged record is reported by its id and never stops the others. A saga that cannot be
+decoded or driven is *quarantined* (:meth:`Store.quarantine`): set aside with the
+reason, its record untouched, until an operator lifts it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,21 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator
 from typing import Protocol, runtime_checkable
 
+import attrs
+
 from ..records import SagaRecord, SagaStatus
 
-__all__ = ["AsyncStoreMixin", "Store", "Stored"]
+__all__ = ["AsyncStoreMixin", "Quarantined", "Store", "Stored"]
+
+
+@attrs.frozen
+class Quarantined:
+    """A saga set aside: its id and name (``None`` if its row is gone), why, since when."""
+
+    saga_id: str
+    saga_name: str | None
+    reason: str
+    at: float
 
 
 class Stored(Protocol):
@@ -37,6 +51,10 @@ class Stored(Protocol):
 
     @property
     def updated_at(self) -> float: ...
+
+    @property
+    def quarantined(self) -> str | None:
+        """Why the saga was set aside (:meth:`Store.quarantine`), or ``None``."""
 
 
 @runtime_checkable
@@ -66,9 +84,15 @@ class Store(Protocol):
         """Records by status and saga name, most recently updated first."""
 
     def scan(
-        self, *, status: Collection[SagaStatus] | None = None, name: str | None = None
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
     ) -> Iterator[Stored]:
-        """Every saga matching ``status`` and ``name``, undecoded."""
+        """Sagas matching ``status`` and ``name``, undecoded: by saga id, or most
+        recently updated first; at most ``limit``."""
 
     def load_raw(self, saga_id: str) -> Stored | None:
         """The undecoded saga ``saga_id``, or ``None``."""
@@ -79,6 +103,16 @@ class Store(Protocol):
 
     def register(self, *saga_classes: type) -> None:
         """Tell the store which classes its sagas' data are instances of."""
+
+    def quarantine(self, saga_id: str, reason: str) -> None:
+        """Set ``saga_id`` aside (never claimed or recovered until lifted), saying why;
+        its record is left as it is. :class:`~sagaflow.SagaNotFound` if absent."""
+
+    def unquarantine(self, saga_id: str) -> bool:
+        """Lift ``saga_id``'s quarantine; whether it was quarantined."""
+
+    def quarantined(self) -> list[Quarantined]:
+        """Every quarantined saga, the longest set aside first."""
 
     async def acreate(self, record: SagaRecord) -> SagaRecord | None:
         """:meth:`create`, for the async driver."""

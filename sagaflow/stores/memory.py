@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Iterator
 
 import attrs
 
+from ..errors import SagaNotFound
 from ..records import SagaRecord, SagaStatus
-from .base import AsyncStoreMixin
+from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
 
@@ -17,6 +19,7 @@ class _Held:
     """A saga held in memory, as :meth:`MemoryStore.scan` lists it."""
 
     record: SagaRecord
+    quarantined: str | None = None
 
     @property
     def saga_id(self) -> str:
@@ -47,6 +50,7 @@ class MemoryStore(AsyncStoreMixin):
 
     def __init__(self) -> None:
         self._records: dict[str, SagaRecord] = {}
+        self._quarantined: dict[str, tuple[str, float]] = {}
 
     def create(self, record: SagaRecord) -> SagaRecord | None:
         # dict.setdefault is atomic under the GIL: two threads starting the same id
@@ -73,18 +77,47 @@ class MemoryStore(AsyncStoreMixin):
             for r in list(self._records.values())
             if (status is None or r.status in status) and (name is None or r.saga_name == name)
         ]
-        found.sort(key=lambda r: r.updated_at, reverse=True)
+        found.sort(key=lambda r: (-r.updated_at, r.saga_id))
         return found if limit is None else found[:limit]
 
     def scan(
-        self, *, status: Collection[SagaStatus] | None = None, name: str | None = None
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
     ) -> Iterator[_Held]:
-        for record in sorted(self.query(status=status, name=name), key=lambda r: r.saga_id):
-            yield _Held(record)
+        found = self.query(status=status, name=name)  # newest first
+        if not newest_first:
+            found.sort(key=lambda r: r.saga_id)
+        for record in found if limit is None else found[:limit]:
+            yield self._held(record)
 
     def load_raw(self, saga_id: str) -> _Held | None:
         record = self._records.get(saga_id)
-        return None if record is None else _Held(record)
+        return None if record is None else self._held(record)
+
+    def _held(self, record: SagaRecord) -> _Held:
+        why = self._quarantined.get(record.saga_id)
+        return _Held(record, None if why is None else why[0])
+
+    def quarantine(self, saga_id: str, reason: str) -> None:
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("quarantine needs a reason: say why the saga is set aside")
+        if saga_id not in self._records:
+            raise SagaNotFound(saga_id)
+        self._quarantined[saga_id] = (reason, time.time())
+
+    def unquarantine(self, saga_id: str) -> bool:
+        return self._quarantined.pop(saga_id, None) is not None
+
+    def quarantined(self) -> list[Quarantined]:
+        found = [
+            Quarantined(sid, self._records[sid].saga_name, reason, at)
+            for sid, (reason, at) in list(self._quarantined.items())
+        ]
+        return sorted(found, key=lambda q: (q.at, q.saga_id))
 
     def decode(self, stored: object, cls: type | None = None) -> SagaRecord:
         if not isinstance(stored, _Held):

@@ -240,6 +240,7 @@ def test_a_value_the_server_refuses_fails_only_its_own_save(pg_store: PostgresSt
             await pg_store.acreate(r)
         for i, r in enumerate(records):
             r.updated_at = NOW + 1
+            r.status, r.state = SagaStatus.FAILED, "failed"  # resolved by an operator
             r.resolution = "bad\x00note" if i == 7 else f"note {i}"
         outcomes = await asyncio.gather(
             *(pg_store.asave(r) for r in records), return_exceptions=True

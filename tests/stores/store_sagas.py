@@ -128,3 +128,31 @@ def assert_same(loaded: SagaRecord, expected: SagaRecord, *, version: bool = Tru
         b.pop("version")
     for key in b:
         assert a[key] == b[key], f"{key}: {a[key]!r} != {b[key]!r}"
+
+
+def possible(record: SagaRecord) -> SagaRecord:
+    """``record`` (drawn at random, for a codec's round trip) made one that a run of
+    :class:`Order` could leave, as a store's decode checks: its state, cursor, undo list,
+    failures and resolution agree with its status; its path is edges of the machine."""
+    names = [s.name for s in ORDER_SPEC.steps]
+    undoable = [i for i, fn in enumerate(ORDER_SPEC.compensations) if fn is not None]
+    record.undo = sorted({undoable[j % len(undoable)] for j in record.undo}, reverse=True)
+    failures = list(record.failures.values())
+    record.failures = {names[undoable[k % len(undoable)]]: v for k, v in enumerate(failures)}
+    status = record.status
+    if status is SagaStatus.NOT_STARTED:
+        record.cursor, record.state = 0, "not_started"
+    elif status is SagaStatus.RUNNING:
+        record.cursor %= len(names)
+        record.state = names[record.cursor]
+    elif status is SagaStatus.COMPENSATING:
+        record.undo = record.undo or [undoable[0]]
+        record.cursor %= len(record.undo)
+        record.state = "compensating_" + names[record.undo[record.cursor]]
+    else:
+        record.state = status.value.lower()
+        record.cursor = len(record.undo) if record.failures else len(names) - 1
+    if status is not SagaStatus.FAILED or not (record.resolution or "").strip():
+        record.resolution = None
+    record.path = [e for e in record.path if e in ORDER_SPEC.transitions]
+    return record

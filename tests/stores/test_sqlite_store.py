@@ -122,7 +122,7 @@ def test_synchronous_is_checked_and_applied(tmp_path: Path) -> None:
         SQLiteStore(tmp_path / "x.db", synchronous="SOMETIMES")
     for mode, level in (("FULL", 2), ("normal", 1)):
         with SQLiteStore(tmp_path / f"{mode}.db", synchronous=mode) as store:
-            assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == level
+            assert store._commit.lanes[0].conn.execute("PRAGMA synchronous").fetchone()[0] == level
 
 
 def test_an_in_memory_database_works_on_one_connection() -> None:
@@ -318,12 +318,14 @@ def test_a_corrupted_record_is_reported_by_id_and_the_others_load(durable: SQLit
         try:
             good.append(durable.decode(stored).saga_id)
         except CorruptRecord as exc:
-            bad[exc.saga_id] = str(exc)
+            bad[exc.saga_id] = exc
     assert good == ["k-0"]
     assert sorted(bad) == ["k-1", "k-2", "k-3", "k-4"]
-    assert all(msg.startswith(f"saga '{sid}': the stored record cannot be read")
-               for sid, msg in bad.items())
-    assert "BOGUS" in bad["k-3"] and "lifecycle events" in bad["k-4"]
+    assert all(str(exc).startswith(f"saga '{sid}': the stored record cannot be read")
+               for sid, exc in bad.items())
+    assert {sid: exc.column for sid, exc in bad.items()} == {
+        "k-1": "data", "k-2": "steps", "k-3": "status", "k-4": "history_count"}
+    assert bad["k-3"].found == "'BOGUS'" and "'BOGUS'" in str(bad["k-3"])
     with pytest.raises(CorruptRecord, match="'k-1'"):
         durable.load("k-1")
 
@@ -376,14 +378,14 @@ def test_concurrent_async_saves_share_one_transaction_and_each_is_durable_on_ret
         assert stored_version(durable.path, record.saga_id) == 1
 
     async def main() -> None:
-        durable._write_lock.acquire()  # hold the writer so that all 100 queue up
+        durable._commit.lanes[0].lock.acquire()  # hold the writer so that all 100 queue up
         try:
             tasks = [asyncio.create_task(save_one(r)) for r in records]
-            while len(durable._pending) < n:
+            while len(durable._commit.pending) < n:
                 await asyncio.sleep(0)
             assert all(stored_version(durable.path, r.saga_id) == 0 for r in records[:5])
         finally:
-            durable._write_lock.release()
+            durable._commit.lanes[0].lock.release()
         await asyncio.gather(*tasks)
 
     asyncio.run(main())
@@ -397,13 +399,13 @@ def test_concurrent_sync_saves_from_threads_are_grouped_too(durable: SQLiteStore
     for r in records:
         durable.create(r)
     commits = durable.commits
-    durable._write_lock.acquire()
+    durable._commit.lanes[0].lock.acquire()
     threads = [threading.Thread(target=durable.save, args=(r,)) for r in records]
     for t in threads:
         t.start()
-    while len(durable._pending) < len(records):
+    while len(durable._commit.pending) < len(records):
         time.sleep(0.001)
-    durable._write_lock.release()
+    durable._commit.lanes[0].lock.release()
     for t in threads:
         t.join()
     assert durable.commits == commits + 1
@@ -424,14 +426,14 @@ def test_one_refused_write_fails_alone_and_a_lost_race_is_reported_to_its_waiter
     huge.cursor = 2**70
 
     async def main() -> list[object]:
-        durable._write_lock.acquire()
+        durable._commit.lanes[0].lock.acquire()
         try:
             tasks = [asyncio.create_task(durable.asave(r))
                      for r in (good[1], stale, huge, good[2])]
-            while len(durable._pending) < 4:
+            while len(durable._commit.pending) < 4:
                 await asyncio.sleep(0)
         finally:
-            durable._write_lock.release()
+            durable._commit.lanes[0].lock.release()
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     outcomes = asyncio.run(main())
@@ -472,16 +474,16 @@ def test_a_cancelled_waiter_still_has_its_write_and_the_saga_goes_on(
     durable.create(record)
 
     async def main() -> None:
-        durable._write_lock.acquire()
+        durable._commit.lanes[0].lock.acquire()
         try:
             task = asyncio.create_task(durable.asave(record))
-            while not durable._pending:
+            while not durable._commit.pending:
                 await asyncio.sleep(0)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
         finally:
-            durable._write_lock.release()
+            durable._commit.lanes[0].lock.release()
         # The saga's next checkpoint follows on from the cancelled one.
         step_once(record, NOW + 1)
         await durable.asave(record)

@@ -1,0 +1,214 @@
+"""Is a decoded record one that a run of its saga could have left? Every column checked.
+
+A damaged row (a hand edit, a bug, a disk) may decode into values no run makes: a step
+cursor out of range or of the wrong type, a steps list of the wrong length, an unknown
+machine state, a timestamp that is not one. The engine would then fail with a plain
+``IndexError`` after a participant was called again; :func:`check_record` stops it
+before any step runs, with a :class:`~sagaflow.CorruptRecord` naming the saga, the
+column and what it holds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from ..definition import SagaSpec
+from ..errors import CorruptRecord, SagaflowError
+from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
+from ..records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
+
+__all__ = ["check_record", "short"]
+
+_TIMES = ("created_at", "updated_at")
+_MAYBE_TIMES = ("finished_at", "wake_at", "deadline_at", "compensation_deadline_at")
+_STEP_TIMES = (
+    "started_at", "finished_at", "compensation_started_at", "compensation_finished_at",
+)  # fmt: skip
+_ENDS = {
+    SagaStatus.COMPLETED: COMPLETED,
+    SagaStatus.COMPENSATED: COMPENSATED,
+    SagaStatus.FAILED: FAILED,
+}
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: what an error shows of a value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Bad(Exception):
+    """One column is wrong: raised inside the checks, turned into a CorruptRecord."""
+
+    def __init__(self, column: str, value: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.column = column
+        self.value = value
+        self.reason = reason
+
+
+class _Shape:
+    """What the checks need of a spec, worked out once per definition."""
+
+    __slots__ = ("compensatable", "names", "states", "transitions")
+
+    def __init__(self, spec: SagaSpec) -> None:
+        self.names = [s.name for s in spec.steps]
+        self.compensatable = frozenset(
+            i for i, fn in enumerate(spec.compensations) if fn is not None
+        )
+        self.transitions = spec.transitions
+        self.states = frozenset({NOT_STARTED}).union(
+            *((source, dest) for source, _, dest in spec.transitions)
+        )
+
+
+_shapes: dict[tuple[str, str], _Shape] = {}
+
+
+def _shape(spec: SagaSpec) -> _Shape:
+    key = (spec.name, spec.fingerprint)
+    shape = _shapes.get(key)
+    if shape is None:
+        shape = _shapes[key] = _Shape(spec)
+    return shape
+
+
+def check_record(record: SagaRecord, spec: SagaSpec | None) -> None:
+    """Raise :class:`~sagaflow.CorruptRecord` (``saga_id``, ``column``, ``found``) for
+    the first column of ``record`` that holds what no run could have left.
+
+    Types and ranges are always checked. Against ``spec`` (when it is the definition the
+    saga was stored under: same fingerprint) also: the steps (as many, same names), the
+    state (one of the machine's, the one the status and cursor imply), the cursor and
+    the undo list (in range, compensatable steps, newest first), the failures (steps
+    that have a compensation) and the path (edges of the machine).
+    """
+    try:
+        _check_types(record)
+        if spec is not None and spec.fingerprint == record.fingerprint:
+            _check_against(record, spec)
+    except _Bad as bad:
+        raise CorruptRecord(record.saga_id, bad.reason, bad.column, short(bad.value)) from None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # not bool, not a float that happens to be whole
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) in (float, int) and math.isfinite(value)
+
+
+def _check_types(r: SagaRecord) -> None:
+    for column in ("saga_id", "saga_name", "fingerprint"):
+        value = getattr(r, column)
+        if type(value) is not str or not value:
+            raise _Bad(column, value, "a non-empty string is expected")
+    if not isinstance(r.status, SagaStatus):
+        raise _Bad("status", r.status, "one of " + ", ".join(s.value for s in SagaStatus))
+    if type(r.state) is not str or not r.state:
+        raise _Bad("state", r.state, "a state name is expected")
+    if not _is_int(r.version) or r.version < 0:
+        raise _Bad("version", r.version, "a version (an int >= 0) is expected")
+    if not _is_int(r.cursor) or r.cursor < 0:
+        raise _Bad("cursor", r.cursor, "a step position (an int >= 0) is expected")
+    for column in _TIMES:
+        value = getattr(r, column)
+        if not _is_time(value):
+            raise _Bad(column, value, "a time (a finite number of seconds) is expected")
+    for column in _MAYBE_TIMES:
+        value = getattr(r, column)
+        if value is not None and not _is_time(value):
+            raise _Bad(column, value, "a time (a finite number of seconds) or null is expected")
+    undo = r.undo
+    if not all(_is_int(j) and j >= 0 for j in undo):
+        raise _Bad("undo", undo, "a list of step indices (ints >= 0) is expected")
+    if any(a <= b for a, b in itertools.pairwise(undo)):
+        raise _Bad("undo", undo, "step indices newest first (decreasing) are expected")
+    if r.error is not None and not isinstance(r.error, SagaflowError):
+        raise _Bad("error", r.error, "a sagaflow error is expected")
+    failures = r.failures
+    if not all(type(k) is str and type(v) is str for k, v in failures.items()):
+        raise _Bad("failures", failures, "a map of step name to error text is expected")
+    if r.resolution is not None:
+        if type(r.resolution) is not str or not r.resolution.strip():
+            raise _Bad("resolution", r.resolution, "an operator's note (text) is expected")
+        if r.status is not SagaStatus.FAILED:
+            raise _Bad("resolution", r.resolution,
+                       f"only a FAILED saga is resolved, this one is {r.status.value}")
+    for edge in r.path:
+        if len(edge) != 3 or not all(type(x) is str for x in edge):
+            raise _Bad("path", edge, "edges (source, trigger, destination) are expected")
+    for i, step in enumerate(r.steps):
+        problem = _step_problem(step)
+        if problem is not None:
+            raise _Bad("steps", step, f"step record #{i}: {problem}")
+
+
+def _step_problem(s: StepRecord) -> str | None:
+    if type(s.name) is not str or not s.name:
+        return "its name is not a step name"
+    if not isinstance(s.status, StepStatus) or not isinstance(s.compensation, CompensationStatus):
+        return "its status is not one a step has"
+    if not _is_int(s.attempts) or s.attempts < 0 or not _is_int(s.compensation_attempts) or (
+        s.compensation_attempts < 0
+    ):
+        return "its attempts are not a count"
+    for name in _STEP_TIMES:
+        value = getattr(s, name)
+        if value is not None and not _is_time(value):
+            return f"its {name} is not a time"
+    if type(s.timed_out) is not bool:
+        return "its timed_out is not a boolean"
+    for value in (s.error, s.compensation_error):
+        if value is not None and type(value) is not str:
+            return "its error is not text"
+    return None
+
+
+def _check_against(r: SagaRecord, spec: SagaSpec) -> None:
+    shape = _shape(spec)
+    names = shape.names
+    n = len(names)
+    if r.saga_name != spec.name:
+        raise _Bad("saga_name", r.saga_name, f"the class given is saga {spec.name!r}")
+    if [s.name for s in r.steps] != names:
+        raise _Bad("steps", [s.name for s in r.steps],
+                   f"saga {spec.name!r} has {n} steps: {', '.join(names)}")
+    state = r.state
+    if state not in shape.states:
+        raise _Bad("state", state, f"not a state of saga {spec.name!r}'s machine")
+    for j in r.undo:
+        if j >= n or j not in shape.compensatable:
+            raise _Bad("undo", r.undo, f"step index {j} is not a step with a compensation")
+    status = r.status
+    cursor = r.cursor
+    if status is SagaStatus.NOT_STARTED:
+        expected = NOT_STARTED
+    elif status is SagaStatus.RUNNING:
+        if cursor >= n:
+            raise _Bad("cursor", cursor, f"a running saga is at one of its {n} steps (0-{n - 1})")
+        expected = names[cursor]
+    elif status is SagaStatus.COMPENSATING:
+        if cursor >= len(r.undo):
+            raise _Bad("cursor", cursor,
+                       f"a compensating saga is at one of its {len(r.undo)} undo positions")
+        expected = compensation_state(names[r.undo[cursor]])
+    else:
+        if cursor > max(n, len(r.undo)) or (
+            status is SagaStatus.FAILED and not r.failures and cursor >= n
+        ):
+            raise _Bad("cursor", cursor, f"out of range for a {status.value} saga of {n} steps")
+        expected = _ENDS[status]
+    if state != expected:
+        raise _Bad("state", state, f"a {status.value} saga at this cursor is in {expected!r}")
+    for name in r.failures:
+        if name not in names or names.index(name) not in shape.compensatable:
+            raise _Bad("failures", r.failures, f"{name!r} is not a step with a compensation")
+    transitions = shape.transitions
+    for edge in r.path:
+        if edge not in transitions:
+            raise _Bad("path", edge, f"not a transition of saga {spec.name!r}'s machine")

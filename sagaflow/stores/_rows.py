@@ -1,0 +1,312 @@
+"""The saga row of the durable stores, both ways: a record to its columns (encoding only
+what changed since the store last wrote it) and a row back to a checked record.
+
+The row: headline columns (id, name, definition fingerprint, status, machine state,
+version, cursor, timestamps); as JSON text the step records, the saga instance
+(``data``), the error, the incident (``failures``); and the recent tails of three
+append-only lists, lifecycle events (``history``), domain events (``events``) and the
+path through the machine (``path``), each with its count. Every :data:`INLINE` items, a
+chunk of a list moves out of the row into its own table (``sagaflow_history``,
+``sagaflow_events``, ``sagaflow_path``), so a checkpoint writes O(1) bytes however long
+the saga runs, and encodes only the new items (:class:`Tracked`).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from ..codec import Codec, describe_failure
+from ..definition import SagaSpec
+from ..errors import CorruptRecord, StoreError
+from ..records import SagaRecord, SagaStatus, StepRecord
+from ._check import check_record, short
+
+__all__ = [
+    "AT",
+    "COLUMNS",
+    "INLINE",
+    "STATIC",
+    "StoredSaga",
+    "Tail",
+    "Tracked",
+    "decode_row",
+    "edge_text",
+    "extend",
+    "spilled",
+]
+
+#: The saga row's columns, in the order a write binds them.
+COLUMNS = (
+    "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
+    "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
+    "compensation_deadline_at", "steps", "data", "error", "failures", "resolution",
+    "history", "history_count", "events", "events_count", "path", "path_count",
+)  # fmt: skip
+AT = {name: i for i, name in enumerate(COLUMNS)}  #: each column's position
+#: Columns a checkpoint usually leaves as they are (a store may leave them out of its
+#: UPDATE: naming an indexed column rewrites its index entry in SQLite).
+STATIC = ("saga_id", "saga_name", "fingerprint", "data_type", "status", "created_at")
+_STATIC_AT = tuple(AT[c] for c in STATIC[1:])
+#: Items of each append-only list kept in the saga's row; every INLINE, a chunk moves to
+#: the list's table.
+INLINE = 32
+_TERMINAL_VALUES = frozenset(s.value for s in SagaStatus if s.is_terminal)
+_step_values = operator.attrgetter(*(f.name for f in attrs.fields(StepRecord)))
+
+
+def spilled(n: int) -> int:
+    """How many of ``n`` items live in the list's table (the rest are inline)."""
+    return n - n % INLINE
+
+
+def edge_text(edge: tuple[str, str, str]) -> str:
+    """One path edge as JSON: ``["source","trigger","destination"]``. State and trigger
+    names are identifiers (nothing to escape); anything else goes through json."""
+    a, b, c = edge
+    if a.isidentifier() and b.isidentifier() and c.isidentifier():
+        return f'["{a}","{b}","{c}"]'
+    return json.dumps([a, b, c], separators=(",", ":"), ensure_ascii=False)
+
+
+# --- what the store has: encoding only what changed ---------------------------------------
+
+#: One append-only list as stored: (its length, its inline items' JSON joined by commas).
+Tail = tuple[int, str]
+
+
+def extend(
+    tail: Tail,
+    n: int,
+    text_of: Callable[[int], str],
+    row_of: Callable[[int], tuple[Any, ...]],
+    what: str,
+    saga_id: str,
+) -> tuple[list[tuple[Any, ...]], Tail]:
+    """The rows to append to a list's table and its new tail, now that the list has
+    ``n`` items and the store has ``tail``: only the new items are encoded, except at a
+    spill, which encodes the (at most INLINE - 1) items left inline again."""
+    stored, text = tail
+    if n < stored:
+        raise StoreError(f"saga {saga_id!r}: its {what} shrank since the last save; it is "
+                         "append-only")
+    if n == stored:
+        return [], tail
+    first, last = spilled(stored), spilled(n)
+    if first == last:
+        added = ",".join([text_of(i) for i in range(stored, n)])
+        return [], (n, f"{text},{added}" if text else added)
+    return [row_of(i) for i in range(first, last)], (
+        n, ",".join([text_of(i) for i in range(last, n)])
+    )
+
+
+class Tracked:
+    """What the store has of a saga at ``version``: each step record's values and JSON
+    (``None``: not encoded here yet), the three tails, the :data:`STATIC` columns."""
+
+    __slots__ = ("events", "history", "path", "static", "step_texts", "step_values", "version")
+
+    def __init__(
+        self,
+        version: int,
+        steps: tuple[list[Any], list[str] | None],
+        history: Tail,
+        events: Tail,
+        path: Tail,
+        static: tuple[Any, ...],
+    ) -> None:
+        self.version = version
+        self.step_values, self.step_texts = steps
+        self.history = history
+        self.events = events
+        self.path = path
+        self.static = static
+
+    @classmethod
+    def of(cls, stored: StoredSaga, record: SagaRecord) -> Tracked:
+        """What a store that just read ``stored`` (decoded as ``record``) has."""
+        c = stored.columns
+        return cls(
+            stored.version,
+            ([_step_values(s) for s in record.steps], None),
+            (len(record.history), c[AT["history"]][1:-1]),
+            (len(record.events), c[AT["events"]][1:-1]),
+            (len(record.path), c[AT["path"]][1:-1]),
+            tuple(c[i] for i in _STATIC_AT),
+        )
+
+
+def encode_steps(
+    codec: Codec, steps: list[StepRecord], tracked: Tracked | None
+) -> tuple[str, tuple[list[Any], list[str]]]:
+    """The steps column, re-encoding only the step records whose values changed since
+    ``tracked`` (whose lists are updated in place); and the values and texts."""
+    dump_step = codec.dump_step
+    if tracked is None or tracked.step_texts is None or len(tracked.step_values) != len(steps):
+        values = list(map(_step_values, steps))
+        texts = list(map(dump_step, steps))
+    else:
+        values, texts = tracked.step_values, tracked.step_texts
+        now = list(map(_step_values, steps))
+        if now != values:
+            for i, v in enumerate(now):
+                if v != values[i]:
+                    values[i] = v
+                    texts[i] = dump_step(steps[i])
+    return "[" + ",".join(texts) + "]", (values, texts)
+
+
+def static_of(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The :data:`STATIC` columns of ``row`` but the id."""
+    return tuple(row[i] for i in _STATIC_AT)
+
+
+# --- a row back to a record ----------------------------------------------------------------
+
+
+@attrs.frozen(slots=True)
+class StoredSaga:
+    """A saga as stored, not yet decoded: what recovery and operators decide on.
+
+    Decode it with the store's ``decode``; a damaged record fails there (with
+    :class:`~sagaflow.CorruptRecord` naming it and the column), not while listing.
+    ``quarantined`` is why the saga was set aside, if it was.
+    """
+
+    saga_id: str
+    saga_name: str
+    fingerprint: str
+    status: str
+    state: str
+    version: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    wake_at: float | None
+    deadline_at: float | None
+    data_type: str
+    quarantined: str | None
+    columns: tuple[Any, ...] = attrs.field(repr=False)
+    history: tuple[tuple[Any, ...], ...] = attrs.field(repr=False)
+    events: tuple[str, ...] = attrs.field(repr=False)
+    path: tuple[tuple[Any, ...], ...] = attrs.field(repr=False)
+
+    @staticmethod
+    def fields(
+        row: Sequence[Any],
+        history: Sequence[tuple[Any, ...]],
+        events: Sequence[str],
+        path: Sequence[tuple[Any, ...]],
+        quarantined: str | None,
+    ) -> dict[str, Any]:
+        """The constructor's arguments from the saga row (its :data:`COLUMNS` first)."""
+        return {
+            "saga_id": row[0], "saga_name": row[1], "fingerprint": row[2],
+            "data_type": row[3], "status": row[4], "state": row[5], "version": row[6],
+            "created_at": row[9], "updated_at": row[10], "finished_at": row[11],
+            "wake_at": row[12], "deadline_at": row[13], "quarantined": quarantined,
+            "columns": tuple(row[: len(COLUMNS)]), "history": tuple(history),
+            "events": tuple(events), "path": tuple(path),
+        }  # fmt: skip
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the stored status is a final one."""
+        return self.status in _TERMINAL_VALUES
+
+
+class _Column(Exception):
+    """Decoding ``column`` failed (its cause says how)."""
+
+    def __init__(self, column: str) -> None:
+        super().__init__(column)
+        self.column = column
+
+
+def decode_row(
+    codec: Codec, stored: StoredSaga, cls: type | None, spec: SagaSpec | None
+) -> SagaRecord:
+    """The record of ``stored``, its data an instance of ``cls`` (``None``: its JSON),
+    checked against ``spec``. Raises :class:`~sagaflow.CorruptRecord` naming the
+    column that cannot be read or holds what no run leaves."""
+    c = stored.columns
+    sid, name = stored.saga_id, stored.saga_name
+    column = "data"
+    try:
+        loads = codec.loads_json
+        text = c[AT["data"]]
+        data = loads(text) if cls is None else codec.load_data(text, cls)
+        column = "steps"
+        steps = codec.load_steps(c[AT["steps"]])
+        column = "status"
+        status = SagaStatus(stored.status)
+        column = "undo"
+        undo = list(loads(c[AT["undo"]]))
+        column = "error"
+        error_text = c[AT["error"]]
+        error = None if error_text is None else codec.decode_error(loads(error_text))
+        column = "failures"
+        failures_text = c[AT["failures"]]
+        failures = {} if failures_text is None else dict(loads(failures_text))
+        column = "history"
+        history = [codec.event_from_row(h, sid, name) for h in stored.history]
+        history.extend(
+            codec.event_from_item(item, sid, name)
+            for item in _tail(stored, "history", len(history), loads)
+        )
+        column = "events"
+        events = [codec.load_event(body) for body in stored.events]
+        inline = _tail(stored, "events", len(events), loads)
+        events.extend(codec.decode_value(item) for item in inline)
+        column = "path"
+        path = [(a, b, d) for a, b, d in stored.path]
+        path.extend((a, b, d) for a, b, d in _tail(stored, "path", len(path), loads))
+    except CorruptRecord:
+        raise
+    except _Column as bad:
+        value = c[AT[bad.column]]
+        raise CorruptRecord(sid, describe_failure(bad.__cause__ or bad), bad.column,
+                            short(value)) from bad.__cause__
+    except Exception as exc:  # anything malformed: one error naming the saga and column
+        raise CorruptRecord(sid, describe_failure(exc), column, short(c[AT[column]])) from exc
+    record = SagaRecord(
+        saga_id=sid, saga_name=name, fingerprint=stored.fingerprint, data=data,
+        steps=steps, created_at=c[AT["created_at"]], status=status, state=stored.state,
+        cursor=c[AT["cursor"]], undo=undo, wake_at=c[AT["wake_at"]],
+        deadline_at=c[AT["deadline_at"]],
+        compensation_deadline_at=c[AT["compensation_deadline_at"]],
+        updated_at=c[AT["updated_at"]], finished_at=c[AT["finished_at"]], error=error,
+        failures=failures, events=events, history=history, version=stored.version,
+        resolution=c[AT["resolution"]], path=path,
+    )  # fmt: skip
+    if type(c[AT["data_type"]]) is not str or not c[AT["data_type"]]:
+        raise CorruptRecord(sid, "a type path is expected", "data_type", short(c[AT["data_type"]]))
+    check_record(record, spec)
+    return record
+
+
+def _tail(stored: StoredSaga, what: str, outside: int, loads: Callable[[str], Any]) -> list[Any]:
+    """The inline items of list ``what``, checking that with the ``outside`` ones spilled
+    to its table they add up to the row's count."""
+    c = stored.columns
+    count = c[AT[f"{what}_count"]]
+    try:
+        inline = loads(c[AT[what]])
+        if type(inline) is not list:
+            raise ValueError(f"a JSON list of the last {what} items is expected")
+    except Exception as exc:
+        raise _Column(what) from exc
+    if type(count) is not int or outside != spilled(count) or len(inline) != count - outside:
+        raise CorruptRecord(
+            stored.saga_id,
+            f"the count of the {what} items, but {outside} are in its table and "
+            f"{len(inline)} in the row",
+            f"{what}_count",
+            short(count),
+        )
+    return inline

@@ -1,0 +1,606 @@
+"""The durable store, written once: what the SQLite and PostgreSQL stores share.
+
+:class:`SQLStore` is the store protocol over a saga row (:mod:`._rows`) and group
+commit (:mod:`._commit`): which class a stored saga's data is an instance of, what a
+write carries (only what changed since this store last wrote the saga), how a row is
+read back and checked, paging through sagas, quarantine, and the schema's version and
+migrations. A dialect (:mod:`.sqlite`, :mod:`.postgres`) adds what differs: its
+connections and SQL text, how a batch of writes is executed, how rows are fetched with
+their lists' older items, and (PostgreSQL) the queue: claims, leases, fencing.
+
+Writes are write-ahead: ``save`` and ``asave`` return once the record is committed.
+Optimistic concurrency: a save names the version it follows, and a row that moved on
+is never overwritten (:class:`~sagaflow.ConcurrentModification`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import Callable, Collection, Iterator, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from ..codec import Codec, default_codec, import_path, type_path
+from ..definition import is_saga, spec_of
+from ..errors import CodecError, SagaNotFound, StoreError, UnknownSagaClass
+from ..records import SagaRecord, SagaStatus
+from ._commit import Committer, Write
+from ._rows import (
+    COLUMNS,
+    StoredSaga,
+    Tail,
+    Tracked,
+    decode_row,
+    edge_text,
+    encode_steps,
+    extend,
+    static_of,
+)
+from .base import Quarantined, Stored
+
+__all__ = ["SCHEMA_VERSION", "SQLStore", "Select", "quarantine_join", "select_list"]
+
+#: The layout this code writes; a database with a newer one is refused, an older one
+#: migrated when opened (unless read-only).
+SCHEMA_VERSION = 2
+_NOTHING: Tail = (0, "")
+_META = (
+    "CREATE TABLE IF NOT EXISTS sagaflow_meta "
+    "(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
+)
+_SET_VERSION = (
+    "INSERT INTO sagaflow_meta (key, value) VALUES ('schema_version', ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
+_QUARANTINE = (
+    "INSERT INTO sagaflow_quarantine (saga_id, reason, at) SELECT ?, ?, ? "
+    "WHERE EXISTS (SELECT 1 FROM sagaflow_sagas WHERE saga_id = ?) "
+    "ON CONFLICT (saga_id) DO UPDATE SET reason = excluded.reason, at = excluded.at"
+)
+_QUARANTINED = (
+    "SELECT q.saga_id, s.saga_name, q.reason, q.at FROM sagaflow_quarantine q "
+    "LEFT JOIN sagaflow_sagas s ON s.saga_id = q.saga_id ORDER BY q.at, q.saga_id"
+)
+
+
+def select_list(layout: int, alias: str = "s") -> str:
+    """The saga row's columns (:data:`~._rows.COLUMNS`) and its quarantine reason, as a
+    query on ``sagaflow_sagas {alias}`` joined to ``sagaflow_quarantine q`` reads them;
+    a version-1 table (read-only) has neither path nor quarantine: empty ones stand in."""
+    if layout >= 2:
+        return ", ".join(f"{alias}.{c}" for c in COLUMNS) + ", q.reason"
+    old = {"path": "'[]'", "path_count": "0"}
+    return ", ".join(old.get(c, f"{alias}.{c}") for c in COLUMNS) + ", NULL"
+
+
+def quarantine_join(layout: int, alias: str = "s") -> str:
+    """The join that :func:`select_list` reads the quarantine reason from."""
+    if layout < 2:
+        return ""
+    return f" LEFT JOIN sagaflow_quarantine q ON q.saga_id = {alias}.saga_id"
+
+
+@attrs.frozen
+class Select:
+    """Which sagas a read wants: filters, the keyset position to page on from
+    (``(saga_id,)``, or ``(updated_at, saga_id)`` when newest first), order, limit."""
+
+    status: tuple[str, ...] | None = None
+    name: str | None = None
+    saga_id: str | None = None
+    after: tuple[Any, ...] | None = None
+    newest_first: bool = False
+    limit: int | None = None
+
+    def render(self, mark: str) -> tuple[str, list[Any]]:
+        """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with
+        ``mark`` as the parameter placeholder, and its parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.status is not None:
+            clauses.append(f"s.status IN ({', '.join([mark] * len(self.status))})")
+            params.extend(self.status)
+        if self.name is not None:
+            clauses.append(f"s.saga_name = {mark}")
+            params.append(self.name)
+        if self.saga_id is not None:
+            clauses.append(f"s.saga_id = {mark}")
+            params.append(self.saga_id)
+        if self.after is not None and self.newest_first:
+            clauses.append(
+                f"(s.updated_at < {mark} OR (s.updated_at = {mark} AND s.saga_id > {mark}))"
+            )
+            params.extend((self.after[0], self.after[0], self.after[1]))
+        elif self.after is not None:
+            clauses.append(f"s.saga_id > {mark}")
+            params.append(self.after[0])
+        text = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        order = "s.updated_at DESC, s.saga_id" if self.newest_first else "s.saga_id"
+        text += f" ORDER BY {order}"
+        if self.limit is not None:
+            text += f" LIMIT {mark}"
+            params.append(int(self.limit))
+        return text, params
+
+
+class SQLStore:
+    """The durable store's logic; a dialect subclass provides :meth:`_fetch`,
+    :meth:`_write_batch`, :meth:`_execute`, :meth:`_where` and opens its lanes.
+
+    ``readonly`` stores never write: no table is created, no schema migrated, and every
+    write raises :class:`~sagaflow.StoreError`.
+    """
+
+    #: the parameter placeholder of the dialect's SQL
+    MARK: ClassVar[str] = "?"
+
+    commits: int  #: transactions committed
+    writes: int  #: saga writes they carried: ``writes / commits`` checkpoints per commit
+
+    def __init__(self, codec: Codec | None, readonly: bool) -> None:
+        self.codec = codec if codec is not None else default_codec
+        self.readonly = readonly
+        self.commits = 0
+        self.writes = 0
+        #: the schema version found in the database (a read-only store reads older ones)
+        self.layout = SCHEMA_VERSION
+        self._closed = False
+        self._pid = os.getpid()
+        # saga name -> {fingerprint: saga class}: how stored data is turned back into
+        # instances. Filled by register() and by every create().
+        self._classes: dict[str, dict[str, type]] = {}
+        self._data_types: dict[type, str] = {}
+        # record -> what the store has of it, so that a checkpoint encodes only what
+        # changed. A record without an entry (a copy made elsewhere) is encoded whole,
+        # and the writer skips its spilled items already stored. Running sagas only;
+        # an entry goes when its record does.
+        self._tracked: weakref.WeakKeyDictionary[SagaRecord, Tracked] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._commit: Committer
+
+    # -- what a dialect provides ---------------------------------------------------------
+
+    def _fetch(self, select: Select) -> list[StoredSaga]:
+        """The sagas ``select`` wants, with their lists' spilled items, in one snapshot."""
+        raise NotImplementedError
+
+    def _write_batch(self, batch: list[Write], lane: Any) -> None:
+        """Write ``batch`` in one transaction on ``lane``; set each item's outcome."""
+        raise NotImplementedError
+
+    def _execute(self, statement: str, params: Sequence[Any] = (), *, write: bool = False) -> Any:
+        """Run one statement (SQL with ``?`` marks): its rows, or its row count."""
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        """Where the database is, for messages."""
+        raise NotImplementedError
+
+    # -- saga classes ----------------------------------------------------------------------
+
+    def register(self, *saga_classes: type) -> None:
+        """Tell the store which classes stored sagas are instances of, so it can load
+        them (``create`` registers the classes it sees; recovery registers the rest)."""
+        for cls in saga_classes:
+            spec = spec_of(cls)
+            self._classes.setdefault(spec.name, {})[spec.fingerprint] = spec.cls
+
+    def _learn(self, record: SagaRecord) -> None:
+        known = self._classes.setdefault(record.saga_name, {})
+        cls = type(record.data)
+        if known.get(record.fingerprint) is not cls:
+            known.pop(record.fingerprint, None)  # re-insert: the newest class is last
+            known[record.fingerprint] = cls
+
+    def _class_for(self, stored: StoredSaga) -> type:
+        known = self._classes.get(stored.saga_name)
+        if known:
+            exact = known.get(stored.fingerprint)
+            return exact if exact is not None else next(reversed(known.values()))
+        try:
+            found = import_path(stored.data_type)
+        except CodecError as exc:
+            raise UnknownSagaClass(
+                stored.saga_id, stored.saga_name, str(stored.data_type), str(exc)
+            ) from exc
+        if not is_saga(found) or spec_of(found).name != stored.saga_name:
+            raise UnknownSagaClass(
+                stored.saga_id, stored.saga_name, stored.data_type,
+                "that name is not a saga class of this name",
+            )
+        self.register(found)
+        return found  # type: ignore[no-any-return]
+
+    def _data_type(self, cls: type) -> str:
+        path = self._data_types.get(cls)
+        if path is None:
+            path = self._data_types[cls] = type_path(cls)
+        return path
+
+    # -- encoding a write ------------------------------------------------------------------
+
+    def _item(
+        self,
+        record: SagaRecord,
+        create: bool,
+        fence: int | None = None,
+        run_at: float | None = None,
+    ) -> Write:
+        """Encode a write of ``record``: a create, or a save of the next version."""
+        self._check_writable()
+        try:
+            item = self._encode(record, create)
+        except BaseException:
+            # What this store knows of the saga may be half updated: forget it (the
+            # next save encodes the whole record).
+            self._tracked.pop(record, None)
+            raise
+        item.fence = fence
+        if not item.terminal:
+            item.run_at = run_at
+        return item
+
+    def _encode(self, record: SagaRecord, create: bool) -> Write:
+        codec = self.codec
+        sid = record.saga_id
+        expected = record.version
+        tracked = None if create else self._tracked.get(record)
+        if tracked is not None and tracked.version != expected:
+            tracked = None
+        steps, step_cache = encode_steps(codec, record.steps, tracked)
+        history, events, path = record.history, record.events, record.path
+        history_row, history_text = codec.history_row, codec.history_text
+        dump_event = codec.dump_event
+        h_rows, h_tail = extend(
+            _NOTHING if tracked is None else tracked.history, len(history),
+            lambda i: history_text(history_row(history[i])),
+            lambda i: (sid, i, *history_row(history[i])),
+            "history", sid,
+        )  # fmt: skip
+        e_rows, e_tail = extend(
+            _NOTHING if tracked is None else tracked.events, len(events),
+            lambda i: dump_event(events[i], record, i),
+            lambda i: (sid, i, dump_event(events[i], record, i)),
+            "domain events", sid,
+        )  # fmt: skip
+        p_rows, p_tail = extend(
+            _NOTHING if tracked is None else tracked.path, len(path),
+            lambda i: edge_text(path[i]), lambda i: (sid, i, *path[i]), "path", sid,
+        )  # fmt: skip
+        version = expected if create else expected + 1
+        # At a saga's first save here, check that its data loads back as itself.
+        row = self._row(record, version, tracked is None, steps, h_tail, e_tail, p_tail)
+        item = Write(create, row, expected, h_rows, e_rows, p_rows, tracked is None and not create)
+        static = static_of(row)
+        item.narrow = tracked is not None and tracked.static == static
+        if record.status.is_terminal:
+            item.terminal = True
+            self._tracked.pop(record, None)  # running sagas only
+            return item
+        now = Tracked(version, step_cache, h_tail, e_tail, p_tail, static)
+        if create:
+            item.tracked = now  # installed once the insert is known to be new
+        else:
+            self._tracked[record] = now
+        return item
+
+    def _row(
+        self,
+        record: SagaRecord,
+        version: int,
+        verify: bool,
+        steps: str,
+        history: Tail,
+        events: Tail,
+        path: Tail,
+    ) -> tuple[Any, ...]:
+        """The saga row's values, in :data:`~._rows.COLUMNS` order."""
+        codec = self.codec
+        dumps = codec.dumps_json
+        error = record.error
+        return (
+            record.saga_id, record.saga_name, record.fingerprint,
+            self._data_type(type(record.data)), record.status.value, record.state, version,
+            record.cursor, dumps(record.undo) if record.undo else "[]", record.created_at,
+            record.updated_at, record.finished_at, record.wake_at, record.deadline_at,
+            record.compensation_deadline_at, steps, codec.dump_data(record, verify=verify),
+            None if error is None else dumps(codec.encode_error(error)),
+            dumps(record.failures) if record.failures else None, record.resolution,
+            f"[{history[1]}]", history[0], f"[{events[1]}]", events[0], f"[{path[1]}]",
+            path[0],
+        )  # fmt: skip
+
+    def _committed(self, batch: list[Write], outcomes: list[BaseException | bool]) -> None:
+        """A dialect committed ``batch``: count it, give each item its outcome (True:
+        written or inserted; False: a create whose id existed; an error: a lost race)."""
+        self.commits += 1
+        self.writes += len(batch)
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                item.error = outcome
+            else:
+                item.inserted = outcome
+
+    # -- the Store protocol: sync ----------------------------------------------------------
+
+    def create(self, record: SagaRecord) -> SagaRecord | None:
+        """Insert ``record`` unless its saga id exists (then return the stored one).
+
+        The first save of a saga: its data is checked to load back as itself, so a
+        field that cannot be stored fails here, naming the field.
+        """
+        item = self._item(record, create=True)
+        self._commit.submit((item,))
+        if item.error is not None:
+            raise item.error
+        return self._created(record, item)
+
+    def _created(self, record: SagaRecord, item: Write) -> SagaRecord | None:
+        if item.inserted:
+            self._learn(record)
+            if item.tracked is not None:
+                self._tracked[record] = item.tracked
+            return None
+        stored = self.load_raw(record.saga_id)
+        if stored is None:  # deleted in between: nothing to report but a retry
+            return self.create(record)
+        if stored.saga_name == record.saga_name:
+            return self.decode(stored, type(record.data))
+        try:
+            return self.decode(stored)
+        except UnknownSagaClass:
+            return self.decode(stored, raw_data=True)
+
+    def save(self, record: SagaRecord) -> None:
+        """Commit ``record``; durable when this returns.
+
+        Optimistic concurrency: the store's version must be ``record.version``, which
+        is then bumped; else :class:`~sagaflow.ConcurrentModification` and nothing is
+        written.
+        """
+        self._save(record, None)
+
+    def _save(self, record: SagaRecord, fence: int | None) -> None:
+        item = self._item(record, create=False, fence=fence)
+        try:
+            self._commit.submit((item,))
+        except BaseException:
+            self._tracked.pop(record, None)
+            raise
+        if item.error is not None:
+            self._tracked.pop(record, None)
+            raise item.error
+        record.version = item.expected + 1
+
+    def load(self, saga_id: str) -> SagaRecord | None:
+        """The record of ``saga_id`` (a fresh copy), or ``None``."""
+        stored = self.load_raw(saga_id)
+        return None if stored is None else self.decode(stored)
+
+    def query(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[SagaRecord]:
+        """Records by status and saga name, most recently updated first."""
+        found = self.scan(status=status, name=name, newest_first=True, limit=limit)
+        return [self.decode(s) for s in found]
+
+    # -- the Store protocol: async ---------------------------------------------------------
+
+    async def acreate(self, record: SagaRecord) -> SagaRecord | None:
+        """:meth:`create`, group-committed with other sagas' writes."""
+        return await self._acreate(self._item(record, create=True), record)
+
+    async def _acreate(self, item: Write, record: SagaRecord) -> SagaRecord | None:
+        await self._commit.submit_async(item)
+        if item.inserted:
+            return self._created(record, item)
+        return await asyncio.to_thread(self._created, record, item)
+
+    async def asave(self, record: SagaRecord) -> None:
+        """:meth:`save`, group-committed: many sagas' checkpoints share a transaction,
+        and this returns once *this* record is committed.
+
+        If the awaiting task is cancelled meanwhile, the write still happens (it may
+        already be committed) and ``record.version`` already counts it, so the saga's
+        next save follows on from it.
+        """
+        await self._asave(record, None)
+
+    async def _asave(self, record: SagaRecord, fence: int | None) -> None:
+        item = self._item(record, create=False, fence=fence)
+        expected = item.expected
+        record.version = expected + 1
+        try:
+            await self._commit.submit_async(item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            if record.version == expected + 1:
+                record.version = expected
+            self._tracked.pop(record, None)
+            raise
+
+    async def aload(self, saga_id: str) -> SagaRecord | None:
+        """:meth:`load` on a worker thread."""
+        return await asyncio.to_thread(self.load, saga_id)
+
+    # -- raw access: recovery and operators ------------------------------------------------
+
+    def load_raw(self, saga_id: str) -> StoredSaga | None:
+        """The stored form of ``saga_id``, not decoded; ``None`` if absent."""
+        found = self._fetch(Select(saga_id=saga_id))
+        return found[0] if found else None
+
+    def scan(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        batch: int = 500,
+    ) -> Iterator[StoredSaga]:
+        """Stored sagas matching ``status`` and ``name``, undecoded: by saga id, or
+        most recently updated first; at most ``limit``.
+
+        Reads in batches (each one consistent), so a huge table does not sit in memory
+        and writers are not held up. Decoding is left to :meth:`decode`, so one damaged
+        record is reported by its id and never stops the iteration.
+        """
+        values = None if status is None else tuple(SagaStatus(s).value for s in status)
+        if values == ():
+            return
+        left = limit
+        after: tuple[Any, ...] | None = None
+        while left is None or left > 0:
+            size = batch if left is None else min(batch, left)
+            found = self._fetch(Select(values, name, None, after, newest_first, size))
+            yield from found
+            if len(found) < size:
+                return
+            if left is not None:
+                left -= size
+            last = found[-1]
+            after = (last.updated_at, last.saga_id) if newest_first else (last.saga_id,)
+
+    def decode(
+        self, stored: Stored, cls: type | None = None, *, raw_data: bool = False
+    ) -> SagaRecord:
+        """The record of ``stored``, checked column by column against its saga's
+        definition. ``cls`` is the saga class (default: the one registered for its
+        name, or imported from its stored type path); ``raw_data=True`` leaves ``data``
+        as its JSON form (an operator's view of a saga whose class is not at hand).
+        Raises :class:`~sagaflow.CorruptRecord` (naming the saga and the column) or
+        :class:`~sagaflow.UnknownSagaClass`."""
+        if not isinstance(stored, StoredSaga):
+            raise TypeError(f"{stored!r} did not come from a {type(self).__name__}")
+        if cls is None and not raw_data:
+            cls = self._class_for(stored)
+        spec = spec_of(cls) if cls is not None and is_saga(cls) else None
+        record = decode_row(self.codec, stored, cls, spec)
+        if cls is not None and not self.readonly and not record.status.is_terminal:
+            # Its first save here encodes only what changed since this row.
+            self._tracked[record] = Tracked.of(stored, record)
+        return record
+
+    # -- quarantine ------------------------------------------------------------------------
+
+    def quarantine(self, saga_id: str, reason: str) -> None:
+        """Set saga ``saga_id`` aside, saying why: it is listed and never claimed until
+        :meth:`unquarantine`. Its own row is left as it is. Raises
+        :class:`~sagaflow.SagaNotFound` if there is no such saga."""
+        self._check_writable()
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("quarantine needs a reason: say why the saga is set aside")
+        if not self._execute(_QUARANTINE, (saga_id, reason, time.time(), saga_id), write=True):
+            raise SagaNotFound(saga_id)
+
+    def unquarantine(self, saga_id: str) -> bool:
+        """Lift ``saga_id``'s quarantine; whether it was quarantined."""
+        self._check_writable()
+        deleted = self._execute(
+            "DELETE FROM sagaflow_quarantine WHERE saga_id = ?", (saga_id,), write=True
+        )
+        return bool(deleted)
+
+    def quarantined(self) -> list[Quarantined]:
+        """Every quarantined saga, the longest set aside first."""
+        if self.layout < 2:  # written before quarantine existed: nothing is
+            return []
+        rows = self._execute(_QUARANTINED)
+        return [Quarantined(sid, name, reason, at) for sid, name, reason, at in rows]
+
+    # -- the schema ------------------------------------------------------------------------
+
+    def _open_schema(
+        self,
+        run: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]],
+        has_meta: bool,
+        migrations: Sequence[Sequence[str]],
+    ) -> None:
+        """Check the schema version and, unless read-only, create or migrate the tables
+        (``migrations[v]`` takes version ``v`` to ``v + 1``). ``run`` executes in the
+        dialect's schema transaction, under its lock against other processes."""
+        where = self._where()
+        found: Any = None
+        if has_meta:
+            rows = run("SELECT value FROM sagaflow_meta WHERE key = 'schema_version'", ())
+            found = rows[0][0] if rows else None
+        if found is None and self.readonly:
+            raise StoreError(
+                f"{where} has no sagaflow schema (no sagaflow_meta table with a schema "
+                "version): it is not a sagaflow store, or nothing was ever stored there"
+            )
+        try:
+            version = 0 if found is None else int(found)
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{where}: sagaflow_meta.schema_version is {found!r}, not a number: the "
+                "tables were not written by sagaflow, or are damaged"
+            ) from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where} has sagaflow schema version {version}, newer than this sagaflow "
+                f"understands ({SCHEMA_VERSION}): upgrade sagaflow"
+            )
+        if version < 0 or (found is not None and version < 1):
+            raise StoreError(f"{where}: unknown sagaflow schema version {version}")
+        self.layout = version
+        if self.readonly or version == SCHEMA_VERSION:
+            return
+        run(_META, ())
+        for step in migrations[version:]:
+            for statement in step:
+                run(statement, ())
+        run(_SET_VERSION, (str(SCHEMA_VERSION),))
+        self.layout = SCHEMA_VERSION
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version recorded in the database."""
+        rows = self._execute("SELECT value FROM sagaflow_meta WHERE key = 'schema_version'")
+        return int(rows[0][0])
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _closed_error(self) -> StoreError | None:
+        if self._closed:
+            return StoreError(f"the sagaflow store at {self._where()} is closed")
+        if os.getpid() != self._pid:
+            # Connections must not cross a fork: the child would share the parent's
+            # sockets or file locks (and could corrupt a SQLite database).
+            return StoreError(
+                f"this {type(self).__name__} for {self._where()} was opened in process "
+                f"{self._pid}, before a fork: open a new {type(self).__name__} in each process"
+            )
+        return None
+
+    def _check_open(self) -> None:
+        error = self._closed_error()
+        if error is not None:
+            raise error
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise StoreError(f"the sagaflow store at {self._where()} was opened read-only")
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+    def __len__(self) -> int:
+        return int(self._execute("SELECT count(*) FROM sagaflow_sagas")[0][0])
+
+
