@@ -14,6 +14,11 @@
                                    tables' schema), ``pool_size``, ``max_batch``;
                                    every other parameter goes to libpq
 =================================  ==================================================
+
+``open_store(url, readonly=True)`` (what read-only commands use) never writes: no table
+is created, no schema migrated (SQLite opens the file read-only; PostgreSQL reads in
+read-only transactions), and a database without sagaflow's schema is a
+:class:`~sagaflow.StoreError` saying so.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from .base import Store
 from .memory import MemoryStore
+from .sqlite import SQLiteStore
 
 __all__ = ["SCHEMES", "open_store", "postgres_module"]
 
@@ -35,8 +41,11 @@ _SQLITE_OPTIONS = {"synchronous": str, "busy_timeout": float}
 _POSTGRES_OPTIONS = {"schema": str, "pool_size": int, "max_batch": int}
 
 
-def open_store(store: str | Store) -> Store:
-    """The store ``store`` names (a URL), or ``store`` itself if it is already one."""
+def open_store(store: str | Store, *, readonly: bool = False) -> Store:
+    """The store ``store`` names (a URL), or ``store`` itself if it is already one.
+
+    ``readonly=True`` opens a durable store for reading only (see the module's doc).
+    """
     if not isinstance(store, str):
         if isinstance(store, Store):
             return store
@@ -57,9 +66,9 @@ def open_store(store: str | Store) -> Store:
             raise ValueError(f"{store!r}: 'memory://' takes no path or options")
         return MemoryStore()
     if scheme == "sqlite":
-        return _sqlite(store, rest)
+        return _sqlite(store, rest, readonly)
     if scheme in _POSTGRES:
-        return _postgres(store, rest)
+        return _postgres(store, rest, readonly)
     raise ValueError(
         f"{store!r}: unknown store scheme {scheme + '://'!r}; supported: {', '.join(SCHEMES)}"
     )
@@ -80,7 +89,7 @@ def postgres_module() -> ModuleType:
     return postgres
 
 
-def _postgres(url: str, rest: str) -> Store:
+def _postgres(url: str, rest: str, readonly: bool) -> Store:
     """A PostgresStore for ``url``; sagaflow's own options are taken out of the query,
     the rest of the URL is libpq's (it reports its own mistakes)."""
     location, _, query = rest.partition("?")
@@ -99,13 +108,11 @@ def _postgres(url: str, rest: str) -> Store:
     if kept:
         conninfo += "?" + urllib.parse.urlencode(kept)
     module = postgres_module()
-    store: Store = module.PostgresStore(conninfo, **options)
+    store: Store = module.PostgresStore(conninfo, readonly=readonly, **options)
     return store
 
 
-def _sqlite(url: str, rest: str) -> Store:
-    from .sqlite import SQLiteStore
-
+def _sqlite(url: str, rest: str, readonly: bool) -> Store:
     location, _, query = rest.partition("?")
     if location and not location.startswith("/"):
         raise ValueError(
@@ -125,4 +132,4 @@ def _sqlite(url: str, rest: str) -> Store:
             options[key] = convert(values[-1])
         except ValueError:
             raise ValueError(f"{url!r}: option {key}={values[-1]!r} is not valid") from None
-    return SQLiteStore(path, **options)
+    return SQLiteStore(path, readonly=readonly, **options)

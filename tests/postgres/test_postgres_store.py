@@ -90,6 +90,60 @@ def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
         assert again.schema_version == 2 and len(again) == 1
 
 
+def test_a_read_only_store_reads_and_never_writes(
+    pg_url: str, schema: str, pg_store: PostgresStore
+) -> None:
+    pg_store.create(record_of(Hello(), "ro-1"))
+    with open_store(f"{pg_url}&schema={schema}", readonly=True) as reader:
+        assert isinstance(reader, PostgresStore) and reader.readonly
+        reader.register(Hello)
+        record = reader.load("ro-1")
+        assert record is not None and [s.saga_id for s in reader.scan()] == ["ro-1"]
+        for write in (
+            lambda: reader.save(record),
+            lambda: reader.create(record_of(Hello(), "ro-2")),
+            lambda: reader.quarantine("ro-1", "no"),
+            lambda: reader.claim("w", 1, lease=1, now=NOW, names=["pg-hello"], fingerprints=[]),
+        ):
+            with pytest.raises(StoreError, match="read-only"):
+                write()
+    # Its connections are read-only too: the server refuses any write.
+    with (
+        PostgresStore(pg_url, schema=schema, readonly=True) as reader,
+        pytest.raises(StoreError, match="read-only transaction"),
+    ):
+        reader._query("DELETE FROM sagaflow_sagas")
+    assert len(pg_store) == 1
+
+
+def test_a_read_only_store_on_a_database_without_sagaflow_says_so(
+    pg_url: str, schema: str
+) -> None:
+    execute(pg_url, "public", f"CREATE SCHEMA {schema}")
+    execute(pg_url, schema, "CREATE TABLE orders (id int)")
+    with pytest.raises(StoreError, match="has no sagaflow schema"):
+        PostgresStore(pg_url, schema=schema, readonly=True)
+    tables = execute(pg_url, schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s",
+                     (schema,))
+    assert tables == [("orders",)]  # nothing created
+
+
+def test_a_read_only_store_reads_a_version_1_schema_without_migrating_it(
+    pg_url: str, schema: str, pg_store: PostgresStore
+) -> None:
+    pg_store.create(record_of(Hello(), "old"))
+    pg_store.close()
+    execute(pg_url, schema, "DROP TABLE sagaflow_path, sagaflow_quarantine")
+    execute(pg_url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN path, DROP COLUMN path_count")
+    execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '1'")
+    with PostgresStore(pg_url, schema=schema, readonly=True) as reader:
+        reader.register(Hello)
+        assert reader.schema_version == 1
+        assert reader.load("old").path == [] and reader.quarantined() == []
+        assert [s.quarantined for s in reader.scan()] == [None]
+    assert execute(pg_url, schema, "SELECT value FROM sagaflow_meta") == [("1",)]
+
+
 def test_opening_stores_at_once_creates_the_schema_once(pg_url: str, schema: str) -> None:
     opened: list[PostgresStore] = []
     errors: list[BaseException] = []
@@ -359,6 +413,21 @@ def test_a_fenced_save_fails_once_the_saga_is_claimed_again(
     back = pg_store.load_raw("f-1")
     assert back is not None and back.owner is None and back.run_at == NOW + 1
     assert back.fence == taken.fence + 1
+
+
+def test_claims_never_take_a_quarantined_saga(pg_store: PostgresStore) -> None:
+    spec = spec_of(Hello)
+    kinds = {"names": [spec.name], "fingerprints": [spec.fingerprint]}
+    pg_store.enqueue_many([record_of(Hello(), f"qz-{i}") for i in range(3)], run_at=NOW)
+    pg_store.quarantine("qz-1", "cannot be decoded")
+    assert sorted(s.saga_id for s in pg_store.claim("a", 10, lease=30, now=NOW, **kinds)) == [
+        "qz-0", "qz-2"]
+    # Nor once its lease is over, nor by a worker that takes everything due.
+    assert pg_store.claim("b", 10, lease=30, now=NOW + 3600, **kinds) == []
+    assert pg_store.unquarantine("qz-1")
+    [lifted] = pg_store.claim("b", 10, lease=30, now=NOW, **kinds)
+    assert lifted.saga_id == "qz-1" and lifted.quarantined is None
+    assert pg_store.fenced({}).quarantined() == []
 
 
 def test_finishing_a_queued_saga_takes_it_off_the_queue(pg_store: PostgresStore) -> None:

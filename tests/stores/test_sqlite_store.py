@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from sagaflow import Orchestrator, SagaStatus, events, saga, step
 from sagaflow.codec import CorruptRecord
 from sagaflow.engine import Call, next_command, settle
 from sagaflow.errors import UnknownSaga
+from sagaflow.stores import open_store
 from sagaflow.stores.sqlite import (
     INLINE,
     SCHEMA_VERSION,
@@ -95,6 +97,68 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
         assert columns[-2:] == ["path", "path_count"]
     with SQLiteStore(path) as again:  # once migrated, opening changes nothing
         assert again.schema_version == 2 and len(again) == 3
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_read_only_store_reads_and_never_writes(tmp_path: Path) -> None:
+    path = tmp_path / "ro.db"
+    with SQLiteStore(path) as writer:
+        record = record_of(Order(), "ro-1")
+        writer.create(record)
+        step_once(record, NOW + 1)
+        writer.save(record)
+    before = digest(path)
+    with open_store(f"sqlite:///{path}", readonly=True) as reader:
+        assert isinstance(reader, SQLiteStore) and reader.readonly
+        assert_same(reader.load("ro-1"), record)
+        assert [s.saga_id for s in reader.scan()] == ["ro-1"] and reader.quarantined() == []
+        for write in (
+            lambda: reader.save(record),
+            lambda: reader.create(record_of(Order(), "ro-2")),
+            lambda: reader.quarantine("ro-1", "no"),
+            lambda: reader.unquarantine("ro-1"),
+        ):
+            with pytest.raises(StoreError, match="opened read-only"):
+                write()
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader._read_conn.execute("DELETE FROM sagaflow_sagas")
+    assert digest(path) == before
+
+
+def test_a_read_only_store_on_a_database_without_sagaflow_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "someone-elses.db"
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.close()
+    before = digest(path)
+    with pytest.raises(StoreError, match=r"has no sagaflow schema .* not a sagaflow store"):
+        open_store(f"sqlite:///{path}", readonly=True)
+    assert digest(path) == before  # no sagaflow table was created
+    missing = tmp_path / "missing.db"
+    with pytest.raises(StoreError, match="cannot open the sagaflow store"):
+        SQLiteStore(missing, readonly=True)
+    assert not missing.exists()
+
+
+def test_a_read_only_store_reads_a_version_1_database_without_migrating_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v1.db"
+    with raw(path) as conn:
+        conn.executescript((DATA / "sqlite-v1.sql").read_text())
+    conn.close()
+    before = digest(path)
+    with SQLiteStore(path, readonly=True) as reader:
+        assert reader.schema_version == 1
+        done = reader.load("v1-done")
+        assert done.status is SagaStatus.COMPLETED and done.path == []
+        assert len(reader.load("v1-running").history) == 41
+        assert [s.quarantined for s in reader.scan()] == [None] * 3
+        assert reader.quarantined() == []
+    assert digest(path) == before
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

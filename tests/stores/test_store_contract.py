@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import decimal
 import threading
+import time
 import uuid
 
 import pytest
 from store_sagas import ORDER_SPEC, Address, Item, Order, Other, assert_same, record_of
 
-from sagaflow import Orchestrator, SagaStatus, StepError, StepStatus
+from sagaflow import Orchestrator, SagaNotFound, SagaStatus, StepError, StepStatus
 from sagaflow.engine import Call, next_command, settle
-from sagaflow.stores import Store
+from sagaflow.stores import MemoryStore, Store
 from sagaflow.testing import VirtualClock
 
 NOW = 1_700_000_000.0
@@ -268,3 +269,48 @@ def test_orchestrator_runs_on_the_store(store: Store, drive, note: str | None) -
     again = drive(orch, an_order(note=note), "run-1")
     assert again.history == result.history
     assert [r.saga_id for r in orch.history()] == ["run-1"]
+
+
+def test_a_quarantined_saga_is_set_aside_with_its_record_untouched(store: Store) -> None:
+    record = record_of(an_order(), "qu-1")
+    store.create(record)
+    store.create(record_of(an_order(), "qu-2"))
+    advance(record, NOW + 1)
+    store.save(record)
+    before = store.load("qu-1")
+    t0 = time.time()
+    store.quarantine("qu-1", "cannot be decoded: column 'cursor' holds 7")
+    assert_same(store.load("qu-1"), before)  # the record is as it was
+    [held] = store.quarantined()
+    assert (held.saga_id, held.saga_name) == ("qu-1", "store-order")
+    assert held.reason == "cannot be decoded: column 'cursor' holds 7"
+    assert t0 - 1 <= held.at <= time.time() + 1
+    assert store.load_raw("qu-1").quarantined == held.reason
+    assert {s.saga_id: s.quarantined for s in store.scan()} == {"qu-1": held.reason, "qu-2": None}
+    store.quarantine("qu-1", "still broken")  # a new reason replaces the old one
+    assert [q.reason for q in store.quarantined()] == ["still broken"]
+    assert store.unquarantine("qu-1") is True
+    assert store.unquarantine("qu-1") is False
+    assert store.quarantined() == [] and store.load_raw("qu-1").quarantined is None
+    with pytest.raises(SagaNotFound):
+        store.quarantine("nope", "why not")
+    with pytest.raises(ValueError, match="needs a reason"):
+        store.quarantine("qu-2", "  ")
+
+
+def test_scan_pages_by_id_or_newest_first_up_to_a_limit(store: Store) -> None:
+    for i in range(7):
+        record = record_of(an_order(), f"sc-{i}", now=NOW)
+        store.create(record)
+        record.updated_at = NOW + (i * 3) % 7  # updated in another order than the ids
+        store.save(record)
+    by_id = [s.saga_id for s in store.scan()]
+    assert by_id == [f"sc-{i}" for i in range(7)]
+    newest = [s.saga_id for s in store.scan(newest_first=True)]
+    assert newest == [f"sc-{i}" for i in (2, 4, 6, 1, 3, 5, 0)]
+    assert [s.saga_id for s in store.scan(newest_first=True, limit=3)] == newest[:3]
+    assert [s.saga_id for s in store.scan(limit=2)] == by_id[:2]
+    assert list(store.scan(limit=0)) == []
+    if not isinstance(store, MemoryStore):  # durable stores read in batches: in order too
+        assert [s.saga_id for s in store.scan(newest_first=True, batch=2)] == newest
+        assert [s.saga_id for s in store.scan(newest_first=True, limit=5, batch=2)] == newest[:5]
