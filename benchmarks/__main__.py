@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import core, postgres, sqlite
+from . import codec, core, postgres, sqlite
 
-KINDS = ["core", "sqlite", "postgres"]
+KINDS = ["core", "sqlite", "postgres", "codec"]
 parser = argparse.ArgumentParser(prog="python -m benchmarks")
 # No choices=: with nargs="*", Python 3.11's argparse rejects the empty default.
-parser.add_argument("which", nargs="*", metavar="{core,sqlite,postgres}",
+parser.add_argument("which", nargs="*", metavar="{core,sqlite,postgres,codec}",
                     help="which benchmarks (default: all)")
 parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run")
 parser.add_argument("--dir", default=None,
@@ -29,3 +29,7 @@ if "postgres" in which:
     if "core" in which or "sqlite" in which:
         print()
     postgres.report(quick=args.quick)
+if "codec" in which:
+    if len(which) > 1:
+        print()
+    codec.report(quick=args.quick)
