@@ -68,7 +68,7 @@ _RETRIABLE = StepKind.RETRIABLE
 _PIVOT = StepKind.PIVOT
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class Call:
     """Call step ``index`` (forward or its compensation), as attempt ``attempt``.
 
@@ -90,6 +90,10 @@ class Sleep:
     until: float
 
 
+# Every edge taken, once: a path holds these tuples, not a new one per state change.
+_edges: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+
 def transition(spec: SagaSpec, record: SagaRecord, trigger: str, dest: str) -> None:
     """Move ``record`` to ``dest`` by ``trigger``, if the class's machine allows it; the
     change is added to the record's path."""
@@ -97,20 +101,16 @@ def transition(spec: SagaSpec, record: SagaRecord, trigger: str, dest: str) -> N
     if edge not in spec.transitions:
         raise InvalidTransition(spec.name, record.state, trigger, dest)
     record.state = dest
-    record.path.append(edge)
+    record.path.append(_edges.setdefault(edge, edge))
 
 
 def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecord:
     """The record of a fresh run, started: at the first step, SagaStarted in its history."""
     record = SagaRecord(
-        saga_id=saga_id,
-        saga_name=spec.name,
-        fingerprint=spec.fingerprint,
-        data=saga,
-        steps=[StepRecord(s.name) for s in spec.steps],
-        created_at=now,
-        updated_at=now,
+        saga_id, spec.name, spec.fingerprint, saga, [StepRecord(s.name) for s in spec.steps],
+        now,
     )
+    record.updated_at = now
     if spec.deadline is not None:
         record.deadline_at = now + spec.deadline
     transition(spec, record, "start", spec.steps[0].name)

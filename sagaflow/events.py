@@ -43,7 +43,7 @@ logger.addHandler(logging.NullHandler())
 Listener = Callable[["LifecycleEvent"], "Awaitable[None] | None"]
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class LifecycleEvent:
     """Something that happened to a run. ``at`` is a Unix timestamp (seconds)."""
 
@@ -64,29 +64,29 @@ class LifecycleEvent:
         return f"{type(self).__name__}{where}{tries}{err}"
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class SagaStarted(LifecycleEvent):
     """The run began."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepStarted(LifecycleEvent):
     """An attempt of a forward step began."""
 
     level: ClassVar[int] = logging.DEBUG
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepCompleted(LifecycleEvent):
     """A forward step succeeded."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepSkipped(LifecycleEvent):
     """A conditional step's guard was false; it did not run and needs no undo."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class _Retrying(LifecycleEvent):
     level: ClassVar[int] = logging.WARNING
     delay: float = 0.0
@@ -95,12 +95,12 @@ class _Retrying(LifecycleEvent):
         return f"{super().describe()}; retrying in {self.delay:.3g}s"
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepRetrying(_Retrying):
     """An attempt failed with a retryable error; the next one starts after ``delay``."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepFailed(LifecycleEvent):
     """A forward step failed for good."""
 
@@ -108,48 +108,48 @@ class StepFailed(LifecycleEvent):
     timed_out: bool = False
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class CompensationStarted(LifecycleEvent):
     """An attempt of a compensation began."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class CompensationRetrying(_Retrying):
     """A compensation attempt failed; the next one starts after ``delay``."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class CompensationCompleted(LifecycleEvent):
     """A compensation succeeded: the step is undone."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class CompensationFailed(LifecycleEvent):
     """A compensation failed for good: the step could not be undone."""
 
     level: ClassVar[int] = logging.ERROR
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class SagaCompleted(LifecycleEvent):
     """Every forward step succeeded (or was skipped)."""
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class SagaCompensated(LifecycleEvent):
     """The saga failed and every step that needed undoing was undone."""
 
     level: ClassVar[int] = logging.WARNING
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class SagaFailed(LifecycleEvent):
     """The saga ended in a state only an operator can fix."""
 
     level: ClassVar[int] = logging.ERROR
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class OperatorAction(LifecycleEvent):
     """An operator acted on the saga: ``action`` is retry, resolve or cancel."""
 
@@ -160,6 +160,24 @@ class OperatorAction(LifecycleEvent):
     def describe(self) -> str:
         note = f": {self.note}" if self.note else ""
         return f"OperatorAction {self.action}{note}"
+
+
+def _heard(level: int) -> bool:
+    """Whether a handler other than sagaflow's own NullHandler takes a record of
+    ``level``: only then is a record worth building (the level check alone passes
+    WARNING by default, for a NullHandler to drop)."""
+    found = False
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            found = True
+            if level >= handler.level and not isinstance(handler, logging.NullHandler):
+                return True
+        if not node.propagate:
+            break
+        node = node.parent
+    last = logging.lastResort
+    return not found and last is not None and level >= last.level
 
 
 class Listeners:
@@ -181,13 +199,14 @@ class Listeners:
 
     def notify(self, events: list[LifecycleEvent], start: int) -> None:
         """Tell the sync listeners (and the log) about ``events[start:]``."""
-        threshold = logger.getEffectiveLevel() if not logger.disabled else 100
+        sync = self.sync
         for i in range(start, len(events)):
             event = events[i]
-            if event.level >= threshold and logger.isEnabledFor(event.level):
-                logger.log(event.level, "saga %s %s: %s", event.saga_name, event.saga_id,
+            level = event.level
+            if logger.isEnabledFor(level) and _heard(level):
+                logger.log(level, "saga %s %s: %s", event.saga_name, event.saga_id,
                            event.describe())
-            for listener in self.sync:
+            for listener in sync:
                 try:
                     listener(event)
                 except Exception:

@@ -41,6 +41,8 @@ class SagaStatus(enum.Enum):
 
 
 _TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+_COMPLETED = SagaStatus.COMPLETED
+_COMPENSATED = SagaStatus.COMPENSATED
 
 
 class StepStatus(enum.Enum):
@@ -64,7 +66,7 @@ class CompensationStatus(enum.Enum):
     FAILED = "FAILED"  #: could not be undone: an operator must finish it
 
 
-@attrs.define(slots=True)
+@attrs.define(slots=True, weakref_slot=False)
 class StepRecord:
     """One forward step of a run and, if it came to that, its compensation."""
 
@@ -108,7 +110,7 @@ class StepRecord:
         )
 
 
-@attrs.define(slots=True, eq=False)
+@attrs.define(slots=True, eq=False)  # stores track records by weak reference
 class SagaRecord:
     """One run of one saga instance, as a store keeps it.
 
@@ -173,21 +175,30 @@ class SagaResult:
 
     @classmethod
     def of(cls, record: SagaRecord) -> SagaResult:
-        """A snapshot of ``record`` that later changes to the record do not touch."""
+        """A snapshot of ``record`` that later changes to the record do not touch.
+
+        The step records of a COMPLETED or COMPENSATED saga are shared, not copied:
+        nothing changes them any more (operators retry only FAILED sagas).
+        """
+        status = record.status
+        if status is _COMPLETED or status is _COMPENSATED:
+            steps = tuple(record.steps)
+        else:
+            steps = tuple([s.copy() for s in record.steps])
         return cls(
-            saga_id=record.saga_id,
-            saga_name=record.saga_name,
-            status=record.status,
-            error=record.error,
-            events=tuple(record.events),
-            history=tuple(record.history),
-            steps=tuple(s.copy() for s in record.steps),
-            data=record.data,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-            finished_at=record.finished_at,
-            resolution=record.resolution,
-            path=tuple(record.path),
+            record.saga_id,
+            record.saga_name,
+            status,
+            record.error,
+            tuple(record.events),
+            tuple(record.history),
+            steps,
+            record.data,
+            record.created_at,
+            record.updated_at,
+            record.finished_at,
+            record.resolution,
+            tuple(record.path),
         )
 
     @property

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -36,6 +37,7 @@ from .context import Direction, StepContext
 from .engine import Call, Sleep, cancel, interrupt, next_command, settle, unstorable
 from .errors import AlreadyExecuting, CodecError
 from .records import SagaRecord, SagaStatus
+from .stores.base import AsyncStoreMixin
 
 if TYPE_CHECKING:
     from .definition import SagaSpec
@@ -65,18 +67,6 @@ def _leave(rt: Runtime, saga_id: str) -> None:
 def _context(spec: SagaSpec, record: SagaRecord, rt: Runtime) -> StepContext:
     return StepContext(
         record.saga_id, spec.name, "", FORWARD, 0, None, None, 0.0, rt.clock.now
-    )
-
-
-def _rebind(ctx: StepContext, spec: SagaSpec, record: SagaRecord, call: Call, now: float) -> None:
-    forward = call.direction is FORWARD
-    ctx.rebind(
-        spec.steps[call.index].name,
-        call.direction,
-        call.attempt,
-        call.timeout,
-        record.deadline_at if forward else record.compensation_deadline_at,
-        now,
     )
 
 
@@ -154,6 +144,7 @@ def _run_sync(
     cancels = rt.cancels
     forward_fns = spec.forward
     compensations = spec.compensations
+    names = [s.name for s in spec.steps]
     history = record.history
     sid = record.saga_id
     ctx = _context(spec, record, rt)
@@ -170,6 +161,7 @@ def _run_sync(
             _unstorable(rt, spec, record, store.load(sid), done, exc)
             done = None
             continue
+        done = None
         if len(history) > told:
             start = told
             told = len(history)
@@ -182,9 +174,16 @@ def _run_sync(
             clock.sleep(max(0.0, command.until - now))
             continue
         call = command
-        fn = forward_fns[call.index] if call.direction is FORWARD else compensations[call.index]
+        i = call.index
+        fn: Callable[..., Any] | None
+        if call.direction is FORWARD:
+            fn = forward_fns[i]
+            ctx.rebind(names[i], FORWARD, call.attempt, call.timeout, record.deadline_at, now)
+        else:
+            fn = compensations[i]
+            ctx.rebind(names[i], call.direction, call.attempt, call.timeout,
+                       record.compensation_deadline_at, now)
         assert fn is not None
-        _rebind(ctx, spec, record, call, now)
         if watch is not None and call.timeout is not None:
             # If this call is abandoned it keeps the instance; the run goes on with the
             # fields as they were, untouched by what it writes late.
@@ -195,24 +194,24 @@ def _run_sync(
                 watch.call = call
                 watch.before = before
                 watch.deadline = _monotonic() + call.timeout
-            error = _call(fn, record.data, ctx)
+            try:
+                fn(record.data, ctx)
+                error = None
+            except Exception as exc:
+                error = exc
             with watch.guard:
                 if watch.taken_over:
                     return  # the watcher gave up on this call: the record is not ours
                 watch.deadline = None
         else:
-            error = _call(fn, record.data, ctx)
+            try:
+                fn(record.data, ctx)
+                error = None
+            except Exception as exc:
+                error = exc
         settle(spec, record, call, clock.now(), error, False,
                None if error is not None else ctx.emitted, rand)
         done = call
-
-
-def _call(fn: Any, data: Any, ctx: StepContext) -> Exception | None:
-    try:
-        fn(data, ctx)
-    except Exception as exc:
-        return exc
-    return None
 
 
 def _watched(
@@ -272,127 +271,151 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
 # --- async -----------------------------------------------------------------------------
 
 
-async def adrive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
-    """Drive ``record`` to a terminal state in this task (listeners hear its history
-    from event ``told`` on).
+def adrive(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
+) -> Coroutine[Any, Any, None]:
+    """Drive ``record`` to a terminal state in the awaiting task (listeners hear its
+    history from event ``told`` on); await what this returns.
 
     Cancelling the task makes the saga compensate, shielded from the cancellation,
-    after which the cancellation propagates.
+    after which the cancellation propagates. (A plain function that returns the loop's
+    coroutine: one frame less for every saga in flight.)
     """
-    _enter(rt, record)
-    try:
-        await _arun(rt, spec, record, told, False)
-    finally:
-        _leave(rt, record.saga_id)
+    return _arun(rt, spec, record, told, False)
 
 
 async def _arun(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, shielded: bool
-) -> int:
-    """The async loop; returns how many history events the listeners heard.
-
-    Unshielded (the caller's task), it runs the forward steps and hands compensation
-    to a shielded task of its own; shielded, it runs to the end.
+) -> None:
+    """The async loop. Unshielded (the awaiting task), it marks the saga live, runs the
+    forward steps and hands compensation to a shielded task of its own; shielded (that
+    task), it runs to the end.
     """
+    sid = record.saga_id
+    if not shielded:
+        _enter(rt, record)
     store = rt.store
+    # A store whose async methods only call its sync ones (it never blocks): call those.
+    blocks = not isinstance(store, AsyncStoreMixin)
     listeners = rt.listeners
     clock = rt.clock
-    rand = rt.rand
     cancels = rt.cancels
-    threads = rt.threads
-    steps = spec.steps
-    forward_fns = spec.forward
-    compensations = spec.compensations
     history = record.history
-    sid = record.saga_id
     ctx = _context(spec, record, rt)
     timer: _Timer | None = None
     call: Call | None = None  # the call in flight
     done: Call | None = None  # the call whose outcome the next save records
     try:
-        while True:
-            now = clock.now()
-            if cancels and sid in cancels and record.status is _RUNNING:
-                cancel(spec, record, now, cancels.pop(sid))
-            if not shielded and record.status is _COMPENSATING:
-                break
-            command = next_command(spec, record, now)
-            record.updated_at = now
-            try:
-                await store.asave(record)
-            except CodecError as exc:
-                _unstorable(rt, spec, record, await store.aload(sid), done, exc)
+        try:
+            while True:
+                now = clock.now()
+                if cancels and sid in cancels and record.status is _RUNNING:
+                    cancel(spec, record, now, cancels.pop(sid))
+                if not shielded and record.status is _COMPENSATING:
+                    break
+                command = next_command(spec, record, now)
+                record.updated_at = now
+                try:
+                    if blocks:
+                        await store.asave(record)
+                    else:
+                        store.save(record)
+                except CodecError as exc:
+                    _unstorable(rt, spec, record, await store.aload(sid), done, exc)
+                    done = None
+                    continue
                 done = None
-                continue
-            if len(history) > told:
-                start = told
-                told = len(history)
-                await listeners.anotify(history, start)
-            if command is None:
-                return told
-            if isinstance(command, Sleep):
-                await clock.asleep(max(0.0, command.until - now))
-                continue
-            call = command
-            i = call.index
-            forward = call.direction is FORWARD
-            fn = forward_fns[i] if forward else compensations[i]
-            assert fn is not None
-            _rebind(ctx, spec, record, call, now)
-            timeout = call.timeout
-            error: BaseException | None = None
-            timed_out = False
-            if not (steps[i].is_async if forward else steps[i].compensation_is_async):
-                before = shallow_copy(record.data) if timeout is not None else None
-                error, finished = await threads.acall(fn, (record.data, ctx), timeout)
-                if not finished:
-                    record.data = before  # the abandoned call keeps the instance it was given
-                    ctx = _context(spec, record, rt)  # and its context
-                    timed_out = True
-                elif error is not None and not isinstance(error, Exception):
-                    raise error  # KeyboardInterrupt, SystemExit: never swallowed
-            elif timeout is None:
-                try:
-                    await fn(record.data, ctx)
-                except Exception as exc:
-                    error = exc
+                if len(history) > told:
+                    start = told
+                    told = len(history)
+                    if listeners.async_:
+                        await listeners.anotify(history, start)
+                    else:
+                        listeners.notify(history, start)
+                if command is None:
+                    return
+                if isinstance(command, Sleep):
+                    await clock.asleep(max(0.0, command.until - now))
+                    continue
+                call = command
+                i = call.index
+                forward = call.direction is FORWARD
+                timeout = call.timeout
+                ctx.rebind(
+                    spec.steps[i].name, call.direction, call.attempt, timeout,
+                    record.deadline_at if forward else record.compensation_deadline_at, now,
+                )
+                error: BaseException | None = None
+                timed_out = False
+                if not (spec.steps[i].is_async if forward else spec.steps[i].compensation_is_async):
+                    error, timed_out = await _acall_def(rt, spec, record, call, ctx)
+                    if timed_out:
+                        ctx = _context(spec, record, rt)  # the abandoned call keeps its context
+                else:
+                    fn = spec.forward[i] if forward else spec.compensations[i]
+                    assert fn is not None
+                    if timeout is None:
+                        try:
+                            await fn(record.data, ctx)
+                        except Exception as exc:
+                            error = exc
+                    else:
+                        if timer is None:
+                            timer = _Timer()
+                        base = timer.arm(timeout)
+                        try:
+                            await fn(record.data, ctx)
+                        except asyncio.CancelledError:
+                            if not timer.expired(base):
+                                raise
+                            timed_out = True
+                        except Exception as exc:  # a step's own TimeoutError is an ordinary error
+                            error = exc
+                        finally:
+                            timer.disarm()
+                call = None
+                emitted = None if error is not None or timed_out else ctx.emitted
+                settle(spec, record, command, clock.now(), error, timed_out, emitted, rt.rand)
+                done = command
+        except asyncio.CancelledError:
+            if shielded:
+                raise
+            if record.status is _RUNNING:
+                interrupt(spec, record, call, clock.now())
+            if not record.status.is_terminal:
+                await _compensate_shielded(rt, spec, record, told)
             else:
-                if timer is None:
-                    timer = _Timer()
-                base = timer.arm(timeout)
-                try:
-                    await fn(record.data, ctx)
-                except asyncio.CancelledError:
-                    if not timer.expired(base):
-                        raise
-                    timed_out = True
-                except Exception as exc:  # a step's own TimeoutError is an ordinary error
-                    error = exc
-                finally:
-                    timer.disarm()
-            call = None
-            emitted = None if error is not None or timed_out else ctx.emitted
-            settle(spec, record, command, clock.now(), error, timed_out, emitted, rand)
-            done = command
-    except asyncio.CancelledError:
-        if shielded:
+                record.updated_at = clock.now()
+                await store.asave(record)
+                await listeners.anotify(history, told)
             raise
-        if record.status is _RUNNING:
-            interrupt(spec, record, call, clock.now())
-        if not record.status.is_terminal:
-            await _compensate_shielded(rt, spec, record, told)
-        else:
-            record.updated_at = clock.now()
-            await store.asave(record)
-            await listeners.anotify(history, told)
-        raise
+        finally:
+            if timer is not None:
+                timer.close()
+        # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
+        if await _compensate_shielded(rt, spec, record, told):
+            raise asyncio.CancelledError
     finally:
-        if timer is not None:
-            timer.close()
-    # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
-    if await _compensate_shielded(rt, spec, record, told):
-        raise asyncio.CancelledError
-    return told
+        if not shielded:
+            _leave(rt, sid)
+
+
+async def _acall_def(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext
+) -> tuple[BaseException | None, bool]:
+    """``(error, timed_out)`` of a plain ``def`` call under the async driver, run on a
+    call thread; one that overruns is abandoned with the instance it was given."""
+    i = call.index
+    fn = spec.forward[i] if call.direction is FORWARD else spec.compensations[i]
+    assert fn is not None
+    before = shallow_copy(record.data) if call.timeout is not None else None
+    error, finished = await rt.threads.acall(fn, (record.data, ctx), call.timeout)
+    if not finished:
+        record.data = before  # the run goes on with the fields as they were
+        return None, True
+    if error is not None and not isinstance(error, Exception):
+        raise error  # KeyboardInterrupt, SystemExit: never swallowed
+    return error, False
 
 
 async def _compensate_shielded(

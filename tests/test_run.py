@@ -861,3 +861,32 @@ def test_step_context_tells_the_call_its_limits(drive) -> None:
 def test_the_sagaflow_logger_is_silent_unless_configured() -> None:
     logger = logging.getLogger("sagaflow")
     assert any(isinstance(h, logging.NullHandler) for h in logger.handlers)
+
+
+def test_no_log_record_is_built_for_sagaflow_own_null_handler(caplog) -> None:
+    # Warning events pass the logger's level check by default; only a real handler
+    # makes a record worth building.
+    built: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args, **kwargs):
+        record = factory(*args, **kwargs)
+        built.append(record)
+        return record
+
+    Shop = make_saga(Log(), fail={"ship": -1})
+    logging.setLogRecordFactory(counting)
+    try:
+        root_handlers = logging.getLogger().handlers
+        logging.getLogger().handlers = []  # pytest's own ones: as in a plain process
+        try:
+            assert Orchestrator().run(Shop()).status is SagaStatus.COMPENSATED
+        finally:
+            logging.getLogger().handlers = root_handlers
+        assert [r for r in built if r.name == "sagaflow"] == []
+        with caplog.at_level(logging.WARNING, logger="sagaflow"):
+            caplog.handler.setLevel(logging.WARNING)
+            Orchestrator().run(Shop())
+        assert any("SagaCompensated" in r.getMessage() for r in caplog.records)
+    finally:
+        logging.setLogRecordFactory(factory)
