@@ -85,6 +85,8 @@ class Codec:
     history_row: Callable[[LifecycleEvent], HistoryRow]
     #: A history row as the compact JSON array a store keeps inline.
     history_text: Callable[[HistoryRow], str]
+    #: ``history_text(history_row(event))``, faster (the row is not made when not needed).
+    history_item: Callable[[LifecycleEvent], str]
     #: A lifecycle event from a history row, given the saga's id and name.
     event_from_row: Callable[[tuple[Any, ...], str, str], LifecycleEvent]
     #: A lifecycle event from :attr:`history_text`'s array, parsed.
@@ -115,6 +117,7 @@ class Codec:
         self.load_steps = load_steps
         self.history_row = self._history.row
         self.history_text = self._history.text
+        self.history_item = self._history.item
         self.event_from_row = self._history.from_row
         self.event_from_item = self._history.from_item
         self.dumps_json = _dumps_json

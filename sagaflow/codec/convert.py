@@ -34,7 +34,7 @@ from cattrs.preconf.json import JsonConverter, make_converter
 
 from ..errors import CodecError
 
-__all__ = ["FIX", "Hooks", "build_converter", "is_dataclass", "type_name"]
+__all__ = ["FIX", "VALUE_FORMS", "Hooks", "build_converter", "is_dataclass", "type_name"]
 
 #: How to make a value storable; ``{name}`` is its type's name.
 FIX = (
@@ -68,7 +68,7 @@ def _unstructure_datetime(v: dt.datetime) -> str:
     return v.isoformat()
 
 
-def _structure_datetime(v: Any, _: Any) -> dt.datetime:
+def _from_datetime(v: Any) -> dt.datetime:
     if v.endswith("]"):
         text, _sep, key = v[:-1].partition("[")
         return dt.datetime.fromisoformat(text).astimezone(zoneinfo.ZoneInfo(key))
@@ -79,9 +79,29 @@ def _unstructure_timedelta(v: dt.timedelta) -> list[int]:
     return [v.days, v.seconds, v.microseconds]
 
 
-def _structure_timedelta(v: Any, _: Any) -> dt.timedelta:
+def _from_timedelta(v: Any) -> dt.timedelta:
     days, seconds, micros = v
     return dt.timedelta(days=days, seconds=seconds, microseconds=micros)
+
+
+def _from_b85(v: Any) -> bytes:
+    return base64.b85decode(v)
+
+
+def _to_b85(v: bytes) -> str:
+    return base64.b85encode(v).decode("ascii")
+
+
+#: The forms of the value types the codec knows by itself: (to JSON, from JSON).
+VALUE_FORMS: dict[type, Hooks] = {
+    decimal.Decimal: (str, decimal.Decimal),
+    uuid.UUID: (str, uuid.UUID),
+    dt.datetime: (_unstructure_datetime, _from_datetime),
+    dt.date: (dt.date.isoformat, dt.date.fromisoformat),
+    dt.time: (dt.time.isoformat, dt.time.fromisoformat),
+    dt.timedelta: (_unstructure_timedelta, _from_timedelta),
+    bytes: (_to_b85, _from_b85),
+}
 
 
 def _unstructure_float(v: float) -> float | str:
@@ -111,19 +131,9 @@ def build_converter(
     """A converter with sagaflow's forms; ``encode_value``/``decode_value`` handle the
     untyped positions, ``registered`` holds the users' own types."""
     c = make_converter(unstructure_fallback_factory=_refuse)
-    hooks: list[tuple[type, Callable[[Any], Any], Callable[[Any, Any], Any]]] = [
-        (decimal.Decimal, str, lambda v, _: decimal.Decimal(v)),
-        (dt.datetime, _unstructure_datetime, _structure_datetime),
-        (uuid.UUID, str, lambda v, _: uuid.UUID(v)),
-        (dt.time, lambda v: v.isoformat(), lambda v, _: dt.time.fromisoformat(v)),
-        (dt.timedelta, _unstructure_timedelta, _structure_timedelta),
-        (bytes, lambda v: base64.b85encode(v).decode("ascii"),
-         lambda v, _: base64.b85decode(v)),
-        (float, _unstructure_float, lambda v, _: float(v)),
-    ]
-    for t, un, st in hooks:
+    for t, (un, st) in (*VALUE_FORMS.items(), (float, (_unstructure_float, float))):
         c.register_unstructure_hook(t, un)
-        c.register_structure_hook(t, st)
+        c.register_structure_hook(t, _structure_with(st))
 
     def untyped(t: Any) -> bool:
         return t is Any or t is object

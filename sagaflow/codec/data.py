@@ -173,13 +173,14 @@ class SagaData:
         self.values = values
         self._lock = threading.Lock()
         self._plans: dict[type, _Plan] = {}
-        self._checked: set[type] = set()
+        #: the plans of the classes checked at a first save
+        self._checked: dict[type, _Plan] = {}
 
     def forget(self) -> None:
         """Drop what was learnt of classes (a type was registered: plans change)."""
         with self._lock:
             self._plans = {}
-            self._checked = set()
+            self._checked = {}
 
     def _plan(self, cls: type) -> _Plan:
         plan = self._plans.get(cls)
@@ -204,14 +205,17 @@ class SagaData:
         an equal instance (a store passes it at a saga's first save)."""
         data = record.data
         cls = type(data)
-        if cls not in self._checked:
+        plan = self._checked.get(cls)
+        if plan is None:
             try:
                 self._check_class(cls)
             except CodecError as exc:
                 raise CodecError(f"{_where(record)}: {exc}") from exc
-        plan = self._plan(cls)
+            plan = self._plan(cls)
+            with self._lock:
+                self._checked[cls] = plan
         text = None
-        if plan.native(data):
+        if plan.decoder is not None and (not plan.checks or plan.native(data)):
             try:
                 text = encode(data).decode()
             except (TypeError, ValueError, OverflowError):  # the general path says why
@@ -251,8 +255,6 @@ class SagaData:
             converter.get_structure_hook(cls)
         except Exception as exc:  # cattrs raises several kinds here; report them alike
             raise CodecError(f"{type_name(cls)} cannot be stored as JSON: {exc}") from exc
-        with self._lock:
-            self._checked.add(cls)
 
     def _explain(self, record: SagaRecord, exc: BaseException) -> CodecError:
         """Find the field that failed and say what to do about it."""

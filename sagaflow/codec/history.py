@@ -69,18 +69,29 @@ class History:
             self._classes[cls] = (tag, extras)
         return tag, extras
 
+    def _detail(self, event: LifecycleEvent, extras: tuple[tuple[str, Any], ...]) -> str | None:
+        values = {}
+        for name, default in extras:
+            value = getattr(event, name)
+            if value is not default and (type(value) is not type(default) or value != default):
+                values[name] = self.values.encode_value(value)
+        return dumps(values) if values else None
+
     def row(self, event: LifecycleEvent) -> HistoryRow:
         """``event`` as a history row."""
-        tag, extras = self._class(type(event))
-        detail = None
-        if extras:
-            values = {}
-            for name, default in extras:
-                value = getattr(event, name)
-                if value is not default and (type(value) is not type(default) or value != default):
-                    values[name] = self.values.encode_value(value)
-            detail = dumps(values) if values else None
+        tag, extras = self._classes.get(type(event)) or self._class(type(event))
+        detail = self._detail(event, extras) if extras else None
         return (tag, event.at, _text(event.step), event.attempt, _text(event.error), detail)
+
+    def item(self, event: LifecycleEvent) -> str:
+        """``event`` as :meth:`text` writes it (without making the row first)."""
+        tag, extras = self._classes.get(type(event)) or self._class(type(event))
+        if extras or event.error is not None:
+            return self.text(self.row(event))
+        at, step = event.at, event.step
+        if type(at) is float and at - at == 0.0 and (step is None or step.isascii()):
+            return encode([tag, at, step, event.attempt]).decode()
+        return self.text(self.row(event))
 
     def text(self, row: HistoryRow) -> str:
         """A history row as a compact JSON array (what a store keeps inline)."""

@@ -15,11 +15,8 @@ to it, so the record can still be read, resolved and retried, and a save does no
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import decimal
 import enum
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +24,7 @@ import attrs
 from cattrs.preconf.json import JsonConverter
 
 from ..errors import CodecError
-from .convert import FIX, Hooks, build_converter, type_name
+from .convert import FIX, VALUE_FORMS, Hooks, build_converter, type_name
 from .paths import TypeNames, type_path
 
 __all__ = ["StoredValue", "Values"]
@@ -37,9 +34,6 @@ _CONTAINER_TAGS: dict[str, Callable[[list[Any]], Any]] = {
     "set": set,
     "frozenset": frozenset,
 }
-_BUILTIN_VALUE_TYPES = (
-    decimal.Decimal, uuid.UUID, dt.datetime, dt.date, dt.time, dt.timedelta, bytes
-)
 
 
 @attrs.frozen
@@ -60,8 +54,13 @@ class Values:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.names = TypeNames()
-        #: types tagged by name and rebuilt by the converter, besides attrs/dataclass/enum
-        self._value_types: dict[type, str] = {t: type_path(t) for t in _BUILTIN_VALUE_TYPES}
+        #: value types (not attrs/dataclass/enum): their tag and form, both ways
+        self._forms: dict[type, tuple[str, Callable[[Any], Any]]] = {
+            t: (type_path(t), un) for t, (un, _) in VALUE_FORMS.items()
+        }
+        self._by_tag: dict[str, Callable[[Any], Any]] = {
+            type_path(t): st for t, (_, st) in VALUE_FORMS.items()
+        }
         self._registered: dict[type, Hooks] = {}
         self.converter: JsonConverter = self._converter()
 
@@ -91,7 +90,8 @@ class Values:
             stored = self.names.register(type_, name)
             if unstructure is not None and structure is not None:
                 self._registered[type_] = (unstructure, structure)
-                self._value_types[type_] = stored
+                self._forms[type_] = (stored, unstructure)
+                self._by_tag[stored] = structure
                 # A fresh converter: hooks made for classes using the type captured the
                 # old one.
                 self.converter = self._converter()
@@ -118,18 +118,18 @@ class Values:
             }
         if t is tuple or t is set or t is frozenset:
             return {"$type": t.__name__, "items": [self.encode_value(v) for v in value]}
+        form = self._forms.get(t)
+        if form is not None:
+            return {"$type": form[0], "value": form[1](value)}
         if t is StoredValue:
             return value.form
-        name = self._value_types.get(t)
-        if name is None:
-            if not (attrs.has(t) or dataclasses.is_dataclass(t) or issubclass(t, enum.Enum)):
-                if isinstance(value, float):  # a float subclass: stored as a float
-                    return self.encode_value(float(value))
-                raise CodecError(
-                    f"a {type_name(t)} cannot be stored as JSON: " + FIX.format(name=type_name(t))
-                )
-            name = self.names.name_of(t)
-        return {"$type": name, "value": self.converter.unstructure(value, t)}
+        if not (attrs.has(t) or dataclasses.is_dataclass(t) or issubclass(t, enum.Enum)):
+            if isinstance(value, float):  # a float subclass: stored as a float
+                return self.encode_value(float(value))
+            raise CodecError(
+                f"a {type_name(t)} cannot be stored as JSON: " + FIX.format(name=type_name(t))
+            )
+        return {"$type": self.names.name_of(t), "value": self.converter.unstructure(value, t)}
 
     def decode_value(self, data: Any) -> Any:
         """The inverse of :meth:`encode_value`; a class that cannot be found here comes
@@ -156,6 +156,9 @@ class Values:
             return make([self._decode(v, lenient) for v in data["items"]])
         if tag == "float":
             return float(data["value"])
+        form = self._by_tag.get(tag)
+        if form is not None:
+            return form(data["value"])
         try:
             cls = self.names.type_of(tag)
         except CodecError:

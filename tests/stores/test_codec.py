@@ -574,6 +574,7 @@ def test_a_lifecycle_event_round_trips_through_its_inline_form(
 ) -> None:
     event = cls("s", "n", at, step_name, attempt, error)
     text = default_codec.history_text(default_codec.history_row(event))
+    assert default_codec.history_item(event) == text
     back = default_codec.event_from_item(json.loads(text), "s", "n")
     assert back == event
 
@@ -693,3 +694,19 @@ def test_saga_data_written_by_0_1_still_loads() -> None:
 def test_a_non_finite_float_under_any_comes_back(value: float) -> None:
     text = json.dumps(default_codec.encode_value([value]), allow_nan=False)
     assert same_value(default_codec.decode_value(json.loads(text)), [value])
+
+
+@given(
+    st.sampled_from(EVENT_CLASSES),
+    st.floats(allow_nan=False) | st.integers(0, 10**12).map(float),
+    st.none() | any_text,
+    st.integers(0, 10**6),
+    st.none() | any_text,
+)
+def test_history_item_is_the_text_of_the_row(
+    cls: type[LifecycleEvent], at: float, step_name: str | None, attempt: int, error: str | None
+) -> None:
+    event = cls("s", "n", at, step_name, attempt, error)
+    assert default_codec.history_item(event) == default_codec.history_text(
+        default_codec.history_row(event)
+    )
