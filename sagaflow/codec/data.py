@@ -23,6 +23,7 @@ import enum
 import operator
 import threading
 import types
+import typing
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal, Union, get_args, get_origin
@@ -113,7 +114,8 @@ class _Native:
                 fields = [(f.name, f.type, f.converter) for f in attrs.fields(
                     attrs.resolve_types(cls))]
             elif dataclasses.is_dataclass(cls):
-                fields = [(f.name, f.type, None) for f in dataclasses.fields(cls)]
+                hints = typing.get_type_hints(cls)
+                fields = [(f.name, hints.get(f.name), None) for f in dataclasses.fields(cls)]
             else:
                 return False
             for name, t, converter in fields:

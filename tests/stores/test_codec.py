@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -710,3 +711,40 @@ def test_history_item_is_the_text_of_the_row(
     assert default_codec.history_item(event) == default_codec.history_text(
         default_codec.history_row(event)
     )
+
+
+@attrs.define
+class Slot:
+    at: dt.datetime
+    weight: float
+
+
+@dataclasses.dataclass
+class Window:
+    opens: dt.date
+    slot: Slot
+
+
+@saga(name="native-nested")
+class Booking:
+    """Checked values (floats, datetimes) in nested classes, a dataclass among them."""
+
+    window: Window
+    first: dt.datetime | None = None
+
+    @step(readonly=True)
+    def look(self, ctx): ...
+
+
+@given(
+    st.builds(Slot, at=datetimes, weight=st.floats()),
+    st.dates(),
+    st.none() | datetimes,
+)
+def test_checked_values_in_nested_classes_come_back(slot: Slot, opens: dt.date, first) -> None:
+    booking = Booking(Window(opens, slot), first)
+    text = default_codec.dump_data(record_of(booking, "b-1"), verify=True)
+    back = default_codec.load_data(text, Booking)
+    assert same_value(back.window.slot.at, slot.at)
+    assert same_value(back.window.slot.weight, slot.weight)
+    assert back.window.opens == opens and same_value(back.first, first)
