@@ -19,6 +19,7 @@ __all__ = [
     "SagaDefinitionChanged",
     "SagaDefinitionError",
     "SagaNotFound",
+    "SagaQuarantined",
     "SagaflowError",
     "ScaffoldError",
     "StepError",
@@ -165,6 +166,23 @@ class SagaNotFound(SagaflowError, KeyError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.saga_id,))
+
+
+class SagaQuarantined(SagaflowError):
+    """A saga is set aside (quarantined): it could not be decoded or driven, and it is
+    neither recovered nor claimed until an operator acts (``retry``, ``resolve``,
+    ``cancel`` or ``unquarantine``). ``reason`` says why."""
+
+    def __init__(self, saga_id: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.reason = reason
+        super().__init__(
+            f"saga {saga_id!r} is quarantined ({reason}): an operator must act on it "
+            "(retry, resolve, cancel, or unquarantine once the cause is fixed)"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.reason))
 
 
 class UnknownSaga(SagaflowError, LookupError):

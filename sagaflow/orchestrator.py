@@ -14,21 +14,31 @@ from .definition import SagaSpec, spec_of
 from .engine import new_record
 from .errors import (
     AlreadyExecuting,
+    CodecError,
+    CorruptRecord,
+    InvalidTransition,
     SagaDefinitionChanged,
     SagaflowError,
     SagaNotFound,
+    SagaQuarantined,
+    StoreError,
     UnknownSaga,
 )
-from .events import Listener, Listeners, OperatorAction
+from .events import Listener, Listeners, OperatorAction, logger
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import adrive, drive
 from .runtime import Runtime
 from .stores import MemoryStore, Store, Stored, open_store
+from .stores.base import Quarantined
 
 __all__ = ["Migration", "Orchestrator", "RecoveryReport"]
 
 _ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
+#: What says a saga itself cannot be decoded or driven (it is set aside for an operator),
+#: as does any error that is not a SagaflowError; the other SagaflowErrors (a lost race,
+#: an unknown class, a changed definition, a store that is down) leave it for a later try.
+_BROKEN = (CorruptRecord, InvalidTransition, CodecError)
 
 #: Turns a record started by an older definition into one the current class can run
 #: (rename steps, reorder them, ...); returns the record, or ``None`` to leave it as is.
@@ -39,14 +49,19 @@ Migration = Callable[[SagaRecord, SagaSpec], "SagaRecord | None"]
 class RecoveryReport:
     """What :meth:`Orchestrator.recover` did: each saga resumed, with the status it
     reached, and each saga left alone, with the reason (unknown class, changed
-    definition, unreadable record, run elsewhere)."""
+    definition, a record that cannot be decoded or driven, run elsewhere).
+    ``quarantined`` names the sagas among them that are set aside for an operator
+    (now, or before this recovery), with why."""
 
     resumed: dict[str, SagaStatus] = attrs.field(factory=dict)
     skipped: dict[str, SagaflowError] = attrs.field(factory=dict)
+    quarantined: dict[str, str] = attrs.field(factory=dict)
 
     def describe(self) -> str:
         """A few lines for a person."""
         lines = [f"recovered {len(self.resumed)} saga(s), left {len(self.skipped)} alone"]
+        if self.quarantined:
+            lines[0] += f" ({len(self.quarantined)} quarantined)"
         lines += [f"  {sid}: {status.value}" for sid, status in self.resumed.items()]
         lines += [f"  {sid}: not resumed: {err}" for sid, err in self.skipped.items()]
         return "\n".join(lines)
@@ -184,13 +199,31 @@ class Orchestrator:
         return None if record is None else SagaResult.of(record)
 
     def running(self, name: str | None = None) -> list[SagaResult]:
-        """Snapshots of the sagas not yet finished, most recently updated first."""
-        return [SagaResult.of(r) for r in self.store.query(status=_ACTIVE, name=name)]
+        """Snapshots of the sagas not yet finished, most recently updated first.
+
+        A saga whose record cannot be read is left out (and logged with its id): one
+        damaged row never hides the others."""
+        return self._results(_ACTIVE, name, None)
 
     def history(self, name: str | None = None, limit: int | None = None) -> list[SagaResult]:
-        """Snapshots of finished sagas, most recently finished first."""
-        records = self.store.query(status=_FINISHED, name=name, limit=limit)
-        return [SagaResult.of(r) for r in records]
+        """Snapshots of finished sagas, most recently finished first (at most ``limit``;
+        a saga whose record cannot be read is left out and logged, as in :meth:`running`)."""
+        return self._results(_FINISHED, name, limit)
+
+    def _results(
+        self, status: tuple[SagaStatus, ...], name: str | None, limit: int | None
+    ) -> list[SagaResult]:
+        results: list[SagaResult] = []
+        store = self.store
+        for stored in store.scan(status=status, name=name, newest_first=True):
+            if limit is not None and len(results) >= limit:
+                break
+            try:
+                results.append(SagaResult.of(store.decode(stored)))
+            except Exception as exc:  # reading never writes: no quarantine here
+                logger.warning("saga %s is left out: its record cannot be read: %s",
+                               stored.saga_id, exc)
+        return results
 
     # --- operator verbs ---------------------------------------------------------------
 
@@ -203,41 +236,89 @@ class Orchestrator:
         """
         if self.runtime.request_cancel(saga_id, note):
             return self._snapshot(saga_id)
-        spec, record, told = self._act(saga_id, engine.cancel, note)
-        self.drive(spec, record, told)
-        return SagaResult.of(record)
+        return self._operate(saga_id, engine.cancel, note)
 
     def retry(self, saga_id: str, note: str | None = None) -> SagaResult:
         """Run a FAILED saga's failed compensations (or failed retriable step or pivot)
         again, with a fresh retry budget."""
-        spec, record, told = self._act(saga_id, engine.retry, note)
-        self.drive(spec, record, told)
-        return SagaResult.of(record)
+        return self._operate(saga_id, engine.retry, note)
 
     def resolve(self, saga_id: str, note: str) -> SagaResult:
         """Mark a FAILED saga as handled by hand; ``note`` says what was done."""
-        spec, record, told = self._act(saga_id, engine.resolve, note)
-        self.drive(spec, record, told)  # saves the record, tells listeners; runs nothing
-        return SagaResult.of(record)
+        return self._operate(saga_id, engine.resolve, note)  # drives nothing: it saves
 
     async def acancel(self, saga_id: str, note: str | None = None) -> SagaResult:
         """:meth:`cancel`, for sagas with async steps (or under a running loop)."""
         if self.runtime.request_cancel(saga_id, note):
             return self._snapshot(saga_id)
-        spec, record, told = self._act(saga_id, engine.cancel, note, sync=False)
-        await self.adrive(spec, record, told)
-        return SagaResult.of(record)
+        return await self._aoperate(saga_id, engine.cancel, note)
 
     async def aretry(self, saga_id: str, note: str | None = None) -> SagaResult:
         """:meth:`retry`, for sagas with async steps (or under a running loop)."""
-        spec, record, told = self._act(saga_id, engine.retry, note, sync=False)
-        await self.adrive(spec, record, told)
-        return SagaResult.of(record)
+        return await self._aoperate(saga_id, engine.retry, note)
 
     async def aresolve(self, saga_id: str, note: str) -> SagaResult:
         """:meth:`resolve`, under a running loop."""
-        spec, record, told = self._act(saga_id, engine.resolve, note, sync=False)
-        await self.adrive(spec, record, told)
+        return await self._aoperate(saga_id, engine.resolve, note)
+
+    def unquarantine(self, saga_id: str) -> bool:
+        """Lift the quarantine of ``saga_id`` (once what made it fail is fixed), so that
+        recovery and workers take it again; whether it was quarantined."""
+        return self.store.unquarantine(saga_id)
+
+    def quarantined(self) -> list[Quarantined]:
+        """The sagas set aside for an operator, with why, the longest set aside first."""
+        return self.store.quarantined()
+
+    def set_aside(self, saga_id: str, error: BaseException) -> str | None:
+        """If ``error`` (raised while saga ``saga_id`` was decoded or driven) says the
+        saga itself cannot be decoded or driven, quarantine it in the store and return
+        the reason; ``None`` for a passing trouble (a lost race, an unknown class, a
+        changed definition, a store that is down), which a later try may not meet."""
+        if isinstance(error, SagaflowError) and not isinstance(error, _BROKEN):
+            return None
+        reason = f"cannot be decoded or driven: {type(error).__name__}: {error}"
+        try:
+            self.store.quarantine(saga_id, reason)
+        except (StoreError, SagaNotFound) as exc:
+            logger.error("saga %s could not be quarantined (%s): %s", saga_id, exc, reason)
+            return None
+        logger.error("saga %s is quarantined, %s", saga_id, reason)
+        return reason
+
+    def _operate(
+        self,
+        saga_id: str,
+        verb: Callable[[SagaSpec, SagaRecord, float, Any], None],
+        note: str | None,
+    ) -> SagaResult:
+        """Apply an operator ``verb`` to a stored saga and drive it on (on this thread).
+
+        A saga that cannot be decoded or driven is quarantined and the error raised;
+        one the verb went through with is released from any quarantine."""
+        spec, record, told = self._act(saga_id, verb, note, sync=True)
+        try:
+            self.drive(spec, record, told)
+        except Exception as exc:
+            self.set_aside(saga_id, exc)
+            raise
+        self.store.unquarantine(saga_id)
+        return SagaResult.of(record)
+
+    async def _aoperate(
+        self,
+        saga_id: str,
+        verb: Callable[[SagaSpec, SagaRecord, float, Any], None],
+        note: str | None,
+    ) -> SagaResult:
+        """:meth:`_operate`, driving in this task."""
+        spec, record, told = self._act(saga_id, verb, note, sync=False)
+        try:
+            await self.adrive(spec, record, told)
+        except Exception as exc:
+            self.set_aside(saga_id, exc)
+            raise
+        self.store.unquarantine(saga_id)
         return SagaResult.of(record)
 
     def _act(
@@ -256,7 +337,11 @@ class Orchestrator:
         if sync:
             self._check_sync(spec)
         told = len(record.history)
-        verb(spec, record, self.clock.now(), note)
+        try:
+            verb(spec, record, self.clock.now(), note)
+        except Exception as exc:  # an OperatorError leaves it be; a damaged record not
+            self.set_aside(saga_id, exc)
+            raise
         return spec, record, told
 
     # --- recovery ---------------------------------------------------------------------
@@ -267,19 +352,28 @@ class Orchestrator:
         A step or compensation that was in flight when its process died runs again with
         the same idempotency key; a retry that was waiting waits out the rest of its
         delay; a deadline that passed meanwhile starts compensation. A saga whose class
-        is unknown, whose definition changed (see ``migrations``), or whose record
-        cannot be read is left untouched and reported.
+        is unknown or whose definition changed (see ``migrations``) is left untouched
+        and reported; one that cannot be decoded or driven is reported and quarantined
+        (see :meth:`set_aside`); a quarantined one is reported and left alone. Whatever
+        one saga raises, the others go on.
         """
+        self._check_listeners()
         report = RecoveryReport()
         for stored in list(self.store.scan(status=_ACTIVE)):
             found = self._recoverable(stored, report)
             if found is None:
                 continue
             spec, record, told = found
+            if spec.is_async:
+                report.skipped[record.saga_id] = SagaflowError(
+                    f"saga {record.saga_id!r} ({spec.name}) has async steps: recover it "
+                    "with 'await orchestrator.arecover()'"
+                )
+                continue
             try:
                 self.drive(spec, record, told)
-            except SagaflowError as exc:  # e.g. another process took it over meanwhile
-                report.skipped[record.saga_id] = exc
+            except Exception as exc:
+                self._not_resumed(report, record.saga_id, exc)
             else:
                 report.resumed[record.saga_id] = record.status
         return report
@@ -294,8 +388,8 @@ class Orchestrator:
             async with gate:
                 try:
                     await self.adrive(spec, record, told)
-                except SagaflowError as exc:
-                    report.skipped[record.saga_id] = exc
+                except Exception as exc:
+                    self._not_resumed(report, record.saga_id, exc)
                 else:
                     report.resumed[record.saga_id] = record.status
 
@@ -312,10 +406,15 @@ class Orchestrator:
         self, stored: Stored, report: RecoveryReport
     ) -> tuple[SagaSpec, SagaRecord, int] | None:
         """The spec and decoded record of ``stored`` (its history so far: what listeners
-        heard already), or ``None`` (reported) if it is unknown, changed, unreadable, or
-        already running here. The resumption is recorded in its history."""
+        heard already), or ``None`` (reported) if it is quarantined, unknown, changed,
+        cannot be decoded, or already running here. The resumption is recorded in its
+        history."""
         sid = stored.saga_id
         if sid in self.runtime.live:
+            return None
+        if stored.quarantined is not None:
+            report.skipped[sid] = SagaQuarantined(sid, stored.quarantined)
+            report.quarantined[sid] = stored.quarantined
             return None
         try:
             spec = self._specs.get(stored.saga_name)
@@ -323,8 +422,8 @@ class Orchestrator:
                 raise UnknownSaga(sid, stored.saga_name)
             record = self.store.decode(stored, spec.cls)
             spec = self.spec_for(record)
-        except SagaflowError as exc:
-            report.skipped[sid] = exc
+        except Exception as exc:
+            self._not_resumed(report, sid, exc)
             return None
         told = len(record.history)
         record.history.append(
@@ -332,6 +431,19 @@ class Orchestrator:
                            note="resumed from its last checkpoint")
         )
         return spec, record, told
+
+    def _not_resumed(self, report: RecoveryReport, saga_id: str, error: Exception) -> None:
+        """Report what one saga raised; set it aside if it cannot be decoded or driven."""
+        reason = self.set_aside(saga_id, error)
+        if reason is not None:
+            report.quarantined[saga_id] = reason
+        if not isinstance(error, SagaflowError):
+            failure = SagaQuarantined(saga_id, reason or f"{type(error).__name__}: {error}")
+            failure.__cause__ = error
+            error = failure
+        report.skipped[saga_id] = error
+        if reason is None:
+            logger.warning("saga %s was not resumed: %s", saga_id, error)
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -366,6 +478,9 @@ class Orchestrator:
                 f"saga {spec.name!r} has async steps or compensations ({names}): "
                 "run it with 'await orchestrator.arun(saga)'"
             )
+        self._check_listeners()
+
+    def _check_listeners(self) -> None:
         if self.listeners.async_:
             raise TypeError(
                 f"async listeners {self.listeners.async_!r} can only be awaited under "
@@ -396,12 +511,18 @@ class Orchestrator:
         return spec
 
     def _stored(self, saga_id: str) -> tuple[SagaSpec, SagaRecord]:
+        """The spec and record of a stored saga; one that cannot be decoded is
+        quarantined (and the error raised)."""
         if saga_id in self.runtime.live:
             raise AlreadyExecuting(saga_id)
-        record = self.store.load(saga_id)
-        if record is None:
-            raise SagaNotFound(saga_id)
-        return self.spec_for(record), record
+        try:
+            record = self.store.load(saga_id)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            return self.spec_for(record), record
+        except Exception as exc:
+            self.set_aside(saga_id, exc)
+            raise
 
     def _new(self, spec: SagaSpec, saga: object, saga_id: str | None) -> SagaRecord:
         return new_record(spec, saga, queue.new_saga_id(saga_id), self.clock.now())

@@ -48,7 +48,7 @@ import attrs
 
 from .clock import Clock, SystemClock
 from .definition import SagaSpec, spec_of
-from .errors import ConcurrentModification, LeaseLost, SagaflowError, StoreError
+from .errors import ConcurrentModification, LeaseLost, StoreError
 from .events import Listener
 from .orchestrator import Migration, Orchestrator
 from .queue import aenqueue, enqueue, enqueue_many, wait, wait_async
@@ -106,7 +106,8 @@ def current_lease() -> Lease | None:
 @attrs.define
 class WorkerStats:
     """What a worker did: sagas claimed, finished (by status), parked until a retry
-    is due, released (shutdown, errors), lost to another worker."""
+    is due, released (shutdown, errors), lost to another worker, quarantined (they
+    cannot be decoded or driven: set aside until an operator acts)."""
 
     claimed: int = 0
     finished: Counter[str] = attrs.field(factory=Counter)
@@ -114,12 +115,14 @@ class WorkerStats:
     released: int = 0
     lost: int = 0
     errors: int = 0
+    quarantined: int = 0
 
     def describe(self) -> str:
         done = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.finished.items())) or "none"
         return (
             f"claimed {self.claimed}; finished: {done}; parked {self.parked}; "
-            f"released {self.released}; lost to other workers {self.lost}; errors {self.errors}"
+            f"released {self.released}; lost to other workers {self.lost}; errors {self.errors}; "
+            f"quarantined {self.quarantined}"
         )
 
 
@@ -411,8 +414,11 @@ class Worker:
                 spec = self._specs[stored.saga_name]
                 record = self.store.decode(stored, spec.cls)
                 spec = orch.spec_for(record)
-            except SagaflowError as exc:  # a changed definition, an unreadable record
+            except Exception as exc:  # a damaged record, a changed definition
                 self.stats.errors += 1
+                if await self._set_aside(sid, exc):
+                    await self._release(sid, lease, self._base_clock.now())
+                    return
                 log.error("worker %s: cannot run saga %s, retrying in %gs: %s",
                           self.id, sid, self.retry_later, exc)
                 await self._release(sid, lease, self._base_clock.now() + self.retry_later)
@@ -432,8 +438,12 @@ class Worker:
             self.stats.errors += 1
             log.warning("worker %s: %s; leaving it to be claimed afresh", self.id, exc)
             await self._release(sid, lease, self._base_clock.now())
-        except Exception as exc:  # the store failed, a listener raised: resume later
+        except Exception as exc:
             self.stats.errors += 1
+            if await self._set_aside(sid, exc):  # it cannot be driven: not claimed again
+                await self._release(sid, lease, self._base_clock.now())
+                return
+            # the store failed, say: resume later
             log.exception("worker %s: saga %s failed to run, releasing it: %s", self.id, sid, exc)
             await self._release(sid, lease, self._base_clock.now() + min(self.retry_later, 5.0))
         finally:
@@ -443,6 +453,14 @@ class Worker:
             self._active.pop(sid, None)
             if self._wake is not None:
                 self._wake.set()
+
+    async def _set_aside(self, sid: str, error: Exception) -> bool:
+        """Quarantine ``sid`` if ``error`` says it cannot be decoded or driven."""
+        reason = await asyncio.to_thread(self.orchestrator.set_aside, sid, error)
+        if reason is None:
+            return False
+        self.stats.quarantined += 1
+        return True
 
     async def _release(self, sid: str, lease: Lease, run_at: float) -> None:
         try:

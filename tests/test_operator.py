@@ -8,6 +8,7 @@ import pytest
 
 from sagaflow import (
     CompensationStatus,
+    CorruptRecord,
     OperatorError,
     Orchestrator,
     Retry,
@@ -221,6 +222,56 @@ def test_stored_saga_of_unknown_class_or_changed_definition_is_left_alone() -> N
     migrating = Orchestrator(store=orchestrator.store, migrations={"0123456789abcdef": migrate})
     migrating.register(make([], set()))
     assert migrating.retry("f").status is SagaStatus.COMPLETED
+
+
+def test_a_damaged_saga_is_quarantined_by_a_verb_and_a_verb_that_goes_through_lifts_it(
+    tmp_path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "sagas.db"
+    Ops = make([], {"r"})
+    with Orchestrator(store=f"sqlite:///{path}") as first:
+        first.run(Ops(), "hurt")
+        first.run(Ops(), "fine")
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_sagas SET cursor = 99 WHERE saga_id = 'hurt'")
+    with Orchestrator(store=f"sqlite:///{path}", sagas=[Ops]) as second:
+        with pytest.raises(CorruptRecord, match="hurt"):
+            second.retry("hurt", note="try it")
+        assert [(q.saga_id, "CorruptRecord" in q.reason) for q in second.quarantined()] == [
+            ("hurt", True)
+        ]
+        # a decodable saga set aside (by hand here) is released by a verb that goes through
+        second.store.quarantine("fine", "looked odd")
+        assert second.resolve("fine", note="sent by hand").resolution == "sent by hand"
+        assert [q.saga_id for q in second.quarantined()] == ["hurt"]
+        # a verb that does not fit the saga's status leaves it set aside
+        second.store.quarantine("fine", "looked odd")
+        with pytest.raises(OperatorError):
+            second.cancel("fine")
+        assert {q.saga_id for q in second.quarantined()} == {"hurt", "fine"}
+        assert second.unquarantine("fine") and not second.unquarantine("fine")
+
+
+def test_a_sync_verb_on_an_async_saga_is_a_usage_error_not_a_quarantine() -> None:
+    @saga
+    class Later:
+        @step
+        async def a(self, ctx):
+            raise ValueError("no")
+
+        @a.compensate
+        async def ua(self, ctx):
+            raise ValueError("still no")
+
+    import asyncio
+
+    orchestrator = Orchestrator()
+    asyncio.run(orchestrator.arun(Later(), "l"))
+    with pytest.raises(TypeError, match="async steps"):
+        orchestrator.retry("l")
+    assert orchestrator.quarantined() == []
 
 
 def test_retry_walks_through_compensations_already_done() -> None:

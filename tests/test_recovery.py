@@ -12,6 +12,7 @@ from sagaflow import (
     Orchestrator,
     Retry,
     SagaDefinitionChanged,
+    SagaQuarantined,
     SagaStatus,
     UnknownSaga,
     saga,
@@ -145,13 +146,90 @@ def test_a_damaged_position_is_refused_before_any_participant_call(tmp_path, dam
     calls.clear()
     with Orchestrator(store=SQLiteStore(path), sagas=[Resumable]) as second:
         report = second.recover()
-    assert report.resumed == {"fine": SagaStatus.COMPLETED}
-    assert isinstance(report.skipped["damaged"], CorruptRecord)
-    assert all(key.startswith("fine:") for _, key in calls)  # nothing of 'damaged' ran
+        assert report.resumed == {"fine": SagaStatus.COMPLETED}
+        assert isinstance(report.skipped["damaged"], CorruptRecord)
+        assert all(key.startswith("fine:") for _, key in calls)  # nothing of 'damaged' ran
+        # set aside: the next recovery leaves it alone without reading it again
+        assert "damaged" in report.quarantined
+        again = second.recover()
+        assert again.resumed == {} and isinstance(again.skipped["damaged"], SagaQuarantined)
+        assert [q.saga_id for q in second.quarantined()] == ["damaged"]
     with sqlite3.connect(path) as raw:
         assert raw.execute(
             "SELECT * FROM sagaflow_sagas WHERE saga_id = 'damaged'"
         ).fetchone() == row
+
+
+def _crashed(path, *ids: str) -> None:
+    with Orchestrator(store=SQLiteStore(path)) as first:
+        for sid in ids:
+            crash_in.add("charge")
+            with pytest.raises(KeyboardInterrupt):
+                first.run(Resumable(), sid)
+
+
+@pytest.mark.parametrize("how", ["recover", "arecover"])
+def test_whatever_one_saga_raises_the_others_are_recovered(tmp_path, how) -> None:
+    # A migration that blows up (a plain RuntimeError, not a sagaflow error) while one
+    # saga is decoded; the engine refusing another one while it is driven.
+    import sqlite3
+
+    path = tmp_path / "sagas.db"
+    _crashed(path, "a-migrating", "b-fine", "c-misplaced", "d-fine")
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_sagas SET fingerprint = 'feedfacefeedface' "
+                    "WHERE saga_id = 'a-migrating'")
+        raw.execute("UPDATE sagaflow_sagas SET state = 'ship' WHERE saga_id = 'c-misplaced'")
+
+    def broken_migration(record, spec):
+        raise RuntimeError("the migration has a bug")
+
+    calls.clear()
+    with Orchestrator(store=SQLiteStore(path), sagas=[Resumable],
+                      migrations={"feedfacefeedface": broken_migration}) as second:
+        if how == "recover":
+            report = second.recover()
+        else:
+            report = asyncio.run(second.arecover(concurrency=2))
+        assert report.resumed == {"b-fine": SagaStatus.COMPLETED,
+                                  "d-fine": SagaStatus.COMPLETED}
+        migrating = report.skipped["a-migrating"]
+        assert isinstance(migrating, SagaQuarantined)
+        assert isinstance(migrating.__cause__, RuntimeError)
+        assert "the migration has a bug" in report.quarantined["a-migrating"]
+        assert isinstance(report.skipped["c-misplaced"], CorruptRecord)
+        assert set(report.quarantined) == {"a-migrating", "c-misplaced"}
+        assert "2 quarantined" in report.describe()
+        assert {key.split(":")[0] for _, key in calls} == {"b-fine", "d-fine"}
+        # an operator lifts it once the cause is fixed
+        assert second.unquarantine("a-migrating") is True
+        assert second.unquarantine("a-migrating") is False
+        second.migrations.clear()
+        assert isinstance(second.recover().skipped["a-migrating"], SagaDefinitionChanged)
+
+
+def test_history_and_running_leave_out_a_damaged_row_and_say_so(tmp_path, caplog) -> None:
+    import sqlite3
+
+    path = tmp_path / "sagas.db"
+    _crashed(path, "run-1", "run-2")
+    with Orchestrator(store=SQLiteStore(path)) as first:
+        for sid in ("done-1", "done-2", "done-3"):
+            first.run(Resumable(), sid)
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_sagas SET cursor = 'x' WHERE saga_id IN ('done-2', 'run-1')")
+    with (
+        Orchestrator(store=SQLiteStore(path), sagas=[Resumable]) as second,
+        caplog.at_level("WARNING", logger="sagaflow"),
+    ):
+        history = second.history()
+        running = second.running()
+        limited = second.history(limit=2)
+    assert [r.saga_id for r in history] == ["done-3", "done-1"]
+    assert [r.saga_id for r in limited] == ["done-3", "done-1"]
+    assert [r.saga_id for r in running] == ["run-2"]
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert any("done-2" in m for m in left_out) and any("run-1" in m for m in left_out)
 
 
 def test_recovery_is_recorded_and_listeners_hear_only_what_is_new(tmp_path) -> None:

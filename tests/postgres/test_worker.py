@@ -315,22 +315,36 @@ def test_a_saga_of_another_definition_is_left_to_workers_that_know_it(
     assert len(pg_store.claim("w", 5, lease=30, now=time.time() + 1, **migrated)) == 1
 
 
-def test_an_unreadable_record_is_put_back_for_later_and_reported(
-    pg_url: str, schema: str, pg_store: PostgresStore
+@pytest.mark.parametrize(
+    "damage",
+    ["steps = 'not json'", "cursor = 7", "state = 'nowhere'"],
+)
+def test_a_damaged_row_is_quarantined_not_claimed_in_a_loop(
+    pg_url: str, schema: str, pg_store: PostgresStore, damage: str
 ) -> None:
-    sid = enqueue(pg_store, Hello())
+    bad = enqueue(pg_store, Hello(who="bad"))
+    good = enqueue(pg_store, Hello(who="good"))
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-        conn.execute("UPDATE sagaflow_sagas SET steps = 'not json' WHERE saga_id = %s", (sid,))
-    worker = Worker(pg_store, [Hello], poll=0.02, retry_later=600)
+        conn.execute(f"UPDATE sagaflow_sagas SET {damage} WHERE saga_id = %s", (bad,))
+    # Released for a retry in 10 ms, as before, it would be claimed again and again.
+    worker = Worker(pg_store, [Hello], poll=0.02, retry_later=0.01)
     with serving(worker):
+        assert wait(pg_store, good, timeout=30).ok
         deadline = time.monotonic() + 30
-        while worker.stats.errors == 0 and time.monotonic() < deadline:
+        while worker.stats.quarantined == 0 and time.monotonic() < deadline:
             time.sleep(0.02)
-    assert worker.stats.errors == 1 and worker.stats.released == 1
-    stored = pg_store.load_raw(sid)
-    assert stored is not None and stored.owner is None
-    assert stored.run_at is not None and stored.run_at > time.time() + 500
+        time.sleep(0.5)  # some 25 polls: a loop would claim it again meanwhile
+    assert worker.stats.claimed == 2 and worker.stats.quarantined == 1
+    assert calls_of(bad) == []
+    [held] = pg_store.quarantined()
+    assert held.saga_id == bad and "CorruptRecord" in held.reason
+    stored = pg_store.load_raw(bad)
+    assert stored is not None and stored.owner is None and stored.quarantined == held.reason
+    # an operator lifts it: claimed again (and quarantined again, still damaged)
+    assert pg_store.unquarantine(bad)
+    assert [s.saga_id for s in pg_store.claim(
+        "w", 5, lease=30, now=time.time() + 1, **kinds(Hello))] == [bad]
 
 
 def test_a_second_stop_releases_at_once(pg_store: PostgresStore) -> None:
