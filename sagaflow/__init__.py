@@ -6,7 +6,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 
 from . import events
 from .context import Direction, StepContext
-from .definition import SagaSpec, StepKind, StepSpec, is_saga, saga, spec_of, step
+from .definition import saga, step
 from .diagram import diagram
 from .errors import (
     AlreadyExecuting,
@@ -35,6 +35,7 @@ from .errors import (
 from .orchestrator import Orchestrator, RecoveryReport
 from .policy import Retry, backoff_delay
 from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepRecord, StepStatus
+from .spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
 
 __version__ = "0.1.0"
 
@@ -42,7 +43,6 @@ __all__ = [
     "AlreadyExecuting",
     "CodecError",
     "CompensationError",
-    "CompensationFailed",
     "CompensationStatus",
     "ConcurrentModification",
     "CorruptRecord",
@@ -68,7 +68,6 @@ __all__ = [
     "ScaffoldError",
     "StepContext",
     "StepError",
-    "StepFailed",
     "StepKind",
     "StepRecord",
     "StepSpec",

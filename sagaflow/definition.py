@@ -13,13 +13,31 @@ import inspect
 import itertools
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeVar, cast, overload
 
 import attrs
 
 from .errors import SagaDefinitionError
+from .machine import (
+    COMPENSATING_PREFIX,
+    RESERVED_NAMES,
+    build_machine,
+    check_graph,
+    is_reserved,
+)
 from .policy import COMPENSATION_RETRY, NO_RETRY, RETRIABLE_RETRY, Retry
+from .spec import (
+    SPEC_ATTRIBUTE,
+    Predicate,
+    SagaSpec,
+    StepFn,
+    StepKind,
+    StepSpec,
+    callable_name,
+    is_saga,
+    spec_of,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -35,14 +53,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-StepFn = Callable[..., Any]
-Predicate = Callable[[Any], bool]
 
 #: Seconds a forward step or compensation may run when no ``timeout`` is given (seed 004).
 DEFAULT_TIMEOUT = 30.0
-#: State names the machine reserves; a step may not be called by one of them.
-RESERVED_NAMES = frozenset({"not_started", "completed", "compensated", "failed"})
-SPEC_ATTRIBUTE = "__sagaflow_spec__"
 
 
 class _Unset(enum.Enum):
@@ -56,19 +69,11 @@ UNSET = _Unset.UNSET
 
 _counter = itertools.count()
 _lock = threading.Lock()
-# Every @step made for a class body, by the body's module and qualified name, so that @saga
-# can see a step that a later method of the same name silently replaced. The module is part
-# of the key: an undecorated mixin's steps must not be blamed on a saga of the same name.
-_made_for: dict[tuple[str, str], list[StepDef]] = {}
-
-
-class StepKind(enum.Enum):
-    """What a step does to the world, which decides how the saga treats its failure."""
-
-    COMPENSATABLE = "compensatable"  #: has a compensation that undoes it
-    READONLY = "readonly"  #: changes nothing: nothing to undo
-    PIVOT = "pivot"  #: the point of no return: after it the saga only goes forward
-    RETRIABLE = "retriable"  #: after the pivot: retried, never compensated
+# Every @step and .compensate made for a class body, by the body's module and qualified
+# name, so that @saga can see one that a later method of the same name silently replaced.
+# The module is part of the key: an undecorated mixin's steps must not be blamed on a saga
+# of the same name.
+_made_for: dict[tuple[str, str], list[StepDef | CompensationDef]] = {}
 
 
 def _owner_of(fn: object) -> tuple[str, str]:
@@ -76,11 +81,6 @@ def _owner_of(fn: object) -> tuple[str, str]:
     qualname = getattr(fn, "__qualname__", "")
     owner = qualname.rpartition(".")[0] if "." in qualname else ""
     return getattr(fn, "__module__", None) or "", owner
-
-
-def _callable_name(fn: object) -> str:
-    # No repr(): it carries a memory address, and diagrams must be stable across runs.
-    return getattr(fn, "__name__", None) or type(fn).__qualname__
 
 
 @attrs.frozen(eq=False)
@@ -145,6 +145,8 @@ class StepDef:
         def attach(fn: StepFn) -> CompensationDef:
             comp = CompensationDef(fn=fn, step=self, timeout=timeout, retry=retry)
             self.compensations.append(comp)
+            with _lock:
+                _made_for.setdefault(_owner_of(fn), []).append(comp)
             return comp
 
         return attach if fn is None else attach(fn)
@@ -206,83 +208,6 @@ def step(
     return make if fn is None else make(fn)
 
 
-@attrs.frozen
-class StepSpec:
-    """One step of a saga, resolved and validated: the row of the dispatch tables."""
-
-    index: int
-    name: str
-    kind: StepKind
-    fn: StepFn
-    is_async: bool
-    timeout: float | None
-    retry: Retry
-    when: Predicate | None
-    compensation: StepFn | None
-    compensation_name: str | None
-    compensation_is_async: bool
-    compensation_timeout: float | None
-    compensation_retry: Retry
-
-    @property
-    def guard_name(self) -> str | None:
-        """The name of the ``when`` predicate, as diagrams show it."""
-        return None if self.when is None else _callable_name(self.when)
-
-
-@attrs.frozen(eq=False)
-class SagaSpec:
-    """The frozen description of a saga class, built once by ``@saga``.
-
-    ``forward`` and ``compensations`` are the dispatch tables (step index -> function,
-    ``None`` where a step has no compensation); ``machine`` is the class's one
-    ``transitions`` state machine and ``transitions`` the set of (source, trigger,
-    destination) it allows, which every run checks each state change against.
-    """
-
-    name: str
-    cls: type
-    steps: tuple[StepSpec, ...]
-    forward: tuple[StepFn, ...]
-    compensations: tuple[StepFn | None, ...]
-    deadline: float | None
-    compensation_deadline: float | None
-    pivot_index: int | None
-    is_async: bool
-    fingerprint: str
-    #: the shortest limit any call can get (a timeout or a deadline); ``None`` when no
-    #: call is ever limited. The sync driver's watchdog never sleeps longer than this.
-    shortest_limit: float | None
-    machine: Any = attrs.field(repr=False)
-    transitions: frozenset[tuple[str, str, str]] = attrs.field(repr=False)
-    index: Mapping[str, int] = attrs.field(repr=False)
-
-    def step(self, name: str) -> StepSpec:
-        """The step called ``name``."""
-        try:
-            return self.steps[self.index[name]]
-        except KeyError:
-            known = ", ".join(s.name for s in self.steps)
-            raise KeyError(f"saga {self.name!r} has no step {name!r} (steps: {known})") from None
-
-
-def is_saga(obj: object) -> bool:
-    """Whether ``obj`` is a saga class or an instance of one."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    return isinstance(cls.__dict__.get(SPEC_ATTRIBUTE), SagaSpec)
-
-
-def spec_of(obj: object) -> SagaSpec:
-    """The :class:`SagaSpec` of a saga class or instance."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    spec = cls.__dict__.get(SPEC_ATTRIBUTE)
-    if not isinstance(spec, SagaSpec):
-        raise TypeError(
-            f"{cls.__qualname__} is not a saga class: decorate it with @sagaflow.saga"
-        )
-    return spec
-
-
 @overload
 def saga(cls: type[T], /) -> type[T]: ...
 
@@ -326,6 +251,42 @@ def saga(
         return cast("type[T]", made)
 
     return build if cls is None else build(cls)
+
+
+def _step_label(d: StepDef) -> str:
+    return d.name if isinstance(d.name, str) else callable_name(d.fn)
+
+
+def _replaced(lost: StepDef | CompensationDef, winner: object) -> str:
+    """The problem of a step or compensation that a later method of its name replaced."""
+    name = callable_name(lost.fn)
+    if isinstance(lost, StepDef) and isinstance(winner, StepDef):
+        return (
+            f"step {name!r} is defined twice in the class body; the later definition "
+            "replaced the earlier one: give each step its own name"
+        )
+    if isinstance(lost, CompensationDef) and isinstance(winner, CompensationDef):
+        first, second = _step_label(lost.step), _step_label(winner.step)
+        if first == second:
+            return (
+                f"compensation {name!r} of step {first!r} is defined twice in the class "
+                "body; the later definition replaced the earlier one: keep one"
+            )
+        return (
+            f"the compensations of steps {first!r} and {second!r} are both named {name!r}: "
+            f"the later replaced the earlier in the class body, leaving {first!r} with "
+            f"none: give each compensation its own name (undo_{first}, undo_{second})"
+        )
+
+    def what(d: object) -> str:
+        if isinstance(d, CompensationDef):
+            return f"compensation {name!r} of step {_step_label(d.step)!r}"
+        return f"step {name!r}" if isinstance(d, StepDef) else f"the attribute {name!r}"
+
+    return (
+        f"{what(lost)} and {what(winner)} are both named {name!r}: the later replaced "
+        "the earlier in the class body: give each its own name"
+    )
 
 
 def _check_timeout(value: object, what: str, problems: list[str]) -> float | None:
@@ -381,8 +342,6 @@ def _build_spec(
     deadline: object,
     compensation_deadline: object,
 ) -> SagaSpec:
-    from .machine import build_machine, check_graph  # machine.py needs StepSpec, above
-
     saga_name = name if name is not None else cls.__name__
     problems: list[str] = []
     if not isinstance(saga_name, str) or not saga_name.strip():
@@ -408,14 +367,15 @@ def _build_spec(
                 found.pop(attr, None)
     with _lock:
         made = _made_for.pop((cls.__module__, cls.__qualname__), [])
-    present = {id(d) for d in found.values()}
+    present = {id(d) for d in found.values()} | {id(c) for c in comps.values()}
+    # Steps whose compensation a later method of the same name replaced: the clash is
+    # their problem, not a missing compensation.
+    robbed: set[int] = set()
     for lost in made:
         if id(lost) not in present:
-            fn_name = _callable_name(lost.fn)
-            problems.append(
-                f"step {fn_name!r} is defined twice in the class body; the later "
-                "definition replaced the earlier one: give each step its own name"
-            )
+            if isinstance(lost, CompensationDef):
+                robbed.add(id(lost.step))
+            problems.append(_replaced(lost, vars(cls).get(callable_name(lost.fn))))
 
     defs = sorted(found.items(), key=lambda item: position[item[0]])
     if not defs:
@@ -428,7 +388,7 @@ def _build_spec(
     step_ids = {id(d) for _, d in defs}
     for attr, comp in comps.items():
         if id(comp.step) not in step_ids:
-            step_name = comp.step.name or _callable_name(comp.step.fn)
+            step_name = comp.step.name or callable_name(comp.step.fn)
             problems.append(
                 f"compensation {attr!r} is attached to {step_name!r}, which is not a step "
                 "of this saga: attach it with @<step>.compensate to one of its own steps"
@@ -443,10 +403,10 @@ def _build_spec(
                 f"step {attr!r}: name must be a Python identifier, got {step_name!r}"
             )
             step_name = attr
-        elif step_name in RESERVED_NAMES or step_name.startswith("compensating_"):
+        elif is_reserved(step_name):
             problems.append(
                 f"{what}: the name is reserved for the state machine "
-                f"({', '.join(sorted(RESERVED_NAMES))}, compensating_*): rename the step"
+                f"({', '.join(sorted(RESERVED_NAMES))}, {COMPENSATING_PREFIX}*): rename the step"
             )
         if step_name in seen_names:
             problems.append(
@@ -463,7 +423,7 @@ def _build_spec(
         chosen = [flag for flag, value in flags.items() if value is True]
         own = [c for c in d.compensations if id(c) in attached]
         if len(own) > 1:
-            names = ", ".join(repr(_callable_name(c.fn)) for c in own)
+            names = ", ".join(repr(callable_name(c.fn)) for c in own)
             problems.append(
                 f"{what} has {len(own)} compensations ({names}): keep exactly one"
             )
@@ -487,10 +447,11 @@ def _build_spec(
             kind = StepKind(chosen[0])
         else:
             kind = StepKind.COMPENSATABLE
-            problems.append(
-                f"{what} has no compensation and no kind: add @{attr}.compensate, or "
-                "mark it readonly=True, pivot=True or retriable=True"
-            )
+            if id(d) not in robbed:
+                problems.append(
+                    f"{what} has no compensation and no kind: add @{attr}.compensate, or "
+                    "mark it readonly=True, pivot=True or retriable=True"
+                )
 
         timeout = (
             DEFAULT_TIMEOUT if d.timeout is UNSET else _check_timeout(d.timeout, what, problems)
@@ -509,7 +470,7 @@ def _build_spec(
         comp_retry: Retry | None = COMPENSATION_RETRY
         if own:
             c = own[0]
-            comp_name = _callable_name(c.fn)
+            comp_name = callable_name(c.fn)
             cwhat = f"compensation {comp_name!r} of step {step_name!r}"
             if _check_callable(c.fn, cwhat, problems):
                 comp_fn = c.fn
@@ -582,7 +543,7 @@ def _build_spec(
 def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
     """Compensatable and readonly steps, then at most one pivot, then retriable steps."""
     pivot: int | None = None
-    reported_retriable = False
+    retriable_seen = False
     for s in steps:
         if s.kind is StepKind.PIVOT:
             if pivot is not None:
@@ -593,7 +554,7 @@ def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
             else:
                 pivot = s.index
         elif s.kind in (StepKind.COMPENSATABLE, StepKind.READONLY) and (
-            pivot is not None or any(p.kind is StepKind.RETRIABLE for p in steps[: s.index])
+            pivot is not None or retriable_seen
         ):
             after = steps[pivot].name if pivot is not None else "a retriable step"
             problems.append(
@@ -601,13 +562,14 @@ def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
                 "compensatable and readonly steps go before the pivot; move it up or "
                 "make it retriable=True"
             )
-        elif s.kind is StepKind.RETRIABLE and pivot is None and not reported_retriable:
-            reported_retriable = True
+        elif s.kind is StepKind.RETRIABLE:
+            first = pivot is None and not retriable_seen
             undoable = [p.name for p in steps[: s.index] if p.kind is StepKind.COMPENSATABLE]
-            if undoable:
+            if first and undoable:
                 problems.append(
                     f"step {s.name!r} is retriable but follows compensatable steps "
                     f"({', '.join(undoable)}) with no pivot between: mark the last step "
                     "before it pivot=True"
                 )
+            retriable_seen = True
     return pivot

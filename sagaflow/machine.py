@@ -28,22 +28,23 @@ graph is the single source of truth, at the cost of a set lookup per change.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from transitions import Machine
 
-if TYPE_CHECKING:
-    from .definition import StepSpec
+from .spec import StepKind, StepSpec
 
 __all__ = [
     "COMPENSATED",
+    "COMPENSATING_PREFIX",
     "COMPLETED",
     "FAILED",
     "NOT_STARTED",
+    "RESERVED_NAMES",
     "TERMINAL_STATES",
     "build_machine",
     "check_graph",
     "compensation_state",
+    "is_reserved",
 ]
 
 NOT_STARTED = "not_started"
@@ -51,11 +52,22 @@ COMPLETED = "completed"
 COMPENSATED = "compensated"
 FAILED = "failed"
 TERMINAL_STATES = frozenset({COMPLETED, COMPENSATED, FAILED})
+#: State names of every machine; a step may not be called by one of them.
+RESERVED_NAMES = frozenset({NOT_STARTED, *TERMINAL_STATES})
+#: A step's compensating state is this prefix and the step's name.
+COMPENSATING_PREFIX = "compensating_"
+
+Edge = tuple[str, str, str]
 
 
 def compensation_state(step: str) -> str:
     """The state a saga is in while it compensates ``step``."""
-    return "compensating_" + step
+    return COMPENSATING_PREFIX + step
+
+
+def is_reserved(name: str) -> bool:
+    """Whether a step called ``name`` would clash with a state every machine has."""
+    return name in RESERVED_NAMES or name.startswith(COMPENSATING_PREFIX)
 
 
 def _undo_targets(steps: Sequence[StepSpec], below: int) -> list[str]:
@@ -76,76 +88,69 @@ def _undo_targets(steps: Sequence[StepSpec], below: int) -> list[str]:
     return targets
 
 
-def build_machine(
-    saga_name: str, steps: Sequence[StepSpec]
-) -> tuple[Machine, frozenset[tuple[str, str, str]]]:
+def build_machine(saga_name: str, steps: Sequence[StepSpec]) -> tuple[Machine, frozenset[Edge]]:
     """The ``transitions`` machine of a saga and its allowed (source, trigger, dest)."""
-    from .definition import StepKind
-
     forward = [s.name for s in steps]
     states = [NOT_STARTED, *forward]
     states += [compensation_state(s.name) for s in steps if s.compensation is not None]
     states += [COMPLETED, COMPENSATED, FAILED]
 
-    transitions: list[dict[str, object]] = [
-        {"trigger": "start", "source": NOT_STARTED, "dest": forward[0]}
-    ]
+    # (source, trigger, dest, guard that must be false): the guard is a skip's ``when``
+    moves: list[tuple[str, str, str, str | None]] = [(NOT_STARTED, "start", forward[0], None)]
     for i, s in enumerate(steps):
         nxt = forward[i + 1] if i + 1 < len(steps) else COMPLETED
-        transitions.append({"trigger": "advance", "source": s.name, "dest": nxt})
+        moves.append((s.name, "advance", nxt, None))
         if s.when is not None:
-            transitions.append(
-                {"trigger": "skip", "source": s.name, "dest": nxt, "unless": [s.guard_name]}
-            )
+            moves.append((s.name, "skip", nxt, s.guard_name))
         if s.kind is StepKind.RETRIABLE:
-            transitions.append({"trigger": "fail", "source": s.name, "dest": FAILED})
+            moves.append((s.name, "fail", FAILED, None))
             continue
         if s.kind is StepKind.PIVOT:
             # A pivot that timed out may have taken effect: neither way is safe.
-            transitions.append({"trigger": "fail", "source": s.name, "dest": FAILED})
+            moves.append((s.name, "fail", FAILED, None))
         # A step that timed out may have taken effect, so its own compensation comes first.
         targets = [compensation_state(s.name)] if s.compensation is not None else []
         targets += _undo_targets(steps, i)
         for dest in dict.fromkeys(targets):
-            transitions.append(
-                {"trigger": "compensate", "source": s.name, "dest": dest or COMPENSATED}
-            )
+            moves.append((s.name, "compensate", dest or COMPENSATED, None))
     for i, s in enumerate(steps):
         if s.compensation is None:
             continue
         source = compensation_state(s.name)
         for dest in _undo_targets(steps, i):
             if dest:
-                transitions.append({"trigger": "undone", "source": source, "dest": dest})
-                transitions.append({"trigger": "undo_failed", "source": source, "dest": dest})
+                moves.append((source, "undone", dest, None))
+                moves.append((source, "undo_failed", dest, None))
             else:
-                transitions.append({"trigger": "undone", "source": source, "dest": COMPENSATED})
+                moves.append((source, "undone", COMPENSATED, None))
                 # Reached when an earlier (newer) compensation had already failed.
-                transitions.append({"trigger": "undone", "source": source, "dest": FAILED})
-                transitions.append({"trigger": "undo_failed", "source": source, "dest": FAILED})
-
+                moves.append((source, "undone", FAILED, None))
+                moves.append((source, "undo_failed", FAILED, None))
     for s in steps:
         if s.compensation is not None:
-            transitions.append(
-                {"trigger": "retry", "source": FAILED, "dest": compensation_state(s.name)}
-            )
+            moves.append((FAILED, "retry", compensation_state(s.name), None))
         elif s.kind in (StepKind.RETRIABLE, StepKind.PIVOT):
-            transitions.append({"trigger": "retry", "source": FAILED, "dest": s.name})
+            moves.append((FAILED, "retry", s.name, None))
 
     machine = Machine(
-        model=None,
-        states=states,
-        transitions=transitions,
-        initial=NOT_STARTED,
-        auto_transitions=False,
-        name=saga_name,
+        model=None, states=states, initial=NOT_STARTED, auto_transitions=False, name=saga_name
     )
+    # Events and transitions made with the machine's own classes, as add_transition
+    # would make them, without its per-call argument handling: that halves decoration.
+    events = machine.events
+    for source, trigger, dest, unless in moves:
+        event = events.get(trigger)
+        if event is None:
+            event = events[trigger] = machine.event_cls(trigger, machine)
+        event.add_transition(
+            machine.transition_cls(source, dest, unless=None if unless is None else [unless])
+        )
     allowed = frozenset(
         (source, trigger, t.dest)
-        for trigger, event in machine.events.items()
+        for trigger, event in events.items()
         for source, ts in event.transitions.items()
         for t in ts
-        if t.dest is not None
+        if t.dest is not None  # internal transitions have none; sagaflow makes none
     )
     return machine, allowed
 

@@ -204,6 +204,47 @@ def test_step_defined_twice_in_class_body() -> None:
     assert "'a' is defined twice" in msg and "its own name" in msg
 
 
+def test_two_compensations_of_one_name_say_so_with_the_fix() -> None:
+    # The second `undo` replaces the first in the class body: step a silently loses its
+    # compensation. The error must name the clash, not claim a has none.
+    def build():
+        @saga
+        class S:
+            @step
+            def a(self, ctx): ...
+
+            @a.compensate
+            def undo(self, ctx): ...
+
+            @step
+            def b(self, ctx): ...
+
+            @b.compensate
+            def undo(self, ctx): ...  # noqa: F811
+
+    msg = only_problem(build)
+    assert "the compensations of steps 'a' and 'b' are both named 'undo'" in msg
+    assert "give each compensation its own name (undo_a, undo_b)" in msg
+
+
+def test_a_compensation_named_as_a_step_says_so() -> None:
+    def build():
+        @saga
+        class S:
+            @step
+            def a(self, ctx): ...
+
+            @a.compensate
+            def b(self, ctx): ...
+
+            @step(readonly=True)
+            def b(self, ctx): ...  # noqa: F811
+
+    msg = only_problem(build)
+    assert "compensation 'b' of step 'a' and step 'b' are both named 'b'" in msg
+    assert "its own name" in msg
+
+
 def test_undecorated_mixin_steps_do_not_leak_into_a_saga_of_the_same_name() -> None:
     # The same class name in two modules: a mixin (never decorated) in one, a saga in the
     # other. The saga's definition must see its own body only.
@@ -558,3 +599,13 @@ class _ThreeKinds:
 
     @step(retriable=True)
     def tell(self, ctx): ...
+
+
+def test_every_public_name_is_importable() -> None:
+    import sagaflow
+
+    missing = [name for name in sagaflow.__all__ if not hasattr(sagaflow, name)]
+    assert missing == []
+    namespace: dict[str, object] = {}
+    exec("from sagaflow import *", namespace)
+    assert {"saga", "step", "Orchestrator", "SagaSpec", "spec_of"} <= set(namespace)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import attrs
 
-from ..definition import RESERVED_NAMES
 from ..errors import ScaffoldError
+from ..machine import COMPENSATING_PREFIX, RESERVED_NAMES, is_reserved
 
 __all__ = ["DEFAULT_STEPS", "Plan", "ScaffoldError", "create", "plan"]
 
@@ -90,10 +90,10 @@ def parse_steps(text: str | Sequence[str]) -> list[str]:
                 f"step name {s!r} is not a usable method name: use a Python identifier "
                 "that does not start with '_', e.g. reserve_stock"
             )
-        if s in RESERVED_NAMES or s.startswith("compensating_"):
+        if is_reserved(s):
             raise ScaffoldError(
                 f"step name {s!r} is reserved for the state machine "
-                f"({', '.join(sorted(RESERVED_NAMES))}, compensating_*): rename it"
+                f"({', '.join(sorted(RESERVED_NAMES))}, {COMPENSATING_PREFIX}*): rename it"
             )
         if s in _TAKEN:
             raise ScaffoldError(f"step name {s!r} is a field of the generated saga: rename it")

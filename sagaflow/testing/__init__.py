@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .clock import VirtualClock
-from .harness import CallRecord, Harness, Outcome, PlanRun, arun_plan, run_plan
+from .harness import Harness, PlanRun, arun_plan, run_plan
 from .idempotency import (
     assert_compensations_idempotent,
     assert_compensations_tolerate_nothing_to_undo,
 )
 from .invariants import INVARIANTS, InvariantViolation, Violation, check_invariants
 from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
+from .trace import CallRecord, Outcome, Trace
 
 if TYPE_CHECKING:
     from .stateful import saga_state_machine
@@ -43,6 +44,7 @@ __all__ = [
     "Outcome",
     "PlanRun",
     "SagaCase",
+    "Trace",
     "VirtualClock",
     "Violation",
     "arun_plan",

@@ -38,14 +38,16 @@ from typing import Any, Literal
 import attrs
 
 from ..context import Direction, StepContext
-from ..definition import SagaSpec, StepKind, spec_of
 from ..engine import Call, Sleep, interrupt, new_record, next_command, settle
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus
+from ..spec import SagaSpec, StepKind, spec_of
 from ..stores import MemoryStore
 from .clock import VirtualClock
+from .invariants import check_invariants
 from .loop import VirtualTimeLoop, all_coroutines
 from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
+from .trace import SUCCEED, CallRecord, Outcome, Trace
 
 __all__ = [
     "DRIVERS",
@@ -73,114 +75,13 @@ DEADLINE_MARGIN = 0.001
 _ids = itertools.count(1)
 
 
-@attrs.frozen
-class Outcome:
-    """What a call does: succeed (``fault is None``) or fail with ``fault``.
-
-    ``effect``: whether the user's function runs before the failure shows (a success
-    always runs it). ``cause`` says why, for the trace.
-    """
-
-    fault: Fault | None = None
-    effect: bool = False
-    cause: str = ""
-
-    @property
-    def calls_user(self) -> bool:
-        return self.fault is None or self.effect
-
-    def __str__(self) -> str:
-        if self.fault is None:
-            return "-"
-        eff = "+effect" if self.effect else ""
-        return f"{self.fault.value}{eff}"
-
-
-SUCCEED = Outcome()
-
-
-@attrs.define(slots=True, eq=False)
-class CallRecord:
-    """One call of a step or compensation, as the run made it.
-
-    ``reported`` is what the orchestrator was told: ``"ok"``, ``"error"``,
-    ``"timeout"`` or ``"cancelled"``; ``error`` the exception it saw (injected, or the
-    user's own, ``user_error``). ``ran_user`` says whether the user's function ran.
-    """
-
-    seq: int
-    step: str
-    index: int
-    direction: Direction
-    attempt: int
-    key: str
-    at: float
-    timeout: float | None
-    injected: Outcome
-    ended: float | None = None
-    ran_user: bool = False
-    user_error: BaseException | None = None
-    reported: str = "pending"
-    error: BaseException | None = None
-    emitted: tuple[Any, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.reported == "ok"
-
-    @property
-    def label(self) -> str:
-        return self.step if self.direction is FORWARD else f"undo {self.step}"
-
-
 @attrs.frozen(eq=False)
-class PlanRun:
-    """One run of a saga under a plan: the result and everything seen on the way.
-
-    ``plan`` is ``None`` for runs driven rule by rule (the stateful test). ``before`` /
-    ``after`` are the participants' snapshots when a snapshot function was given.
-    """
-
-    spec: SagaSpec
-    saga_id: str
-    plan: FailurePlan[Any] | None
-    driver: str
-    result: SagaResult
-    calls: tuple[CallRecord, ...]
-    sleeps: tuple[float, ...]
-    rand: float | None
-    started_at: float
-    deadline_at: float | None
-    deadline_fired: tuple[str, float] | None
-    cancelled: bool
-    final_state: str
-    compensation_deadline_at: float | None
-    before: Any = None
-    after: Any = None
-    snapshotted: bool = False
-    complete: bool = True
-    allow_step_errors: bool = False
-
-    @property
-    def status(self) -> SagaStatus:
-        return self.result.status
-
-    def forward_calls(self, step: str | None = None) -> list[CallRecord]:
-        return [c for c in self.calls if c.direction is FORWARD and step in (None, c.step)]
-
-    def compensation_calls(self, step: str | None = None) -> list[CallRecord]:
-        return [c for c in self.calls if c.direction is COMPENSATE and step in (None, c.step)]
-
-    def table(self) -> str:
-        """The calls as a compact table (times in virtual seconds from the start)."""
-        from .invariants import format_trace
-
-        return format_trace(self)
+class PlanRun(Trace):
+    """One run of a saga under a plan (a :class:`~sagaflow.testing.trace.Trace`) that
+    checks itself: ``run_plan(case, plan).check()``."""
 
     def check(self, **options: Any) -> PlanRun:
         """:func:`~sagaflow.testing.check_invariants` on this run; returns the run."""
-        from .invariants import check_invariants
-
         check_invariants(self, **options)
         return self
 

@@ -17,10 +17,11 @@ from typing import Any
 import attrs
 
 from ..context import Direction, StepContext
-from ..definition import SagaSpec, spec_of
+from ..spec import SagaSpec, spec_of
 from .clock import VirtualClock
 from .loop import VirtualTimeLoop
 from .plan import SagaCase
+from .trace import diff
 
 __all__ = [
     "assert_compensations_idempotent",
@@ -108,12 +109,6 @@ def _steps(spec: SagaSpec, only: Iterable[str] | None) -> list[int]:
     return chosen
 
 
-def _diff(before: Any, after: Any) -> str:
-    from .invariants import _diff as diff
-
-    return diff(before, after)
-
-
 def assert_compensations_idempotent(
     saga: Any,
     *,
@@ -171,7 +166,7 @@ def assert_compensations_idempotent(
             problems.append(
                 f"{s.compensation_name} (undoes {s.name!r}) is not idempotent: its second "
                 f"run (same key {caller.saga_id}:{s.name}:compensate) changed:\n"
-                + _indent(_diff(once, twice))
+                + _indent(diff(once, twice))
             )
     if problems:
         raise AssertionError(
@@ -223,7 +218,7 @@ def assert_compensations_tolerate_nothing_to_undo(
         if before != after:
             problems.append(
                 f"{s.compensation_name} (undoes {s.name!r}) changed the participants with "
-                "nothing to undo:\n" + _indent(_diff(before, after))
+                "nothing to undo:\n" + _indent(diff(before, after))
             )
     if problems:
         raise AssertionError(

@@ -1,4 +1,4 @@
-"""The invariants every saga run must keep, checked on a :class:`~sagaflow.testing.PlanRun`.
+"""The invariants every saga run must keep, checked on its :class:`~sagaflow.testing.trace.Trace`.
 
 :func:`check_invariants` reads the run three ways (the calls the injector saw, the
 lifecycle history, the result) and checks each against the others, against the saga's
@@ -12,20 +12,20 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TypeVar
 
 import attrs
 
 from .. import events as ev
 from ..context import Direction, idempotency_key
-from ..definition import StepKind, StepSpec
 from ..errors import SagaCancelled, SagaDeadlineExceeded, StepTimeout
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..policy import Retry, backoff_delay
 from ..records import CompensationStatus, SagaStatus, StepStatus
-from .harness import CallRecord, PlanRun
+from ..spec import StepKind, StepSpec
+from .trace import CallRecord, Trace, diff, error_text, format_trace
 
-__all__ = ["INVARIANTS", "InvariantViolation", "Violation", "check_invariants", "format_trace"]
+__all__ = ["INVARIANTS", "InvariantViolation", "Violation", "check_invariants"]
 
 FORWARD = Direction.FORWARD
 COMPENSATE = Direction.COMPENSATE
@@ -46,6 +46,7 @@ INVARIANTS: dict[int, str] = {
     11: "a compensated run leaves the participants as it found them",
 }
 USER = 12  # user-supplied invariants are numbered from here
+RunT = TypeVar("RunT", bound=Trace)
 
 _TERMINAL_EVENT = {
     SagaStatus.COMPLETED: ev.SagaCompleted,
@@ -73,7 +74,7 @@ class Violation:
 class InvariantViolation(AssertionError):
     """A saga run broke one or more invariants; ``violations`` lists them."""
 
-    def __init__(self, run: PlanRun, violations: Sequence[Violation]) -> None:
+    def __init__(self, run: Trace, violations: Sequence[Violation]) -> None:
         self.run = run
         self.violations = tuple(violations)
         super().__init__(_report(run, self.violations))
@@ -85,16 +86,17 @@ class InvariantViolation(AssertionError):
 
 
 def check_invariants(
-    run: PlanRun,
+    run: RunT,
     *,
-    extra: Iterable[Callable[[PlanRun], object]] = (),
+    extra: Iterable[Callable[[RunT], object]] = (),
     allow_step_errors: bool | None = None,
     strict_pivot: bool = False,
     only: Iterable[int] | None = None,
 ) -> None:
     """Raise :class:`InvariantViolation` unless ``run`` keeps every invariant.
 
-    ``extra``: your own invariants, each a callable of the :class:`PlanRun` that raises
+    ``extra``: your own invariants, each a callable of the run (the
+    :class:`~sagaflow.testing.PlanRun`) that raises
     ``AssertionError`` (or returns ``False``) when broken; say, "a compensated
     subscription has no approval left". ``allow_step_errors``: forward steps may raise
     on their own (a business rule refusing the input); otherwise any failure the plan
@@ -127,7 +129,7 @@ def check_invariants(
 
 
 class _Checker:
-    def __init__(self, run: PlanRun, allow_step_errors: bool, strict_pivot: bool) -> None:
+    def __init__(self, run: Trace, allow_step_errors: bool, strict_pivot: bool) -> None:
         self.run = run
         self.strict_pivot = strict_pivot
         self.spec = run.spec
@@ -447,7 +449,7 @@ class _Checker:
                     elif prev.reported == "error" and prev.error is not None and (
                         not policy.is_retryable(prev.error)
                     ):
-                        self.fail(5, f"{what} was retried after {_err(prev.error)}, which "
+                        self.fail(5, f"{what} was retried after {error_text(prev.error)}, which "
                                      f"its policy does not retry ({_policy(policy)})")
                 if not run.complete or not calls or calls[-1].ok:
                     continue
@@ -457,7 +459,7 @@ class _Checker:
                     last = calls[-1]
                     self.fail(5, f"{what} gave up after attempt {last.attempt} of "
                                  f"{policy.attempts} though its error "
-                                 f"({_err(last.error) if last.error else last.reported}) "
+                                 f"({error_text(last.error) if last.error else last.reported}) "
                                  "is retryable and no deadline was near")
         self._delays()
 
@@ -729,7 +731,8 @@ class _Checker:
         for c in self.user_errors:
             if c.direction is FORWARD and self.allow_step_errors:
                 continue
-            grouped.setdefault((c.step, c.direction, _err(c.user_error)), []).append(c.attempt)
+            key = (c.step, c.direction, error_text(c.user_error))
+            grouped.setdefault(key, []).append(c.attempt)
         for (step, direction, err), attempts in grouped.items():
             noun = "attempt" if len(attempts) == 1 else "attempts"
             at = f"{noun} {', '.join(map(str, attempts))}"
@@ -769,7 +772,7 @@ class _Checker:
                 return  # the pivot may have taken effect, and no compensation can undo it
         if run.before != run.after:
             self.fail(11, "the saga ended COMPENSATED but the participants changed:\n"
-                          + _diff(run.before, run.after))
+                          + diff(run.before, run.after))
 
 
 # -- formatting -----------------------------------------------------------------------
@@ -780,62 +783,16 @@ def _policy(p: Retry) -> str:
             f"max_delay={p.max_delay:g}, jitter={p.jitter:g})")
 
 
-def _err(error: BaseException | None) -> str:
-    if error is None:
-        return "no error"
-    text = repr(error)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
 def _floats(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
-def _diff(before: Any, after: Any) -> str:
-    if isinstance(before, dict) and isinstance(after, dict):
-        lines = []
-        for key in list(before) + [k for k in after if k not in before]:
-            b, a = before.get(key, "<missing>"), after.get(key, "<missing>")
-            if b != a:
-                lines.append(f"{key!r}: before {b!r}, after {a!r}")
-        return "\n".join(lines)
-    return f"before: {before!r}\nafter:  {after!r}"
-
-
-def format_trace(run: PlanRun) -> str:
-    """The run's calls as a table: time, call, attempt, injected fault, user code, outcome."""
-    t0 = run.started_at
-    head = ("#", "t", "call", "try", "injected", "user fn", "reported", "idempotency key")
-    rows = [head]
-    for c in run.calls:
-        if not c.ran_user:
-            user = "not run"
-        elif c.user_error is not None:
-            user = f"raised {_err(c.user_error)}"
-        else:
-            user = "ran"
-        cause = str(c.injected)
-        if c.injected.fault and c.injected.cause:
-            cause += f" ({c.injected.cause})"
-        if c.injected.fault is None and c.injected.cause:
-            cause = c.injected.cause
-        rows.append((str(c.seq), f"{c.at - t0:g}", c.label, str(c.attempt), cause, user,
-                     c.reported, c.key))
-    if len(rows) == 1:
-        return "  (no calls)"
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join(
-        "  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-        for r in rows
-    )
-
-
-def _history(run: PlanRun) -> str:
+def _history(run: Trace) -> str:
     t0 = run.started_at
     return "\n".join(f"  {e.at - t0:>8g}  {e.describe()}" for e in run.result.history)
 
 
-def _report(run: PlanRun, violations: Sequence[Violation]) -> str:
+def _report(run: Trace, violations: Sequence[Violation]) -> str:
     n = len({v.number for v in violations})
     noun = "invariant" if n == 1 else "invariants"
     lines = [f"saga {run.spec.name!r} broke {n} {noun} (run {run.saga_id!r}, driver "

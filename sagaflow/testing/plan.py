@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
-if TYPE_CHECKING:
-    from ..definition import SagaSpec, StepSpec
+from ..errors import StepTimeout
+from ..spec import SagaSpec, StepKind, StepSpec, is_saga
 
 __all__ = [
     "DeadlinePass",
@@ -312,8 +312,6 @@ def _times(n: int) -> str:
 
 def can_time_out(spec: SagaSpec, s: StepSpec) -> bool:
     """Whether a call of ``s`` has any time limit: its own timeout or the deadline."""
-    from ..definition import StepKind
-
     return s.timeout is not None or (
         spec.deadline is not None and s.kind is not StepKind.RETRIABLE
     )
@@ -321,8 +319,6 @@ def can_time_out(spec: SagaSpec, s: StepSpec) -> bool:
 
 def sample_error(s: StepSpec, fault: Fault) -> BaseException:
     """The error the engine sees for ``fault`` on step ``s`` (for retry decisions)."""
-    from ..errors import StepTimeout
-
     if fault is Fault.TIMES_OUT:
         return StepTimeout(s.index, s.name, s.timeout or 0.0)
     return InjectedFault(f"injected: {s.name}")
@@ -347,8 +343,6 @@ class SagaCase:
     allow_step_errors: bool = False
 
     def __attrs_post_init__(self) -> None:
-        from ..definition import is_saga
-
         if isinstance(self.saga, type) or not is_saga(self.saga):
             raise TypeError(
                 f"SagaCase needs an instance of a saga class, got {self.saga!r}"

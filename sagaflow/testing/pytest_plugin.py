@@ -14,16 +14,15 @@ nothing beyond sagaflow's core at import time (hypothesis is a test extra).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from ..orchestrator import Orchestrator
 from ..stores import MemoryStore
 from .clock import VirtualClock
-
-if TYPE_CHECKING:
-    from .harness import PlanRun
+from .harness import PlanRun, run_plan
+from .invariants import check_invariants
 
 __all__ = ["run_saga_plan", "saga_orchestrator", "virtual_clock"]
 
@@ -48,8 +47,6 @@ def saga_orchestrator(virtual_clock: VirtualClock) -> Iterator[Orchestrator]:
 def run_saga_plan() -> Callable[..., PlanRun]:
     """``run_saga_plan(saga, plan=None, *, extra=(), allow_step_errors=None, **run_options)``:
     run ``saga`` under ``plan`` and check every invariant; returns the run."""
-    from .harness import run_plan
-    from .invariants import check_invariants
 
     def run(saga: Any, plan: Any = None, *, extra: Any = (),
             allow_step_errors: bool | None = None,

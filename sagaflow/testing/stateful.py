@@ -29,14 +29,15 @@ from hypothesis.stateful import (
 )
 
 from ..context import Direction
-from ..definition import StepKind, spec_of
 from ..engine import Call, interrupt
 from ..records import SagaStatus
-from .harness import SUCCEED, Harness, Outcome, PlanRun
+from ..spec import StepKind, spec_of
+from .harness import Harness, PlanRun
 from .invariants import check_invariants
 from .loop import VirtualTimeLoop
 from .plan import Fault, SagaCase
 from .strategies import saga_cases
+from .trace import SUCCEED, Outcome
 
 __all__ = ["saga_state_machine"]
 

@@ -13,16 +13,18 @@ hypothesis is imported.
 
 from __future__ import annotations
 
+import importlib
 import math
 import typing
 from collections.abc import Collection
 from typing import Any
 
+import attrs
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-from ..definition import SagaSpec, StepKind, StepSpec, is_saga, spec_of
 from ..policy import Retry, backoff_delay
+from ..spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
 from .plan import DeadlinePass, FailurePlan, Fault, SagaCase, can_time_out, sample_error
 
 __all__ = [
@@ -206,8 +208,6 @@ def saga_cases(saga_class: type) -> st.SearchStrategy[SagaCase]:
     of saga instances or :class:`SagaCase`), its values of this class are used;
     otherwise ``st.builds(saga_class)``.
     """
-    import importlib
-
     _spec(saga_class)
     module = importlib.import_module(saga_class.__module__)
     hook = getattr(module, "example_sagas", None)
@@ -240,8 +240,6 @@ def saga_cases(saga_class: type) -> st.SearchStrategy[SagaCase]:
 def _builds(saga_class: type) -> st.SearchStrategy[Any]:
     """``st.builds`` with the required fields' annotations resolved (they may be strings,
     under ``from __future__ import annotations``)."""
-    import attrs
-
     try:
         hints = typing.get_type_hints(saga_class)
     except Exception:  # unresolvable annotations: let st.builds say what it can't infer

@@ -1,0 +1,128 @@
+"""The frozen description of a saga class: :class:`StepKind`, :class:`StepSpec`, :class:`SagaSpec`.
+
+``@saga`` (:mod:`sagaflow.definition`) builds a :class:`SagaSpec` once per class and
+leaves it on the class; everything else (the machine, the engine, the stores, the
+diagrams, the CLI) reads it through :func:`spec_of`. This module is the bottom of that
+chain: it imports nothing of sagaflow, so any module may depend on it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:  # a type in the annotations only: policy.py is not needed to read a spec
+    from .policy import Retry
+
+__all__ = [
+    "SPEC_ATTRIBUTE",
+    "SagaSpec",
+    "StepKind",
+    "StepSpec",
+    "callable_name",
+    "is_saga",
+    "spec_of",
+]
+
+StepFn = Callable[..., Any]
+Predicate = Callable[[Any], bool]
+
+#: The class attribute ``@saga`` leaves the spec in.
+SPEC_ATTRIBUTE = "__sagaflow_spec__"
+
+
+class StepKind(enum.Enum):
+    """What a step does to the world, which decides how the saga treats its failure."""
+
+    COMPENSATABLE = "compensatable"  #: has a compensation that undoes it
+    READONLY = "readonly"  #: changes nothing: nothing to undo
+    PIVOT = "pivot"  #: the point of no return: after it the saga only goes forward
+    RETRIABLE = "retriable"  #: after the pivot: retried, never compensated
+
+
+def callable_name(fn: object) -> str:
+    """The name a function (or callable object) is shown by in errors and diagrams.
+
+    Never ``repr()``: that carries a memory address, and diagrams must be byte-stable.
+    """
+    return getattr(fn, "__name__", None) or type(fn).__qualname__
+
+
+@attrs.frozen
+class StepSpec:
+    """One step of a saga, resolved and validated: the row of the dispatch tables."""
+
+    index: int
+    name: str
+    kind: StepKind
+    fn: StepFn
+    is_async: bool
+    timeout: float | None
+    retry: Retry
+    when: Predicate | None
+    compensation: StepFn | None
+    compensation_name: str | None
+    compensation_is_async: bool
+    compensation_timeout: float | None
+    compensation_retry: Retry
+
+    @property
+    def guard_name(self) -> str | None:
+        """The name of the ``when`` predicate, as diagrams show it."""
+        return None if self.when is None else callable_name(self.when)
+
+
+@attrs.frozen(eq=False)
+class SagaSpec:
+    """The frozen description of a saga class, built once by ``@saga``.
+
+    ``forward`` and ``compensations`` are the dispatch tables (step index -> function,
+    ``None`` where a step has no compensation); ``machine`` is the class's one
+    ``transitions`` state machine and ``transitions`` the set of (source, trigger,
+    destination) it allows, which every run checks each state change against.
+    """
+
+    name: str
+    cls: type
+    steps: tuple[StepSpec, ...]
+    forward: tuple[StepFn, ...]
+    compensations: tuple[StepFn | None, ...]
+    deadline: float | None
+    compensation_deadline: float | None
+    pivot_index: int | None
+    is_async: bool
+    fingerprint: str
+    #: the shortest limit any call can get (a timeout or a deadline); ``None`` when no
+    #: call is ever limited. The sync driver's watchdog never sleeps longer than this.
+    shortest_limit: float | None
+    machine: Any = attrs.field(repr=False)
+    transitions: frozenset[tuple[str, str, str]] = attrs.field(repr=False)
+    index: Mapping[str, int] = attrs.field(repr=False)
+
+    def step(self, name: str) -> StepSpec:
+        """The step called ``name``."""
+        try:
+            return self.steps[self.index[name]]
+        except KeyError:
+            known = ", ".join(s.name for s in self.steps)
+            raise KeyError(f"saga {self.name!r} has no step {name!r} (steps: {known})") from None
+
+
+def is_saga(obj: object) -> bool:
+    """Whether ``obj`` is a saga class or an instance of one."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return isinstance(cls.__dict__.get(SPEC_ATTRIBUTE), SagaSpec)
+
+
+def spec_of(obj: object) -> SagaSpec:
+    """The :class:`SagaSpec` of a saga class or instance."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    spec = cls.__dict__.get(SPEC_ATTRIBUTE)
+    if not isinstance(spec, SagaSpec):
+        raise TypeError(
+            f"{cls.__qualname__} is not a saga class: decorate it with @sagaflow.saga"
+        )
+    return spec
