@@ -16,7 +16,7 @@ import attrs
 
 from .._support import Faults, IdempotencyKeys
 
-__all__ = ["InsufficientFunds", "Ledger", "Posting", "UnknownAccount", "ledger"]
+__all__ = ["InsufficientFunds", "InvalidAmount", "Ledger", "Posting", "UnknownAccount", "ledger"]
 
 
 class InsufficientFunds(Exception):
@@ -25,6 +25,10 @@ class InsufficientFunds(Exception):
 
 class UnknownAccount(KeyError):
     """No such account."""
+
+
+class InvalidAmount(ValueError):
+    """An amount no ledger can post: infinite, or not a number."""
 
 
 @attrs.frozen
@@ -51,6 +55,8 @@ class Ledger:
 
     async def post(self, key: str, account: str, delta: Decimal) -> Posting:
         """Move ``delta`` into ``account`` (negative: out of it); the posting."""
+        if not delta.is_finite():  # it could never be reversed: refused, nothing moves
+            raise InvalidAmount(f"cannot post {delta} to {account!r}")
         op = "debit" if delta < 0 else "credit"
         await self.faults.acheck(op)
         await asyncio.sleep(self.latency)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from examples._support import run_virtual
 from examples.transfer import demo as scenarios
 from examples.transfer.saga import Credited, Debited, TransferMoneySaga
-from examples.transfer.services import InsufficientFunds, ledger
+from examples.transfer.services import InsufficientFunds, InvalidAmount, ledger
 from sagaflow import (
     CompensationError,
     CompensationStatus,
@@ -53,6 +53,22 @@ def test_insufficient_funds_fails_the_debit_with_nothing_to_undo(demo: Captured)
     assert isinstance(result.error.cause, InsufficientFunds)
     assert compensation_order(result) == []
     assert balances() == {"A": Decimal(200), "B": Decimal(100)}
+
+
+@pytest.mark.parametrize("amount", ["Infinity", "-Infinity", "NaN"])
+def test_an_amount_no_ledger_can_post_is_refused_with_nothing_moved(
+    demo: Captured, amount: str
+) -> None:
+    # Found by the property test: a debit of -Infinity credited +Infinity, which its
+    # compensation could never take back (Infinity - Infinity).
+    before = balances()
+    orch = demo.async_orchestrator()
+    result = run_virtual(orch.arun(TransferMoneySaga("A", "B", Decimal(amount))))
+
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, StepError)
+    assert isinstance(result.error.cause, InvalidAmount)
+    assert balances() == before
 
 
 def test_an_unknown_target_credits_the_source_back(demo: Captured) -> None:
