@@ -168,6 +168,35 @@ def test_diagram_of_a_file_path_and_a_single_saga_module(runner, tmp_path):
     assert result.stdout.startswith('digraph "First"')
 
 
+def test_a_package_and_a_class_name_find_the_saga_in_its_modules(runner):
+    # The bug: `diagram` looked only at the package's own attributes ("its sagas: none")
+    # while `check` walked the package and found the class. One loader for both.
+    from examples.registration.saga import RegistrationSaga
+
+    result = invoke(runner, "diagram", "examples.registration:RegistrationSaga", "-f", "dot")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == render(RegistrationSaga, "dot")
+    result = invoke(runner, "check", "examples.registration:RegistrationSaga")
+    assert result.exit_code == 0, result.output
+    assert "examples.registration.saga:RegistrationSaga: 3 steps" in result.output
+    assert "1 saga checked: no problems" in result.output
+    # a name the package does not have: the error lists the sagas it has
+    assert_one_line_error(
+        invoke(runner, "diagram", "examples.registration:Nope"),
+        "has no 'Nope'", "examples.registration.saga:RegistrationSaga",
+    )
+
+
+def test_a_class_name_two_modules_of_a_package_define_is_ambiguous(runner, tmp_path):
+    package = make_package(tmp_path, {"a": VALID, "b": VALID.replace('"Second"', '"Other"')})
+    assert_one_line_error(
+        invoke(runner, "diagram", f"{package}:First"), "2 sagas", "are called 'First'"
+    )
+    result = invoke(runner, "diagram", f"{package}:Other", "-f", "dot")  # by saga name
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith('digraph "Other"')
+
+
 @pytest.mark.parametrize(
     ("target", "fragments"),
     [
@@ -193,7 +222,7 @@ def test_more_one_line_errors(runner, tmp_path):
         invoke(runner, "diagram", f"{needs}:X"), "failed", "no_such_dependency_here"
     )
     empty = module_file(tmp_path, "x = 1\n")
-    assert_one_line_error(invoke(runner, "diagram", str(empty)), "defines no saga class")
+    assert_one_line_error(invoke(runner, "diagram", str(empty)), "no saga classes")
     assert_one_line_error(invoke(runner, "check", str(empty)), "no saga classes")
     assert_one_line_error(
         invoke(runner, "diagram", "examples.quickstart:TransferSaga", "--prune"), "--all"

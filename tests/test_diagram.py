@@ -28,7 +28,7 @@ from sagaflow import (
     spec_of,
     step,
 )
-from sagaflow.cli import find_sagas
+from sagaflow.cli import load
 from sagaflow.definition import StepDef
 from sagaflow.diagram import (
     diagram,
@@ -644,7 +644,8 @@ def test_write_and_diagram_pick_the_format_from_the_suffix(tmp_path):
 def test_diagrams_folder_is_up_to_date(monkeypatch):
     """diagrams/ holds every example saga's DOT, Mermaid and SVG; regenerate it when stale."""
     monkeypatch.syspath_prepend(str(ROOT))
-    sagas, errors = find_sagas("examples")
+    found = load("examples")
+    sagas, errors = found.sagas, found.errors
     assert not errors, errors
     assert sagas, "no example sagas found"
     folder = ROOT / "diagrams"

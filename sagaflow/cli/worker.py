@@ -10,6 +10,9 @@ Start as many as needed, on as many machines: they share the work through the
 database (see :mod:`sagaflow.worker`). SIGTERM or SIGINT stops a worker gracefully: it
 claims nothing more, lets running sagas finish for ``--grace`` seconds, then releases
 the rest to the other workers; a second signal releases everything at once.
+
+The group loads this module only when the command is used: it needs psycopg (the
+``postgres`` extra), which the other commands do not.
 """
 
 from __future__ import annotations
@@ -20,34 +23,14 @@ import signal
 
 import click
 
-from .cli import CliError, DefinitionProblems, find_sagas, import_target
-from .definition import is_saga
-from .errors import SagaflowError
-from .stores.url import open_store
-from .worker import Worker
+from ..errors import SagaflowError
+from ..stores.url import open_store
+from ..worker import Worker
+from .loader import load_imports
+from .problems import CliError
+from .session import STORE_ENV
 
 __all__ = ["worker"]
-
-STORE_ENV = "SAGAFLOW_STORE"
-
-
-def _classes(modules: tuple[str, ...]) -> list[type]:
-    """The saga classes each ``--import`` module defines (every module of a package)
-    or imports."""
-    found: list[type] = []
-    for name in modules:
-        sagas, errors = find_sagas(name)
-        if errors:
-            raise DefinitionProblems(errors)
-        module = import_target(name)
-        sagas += [v for v in vars(module).values() if isinstance(v, type) and is_saga(v)]
-        if not sagas:
-            raise CliError(
-                f"--import {name}: no saga class in that module; give the module that "
-                "defines (or imports) your @saga classes"
-            )
-        found += [cls for cls in dict.fromkeys(sagas) if cls not in found]
-    return found
 
 
 @click.command()
@@ -115,7 +98,7 @@ def worker(
             level=logging.INFO if verbose == 1 else logging.DEBUG,
             format=f"%(asctime)s sagaflow worker[{os.getpid()}] %(message)s",
         )
-    classes = _classes(modules)
+    classes = load_imports(modules)
 
     try:
         store = open_store(url)

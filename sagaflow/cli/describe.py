@@ -1,0 +1,116 @@
+"""A stored saga as an operator reads it: record, steps, incident, history, what to do next."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..codec import default_codec
+from ..events import LifecycleEvent
+from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus
+from ..spec import SagaSpec
+from .text import columns, utc
+
+__all__ = ["Printer", "describe_record", "print_outcome"]
+
+
+def describe_record(record: SagaRecord, spec: SagaSpec | None) -> list[str]:
+    """The record's lines; ``spec`` (when the class is known) adds step kinds and data."""
+    duration = ""
+    if record.finished_at is not None:
+        duration = f" in {record.finished_at - record.created_at:.3f}s"
+    lines = [
+        f"saga {record.saga_id} ({record.saga_name}): {record.status.value}{duration}",
+        f"  state       {record.state}",
+        f"  created     {utc(record.created_at)}",
+        f"  updated     {utc(record.updated_at)}",
+        f"  finished    {utc(record.finished_at)}",
+        f"  fingerprint {record.fingerprint}"
+        + ("" if spec is None or spec.fingerprint == record.fingerprint
+           else f" (the class now has {spec.fingerprint}: its definition changed)"),
+    ]
+    if record.deadline_at is not None:
+        lines.append(f"  deadline    {utc(record.deadline_at)}")
+    if record.wake_at is not None:
+        lines.append(f"  retry at    {utc(record.wake_at)} (waiting to retry)")
+    lines.append(f"  data        {_data_json(record, spec)}")
+    if record.error is not None:
+        lines.append(f"  error       {type(record.error).__name__}: {record.error}")
+
+    lines += ["", "steps:"]
+    rows = [["#", "step", "kind", "status", "attempts", "compensation", "attempts", "error"]]
+    for i, s in enumerate(record.steps):
+        kind = spec.steps[i].kind.value if spec is not None and i < len(spec.steps) else "?"
+        comp = s.compensation.value if s.compensation is not CompensationStatus.NOT_NEEDED else "-"
+        errors = [e for e in (s.error, s.compensation_error) if e]
+        rows.append([
+            str(i + 1), s.name, kind, s.status.value + (" (timed out)" if s.timed_out else ""),
+            str(s.attempts), comp, str(s.compensation_attempts) if comp != "-" else "",
+            " / ".join(errors) or "",
+        ])
+    lines += columns(rows, indent="  ")
+
+    if record.failures:
+        lines += ["", "incident: could not be undone, finish by hand:"]
+        lines += [f"  {step}: {error}" for step, error in record.failures.items()]
+    if record.resolution is not None:
+        lines += ["", f"resolution: {record.resolution}"]
+
+    lines += ["", f"history ({len(record.history)} events):"]
+    lines += ["  " + _event_line(e, record.created_at) for e in record.history]
+    if record.events:
+        lines += ["", f"domain events ({len(record.events)}):"]
+        lines += [f"  {e!r}" for e in record.events]
+
+    hint = _next_steps(record)
+    if hint:
+        lines += ["", f"next: {hint}"]
+    return lines
+
+
+def print_outcome(verb: str, result: SagaResult) -> None:
+    """One line: what the operator's ``verb`` left the saga as."""
+    click.echo(
+        f"{verb}: saga {result.saga_id} ({result.saga_name}) is now {result.status.value}"
+        + (f"; resolution: {result.resolution}" if result.resolution else "")
+    )
+
+
+class Printer:
+    """A lifecycle listener that prints each event of the sagas acted on (a resumed
+    saga's listeners hear only what happens from now on)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def __call__(self, event: LifecycleEvent) -> None:
+        if self.enabled:
+            click.echo(f"  {event.saga_id}: {event.describe()}")
+
+
+def _event_line(event: LifecycleEvent, start: float) -> str:
+    return f"{utc(event.at)}  +{event.at - start:.3f}s  {event.describe()}"
+
+
+def _data_json(record: SagaRecord, spec: SagaSpec | None) -> str:
+    # the instance as the store keeps it; without its class, the JSON as stored
+    data = record.data if spec is None else json.loads(default_codec.dump_data(record))
+    return json.dumps(data, default=str, ensure_ascii=False)
+
+
+def _next_steps(record: SagaRecord) -> str:
+    sid = record.saga_id
+    if record.status is SagaStatus.FAILED and record.resolution is None:
+        return (
+            f"sagaflow sagas retry {sid}  (run what failed again), or "
+            f"sagaflow sagas resolve {sid} --note \"what was done by hand\""
+        )
+    if not record.status.is_terminal:
+        cancel = f", or sagaflow sagas cancel {sid} (compensate)" if (
+            record.status is SagaStatus.RUNNING) else ""
+        return (
+            "running, or its process died: `sagaflow recover` resumes it when no process "
+            f"runs it{cancel}"
+        )
+    return ""

@@ -1,0 +1,185 @@
+"""``sagaflow sagas list|show|retry|resolve|cancel``: look at stored sagas and act on them.
+
+::
+
+    sagaflow sagas list [--status S]... [--name N] [--limit N]
+    sagaflow sagas show ID [--format mermaid|dot|svg|png] [--output PATH]
+    sagaflow sagas retry ID [--note TEXT]
+    sagaflow sagas resolve ID --note TEXT
+    sagaflow sagas cancel ID [--note TEXT]
+
+``list`` and ``show`` only read: they need no saga class (``show`` then prints the
+data as stored, without the diagram). Acting on a saga needs its class (see
+:mod:`sagaflow.cli.session`). Every action is recorded in the saga's history with its
+note.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..diagram import FORMATS, format_for, render
+from ..records import SagaStatus
+from .describe import Printer, describe_record, print_outcome
+from .problems import CliError
+from .session import Session, store_options
+from .text import columns, utc
+
+__all__ = ["ACTIVE", "sagas"]
+
+_STATUSES = [s.value for s in SagaStatus]
+#: The statuses of a saga that has not finished (``--status active``).
+ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+@click.group()
+def sagas() -> None:
+    """Look at stored sagas and act on them: list, show, retry, resolve, cancel.
+
+    Every command takes --store URL (default: $SAGAFLOW_STORE). Actions are recorded in
+    the saga's history, with the --note given.
+    """
+
+
+@sagas.command("list")
+@store_options
+@click.option(
+    "--status", "statuses", multiple=True, metavar="STATUS",
+    type=click.Choice([*_STATUSES, "active"], case_sensitive=False),
+    help="Only sagas with this status (repeatable): " + ", ".join(_STATUSES)
+    + "; 'active' means not finished.",
+)
+@click.option("--name", default=None, help="Only sagas of this saga name.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="At most this many (the most recently updated).")
+def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
+          name: str | None, limit: int | None) -> None:
+    """List stored sagas, most recently updated first.
+
+    Needs no saga class: it reads what the store keeps beside each record.
+
+    \b
+    Examples:
+      sagaflow sagas list --store sqlite:///sagas.db --status failed
+      SAGAFLOW_STORE=sqlite:///sagas.db sagaflow sagas list --status active --name orders
+    """
+    wanted: set[SagaStatus] = set()
+    for choice in statuses:
+        wanted.update(ACTIVE if choice.lower() == "active" else [SagaStatus(choice.upper())])
+    with Session(url, modules, readonly=True) as session:
+        found = list(session.store.scan(status=wanted or None, name=name))
+    found.sort(key=lambda s: (-s.updated_at, s.saga_id))
+    shown = found if limit is None else found[:limit]
+    if not shown:
+        click.echo("no sagas" + (" match" if wanted or name else " in the store"))
+        return
+    rows = [["ID", "SAGA", "STATUS", "STATE", "UPDATED (UTC)"]]
+    for s in shown:
+        rows.append([s.saga_id, s.saga_name, s.status, str(getattr(s, "state", "")),
+                     utc(s.updated_at)])
+    for line in columns(rows):
+        click.echo(line)
+    more = f" (of {len(found)}; --limit)" if len(shown) < len(found) else ""
+    click.echo(f"{len(shown)} saga{'s' if len(shown) != 1 else ''}{more}")
+
+
+@sagas.command()
+@store_options
+@click.argument("saga_id", metavar="ID")
+@click.option(
+    "-f", "--format", "fmt", type=click.Choice(FORMATS), default=None,
+    help="The diagram's format: mermaid (default) or dot are printed; svg and png need "
+    "--output.",
+)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the diagram to this file (format from its suffix unless given).")
+def show(url: str | None, modules: tuple[str, ...], saga_id: str, fmt: str | None,
+         output: Path | None) -> None:
+    """Show the saga ID: its record, history, and the diagram with its position.
+
+    The record: status, machine state, data, each step's outcome and attempts, the
+    compensations, the incident (what could not be undone), the resolution, and every
+    lifecycle event including operators' actions. The diagram is the saga's state
+    machine with the path taken and the current state marked.
+    """
+    if fmt is None:
+        fmt = format_for(output) if output is not None and output.suffix else "mermaid"
+    if fmt in ("svg", "png") and output is None:
+        raise CliError(f"{fmt} is drawn into a file: give --output FILE.{fmt}")
+    with Session(url, modules, readonly=True) as session:
+        record, spec = session.record(saga_id)
+    for line in describe_record(record, spec):
+        click.echo(line)
+    click.echo("")
+    if spec is None:
+        click.echo(
+            f"diagram: needs the saga class of {record.saga_name!r}: pass --import MODULE "
+            "(the data above is shown as stored)"
+        )
+        return
+    if spec.fingerprint != record.fingerprint:
+        click.echo("diagram: not drawn: the record was made by another definition of the saga")
+        return
+    drawing = render(record, fmt)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(drawing.encode("utf-8") if isinstance(drawing, str) else drawing)
+        click.echo(f"diagram ({fmt}, current state marked): wrote {output}")
+        return
+    click.echo(f"diagram ({fmt}, current state marked):")
+    assert isinstance(drawing, str)
+    click.echo(drawing.rstrip("\n"))
+
+
+@sagas.command()
+@store_options
+@click.argument("saga_id", metavar="ID")
+@click.option("--note", default=None, help="Why: recorded in the saga's history.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print each event.")
+def retry(url: str | None, modules: tuple[str, ...], saga_id: str, note: str | None,
+          quiet: bool) -> None:
+    """Run a FAILED saga's failed compensations again (or its failed retriable step).
+
+    Each gets a fresh retry budget. Exit status 0 when the saga ends COMPLETED or
+    COMPENSATED, 1 when it is FAILED again.
+    """
+    with Session(url, modules, readonly=False) as session:
+        result = session.act("retry", saga_id, note, [Printer(not quiet)])
+    print_outcome("retry", result)
+    if result.status is SagaStatus.FAILED:
+        click.echo(f"still FAILED: see `sagaflow sagas show {saga_id}`")
+        raise SystemExit(1)
+
+
+@sagas.command()
+@store_options
+@click.argument("saga_id", metavar="ID")
+@click.option("--note", required=True, help="What was done by hand (required; kept in "
+              "the record and its history).")
+def resolve(url: str | None, modules: tuple[str, ...], saga_id: str, note: str) -> None:
+    """Mark the FAILED saga ID as handled by hand; --note says what was done."""
+    if not note.strip():
+        raise CliError("--note is empty: say what was done by hand")
+    with Session(url, modules, readonly=False) as session:
+        result = session.act("resolve", saga_id, note)
+    print_outcome("resolve", result)
+
+
+@sagas.command()
+@store_options
+@click.argument("saga_id", metavar="ID")
+@click.option("--note", default=None, help="Why: recorded in the saga's history.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print each event.")
+def cancel(url: str | None, modules: tuple[str, ...], saga_id: str, note: str | None,
+           quiet: bool) -> None:
+    """Cancel the RUNNING saga ID: it compensates what it did, here and now.
+
+    For a saga whose process died (or that is stuck): the step it was in has an unknown
+    outcome and is compensated too. Do not cancel a saga that a live process is
+    running: both would act on it (the second save is refused).
+    """
+    with Session(url, modules, readonly=False) as session:
+        result = session.act("cancel", saga_id, note, [Printer(not quiet)])
+    print_outcome("cancel", result)
