@@ -8,8 +8,7 @@ import click
 
 from ..stores import Stored
 from .describe import Printer
-from .sagas import ACTIVE
-from .session import Session, store_options
+from .session import ACTIVE, Session, store_options
 
 __all__ = ["recover"]
 

@@ -24,14 +24,12 @@ from ..diagram import FORMATS, format_for, render
 from ..records import SagaStatus
 from .describe import Printer, describe_record, print_outcome
 from .problems import CliError
-from .session import Session, store_options
+from .session import ACTIVE, Session, store_options
 from .text import columns, utc
 
-__all__ = ["ACTIVE", "sagas"]
+__all__ = ["sagas"]
 
 _STATUSES = [s.value for s in SagaStatus]
-#: The statuses of a saga that has not finished (``--status active``).
-ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
 @click.group()

@@ -20,15 +20,17 @@ import click
 from ..errors import ConcurrentModification, OperatorError, SagaflowError, UnknownSaga
 from ..events import Listener
 from ..orchestrator import Orchestrator
-from ..records import SagaRecord, SagaResult
+from ..records import SagaRecord, SagaResult, SagaStatus
 from ..spec import SagaSpec, is_saga, spec_of
 from ..stores import Store, Stored, open_store
 from .loader import load_class, load_imports
 from .problems import CliError
 
-__all__ = ["STORE_ENV", "Session", "store_options"]
+__all__ = ["ACTIVE", "STORE_ENV", "Session", "store_options"]
 
 STORE_ENV = "SAGAFLOW_STORE"
+#: The statuses of a saga that has not finished (``--status active``).
+ACTIVE = tuple(status for status in SagaStatus if not status.is_terminal)
 
 
 def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
