@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import attrs
+import pygraphviz
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,9 +43,9 @@ from sagaflow.diagram import (
 from sagaflow.machine import compensation_state
 from sagaflow.testing import VirtualClock
 
-# import_module, not `import sagaflow.diagram as ...`: that form reads the package's
-# attribute, which is the sagaflow.diagram() function once the package exports it.
-diagram_module = importlib.import_module("sagaflow.diagram")
+# import_module, not `import sagaflow.diagram.render as ...`: that form reads the
+# package's attribute, which is the render() function the package exports.
+render_module = importlib.import_module("sagaflow.diagram.render")
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "python -m sagaflow diagram examples --all --prune --output diagrams"
 ONCE = Retry(attempts=1)
@@ -118,24 +119,27 @@ UNDOABLE = [s.name for s in SPEC.steps if s.compensation is not None]
 
 # --------------------------------------------------------------------------- parsing
 
-DOT_NODE = re.compile(r'^  "((?:[^"\\]|\\.)*)" \[label="((?:[^"\\]|\\.)*)"(.*)\];$')
-DOT_EDGE = re.compile(r'^  "((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)" \[label="([^"\\]*)(.*)\];$')
+def dot_nodes(dot: str) -> dict[str, dict[str, str]]:
+    """state -> its attributes, as Graphviz reads the DOT (in the order declared)."""
+    graph = pygraphviz.AGraph(string=dot)  # kept alive while its nodes are read
+    return {str(n): dict(n.attr) for n in graph.nodes()}
+
+
+def dot_edges(dot: str) -> list[tuple[str, str, str, dict[str, str]]]:
+    """(source, trigger, dest, attributes) per edge, as Graphviz reads the DOT."""
+    graph = pygraphviz.AGraph(string=dot)  # kept alive while its edges are read
+    return [
+        (str(e[0]), e.attr["label"].split("\\n")[0], str(e[1]), dict(e.attr))
+        for e in graph.edges()
+    ]
+
+
+def label(attributes: dict[str, str]) -> list[str]:
+    """A node's or edge's label lines."""
+    return attributes["label"].split("\\n")
+
+
 MERMAID_EDGE = re.compile(r"^    (\w+) --> (\w+) : (.+)$")
-
-
-def dot_nodes(dot: str) -> dict[str, str]:
-    """state -> its attribute text (after the label)."""
-    return {m[1]: m[2] + m[3] for line in dot.splitlines() if (m := DOT_NODE.match(line))}
-
-
-def dot_edges(dot: str) -> list[tuple[str, str, str, str]]:
-    """(source, trigger, dest, attributes) per edge line."""
-    found = []
-    for line in dot.splitlines():
-        if m := DOT_EDGE.match(line):
-            trigger = m[3].split("\\n")[0]
-            found.append((m[1], trigger, m[2], m[4]))
-    return found
 
 
 def mermaid_edges(text: str) -> list[tuple[str, str, str]]:
@@ -178,6 +182,7 @@ def assert_valid_mermaid(text: str) -> None:
 def test_dot_has_every_state_and_every_transition_of_the_machine():
     dot = render(FeatureSaga, "dot")
     assert list(dot_nodes(dot)) == list(SPEC.machine.states)
+    assert dot.startswith("digraph FeatureSaga {")
     edges = dot_edges(dot)
     assert {(s, t, d) for s, t, d, _ in edges} == SPEC.transitions
     assert len(edges) == len(SPEC.transitions)  # each transition drawn once
@@ -198,21 +203,19 @@ def test_mermaid_has_every_state_and_every_transition_of_the_machine():
 def test_the_class_view_marks_guard_pivot_retriable_and_the_compensation_chain():
     dot = render(FeatureSaga)
     nodes = dot_nodes(dot)
-    assert "approve\\nwhen needs_approval" in nodes["approve"]
-    assert "pivot (point of no return)" in nodes["commit"]
-    assert 'peripheries="2"' in nodes["commit"]
-    assert "retriable (up to 1 attempt)" in nodes["notify"]
-    assert "readonly" in nodes["validate"]
-    assert "undo by restore" in nodes["compensating_modify"]
-    assert "dashed" in nodes["compensating_modify"]
-    assert '"#d4edda"' in nodes["completed"]  # green
-    assert '"#fff3cd"' in nodes["compensated"]  # amber
-    assert '"#f8d7da"' in nodes["failed"]  # red
+    assert label(nodes["approve"]) == ["approve", "when needs_approval"]
+    assert label(nodes["commit"]) == ["commit", "pivot (point of no return)"]
+    assert nodes["commit"]["peripheries"] == "2"
+    assert label(nodes["notify"]) == ["notify", "retriable (up to 1 attempt)"]
+    assert label(nodes["validate"]) == ["validate", "readonly"]
+    assert label(nodes["compensating_modify"]) == ["compensating_modify", "undo by restore"]
+    assert "dashed" in nodes["compensating_modify"]["style"]
+    assert nodes["completed"]["fillcolor"] == "#d4edda"  # green
+    assert nodes["compensated"]["fillcolor"] == "#fff3cd"  # amber
+    assert nodes["failed"]["fillcolor"] == "#f8d7da"  # red
     skips = [e for e in dot_edges(dot) if e[1] == "skip"]
     assert len(skips) == 1
-    assert 'label="skip\\nunless needs_approval"' in next(
-        line for line in dot.splitlines() if '[label="skip' in line
-    )
+    assert label(skips[0][3]) == ["skip", "unless needs_approval"]
     text = render(FeatureSaga, "mermaid")
     assert "    approve --> modify : skip (unless needs_approval)" in text
     assert "    commit : pivot (point of no return)" in text
@@ -266,6 +269,51 @@ def test_odd_guard_names_stay_stable_and_escaped():
     lam = render(guarded_saga(lambda s: True), "mermaid")
     assert "skip (unless #lt;lambda#gt;)" in lam
     assert_valid_mermaid(lam)
+
+
+def svg_texts(svg: str) -> list[str]:
+    """Every line of text an SVG drawing shows."""
+    return [el.text or "" for el in ET.fromstring(svg.encode()).iter(
+        "{http://www.w3.org/2000/svg}text")]
+
+
+def test_names_and_notes_that_dot_would_misread_are_drawn_as_written():
+    # A guard's name, a saga's name and a step's error with what DOT gives a meaning:
+    # quotes, backslashes (\n, \l are DOT's line breaks), braces, <...> (HTML labels).
+    def guard(s: object) -> bool:
+        return True
+
+    guard.__name__ = 'is "big" \\ {yes} <b>'
+    odd = '<i>Odd \\l "saga"</i>'
+
+    @saga(name=odd)
+    @attrs.define
+    class Odd:
+        @step(when=guard, timeout=None)
+        def first(self, ctx):
+            raise ValueError('C:\\new "path"\nsecond line')
+
+        @first.compensate
+        def undo_first(self, ctx):
+            pass
+
+    svg = render(Odd, "svg")
+    texts = svg_texts(svg)
+    assert odd in texts
+    assert 'when is "big" \\ {yes} <b>' in texts
+    assert 'unless is "big" \\ {yes} <b>' in texts
+    graph = pygraphviz.AGraph(string=render(Odd, "dot"))  # and DOT reads it back
+    assert graph.graph_attr["label"] == graphviz_escaped(odd)
+    result = Orchestrator().run(Odd())
+    assert result.status is SagaStatus.COMPENSATED
+    texts = svg_texts(render(result, "svg"))
+    assert 'FAILED, ValueError: C:\\new "path" second line' in texts
+    assert_valid_mermaid(render(result, "mermaid"))
+
+
+def graphviz_escaped(text: str) -> str:
+    """How DOT keeps a literal label: its backslashes doubled."""
+    return text.replace("\\", "\\\\")
 
 
 @st.composite
@@ -358,6 +406,23 @@ def test_png_is_a_real_picture(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rendering_prints_no_fontconfig_warning(tmp_path):
+    # pygraphviz's bundled fontconfig (2.13) used to parse the system's newer template
+    # files (/usr/share/fontconfig/conf.avail) and warn about <reset-dirs> on stderr.
+    code = (
+        f"import sys; sys.path[:0] = [{str(ROOT)!r}];"
+        "from examples.quickstart import TransferSaga; from sagaflow.diagram import render;"
+        "assert render(TransferSaga, 'png')[:4] == b'\\x89PNG'; render(TransferSaga, 'svg')"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}  # a fresh user: no font cache of its own
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Fontconfig" not in done.stderr, done.stderr
+    assert done.stderr == ""
+
+
 DOT_PROGRAM = '''#!{python}
 """`dot -K<engine> -T<format>` reading DOT on stdin, run by the Graphviz the pygraphviz
 wheel bundles: a real Graphviz behind the `dot` command line, for machines without one."""
@@ -374,7 +439,7 @@ def test_without_pygraphviz_a_dot_on_path_renders(monkeypatch, tmp_path):
     program.write_text(DOT_PROGRAM.format(python=sys.executable), encoding="utf-8")
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setattr(diagram_module, "_load_pygraphviz", lambda: ImportError("not installed"))
+    monkeypatch.setattr(render_module, "_load_pygraphviz", lambda: ImportError("not installed"))
     svg = render(FeatureSaga, "svg")
     titles = {el.text for el in ET.fromstring(svg.encode()).iter("{http://www.w3.org/2000/svg}title")}
     assert set(SPEC.machine.states) <= titles
@@ -382,8 +447,8 @@ def test_without_pygraphviz_a_dot_on_path_renders(monkeypatch, tmp_path):
 
 
 def test_without_pygraphviz_or_dot_the_error_names_both_fixes(monkeypatch):
-    monkeypatch.setattr(diagram_module, "_load_pygraphviz", lambda: ImportError("no pygraphviz"))
-    monkeypatch.setattr(diagram_module, "_find_dot", lambda: None)
+    monkeypatch.setattr(render_module, "_load_pygraphviz", lambda: ImportError("no pygraphviz"))
+    monkeypatch.setattr(render_module, "_find_dot", lambda: None)
     with pytest.raises(GraphvizNotFound) as caught:
         render(FeatureSaga, "svg")
     message = str(caught.value)
@@ -406,11 +471,11 @@ def run(saga_obj: object) -> tuple[SagaResult, SagaRecord]:
 
 
 def taken(dot: str) -> set[tuple[str, str, str]]:
-    return {(s, t, d) for s, t, d, attrs_ in dot_edges(dot) if 'penwidth="3"' in attrs_}
+    return {(s, t, d) for s, t, d, attrs_ in dot_edges(dot) if attrs_.get("penwidth") == "3"}
 
 
 def current(dot: str) -> str:
-    [state] = [s for s, a in dot_nodes(dot).items() if "<< current state >>" in a]
+    [state] = [s for s, a in dot_nodes(dot).items() if "<< current state >>" in label(a)]
     return state
 
 
@@ -421,15 +486,21 @@ def test_a_failed_saga_shows_what_was_and_was_not_undone():
     assert result.status is SagaStatus.FAILED
     dot = render(record)
     nodes = dot_nodes(dot)
-    assert "FeatureSaga: saga" in dot and "FAILED" in dot.splitlines()[1]
+    graph = pygraphviz.AGraph(string=dot)
+    title = graph.graph_attr["label"]
+    assert title.startswith("FeatureSaga: saga") and title.endswith(" FAILED")
     for done in ("validate", "approve", "modify", "charge"):
-        assert '"#c8e6c9"' in nodes[done], done  # green: done
-    assert '"#ffcdd2"' in nodes["commit"] and "FAILED, ConnectionError" in nodes["commit"]
-    assert '"#ffe0b2"' in nodes["compensating_charge"] and "undone" in nodes["compensating_charge"]
-    assert '"#ffe0b2"' in nodes["compensating_modify"]
-    assert '"#ffcdd2"' in nodes["compensating_approve"]
-    assert "COULD NOT BE UNDONE, RuntimeError" in nodes["compensating_approve"]
-    assert '"#fafafa"' in nodes["notify"]  # never reached
+        assert nodes[done]["fillcolor"] == "#c8e6c9", done  # green: done
+    assert nodes["commit"]["fillcolor"] == "#ffcdd2"
+    assert label(nodes["commit"])[-1].startswith("FAILED, ConnectionError")
+    assert nodes["compensating_charge"]["fillcolor"] == "#ffe0b2"
+    assert label(nodes["compensating_charge"])[-1] == "undone"
+    assert nodes["compensating_modify"]["fillcolor"] == "#ffe0b2"
+    assert nodes["compensating_approve"]["fillcolor"] == "#ffcdd2"
+    assert "COULD NOT BE UNDONE, RuntimeError: cannot undo approve" in label(
+        nodes["compensating_approve"]
+    )
+    assert nodes["notify"]["fillcolor"] == "#fafafa"  # never reached
     assert current(dot) == "failed" == record.state
     assert taken(dot) == {
         ("not_started", "start", "validate"),
@@ -460,7 +531,7 @@ def test_a_skipped_step_and_a_retriable_failure():
     assert ("approve", "skip", "modify") in taken(dot)
     assert ("notify", "fail", "failed") in taken(dot)
     assert not any(t == "compensate" for _, t, _ in taken(dot))
-    assert "skipped" in dot_nodes(dot)["approve"]
+    assert "skipped" in label(dot_nodes(dot)["approve"])
     assert render(record) == dot
 
 
@@ -486,12 +557,12 @@ def test_a_running_saga_shows_where_it_is():
     orchestrator = Orchestrator(listeners=[listener])
     orchestrator.run(FeatureSaga(fail=frozenset({"commit"})))
     assert current(drawn["running"]) == "charge"
-    assert "running, attempt 1" in dot_nodes(drawn["running"])["charge"]
+    assert "running, attempt 1" in label(dot_nodes(drawn["running"])["charge"])
     assert re.search(r"^    class charge ranRunning$", drawn["running_mermaid"], re.M)
     assert current(drawn["compensating"]) == "compensating_modify"
     nodes = dot_nodes(drawn["compensating"])
-    assert "undone" in nodes["compensating_charge"]
-    assert "to undo" in nodes["compensating_approve"]
+    assert "undone" in label(nodes["compensating_charge"])
+    assert "to undo" in label(nodes["compensating_approve"])
 
 
 def test_a_deadline_between_steps_compensates_from_the_step_not_started():
@@ -547,10 +618,7 @@ def test_any_run_is_drawn_as_a_path_of_the_machine_ending_where_the_record_is(
     assert seen == len(path)
     assert here == record.state == current(dot)
     assert render(result) == dot
-    # the two reconstructions agree: the history replay and the step records
-    replayed, end = diagram_module._replay(SPEC, record.history)
-    _, _, from_steps, state = diagram_module._from_steps(SPEC, record)
-    assert (set(replayed), end) == (from_steps, state) == (path, record.state)
+    assert path == set(record.path)  # what the engine recorded, drawn as it is
     assert_valid_mermaid(render(result, "mermaid"))
 
 
@@ -568,7 +636,8 @@ def test_an_operator_retry_is_drawn_with_its_detour_through_failed():
         ("compensating_approve", "undone", "compensated"),
     } <= taken(dot)
     assert current(dot) == "compensated" == record.state
-    assert 'label="retry\\nby an operator"' in dot
+    retries = [e for e in dot_edges(dot) if e[1] == "retry"]
+    assert retries and all(label(e[3]) == ["retry", "by an operator"] for e in retries)
 
     second = orchestrator.run(FeatureSaga(fail=frozenset({"notify"})))
     record = orchestrator.store.load(second.saga_id)
@@ -587,17 +656,23 @@ def test_a_resolved_saga_says_so():
     orchestrator = Orchestrator()
     result = orchestrator.run(FeatureSaga(fail=frozenset({"notify"})))
     resolved = orchestrator.resolve(result.saga_id, "notified the customer by phone")
-    assert "resolved by hand: notified the customer by phone" in dot_nodes(render(resolved))[
-        "failed"
-    ]
+    failed = dot_nodes(render(resolved))["failed"]
+    assert "resolved by hand: notified the customer by phone" in label(failed)
 
 
-def test_without_a_usable_history_the_step_records_give_the_path():
+def test_the_path_drawn_is_the_one_the_run_recorded():
     result, record = run(FeatureSaga(fail=frozenset({"charge"})))
     full = render(record)
-    record.history.clear()
+    record.history.clear()  # the history plays no part: the path is read, not re-derived
     assert render(record) == full
     assert render(attrs.evolve(result, history=())) == full
+    assert taken(full) == set(record.path)
+    # a record from before paths were recorded (a migrated version-1 store): no path is
+    # drawn, and the record's own state is where it is
+    record.path.clear()
+    old = render(record)
+    assert taken(old) == set() and current(old) == record.state == "compensated"
+    assert current(render(attrs.evolve(result, path=()))) == "compensated"
 
 
 # --------------------------------------------------------------------------- the API

@@ -1,0 +1,261 @@
+"""What a diagram shows, before any syntax: the machine's states and transitions, and a run.
+
+The states and transitions are read from the class's own ``transitions`` machine
+(``spec.machine``), never re-derived from the steps, so the picture is the machine
+every run is checked against; the steps only annotate it (kind, guard, compensation).
+A run (a :class:`~sagaflow.SagaRecord` or :class:`~sagaflow.SagaResult`) adds what it
+did: the transitions it took are its recorded ``path`` (the engine appends every state
+change), its outcomes per state come from its step records.
+
+Everything here is in a stable order (no ids, times or set order), so the text formats
+built from it are byte-stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
+from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
+from ..spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
+
+__all__ = ["TERMINALS", "Edge", "Model", "Node", "Run", "model_of"]
+
+#: The three ends, in the order they are drawn.
+TERMINALS = (COMPLETED, COMPENSATED, FAILED)
+# Triggers in the order a reader meets them; edges are sorted by it for stable output.
+_TRIGGER_ORDER = (
+    "start", "advance", "skip", "fail", "compensate", "undone", "undo_failed", "retry"
+)
+# The state a finished run without a recorded path ends in (a record written before
+# sagaflow recorded paths: the migration of a version-1 store gives it an empty path).
+_END_OF = {
+    SagaStatus.COMPLETED: COMPLETED,
+    SagaStatus.COMPENSATED: COMPENSATED,
+    SagaStatus.FAILED: FAILED,
+}
+
+Diagrammable = Any  # a saga class or instance, a SagaSpec, a SagaRecord or a SagaResult
+
+
+@attrs.frozen
+class Edge:
+    """One transition of the machine; ``guard`` is ``""`` or ``"unless is_large"``."""
+
+    source: str
+    trigger: str
+    dest: str
+    guard: str
+
+
+@attrs.frozen
+class Node:
+    """One state: its role (start, step, compensating, completed, compensated, failed,
+    other), the label lines after its name, and its step, if it has one."""
+
+    state: str
+    role: str
+    lines: tuple[str, ...]
+    step: StepSpec | None
+
+
+@attrs.frozen
+class Run:
+    """What a run did: an outcome and a note per state it touched, the transitions it
+    took, and where it is now."""
+
+    title: str
+    current: str
+    outcomes: dict[str, str]  # state -> done, skipped, failed, running, undone, ...
+    notes: dict[str, str]  # state -> a short line about what happened there
+    taken: frozenset[tuple[str, str, str]]
+
+
+@attrs.frozen
+class Model:
+    """A saga's machine as a diagram draws it, and the run drawn on it (if any)."""
+
+    spec: SagaSpec
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+    run: Run | None
+
+    @property
+    def title(self) -> str:
+        return self.spec.name if self.run is None else self.run.title
+
+
+def model_of(obj: Diagrammable, saga: object | None = None) -> Model:
+    """The model of ``obj``: a saga class (or instance, or SagaSpec), or a run of one.
+
+    ``saga`` names a run's class when the run's data is not an instance of it.
+    """
+    spec, run = _resolve(obj, saga)
+    states = [str(s) for s in spec.machine.states]
+    return Model(spec, tuple(_nodes(spec, states)), tuple(_edges(spec, states)), run)
+
+
+def _resolve(obj: Diagrammable, saga: object | None) -> tuple[SagaSpec, Run | None]:
+    if isinstance(obj, (SagaRecord, SagaResult)):
+        source = saga if saga is not None else obj.data
+        if isinstance(source, SagaSpec):
+            spec = source
+        elif is_saga(source):
+            spec = spec_of(source)
+        else:
+            raise TypeError(
+                f"cannot tell which saga class made the run {obj.saga_id!r} (its data is "
+                f"{type(obj.data).__name__}): pass it, diagram(run, saga=TheSagaClass)"
+            )
+        if obj.saga_name != spec.name:
+            raise ValueError(
+                f"the run {obj.saga_id!r} is of saga {obj.saga_name!r}, not {spec.name!r}: "
+                "pass the saga class that made it (saga=...)"
+            )
+        if isinstance(obj, SagaRecord) and obj.fingerprint != spec.fingerprint:
+            raise ValueError(
+                f"the record {obj.saga_id!r} was made by another definition of "
+                f"{spec.name!r} (fingerprint {obj.fingerprint}, the class has "
+                f"{spec.fingerprint}): its steps changed since; draw it with that version"
+            )
+        return spec, _run_of(spec, obj)
+    if isinstance(obj, SagaSpec):
+        return obj, None
+    if is_saga(obj):
+        return spec_of(obj), None
+    raise TypeError(
+        "a diagram is drawn from a saga class (or instance), a SagaSpec, a SagaRecord or a "
+        f"SagaResult; got {obj!r}: decorate the class with @sagaflow.saga"
+    )
+
+
+# --------------------------------------------------------------------------- the machine
+
+def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
+    """Every transition of the machine, in a stable order."""
+    order = {s: i for i, s in enumerate(states)}
+    edges: list[Edge] = []
+    for trigger, event in spec.machine.events.items():
+        for source, transitions in event.transitions.items():
+            for t in transitions:
+                guards = [
+                    ("if " if c.target else "unless ") + _guard_name(c.func)
+                    for c in getattr(t, "conditions", ())
+                ]
+                if trigger == "retry" and not guards:
+                    guards = ["by an operator"]
+                edges.append(Edge(str(source), str(trigger), str(t.dest), ", ".join(guards)))
+    rank = {t: i for i, t in enumerate(_TRIGGER_ORDER)}
+    edges.sort(
+        key=lambda e: (
+            order.get(e.source, len(order)),
+            rank.get(e.trigger, len(rank)),
+            e.trigger,
+            order.get(e.dest, len(order)),
+        )
+    )
+    return edges
+
+
+def _guard_name(func: object) -> str:
+    # The machine keeps a guard by name; a callable (never the case today) by its name.
+    return func if isinstance(func, str) else str(getattr(func, "__name__", "guard"))
+
+
+def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
+    by_state: dict[str, tuple[str, StepSpec]] = {}
+    for s in spec.steps:
+        by_state[s.name] = ("step", s)
+        if s.compensation is not None:
+            by_state[compensation_state(s.name)] = ("compensating", s)
+    nodes = []
+    for state in states:
+        if state == NOT_STARTED:
+            nodes.append(Node(state, "start", (), None))
+        elif state in TERMINALS:
+            nodes.append(Node(state, state, (), None))
+        elif state in by_state:
+            role, s = by_state[state]
+            lines: list[str] = []
+            if role == "step":
+                if s.kind is StepKind.PIVOT:
+                    lines.append("pivot (point of no return)")
+                elif s.kind is StepKind.RETRIABLE:
+                    n = s.retry.attempts
+                    lines.append(f"retriable (up to {n} attempt{'s' if n != 1 else ''})")
+                elif s.kind is StepKind.READONLY:
+                    lines.append("readonly")
+                if s.guard_name is not None:
+                    lines.append(f"when {s.guard_name}")
+            else:
+                lines.append(f"undo by {s.compensation_name}")
+            nodes.append(Node(state, role, tuple(lines), s))
+        else:  # a state this module does not know yet: drawn plainly, never dropped
+            nodes.append(Node(state, "other", (), None))
+    return nodes
+
+
+# --------------------------------------------------------------------------- a run
+
+def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
+    """What a run did: the path it recorded, and each state's outcome from its steps."""
+    names = [s.name for s in spec.steps]
+    if [s.name for s in obj.steps] != names:
+        raise ValueError(
+            f"the record of saga {obj.saga_id!r} has steps {[s.name for s in obj.steps]}, "
+            f"but {spec.name!r} has {names}: pass the saga class that made it (saga=...)"
+        )
+    path = list(obj.path)
+    if isinstance(obj, SagaRecord):
+        current = obj.state
+    elif path:
+        current = path[-1][2]
+    else:
+        current = _END_OF.get(obj.status, NOT_STARTED)
+    outcomes: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    if path:
+        outcomes[NOT_STARTED] = "started"
+    cut_short = obj.status is not SagaStatus.RUNNING  # a step left RUNNING was interrupted
+    for name, sr in zip(names, obj.steps, strict=True):
+        attempts = f"{sr.attempts} attempts" if sr.attempts > 1 else ""
+        if sr.status is StepStatus.COMPLETED:
+            outcomes[name], notes[name] = "done", ", ".join(filter(None, ["done", attempts]))
+        elif sr.status is StepStatus.SKIPPED:
+            outcomes[name], notes[name] = "skipped", "skipped"
+        elif sr.status in (StepStatus.FAILED, StepStatus.TIMED_OUT):
+            what = "TIMED OUT" if sr.status is StepStatus.TIMED_OUT else "FAILED"
+            outcomes[name] = "failed"
+            notes[name] = ", ".join(filter(None, [what, attempts, _short(sr.error)]))
+        elif sr.status is StepStatus.RUNNING:
+            attempt = max(sr.attempts, 1)
+            outcomes[name] = "failed" if cut_short else "running"
+            notes[name] = f"{'interrupted' if cut_short else 'running'}, attempt {attempt}"
+        undo = compensation_state(name)
+        if sr.compensation is CompensationStatus.COMPENSATED:
+            outcomes[undo], notes[undo] = "undone", "undone"
+        elif sr.compensation is CompensationStatus.FAILED:
+            outcomes[undo] = "undo_failed"
+            notes[undo] = ", ".join(
+                filter(None, ["COULD NOT BE UNDONE", _short(sr.compensation_error)])
+            )
+        elif sr.compensation is CompensationStatus.RUNNING:
+            outcomes[undo], notes[undo] = "undoing", "undoing"
+        elif sr.compensation is CompensationStatus.PENDING:
+            outcomes[undo], notes[undo] = "pending", "to undo"
+    if current in TERMINALS:
+        outcomes[current] = "reached"
+    if obj.resolution:
+        notes[current] = f"resolved by hand: {_short(obj.resolution)}"
+    title = f"{spec.name}: saga {obj.saga_id} {obj.status.value}"
+    return Run(title, current, outcomes, notes, frozenset(path))
+
+
+def _short(text: str | None, limit: int = 48) -> str:
+    if not text:
+        return ""
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 3] + "..."
