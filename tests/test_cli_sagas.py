@@ -174,13 +174,15 @@ def test_list_shows_every_saga_most_recent_first(db):
     result = sagaflow("sagas", "list", "--store", db)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["ID", "SAGA", "STATUS", "STATE", "UPDATED", "(UTC)"]
+    assert lines[0].split() == ["ID", "SAGA", "STATUS", "STATE", "UPDATED", "(UTC)",
+                                "QUARANTINED"]
     ids = [line.split()[0] for line in lines[1:-1]]
     assert ids == ["crashed", "r-failed", "undo-failed", "done"]
     assert lines[-1] == "4 sagas"
     row = {line.split()[0]: line.split() for line in lines[1:-1]}
     assert row["crashed"][1:4] == ["ops", "RUNNING", "b"]
     assert row["undo-failed"][2:4] == ["FAILED", "failed"]
+    assert row["undo-failed"][-1] == "-"  # not quarantined
 
 
 def test_list_filters_by_status_name_and_limit(db):
@@ -201,6 +203,68 @@ def test_list_filters_by_status_name_and_limit(db):
 def test_list_reads_the_store_from_the_environment(db):
     result = sagaflow("sagas", "list", env={"SAGAFLOW_STORE": db})
     assert result.exit_code == 0 and result.output.splitlines()[-1] == "4 sagas"
+
+
+def quarantine(url: str, saga_id: str, reason: str) -> None:
+    with SQLiteStore(url.removeprefix("sqlite:///")) as store:
+        store.quarantine(saga_id, reason)
+
+
+def test_list_shows_why_a_saga_is_quarantined_and_filters_them(db):
+    quarantine(db, "crashed", "CorruptRecord: column cursor holds 'x'")
+    result = sagaflow("sagas", "list", "--store", db)
+    assert result.exit_code == 0, result.output
+    crashed = next(ln for ln in result.output.splitlines() if ln.startswith("crashed"))
+    assert crashed.endswith("CorruptRecord: column cursor holds 'x'")
+    assert result.output.splitlines()[-1] == "4 sagas, 1 quarantined"
+    only = sagaflow("sagas", "list", "--store", db, "--quarantined")
+    assert [ln.split()[0] for ln in only.output.splitlines()[1:-1]] == ["crashed"]
+    assert only.output.splitlines()[-1] == "1 saga"
+    none = sagaflow("sagas", "list", "--store", db, "--quarantined", "--status", "failed")
+    assert none.output == "no sagas match\n"
+    shown = sagaflow("sagas", "show", "crashed", "--store", db).output
+    assert "  quarantined CorruptRecord: column cursor holds 'x'" in shown
+    assert "next: recovery and workers leave it alone" in shown
+    assert "sagaflow sagas unquarantine crashed" in shown
+
+
+def test_unquarantine_lifts_it_once(db):
+    quarantine(db, "crashed", "ValueError: bad data")
+    result = sagaflow("sagas", "unquarantine", "crashed", "--store", db)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "unquarantined: saga crashed (it was set aside because: ValueError: bad data)\n")
+    assert sagaflow("sagas", "list", "--store", db, "--quarantined").output == (
+        "no sagas match\n")
+    one_line_error(sagaflow("sagas", "unquarantine", "crashed", "--store", db),
+                   "saga 'crashed' is not quarantined")
+    one_line_error(sagaflow("sagas", "unquarantine", "nope", "--store", db), "no saga 'nope'")
+
+
+def test_reading_commands_never_write_to_the_store(db, tmp_path):
+    # Someone else's database: listing it must not create sagaflow's tables there, and
+    # it is reported as what it is.
+    import sqlite3
+
+    other = tmp_path / "someone-elses.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total TEXT)")
+    before = other.read_bytes()
+    for args in (["sagas", "list"], ["sagas", "show", "x"]):
+        one_line_error(sagaflow(*args, "--store", f"sqlite:///{other}"),
+                       "has no sagaflow schema")
+    assert other.read_bytes() == before
+    with sqlite3.connect(other) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+    assert tables == ["invoices"]
+    # and sagaflow's own store is left byte for byte as it was by list and show
+    path = Path(db.removeprefix("sqlite:///"))
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    stamp = path.read_bytes()
+    assert sagaflow("sagas", "list", "--store", db).exit_code == 0
+    assert sagaflow("sagas", "show", "undo-failed", "--store", db).exit_code == 0
+    assert path.read_bytes() == stamp
 
 
 # --------------------------------------------------------------------------- show

@@ -15,8 +15,11 @@ from .text import columns, utc
 __all__ = ["Printer", "describe_record", "print_outcome"]
 
 
-def describe_record(record: SagaRecord, spec: SagaSpec | None) -> list[str]:
-    """The record's lines; ``spec`` (when the class is known) adds step kinds and data."""
+def describe_record(
+    record: SagaRecord, spec: SagaSpec | None, *, quarantined: str | None = None
+) -> list[str]:
+    """The record's lines; ``spec`` (when the class is known) adds step kinds and data;
+    ``quarantined`` is why the store set the saga aside, if it did."""
     duration = ""
     if record.finished_at is not None:
         duration = f" in {record.finished_at - record.created_at:.3f}s"
@@ -37,6 +40,8 @@ def describe_record(record: SagaRecord, spec: SagaSpec | None) -> list[str]:
     lines.append(f"  data        {_data_json(record, spec)}")
     if record.error is not None:
         lines.append(f"  error       {type(record.error).__name__}: {record.error}")
+    if quarantined is not None:
+        lines.append(f"  quarantined {quarantined}")
 
     lines += ["", "steps:"]
     rows = [["#", "step", "kind", "status", "attempts", "compensation", "attempts", "error"]]
@@ -63,7 +68,7 @@ def describe_record(record: SagaRecord, spec: SagaSpec | None) -> list[str]:
         lines += ["", f"domain events ({len(record.events)}):"]
         lines += [f"  {e!r}" for e in record.events]
 
-    hint = _next_steps(record)
+    hint = _next_steps(record, quarantined)
     if hint:
         lines += ["", f"next: {hint}"]
     return lines
@@ -99,8 +104,13 @@ def _data_json(record: SagaRecord, spec: SagaSpec | None) -> str:
     return json.dumps(data, default=str, ensure_ascii=False)
 
 
-def _next_steps(record: SagaRecord) -> str:
+def _next_steps(record: SagaRecord, quarantined: str | None) -> str:
     sid = record.saga_id
+    if quarantined is not None:
+        return (
+            "recovery and workers leave it alone: fix what made it unreadable, then "
+            f"sagaflow sagas unquarantine {sid}"
+        )
     if record.status is SagaStatus.FAILED and record.resolution is None:
         return (
             f"sagaflow sagas retry {sid}  (run what failed again), or "

@@ -1,17 +1,18 @@
-"""``sagaflow sagas list|show|retry|resolve|cancel``: look at stored sagas and act on them.
+"""``sagaflow sagas ...``: look at stored sagas and act on them.
 
 ::
 
-    sagaflow sagas list [--status S]... [--name N] [--limit N]
+    sagaflow sagas list [--status S]... [--name N] [--quarantined] [--limit N]
     sagaflow sagas show ID [--format mermaid|dot|svg|png] [--output PATH]
     sagaflow sagas retry ID [--note TEXT]
     sagaflow sagas resolve ID --note TEXT
     sagaflow sagas cancel ID [--note TEXT]
+    sagaflow sagas unquarantine ID
 
-``list`` and ``show`` only read: they need no saga class (``show`` then prints the
-data as stored, without the diagram). Acting on a saga needs its class (see
-:mod:`sagaflow.cli.session`). Every action is recorded in the saga's history with its
-note.
+``list`` and ``show`` only read, from a store opened read-only: they need no saga
+class (``show`` then prints the data as stored, without the diagram). Acting on a
+saga needs its class (see :mod:`sagaflow.cli.session`). Every action is recorded in
+the saga's history with its note.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ _STATUSES = [s.value for s in SagaStatus]
 
 @click.group()
 def sagas() -> None:
-    """Look at stored sagas and act on them: list, show, retry, resolve, cancel.
+    """Look at stored sagas and act on them: list, show, retry, resolve, cancel,
+    unquarantine.
 
     Every command takes --store URL (default: $SAGAFLOW_STORE). Actions are recorded in
     the saga's history, with the --note given.
@@ -50,37 +52,46 @@ def sagas() -> None:
     + "; 'active' means not finished.",
 )
 @click.option("--name", default=None, help="Only sagas of this saga name.")
+@click.option("--quarantined", is_flag=True,
+              help="Only quarantined sagas: set aside because they could not be read or "
+              "driven (see `sagaflow sagas unquarantine`).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many (the most recently updated).")
 def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
-          name: str | None, limit: int | None) -> None:
-    """List stored sagas, most recently updated first.
+          name: str | None, quarantined: bool, limit: int | None) -> None:
+    """List stored sagas, most recently updated first, and why any is quarantined.
 
-    Needs no saga class: it reads what the store keeps beside each record.
+    Needs no saga class: it reads what the store keeps beside each record. Only reads:
+    the store is opened read-only.
 
     \b
     Examples:
       sagaflow sagas list --store sqlite:///sagas.db --status failed
+      sagaflow sagas list --store sqlite:///sagas.db --quarantined
       SAGAFLOW_STORE=sqlite:///sagas.db sagaflow sagas list --status active --name orders
     """
     wanted: set[SagaStatus] = set()
     for choice in statuses:
         wanted.update(ACTIVE if choice.lower() == "active" else [SagaStatus(choice.upper())])
     with Session(url, modules, readonly=True) as session:
-        found = list(session.store.scan(status=wanted or None, name=name))
-    found.sort(key=lambda s: (-s.updated_at, s.saga_id))
+        found = list(session.store.scan(status=wanted or None, name=name, newest_first=True))
+    if quarantined:
+        found = [s for s in found if s.quarantined is not None]
     shown = found if limit is None else found[:limit]
     if not shown:
-        click.echo("no sagas" + (" match" if wanted or name else " in the store"))
+        filtered = wanted or name or quarantined
+        click.echo("no sagas" + (" match" if filtered else " in the store"))
         return
-    rows = [["ID", "SAGA", "STATUS", "STATE", "UPDATED (UTC)"]]
+    rows = [["ID", "SAGA", "STATUS", "STATE", "UPDATED (UTC)", "QUARANTINED"]]
     for s in shown:
         rows.append([s.saga_id, s.saga_name, s.status, str(getattr(s, "state", "")),
-                     utc(s.updated_at)])
+                     utc(s.updated_at), s.quarantined or "-"])
     for line in columns(rows):
         click.echo(line)
     more = f" (of {len(found)}; --limit)" if len(shown) < len(found) else ""
-    click.echo(f"{len(shown)} saga{'s' if len(shown) != 1 else ''}{more}")
+    aside = sum(1 for s in found if s.quarantined is not None)
+    note = f", {aside} quarantined" if aside and not quarantined else ""
+    click.echo(f"{len(shown)} saga{'s' if len(shown) != 1 else ''}{more}{note}")
 
 
 @sagas.command()
@@ -98,9 +109,10 @@ def show(url: str | None, modules: tuple[str, ...], saga_id: str, fmt: str | Non
     """Show the saga ID: its record, history, and the diagram with its position.
 
     The record: status, machine state, data, each step's outcome and attempts, the
-    compensations, the incident (what could not be undone), the resolution, and every
-    lifecycle event including operators' actions. The diagram is the saga's state
-    machine with the path taken and the current state marked.
+    compensations, the incident (what could not be undone), the resolution, why it is
+    quarantined if it is, and every lifecycle event including operators' actions. The
+    diagram is the saga's state machine with the path taken and the current state
+    marked. Only reads: the store is opened read-only.
     """
     if fmt is None:
         fmt = format_for(output) if output is not None and output.suffix else "mermaid"
@@ -108,7 +120,8 @@ def show(url: str | None, modules: tuple[str, ...], saga_id: str, fmt: str | Non
         raise CliError(f"{fmt} is drawn into a file: give --output FILE.{fmt}")
     with Session(url, modules, readonly=True) as session:
         record, spec = session.record(saga_id)
-    for line in describe_record(record, spec):
+        aside = session.raw(saga_id).quarantined
+    for line in describe_record(record, spec, quarantined=aside):
         click.echo(line)
     click.echo("")
     if spec is None:
@@ -181,3 +194,20 @@ def cancel(url: str | None, modules: tuple[str, ...], saga_id: str, note: str | 
     with Session(url, modules, readonly=False) as session:
         result = session.act("cancel", saga_id, note, [Printer(not quiet)])
     print_outcome("cancel", result)
+
+
+@sagas.command()
+@store_options
+@click.argument("saga_id", metavar="ID")
+def unquarantine(url: str | None, modules: tuple[str, ...], saga_id: str) -> None:
+    """Lift the quarantine of the saga ID, so that recovery and workers take it again.
+
+    A saga is quarantined when its record could not be read or driven (a damaged row,
+    a class that cannot load it): fix the cause first (`sagaflow sagas show ID` says
+    why), then lift it. Retrying, resolving or cancelling a saga also lifts it.
+    """
+    with Session(url, modules, readonly=False) as session:
+        why = session.raw(saga_id).quarantined
+        if why is None or not session.store.unquarantine(saga_id):
+            raise CliError(f"saga {saga_id!r} is not quarantined: nothing to lift")
+    click.echo(f"unquarantined: saga {saga_id} (it was set aside because: {why})")

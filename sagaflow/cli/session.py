@@ -160,8 +160,10 @@ class Session:
 
 
 def _open(url: str | None, *, readonly: bool) -> Store:
-    """The store ``url`` names; one-line errors for a missing URL, an empty memory
-    store, or a SQLite file that is not there (opening would create an empty one)."""
+    """The store ``url`` names, read-only if asked (then nothing is ever written, not even
+    sagaflow's tables, and a database without them is reported as such); one-line
+    errors for a missing URL, an empty memory store, or a SQLite file that is not there
+    (opening it to act would create an empty one)."""
     if url is None or not url.strip():
         raise CliError(
             f"no store given: pass --store URL (e.g. --store sqlite:///sagas.db) or set "
@@ -182,6 +184,6 @@ def _open(url: str | None, *, readonly: bool) -> Store:
                 "(sqlite:///relative/path.db, sqlite:////absolute/path.db)"
             )
     try:
-        return open_store(url)
+        return open_store(url, readonly=readonly)
     except (ValueError, TypeError, ImportError, SagaflowError) as exc:
         raise CliError(str(exc)) from None
