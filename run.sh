@@ -11,15 +11,27 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
+# What setting up is doing goes to stderr, so that a command's own output stays clean.
+say() { echo "run.sh: $*" >&2; }
+
 setup() {
     local extras=$1 stamp="$VENV/.installed-$1"
     if [ ! -x "$VENV/bin/python" ]; then
+        if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            say "sagaflow needs Python 3.11 or later; '$PYTHON' is not: set PYTHON=python3.11 (or later)"
+            exit 2
+        fi
+        say "making the virtual environment $VENV (once)"
         "$PYTHON" -m venv "$VENV"
     fi
     if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+        say "installing sagaflow and what '$cmd' needs ($extras) into $VENV:" \
+            "about a minute the first time, quiet while it works..."
+        local started=$SECONDS
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
         "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
         touch "$stamp"
+        say "installed in $((SECONDS - started))s; running '$cmd'"
     fi
 }
 

@@ -4,11 +4,14 @@ Each example runs its happy path and its failure scenarios, in the spirit of see
 logs: step n/N and what it produced, retries with their delays, compensations in
 order, the final status, the duration and the domain events. Time is virtual: a retry
 "in 16s" or a payment that hangs for 30 s takes no real time, so the whole demo runs in
-a second or two. ``python -m examples orders transfer`` runs only those examples.
-The runs are recorded in sagaflow's SQLite store, ``out/sagas.db``, next to the
-subscription example's own domain database, ``out/subscriptions.db``: both stay there to
-look at. The last example, ``crash``, runs a saga in a child process that is killed
-(SIGKILL) in the middle of a step, then recovers it from ``out/sagas.db``.
+a few seconds. ``python -m examples orders transfer`` runs only those examples.
+The runs are recorded in sagaflow's SQLite store, ``out/sagas.db`` (dated with the real
+time of the run), next to the subscription example's own domain database,
+``out/subscriptions.db``: both stay there to look at. The last example, ``crash``, runs
+a saga in a child process that is killed (SIGKILL) in the middle of a step, then
+recovers it from ``out/sagas.db``. Last, ``out/diagrams/`` gets every example saga's
+diagram (DOT, SVG, PNG, Mermaid) and, in ``out/diagrams/runs/``, each FAILED run drawn
+with the path it took.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from sagaflow import GraphvizNotFound, SagaResult, SagaStatus
+from sagaflow.diagram import FORMATS, SUFFIXES, write, write_all
 from sagaflow.stores.sqlite import SQLiteStore
 
+from .catalog import entries
 from .console import Demo
 
 EXAMPLES = (
@@ -121,11 +127,44 @@ def main(argv: list[str] | None = None, out: Callable[[str], None] = print) -> i
         took = time.perf_counter() - started
         tally = Counter(r.status.value for r in d.results)
         stored = len(store.query())
+        drawn = draw(args.out / "diagrams", store, d.results)
     out("")
+    for line in drawn:
+        out(line)
     out(f"═══ {len(d.results)} sagas run in {took:.1f}s real: "
         + ", ".join(f"{n} {status}" for status, n in sorted(tally.items()))
         + f"; {stored} records in {records} ═══")
     return 0
+
+
+def draw(folder: Path, store: SQLiteStore, results: list[SagaResult]) -> list[str]:
+    """Every example saga's diagram, and each FAILED run's from its stored record (the
+    path it took, what was and was not undone), in every format; lines saying where."""
+    from .crash_demo import ShipOrderSaga
+
+    sagas = [entry.saga for entry in entries()] + [ShipOrderSaga]
+    formats: tuple[str, ...] = FORMATS
+    try:
+        write_all(sagas, folder, formats)
+    except GraphvizNotFound as exc:  # no Graphviz to lay out SVG and PNG: text only
+        formats = ("dot", "mermaid")
+        write_all(sagas, folder, formats)
+        why = f" (no SVG or PNG: {exc})"
+    else:
+        why = ""
+    failed = [r.saga_id for r in results if r.status is SagaStatus.FAILED]
+    for saga_id in failed:
+        record = store.load(saga_id)
+        assert record is not None
+        for fmt in formats:
+            (folder / "runs").mkdir(parents=True, exist_ok=True)
+            write(record, folder / "runs" / (saga_id + SUFFIXES[fmt]), fmt)
+    kinds = ", ".join(SUFFIXES[f] for f in formats)
+    lines = [f"diagrams ({kinds}){why}: every example saga in {folder}/"]
+    if failed:
+        lines.append(f"  and the failed runs with the path each took: {folder / 'runs'}/ "
+                     f"({', '.join(failed)})")
+    return lines
 
 
 if __name__ == "__main__":

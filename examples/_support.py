@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -40,10 +41,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-#: Where virtual time starts: a fixed Unix time, so runs print the same every time.
-EPOCH = 1_700_000_000.0
-
 
 def forward_key(ctx: StepContext) -> str:
     """The idempotency key of the forward call that ``ctx`` (a compensation's) undoes.
@@ -101,11 +98,12 @@ class LoopClock:
 
     Under :func:`run_virtual` that is virtual time, shared by the orchestrator (backoff,
     durations) and the participants (latency, hangs, timeouts): one consistent timeline.
+    It starts at ``start`` (default: the real time now), so records carry real dates.
     Only for ``arun``: it has no blocking ``sleep``.
     """
 
-    def __init__(self, start: float = EPOCH) -> None:
-        self.start = start
+    def __init__(self, start: float | None = None) -> None:
+        self.start = time.time() if start is None else start
         self.sleeps: list[float] = []
 
     def now(self) -> float:

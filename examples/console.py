@@ -184,7 +184,9 @@ class Demo:
 
     Sync sagas run on a :class:`VirtualClock` (backoff costs no real time), async ones on
     a :class:`LoopClock` under :func:`~examples._support.run_virtual`; the durations
-    shown are virtual time, the real time taken follows in brackets.
+    shown are virtual time, the real time taken follows in brackets. Both clocks start
+    at the real time when the orchestrator is made, so the records a store keeps carry
+    real dates (their intervals are the virtual ones).
     """
 
     def __init__(self, out: Out = print, store: Store | None = None) -> None:
@@ -200,7 +202,7 @@ class Demo:
         ``Retry(backoff=2.0)`` waits exactly 2 s, then 4 s: the same output every run.
         """
         return self._wired(Orchestrator(
-            self.store, [self.console], clock=VirtualClock(), rand=lambda: 0.5
+            self.store, [self.console], clock=VirtualClock(time.time()), rand=lambda: 0.5
         ))
 
     def async_orchestrator(self) -> Orchestrator:

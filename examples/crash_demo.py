@@ -249,7 +249,7 @@ def demo(d: Demo, out: Path) -> None:
     d.scenario("recovery: Orchestrator(store, sagas=[ShipOrderSaga]).recover()")
     orch = Orchestrator(
         store, [d.console], sagas=[ShipOrderSaga],
-        clock=VirtualClock(), rand=lambda: 0.5,
+        clock=VirtualClock(time.time()), rand=lambda: 0.5,
     )
     d.console.orchestrators.append(orch)
     report = orch.recover()

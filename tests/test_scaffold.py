@@ -73,7 +73,7 @@ def test_the_scaffold_passes_check_and_its_tests_pass(tmp_path):
     assert checked.output.count("compensatable") == 3
     drawn = invoke("diagram", str(tmp_path / second), "-f", "dot")  # the package's one saga
     assert drawn.exit_code == 0, drawn.output
-    assert drawn.stdout.startswith(f'digraph "{names_for(second)[0]}"')
+    assert drawn.stdout.startswith(f"digraph {names_for(second)[0]} {{")
     checked = invoke("check", str(tmp_path / second))
     assert checked.exit_code == 0, checked.output
     lines = checked.output.splitlines()

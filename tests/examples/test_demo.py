@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
+import xml.etree.ElementTree as ET
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,6 +44,31 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert lines[-1].endswith(f"42 records in {tmp_path / 'sagas.db'} ═══")
 
 
+def test_the_demo_draws_every_example_and_each_failed_run_with_its_path(tmp_path: Path) -> None:
+    lines: list[str] = []
+    before = time.time()
+    assert main(["registration", "onboarding", "--out", str(tmp_path)], out=lines.append) == 0
+    folder = tmp_path / "diagrams"
+    assert f"diagrams (.dot, .mmd, .svg, .png): every example saga in {folder}/" in lines
+    assert (f"  and the failed runs with the path each took: {folder / 'runs'}/ "
+            "(reg-4, onboard-umbrella)") in lines
+    for saga in ("TransferSaga", "RegistrationSaga", "UnbundleSaga", "OnboardClientSaga",
+                 "OrderSaga", "TransferMoneySaga", "ShipOrderSaga"):
+        for suffix in (".dot", ".mmd", ".svg", ".png"):
+            assert (folder / f"{saga}{suffix}").stat().st_size > 100, saga + suffix
+    assert (folder / "RegistrationSaga.png").read_bytes()[:4] == b"\x89PNG"
+    run = folder / "runs" / "reg-4"
+    assert run.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    ET.fromstring(run.with_suffix(".svg").read_bytes())
+    mermaid = run.with_suffix(".mmd").read_text(encoding="utf-8")
+    assert "compensating_process_payment --> compensating_create_account : undo_failed ✔" in (
+        mermaid)
+    # the records carry real dates: the time the demo ran, not a virtual clock's epoch
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        created = [s.updated_at for s in store.scan()]
+    assert created and all(before - 1 <= at <= time.time() + 3600 for at in created)
+
+
 def test_the_crash_demo_kills_a_process_and_recovers_its_saga_from_the_file(
     tmp_path: Path,
 ) -> None:
@@ -56,7 +84,8 @@ def test_the_crash_demo_kills_a_process_and_recovers_its_saga_from_the_file(
     assert "   step 2/4 charge_card ✓ (attempt 2/3)   charge=charge-A-1001" in text
     assert "key ship-1:charge_card:forward seen before: returns charge-A-1001" in text
     assert "recovered: step 2/4 charge_card re-run with the same idempotency key" in text
-    assert "   ⇒ COMPLETED in 0s" in text
+    # its duration spans the crash: from the child's start to this process's recovery
+    assert re.search(r"   ⇒ COMPLETED in [0-9.]+s \(real", text)
     assert "card charged 1 time(s): 49.90 (exactly once)" in text
     assert "step 1/4 reserve_stock ✓" not in text.split("── recovery:")[1]  # not replayed
 
