@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..errors import ConcurrentModification, OperatorError, SagaflowError, UnknownSaga
+from ..errors import ConcurrentModification, SagaflowError, UnknownSaga
 from ..events import Listener
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus
@@ -146,14 +146,12 @@ class Session:
                 return result
             method: Callable[[str, Any], SagaResult] = getattr(orch, verb)
             return method(saga_id, note)
-        except OperatorError as exc:
-            raise CliError(str(exc)) from None
         except ConcurrentModification as exc:
             raise CliError(
                 f"{exc}: another process saved this saga meanwhile (is it still running "
                 "there?); look again with `sagaflow sagas show`"
             ) from None
-        except SagaflowError as exc:
+        except SagaflowError as exc:  # a verb that does not apply (OperatorError), ...
             raise CliError(str(exc)) from None
         finally:
             orch.close()
