@@ -477,3 +477,85 @@ def test_the_commands_in_a_real_process(db):
     assert failed.returncode == 2
     assert failed.stderr == (
         "Error: saga 'crashed' is COMPLETED: only a RUNNING saga can be cancelled\n")
+
+
+# --------------------------------------------------------------------------- a plain script
+
+SCRIPT = '''
+import os
+import sys
+
+import attrs
+
+from sagaflow import Orchestrator, Retry, saga, step
+
+
+@attrs.frozen
+class Charged:
+    order: str
+
+
+@saga(name="script_order")
+@attrs.define
+class ScriptOrder:
+    order: str
+
+    @step
+    def charge(self, ctx):
+        ctx.emit(Charged(self.order))
+
+    @charge.compensate(retry=Retry(attempts=1))
+    def refund(self, ctx):
+        if os.environ.get("REFUND_DOWN"):
+            raise ConnectionError("refund service down")
+        print("refunded", self.order)
+
+    @step(pivot=True, retry=Retry(attempts=1))
+    def ship(self, ctx):
+        raise ValueError("no courier")
+
+
+if __name__ == "__main__":
+    with Orchestrator(sys.argv[1]) as orch:
+        for saga_id in sys.argv[2:]:
+            print(saga_id, orch.run(ScriptOrder(saga_id), saga_id).status.value)
+'''
+
+
+def test_a_failed_saga_from_a_plain_script_can_be_shown_resolved_and_retried(tmp_path):
+    # `python shop.py`: its classes are __main__'s there; the store must name them so that
+    # another process (the operator's) finds them again.
+    (tmp_path / "shop.py").write_text(SCRIPT, encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'shop.db'}"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "REFUND_DOWN": "1"}
+    ran = subprocess.run([sys.executable, "shop.py", url, "s-1", "s-2"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines() == ["s-1 FAILED", "s-2 FAILED"]
+    del env["REFUND_DOWN"]  # the refund service is back
+
+    def operator(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "sagaflow", "sagas", *args, "--store", url,
+                               "--import", "shop.py"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    shown = operator("show", "s-1")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("saga s-1 (script_order): FAILED")
+    assert "domain events (1):\n  Charged(order='s-1')" in shown.stdout
+    assert "incident: could not be undone, finish by hand:\n  charge:" in shown.stdout
+    assert "failed : current state" in shown.stdout
+    retried = operator("retry", "s-1", "--note", "refunds are back", "-q")
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.splitlines()[-1] == (
+        "retry: saga s-1 (script_order) is now COMPENSATED")
+    resolved = operator("resolve", "s-2", "--note", "refunded by hand")
+    assert resolved.returncode == 0, resolved.stderr
+    assert "is now FAILED; resolution: refunded by hand" in resolved.stdout
+    # and without --import, from the type names the store recorded
+    listed = subprocess.run([sys.executable, "-m", "sagaflow", "sagas", "show", "s-1",
+                             "--store", url], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "saga s-1 (script_order): COMPENSATED" in listed.stdout
+    assert "compensated : current state" in listed.stdout
