@@ -342,6 +342,7 @@ def _build_spec(
     deadline: object,
     compensation_deadline: object,
 ) -> SagaSpec:
+    """The spec of ``cls``, or one :class:`SagaDefinitionError` with every problem."""
     saga_name = name if name is not None else cls.__name__
     problems: list[str] = []
     if not isinstance(saga_name, str) or not saga_name.strip():
@@ -351,7 +352,54 @@ def _build_spec(
     comp_deadline = _check_timeout(
         compensation_deadline, "@saga(compensation_deadline=...)", problems
     )
+    defs, comps, robbed = _collect(cls, problems)
+    attached = {id(c) for c in comps.values()}
+    seen: dict[str, str] = {}  # step name -> the method that took it
+    steps = tuple(
+        _resolve_step(index, attr, d, attached, robbed, seen, problems)
+        for index, (attr, d) in enumerate(defs)
+    )
+    pivot_index = _check_order(steps, problems)
+    if problems:
+        raise SagaDefinitionError(saga_name, problems)
 
+    machine, allowed = build_machine(saga_name, steps)
+    trapped = check_graph(list(machine.states), allowed)
+    if trapped:
+        raise SagaDefinitionError(saga_name, [f"internal: {p}" for p in trapped])
+    shape = "|".join(
+        f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
+        for s in steps
+    )
+    limits = [
+        limit
+        for s in steps
+        for limit in (s.timeout, s.compensation_timeout if s.compensation is not None else None)
+        if limit is not None
+    ]
+    return SagaSpec(
+        name=saga_name,
+        cls=cls,
+        steps=steps,
+        forward=tuple(s.fn for s in steps),
+        compensations=tuple(s.compensation for s in steps),
+        deadline=saga_deadline,
+        compensation_deadline=comp_deadline,
+        pivot_index=pivot_index,
+        is_async=any(s.is_async or s.compensation_is_async for s in steps),
+        fingerprint=hashlib.sha256(f"{saga_name}/{shape}".encode()).hexdigest()[:16],
+        shortest_limit=min(limits, default=None),
+        machine=machine,
+        transitions=allowed,
+        index={s.name: s.index for s in steps},
+    )
+
+
+def _collect(
+    cls: type, problems: list[str]
+) -> tuple[list[tuple[str, StepDef]], dict[str, CompensationDef], set[int]]:
+    """The class's steps (by attribute, in definition order), its compensations, and the
+    ids of steps whose compensation a later method of the same name replaced."""
     # Walk the whole MRO so that a saga may inherit steps; the subclass wins.
     found: dict[str, StepDef] = {}
     comps: dict[str, CompensationDef] = {}
@@ -368,8 +416,7 @@ def _build_spec(
     with _lock:
         made = _made_for.pop((cls.__module__, cls.__qualname__), [])
     present = {id(d) for d in found.values()} | {id(c) for c in comps.values()}
-    # Steps whose compensation a later method of the same name replaced: the clash is
-    # their problem, not a missing compensation.
+    # Those steps' problem is the clash, not a missing compensation.
     robbed: set[int] = set()
     for lost in made:
         if id(lost) not in present:
@@ -382,165 +429,126 @@ def _build_spec(
         problems.append(
             "it has no steps: decorate at least one method 'def name(self, ctx)' with @step"
         )
-
-    steps: list[StepSpec] = []
-    seen_names: dict[str, str] = {}
     step_ids = {id(d) for _, d in defs}
     for attr, comp in comps.items():
         if id(comp.step) not in step_ids:
-            step_name = comp.step.name or callable_name(comp.step.fn)
             problems.append(
-                f"compensation {attr!r} is attached to {step_name!r}, which is not a step "
-                "of this saga: attach it with @<step>.compensate to one of its own steps"
+                f"compensation {attr!r} is attached to {_step_label(comp.step)!r}, which is "
+                "not a step of this saga: attach it with @<step>.compensate to one of its "
+                "own steps"
             )
+    return defs, comps, robbed
 
-    attached = {id(c) for c in comps.values()}
-    for index, (attr, d) in enumerate(defs):
-        step_name = d.name if d.name is not None else attr
-        what = f"step {step_name!r}"
-        if not isinstance(step_name, str) or not step_name.isidentifier():
-            problems.append(
-                f"step {attr!r}: name must be a Python identifier, got {step_name!r}"
-            )
-            step_name = attr
-        elif is_reserved(step_name):
-            problems.append(
-                f"{what}: the name is reserved for the state machine "
-                f"({', '.join(sorted(RESERVED_NAMES))}, {COMPENSATING_PREFIX}*): rename the step"
-            )
-        if step_name in seen_names:
-            problems.append(
-                f"{what}: duplicate step name (methods {seen_names[step_name]!r} and "
-                f"{attr!r}): give each step a unique name"
-            )
-        seen_names[step_name] = attr
-        fn_ok = _check_callable(d.fn, what, problems)
 
-        flags = {"readonly": d.readonly, "pivot": d.pivot, "retriable": d.retriable}
-        for flag, value in flags.items():
-            if not isinstance(value, bool):
-                problems.append(f"{what}: {flag} must be True or False, got {value!r}")
-        chosen = [flag for flag, value in flags.items() if value is True]
-        own = [c for c in d.compensations if id(c) in attached]
-        if len(own) > 1:
-            names = ", ".join(repr(callable_name(c.fn)) for c in own)
-            problems.append(
-                f"{what} has {len(own)} compensations ({names}): keep exactly one"
-            )
-        if len(chosen) > 1:
-            problems.append(
-                f"{what} is marked {' and '.join(chosen)}: a step has exactly one kind"
-            )
-        if own and chosen:
-            reason = {
-                "readonly": "it changes nothing, so there is nothing to undo",
-                "pivot": "it is the point of no return",
-                "retriable": "it is retried until it succeeds, never undone",
-            }[chosen[0]]
-            problems.append(
-                f"{what} is {chosen[0]} and has a compensation, but {reason}: "
-                f"remove {chosen[0]}=True or the compensation"
-            )
-        if own:
-            kind = StepKind.COMPENSATABLE
-        elif chosen:
-            kind = StepKind(chosen[0])
-        else:
-            kind = StepKind.COMPENSATABLE
-            if id(d) not in robbed:
-                problems.append(
-                    f"{what} has no compensation and no kind: add @{attr}.compensate, or "
-                    "mark it readonly=True, pivot=True or retriable=True"
-                )
+_NOTHING_TO_UNDO = {
+    "readonly": "it changes nothing, so there is nothing to undo",
+    "pivot": "it is the point of no return",
+    "retriable": "it is retried until it succeeds, never undone",
+}
 
-        timeout = (
-            DEFAULT_TIMEOUT if d.timeout is UNSET else _check_timeout(d.timeout, what, problems)
+
+def _resolve_step(
+    index: int,
+    attr: str,
+    d: StepDef,
+    attached: set[int],
+    robbed: set[int],
+    seen: dict[str, str],
+    problems: list[str],
+) -> StepSpec:
+    """The :class:`StepSpec` of the step ``d`` (method ``attr``); its problems noted."""
+    step_name = _step_name(attr, d, seen, problems)
+    what = f"step {step_name!r}"
+    fn_ok = _check_callable(d.fn, what, problems)
+
+    flags = {"readonly": d.readonly, "pivot": d.pivot, "retriable": d.retriable}
+    for flag, value in flags.items():
+        if not isinstance(value, bool):
+            problems.append(f"{what}: {flag} must be True or False, got {value!r}")
+    chosen = [flag for flag, value in flags.items() if value is True]
+    own = [c for c in d.compensations if id(c) in attached]
+    if len(own) > 1:
+        names = ", ".join(repr(callable_name(c.fn)) for c in own)
+        problems.append(f"{what} has {len(own)} compensations ({names}): keep exactly one")
+    if len(chosen) > 1:
+        problems.append(f"{what} is marked {' and '.join(chosen)}: a step has exactly one kind")
+    if own and chosen:
+        problems.append(
+            f"{what} is {chosen[0]} and has a compensation, but {_NOTHING_TO_UNDO[chosen[0]]}: "
+            f"remove {chosen[0]}=True or the compensation"
         )
-        default_retry = RETRIABLE_RETRY if kind is StepKind.RETRIABLE else NO_RETRY
-        retry = default_retry if d.retry is UNSET else _check_retry(d.retry, what, problems)
-        if d.when is not None and not callable(d.when):
+    if own or not chosen:
+        kind = StepKind.COMPENSATABLE
+        if not own and id(d) not in robbed:
             problems.append(
-                f"{what}: when must be a predicate of the saga instance "
-                f"(a callable taking the saga), got {d.when!r}"
+                f"{what} has no compensation and no kind: add @{attr}.compensate, or "
+                "mark it readonly=True, pivot=True or retriable=True"
             )
+    else:
+        kind = StepKind(chosen[0])
 
-        comp_fn = None
-        comp_name = None
-        comp_timeout: float | None = DEFAULT_TIMEOUT
-        comp_retry: Retry | None = COMPENSATION_RETRY
-        if own:
-            c = own[0]
-            comp_name = callable_name(c.fn)
-            cwhat = f"compensation {comp_name!r} of step {step_name!r}"
-            if _check_callable(c.fn, cwhat, problems):
-                comp_fn = c.fn
-            if c.timeout is not UNSET:
-                comp_timeout = _check_timeout(c.timeout, cwhat, problems)
-            if c.retry is not UNSET:
-                comp_retry = _check_retry(c.retry, cwhat, problems)
-
-        steps.append(
-            StepSpec(
-                index=index,
-                name=step_name,
-                kind=kind,
-                fn=d.fn,
-                is_async=fn_ok and inspect.iscoroutinefunction(d.fn),
-                timeout=timeout,
-                retry=retry or NO_RETRY,
-                when=d.when if callable(d.when) else None,
-                compensation=comp_fn,
-                compensation_name=comp_name,
-                compensation_is_async=comp_fn is not None
-                and inspect.iscoroutinefunction(comp_fn),
-                compensation_timeout=comp_timeout,
-                compensation_retry=comp_retry or COMPENSATION_RETRY,
-            )
+    timeout = DEFAULT_TIMEOUT if d.timeout is UNSET else _check_timeout(d.timeout, what, problems)
+    default_retry = RETRIABLE_RETRY if kind is StepKind.RETRIABLE else NO_RETRY
+    retry = default_retry if d.retry is UNSET else _check_retry(d.retry, what, problems)
+    if d.when is not None and not callable(d.when):
+        problems.append(
+            f"{what}: when must be a predicate of the saga instance "
+            f"(a callable taking the saga), got {d.when!r}"
         )
 
-    pivot_index = _check_order(steps, problems)
-    if problems:
-        raise SagaDefinitionError(saga_name, problems)
+    comp_fn = comp_name = None
+    comp_timeout: float | None = DEFAULT_TIMEOUT
+    comp_retry: Retry | None = COMPENSATION_RETRY
+    if own:
+        c = own[0]
+        comp_name = callable_name(c.fn)
+        cwhat = f"compensation {comp_name!r} of step {step_name!r}"
+        if _check_callable(c.fn, cwhat, problems):
+            comp_fn = c.fn
+        if c.timeout is not UNSET:
+            comp_timeout = _check_timeout(c.timeout, cwhat, problems)
+        if c.retry is not UNSET:
+            comp_retry = _check_retry(c.retry, cwhat, problems)
 
-    spec_steps = tuple(steps)
-    machine, allowed = build_machine(saga_name, spec_steps)
-    trapped = check_graph(list(machine.states), allowed)
-    if trapped:
-        raise SagaDefinitionError(saga_name, [f"internal: {p}" for p in trapped])
-    shape = "|".join(
-        f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
-        for s in spec_steps
-    )
-    return SagaSpec(
-        name=saga_name,
-        cls=cls,
-        steps=spec_steps,
-        forward=tuple(s.fn for s in spec_steps),
-        compensations=tuple(s.compensation for s in spec_steps),
-        deadline=saga_deadline,
-        compensation_deadline=comp_deadline,
-        pivot_index=pivot_index,
-        is_async=any(s.is_async or s.compensation_is_async for s in spec_steps),
-        fingerprint=hashlib.sha256(f"{saga_name}/{shape}".encode()).hexdigest()[:16],
-        shortest_limit=min(
-            (
-                limit
-                for s in spec_steps
-                for limit in (
-                    s.timeout,
-                    s.compensation_timeout if s.compensation is not None else None,
-                )
-                if limit is not None
-            ),
-            default=None,
-        ),
-        machine=machine,
-        transitions=allowed,
-        index={s.name: s.index for s in spec_steps},
+    return StepSpec(
+        index=index,
+        name=step_name,
+        kind=kind,
+        fn=d.fn,
+        is_async=fn_ok and inspect.iscoroutinefunction(d.fn),
+        timeout=timeout,
+        retry=retry or NO_RETRY,
+        when=d.when if callable(d.when) else None,
+        compensation=comp_fn,
+        compensation_name=comp_name,
+        compensation_is_async=comp_fn is not None and inspect.iscoroutinefunction(comp_fn),
+        compensation_timeout=comp_timeout,
+        compensation_retry=comp_retry or COMPENSATION_RETRY,
     )
 
 
-def _check_order(steps: list[StepSpec], problems: list[str]) -> int | None:
+def _step_name(attr: str, d: StepDef, seen: dict[str, str], problems: list[str]) -> str:
+    """The step's name (``name=`` or the method's), checked: an identifier, not a
+    state's name, not another step's."""
+    step_name = d.name if d.name is not None else attr
+    if not isinstance(step_name, str) or not step_name.isidentifier():
+        problems.append(f"step {attr!r}: name must be a Python identifier, got {step_name!r}")
+        step_name = attr
+    elif is_reserved(step_name):
+        problems.append(
+            f"step {step_name!r}: the name is reserved for the state machine "
+            f"({', '.join(sorted(RESERVED_NAMES))}, {COMPENSATING_PREFIX}*): rename the step"
+        )
+    if step_name in seen:
+        problems.append(
+            f"step {step_name!r}: duplicate step name (methods {seen[step_name]!r} and "
+            f"{attr!r}): give each step a unique name"
+        )
+    seen[step_name] = attr
+    return step_name
+
+
+def _check_order(steps: tuple[StepSpec, ...], problems: list[str]) -> int | None:
     """Compensatable and readonly steps, then at most one pivot, then retriable steps."""
     pivot: int | None = None
     retriable_seen = False
