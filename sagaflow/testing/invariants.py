@@ -534,6 +534,7 @@ class _Checker:
         allowed = spec.transitions
         state = NOT_STARTED
         path = [state]
+        edges: list[tuple[str, str, str]] = []
         last_undo: dict[str, str] = {}
         names = [s.name for s in spec.steps]
 
@@ -550,6 +551,7 @@ class _Checker:
                              f"\npath so far: {' > '.join(path)}")
                 state = dest
                 return False
+            edges.append((state, trigger, dest))
             state = dest
             path.append(dest)
             return True
@@ -605,6 +607,10 @@ class _Checker:
         if state != final:
             self.fail(7, f"the history leads to state {state!r}, but the run is in "
                          f"{self.run.final_state!r}\npath: {' > '.join(path)}")
+        elif self.run.complete and list(self.run.result.path) != edges:
+            self.fail(7, "the path the run recorded is not the one its history took:\n"
+                         f"recorded: {_edges(self.run.result.path)}\n"
+                         f"history:  {_edges(edges)}")
 
     def i8_history(self) -> None:
         run, history, result = self.run, self.history, self.run.result
@@ -781,6 +787,10 @@ class _Checker:
 def _policy(p: Retry) -> str:
     return (f"Retry(attempts={p.attempts}, backoff={p.backoff:g}, multiplier={p.multiplier:g}, "
             f"max_delay={p.max_delay:g}, jitter={p.jitter:g})")
+
+
+def _edges(edges: Iterable[tuple[str, str, str]]) -> str:
+    return " > ".join(f"{src} -{trigger}-> {dest}" for src, trigger, dest in edges) or "none"
 
 
 def _floats(values: Sequence[float]) -> str:

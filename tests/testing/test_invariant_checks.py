@@ -140,6 +140,16 @@ def test_7_a_state_change_the_machine_does_not_have() -> None:
     assert "path so far: not_started > reserve > check" in text
 
 
+def test_7_a_recorded_path_the_history_did_not_take() -> None:
+    run = shop_run(FailurePlan(step="ship"))
+    path = list(run.result.path)
+    assert path[0] == ("not_started", "start", "reserve")
+    dropped = tuple(path[1:])  # the engine "forgot" the start
+    text = broken(attrs.evolve(run, result=attrs.evolve(run.result, path=dropped)), 7)
+    assert "the path the run recorded is not the one its history took" in text
+    assert "history:  not_started -start-> reserve > " in text
+
+
 def test_8_an_unclosed_attempt_and_miscounted_history() -> None:
     run = shop_run(FailurePlan())
     history = [e for e in run.result.history if not (
