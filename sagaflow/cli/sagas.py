@@ -208,6 +208,8 @@ def unquarantine(url: str | None, modules: tuple[str, ...], saga_id: str) -> Non
     """
     with Session(url, modules, readonly=False) as session:
         why = session.raw(saga_id).quarantined
-        if why is None or not session.store.unquarantine(saga_id):
+        with session.orchestrator() as orch:
+            lifted = why is not None and orch.unquarantine(saga_id)
+        if not lifted:
             raise CliError(f"saga {saga_id!r} is not quarantined: nothing to lift")
     click.echo(f"unquarantined: saga {saga_id} (it was set aside because: {why})")
