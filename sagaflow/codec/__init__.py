@@ -162,7 +162,7 @@ class Codec:
     def dump_event(self, event: Any, record: SagaRecord, index: int) -> str:
         """Domain event number ``index`` of ``record`` as JSON text."""
         try:
-            return _dumps_json(self._values.encode_value(event))
+            return self._values.dumps_value(event)
         except (CodecError, TypeError, ValueError) as exc:
             name = type_name(type(event))
             fix = "" if "To fix" in str(exc) else (

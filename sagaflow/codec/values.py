@@ -25,7 +25,9 @@ from cattrs.preconf.json import JsonConverter
 
 from ..errors import CodecError
 from .convert import FIX, VALUE_FORMS, Hooks, build_converter, type_name
+from .native import Plan, plan_for
 from .paths import TypeNames, type_path
+from .text import dumps, encode
 
 __all__ = ["StoredValue", "Values"]
 
@@ -62,6 +64,7 @@ class Values:
             type_path(t): st for t, (_, st) in VALUE_FORMS.items()
         }
         self._registered: dict[type, Hooks] = {}
+        self._plans: dict[type, Plan] = {}
         self.converter: JsonConverter = self._converter()
 
     def _converter(self) -> JsonConverter:
@@ -95,6 +98,7 @@ class Values:
                 # A fresh converter: hooks made for classes using the type captured the
                 # old one.
                 self.converter = self._converter()
+                self._plans = {}
 
     def is_registered(self, t: Any) -> bool:
         """Whether ``t`` has hooks of a user's (its form is theirs, not msgspec's)."""
@@ -130,6 +134,21 @@ class Values:
                 f"a {type_name(t)} cannot be stored as JSON: " + FIX.format(name=type_name(t))
             )
         return {"$type": self.names.name_of(t), "value": self.converter.unstructure(value, t)}
+
+    def dumps_value(self, value: Any) -> str:
+        """:meth:`encode_value` as JSON text. An instance of a class msgspec writes in
+        sagaflow's form (:mod:`.native`) is written by msgspec straight from it."""
+        t = type(value)
+        if t not in self._forms and (attrs.has(t) or dataclasses.is_dataclass(t)):
+            plan = self._plans.get(t)
+            if plan is None:
+                plan = self._plans[t] = plan_for(t, self.is_registered)
+            if plan.decoder is not None and (not plan.checks or plan.native(value)):
+                try:
+                    return encode({"$type": self.names.name_of(t), "value": value}).decode()
+                except (TypeError, ValueError, OverflowError):  # the general path says why
+                    pass
+        return dumps(self.encode_value(value))
 
     def decode_value(self, data: Any) -> Any:
         """The inverse of :meth:`encode_value`; a class that cannot be found here comes
