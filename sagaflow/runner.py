@@ -25,8 +25,11 @@ the saga moves on (compensating the step too).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -302,7 +305,7 @@ async def _arun(
     cancels = rt.cancels
     history = record.history
     ctx = _context(spec, record, rt)
-    timer: _Timer | None = None
+    limit: _Limit | None = None
     call: Call | None = None  # the call in flight
     done: Call | None = None  # the call whose outcome the next save records
     try:
@@ -360,19 +363,19 @@ async def _arun(
                         except Exception as exc:
                             error = exc
                     else:
-                        if timer is None:
-                            timer = _Timer()
-                        base = timer.arm(timeout)
+                        if limit is None:
+                            limit = _limit()
+                        base = limit.arm(timeout)
                         try:
                             await fn(record.data, ctx)
                         except asyncio.CancelledError:
-                            if not timer.expired(base):
+                            if not limit.expired(base):
                                 raise
                             timed_out = True
                         except Exception as exc:  # a step's own TimeoutError is an ordinary error
                             error = exc
                         finally:
-                            timer.disarm()
+                            limit.disarm()
                 call = None
                 emitted = None if error is not None or timed_out else ctx.emitted
                 settle(spec, record, command, clock.now(), error, timed_out, emitted, rt.rand)
@@ -390,8 +393,8 @@ async def _arun(
                 await listeners.anotify(history, told)
             raise
         finally:
-            if timer is not None:
-                timer.close()
+            if limit is not None:
+                limit.close()
         # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
         if await _compensate_shielded(rt, spec, record, told):
             raise asyncio.CancelledError
@@ -439,65 +442,136 @@ async def _compensate_shielded(
     return cancelled
 
 
-class _Timer:
-    """Per-call timeouts for one task with one timer handle, not one per call.
+class _Limit:
+    """The limit on the call in flight of one run (one task): its deadline, watched by
+    the loop's :class:`_Deadlines`. A call only records its deadline; the run's entry in
+    the loop's heap moves only when a call needs it sooner. A call that overruns is
+    cancelled, and ``expired`` tells that cancellation from any other."""
 
-    ``asyncio.timeout`` schedules and cancels a timer handle per call. Here a call only
-    records its deadline; the handle, armed at the earliest deadline still possible, is
-    moved only when a call needs it sooner, and when it fires after the call it was
-    armed for ended, it re-arms for the call in flight (if any). A call that overruns is
-    cancelled, and ``expired`` tells that cancellation from any other.
-    """
+    __slots__ = ("deadline", "fired", "owner", "queued", "task")
 
-    __slots__ = ("_at", "_deadline", "_fired", "_handle", "_loop", "_task")
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._deadline: float | None = None
-        self._handle: asyncio.TimerHandle | None = None
-        self._at = 0.0
-        self._fired = False
+    def __init__(self, owner: _Deadlines, task: asyncio.Task[Any]) -> None:
+        self.owner = owner
+        self.task: asyncio.Task[Any] | None = task
+        self.deadline: float | None = None  # of the call in flight (loop time)
+        self.queued: float | None = None  # where this run sits in the loop's heap
+        self.fired = False
 
     def arm(self, timeout: float) -> int:
         """Start limiting the call about to be awaited; returns the task's cancel count."""
-        deadline = self._loop.time() + timeout
-        self._deadline = deadline
-        self._fired = False
-        if self._handle is None or deadline < self._at:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._at = deadline
-            self._handle = self._loop.call_at(deadline, self._check)
-        assert self._task is not None
-        return self._task.cancelling()
+        deadline = self.owner.loop.time() + timeout
+        self.deadline = deadline
+        self.fired = False
+        if self.queued is None or deadline < self.queued:
+            self.owner.queue(self, deadline)
+        assert self.task is not None
+        return self.task.cancelling()
 
     def disarm(self) -> None:
-        self._deadline = None
+        self.deadline = None
 
     def expired(self, base: int) -> bool:
-        """After a CancelledError: whether it was this timer's (then it is absorbed)."""
-        if not self._fired:
+        """After a CancelledError: whether it was this limit's (then it is absorbed)."""
+        if not self.fired:
             return False
-        self._fired = False
-        assert self._task is not None
+        self.fired = False
+        assert self.task is not None
         # Another cancel that arrived too must still propagate.
-        return self._task.uncancel() <= base
+        return self.task.uncancel() <= base
+
+    def close(self) -> None:
+        """The run is over: its entry in the heap is dropped when met."""
+        self.deadline = None
+        self.task = None
+        self.owner.drop(self)
+
+
+class _Deadlines:
+    """The limits of every run on one event loop, under one timer handle.
+
+    ``asyncio.timeout`` schedules a timer handle per call, and a loop's heap of handles
+    compares them in Python: costly per call and per saga in flight. Here each run has
+    one entry in a heap of ``(time, n, limit)`` tuples and the loop one handle, armed at
+    the earliest entry; when it fires, overrun calls are cancelled and runs whose call
+    has a later deadline are queued again. Entries left behind (a run queued sooner,
+    or over) are skipped when met, and swept out when they are half of the heap.
+    """
+
+    __slots__ = ("_at", "_count", "_handle", "_heap", "_stale", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._heap: list[tuple[float, int, _Limit]] = []
+        self._count = itertools.count()
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        self._stale = 0
+
+    def limit(self) -> _Limit:
+        """The limit of the run in the current task."""
+        task = asyncio.current_task(self.loop)
+        assert task is not None
+        return _Limit(self, task)
+
+    def queue(self, limit: _Limit, at: float) -> None:
+        if limit.queued is not None:
+            self._stale += 1  # its older entry
+        limit.queued = at
+        heapq.heappush(self._heap, (at, next(self._count), limit))
+        if self._handle is None or at < self._at:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._at = at
+            self._handle = self.loop.call_at(at, self._check)
+
+    def drop(self, limit: _Limit) -> None:
+        if limit.queued is None:
+            return
+        limit.queued = None
+        self._stale += 1
+        heap = self._heap
+        if self._stale > 64 and 2 * self._stale > len(heap):
+            heap[:] = [entry for entry in heap if entry[2].queued == entry[0]]
+            heapq.heapify(heap)
+            self._stale = 0
+            if not heap and self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
 
     def _check(self) -> None:
         self._handle = None
-        deadline = self._deadline
-        if deadline is None:
-            return  # nothing in flight: the next call arms a new handle
-        if self._loop.time() >= deadline:
-            self._fired = True
-            assert self._task is not None
-            self._task.cancel()
-        else:
-            self._at = deadline
-            self._handle = self._loop.call_at(deadline, self._check)
+        heap = self._heap
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            at, _, limit = heapq.heappop(heap)
+            if limit.queued != at:
+                self._stale -= 1
+                continue
+            limit.queued = None
+            deadline = limit.deadline
+            if deadline is None:
+                continue  # nothing in flight: its next call queues it again
+            if deadline <= now:
+                limit.fired = True
+                assert limit.task is not None
+                limit.task.cancel()
+            else:
+                limit.queued = deadline
+                heapq.heappush(heap, (deadline, next(self._count), limit))
+        if heap:
+            self._at = heap[0][0]
+            self._handle = self.loop.call_at(self._at, self._check)
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+
+_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Deadlines] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _limit() -> _Limit:
+    """A limit for the run in the current task, watched by its loop's deadlines."""
+    loop = asyncio.get_running_loop()
+    deadlines = _deadlines.get(loop)
+    if deadlines is None:
+        deadlines = _deadlines[loop] = _Deadlines(loop)
+    return deadlines.limit()
