@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["Direction", "StepContext", "idempotency_key"]
@@ -60,7 +60,8 @@ class StepContext:
         self.saga_id = saga_id
         self.saga_name = saga_name
         self._clock = clock
-        self._pending: list[Any] = []
+        # No list until the call emits something: most calls emit nothing.
+        self._pending: list[Any] | tuple[()] = ()
         self.rebind(step, direction, attempt, timeout, deadline, now)
 
     def rebind(
@@ -83,10 +84,10 @@ class StepContext:
         #: Unix time at which this call times out (``None``: no limit)
         self.call_deadline = None if timeout is None else now + timeout
         if self._pending:
-            self._pending = []  # the last call's list went to the record (or was dropped)
+            self._pending = ()  # the last call's list went to the record (or was dropped)
 
     @property
-    def emitted(self) -> list[Any]:
+    def emitted(self) -> Sequence[Any]:
         """The domain events this call emitted so far."""
         return self._pending
 
@@ -110,7 +111,11 @@ class StepContext:
 
     def emit(self, event: Any) -> None:
         """Record a domain event (kept only if this attempt succeeds)."""
-        self._pending.append(event)
+        pending = self._pending
+        if pending:
+            pending.append(event)  # a list: () is falsy
+        else:
+            self._pending = [event]
 
     def __repr__(self) -> str:
         return (

@@ -11,7 +11,7 @@ this, and so do the testing toolkit's virtual-clock runs and crash recovery.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -238,7 +238,7 @@ def settle(
     now: float,
     error: BaseException | None = None,
     timed_out: bool = False,
-    emitted: list[Any] | None = None,
+    emitted: Sequence[Any] | None = None,
     rand: Callable[[], float] = random.random,
 ) -> None:
     """Record the outcome of ``call``: success (``error is None``), an error, or a timeout."""

@@ -294,16 +294,13 @@ async def _arun(
     forward steps and hands compensation to a shielded task of its own; shielded (that
     task), it runs to the end.
     """
-    sid = record.saga_id
+    # Every local here is kept by every saga in flight: few of them.
     if not shielded:
         _enter(rt, record)
     store = rt.store
     # A store whose async methods only call its sync ones (it never blocks): call those.
     blocks = not isinstance(store, AsyncStoreMixin)
-    listeners = rt.listeners
     clock = rt.clock
-    cancels = rt.cancels
-    history = record.history
     ctx = _context(spec, record, rt)
     limit: _Limit | None = None
     call: Call | None = None  # the call in flight
@@ -312,8 +309,8 @@ async def _arun(
         try:
             while True:
                 now = clock.now()
-                if cancels and sid in cancels and record.status is _RUNNING:
-                    cancel(spec, record, now, cancels.pop(sid))
+                if rt.cancels and record.status is _RUNNING and record.saga_id in rt.cancels:
+                    cancel(spec, record, now, rt.cancels.pop(record.saga_id))
                 if not shielded and record.status is _COMPENSATING:
                     break
                 command = next_command(spec, record, now)
@@ -324,17 +321,16 @@ async def _arun(
                     else:
                         store.save(record)
                 except CodecError as exc:
-                    _unstorable(rt, spec, record, await store.aload(sid), done, exc)
+                    _unstorable(rt, spec, record, await store.aload(record.saga_id), done, exc)
                     done = None
                     continue
                 done = None
-                if len(history) > told:
-                    start = told
-                    told = len(history)
-                    if listeners.async_:
-                        await listeners.anotify(history, start)
+                if len(record.history) > told:
+                    if rt.listeners.async_:
+                        await rt.listeners.anotify(record.history, told)
                     else:
-                        listeners.notify(history, start)
+                        rt.listeners.notify(record.history, told)
+                    told = len(record.history)
                 if command is None:
                     return
                 if isinstance(command, Sleep):
@@ -354,43 +350,37 @@ async def _arun(
                     error, timed_out = await _acall_def(rt, spec, record, call, ctx)
                     if timed_out:
                         ctx = _context(spec, record, rt)  # the abandoned call keeps its context
+                elif timeout is None:
+                    try:
+                        await (spec.forward[i] if forward else spec.compensations[i])(  # type: ignore[misc]
+                            record.data, ctx
+                        )
+                    except Exception as exc:
+                        error = exc
                 else:
-                    fn = spec.forward[i] if forward else spec.compensations[i]
-                    assert fn is not None
-                    if timeout is None:
-                        try:
-                            await fn(record.data, ctx)
-                        except Exception as exc:
-                            error = exc
-                    else:
-                        if limit is None:
-                            limit = _limit()
-                        base = limit.arm(timeout)
-                        try:
-                            await fn(record.data, ctx)
-                        except asyncio.CancelledError:
-                            if not limit.expired(base):
-                                raise
-                            timed_out = True
-                        except Exception as exc:  # a step's own TimeoutError is an ordinary error
-                            error = exc
-                        finally:
-                            limit.disarm()
+                    if limit is None:
+                        limit = _limit()
+                    base = limit.arm(timeout)
+                    try:
+                        await (spec.forward[i] if forward else spec.compensations[i])(  # type: ignore[misc]
+                            record.data, ctx
+                        )
+                    except asyncio.CancelledError:
+                        if not limit.expired(base):
+                            raise
+                        timed_out = True
+                    except Exception as exc:  # a step's own TimeoutError is an ordinary error
+                        error = exc
+                    finally:
+                        limit.disarm()
                 call = None
-                emitted = None if error is not None or timed_out else ctx.emitted
-                settle(spec, record, command, clock.now(), error, timed_out, emitted, rt.rand)
+                settle(spec, record, command, clock.now(), error, timed_out,
+                       None if error is not None or timed_out else ctx.emitted, rt.rand)
                 done = command
         except asyncio.CancelledError:
             if shielded:
                 raise
-            if record.status is _RUNNING:
-                interrupt(spec, record, call, clock.now())
-            if not record.status.is_terminal:
-                await _compensate_shielded(rt, spec, record, told)
-            else:
-                record.updated_at = clock.now()
-                await store.asave(record)
-                await listeners.anotify(history, told)
+            await _cancelled(rt, spec, record, call, told)
             raise
         finally:
             if limit is not None:
@@ -400,7 +390,22 @@ async def _arun(
             raise asyncio.CancelledError
     finally:
         if not shielded:
-            _leave(rt, sid)
+            _leave(rt, record.saga_id)
+
+
+async def _cancelled(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call | None, told: int
+) -> None:
+    """The awaiting task was cancelled (``call`` in flight, if any): compensate,
+    shielded; the caller re-raises the cancellation."""
+    if record.status is _RUNNING:
+        interrupt(spec, record, call, rt.clock.now())
+    if not record.status.is_terminal:
+        await _compensate_shielded(rt, spec, record, told)
+    else:
+        record.updated_at = rt.clock.now()
+        await rt.store.asave(record)
+        await rt.listeners.anotify(record.history, told)
 
 
 async def _acall_def(
