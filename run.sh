@@ -29,7 +29,10 @@ setup() {
             "about a minute the first time, quiet while it works..."
         local started=$SECONDS
         "$VENV/bin/python" -m pip install --quiet --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
+        # setuptools warns that the folder sagaflow/ may shadow the editable install: that
+        # folder is the package itself, so the warning is only noise on a first run.
+        PYTHONWARNINGS="ignore:Editable installation" \
+            "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
         touch "$stamp"
         say "installed in $((SECONDS - started))s; running '$cmd'"
     fi
