@@ -138,8 +138,9 @@ def cases(codec: Any) -> dict[str, Callable[[], Any]]:
     record = _transfer_record()
     step_ = record.steps[0]
     step_text = codec.dump_step(step_)
-    event = record.history[-1]
+    event = record.history[-2]  # StepCompleted: two such events per step
     event_text = codec.history_text(codec.history_row(event))
+    retrying = record.history[-1]  # StepRetrying: an error and a subclass field
     paris = zoneinfo.ZoneInfo("Europe/Paris")
     basket = new_record(spec_of(Basket), Basket(
         uuid.UUID(int=7), dt.datetime(2024, 10, 27, 2, 30, tzinfo=paris),
@@ -180,6 +181,7 @@ def cases(codec: Any) -> dict[str, Callable[[], Any]]:
         "step record: decode": lambda: codec.load_steps(f"[{step_text}]"),
         "lifecycle event: encode": lambda: codec.history_text(codec.history_row(event)),
         "lifecycle event: encode (item)": lambda: history_item(event),
+        "lifecycle event (retrying): encode": lambda: history_item(retrying),
         "lifecycle event: decode": lambda: codec.event_from_item(
             loads(event_text), "t-1", "bench-transfer"),
         "saga data (typical): encode": lambda: codec.dump_data(record),
@@ -201,7 +203,7 @@ def raw_cases() -> dict[str, Callable[[], Any]]:
     step_ = record.steps[0]
     step_bytes = enc.encode(step_)
     step_dec = msgspec.json.Decoder(StepRecord)
-    item = ["StepRetrying", 1_700_000_004.0, "check", 1, "ConnectionError: busy", {"delay": 0.5}]
+    item = ["StepCompleted", 1_700_000_002.01, "notify", 1]
     item_bytes = enc.encode(item)
     data_bytes = enc.encode(record.data)
     data_dec = msgspec.json.Decoder(Transfer)
@@ -235,4 +237,5 @@ def report(quick: bool = False) -> None:
         )
     print("  whole record: a 3-step Transfer with 7 lifecycle events, 2 domain events and its "
           "error, decoded from its columns and encoded again (verify on), as a recovery does")
-    print("  lifecycle event: encode (item) is Codec.history_item, the same text in one call")
+    print("  lifecycle event: a StepCompleted; encode is history_text(history_row(event)), "
+          "encode (item) Codec.history_item, the same text in one call")

@@ -48,13 +48,14 @@ def dump_step(step: StepRecord) -> str:
     """One step record as JSON text (a store may keep it while the step is unchanged)."""
     values = _values(step)
     try:
-        text = encode(_StepForm(*values))
+        text = encode(_StepForm(*values)).decode()
     except (UnicodeEncodeError, TypeError):  # a lone surrogate, a value of another type
         return _compat(values)
-    # Fields at None are left out, so a null is a non-finite float msgspec wrote as null.
-    if b"null" in text:
+    # Fields at None are left out, so a null is a non-finite float msgspec wrote as null
+    # (or text holding "null": the compatible form is right for it too).
+    if "null" in text:
         return _compat(values)
-    return text.decode()
+    return text
 
 
 def _compat(values: tuple[Any, ...]) -> str:
