@@ -38,13 +38,16 @@ _CONTAINER_TAGS: dict[str, Callable[[list[Any]], Any]] = {
 }
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class StoredValue:
     """A stored value whose type (``type``, its stored name) cannot be found in this
     process; ``form`` is its stored JSON form, written back unchanged on a save."""
 
     type: str
     form: dict[str, Any] = attrs.field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"StoredValue({self.type!r}, value={self.form.get('value')!r})"
 
     def __str__(self) -> str:
         return f"<{self.type}: its class cannot be imported here>"

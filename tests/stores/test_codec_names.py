@@ -196,6 +196,9 @@ def test_a_value_whose_class_is_gone_saves_back_as_it_was() -> None:
     event = codec.load_event(text)
     assert isinstance(event, StoredValue) and event.type == "gone.module:Shipped"
     assert "gone.module:Shipped" in str(event)
+    assert repr(event) == (
+        "StoredValue('gone.module:Shipped', value={'order': 'o-1', 'at': 1e+16, 'note': 'é'})"
+    )
     record = record_of(Order(), "g-1")
     assert json.loads(codec.dump_event(event, record, 0)) == json.loads(text)
     again = codec.dump_event(event, record, 0)
