@@ -8,6 +8,13 @@ among them, and commits them together, so one sync to disk serves them all. Asyn
 callers (tasks of any event loop) are served by writer threads, one per *lane* (a
 connection of the store's own and its lock): a writer takes every pending write, and
 each waiting task is woken on its own loop (one wake-up per loop and batch).
+
+Where a commit costs the loop next to nothing (SQLite without a sync to disk per
+commit), async writes skip the thread, whose round trip would cost more than the commit:
+a saga alone in the store writes its checkpoint at once, without even yielding to the
+loop; otherwise the first write queued schedules a drain on the loop itself, which runs
+once every task ready in that turn of the loop has queued its own checkpoint, and
+commits them together.
 """
 
 from __future__ import annotations
@@ -97,6 +104,7 @@ class Committer:
         max_batch: int,
         name: str,
         closed: Callable[[], StoreError | None],
+        on_loop: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
@@ -113,6 +121,8 @@ class Committer:
         # Sync callers whose write another lane took wait here for it to be done.
         self._done = threading.Condition()
         self._waiting = 0
+        self._on_loop = on_loop  #: async writes are committed on their loop's thread
+        self._drain_scheduled = False
 
     # -- sync callers ------------------------------------------------------------------
 
@@ -157,8 +167,18 @@ class Committer:
 
     # -- async callers -----------------------------------------------------------------
 
-    def submit_async(self, item: Write) -> asyncio.Future[None]:
-        """Queue ``item``; the future is done once it is written (or failed)."""
+    def submit_async(self, item: Write, alone: bool = False) -> asyncio.Future[None] | None:
+        """Queue ``item``; the future is done once it is written (or failed). ``None``:
+        written already (``alone``: no other saga has checkpoints to share the commit)."""
+        if alone and self._on_loop and not self.pending and not self._stopping:
+            lane = self.lanes[0]
+            if lane.lock.acquire(blocking=False):
+                try:
+                    if not self.pending:
+                        self._run([item], lane)
+                        return None
+                finally:
+                    lane.lock.release()
         loop = asyncio.get_running_loop()
         item.loop = loop
         item.future = loop.create_future()
@@ -167,13 +187,37 @@ class Committer:
             with contextlib.suppress(ValueError):
                 self.pending.remove(item)
                 raise self._closed() or StoreError("the store is closed")
+        if self._on_loop:
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                loop.call_soon(self._drain_on_loop, loop)
+            return item.future
+        self._wake()
+        return item.future
+
+    def _drain_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Commit what is pending, on the loop's thread: every task that was ready in
+        the loop's last turn has queued its checkpoint by now. If a sync caller holds
+        the lane, the writer thread takes over."""
+        self._drain_scheduled = False
+        lane = self.lanes[0]
+        while self.pending:
+            if not lane.lock.acquire(blocking=False):
+                self._wake()
+                return
+            try:
+                self._drain(lane, loop)
+            finally:
+                lane.lock.release()
+
+    def _wake(self) -> None:
+        """Wake the writer threads (started on first use)."""
         if not self._threads:
             self._start()
         # Still set: a writer has not woken yet and will take this item too (it clears
         # the event before it drains). Skipping set() saves a lock under load.
         if not self._wakeup.is_set():
             self._wakeup.set()
-        return item.future
 
     def _start(self) -> None:
         with self._guard:
@@ -202,8 +246,9 @@ class Committer:
 
     # -- writing -----------------------------------------------------------------------
 
-    def _drain(self, lane: Lane) -> None:
-        """Write one batch of pending items in one transaction. Hold ``lane.lock``."""
+    def _drain(self, lane: Lane, here: asyncio.AbstractEventLoop | None = None) -> None:
+        """Write one batch of pending items in one transaction. Hold ``lane.lock``;
+        ``here`` is the event loop whose thread this is, if any."""
         pending = self.pending
         batch: list[Write] = []
         try:
@@ -212,9 +257,11 @@ class Committer:
         except IndexError:
             pass
         if batch:
-            self._run(batch, lane)
+            self._run(batch, lane, here)
 
-    def _run(self, batch: list[Write], lane: Lane) -> None:
+    def _run(
+        self, batch: list[Write], lane: Lane, here: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         try:
             self._write(batch, lane)
         except BaseException as exc:  # interrupted before COMMIT: nothing was written
@@ -223,9 +270,9 @@ class Committer:
                     item.error = StoreError(f"the write was interrupted: {exc!r}")
             raise
         finally:
-            self._complete(batch)
+            self._complete(batch, here)
 
-    def _complete(self, batch: list[Write]) -> None:
+    def _complete(self, batch: list[Write], here: asyncio.AbstractEventLoop | None) -> None:
         """Release the waiters: sync ones see ``done``; async ones get their future set
         on their own loop (one wake-up per loop, not per item)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Write]] = {}
@@ -234,6 +281,9 @@ class Committer:
             if item.loop is not None:
                 by_loop.setdefault(item.loop, []).append(item)
         for loop, items in by_loop.items():
+            if loop is here:  # written on this loop's thread: no wake-up needed
+                _resolve(items)
+                continue
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_resolve, items)
         if self._waiting:

@@ -106,64 +106,64 @@ def extend(
 
 
 class Tracked:
-    """What the store has of a saga at ``version``: each step record's values and JSON
-    (``None``: not encoded here yet), the three tails, the :data:`STATIC` columns."""
+    """What the store has of a saga at ``version`` (a save updates it in place): each
+    step record's values and JSON (texts ``None``: not encoded here yet), the three
+    tails, the :data:`STATIC` columns; ``owner`` refers to the record it describes."""
 
-    __slots__ = ("events", "history", "path", "static", "step_texts", "step_values", "version")
+    __slots__ = (
+        "events", "history", "owner", "path", "static", "step_texts", "step_values", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
         version: int,
-        steps: tuple[list[Any], list[str] | None],
-        history: Tail,
-        events: Tail,
-        path: Tail,
+        step_values: list[Any],
+        step_texts: list[str] | None,
+        tails: tuple[Tail, Tail, Tail],
         static: tuple[Any, ...],
     ) -> None:
+        self.owner: Any = None
         self.version = version
-        self.step_values, self.step_texts = steps
-        self.history = history
-        self.events = events
-        self.path = path
+        self.step_values = step_values
+        self.step_texts = step_texts
+        self.history, self.events, self.path = tails
         self.static = static
 
     @classmethod
     def of(cls, stored: StoredSaga, record: SagaRecord) -> Tracked:
         """What a store that just read ``stored`` (decoded as ``record``) has."""
         c = stored.columns
-        return cls(
-            stored.version,
-            ([_step_values(s) for s in record.steps], None),
+        tails = (
             (len(record.history), c[AT["history"]][1:-1]),
             (len(record.events), c[AT["events"]][1:-1]),
             (len(record.path), c[AT["path"]][1:-1]),
-            tuple(c[i] for i in _STATIC_AT),
+        )
+        return cls(
+            stored.version, list(map(_step_values, record.steps)), None, tails, static_of(c)
         )
 
-
-def encode_steps(
-    codec: Codec, steps: list[StepRecord], tracked: Tracked | None
-) -> tuple[str, tuple[list[Any], list[str]]]:
-    """The steps column, re-encoding only the step records whose values changed since
-    ``tracked`` (whose lists are updated in place); and the values and texts."""
-    dump_step = codec.dump_step
-    if tracked is None or tracked.step_texts is None or len(tracked.step_values) != len(steps):
-        values = list(map(_step_values, steps))
-        texts = list(map(dump_step, steps))
-    else:
-        values, texts = tracked.step_values, tracked.step_texts
+    def steps(self, codec: Codec, steps: list[StepRecord]) -> str:
+        """The steps column now, re-encoding only the step records whose values changed."""
+        dump_step = codec.dump_step
+        values, texts = self.step_values, self.step_texts
         now = list(map(_step_values, steps))
-        if now != values:
+        if texts is None or len(values) != len(now):
+            self.step_values, self.step_texts = now, list(map(dump_step, steps))
+        elif now != values:
             for i, v in enumerate(now):
                 if v != values[i]:
                     values[i] = v
                     texts[i] = dump_step(steps[i])
-    return "[" + ",".join(texts) + "]", (values, texts)
+        return "[" + ",".join(self.step_texts) + "]"  # type: ignore[arg-type]
 
 
-def static_of(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """The :data:`STATIC` columns of ``row`` but the id."""
-    return tuple(row[i] for i in _STATIC_AT)
+def step_values(steps: list[StepRecord]) -> list[Any]:
+    """What :class:`Tracked` compares step records by."""
+    return list(map(_step_values, steps))
+
+
+#: The :data:`STATIC` columns of a row but the id.
+static_of = operator.itemgetter(*_STATIC_AT)
 
 
 # --- a row back to a record ----------------------------------------------------------------

@@ -36,7 +36,6 @@ from ._rows import (
     Tracked,
     decode_row,
     edge_text,
-    encode_steps,
     extend,
     static_of,
 )
@@ -48,6 +47,7 @@ __all__ = ["SCHEMA_VERSION", "SQLStore", "Select", "quarantine_join", "select_li
 #: migrated when opened (unless read-only).
 SCHEMA_VERSION = 2
 _NOTHING: Tail = (0, "")
+_NONE: list[tuple[Any, ...]] = []  # no rows to append (never appended to)
 _META = (
     "CREATE TABLE IF NOT EXISTS sagaflow_meta "
     "(key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)"
@@ -154,13 +154,15 @@ class SQLStore:
         # instances. Filled by register() and by every create().
         self._classes: dict[str, dict[str, type]] = {}
         self._data_types: dict[type, str] = {}
-        # record -> what the store has of it, so that a checkpoint encodes only what
-        # changed. A record without an entry (a copy made elsewhere) is encoded whole,
-        # and the writer skips its spilled items already stored. Running sagas only;
-        # an entry goes when its record does.
-        self._tracked: weakref.WeakKeyDictionary[SagaRecord, Tracked] = (
-            weakref.WeakKeyDictionary()
-        )
+        # saga id -> what the store has of the record object it was last saved (or
+        # read) from, so that that record's next checkpoint encodes only what changed.
+        # Another copy of the saga is encoded whole, and the writer skips its spilled
+        # items already stored. Running sagas only; an entry goes with its record.
+        self._tracked: dict[str, Tracked] = {}
+        # Sagas saved by async callers and not finished: while there is one, it has no
+        # one to share a commit with (a saga given up on without finishing stays here,
+        # which only costs it the shortcut).
+        self._async_running: set[str] = set()
         self._commit: Committer
 
     # -- what a dialect provides ---------------------------------------------------------
@@ -238,7 +240,7 @@ class SQLStore:
         except BaseException:
             # What this store knows of the saga may be half updated: forget it (the
             # next save encodes the whole record).
-            self._tracked.pop(record, None)
+            self._forget(record)
             raise
         item.fence = fence
         if not item.terminal:
@@ -249,45 +251,74 @@ class SQLStore:
         codec = self.codec
         sid = record.saga_id
         expected = record.version
-        tracked = None if create else self._tracked.get(record)
-        if tracked is not None and tracked.version != expected:
-            tracked = None
-        steps, step_cache = encode_steps(codec, record.steps, tracked)
+        known = None if create else self._tracking(record)
+        # Nothing known (a create, a copy made elsewhere): encode it all.
+        tracked = known or Tracked(expected, [], None, (_NOTHING, _NOTHING, _NOTHING), ())
+        steps = tracked.steps(codec, record.steps)
         history, events, path = record.history, record.events, record.path
-        history_row, history_text = codec.history_row, codec.history_text
-        dump_event = codec.dump_event
-        h_rows, h_tail = extend(
-            _NOTHING if tracked is None else tracked.history, len(history),
-            lambda i: history_text(history_row(history[i])),
-            lambda i: (sid, i, *history_row(history[i])),
-            "history", sid,
-        )  # fmt: skip
-        e_rows, e_tail = extend(
-            _NOTHING if tracked is None else tracked.events, len(events),
-            lambda i: dump_event(events[i], record, i),
-            lambda i: (sid, i, dump_event(events[i], record, i)),
-            "domain events", sid,
-        )  # fmt: skip
-        p_rows, p_tail = extend(
-            _NOTHING if tracked is None else tracked.path, len(path),
-            lambda i: edge_text(path[i]), lambda i: (sid, i, *path[i]), "path", sid,
-        )  # fmt: skip
+        h_rows = e_rows = p_rows = _NONE
+        if len(history) != tracked.history[0]:
+            history_row, history_text = codec.history_row, codec.history_text
+            h_rows, tracked.history = extend(
+                tracked.history, len(history),
+                lambda i: history_text(history_row(history[i])),
+                lambda i: (sid, i, *history_row(history[i])),
+                "history", sid,
+            )  # fmt: skip
+        if len(events) != tracked.events[0]:
+            dump_event = codec.dump_event
+            e_rows, tracked.events = extend(
+                tracked.events, len(events),
+                lambda i: dump_event(events[i], record, i),
+                lambda i: (sid, i, dump_event(events[i], record, i)),
+                "domain events", sid,
+            )  # fmt: skip
+        if len(path) != tracked.path[0]:
+            p_rows, tracked.path = extend(
+                tracked.path, len(path), lambda i: edge_text(path[i]),
+                lambda i: (sid, i, *path[i]), "path", sid,
+            )  # fmt: skip
         version = expected if create else expected + 1
         # At a saga's first save here, check that its data loads back as itself.
-        row = self._row(record, version, tracked is None, steps, h_tail, e_tail, p_tail)
-        item = Write(create, row, expected, h_rows, e_rows, p_rows, tracked is None and not create)
+        row = self._row(record, version, known is None, steps, tracked)
+        item = Write(create, row, expected, h_rows, e_rows, p_rows, known is None and not create)
         static = static_of(row)
-        item.narrow = tracked is not None and tracked.static == static
+        item.narrow = tracked.static == static
         if record.status.is_terminal:
             item.terminal = True
-            self._tracked.pop(record, None)  # running sagas only
+            self._forget(record)  # running sagas only
             return item
-        now = Tracked(version, step_cache, h_tail, e_tail, p_tail, static)
+        tracked.static = static
+        tracked.version = version
         if create:
-            item.tracked = now  # installed once the insert is known to be new
-        else:
-            self._tracked[record] = now
+            item.tracked = tracked  # installed once the insert is known to be new
+        elif known is None:
+            self._track(record, tracked)
         return item
+
+    def _tracking(self, record: SagaRecord) -> Tracked | None:
+        """What the store has of ``record`` (this object, at its version), if known."""
+        tracked = self._tracked.get(record.saga_id)
+        if tracked is None or tracked.version != record.version or tracked.owner() is not record:
+            return None
+        return tracked
+
+    def _track(self, record: SagaRecord, tracked: Tracked) -> None:
+        sid = record.saga_id
+        tracked.owner = weakref.ref(record, lambda ref: self._dropped(sid, ref))
+        self._tracked[sid] = tracked
+
+    def _dropped(self, saga_id: str, ref: Any) -> None:
+        """A tracked record is gone (garbage): so is what the store kept of it."""
+        tracked = self._tracked.get(saga_id)
+        if tracked is not None and tracked.owner is ref:
+            self._tracked.pop(saga_id, None)
+            self._async_running.discard(saga_id)  # nobody runs it here any more
+
+    def _forget(self, record: SagaRecord) -> None:
+        tracked = self._tracked.get(record.saga_id)
+        if tracked is not None and tracked.owner() is record:
+            self._tracked.pop(record.saga_id, None)
 
     def _row(
         self,
@@ -295,14 +326,13 @@ class SQLStore:
         version: int,
         verify: bool,
         steps: str,
-        history: Tail,
-        events: Tail,
-        path: Tail,
+        tracked: Tracked,
     ) -> tuple[Any, ...]:
         """The saga row's values, in :data:`~._rows.COLUMNS` order."""
         codec = self.codec
         dumps = codec.dumps_json
         error = record.error
+        history, events, path = tracked.history, tracked.events, tracked.path
         return (
             record.saga_id, record.saga_name, record.fingerprint,
             self._data_type(type(record.data)), record.status.value, record.state, version,
@@ -344,7 +374,7 @@ class SQLStore:
         if item.inserted:
             self._learn(record)
             if item.tracked is not None:
-                self._tracked[record] = item.tracked
+                self._track(record, item.tracked)
             return None
         stored = self.load_raw(record.saga_id)
         if stored is None:  # deleted in between: nothing to report but a retry
@@ -370,10 +400,10 @@ class SQLStore:
         try:
             self._commit.submit((item,))
         except BaseException:
-            self._tracked.pop(record, None)
+            self._forget(record)
             raise
         if item.error is not None:
-            self._tracked.pop(record, None)
+            self._forget(record)
             raise item.error
         record.version = item.expected + 1
 
@@ -400,7 +430,7 @@ class SQLStore:
         return await self._acreate(self._item(record, create=True), record)
 
     async def _acreate(self, item: Write, record: SagaRecord) -> SagaRecord | None:
-        await self._commit.submit_async(item)
+        await self._submit_async(item, record)
         if item.inserted:
             return self._created(record, item)
         return await asyncio.to_thread(self._created, record, item)
@@ -420,14 +450,32 @@ class SQLStore:
         expected = item.expected
         record.version = expected + 1
         try:
-            await self._commit.submit_async(item)
+            await self._submit_async(item, record)
         except asyncio.CancelledError:
             raise
         except BaseException:
             if record.version == expected + 1:
                 record.version = expected
-            self._tracked.pop(record, None)
+            self._forget(record)
             raise
+
+    async def _submit_async(self, item: Write, record: SagaRecord) -> None:
+        """Write ``item``, group-committed with the other async sagas' checkpoints; a
+        saga alone (the only task on its loop, the only async saga of this store) may
+        have it written at once."""
+        running = self._async_running
+        if item.terminal:
+            running.discard(record.saga_id)
+        else:
+            running.add(record.saga_id)
+        # The set is the cheap test; the loop's tasks the sure one (a task that has not
+        # started its saga yet would share this commit).
+        alone = len(running) <= 1 and len(asyncio.all_tasks()) <= 1
+        future = self._commit.submit_async(item, alone)
+        if future is not None:
+            await future
+        elif item.error is not None:
+            raise item.error
 
     async def aload(self, saga_id: str) -> SagaRecord | None:
         """:meth:`load` on a worker thread."""
@@ -488,8 +536,11 @@ class SQLStore:
         spec = spec_of(cls) if cls is not None and is_saga(cls) else None
         record = decode_row(self.codec, stored, cls, spec)
         if cls is not None and not self.readonly and not record.status.is_terminal:
-            # Its first save here encodes only what changed since this row.
-            self._tracked[record] = Tracked.of(stored, record)
+            # Its first save here encodes only what changed since this row (unless a
+            # record of the saga is being saved here already: that one stays known).
+            known = self._tracked.get(record.saga_id)
+            if known is None or known.owner() is None:
+                self._track(record, Tracked.of(stored, record))
         return record
 
     # -- quarantine ------------------------------------------------------------------------

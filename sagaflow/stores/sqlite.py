@@ -211,8 +211,12 @@ class SQLiteStore(SQLStore):
             conn.close()
             raise
         lane = Lane(None if readonly else conn)
-        self._commit = Committer(self._write_batch, [lane], max_batch, "sagaflow-sqlite",
-                                 self._closed_error)
+        # Without a sync to disk per commit, a commit costs an event loop less than a
+        # round trip to a writer thread: async checkpoints are committed on their loop.
+        self._commit = Committer(
+            self._write_batch, [lane], max_batch, "sagaflow-sqlite", self._closed_error,
+            on_loop=mode in ("OFF", "NORMAL"),
+        )  # fmt: skip
         self._head = f"SELECT {select_list(self.layout)} FROM sagaflow_sagas s" + quarantine_join(
             self.layout
         )
@@ -278,6 +282,9 @@ class SQLiteStore(SQLStore):
         that does not fit every item (a lost race, an existing id, a refused value),
         item by item, so each waiter gets its own outcome."""
         conn: sqlite3.Connection = lane.conn
+        if len(batch) == 1 and not (batch[0].history or batch[0].events or batch[0].path):
+            self._write_alone(conn, batch[0])
+            return
         todo = batch
         exact = len(todo) == 1
         while todo:
@@ -327,6 +334,18 @@ class SQLiteStore(SQLStore):
                 raise
             self._committed(todo, outcomes)
             return
+
+    def _write_alone(self, conn: sqlite3.Connection, item: Write) -> None:
+        """One write that is one statement: committed as its own transaction (no BEGIN
+        and COMMIT to send: the most common checkpoint, one saga at a time)."""
+        try:
+            outcome = self._apply(conn, item)
+        except sqlite3.Error as exc:  # nothing was written
+            item.error = exc
+        except Exception as exc:  # a value that cannot be bound: nothing was written
+            item.error = exc
+        else:
+            self._committed([item], [outcome])
 
     def _apply_all(self, conn: sqlite3.Connection, items: list[Write]) -> bool:
         """Write every item inside the open transaction with one statement per kind;

@@ -14,7 +14,7 @@ import pytest
 from store_sagas import ORDER_SPEC, Order, Other, assert_same, record_of
 
 from sagaflow import Orchestrator, SagaStatus, events, saga, step
-from sagaflow.codec import CorruptRecord
+from sagaflow.codec import Codec, CorruptRecord
 from sagaflow.engine import Call, next_command, settle
 from sagaflow.errors import UnknownSaga
 from sagaflow.stores import open_store
@@ -621,3 +621,83 @@ def test_a_run_reloads_whole_from_a_fresh_store_on_the_same_file(
         kinds = [type(e).__name__ for e in loaded.history]
         assert "StepRetrying" in kinds
         assert loaded.history[kinds.index("StepRetrying")].delay == 0.5
+
+
+# -- what a checkpoint costs -------------------------------------------------------
+
+
+def test_a_lone_async_saga_on_normal_commits_on_its_loop_and_many_share_commits(
+    tmp_path: Path,
+) -> None:
+    """Without a sync to disk per commit, async checkpoints never go through a writer
+    thread: one saga alone writes at once; many at once are group-committed on the loop."""
+    store = SQLiteStore(tmp_path / "normal.db", synchronous="NORMAL")
+
+    async def one(i: int) -> None:
+        record = record_of(Order(), f"n-{i}")
+        await store.acreate(record)
+        for n in range(1, 5):
+            step_once(record, NOW + n)
+            await store.asave(record)
+            assert stored_version(store.path, record.saga_id) == n  # committed on return
+        assert record.status is SagaStatus.COMPLETED
+
+    async def main() -> None:
+        await one(0)
+        assert store.commits == store.writes == 5  # alone: one commit per checkpoint
+        commits = store.commits
+        await asyncio.gather(*(one(i) for i in range(1, 51)))
+        assert store.writes - 5 == 250 and store.commits - commits < 50
+
+    asyncio.run(main())
+    assert store._commit._threads == []  # no writer thread was needed
+    store.close()
+    with SQLiteStore(tmp_path / "full.db") as full:  # FULL: the loop never waits on a sync
+        async def saved() -> None:
+            record = record_of(Order(), "f-1")
+            await full.acreate(record)
+            await full.asave(record)
+
+        asyncio.run(saved())
+        assert len(full._commit._threads) == 1
+
+
+class CountingCodec(Codec):
+    """The default codec, counting the lifecycle events it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = 0
+
+    def history_row(self, event):  # type: ignore[no-untyped-def]
+        self.rows += 1
+        return super().history_row(event)
+
+
+def test_a_record_read_back_is_saved_by_encoding_only_what_changed(tmp_path: Path) -> None:
+    """Recovery's first save of each saga: the store knows the row it just read, so the
+    saga's events are not encoded again (nor its spilled ones written again)."""
+    path = tmp_path / "known.db"
+    with SQLiteStore(path) as first:
+        record = record_of(Order(), "k-1")
+        first.create(record)
+        for n in range(40):  # past INLINE: some spilled
+            record.history.append(
+                events.StepRetrying("k-1", "store-order", NOW + n, "charge", n, "busy", delay=1.0)
+            )
+        first.save(record)
+    codec = CountingCodec()
+    with SQLiteStore(path, codec=codec) as again:
+        loaded = again.load("k-1")
+        loaded.history.append(events.StepCompleted("k-1", "store-order", NOW + 50, "charge", 41))
+        codec.rows = 0
+        again.save(loaded)
+        assert codec.rows == 1  # the new event only
+        copy = again.load("k-1")
+        assert_same(copy, loaded)
+        again.save(loaded)  # saved again from the same object: still known
+        assert codec.rows == 1
+        copy.version = loaded.version - 1  # a stale copy is not trusted: encoded whole
+        with pytest.raises(ConcurrentModification):
+            again.save(copy)
+        assert codec.rows == 1 + len(copy.history)
