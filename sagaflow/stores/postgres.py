@@ -312,13 +312,8 @@ class PostgresStore(SQLStore):
                 lane = self._commit.lanes[0]
                 with lane.lock:
                     conn = self._connect_writer(lane)
-                    try:
+                    with conn.transaction():
                         self._init_schema(conn)
-                        conn.commit()
-                    except BaseException:
-                        with contextlib.suppress(psycopg.Error):
-                            conn.rollback()
-                        raise
                 self._pool.open(wait=True, timeout=connect_timeout)
         except StoreError:
             self._pool.close()
@@ -365,10 +360,11 @@ class PostgresStore(SQLStore):
             with contextlib.suppress(Exception):
                 conn.close()
         try:
-            conn = psycopg.connect(self.conninfo, autocommit=False, connect_timeout=self._timeout())
+            # Autocommit: a lone checkpoint is one statement, its own transaction (one
+            # round trip); batches open theirs.
+            conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self._timeout())
             if self.schema is not None:
                 conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-                conn.commit()
         except psycopg.Error as exc:
             lane.conn = None
             raise StoreError(
@@ -417,19 +413,24 @@ class PostgresStore(SQLStore):
     # -- the write path ----------------------------------------------------------------
 
     def _write_batch(self, batch: list[Write], lane: Lane, retries: int = 5) -> None:
-        """Write ``batch`` in one transaction; if a statement fails (a value the server
-        refuses), each item again in its own, so that each waiter gets its own outcome.
-        A transaction the server rolled back (a deadlock, a serialization failure) is
-        run again."""
+        """Write ``batch`` in one transaction (a lone write that is one statement: that
+        statement, one round trip); if a statement fails (a value the server refuses),
+        each item again in its own, so that each waiter gets its own outcome. A
+        transaction the server rolled back (a deadlock, a serialization failure) is run
+        again."""
         try:
             conn = self._connect_writer(lane)
         except StoreError as exc:
             for item in batch:
                 item.error = exc
             return
+        first = batch[0]
         try:
-            outcomes = self._apply(conn, batch)
-            conn.commit()
+            if len(batch) == 1 and not (first.history or first.events or first.path):
+                outcomes = [self._apply_one(conn, first)]
+            else:
+                with conn.transaction():
+                    outcomes = self._apply(conn, batch)
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 # The connection failed: whether the commit happened is unknown.
@@ -442,8 +443,6 @@ class PostgresStore(SQLStore):
                 for item in batch:
                     item.error = error
                 return
-            with contextlib.suppress(psycopg.Error):
-                conn.rollback()
             if isinstance(exc, _ROLLED_BACK) and retries > 0:
                 self._write_batch(batch, lane, retries - 1)
             elif len(batch) > 1:
@@ -454,11 +453,17 @@ class PostgresStore(SQLStore):
                     f"saga {batch[0].row[0]!r}: the sagaflow store refused the write: {exc}"
                 )
             return
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.rollback()
-            raise
         self._committed(batch, outcomes)
+
+    def _apply_one(self, conn: _Conn, item: Write) -> BaseException | bool:
+        """Write ``item`` as one statement (autocommit: its own transaction)."""
+        if item.create:
+            return conn.execute(_INSERT, (*item.row, item.run_at)).fetchone() is not None
+        if conn.execute(_UPDATE, _update_params(item)).fetchone() is not None:
+            return True
+        outcomes: list[BaseException | bool] = [True]
+        self._lost_races(conn, [item], [0], outcomes)
+        return outcomes[0]
 
     def _apply(self, conn: _Conn, batch: list[Write]) -> list[BaseException | bool]:
         """Write ``batch`` inside the open transaction; one outcome per item (True:
@@ -477,14 +482,7 @@ class PostgresStore(SQLStore):
                 outcomes[k] = cur.fetchone() is not None
                 cur.nextset()
         if saves:
-            params = []
-            for k in saves:
-                item = batch[k]
-                row, done = item.row, item.terminal
-                params.append(
-                    (*row[1:], done, done, done, row[0], item.expected, item.fence, item.fence)
-                )
-            cur.executemany(_UPDATE, params, returning=True)
+            cur.executemany(_UPDATE, [_update_params(batch[k]) for k in saves], returning=True)
             lost = []
             for k in saves:
                 if cur.fetchone() is None:
@@ -722,6 +720,12 @@ class FencedStore:
 
     def __repr__(self) -> str:
         return f"FencedStore({self.store!r}, {len(self.tokens)} held)"
+
+
+def _update_params(item: Write) -> tuple[Any, ...]:
+    """:data:`_UPDATE`'s parameters for ``item`` (a finished saga leaves the queue)."""
+    row, done = item.row, item.terminal
+    return (*row[1:], done, done, done, row[0], item.expected, item.fence, item.fence)
 
 
 def _marks(statement: str) -> str:
