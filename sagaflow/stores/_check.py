@@ -14,12 +14,13 @@ import itertools
 import math
 from typing import Any
 
+from ..codec.diagnose import short
 from ..definition import SagaSpec
 from ..errors import CorruptRecord, SagaflowError
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
 
-__all__ = ["check_record", "short"]
+__all__ = ["check_record"]
 
 _TIMES = ("created_at", "updated_at")
 _MAYBE_TIMES = ("finished_at", "wake_at", "deadline_at", "compensation_deadline_at")
@@ -31,12 +32,6 @@ _ENDS = {
     SagaStatus.COMPENSATED: COMPENSATED,
     SagaStatus.FAILED: FAILED,
 }
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """``repr(value)``, cut to ``limit`` characters: what an error shows of a value."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Bad(Exception):

@@ -9,12 +9,13 @@ callers (tasks of any event loop) are served by writer threads, one per *lane* (
 connection of the store's own and its lock): a writer takes every pending write, and
 each waiting task is woken on its own loop (one wake-up per loop and batch).
 
-Where a commit costs the loop next to nothing (SQLite without a sync to disk per
-commit), async writes skip the thread, whose round trip would cost more than the commit:
-a saga alone in the store writes its checkpoint at once, without even yielding to the
-loop; otherwise the first write queued schedules a drain on the loop itself, which runs
-once every task ready in that turn of the loop has queued its own checkpoint, and
-commits them together.
+A saga alone on its loop (no other task there to share a commit with) has its checkpoint
+written at once on the loop's thread, without yielding: nothing else on the loop waits,
+and a round trip to a writer thread would only add to the commit. Where a commit costs
+the loop next to nothing (SQLite without a sync to disk per commit), async writes skip
+the thread altogether: the first write queued schedules a drain on the loop itself,
+which runs once every task ready in that turn of the loop has queued its own checkpoint,
+and commits them together.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ class Committer:
     def submit_async(self, item: Write, alone: bool = False) -> asyncio.Future[None] | None:
         """Queue ``item``; the future is done once it is written (or failed). ``None``:
         written already (``alone``: no other saga has checkpoints to share the commit)."""
-        if alone and self._on_loop and not self.pending and not self._stopping:
+        if alone and not self.pending and not self._stopping:
             lane = self.lanes[0]
             if lane.lock.acquire(blocking=False):
                 try:

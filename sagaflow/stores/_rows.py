@@ -21,10 +21,11 @@ from typing import Any
 import attrs
 
 from ..codec import Codec, describe_failure
+from ..codec.diagnose import short
 from ..definition import SagaSpec
 from ..errors import CorruptRecord, StoreError
 from ..records import SagaRecord, SagaStatus, StepRecord
-from ._check import check_record, short
+from ._check import check_record
 
 __all__ = [
     "AT",

@@ -258,10 +258,10 @@ class SQLStore:
         history, events, path = record.history, record.events, record.path
         h_rows = e_rows = p_rows = _NONE
         if len(history) != tracked.history[0]:
-            history_row, history_text = codec.history_row, codec.history_text
+            history_row, history_item = codec.history_row, codec.history_item
             h_rows, tracked.history = extend(
                 tracked.history, len(history),
-                lambda i: history_text(history_row(history[i])),
+                lambda i: history_item(history[i]),
                 lambda i: (sid, i, *history_row(history[i])),
                 "history", sid,
             )  # fmt: skip
@@ -461,8 +461,8 @@ class SQLStore:
 
     async def _submit_async(self, item: Write, record: SagaRecord) -> None:
         """Write ``item``, group-committed with the other async sagas' checkpoints; a
-        saga alone (the only task on its loop, the only async saga of this store) may
-        have it written at once."""
+        saga alone (the only task on its loop, the only async saga of this store) has
+        it written at once."""
         running = self._async_running
         if item.terminal:
             running.discard(record.saga_id)

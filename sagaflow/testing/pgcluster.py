@@ -226,6 +226,15 @@ class PgCluster:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
+    @property
+    def postmaster_pid(self) -> int | None:
+        """The server's main process (its backends are its children), once started."""
+        if not self.started:
+            return None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.datadir / "postmaster.pid").read_text().split()[0])
+        return None
+
     def log(self) -> str:
         """The server's log so far (to explain a failure)."""
         if self.base is None:

@@ -626,11 +626,10 @@ def test_a_run_reloads_whole_from_a_fresh_store_on_the_same_file(
 # -- what a checkpoint costs -------------------------------------------------------
 
 
-def test_a_lone_async_saga_on_normal_commits_on_its_loop_and_many_share_commits(
-    tmp_path: Path,
-) -> None:
-    """Without a sync to disk per commit, async checkpoints never go through a writer
-    thread: one saga alone writes at once; many at once are group-committed on the loop."""
+def test_a_lone_async_saga_writes_at_once_and_many_share_commits(tmp_path: Path) -> None:
+    """A saga alone on its loop writes its checkpoints at once, on the loop's thread.
+    Without a sync to disk per commit (NORMAL), many at once are group-committed on the
+    loop too; with one (FULL), by a writer thread, so the loop never waits on a sync."""
     store = SQLiteStore(tmp_path / "normal.db", synchronous="NORMAL")
 
     async def one(i: int) -> None:
@@ -652,26 +651,40 @@ def test_a_lone_async_saga_on_normal_commits_on_its_loop_and_many_share_commits(
     asyncio.run(main())
     assert store._commit._threads == []  # no writer thread was needed
     store.close()
-    with SQLiteStore(tmp_path / "full.db") as full:  # FULL: the loop never waits on a sync
-        async def saved() -> None:
-            record = record_of(Order(), "f-1")
+    with SQLiteStore(tmp_path / "full.db") as full:
+
+        async def saved(i: int) -> None:
+            record = record_of(Order(), f"f-{i}")
             await full.acreate(record)
             await full.asave(record)
 
-        asyncio.run(saved())
-        assert len(full._commit._threads) == 1
+        asyncio.run(saved(0))
+        assert full._commit._threads == [] and full.commits == 2  # alone: at once
+
+        async def many() -> None:
+            await asyncio.gather(*(saved(i) for i in range(1, 11)))
+
+        asyncio.run(many())
+        assert len(full._commit._threads) == 1 and full.writes == 22
 
 
 class CountingCodec(Codec):
-    """The default codec, counting the lifecycle events it encodes."""
+    """The default codec, counting the lifecycle events it encodes (as a row of the
+    history table, or as an item of the row's tail)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows = 0
+        row, item = self.history_row, self.history_item
 
-    def history_row(self, event):  # type: ignore[no-untyped-def]
-        self.rows += 1
-        return super().history_row(event)
+        def count(encode):  # type: ignore[no-untyped-def]
+            def counted(event):  # type: ignore[no-untyped-def]
+                self.rows += 1
+                return encode(event)
+
+            return counted
+
+        self.history_row, self.history_item = count(row), count(item)  # type: ignore[method-assign]
 
 
 def test_a_record_read_back_is_saved_by_encoding_only_what_changed(tmp_path: Path) -> None:
