@@ -9,9 +9,10 @@ callers (tasks of any event loop) are served by writer threads, one per *lane* (
 connection of the store's own and its lock): a writer takes every pending write, and
 each waiting task is woken on its own loop (one wake-up per loop and batch).
 
-A saga alone on its loop (no other task there to share a commit with) has its checkpoint
-written at once on the loop's thread, without yielding: nothing else on the loop waits,
-and a round trip to a writer thread would only add to the commit. Where a commit costs
+A saga alone (no other async saga there to share a commit with) has its checkpoints
+written on the loop's thread, without a round trip to a writer thread that would only
+add to the commit: at once, but for its first (which waits for the loop's turn to end,
+in case other sagas are starting too). Where a commit costs
 the loop next to nothing (SQLite without a sync to disk per commit), async writes skip
 the thread altogether: the first write queued schedules a drain on the loop itself,
 which runs once every task ready in that turn of the loop has queued its own checkpoint,
@@ -43,9 +44,9 @@ class Write:
     """
 
     __slots__ = (
-        "create", "done", "error", "events", "expected", "fence", "future", "history",
-        "inserted", "loop", "narrow", "path", "replay", "row", "run_at", "terminal",
-        "tracked",
+        "alone", "create", "done", "error", "events", "expected", "fence", "future",
+        "history", "inserted", "loop", "narrow", "path", "replay", "row", "run_at",
+        "terminal", "tracked",
     )  # fmt: skip
 
     def __init__(
@@ -71,6 +72,7 @@ class Write:
         self.fence: int | None = None  #: the lease token the saga must still have
         self.run_at: float | None = None  #: an enqueued saga: when a worker may take it
         self.terminal = False  #: the saga is over (it leaves the queue)
+        self.alone = False  #: no other async saga was running in the store
         self.done = False
         self.error: BaseException | None = None
         self.inserted = False
@@ -168,10 +170,16 @@ class Committer:
 
     # -- async callers -----------------------------------------------------------------
 
-    def submit_async(self, item: Write, alone: bool = False) -> asyncio.Future[None] | None:
+    def submit_async(
+        self, item: Write, alone: bool = False, first: bool = True
+    ) -> asyncio.Future[None] | None:
         """Queue ``item``; the future is done once it is written (or failed). ``None``:
-        written already (``alone``: no other saga has checkpoints to share the commit)."""
-        if alone and not self.pending and not self._stopping:
+        written already. ``alone``: no other async saga has checkpoints to share the
+        commit; but at a saga's ``first`` write others may be starting on the same turn
+        of the loop: it waits for that turn to end, then is written on the loop if it
+        is still alone."""
+        item.alone = alone
+        if alone and not first and not self.pending and not self._stopping:
             lane = self.lanes[0]
             if lane.lock.acquire(blocking=False):
                 try:
@@ -188,7 +196,7 @@ class Committer:
             with contextlib.suppress(ValueError):
                 self.pending.remove(item)
                 raise self._closed() or StoreError("the store is closed")
-        if self._on_loop:
+        if self._on_loop or alone:
             if not self._drain_scheduled:
                 self._drain_scheduled = True
                 loop.call_soon(self._drain_on_loop, loop)
@@ -198,11 +206,17 @@ class Committer:
 
     def _drain_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Commit what is pending, on the loop's thread: every task that was ready in
-        the loop's last turn has queued its checkpoint by now. If a sync caller holds
-        the lane, the writer thread takes over."""
+        the loop's last turn has queued its checkpoint by now. Where a commit would
+        hold the loop (a sync to disk, a round trip), only a write still alone is
+        written here; the writer threads take the rest, as they do if a sync caller
+        holds the lane."""
         self._drain_scheduled = False
         lane = self.lanes[0]
-        while self.pending:
+        pending = self.pending
+        while pending:
+            if not self._on_loop and not (len(pending) == 1 and pending[0].alone):
+                self._wake()
+                return
             if not lane.lock.acquire(blocking=False):
                 self._wake()
                 return

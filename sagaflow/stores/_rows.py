@@ -65,7 +65,7 @@ def spilled(n: int) -> int:
     return n - n % INLINE
 
 
-def edge_text(edge: tuple[str, str, str]) -> str:
+def edge_text(edge: tuple[str, str, str], index: int = 0) -> str:
     """One path edge as JSON: ``["source","trigger","destination"]``. State and trigger
     names are identifiers (nothing to escape); anything else goes through json."""
     a, b, c = edge
@@ -81,29 +81,22 @@ Tail = tuple[int, str]
 
 
 def extend(
-    tail: Tail,
-    n: int,
-    text_of: Callable[[int], str],
-    row_of: Callable[[int], tuple[Any, ...]],
-    what: str,
-    saga_id: str,
-) -> tuple[list[tuple[Any, ...]], Tail]:
-    """The rows to append to a list's table and its new tail, now that the list has
-    ``n`` items and the store has ``tail``: only the new items are encoded, except at a
+    tail: Tail, items: list[Any], text_of: Callable[[Any, int], str], what: str, saga_id: str
+) -> tuple[range, Tail]:
+    """The new tail of a list now that it is ``items`` and the store has ``tail``; and
+    which items move to the list's table (an empty range, but every INLINE items).
+    Only the new items are encoded (``text_of(item, index)``: its JSON), except at a
     spill, which encodes the (at most INLINE - 1) items left inline again."""
     stored, text = tail
+    n = len(items)
     if n < stored:
         raise StoreError(f"saga {saga_id!r}: its {what} shrank since the last save; it is "
                          "append-only")
-    if n == stored:
-        return [], tail
     first, last = spilled(stored), spilled(n)
     if first == last:
-        added = ",".join([text_of(i) for i in range(stored, n)])
-        return [], (n, f"{text},{added}" if text else added)
-    return [row_of(i) for i in range(first, last)], (
-        n, ",".join([text_of(i) for i in range(last, n)])
-    )
+        added = ",".join(map(text_of, items[stored:n], range(stored, n)))
+        return range(0), (n, f"{text},{added}" if text else added)
+    return range(first, last), (n, ",".join(map(text_of, items[last:n], range(last, n))))
 
 
 class Tracked:

@@ -258,26 +258,25 @@ class SQLStore:
         history, events, path = record.history, record.events, record.path
         h_rows = e_rows = p_rows = _NONE
         if len(history) != tracked.history[0]:
-            history_row, history_item = codec.history_row, codec.history_item
-            h_rows, tracked.history = extend(
-                tracked.history, len(history),
-                lambda i: history_item(history[i]),
-                lambda i: (sid, i, *history_row(history[i])),
-                "history", sid,
-            )  # fmt: skip
+            item_text = codec.history_item
+            moved, tracked.history = extend(
+                tracked.history, history, lambda e, i: item_text(e), "history", sid
+            )
+            if moved:
+                history_row = codec.history_row
+                h_rows = [(sid, i, *history_row(history[i])) for i in moved]
         if len(events) != tracked.events[0]:
             dump_event = codec.dump_event
-            e_rows, tracked.events = extend(
-                tracked.events, len(events),
-                lambda i: dump_event(events[i], record, i),
-                lambda i: (sid, i, dump_event(events[i], record, i)),
+            moved, tracked.events = extend(
+                tracked.events, events, lambda e, i: dump_event(e, record, i),
                 "domain events", sid,
             )  # fmt: skip
+            if moved:
+                e_rows = [(sid, i, dump_event(events[i], record, i)) for i in moved]
         if len(path) != tracked.path[0]:
-            p_rows, tracked.path = extend(
-                tracked.path, len(path), lambda i: edge_text(path[i]),
-                lambda i: (sid, i, *path[i]), "path", sid,
-            )  # fmt: skip
+            moved, tracked.path = extend(tracked.path, path, edge_text, "path", sid)
+            if moved:
+                p_rows = [(sid, i, *path[i]) for i in moved]
         version = expected if create else expected + 1
         # At a saga's first save here, check that its data loads back as itself.
         row = self._row(record, version, known is None, steps, tracked)
@@ -461,17 +460,16 @@ class SQLStore:
 
     async def _submit_async(self, item: Write, record: SagaRecord) -> None:
         """Write ``item``, group-committed with the other async sagas' checkpoints; a
-        saga alone (the only task on its loop, the only async saga of this store) has
-        it written at once."""
+        saga alone (the only async saga of this store since its first write) has it
+        written at once."""
         running = self._async_running
+        sid = record.saga_id
+        first = sid not in running
         if item.terminal:
-            running.discard(record.saga_id)
+            running.discard(sid)
         else:
-            running.add(record.saga_id)
-        # The set is the cheap test; the loop's tasks the sure one (a task that has not
-        # started its saga yet would share this commit).
-        alone = len(running) <= 1 and len(asyncio.all_tasks()) <= 1
-        future = self._commit.submit_async(item, alone)
+            running.add(sid)
+        future = self._commit.submit_async(item, len(running) <= 1, first)
         if future is not None:
             await future
         elif item.error is not None:
