@@ -120,6 +120,10 @@ class History:
 
     def from_item(self, item: list[Any], saga_id: str, saga_name: str) -> LifecycleEvent:
         """A lifecycle event from :meth:`text`'s array, parsed."""
+        if len(item) == 4:  # the usual event: no error, no subclass field
+            tag, at, step, attempt = item
+            cls = self._tags.get(tag) or self._event_type(tag)
+            return cls(saga_id, saga_name, at, step, attempt)
         tag, at, step, attempt, *rest = item
         return self._event(
             tag, at, step, attempt, rest[0] if rest else None,
