@@ -86,12 +86,19 @@ class History:
     def item(self, event: LifecycleEvent) -> str:
         """``event`` as :meth:`text` writes it (without making the row first)."""
         tag, extras = self._classes.get(type(event)) or self._class(type(event))
-        if extras or event.error is not None:
+        at, error = event.at, event.error
+        if type(at) is not float or at - at != 0.0:
             return self.text(self.row(event))
-        at, step = event.at, event.step
-        if type(at) is float and at - at == 0.0 and (step is None or step.isascii()):
-            return encode([tag, at, step, event.attempt]).decode()
-        return self.text(self.row(event))
+        detail = self._detail(event, extras) if extras else None
+        items: list[Any] = [tag, at, event.step, event.attempt]
+        if detail is not None:
+            items += (error, msgspec.Raw(detail))
+        elif error is not None:
+            items.append(error)
+        try:
+            return encode(items).decode()
+        except (UnicodeEncodeError, TypeError):  # a lone surrogate: escaped by the row
+            return self.text(self.row(event))
 
     def text(self, row: HistoryRow) -> str:
         """A history row as a compact JSON array (what a store keeps inline)."""

@@ -579,10 +579,11 @@ def test_a_lifecycle_event_round_trips_through_its_inline_form(
     back = default_codec.event_from_item(json.loads(text), "s", "n")
     assert back == event
     # A lone surrogate is escaped (a database column cannot hold it), the same both ways.
-    odd = cls("s", "n", at, "caf\udcff", attempt, error)
-    assert default_codec.history_item(odd) == default_codec.history_text(
-        default_codec.history_row(odd)
-    )
+    for odd in (cls("s", "n", at, "caf\udcff", attempt, error),
+                cls("s", "n", at, step_name, attempt, "caf\udcff é")):
+        assert default_codec.history_item(odd) == default_codec.history_text(
+            default_codec.history_row(odd)
+        )
 
 
 # -- the msgspec path and the general path agree -----------------------------------
@@ -745,3 +746,16 @@ def test_a_domain_event_is_written_alike_by_either_path(event: Any) -> None:
     text = default_codec.dump_event(event, record, 0)  # msgspec, from the instance
     assert json.loads(text) == default_codec.encode_value(event)  # cattrs' form
     assert default_codec.load_event(text) == event
+
+
+@pytest.mark.parametrize("event", [
+    events.StepRetrying("s", "n", 1.5, "pay", 1, "boom", delay=0.25),
+    events.StepFailed("s", "n", 1.5, "pay", 2, "caf\udcff", timed_out=True),
+    events.OperatorAction("s", "n", 1.5, None, 0, None, action="retry", note="é back"),
+    events.StepFailed("s", "n", float("inf"), "pay", 2, None),
+])
+def test_history_item_with_subclass_fields_is_the_text_of_the_row(event) -> None:
+    text = default_codec.history_item(event)
+    assert text == default_codec.history_text(default_codec.history_row(event))
+    back = default_codec.event_from_item(default_codec.loads_json(text), "s", "n")
+    assert type(back) is type(event) and back.at == event.at
