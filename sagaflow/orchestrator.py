@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -26,7 +26,7 @@ from .errors import (
 )
 from .events import Listener, Listeners, OperatorAction, logger
 from .records import SagaRecord, SagaResult, SagaStatus
-from .runner import adrive, drive
+from .runner import adrive, drive, stored_result
 from .runtime import Runtime
 from .stores import MemoryStore, Store, Stored, open_store
 from .stores.base import Quarantined
@@ -138,9 +138,8 @@ class Orchestrator:
         record = self._new(spec, saga, saga_id)
         existing = self.runtime.store.create(record)
         if existing is not None:
-            return self._existing(spec, existing)
-        drive(self.runtime, spec, record)
-        return SagaResult.of(record)
+            return stored_result(spec, existing)
+        return drive(self.runtime, spec, record)
 
     async def arun(self, saga: object, saga_id: str | None = None) -> SagaResult:
         """Run ``saga`` to its end in this task; see :meth:`run`.
@@ -152,21 +151,23 @@ class Orchestrator:
         record = self._new(spec, saga, saga_id)
         existing = await self.runtime.store.acreate(record)
         if existing is not None:
-            return self._existing(spec, existing)
-        await adrive(self.runtime, spec, record)
-        return SagaResult.of(record)
+            return stored_result(spec, existing)
+        return await adrive(self.runtime, spec, record)
 
-    def drive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
+    def drive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> SagaResult:
         """Drive a record (a stored saga, or one an operator verb of :mod:`sagaflow.engine`
         changed) to its end on this thread, saving and telling listeners as it goes;
-        listeners hear its history from event ``told`` on. ``spec`` is what
+        listeners hear its history from event ``told`` on; its result. ``spec`` is what
         :meth:`spec_for` gives for it (tests may pass one with faults injected)."""
         self._check_sync(spec)
-        drive(self.runtime, spec, record, told)
+        return drive(self.runtime, spec, record, told)
 
-    async def adrive(self, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
-        """:meth:`drive`, in this task."""
-        await adrive(self.runtime, spec, record, told)
+    def adrive(
+        self, spec: SagaSpec, record: SagaRecord, told: int = 0
+    ) -> Coroutine[Any, Any, SagaResult]:
+        """:meth:`drive`, in the awaiting task: await what this returns (the driver's
+        own coroutine, so that a saga in flight keeps no frame of this method)."""
+        return adrive(self.runtime, spec, record, told)
 
     # --- queueing (PostgreSQL: workers run what is started) ----------------------------
 
@@ -527,13 +528,3 @@ class Orchestrator:
     def _new(self, spec: SagaSpec, saga: object, saga_id: str | None) -> SagaRecord:
         return new_record(spec, saga, queue.new_saga_id(saga_id), self.clock.now())
 
-    @staticmethod
-    def _existing(spec: SagaSpec, record: SagaRecord) -> SagaResult:
-        if record.saga_name != spec.name:
-            raise SagaflowError(
-                f"saga id {record.saga_id!r} belongs to a {record.saga_name!r} saga, not "
-                f"{spec.name!r}: saga ids must be unique across saga types"
-            )
-        if not record.status.is_terminal:
-            raise AlreadyExecuting(record.saga_id, record.status.value)
-        return SagaResult.of(record)

@@ -38,15 +38,15 @@ import attrs
 from ._copy import shallow_copy
 from .context import Direction, StepContext
 from .engine import Call, Sleep, cancel, interrupt, next_command, settle, unstorable
-from .errors import AlreadyExecuting, CodecError
-from .records import SagaRecord, SagaStatus
+from .errors import AlreadyExecuting, CodecError, SagaflowError
+from .records import SagaRecord, SagaResult, SagaStatus
 from .stores.base import AsyncStoreMixin
 
 if TYPE_CHECKING:
     from .definition import SagaSpec
     from .runtime import Runtime
 
-__all__ = ["adrive", "drive"]
+__all__ = ["adrive", "drive", "stored_result"]
 
 FORWARD = Direction.FORWARD
 _monotonic = time.monotonic
@@ -116,8 +116,22 @@ class _Watch:
         self.told = told
 
 
-def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> None:
-    """Drive ``record`` to a terminal state; returns when it is there.
+def stored_result(spec: SagaSpec, existing: SagaRecord) -> SagaResult:
+    """What starting ``spec``'s saga under an id the store has already gives: the
+    stored result once it finished, :class:`~sagaflow.AlreadyExecuting` while it runs;
+    an id of another saga type is refused."""
+    if existing.saga_name != spec.name:
+        raise SagaflowError(
+            f"saga id {existing.saga_id!r} belongs to a {existing.saga_name!r} saga, not "
+            f"{spec.name!r}: saga ids must be unique across saga types"
+        )
+    if not existing.status.is_terminal:
+        raise AlreadyExecuting(existing.saga_id, existing.status.value)
+    return SagaResult.of(existing)
+
+
+def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> SagaResult:
+    """Drive ``record`` to a terminal state; returns its result when it is there.
 
     Listeners hear the record's history from event ``told`` on. With no limit on any
     call, the run happens on this thread. Otherwise it happens on a call thread while
@@ -135,6 +149,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Non
             _watch(rt, spec, record, told)
     finally:
         _leave(rt, record.saga_id)
+    return SagaResult.of(record)
 
 
 def _run_sync(
@@ -276,9 +291,9 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
 
 def adrive(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
-) -> Coroutine[Any, Any, None]:
+) -> Coroutine[Any, Any, SagaResult]:
     """Drive ``record`` to a terminal state in the awaiting task (listeners hear its
-    history from event ``told`` on); await what this returns.
+    history from event ``told`` on); await what this returns: its result.
 
     Cancelling the task makes the saga compensate, shielded from the cancellation,
     after which the cancellation propagates. (A plain function that returns the loop's
@@ -289,15 +304,15 @@ def adrive(
 
 async def _arun(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, shielded: bool
-) -> None:
-    """The async loop. Unshielded (the awaiting task), it marks the saga live, runs the
-    forward steps and hands compensation to a shielded task of its own; shielded (that
-    task), it runs to the end.
+) -> SagaResult:
+    """The async loop; the record's result. Unshielded (the awaiting task), it marks the
+    saga live, runs the forward steps and hands compensation to a shielded task of its
+    own; shielded (that task), it runs to the end.
     """
     # Every local here is kept by every saga in flight: few of them.
+    store = rt.store
     if not shielded:
         _enter(rt, record)
-    store = rt.store
     # A store whose async methods only call its sync ones (it never blocks): call those.
     blocks = not isinstance(store, AsyncStoreMixin)
     clock = rt.clock
@@ -332,7 +347,7 @@ async def _arun(
                         rt.listeners.notify(record.history, told)
                     told = len(record.history)
                 if command is None:
-                    return
+                    return SagaResult.of(record)
                 if isinstance(command, Sleep):
                     await clock.asleep(max(0.0, command.until - now))
                     continue
@@ -388,6 +403,7 @@ async def _arun(
         # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
         if await _compensate_shielded(rt, spec, record, told):
             raise asyncio.CancelledError
+        return SagaResult.of(record)
     finally:
         if not shielded:
             _leave(rt, record.saga_id)

@@ -25,6 +25,9 @@ at once on one event loop:
 - **wake-ups**: a retry that must wait longer than ``park_after`` seconds releases its
   saga to the queue, due when the retry is, for any worker to pick up then; a saga past
   its deadline is compensated by whichever worker claims it next.
+- **quarantine**: a saga that cannot be decoded or driven (a damaged row) is set aside
+  (:meth:`Orchestrator.set_aside`) and released: no worker claims it again until an
+  operator acts, instead of every few seconds for ever.
 - **shutdown**: :meth:`Worker.stop` (SIGTERM, SIGINT under :meth:`Worker.run`) stops
   claiming, releases sagas waiting for a retry, gives the running ones ``grace``
   seconds to finish, then releases the rest (a second signal: at once).
