@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from typing import Any
 
 from ..codec.diagnose import short
@@ -19,6 +20,12 @@ from ..definition import SagaSpec
 from ..errors import CorruptRecord, SagaflowError
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
+
+_step_values = operator.attrgetter(
+    "name", "status", "attempts", "started_at", "finished_at", "error", "timed_out",
+    "compensation", "compensation_attempts", "compensation_started_at",
+    "compensation_finished_at", "compensation_error",
+)  # fmt: skip
 
 __all__ = ["check_record"]
 
@@ -82,11 +89,58 @@ def check_record(record: SagaRecord, spec: SagaSpec | None) -> None:
     that have a compensation) and the path (edges of the machine).
     """
     try:
-        _check_types(record)
+        if not _looks_fine(record):  # the common case in one pass; else say what is wrong
+            _check_types(record)
         if spec is not None and spec.fingerprint == record.fingerprint:
             _check_against(record, spec)
     except _Bad as bad:
         raise CorruptRecord(record.saga_id, bad.reason, bad.column, short(bad.value)) from None
+
+
+def _time(v: Any) -> bool:
+    """A finite number of seconds (``v - v`` is NaN for an infinity or NaN)."""
+    return type(v) is int or (type(v) is float and v - v == 0.0)
+
+
+def _maybe_time(v: Any) -> bool:
+    return v is None or type(v) is int or (type(v) is float and v - v == 0.0)
+
+
+def _looks_fine(r: SagaRecord) -> bool:
+    """Whether every column of ``r`` has the type and range :func:`_check_types` wants
+    (it says what is wrong when not)."""
+    if not (
+        type(r.saga_id) is str and r.saga_id and type(r.saga_name) is str and r.saga_name
+        and type(r.fingerprint) is str and r.fingerprint and type(r.status) is SagaStatus
+        and type(r.state) is str and r.state and type(r.version) is int and r.version >= 0
+        and type(r.cursor) is int and r.cursor >= 0 and _time(r.created_at)
+        and _time(r.updated_at) and _maybe_time(r.finished_at) and _maybe_time(r.wake_at)
+        and _maybe_time(r.deadline_at) and _maybe_time(r.compensation_deadline_at)
+        and (r.error is None or isinstance(r.error, SagaflowError))
+        and (r.resolution is None or r.status is SagaStatus.FAILED)
+    ):  # fmt: skip
+        return False
+    if r.undo or r.failures or r.resolution is not None:
+        return False  # seldom: the detailed checks
+    times = []
+    for s in r.steps:
+        name, status, attempts, started, finished, error, timed_out, comp, comp_attempts, \
+            comp_started, comp_finished, comp_error = _step_values(s)
+        if not (
+            type(name) is str and name and type(status) is StepStatus
+            and type(attempts) is int and attempts >= 0 and type(timed_out) is bool
+            and type(comp) is CompensationStatus and type(comp_attempts) is int
+            and comp_attempts >= 0 and (error is None or type(error) is str)
+            and (comp_error is None or type(comp_error) is str)
+        ):  # fmt: skip
+            return False
+        times += (started, finished, comp_started, comp_finished)
+    # Every timestamp a finite float (or none): their sum is a finite float. (A sum that
+    # overflows sends the record to the detailed checks, which pass each one.)
+    found = [t for t in times if t is not None]
+    if not all(type(t) is float or type(t) is int for t in found) or sum(found) - sum(found):
+        return False
+    return all(len(e) == 3 and type(e[0]) is type(e[1]) is type(e[2]) is str for e in r.path)
 
 
 def _is_int(value: Any) -> bool:
