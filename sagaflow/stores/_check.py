@@ -122,7 +122,7 @@ def _looks_fine(r: SagaRecord) -> bool:
         return False
     if r.undo or r.failures or r.resolution is not None:
         return False  # seldom: the detailed checks
-    times = []
+    times: list[Any] = []
     for s in r.steps:
         name, status, attempts, started, finished, error, timed_out, comp, comp_attempts, \
             comp_started, comp_finished, comp_error = _step_values(s)

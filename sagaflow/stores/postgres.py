@@ -24,20 +24,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import attrs
 import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..codec import Codec
 from ..errors import ConcurrentModification, LeaseLost, StoreError
-from ..records import SagaRecord, SagaStatus
+from ..records import SagaRecord
 from ._commit import Committer, Lane, Write
-from ._rows import COLUMNS, INLINE, StoredSaga
-from ._sql import SCHEMA_VERSION, Select, SQLStore, quarantine_join, select_list
+from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
+from ._pgqueue import Queue
+from ._rows import COLUMNS, StoredSaga
+from ._sql import SCHEMA_VERSION, Select
 from .base import Quarantined, Stored
 
 __all__ = [
@@ -50,84 +51,6 @@ __all__ = [
 log = logging.getLogger("sagaflow.stores.postgres")
 
 _Conn = psycopg.Connection[tuple[Any, ...]]
-_QUEUE = ("run_at", "owner", "fence", "lease_until")
-
-#: ``_MIGRATIONS[v]`` takes the schema from version ``v`` to ``v + 1``.
-_MIGRATIONS = (
-    (
-        """CREATE TABLE sagaflow_sagas (
-            saga_id text PRIMARY KEY,
-            saga_name text NOT NULL,
-            fingerprint text NOT NULL,
-            data_type text NOT NULL,
-            status text NOT NULL,
-            state text NOT NULL,
-            version bigint NOT NULL,
-            cursor integer NOT NULL,
-            undo text NOT NULL,
-            created_at double precision NOT NULL,
-            updated_at double precision NOT NULL,
-            finished_at double precision,
-            wake_at double precision,
-            deadline_at double precision,
-            compensation_deadline_at double precision,
-            steps text NOT NULL,
-            data text NOT NULL,
-            error text,
-            failures text,
-            resolution text,
-            history text NOT NULL,
-            history_count integer NOT NULL,
-            events text NOT NULL,
-            events_count integer NOT NULL,
-            run_at double precision,
-            owner text,
-            fence bigint NOT NULL DEFAULT 0,
-            lease_until timestamptz
-        ) WITH (fillfactor = 70)""",
-        # fillfactor: a checkpoint rewrites the row and changes no indexed column, so
-        # with room on the page PostgreSQL updates it in place (HOT) without touching an
-        # index. Status changes a few times per saga: indexing (status, name) costs
-        # index writes only then, and serves recovery and listings.
-        "CREATE INDEX sagaflow_sagas_by_status ON sagaflow_sagas (status, saga_name)",
-        # What workers claim: only queued sagas are in this index.
-        "CREATE INDEX sagaflow_sagas_runnable ON sagaflow_sagas (run_at) WHERE run_at IS NOT NULL",
-        """CREATE TABLE sagaflow_history (
-            saga_id text NOT NULL,
-            seq integer NOT NULL,
-            type text NOT NULL,
-            at double precision NOT NULL,
-            step text,
-            attempt integer NOT NULL,
-            error text,
-            detail text,
-            PRIMARY KEY (saga_id, seq)
-        )""",
-        """CREATE TABLE sagaflow_events (
-            saga_id text NOT NULL,
-            seq integer NOT NULL,
-            body text NOT NULL,
-            PRIMARY KEY (saga_id, seq)
-        )""",
-    ),
-    (  # 2: the run's path; quarantine
-        "ALTER TABLE sagaflow_sagas ADD COLUMN path text NOT NULL DEFAULT '[]',"
-        " ADD COLUMN path_count integer NOT NULL DEFAULT 0",
-        """CREATE TABLE sagaflow_path (
-            saga_id text NOT NULL,
-            seq integer NOT NULL,
-            source text NOT NULL,
-            trigger text NOT NULL,
-            destination text NOT NULL,
-            PRIMARY KEY (saga_id, seq)
-        )""",
-        """CREATE TABLE sagaflow_quarantine (
-            saga_id text PRIMARY KEY,
-            reason text NOT NULL,
-            at double precision NOT NULL
-        )""",
-    ),
-)
 
 _N = len(COLUMNS)
 _INSERT = (
@@ -157,100 +80,7 @@ _REPLAY = " ON CONFLICT DO NOTHING"
 _ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
-def _spilled_joins(layout: int) -> str:
-    """The lists' spilled items of each saga, aggregated in the same statement as its
-    row (one snapshot, so the counts always match)."""
-    joins = (
-        " LEFT JOIN LATERAL (SELECT array_agg(type ORDER BY seq) AS h_type,"
-        " array_agg(at ORDER BY seq) AS h_at, array_agg(step ORDER BY seq) AS h_step,"
-        " array_agg(attempt ORDER BY seq) AS h_attempt, array_agg(error ORDER BY seq) AS h_error,"
-        " array_agg(detail ORDER BY seq) AS h_detail FROM sagaflow_history"
-        f" WHERE saga_id = s.saga_id AND s.history_count >= {INLINE}) h ON true"
-        " LEFT JOIN LATERAL (SELECT array_agg(body ORDER BY seq) AS e_body FROM sagaflow_events"
-        f" WHERE saga_id = s.saga_id AND s.events_count >= {INLINE}) e ON true"
-    )
-    if layout >= 2:
-        joins += (
-            " LEFT JOIN LATERAL (SELECT array_agg(source ORDER BY seq) AS p_source,"
-            " array_agg(trigger ORDER BY seq) AS p_trigger,"
-            " array_agg(destination ORDER BY seq) AS p_destination FROM sagaflow_path"
-            f" WHERE saga_id = s.saga_id AND s.path_count >= {INLINE}) p ON true"
-        )
-    return joins + quarantine_join(layout)
-
-
-def _select_list(layout: int) -> str:
-    path = "p.p_source, p.p_trigger, p.p_destination" if layout >= 2 else "NULL, NULL, NULL"
-    return (
-        f"{select_list(layout)}, {', '.join(f's.{c}' for c in _QUEUE)}, h.h_type, h.h_at,"
-        f" h.h_step, h.h_attempt, h.h_error, h.h_detail, e.e_body, {path}"
-    )
-
-
-_CLAIM = (
-    "WITH picked AS ("
-    " SELECT saga_id FROM sagaflow_sagas t"
-    " WHERE run_at <= %(now)s AND saga_name = ANY(%(names)s) AND fingerprint = ANY(%(fps)s)"
-    " AND (lease_until IS NULL OR lease_until < clock_timestamp())"
-    " AND saga_id <> ALL(%(busy)s)"
-    " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = t.saga_id)"
-    " ORDER BY run_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
-    "), s AS ("
-    " UPDATE sagaflow_sagas t SET owner = %(owner)s, fence = t.fence + 1,"
-    " lease_until = clock_timestamp() + make_interval(secs => %(lease)s),"
-    " run_at = %(now)s + %(lease)s"
-    " FROM picked WHERE t.saga_id = picked.saga_id RETURNING t.*"
-    f") SELECT {_select_list(SCHEMA_VERSION)} FROM s{_spilled_joins(SCHEMA_VERSION)}"
-)
-# Row locks are taken in saga id order, by renewals as by the writers' batches, so that
-# the two never deadlock.
-_RENEW = (
-    "WITH held AS (SELECT saga_id FROM sagaflow_sagas WHERE saga_id = ANY(%s) AND owner = %s"
-    " AND run_at IS NOT NULL ORDER BY saga_id FOR NO KEY UPDATE)"
-    " UPDATE sagaflow_sagas s SET lease_until = clock_timestamp() + make_interval(secs => %s),"
-    " run_at = %s FROM held WHERE s.saga_id = held.saga_id RETURNING s.saga_id, s.fence"
-)
-_RELEASE = (
-    "UPDATE sagaflow_sagas SET owner = NULL, lease_until = NULL, fence = fence + 1,"
-    " run_at = %s WHERE saga_id = %s AND fence = %s AND run_at IS NOT NULL"
-)
-
-
-@attrs.frozen(slots=True)
-class PostgresStoredSaga(StoredSaga):
-    """A saga as stored, not yet decoded (decode it with :meth:`PostgresStore.decode`).
-
-    Besides the record's headline fields, where it stands in the queue: ``run_at``
-    (``None``: not queued), ``owner`` (the worker holding it), ``fence`` (the lease
-    token of the latest claim) and ``lease_until``.
-    """
-
-    run_at: float | None = None
-    owner: str | None = None
-    fence: int = 0
-    lease_until: Any = None
-
-    @classmethod
-    def of(cls, row: Sequence[Any]) -> PostgresStoredSaga:
-        q = _N + 1  # the row's columns, its quarantine reason, then the queue's
-        run_at, owner, fence, lease_until = row[q : q + 4]
-        h_type, h_at, h_step, h_attempt, h_error, h_detail, e_body, *edges = row[q + 4 :]
-        history: tuple[tuple[Any, ...], ...] = ()
-        if h_type:
-            history = tuple(zip(h_type, h_at, h_step, h_attempt, h_error, h_detail, strict=True))
-        path = tuple(zip(*edges, strict=True)) if edges[0] else ()
-        return cls(
-            **StoredSaga.fields(row, history, e_body or (), path, row[_N]),
-            run_at=run_at, owner=owner, fence=fence, lease_until=lease_until,
-        )  # fmt: skip
-
-    @property
-    def queued(self) -> bool:
-        """Whether workers run this saga (it was enqueued), rather than one process."""
-        return self.run_at is not None
-
-
-class PostgresStore(SQLStore):
+class PostgresStore(Queue):
     """Durable saga records in PostgreSQL, shared by every process that opens it.
 
     ``conninfo`` is a libpq connection string or URL (``postgresql://user@host/db``).
@@ -329,8 +159,8 @@ class PostgresStore(SQLStore):
                     f"{connect_timeout:g}s: is the server running, and the URL right?"
                 ) from exc
             raise
-        self._select = f"SELECT {_select_list(self.layout)} FROM sagaflow_sagas s" + _spilled_joins(
-            self.layout
+        self._select = f"SELECT {select_columns(self.layout)} FROM sagaflow_sagas s" + (
+            spilled_joins(self.layout)
         )
 
     # -- connections and schema --------------------------------------------------------
@@ -385,7 +215,7 @@ class PostgresStore(SQLStore):
         self._open_schema(
             lambda text, params: _rows(conn.execute(_marks(text), params)),
             found is not None and found[0] is not None,
-            _MIGRATIONS,
+            MIGRATIONS,
         )
 
     def _execute(self, statement: str, params: Sequence[Any] = (), *, write: bool = False) -> Any:
@@ -532,107 +362,9 @@ class PostgresStore(SQLStore):
             else:
                 outcomes[k] = ConcurrentModification(sid, item.expected, now[0])
 
-    # -- the Store protocol, with fencing ----------------------------------------------
-
-    def save(self, record: SagaRecord, *, fence: int | None = None) -> None:
-        """Commit ``record``; durable when this returns. Optimistic concurrency as in
-        every store; with ``fence`` (a worker's lease token), the saga must still be
-        held under that token, else :class:`~sagaflow.LeaseLost` and nothing is written.
-        """
-        self._save(record, fence)
-
-    async def asave(self, record: SagaRecord, *, fence: int | None = None) -> None:
-        """:meth:`save`, group-committed with other sagas' checkpoints."""
-        await self._asave(record, fence)
-
     def _fetch(self, select: Select) -> list[StoredSaga]:
         where, params = select.render("%s")
         return [PostgresStoredSaga.of(r) for r in self._query(self._select + where, params)]
-
-    def load_raw(self, saga_id: str) -> PostgresStoredSaga | None:
-        """The stored form of ``saga_id``, not decoded; ``None`` if absent."""
-        found = self._fetch(Select(saga_id=saga_id))
-        return found[0] if found and isinstance(found[0], PostgresStoredSaga) else None
-
-    def status_of(self, saga_id: str) -> SagaStatus | None:
-        """Just the status of ``saga_id`` (``None`` if absent): a cheap poll."""
-        rows = self._query("SELECT status FROM sagaflow_sagas WHERE saga_id = %s", (saga_id,))
-        return SagaStatus(rows[0][0]) if rows else None
-
-    # -- the queue (see sagaflow.worker) -------------------------------------------------
-
-    def enqueue(self, record: SagaRecord, run_at: float | None = None) -> SagaRecord | None:
-        """Insert ``record`` as queued, for a worker to run from ``run_at`` (default:
-        ``record.updated_at``); like :meth:`create`, return the stored record instead
-        if its id exists."""
-        return self.enqueue_many([record], run_at)[0]
-
-    def enqueue_many(
-        self, records: Iterable[SagaRecord], run_at: float | None = None
-    ) -> list[SagaRecord | None]:
-        """:meth:`enqueue` for many records, committed together."""
-        records = list(records)
-        items = [
-            self._item(r, create=True, run_at=r.updated_at if run_at is None else run_at)
-            for r in records
-        ]
-        self._commit.submit(items)
-        out: list[SagaRecord | None] = []
-        for record, item in zip(records, items, strict=True):
-            if item.error is not None:
-                raise item.error
-            out.append(self._created(record, item))
-        return out
-
-    async def aenqueue(self, record: SagaRecord, run_at: float | None = None) -> SagaRecord | None:
-        """:meth:`enqueue`, group-committed with other writes."""
-        when = record.updated_at if run_at is None else run_at
-        return await self._acreate(self._item(record, create=True, run_at=when), record)
-
-    def claim(
-        self,
-        owner: str,
-        limit: int,
-        *,
-        lease: float,
-        now: float,
-        names: Collection[str],
-        fingerprints: Collection[str],
-        exclude: Collection[str] = (),
-    ) -> list[PostgresStoredSaga]:
-        """Take up to ``limit`` queued sagas that are due (``run_at <= now``), not held
-        under a live lease and not quarantined, of the given names and definition
-        fingerprints.
-
-        ``FOR UPDATE SKIP LOCKED``: concurrent claims never wait for each other nor take
-        the same saga. Each claimed saga's ``fence`` is bumped (its ``fence`` here is
-        the new lease token), its ``owner`` set, and its lease runs ``lease`` seconds of
-        the database's clock. Sagas in ``exclude`` (those the caller is running) are
-        left alone even if their lease lapsed: a heartbeat renews it.
-        """
-        if limit < 1 or not names:
-            return []
-        self._check_writable()
-        params = {
-            "now": now, "lease": float(lease), "owner": owner, "limit": int(limit),
-            "names": list(names), "fps": list(fingerprints), "busy": list(exclude),
-        }  # fmt: skip
-        return [PostgresStoredSaga.of(r) for r in self._query(_CLAIM, params)]
-
-    def renew(
-        self, owner: str, saga_ids: Collection[str], *, lease: float, now: float
-    ) -> dict[str, int]:
-        """Extend ``owner``'s leases on ``saga_ids`` by ``lease`` seconds; returns the
-        sagas still held, with their tokens (the others were taken over or finished)."""
-        if not saga_ids:
-            return {}
-        rows = self._query(_RENEW, (sorted(saga_ids), owner, float(lease), now + lease))
-        return {sid: fence for sid, fence in rows}
-
-    def release(self, saga_id: str, fence: int, run_at: float) -> bool:
-        """Give a held saga back to the queue, due at ``run_at``, if ``fence`` is still
-        its token. The token is bumped, so the releasing worker's later writes fail."""
-        return bool(self._query(_RELEASE, (run_at, saga_id, fence)) == 1)
 
     def fenced(self, tokens: Mapping[str, int]) -> FencedStore:
         """A view of this store whose saves of a saga in ``tokens`` carry its lease
@@ -660,8 +392,8 @@ class PostgresStore(SQLStore):
 
 
 class FencedStore:
-    """A :class:`PostgresStore` as one worker sees it: every save of a saga the worker
-    holds carries the lease token it claimed the saga with, so that once another worker
+    """A :class:`PostgresStore` as one worker sees it: every save of a saga the worker holds
+    carries the lease token it claimed the saga with, so that once another worker
     has taken the saga over, this one's writes fail (:class:`~sagaflow.LeaseLost`)
     instead of overwriting the new owner's record.
 
