@@ -1,10 +1,11 @@
 """The invariants every saga run must keep, checked on its :class:`~sagaflow.testing.trace.Trace`.
 
 :func:`check_invariants` reads the run three ways (the calls the injector saw, the
-lifecycle history, the result) and checks each against the others, against the saga's
-spec and against the plan. A broken invariant raises :class:`InvariantViolation`, an
-``AssertionError`` whose message names each broken invariant (number and name), says
-what was expected and what was seen, and shows the trace of calls.
+lifecycle history, the result: a :class:`~sagaflow.testing.reading.Reading`) and checks
+each against the others, against the saga's spec and against the plan. A broken
+invariant raises :class:`InvariantViolation`, an ``AssertionError`` whose message names
+each broken invariant (number and name), says what was expected and what was seen, and
+shows the trace of calls.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ import attrs
 
 from .. import events as ev
 from ..context import Direction, idempotency_key
-from ..errors import SagaCancelled, SagaDeadlineExceeded, StepTimeout
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..policy import Retry, backoff_delay
 from ..records import CompensationStatus, SagaStatus, StepStatus
-from ..spec import StepKind, StepSpec
-from .trace import CallRecord, Trace, diff, error_text, format_trace
+from ..spec import StepKind
+from .reading import Reading
+from .trace import Trace, diff, error_text, format_trace
 
 __all__ = ["INVARIANTS", "InvariantViolation", "Violation", "check_invariants"]
 
@@ -128,90 +129,14 @@ def check_invariants(
         raise InvariantViolation(run, found)
 
 
-class _Checker:
+class _Checker(Reading):
+    """The invariants, each a method: a :class:`Reading` of the run that also judges it."""
+
     def __init__(self, run: Trace, allow_step_errors: bool, strict_pivot: bool) -> None:
-        self.run = run
+        super().__init__(run)
         self.strict_pivot = strict_pivot
-        self.spec = run.spec
         self.allow_step_errors = allow_step_errors
-        self.history = run.result.history
         self.found: list[Violation] = []
-        spec = self.spec
-        self.fwd: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
-        self.comp: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
-        for c in run.calls:
-            (self.fwd if c.direction is FORWARD else self.comp)[c.step].append(c)
-        self.skipped = {e.step for e in self.history if isinstance(e, ev.StepSkipped)}
-        self.completed = {name for name, cs in self.fwd.items() if any(c.ok for c in cs)}
-        self.unknown = {
-            name
-            for name, cs in self.fwd.items()
-            if any(c.reported in ("timeout", "cancelled") for c in cs)
-        }
-        self.guard_failed = {
-            e.step
-            for e in self.history
-            if isinstance(e, ev.StepFailed) and e.step is not None and not self.fwd[e.step]
-        }
-        self.user_errors = [c for c in run.calls if c.user_error is not None]
-        self._forward_end()
-
-    # -- what the calls say happened ----------------------------------------------
-
-    def _forward_end(self) -> None:
-        """Where the forward steps stopped (``stop``), if they did, and why."""
-        spec = self.spec
-        done = self.completed | self.skipped
-        self.forward_done = all(s.name in done for s in spec.steps)
-        self.stop: StepSpec | None = None
-        if self.forward_done:
-            return
-        fwd_calls = [c for c in self.run.calls if c.direction is FORWARD]
-        last = fwd_calls[-1] if fwd_calls else None
-        if last is not None and not last.ok and last.step not in done:
-            self.stop = spec.steps[last.index]
-            return
-        for s in spec.steps:  # nothing failed in a call: the deadline or a guard
-            if s.name not in done:
-                self.stop = s
-                return
-
-    @property
-    def stopped_at_unknown_pivot(self) -> bool:
-        """Whether the pivot stopped the saga with an unknown outcome (it timed out or
-        was cancelled): then nothing is compensated and the saga ends FAILED."""
-        stop = self.stop
-        return stop is not None and stop.kind is StepKind.PIVOT and stop.name in self.unknown
-
-    @property
-    def compensating(self) -> bool:
-        """Whether the calls' outcomes call for compensation."""
-        if self.forward_done or self.stop is None:
-            return False
-        if not self.run.complete and self.run.result.status is SagaStatus.RUNNING:
-            return False
-        return self.stop.kind is not StepKind.RETRIABLE and not self.stopped_at_unknown_pivot
-
-    def expected_undo(self) -> list[str]:
-        assert self.stop is not None
-        if self.stopped_at_unknown_pivot:
-            return []
-        return [
-            s.name
-            for s in reversed(self.spec.steps[: self.stop.index + 1])
-            if s.compensation is not None
-            and (s.name in self.completed or s.name in self.unknown)
-        ]
-
-    def seen_undo(self) -> list[str]:
-        order: list[str] = []
-        for e in self.history:
-            if isinstance(e, (ev.CompensationStarted, ev.CompensationFailed)) and (
-                not order or order[-1] != e.step
-            ):
-                assert e.step is not None
-                order.append(e.step)
-        return order
 
     def fail(self, number: int, detail: str) -> None:
         self.found.append(Violation(number, INVARIANTS[number], detail))
@@ -277,28 +202,8 @@ class _Checker:
             self.fail(1, f"expected {expected.value} ({why}); seen {status.value}")
         self._matches_plan()
 
-    def _planned_stop(self) -> tuple[int, str] | None:
-        """The step where the plan stops the forward steps, if it does and it is reached."""
-        plan, spec = self.run.plan, self.spec
-        if plan is None:
-            return None
-        stops: list[tuple[int, str]] = []
-        if plan.step is not None and plan.step not in self.skipped:
-            stops.append((spec.index[plan.step], f"the plan fails {plan.step!r} for good"))
-        d = plan.deadline
-        if d is not None and spec.deadline is not None:
-            for s in spec.steps[spec.index[d.step]:]:
-                if s.kind is StepKind.RETRIABLE:
-                    break  # the deadline does not stop retriable steps
-                if d.during and s.name in self.skipped:
-                    continue
-                when = "while" if d.during else "before"
-                stops.append((s.index, f"the plan passes the deadline {when} {s.name!r} runs"))
-                break
-        return min(stops) if stops else None
-
     def _matches_plan(self) -> None:
-        planned = self._planned_stop()
+        planned = self.planned_stop()
         if planned is None:
             return
         index, why = planned
@@ -312,7 +217,7 @@ class _Checker:
         plan = run.plan
         if plan is None or not run.complete or plan.has_permanent_failure(self.spec):
             return
-        if self.user_errors or self._deadline_cut():
+        if self.user_errors or self.deadline_cut():
             return  # explained elsewhere: a step's own error, or retries out of time
         comps = [c for c in run.calls if c.direction is COMPENSATE]
         if run.result.status is not SagaStatus.COMPLETED or comps:
@@ -320,16 +225,6 @@ class _Checker:
             self.fail(2, f"{plan!r} has no permanent failure; expected COMPLETED with no "
                          f"compensation; seen {run.result.status.value}, compensated: "
                          f"{undone}")
-
-    def _deadline_cut(self) -> bool:
-        """Whether the deadline stopped the forward steps (not the plan's failures)."""
-        error = self.run.result.error
-        reason = getattr(error, "reason", None)
-        if isinstance(error, SagaDeadlineExceeded) or isinstance(reason, SagaDeadlineExceeded):
-            return True
-        return self.stop is not None and (
-            self._reason_to_give_up(self.stop, FORWARD) == "deadline"
-        )
 
     def i3_reverse_order(self) -> None:
         seen = self.seen_undo()
@@ -381,53 +276,6 @@ class _Checker:
             if why:
                 self.fail(4, f"{s.name!r} was compensated, but {why}")
 
-    def _reason_to_give_up(self, s: StepSpec, direction: Direction) -> str | None:
-        """Why the last call of ``s`` in ``direction`` was its last, if it failed."""
-        calls = (self.fwd if direction is FORWARD else self.comp)[s.name]
-        if not calls or calls[-1].ok:
-            return None
-        last = calls[-1]
-        policy = s.retry if direction is FORWARD else s.compensation_retry
-        if last.reported == "cancelled":
-            return "cancelled"
-        outcome = self.run.result.error
-        if isinstance(outcome, SagaCancelled) or isinstance(
-            getattr(outcome, "reason", None), SagaCancelled
-        ):
-            return "cancelled"  # while the retry waited
-        if last.attempt >= policy.attempts:
-            return "budget"
-        error = last.error if last.reported == "error" else StepTimeout(s.index, s.name, 0)
-        if error is None or not policy.is_retryable(error):
-            return "not retryable"
-        if direction is FORWARD:
-            limit = self.run.deadline_at if s.kind is not StepKind.RETRIABLE else None
-        else:
-            limit = self.run.compensation_deadline_at
-        if limit is not None:
-            if self._time_after_retry(s, direction, last.attempt) >= limit - 1e-6:
-                return "deadline"  # the deadline passed while the retry waited
-            if last.reported == "timeout" and last.timeout is not None and (
-                last.at + last.timeout >= limit - 1e-6
-            ):
-                return "deadline"
-            end = last.ended if last.ended is not None else last.at
-            if end + backoff_delay(policy, last.attempt, self._rand()) >= limit - 1e-9:
-                return "deadline"
-        return None
-
-    def _time_after_retry(self, s: StepSpec, direction: Direction, attempt: int) -> float:
-        """When the run next acted after scheduling retry ``attempt + 1`` (or -inf)."""
-        kind = ev.StepRetrying if direction is FORWARD else ev.CompensationRetrying
-        history = self.history
-        for i, e in enumerate(history):
-            if isinstance(e, kind) and e.step == s.name and e.attempt == attempt:
-                return history[i + 1].at if i + 1 < len(history) else -math.inf
-        return -math.inf
-
-    def _rand(self) -> float:
-        return 0.0 if self.run.rand is None else self.run.rand
-
     def i5_budgets(self) -> None:
         spec, run = self.spec, self.run
         for s in spec.steps:
@@ -455,7 +303,7 @@ class _Checker:
                     continue
                 if calls[-1].reported == "cancelled":
                     continue
-                if self._reason_to_give_up(s, direction) is None:
+                if self.reason_to_give_up(s, direction) is None:
                     last = calls[-1]
                     self.fail(5, f"{what} gave up after attempt {last.attempt} of "
                                  f"{policy.attempts} though its error "
@@ -748,23 +596,8 @@ class _Checker:
                               "allow_step_errors=True")
             else:
                 self.fail(10, f"the compensation of {step!r} raised {err} by itself at {at}."
-                              f" {self._undo_context(step)} A compensation must succeed, "
+                              f" {self.undo_context(step)} A compensation must succeed, "
                               "and tolerate \"nothing to undo\"")
-
-    def _undo_context(self, step: str) -> str:
-        calls = self.fwd[step]
-        if not calls:
-            return "Its step never ran."
-        last = calls[-1]
-        if last.ok:
-            return "Its step had completed."
-        if last.reported in ("timeout", "cancelled"):
-            took = "after taking effect" if last.ran_user and last.user_error is None else (
-                "before taking effect: there was nothing to undo"
-            )
-            return f"Its step {'timed out' if last.reported == 'timeout' else 'was cancelled'}" \
-                   f" {took}."
-        return "Its step had failed."
 
     def i11_snapshot(self) -> None:
         run = self.run
