@@ -383,10 +383,16 @@ class Orchestrator:
         """:meth:`recover`, resuming up to ``concurrency`` sagas at once on this loop
         (a durable store then commits their checkpoints together)."""
         report = RecoveryReport()
-        gate = asyncio.Semaphore(concurrency)
+        # Each saga is decoded when a resumer is free for it: no task, and no decoded
+        # record waiting, per saga in the store.
+        found = (self._recoverable(stored, report)
+                 for stored in list(self.store.scan(status=_ACTIVE)))
 
-        async def resume(spec: SagaSpec, record: SagaRecord, told: int) -> None:
-            async with gate:
+        async def resumer() -> None:
+            for each in found:  # shared: every resumer takes the next saga
+                if each is None:
+                    continue
+                spec, record, told = each
                 try:
                     await self.adrive(spec, record, told)
                 except Exception as exc:
@@ -394,13 +400,7 @@ class Orchestrator:
                 else:
                     report.resumed[record.saga_id] = record.status
 
-        tasks = []
-        for stored in list(self.store.scan(status=_ACTIVE)):
-            found = self._recoverable(stored, report)
-            if found is not None:
-                tasks.append(asyncio.ensure_future(resume(*found)))
-        if tasks:
-            await asyncio.gather(*tasks)
+        await asyncio.gather(*(resumer() for _ in range(max(1, concurrency))))
         return report
 
     def _recoverable(
