@@ -324,27 +324,34 @@ def memory(n: int) -> tuple[float, float]:
     return asyncio.run(main())
 
 
-def handoff(n: int) -> float:
+def handoff(n: int, rounds: int = 7) -> tuple[float, float, float]:
     """Seconds of one round trip between two threads passing locks (no sagaflow): what a
-    sync run with timeouts pays at least, once per run, to run on a watched thread."""
-    go, done = threading.Lock(), threading.Lock()
-    go.acquire()
-    done.acquire()
+    sync run with timeouts pays at least, once per run, to run on a watched thread.
+    (min, median, max) over rounds, each with a fresh thread: the cost depends on whether
+    the scheduler puts the two threads on one core or two."""
 
-    def serve() -> None:
+    def once() -> float:
+        go, done = threading.Lock(), threading.Lock()
+        go.acquire()
+        done.acquire()
+
+        def serve() -> None:
+            for _ in range(n):
+                go.acquire()
+                done.release()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        t0 = time.perf_counter()
         for _ in range(n):
-            go.acquire()
-            done.release()
+            go.release()
+            done.acquire(timeout=30)
+        took = time.perf_counter() - t0
+        thread.join()
+        return took / n
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        go.release()
-        done.acquire(timeout=30)
-    took = time.perf_counter() - t0
-    thread.join()
-    return took / n
+    samples = sorted(once() for _ in range(rounds))
+    return samples[0], statistics.median(samples), samples[-1]
 
 
 def recovery(count: int) -> tuple[float, float]:
@@ -404,10 +411,11 @@ def report(quick: bool = False) -> None:
         print(f"{case:46} {t * 1e6:9.1f} {base * 1e6:9.2f} {t / base:6.1f}x {per_step * 1e6:17.2f}")
     print("  happy: 5 steps; fail@4: step 4 of 5 fails, 3 compensations (7 calls);")
     print("  overhead/step = (sagaflow - plain Python saga, same process) / calls made")
-    floor = handoff(2000 if quick else 20000)
+    low, mid, high = handoff(500 if quick else 3000)
     print(f"  one thread handoff (a bare lock round trip between two threads, no sagaflow): "
-          f"{floor * 1e6:.1f} µs; a sync run with timeouts pays it once: "
-          f"{floor * 1e6 / STEPS:.1f} µs/step of the happy path")
+          f"median {mid * 1e6:.1f} µs (from {low * 1e6:.1f} to {high * 1e6:.1f} over 7 "
+          f"rounds); a sync run with timeouts pays it once: {mid * 1e6 / STEPS:.1f} µs/step "
+          "of the happy path")
     print(f"decoration of a 10-step saga: {decoration(50 if quick else 300) * 1e3:.3f} ms (median)")
     count = 10_000 if quick else 100_000
     flow, base = memory(count)

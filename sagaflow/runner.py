@@ -43,6 +43,7 @@ from .records import SagaRecord, SagaResult, SagaStatus
 from .stores.base import AsyncStoreMixin
 
 if TYPE_CHECKING:
+    from .clock import Clock
     from .definition import SagaSpec
     from .runtime import Runtime
 
@@ -251,10 +252,13 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
     while True:
         watch = _Watch(told)
         thread = threads.take()
+        wait = _until_deadlines(floor, record, clock)
+        # Nothing between waking the thread and waiting for it: the thread, woken on
+        # another core, would find this one holding the GIL and wait a second time.
         thread.start(_watched, (rt, spec, record, watch), None)
         call: Call | None = None
         try:
-            while True:
+            while not thread.poll(wait):
                 with watch.guard:
                     deadline = watch.deadline
                     now = _monotonic()
@@ -262,19 +266,13 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
                         watch.taken_over = True  # overran: the call is abandoned
                         call = watch.call
                         break
-                wait = floor
-                if deadline is not None:
-                    wait = min(wait, deadline - now)
-                for limit in (record.deadline_at, record.compensation_deadline_at):
-                    if limit is not None:
-                        left = limit - clock.now()
-                        if left > 0:
-                            wait = min(wait, left)
-                if thread.poll(max(wait, 0.001)):
-                    threads.put(thread)
-                    if watch.error is not None:
-                        raise watch.error
-                    return
+                wait = floor if deadline is None else min(floor, deadline - now)
+                wait = _until_deadlines(wait, record, clock)
+            else:
+                threads.put(thread)
+                if watch.error is not None:
+                    raise watch.error
+                return
         except BaseException:
             watch.taken_over = True  # whatever the run does next, it does not write
             thread.give_up()
@@ -284,6 +282,16 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
         told = watch.told
         record.data = watch.before
         settle(spec, record, call, clock.now(), None, True, None, rt.rand)
+
+
+def _until_deadlines(wait: float, record: SagaRecord, clock: Clock) -> float:
+    """``wait``, cut short by the saga's deadlines still ahead (at least a millisecond)."""
+    for limit in (record.deadline_at, record.compensation_deadline_at):
+        if limit is not None:
+            left = limit - clock.now()
+            if 0 < left < wait:
+                wait = left
+    return max(wait, 0.001)
 
 
 # --- async -----------------------------------------------------------------------------
