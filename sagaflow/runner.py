@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -95,22 +94,25 @@ def _unstorable(
 # --- sync ------------------------------------------------------------------------------
 
 
+_NOTHING: dict[str, Any] = {}  # no call in flight (never written to)
+
+
 class _Watch:
     """What the thread running a saga shares with the thread watching its timeouts.
 
-    ``deadline`` (``time.monotonic``) is set while a call with a limit is in flight.
-    The watcher takes the run over when a call overruns; the runner checks
-    ``taken_over`` after every such call and, if so, leaves the record alone. ``told``
-    is how many of the record's history events the listeners heard, carried across
-    takeovers.
+    ``inflight`` describes the call in flight that has a limit: ``{"call": the call,
+    "at": its deadline (time.monotonic)}``. Whoever pops ``"call"`` from it owns the
+    call's outcome: the runner when the call returns, the watcher when it overruns
+    (popping is atomic, so exactly one of them gets it; no lock per call). ``before``
+    is the saga's fields as they were before that call. ``taken_over``: the run is
+    not the runner's any more (it stops before its next call). ``told`` is how many of
+    the record's history events the listeners heard, carried across takeovers.
     """
 
-    __slots__ = ("before", "call", "deadline", "error", "guard", "taken_over", "told")
+    __slots__ = ("before", "error", "inflight", "taken_over", "told")
 
     def __init__(self, told: int) -> None:
-        self.guard = threading.Lock()
-        self.deadline: float | None = None
-        self.call: Call | None = None
+        self.inflight: dict[str, Any] = _NOTHING
         self.taken_over = False
         self.error: BaseException | None = None
         self.before: Any = None
@@ -206,22 +208,19 @@ def _run_sync(
         if watch is not None and call.timeout is not None:
             # If this call is abandoned it keeps the instance; the run goes on with the
             # fields as they were, untouched by what it writes late.
-            before = shallow_copy(record.data)
-            with watch.guard:
-                if watch.taken_over:
-                    return
-                watch.call = call
-                watch.before = before
-                watch.deadline = _monotonic() + call.timeout
+            if watch.taken_over:
+                return
+            watch.before = shallow_copy(record.data)
+            inflight = {"call": call, "at": _monotonic() + call.timeout}
+            watch.inflight = inflight
             try:
                 fn(record.data, ctx)
                 error = None
             except Exception as exc:
                 error = exc
-            with watch.guard:
-                if watch.taken_over:
-                    return  # the watcher gave up on this call: the record is not ours
-                watch.deadline = None
+            if inflight.pop("call", None) is None:
+                return  # the watcher gave up on this call: the record is not ours
+            watch.inflight = _NOTHING
         else:
             try:
                 fn(record.data, ctx)
@@ -259,13 +258,15 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
         call: Call | None = None
         try:
             while not thread.poll(wait):
-                with watch.guard:
-                    deadline = watch.deadline
-                    now = _monotonic()
-                    if deadline is not None and now >= deadline:
-                        watch.taken_over = True  # overran: the call is abandoned
-                        call = watch.call
+                inflight = watch.inflight
+                deadline = inflight.get("at")
+                now = _monotonic()
+                if deadline is not None and now >= deadline:
+                    call = inflight.pop("call", None)
+                    if call is not None:  # overran: the call is abandoned, the run is ours
+                        watch.taken_over = True
                         break
+                    deadline = None  # it returned just now
                 wait = floor if deadline is None else min(floor, deadline - now)
                 wait = _until_deadlines(wait, record, clock)
             else:
@@ -275,6 +276,7 @@ def _watch(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int) -> None:
                 return
         except BaseException:
             watch.taken_over = True  # whatever the run does next, it does not write
+            watch.inflight.pop("call", None)
             thread.give_up()
             raise
         thread.give_up()  # the thread ends when the abandoned call returns
