@@ -125,7 +125,9 @@ class Committer:
         self._done = threading.Condition()
         self._waiting = 0
         self._on_loop = on_loop  #: async writes are committed on their loop's thread
-        self._drain_scheduled = False
+        # Loops that have a drain of the queue scheduled (one each: a loop closed before
+        # its drain ran leaves the others unaffected).
+        self._draining: set[asyncio.AbstractEventLoop] = set()
 
     # -- sync callers ------------------------------------------------------------------
 
@@ -197,8 +199,8 @@ class Committer:
                 self.pending.remove(item)
                 raise self._closed() or StoreError("the store is closed")
         if self._on_loop or alone:
-            if not self._drain_scheduled:
-                self._drain_scheduled = True
+            if loop not in self._draining:
+                self._draining.add(loop)
                 loop.call_soon(self._drain_on_loop, loop)
             return item.future
         self._wake()
@@ -210,7 +212,7 @@ class Committer:
         hold the loop (a sync to disk, a round trip), only a write still alone is
         written here; the writer threads take the rest, as they do if a sync caller
         holds the lane."""
-        self._drain_scheduled = False
+        self._draining.discard(loop)
         lane = self.lanes[0]
         pending = self.pending
         while pending:

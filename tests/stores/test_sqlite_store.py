@@ -715,3 +715,26 @@ def test_a_record_read_back_is_saved_by_encoding_only_what_changed(tmp_path: Pat
         with pytest.raises(ConcurrentModification):
             again.save(copy)
         assert codec.rows == 1 + len(copy.history)
+
+
+@pytest.mark.filterwarnings(
+    "ignore::RuntimeWarning", "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+def test_a_loop_closed_before_its_drain_ran_holds_up_no_other_loop(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "loops.db", synchronous="NORMAL")
+    stranded, other = record_of(Order(), "l-1"), record_of(Order(), "l-2")
+    store.create(stranded)
+    store.create(other)
+    dead = asyncio.new_event_loop()
+    task = dead.create_task(store.asave(stranded))  # queues its write, schedules a drain...
+    dead.call_soon(dead.stop)
+    dead.run_forever()  # ...which never runs: the loop stops, then closes
+    dead.close()
+    assert not task.done()
+
+    async def save() -> None:
+        await asyncio.wait_for(store.asave(other), 5)
+
+    asyncio.run(save())  # another loop's write goes through, and takes the stranded one
+    assert stored_version(store.path, "l-2") == 1 and stored_version(store.path, "l-1") == 1
+    store.close()
