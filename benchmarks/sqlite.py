@@ -251,21 +251,25 @@ def growth_by_steps(directory: str, n: int, rounds: int) -> list[Row]:
 
 def growth_by_store(directory: str, n: int, rounds: int, big: int) -> list[Row]:
     """Sagas/s (NORMAL, sync, one at a time) with 1,000 and ``big`` finished sagas in the
-    store: a checkpoint's cost should not grow with what the store holds."""
-    rates: dict[int, list[float]] = {}
+    store, in alternating rounds: a checkpoint's cost should not grow with what the
+    store holds."""
+    runs: dict[int, Callable[[int], None]] = {}
+    stores = []
     for size in (1_000, big):
-        path = os.path.join(directory, f"filled-{size}.db")
-        store = SQLiteStore(path, synchronous="NORMAL")
+        store = SQLiteStore(os.path.join(directory, f"filled-{size}.db"), synchronous="NORMAL")
         orch = Orchestrator(store=store)
         fill(store, orch, size)
-        fn = runner(orch, Bench, "run")
-        fn(20)
-        for _ in range(rounds):
+        runs[size] = runner(orch, Bench, "run")
+        runs[size](20)
+        stores.append(store)
+    rates: dict[int, list[float]] = {size: [] for size in runs}
+    for k in range(rounds):
+        for size in sorted(runs, reverse=bool(k % 2)):
             gc.collect()
             t0 = time.perf_counter()
-            fn(n)
-            rates.setdefault(size, []).append(n / (time.perf_counter() - t0))
-        orch.close()
+            runs[size](n)
+            rates[size].append(n / (time.perf_counter() - t0))
+    for store in stores:
         store.close()
     small, large = statistics.median(rates[1_000]), statistics.median(rates[big])
     return [
