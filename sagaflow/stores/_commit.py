@@ -4,19 +4,19 @@ row is committed.
 A write is encoded when it is submitted (the engine mutates the record as soon as the
 caller goes on) and queued. Sync callers (threads) write the queue themselves: alone,
 a caller writes its own row at once; otherwise it takes the pending writes, its own
-among them, and commits them together, so one sync to disk serves them all. Async
-callers (tasks of any event loop) are served by writer threads, one per *lane* (a
-connection of the store's own and its lock): a writer takes every pending write, and
-each waiting task is woken on its own loop (one wake-up per loop and batch).
+among them, and commits them together, so one sync to disk serves them all.
 
-A saga alone (no other async saga there to share a commit with) has its checkpoints
-written on the loop's thread, without a round trip to a writer thread that would only
-add to the commit: at once, but for its first (which waits for the loop's turn to end,
-in case other sagas are starting too). Where a commit costs
-the loop next to nothing (SQLite without a sync to disk per commit), async writes skip
-the thread altogether: the first write queued schedules a drain on the loop itself,
-which runs once every task ready in that turn of the loop has queued its own checkpoint,
-and commits them together.
+Async callers (tasks of any event loop): the first write queued in a turn of the loop
+schedules a drain for the end of that turn, when every task that was ready has queued
+its own checkpoint; they are committed together. Where a commit costs the loop next to
+nothing (SQLite without a sync to disk per commit) the drain writes them on the loop's
+thread; otherwise writer threads do, one per *lane* (a connection of the store's own
+and its lock), so that the loop runs on during the sync to disk or the round trip, and
+each waiting task is woken on its own loop (one wake-up per loop and batch). A saga
+alone (no other async saga to share a commit with) is written on its loop's thread
+too, without the round trip to a writer thread that would only add to its commit: at
+once, but for its first write (which waits for the turn to end, in case other sagas
+are starting with it).
 """
 
 from __future__ import annotations
@@ -198,12 +198,11 @@ class Committer:
             with contextlib.suppress(ValueError):
                 self.pending.remove(item)
                 raise self._closed() or StoreError("the store is closed")
-        if self._on_loop or alone:
-            if loop not in self._draining:
-                self._draining.add(loop)
-                loop.call_soon(self._drain_on_loop, loop)
-            return item.future
-        self._wake()
+        # At the end of this turn of the loop, every task that was ready has queued its
+        # checkpoint: they go together (here, or to a writer thread).
+        if loop not in self._draining:
+            self._draining.add(loop)
+            loop.call_soon(self._drain_on_loop, loop)
         return item.future
 
     def _drain_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:

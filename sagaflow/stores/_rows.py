@@ -13,6 +13,7 @@ the saga runs, and encodes only the new items (:class:`Tracked`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import operator
 from collections.abc import Callable, Sequence
@@ -138,17 +139,16 @@ class Tracked:
 
     def steps(self, codec: Codec, steps: list[StepRecord]) -> str:
         """The steps column now, re-encoding only the step records whose values changed."""
-        dump_step = codec.dump_step
-        values, texts = self.step_values, self.step_texts
         now = list(map(_step_values, steps))
-        if texts is None or len(values) != len(now):
-            self.step_values, self.step_texts = now, list(map(dump_step, steps))
-        elif now != values:
-            for i, v in enumerate(now):
-                if v != values[i]:
-                    values[i] = v
-                    texts[i] = dump_step(steps[i])
-        return "[" + ",".join(self.step_texts) + "]"  # type: ignore[arg-type]
+        texts = self.step_texts
+        if texts is None or len(self.step_values) != len(now):
+            texts = self.step_texts = list(map(codec.dump_step, steps))
+        elif now != self.step_values:
+            dump_step = codec.dump_step
+            for i in itertools.compress(range(len(now)), map(operator.ne, now, self.step_values)):
+                texts[i] = dump_step(steps[i])
+        self.step_values = now
+        return "[" + ",".join(texts) + "]"
 
 
 def step_values(steps: list[StepRecord]) -> list[Any]:
