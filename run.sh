@@ -15,7 +15,10 @@ VENV=${VENV:-.venv}
 say() { echo "run.sh: $*" >&2; }
 
 setup() {
-    local extras=$1 stamp="$VENV/.installed-$1"
+    # The stamp holds a digest of what decides the install, not a time: a work tree laid
+    # anew (fresh mtimes) or a changed dependency list both reinstall when they must.
+    local extras=$1 stamp="$VENV/.installed-$1" digest
+    digest=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
     if [ ! -x "$VENV/bin/python" ]; then
         if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             say "sagaflow needs Python 3.11 or later; '$PYTHON' is not: set PYTHON=python3.11 (or later)"
@@ -24,7 +27,7 @@ setup() {
         say "making the virtual environment $VENV (once)"
         "$PYTHON" -m venv "$VENV"
     fi
-    if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$digest" ]; then
         say "installing sagaflow and what '$cmd' needs ($extras) into $VENV:" \
             "about a minute the first time, quiet while it works..."
         local started=$SECONDS
@@ -33,7 +36,7 @@ setup() {
         # folder is the package itself, so the warning is only noise on a first run.
         PYTHONWARNINGS="ignore:Editable installation" \
             "$VENV/bin/python" -m pip install --quiet -e ".[$extras]"
-        touch "$stamp"
+        echo "$digest" > "$stamp"
         say "installed in $((SECONDS - started))s; running '$cmd'"
     fi
 }

@@ -24,10 +24,10 @@ import msgspec
 
 from sagaflow import StepRecord, StepStatus, events, saga, step
 from sagaflow.codec import Codec
-from sagaflow.definition import spec_of
 from sagaflow.engine import new_record
 from sagaflow.errors import StepError
 from sagaflow.records import CompensationStatus, SagaRecord
+from sagaflow.spec import spec_of
 
 _ROOT = Path(__file__).resolve().parent.parent
 

@@ -40,8 +40,8 @@ from typing import Any
 import attrs
 
 from sagaflow import Orchestrator, SagaStatus, saga, step
-from sagaflow.definition import spec_of
 from sagaflow.engine import Call, new_record, next_command, settle
+from sagaflow.spec import spec_of
 from sagaflow.stores.sqlite import SQLiteStore
 
 from .rows import Row, show

@@ -7,7 +7,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 from . import events
 from .context import Direction, StepContext
 from .definition import saga, step
-from .diagram import diagram
+from .diagram import draw
 from .errors import (
     AlreadyExecuting,
     CodecError,
@@ -77,7 +77,7 @@ __all__ = [
     "UnknownSaga",
     "UnknownSagaClass",
     "backoff_delay",
-    "diagram",
+    "draw",
     "events",
     "is_saga",
     "saga",

@@ -18,7 +18,6 @@ import attrs
 
 from . import events as ev
 from .context import Direction
-from .definition import SagaSpec, StepKind
 from .errors import (
     CodecError,
     CompensationError,
@@ -35,6 +34,7 @@ from .errors import (
 from .machine import COMPENSATED, COMPLETED, FAILED, compensation_state
 from .policy import Retry, backoff_delay
 from .records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
+from .spec import SagaSpec, StepKind
 
 __all__ = [
     "Call",

@@ -10,7 +10,6 @@ import attrs
 
 from . import engine, queue
 from .clock import Clock
-from .definition import SagaSpec, spec_of
 from .engine import new_record
 from .errors import (
     AlreadyExecuting,
@@ -28,6 +27,7 @@ from .events import Listener, Listeners, OperatorAction, logger
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import adrive, drive, stored_result
 from .runtime import Runtime
+from .spec import SagaSpec, spec_of
 from .stores import MemoryStore, Store, Stored, open_store
 from .stores.base import Quarantined
 

@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from .clock import Clock, SystemClock
-from .definition import spec_of
 from .engine import new_record
 from .errors import SagaflowError, SagaNotFound
 from .records import SagaRecord, SagaResult, SagaStatus
+from .spec import spec_of
 
 __all__ = [
     "QueueStore",

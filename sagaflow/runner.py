@@ -43,8 +43,8 @@ from .stores.base import AsyncStoreMixin
 
 if TYPE_CHECKING:
     from .clock import Clock
-    from .definition import SagaSpec
     from .runtime import Runtime
+    from .spec import SagaSpec
 
 __all__ = ["adrive", "drive", "stored_result"]
 

@@ -50,11 +50,11 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from .clock import Clock, SystemClock
-from .definition import SagaSpec, spec_of
 from .errors import ConcurrentModification, LeaseLost, StoreError
 from .events import Listener
 from .orchestrator import Migration, Orchestrator
 from .queue import aenqueue, enqueue, enqueue_many, wait, wait_async
+from .spec import SagaSpec, spec_of
 from .stores import Store
 from .stores.url import open_store, postgres_module
 

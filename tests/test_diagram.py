@@ -29,10 +29,11 @@ from sagaflow import (
     spec_of,
     step,
 )
+from sagaflow import draw as sagaflow_draw
 from sagaflow.cli import load
 from sagaflow.definition import StepDef
 from sagaflow.diagram import (
-    diagram,
+    draw,
     file_stem,
     format_for,
     render,
@@ -702,16 +703,25 @@ def test_bad_input_gets_a_clear_error():
         render(record)
 
 
-def test_write_and_diagram_pick_the_format_from_the_suffix(tmp_path):
+def test_write_and_draw_pick_the_format_from_the_suffix(tmp_path):
     for suffix, fmt in ((".dot", "dot"), (".gv", "dot"), (".mmd", "mermaid"), (".svg", "svg")):
         path = write(FeatureSaga, tmp_path / f"f{suffix}")
         assert format_for(path) == fmt
         assert path.read_text(encoding="utf-8") == render(FeatureSaga, fmt)
     out = tmp_path / "d.mmd"
-    assert diagram(FeatureSaga, output=out) == out.read_text(encoding="utf-8")
+    assert draw(FeatureSaga, output=out) == out.read_text(encoding="utf-8")
     assert out.read_text(encoding="utf-8").startswith("stateDiagram-v2")
-    assert diagram(FeatureSaga) == render(FeatureSaga, "dot")
+    assert draw(FeatureSaga) == render(FeatureSaga, "dot")
     assert file_stem("Order saga/v2") == "Order_saga_v2"
+
+
+def test_the_diagram_package_is_not_shadowed_by_a_function_of_the_same_name():
+    # `import sagaflow.diagram as d` once gave the function `diagram`, not the package
+    # (sagaflow/__init__ rebound the attribute): one name, one thing.
+    import sagaflow.diagram as package
+
+    assert isinstance(package, type(importlib))
+    assert package.draw is sagaflow_draw
 
 
 # --------------------------------------------------------------------------- diagrams/

@@ -9,7 +9,7 @@ from ..errors import GraphvizNotFound
 from .render import (
     FORMATS,
     SUFFIXES,
-    diagram,
+    draw,
     file_stem,
     format_for,
     render,
@@ -23,7 +23,7 @@ __all__ = [
     "FORMATS",
     "SUFFIXES",
     "GraphvizNotFound",
-    "diagram",
+    "draw",
     "file_stem",
     "format_for",
     "render",

@@ -108,7 +108,7 @@ def _resolve(obj: Diagrammable, saga: object | None) -> tuple[SagaSpec, Run | No
         else:
             raise TypeError(
                 f"cannot tell which saga class made the run {obj.saga_id!r} (its data is "
-                f"{type(obj.data).__name__}): pass it, diagram(run, saga=TheSagaClass)"
+                f"{type(obj.data).__name__}): pass it, draw(run, saga=TheSagaClass)"
             )
         if obj.saga_name != spec.name:
             raise ValueError(

@@ -128,7 +128,7 @@ def write(
     return target
 
 
-def diagram(
+def draw(
     obj: Diagrammable,
     format: str | None = None,
     *,
@@ -138,7 +138,7 @@ def diagram(
     """Draw ``obj`` (see :func:`render`); with ``output``, also write it there.
 
     The format defaults to the one ``output``'s suffix names, else ``"dot"``:
-    ``diagram(UnbundleSaga, "mermaid")``, ``diagram(result, output="run.svg")``.
+    ``draw(UnbundleSaga, "mermaid")``, ``draw(result, output="run.svg")``.
     """
     if format is None:
         format = "dot" if output is None else format_for(output)

@@ -16,10 +16,10 @@ import operator
 from typing import Any
 
 from ..codec.diagnose import short
-from ..definition import SagaSpec
 from ..errors import CorruptRecord, SagaflowError
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
+from ..spec import SagaSpec
 
 _step_values = operator.attrgetter(
     "name", "status", "attempts", "started_at", "finished_at", "error", "timed_out",

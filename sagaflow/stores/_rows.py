@@ -23,9 +23,9 @@ import attrs
 
 from ..codec import Codec, describe_failure
 from ..codec.diagnose import short
-from ..definition import SagaSpec
 from ..errors import CorruptRecord, StoreError
 from ..records import SagaRecord, SagaStatus, StepRecord
+from ..spec import SagaSpec
 from ._check import check_record
 
 __all__ = [

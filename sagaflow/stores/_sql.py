@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 import attrs
 
 from ..codec import Codec, default_codec, import_path, type_path
-from ..definition import is_saga, spec_of
 from ..errors import CodecError, SagaNotFound, StoreError, UnknownSagaClass
 from ..records import SagaRecord, SagaStatus
+from ..spec import is_saga, spec_of
 from ._commit import Committer, Write
 from ._rows import (
     COLUMNS,
