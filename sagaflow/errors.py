@@ -20,13 +20,16 @@ __all__ = [
     "SagaDefinitionError",
     "SagaNotFound",
     "SagaQuarantined",
+    "SagaRejected",
     "SagaflowError",
     "ScaffoldError",
+    "SignalRefused",
     "StepError",
     "StepTimeout",
     "StoreError",
     "UnknownSaga",
     "UnknownSagaClass",
+    "WaitTimedOut",
 ]
 
 
@@ -98,6 +101,57 @@ class SagaCancelled(SagaflowError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.step,))
+
+
+class SagaRejected(SagaflowError):
+    """A business "no": raise it from a step or a wait's handler to reject the saga.
+
+    A rejection is not a technical failure: it is never retried, the completed steps
+    are compensated, and the saga ends COMPENSATED with this error as its outcome
+    (FAILED, for an operator, when it comes after the pivot). ``step`` is filled in by
+    the engine with the step or wait that rejected.
+    """
+
+    def __init__(self, reason: str, step: str | None = None) -> None:
+        self.reason = reason
+        self.step = step
+        where = f" at {step!r}" if step else ""
+        super().__init__(f"saga rejected{where}: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.reason, self.step))
+
+
+class WaitTimedOut(SagaflowError):
+    """A wait's time ran out before its signal came (the saga compensated or failed)."""
+
+    def __init__(self, step: str, signal: str | None, timeout: float) -> None:
+        self.step = step
+        self.signal = signal
+        self.timeout = timeout
+        what = f"signal {signal!r}" if signal else "its timer"
+        super().__init__(f"wait {step!r} timed out after {timeout:g}s without {what}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.step, self.signal, self.timeout))
+
+
+class SignalRefused(SagaflowError, ValueError):
+    """A signal that cannot be delivered; nothing was stored.
+
+    ``reason`` says why (the saga finished, does not wait for that name, the payload
+    does not decode to the declared type, no saga has that business key) and the fix.
+    """
+
+    def __init__(self, saga_id: str | None, signal: str, reason: str) -> None:
+        self.saga_id = saga_id
+        self.signal = signal
+        self.reason = reason
+        whom = f"saga {saga_id!r}" if saga_id else "no saga"
+        super().__init__(f"signal {signal!r} to {whom} refused: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.saga_id, self.signal, self.reason))
 
 
 class CompensationError(SagaflowError):

@@ -19,6 +19,7 @@ __all__ = [
     "SagaRecord",
     "SagaResult",
     "SagaStatus",
+    "Signal",
     "StepRecord",
     "StepStatus",
 ]
@@ -54,6 +55,8 @@ class StepStatus(enum.Enum):
     SKIPPED = "SKIPPED"  #: a conditional step whose guard was false
     FAILED = "FAILED"  #: failed for good
     TIMED_OUT = "TIMED_OUT"  #: failed for good, and its outcome is unknown
+    WAITING = "WAITING"  #: a wait: parked for its signal or its time
+    REJECTED = "REJECTED"  #: it rejected the saga for a business reason (SagaRejected)
 
 
 class CompensationStatus(enum.Enum):
@@ -143,11 +146,37 @@ class SagaRecord:
     version: int = 0
     resolution: str | None = None  #: an operator's note: this FAILED saga was handled by hand
     path: list[tuple[str, str, str]] = attrs.field(factory=list)
+    #: Parked at a wait, holding nothing in any process: ``None`` when not parked; the
+    #: signal's name it waits for; ``""`` for a timer (it wakes at ``wake_at`` only).
+    waiting: str | None = None
+    #: Per signal name, the arrival number (:attr:`Signal.seq`) of the last one delivered:
+    #: a signal is delivered by the checkpoint that moves this mark, so exactly once.
+    signal_marks: dict[str, int] = attrs.field(factory=dict)
+    #: The business key the saga class declares (``@saga(key=...)``), as text: signals
+    #: can find the saga by it.
+    business_key: str | None = None
 
     @property
     def steps_executed(self) -> int:
         """Forward steps that completed."""
         return sum(1 for s in self.steps if s.status is StepStatus.COMPLETED)
+
+
+@attrs.frozen
+class Signal:
+    """A signal as the store keeps it: durable once stored, delivered once.
+
+    ``seq`` orders a saga's signals by arrival (it only grows); ``payload`` is the JSON
+    text of the payload (the codec's encoding of the declared attrs class);
+    ``signal_id`` is the caller's id (a second signal with it is ignored) or a fresh one.
+    """
+
+    saga_id: str
+    seq: int
+    name: str
+    signal_id: str
+    payload: str
+    at: float
 
 
 @attrs.frozen
