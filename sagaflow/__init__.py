@@ -6,7 +6,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 
 from . import events
 from .context import Direction, StepContext
-from .definition import saga, step
+from .definition import saga, step, timer, wait
 from .diagram import draw
 from .errors import (
     AlreadyExecuting,
@@ -25,17 +25,28 @@ from .errors import (
     SagaflowError,
     SagaNotFound,
     SagaQuarantined,
+    SagaRejected,
     ScaffoldError,
+    SignalRefused,
     StepError,
     StepTimeout,
     StoreError,
     UnknownSaga,
     UnknownSagaClass,
+    WaitTimedOut,
 )
 from .orchestrator import Orchestrator, RecoveryReport
 from .policy import Retry, backoff_delay
-from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepRecord, StepStatus
-from .spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
+from .records import (
+    CompensationStatus,
+    SagaRecord,
+    SagaResult,
+    SagaStatus,
+    Signal,
+    StepRecord,
+    StepStatus,
+)
+from .spec import OnTimeout, SagaSpec, StepKind, StepSpec, is_saga, spec_of
 
 __version__ = "0.1.0"
 
@@ -50,6 +61,7 @@ __all__ = [
     "GraphvizNotFound",
     "InvalidTransition",
     "LeaseLost",
+    "OnTimeout",
     "OperatorError",
     "Orchestrator",
     "RecoveryReport",
@@ -61,11 +73,14 @@ __all__ = [
     "SagaNotFound",
     "SagaQuarantined",
     "SagaRecord",
+    "SagaRejected",
     "SagaResult",
     "SagaSpec",
     "SagaStatus",
     "SagaflowError",
     "ScaffoldError",
+    "Signal",
+    "SignalRefused",
     "StepContext",
     "StepError",
     "StepKind",
@@ -76,6 +91,7 @@ __all__ = [
     "StoreError",
     "UnknownSaga",
     "UnknownSagaClass",
+    "WaitTimedOut",
     "backoff_delay",
     "draw",
     "events",
@@ -83,4 +99,6 @@ __all__ = [
     "saga",
     "spec_of",
     "step",
+    "timer",
+    "wait",
 ]

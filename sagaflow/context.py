@@ -41,6 +41,7 @@ class StepContext:
         "direction",
         "saga_id",
         "saga_name",
+        "signal",
         "step",
         "timeout",
     )
@@ -59,6 +60,8 @@ class StepContext:
     ) -> None:
         self.saga_id = saga_id
         self.saga_name = saga_name
+        #: a wait's handler: the payload of the signal being delivered
+        self.signal: Any = None
         self._clock = clock
         # No list until the call emits something: most calls emit nothing.
         self._pending: list[Any] | tuple[()] = ()

@@ -14,6 +14,7 @@ import itertools
 import math
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar, cast, overload
 
 import attrs
@@ -29,11 +30,13 @@ from .machine import (
 from .policy import COMPENSATION_RETRY, NO_RETRY, RETRIABLE_RETRY, Retry
 from .spec import (
     SPEC_ATTRIBUTE,
+    OnTimeout,
     Predicate,
     SagaSpec,
     StepFn,
     StepKind,
     StepSpec,
+    WaitSpec,
     callable_name,
     is_saga,
     spec_of,
@@ -50,6 +53,8 @@ __all__ = [
     "saga",
     "spec_of",
     "step",
+    "timer",
+    "wait",
 ]
 
 T = TypeVar("T")
@@ -81,6 +86,18 @@ def _owner_of(fn: object) -> tuple[str, str]:
     qualname = getattr(fn, "__qualname__", "")
     owner = qualname.rpartition(".")[0] if "." in qualname else ""
     return getattr(fn, "__module__", None) or "", owner
+
+
+@attrs.frozen
+class _WaitDecl:
+    """What ``@wait`` or ``@timer`` was given, as given: ``@saga`` checks it."""
+
+    signal: Any
+    payload: Any
+    timeout: Any
+    on_timeout: Any
+    after: Any = None
+    at: Any = None
 
 
 @attrs.frozen(eq=False)
@@ -117,6 +134,8 @@ class StepDef:
     retriable: Any = False
     order: int = attrs.field(factory=lambda: next(_counter))
     compensations: list[CompensationDef] = attrs.field(factory=list, repr=False)
+    #: what ``@wait``/``@timer`` declared (checked by ``@saga``); ``None`` for a step
+    wait: _WaitDecl | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None or not hasattr(self.fn, "__get__"):
@@ -208,6 +227,56 @@ def step(
     return make if fn is None else make(fn)
 
 
+def _declare(fn: StepFn, name: str | None, when: Predicate | None, decl: _WaitDecl) -> StepDef:
+    made = StepDef(fn=fn, name=name, timeout=None, when=when, wait=decl)
+    with _lock:
+        _made_for.setdefault(_owner_of(fn), []).append(made)
+    return made
+
+
+def wait(
+    signal: str,
+    *,
+    payload: type | None = None,
+    timeout: float | timedelta,
+    on_timeout: str | OnTimeout | None = None,
+    when: Predicate | None = None,
+    name: str | None = None,
+) -> Callable[[StepFn], StepDef]:
+    """Mark a method as a wait: the saga parks durably until signal ``signal`` comes.
+
+    The method is the signal's handler, ``(self, payload, ctx)`` (``(self, ctx)`` when
+    the signal has no ``payload`` class): it may record data on the saga, raise
+    :class:`~sagaflow.SagaRejected` (a business "no": the saga compensates), or raise
+    any other error (a failure, never retried). ``timeout`` (seconds or a timedelta) is
+    required: a wait never waits for ever. ``on_timeout`` is ``"compensate"`` (the
+    default before the pivot), ``"continue"`` (go on without the signal), or ``"fail"``
+    (end FAILED for an operator: the default after the pivot). ``when`` makes the wait
+    conditional, like a step's. A parked saga holds no thread, task or memory: it is a
+    row with a wake time; :meth:`Orchestrator.signal` delivers.
+    """
+    decl = _WaitDecl(signal, payload, timeout, on_timeout)
+    return lambda fn: _declare(fn, name, when, decl)
+
+
+def timer(
+    *,
+    after: float | timedelta | Callable[[Any], Any] | None = None,
+    at: Callable[[Any], Any] | None = None,
+    when: Predicate | None = None,
+    name: str | None = None,
+) -> Callable[[StepFn], StepDef]:
+    """Mark a method ``(self, ctx)`` as a durable timer: the saga parks until the time
+    comes (after a restart too), then the method runs and the saga goes on.
+
+    Give ``after`` (seconds, a timedelta, or a callable of the saga returning either:
+    counted from when the saga reaches the timer) or ``at`` (a callable of the saga
+    returning an aware datetime or a Unix time).
+    """
+    decl = _WaitDecl(None, None, None, None, after, at)
+    return lambda fn: _declare(fn, name, when, decl)
+
+
 @overload
 def saga(cls: type[T], /) -> type[T]: ...
 
@@ -218,6 +287,7 @@ def saga(
     name: str | None = None,
     deadline: float | None = None,
     compensation_deadline: float | None = None,
+    key: str | None = None,
 ) -> Callable[[type[T]], type[T]]: ...
 
 
@@ -228,6 +298,7 @@ def saga(
     name: str | None = None,
     deadline: float | None = None,
     compensation_deadline: float | None = None,
+    key: str | None = None,
 ) -> type[T] | Callable[[type[T]], type[T]]:
     """Make a class a saga: validate its steps and build its spec and state machine.
 
@@ -235,7 +306,8 @@ def saga(
     defaults to the class name; ``deadline`` (seconds) bounds the forward steps, after
     which the saga compensates; ``compensation_deadline`` bounds the compensation
     that follows any failure (``None``: no bound beyond each compensation's own
-    timeout and retries).
+    timeout and retries). ``key`` names the field that holds the saga's business key
+    (say ``"subscription_id"``): signals can find the saga by its value.
     """
 
     def build(cls: type[T]) -> type[T]:
@@ -246,7 +318,7 @@ def saga(
         if SPEC_ATTRIBUTE in cls.__dict__:
             raise SagaDefinitionError(cls.__qualname__, ["@saga was applied twice: keep one"])
         made: Any = cls if attrs.has(cls) else attrs.define(cls)
-        spec = _build_spec(made, name, deadline, compensation_deadline)
+        spec = _build_spec(made, name, deadline, compensation_deadline, key)
         setattr(made, SPEC_ATTRIBUTE, spec)
         return cast("type[T]", made)
 
@@ -341,6 +413,7 @@ def _build_spec(
     name: str | None,
     deadline: object,
     compensation_deadline: object,
+    key: object = None,
 ) -> SagaSpec:
     """The spec of ``cls``, or one :class:`SagaDefinitionError` with every problem."""
     saga_name = name if name is not None else cls.__name__
@@ -359,7 +432,9 @@ def _build_spec(
         _resolve_step(index, attr, d, attached, robbed, seen, problems)
         for index, (attr, d) in enumerate(defs)
     )
+    steps = _place_waits(steps, defs, problems)
     pivot_index = _check_order(steps, problems)
+    _check_key(cls, key, problems)
     if problems:
         raise SagaDefinitionError(saga_name, problems)
 
@@ -369,8 +444,13 @@ def _build_spec(
         raise SagaDefinitionError(saga_name, [f"internal: {p}" for p in trapped])
     shape = "|".join(
         f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
+        + ("" if s.wait is None else f":wait:{s.wait.signal}:{s.wait.on_timeout.value}")
         for s in steps
     )
+    signals: dict[str, tuple[int, ...]] = {}
+    for s in steps:
+        if s.wait is not None and s.wait.signal is not None:
+            signals[s.wait.signal] = (*signals.get(s.wait.signal, ()), s.index)
     limits = [
         limit
         for s in steps
@@ -392,6 +472,8 @@ def _build_spec(
         machine=machine,
         transitions=allowed,
         index={s.name: s.index for s in steps},
+        key=key if isinstance(key, str) else None,
+        signals=signals,
     )
 
 
@@ -458,6 +540,8 @@ def _resolve_step(
 ) -> StepSpec:
     """The :class:`StepSpec` of the step ``d`` (method ``attr``); its problems noted."""
     step_name = _step_name(attr, d, seen, problems)
+    if d.wait is not None:
+        return _resolve_wait(index, step_name, d, d.wait, problems)
     what = f"step {step_name!r}"
     fn_ok = _check_callable(d.fn, what, problems)
 
@@ -525,6 +609,190 @@ def _resolve_step(
         compensation_timeout=comp_timeout,
         compensation_retry=comp_retry or COMPENSATION_RETRY,
     )
+
+
+_ON_TIMEOUT_WORDS = ", ".join(repr(o.value) for o in OnTimeout)
+
+
+def _seconds(value: object) -> object:
+    return value.total_seconds() if isinstance(value, timedelta) else value
+
+
+def _resolve_wait(
+    index: int, step_name: str, d: StepDef, decl: _WaitDecl, problems: list[str]
+) -> StepSpec:
+    """The :class:`StepSpec` of a wait or timer; its kind and default ``on_timeout``
+    depend on where it stands (:func:`_place_waits`)."""
+    timer_ = decl.signal is None
+    what = f"{'timer' if timer_ else 'wait'} {step_name!r}"
+    takes_payload = not timer_ and decl.payload is not None
+    fn = d.fn
+    fn_ok = _check_handler(fn, what, takes_payload, problems)
+    if not timer_ and (not isinstance(decl.signal, str) or not decl.signal.strip()):
+        problems.append(f"{what}: the signal's name must be a non-empty string, got "
+                        f"{decl.signal!r}")
+    if decl.payload is not None and not (
+        isinstance(decl.payload, type) and (attrs.has(decl.payload) or _is_dataclass(decl.payload))
+    ):
+        problems.append(
+            f"{what}: payload must be an attrs class (or a dataclass) that signals carry, "
+            f"got {decl.payload!r}: declare one with @attrs.frozen"
+        )
+    timeout: float | None = None
+    on_timeout: OnTimeout | None = None
+    if not timer_:
+        if decl.timeout is None:
+            problems.append(
+                f"{what} has no timeout, and a wait never waits for ever: give "
+                "timeout=timedelta(days=3) (or seconds) and, if running out of time is not a "
+                "reason to compensate, on_timeout='continue'"
+            )
+        else:
+            timeout = _check_timeout(_seconds(decl.timeout), what, problems)
+        if decl.on_timeout is not None:
+            try:
+                on_timeout = OnTimeout(getattr(decl.on_timeout, "value", decl.on_timeout))
+            except ValueError:
+                problems.append(
+                    f"{what}: on_timeout must be one of {_ON_TIMEOUT_WORDS}, "
+                    f"got {decl.on_timeout!r}"
+                )
+    after: Any = None
+    if timer_:
+        given = [k for k in ("after", "at") if getattr(decl, k) is not None]
+        if len(given) != 1:
+            problems.append(
+                f"{what}: give exactly one of after= (seconds, a timedelta, or a callable of "
+                "the saga) and at= (a callable of the saga giving an aware datetime or a "
+                f"Unix time); got {' and '.join(given) or 'neither'}"
+            )
+        after = _seconds(decl.after)
+        if after is not None and not callable(after):
+            after = _check_timeout(after, f"{what} after=", problems)
+        if decl.at is not None and not callable(decl.at):
+            problems.append(
+                f"{what}: at= must be a callable of the saga (lambda saga: saga.renews_at), "
+                f"got {decl.at!r}: a fixed time would be the same for every saga"
+            )
+    if d.when is not None and not callable(d.when):
+        problems.append(
+            f"{what}: when must be a predicate of the saga instance "
+            f"(a callable taking the saga), got {d.when!r}"
+        )
+    wait_spec = WaitSpec(
+        signal=decl.signal if isinstance(decl.signal, str) else None,
+        payload=decl.payload if isinstance(decl.payload, type) else None,
+        timeout=timeout,
+        # COMPENSATE stands in until _place_waits knows which side of the pivot it is on
+        on_timeout=on_timeout or OnTimeout.COMPENSATE,
+        after=after,
+        at=decl.at if callable(decl.at) else None,
+    )
+    return StepSpec(
+        index=index,
+        name=step_name,
+        kind=StepKind.READONLY,
+        fn=_payload_handler(fn) if takes_payload and fn_ok else fn,
+        is_async=fn_ok and inspect.iscoroutinefunction(fn),
+        timeout=None,
+        retry=NO_RETRY,
+        when=d.when if callable(d.when) else None,
+        compensation=None,
+        compensation_name=None,
+        compensation_is_async=False,
+        compensation_timeout=None,
+        compensation_retry=COMPENSATION_RETRY,
+        wait=wait_spec,
+    )
+
+
+def _is_dataclass(cls: type) -> bool:
+    return hasattr(cls, "__dataclass_fields__")
+
+
+def _payload_handler(fn: Any) -> Any:
+    """``fn(self, payload, ctx)`` as a step's ``(self, ctx)``: the driver puts the
+    delivered payload on ``ctx.signal``."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def ahandler(data: Any, ctx: Any) -> Any:
+            return await fn(data, ctx.signal, ctx)
+
+        ahandler.__name__ = fn.__name__
+        ahandler.__qualname__ = fn.__qualname__
+        return ahandler
+
+    def handler(data: Any, ctx: Any) -> Any:
+        return fn(data, ctx.signal, ctx)
+
+    handler.__name__ = fn.__name__
+    handler.__qualname__ = fn.__qualname__
+    return handler
+
+
+def _check_handler(fn: object, what: str, takes_payload: bool, problems: list[str]) -> bool:
+    """A wait's handler takes ``(self, payload, ctx)``; a timer's ``(self, ctx)``."""
+    if not takes_payload:
+        return _check_callable(fn, what, problems)
+    if not inspect.isfunction(fn):
+        problems.append(
+            f"{what} is a {type(fn).__name__}, not a function: decorate a plain method "
+            "'def name(self, payload, ctx)' (or 'async def')"
+        )
+        return False
+    code = fn.__code__
+    required = code.co_argcount - len(fn.__defaults__ or ())
+    if not (code.co_argcount >= 3 or code.co_flags & inspect.CO_VARARGS) or required > 3:
+        problems.append(
+            f"{what} must take (self, payload, ctx): its signal carries a payload; its "
+            f"signature is {inspect.signature(fn)}"
+        )
+        return False
+    return True
+
+
+def _place_waits(
+    steps: tuple[StepSpec, ...], defs: list[tuple[str, StepDef]], problems: list[str]
+) -> tuple[StepSpec, ...]:
+    """Give each wait its kind and default ``on_timeout`` from where it stands: before
+    the pivot a wait is readonly (nothing to undo) and running out of time compensates;
+    after the pivot (or a retriable step) it is retriable and running out of time fails
+    the saga for an operator, since nothing can be undone there."""
+    out: list[StepSpec] = []
+    forward_only = False
+    for s in steps:
+        if s.wait is None:
+            if s.kind in (StepKind.PIVOT, StepKind.RETRIABLE):
+                forward_only = True
+            out.append(s)
+            continue
+        decl = defs[s.index][1].wait
+        defaulted = decl is not None and decl.on_timeout is None and not s.wait.is_timer
+        if not forward_only:
+            out.append(s)
+            continue
+        wait_spec = s.wait
+        if defaulted:
+            wait_spec = attrs.evolve(wait_spec, on_timeout=OnTimeout.FAIL)
+        elif wait_spec.on_timeout is OnTimeout.COMPENSATE:
+            problems.append(
+                f"wait {s.name!r} comes after the point of no return, where nothing can be "
+                "undone, but its on_timeout is 'compensate': use on_timeout='continue' or "
+                "'fail' (an operator acts), or move the wait before the pivot"
+            )
+        out.append(attrs.evolve(s, kind=StepKind.RETRIABLE, wait=wait_spec))
+    return tuple(out)
+
+
+def _check_key(cls: type, key: object, problems: list[str]) -> None:
+    if key is None:
+        return
+    names = [f.name for f in attrs.fields(cls)] if attrs.has(cls) else []
+    if not isinstance(key, str) or key not in names:
+        problems.append(
+            f"@saga(key={key!r}) must name one of the saga's fields ({', '.join(names)}): "
+            "the field whose value signals find the saga by"
+        )
 
 
 def _step_name(attr: str, d: StepDef, seen: dict[str, str], problems: list[str]) -> str:

@@ -27,20 +27,31 @@ from .errors import (
     SagaCancelled,
     SagaDeadlineExceeded,
     SagaflowError,
+    SagaRejected,
     StepError,
     StepTimeout,
+    WaitTimedOut,
     _describe,
 )
 from .machine import COMPENSATED, COMPLETED, FAILED, compensation_state
 from .policy import Retry, backoff_delay
-from .records import CompensationStatus, SagaRecord, SagaStatus, StepRecord, StepStatus
-from .spec import SagaSpec, StepKind
+from .records import (
+    CompensationStatus,
+    SagaRecord,
+    SagaStatus,
+    Signal,
+    StepRecord,
+    StepStatus,
+)
+from .spec import OnTimeout, SagaSpec, StepKind, StepSpec, WaitSpec
 
 __all__ = [
     "Call",
     "OperatorError",
+    "Park",
     "Sleep",
     "cancel",
+    "deliver",
     "interrupt",
     "new_record",
     "next_command",
@@ -62,6 +73,7 @@ _COMPENSATING = SagaStatus.COMPENSATING
 _S_RUNNING = StepStatus.RUNNING
 _S_COMPLETED = StepStatus.COMPLETED
 _S_SKIPPED = StepStatus.SKIPPED
+_S_WAITING = StepStatus.WAITING
 _C_RUNNING = CompensationStatus.RUNNING
 _C_COMPENSATED = CompensationStatus.COMPENSATED
 _RETRIABLE = StepKind.RETRIABLE
@@ -81,6 +93,8 @@ class Call:
     attempt: int
     timeout: float | None
     deadline_bound: bool
+    #: a wait's handler: the delivered signal's payload (the driver sets ``ctx.signal``)
+    payload: Any = None
 
 
 @attrs.frozen(slots=True)
@@ -88,6 +102,23 @@ class Sleep:
     """Wait until ``until`` (a Unix time) before asking again: a retry's backoff."""
 
     until: float
+
+
+@attrs.frozen(slots=True)
+class Park:
+    """The saga is at wait ``index``: it waits for signal ``signal`` (``None``: a timer)
+    until ``until`` (a Unix time: the timeout, the timer, or the saga's deadline).
+
+    The driver looks for the signal in the store and hands it over with
+    :func:`deliver`; without one it saves the record (``entered``: the record changed,
+    the wait was just reached) and lets go of the saga: a parked saga is a row with a
+    wake time, resumed by a signal or when the time comes.
+    """
+
+    index: int
+    signal: str | None
+    until: float | None
+    entered: bool
 
 
 # Every edge taken, once: a path holds these tuples, not a new one per state change.
@@ -111,6 +142,9 @@ def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecor
         now,
     )
     record.updated_at = now
+    if spec.key is not None:
+        key = getattr(saga, spec.key)
+        record.business_key = None if key is None else str(key)
     if spec.deadline is not None:
         record.deadline_at = now + spec.deadline
     transition(spec, record, "start", spec.steps[0].name)
@@ -119,7 +153,9 @@ def new_record(spec: SagaSpec, saga: Any, saga_id: str, now: float) -> SagaRecor
     return record
 
 
-def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep | None:
+def next_command(
+    spec: SagaSpec, record: SagaRecord, now: float
+) -> Call | Sleep | Park | None:
     """What the driver must do next; ``None`` once the run is over.
 
     Starting a call marks the attempt started in the record, so the driver saves the
@@ -149,9 +185,19 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                         sr.timed_out = True
                     _step_failed(spec, record, now, reason, reason, unknown, keep_error=True)
                 else:
+                    if sr.status is _S_WAITING:  # parked at a wait: it waits no more
+                        sr.status = StepStatus.FAILED
+                        sr.finished_at = now
+                        sr.error = str(reason)
                     _begin_compensation(spec, record, now, reason)
                 continue
-            if record.wake_at is not None:
+            if s.wait is not None and sr.status is not _S_RUNNING:
+                parked = _at_wait(spec, record, s, sr, now)
+                if parked is None:
+                    continue  # it moved on (skipped, expired, failed)
+                if parked.__class__ is Park:
+                    return parked
+            elif record.wake_at is not None:
                 if now < record.wake_at:
                     return Sleep(record.wake_at)
                 record.wake_at = None
@@ -159,33 +205,9 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
                 # Started and never settled: the process died during the attempt, which
                 # may have taken effect. If the step fails for good, it is undone too.
                 sr.timed_out = True
-            if sr.attempts == 0 and s.when is not None:
-                try:
-                    wanted = bool(s.when(record.data))
-                except Exception as exc:  # a broken guard fails its step, like the step would
-                    sr.attempts = 1
-                    sr.started_at = now
-                    _step_failed(spec, record, now, StepError(i, s.name, exc), exc, False)
-                    continue
-                if not wanted:
-                    sr.status = _S_SKIPPED
-                    record.history.append(ev.StepSkipped(record.saga_id, spec.name, now, s.name))
-                    _advance(spec, record, now, "skip")
-                    continue
-            sr.attempts += 1
-            sr.status = _S_RUNNING
-            if sr.started_at is None:
-                sr.started_at = now
-            record.history.append(
-                ev.StepStarted(record.saga_id, spec.name, now, s.name, sr.attempts)
-            )
-            timeout = s.timeout
-            bound = False
-            if guarded:
-                left = record.deadline_at - now  # type: ignore[operator]
-                if timeout is None or left < timeout:
-                    timeout, bound = left, True
-            return Call(i, FORWARD, sr.attempts, timeout, bound)
+            elif sr.attempts == 0 and s.when is not None and not _wanted(spec, record, s, now):
+                continue
+            return _start(spec, record, s, sr, now, guarded, None)
 
         if status is _COMPENSATING:
             if record.wake_at is not None:
@@ -231,6 +253,168 @@ def next_command(spec: SagaSpec, record: SagaRecord, now: float) -> Call | Sleep
         return None
 
 
+def _wanted(spec: SagaSpec, record: SagaRecord, s: StepSpec, now: float) -> bool:
+    """Whether conditional step ``s`` runs; if not, the record moved past it (skipped,
+    or failed: a broken guard fails its step, as the step would)."""
+    assert s.when is not None
+    try:
+        if s.when(record.data):
+            return True
+    except Exception as exc:
+        sr = record.steps[s.index]
+        sr.attempts = 1
+        sr.started_at = now
+        _step_failed(spec, record, now, StepError(s.index, s.name, exc), exc, False)
+        return False
+    record.steps[s.index].status = _S_SKIPPED
+    record.history.append(ev.StepSkipped(record.saga_id, spec.name, now, s.name))
+    _advance(spec, record, now, "skip")
+    return False
+
+
+def _start(
+    spec: SagaSpec,
+    record: SagaRecord,
+    s: StepSpec,
+    sr: StepRecord,
+    now: float,
+    guarded: bool,
+    payload: Any,
+) -> Call:
+    """Start the next attempt of forward step ``s`` (or a wait's handler)."""
+    sr.attempts += 1
+    sr.status = _S_RUNNING
+    if sr.started_at is None:
+        sr.started_at = now
+    record.history.append(ev.StepStarted(record.saga_id, spec.name, now, s.name, sr.attempts))
+    timeout = s.timeout
+    bound = False
+    if guarded:
+        left = record.deadline_at - now  # type: ignore[operator]
+        if timeout is None or left < timeout:
+            timeout, bound = left, True
+    return Call(s.index, FORWARD, sr.attempts, timeout, bound, payload)
+
+
+_GO_ON = object()  # _at_wait: the wait's time came; start its handler
+
+
+def _at_wait(
+    spec: SagaSpec, record: SagaRecord, s: StepSpec, sr: StepRecord, now: float
+) -> Park | object | None:
+    """The saga is at wait ``s``: enter it, or see whether its time came.
+
+    A :class:`Park` while it waits; ``_GO_ON`` when a timer's time came (its handler
+    starts); ``None`` when the record moved on (skipped, expired, or a broken guard).
+    """
+    w = s.wait
+    assert w is not None
+    if sr.status is _S_WAITING:
+        until = record.wake_at
+        if until is None or now < until:
+            return Park(s.index, w.signal, until, False)
+        record.wake_at = None
+        record.waiting = None
+        if w.signal is None:
+            return _GO_ON
+        _expired(spec, record, s, sr, w, now)
+        return None
+    # Reached: enter the wait (or skip it).
+    if s.when is not None and not _wanted(spec, record, s, now):
+        return None
+    try:
+        until = _until(w, record.data, now)
+    except Exception as exc:  # a broken timer fails like a broken guard
+        sr.attempts = 1
+        sr.started_at = now
+        _step_failed(spec, record, now, StepError(s.index, s.name, exc), exc, False)
+        return None
+    sr.status = _S_WAITING
+    sr.started_at = now
+    record.waiting = "" if w.signal is None else w.signal
+    wake = until
+    if s.kind is not _RETRIABLE and record.deadline_at is not None:
+        # The saga's deadline wakes it too, to compensate.
+        wake = record.deadline_at if wake is None else min(wake, record.deadline_at)
+    record.wake_at = wake
+    record.history.append(
+        ev.WaitStarted(record.saga_id, spec.name, now, s.name, 0, None, w.signal, until)
+    )
+    return Park(s.index, w.signal, wake, True)
+
+
+def _until(w: WaitSpec, data: Any, now: float) -> float | None:
+    """When a wait entered at ``now`` times out, or its timer fires (a Unix time)."""
+    if w.signal is not None:
+        return None if w.timeout is None else now + w.timeout
+    if w.at is not None:
+        when = w.at(data)
+        if hasattr(when, "timestamp"):
+            if getattr(when, "tzinfo", None) is None:
+                raise ValueError(
+                    f"the timer's at= gave a naive datetime {when!r}: give an aware one "
+                    "(datetime.now(timezone.utc) + ...) so that it means one moment everywhere"
+                )
+            return float(when.timestamp())
+        return float(when)
+    after: Any = w.after(data) if callable(w.after) else w.after
+    if hasattr(after, "total_seconds"):
+        after = after.total_seconds()
+    return now + float(after)
+
+
+def _expired(
+    spec: SagaSpec, record: SagaRecord, s: StepSpec, sr: StepRecord, w: WaitSpec, now: float
+) -> None:
+    """Wait ``s``'s time ran out before its signal came."""
+    sr.status = StepStatus.EXPIRED
+    sr.finished_at = now
+    on_timeout = w.on_timeout
+    record.history.append(
+        ev.WaitExpired(record.saga_id, spec.name, now, s.name, 0, None, w.signal,
+                       on_timeout.value)
+    )
+    if on_timeout is OnTimeout.CONTINUE:
+        _advance(spec, record, now, "timeout")
+        return
+    reason = WaitTimedOut(s.name, w.signal, w.timeout or 0)
+    sr.error = str(reason)
+    if on_timeout is OnTimeout.FAIL:
+        transition(spec, record, "timeout", FAILED)
+        _finish(spec, record, now, SagaStatus.FAILED, reason)
+    else:
+        _begin_compensation(spec, record, now, reason, "timeout")
+
+
+def deliver(
+    spec: SagaSpec, record: SagaRecord, signal: Signal, payload: Any, now: float
+) -> Call:
+    """Hand ``signal`` (its ``payload`` decoded) to the wait the saga is parked at; the
+    handler's call, to perform and :func:`settle`.
+
+    No checkpoint goes between this and the settlement: a handler changes only the
+    saga's own fields, so the checkpoint after it records the delivery (the signal's
+    mark moves) and its outcome together, once. A crash before it leaves the signal
+    undelivered, to be handed over again.
+    """
+    i = record.cursor
+    s = spec.steps[i]
+    sr = record.steps[i]
+    if s.wait is None or sr.status is not _S_WAITING or record.waiting != signal.name:
+        raise _corrupt(
+            record, f"a signal {signal.name!r} was handed to it, but it does not wait for one "
+            f"at {s.name!r}"
+        )
+    record.signal_marks[signal.name] = signal.seq
+    record.waiting = None
+    record.wake_at = None
+    record.history.append(
+        ev.SignalDelivered(record.saga_id, spec.name, now, s.name, 0, None, signal.name,
+                           signal.signal_id, signal.seq)
+    )
+    return _start(spec, record, s, sr, now, False, payload)
+
+
 def settle(
     spec: SagaSpec,
     record: SagaRecord,
@@ -256,6 +440,9 @@ def settle(
                 ev.StepCompleted(record.saga_id, spec.name, now, s.name, call.attempt)
             )
             _advance(spec, record, now, "advance")
+            return
+        if isinstance(error, SagaRejected):
+            _rejected(spec, record, now, error)
             return
         if timed_out:
             sr.timed_out = True
@@ -392,7 +579,12 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
         )
     else:
         sr = record.steps[record.cursor]
-        if sr.status is _S_RUNNING:  # waiting to retry: its last attempt failed for good now
+        if sr.status is _S_WAITING:  # parked at a wait: it waits no more
+            step = sr.name
+            sr.status = StepStatus.FAILED
+            sr.finished_at = now
+            sr.error = "cancelled while waiting"
+        elif sr.status is _S_RUNNING:  # waiting to retry: its last attempt failed for good now
             step = sr.name
             sr.status = StepStatus.FAILED
             sr.finished_at = now
@@ -400,6 +592,7 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
                 ev.StepFailed(record.saga_id, spec.name, now, step, sr.attempts, sr.error)
             )
     record.wake_at = None
+    record.waiting = None
     reason = SagaCancelled(step)
     current = spec.steps[record.cursor]
     if current.kind is _RETRIABLE or (
@@ -449,6 +642,27 @@ def _step_failed(
         _begin_compensation(spec, record, now, failure)
 
 
+def _rejected(spec: SagaSpec, record: SagaRecord, now: float, given: SagaRejected) -> None:
+    """The step at the cursor rejected the saga: a business "no", never retried; what
+    was done is compensated (after the pivot, the saga fails for an operator)."""
+    i = record.cursor
+    s = spec.steps[i]
+    sr = record.steps[i]
+    reason = SagaRejected(given.reason, s.name)
+    reason.__cause__ = given
+    sr.status = StepStatus.REJECTED
+    sr.finished_at = now
+    sr.error = given.reason
+    record.history.append(
+        ev.StepRejected(record.saga_id, spec.name, now, s.name, sr.attempts, given.reason)
+    )
+    if s.kind is _RETRIABLE or (s.kind is _PIVOT and sr.timed_out):
+        transition(spec, record, "fail", FAILED)
+        _finish(spec, record, now, SagaStatus.FAILED, reason)
+    else:
+        _begin_compensation(spec, record, now, reason)
+
+
 def _needs_undo(spec: SagaSpec, record: SagaRecord, j: int) -> bool:
     if spec.compensations[j] is None:
         return False
@@ -457,7 +671,11 @@ def _needs_undo(spec: SagaSpec, record: SagaRecord, j: int) -> bool:
 
 
 def _begin_compensation(
-    spec: SagaSpec, record: SagaRecord, now: float, reason: SagaflowError
+    spec: SagaSpec,
+    record: SagaRecord,
+    now: float,
+    reason: SagaflowError,
+    trigger: str = "compensate",
 ) -> None:
     undo = [j for j in range(record.cursor, -1, -1) if _needs_undo(spec, record, j)]
     for j in undo:
@@ -465,14 +683,15 @@ def _begin_compensation(
     record.undo = undo
     record.cursor = 0
     record.wake_at = None
+    record.waiting = None
     record.error = reason
     record.status = _COMPENSATING
     if spec.compensation_deadline is not None:
         record.compensation_deadline_at = now + spec.compensation_deadline
     if undo:
-        transition(spec, record, "compensate", compensation_state(spec.steps[undo[0]].name))
+        transition(spec, record, trigger, compensation_state(spec.steps[undo[0]].name))
     else:
-        transition(spec, record, "compensate", COMPENSATED)
+        transition(spec, record, trigger, COMPENSATED)
         _finish(spec, record, now, SagaStatus.COMPENSATED, reason)
 
 
@@ -528,6 +747,7 @@ def _finish(
     record.error = error
     record.finished_at = now
     record.wake_at = None
+    record.waiting = None
     record.history.append(
         _FINAL_EVENTS[status](
             record.saga_id, spec.name, now, None, 0, None if error is None else str(error)

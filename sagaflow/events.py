@@ -29,11 +29,15 @@ __all__ = [
     "SagaCompleted",
     "SagaFailed",
     "SagaStarted",
+    "SignalDelivered",
     "StepCompleted",
     "StepFailed",
+    "StepRejected",
     "StepRetrying",
     "StepSkipped",
     "StepStarted",
+    "WaitExpired",
+    "WaitStarted",
     "logger",
 ]
 
@@ -106,6 +110,52 @@ class StepFailed(LifecycleEvent):
 
     level: ClassVar[int] = logging.WARNING
     timed_out: bool = False
+
+
+@attrs.define(slots=True, weakref_slot=False)
+class StepRejected(LifecycleEvent):
+    """A step or a wait's handler rejected the saga for a business reason (``error``);
+    not retried: the saga compensates (or, after the pivot, fails)."""
+
+    level: ClassVar[int] = logging.WARNING
+
+
+@attrs.define(slots=True, weakref_slot=False)
+class WaitStarted(LifecycleEvent):
+    """The saga reached a wait and parked: until ``signal`` comes (``None``: a timer),
+    at the latest until ``until`` (a Unix time)."""
+
+    signal: str | None = None
+    until: float | None = None
+
+    def describe(self) -> str:
+        what = f"signal {self.signal!r}" if self.signal else "its time"
+        return f"WaitStarted {self.step!r}: for {what}"
+
+
+@attrs.define(slots=True, weakref_slot=False)
+class SignalDelivered(LifecycleEvent):
+    """Signal ``signal`` (the caller's ``signal_id``, arrival number ``seq``) was handed
+    to the wait's handler."""
+
+    signal: str = ""
+    signal_id: str = ""
+    seq: int = 0
+
+    def describe(self) -> str:
+        return f"SignalDelivered {self.signal!r} to {self.step!r} (id {self.signal_id})"
+
+
+@attrs.define(slots=True, weakref_slot=False)
+class WaitExpired(LifecycleEvent):
+    """A wait's time ran out before its signal came; ``on_timeout`` says what followed."""
+
+    level: ClassVar[int] = logging.WARNING
+    signal: str | None = None
+    on_timeout: str = ""
+
+    def describe(self) -> str:
+        return f"WaitExpired {self.step!r}: no {self.signal!r}, {self.on_timeout}"
 
 
 @attrs.define(slots=True, weakref_slot=False)

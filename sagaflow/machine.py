@@ -17,7 +17,15 @@ terminal ``completed``, ``compensated`` and ``failed``. Triggers:
   next compensation, or to ``compensated`` (all undone) or ``failed`` (something could
   not be undone);
 - ``retry``: an operator retries a FAILED saga: from ``failed`` back to a compensation
-  that failed, or to the retriable step (or the pivot) that failed.
+  that failed, or to the retriable step (or the pivot) that failed;
+- ``timeout``: a wait's time ran out before its signal: on to the next step
+  (``on_timeout='continue'``), into the compensation chain (``'compensate'``) or to
+  ``failed`` (``'fail'``).
+
+A wait (``@wait``, ``@timer``) is a state like a step's: ``advance`` leaves it when its
+signal (or its time) came and its handler returned. A rejection (``SagaRejected``, a
+business "no") takes the edges of a failure, ``compensate`` (or ``fail`` after the
+pivot): what tells it apart is the run's outcome, not its path.
 
 The machine is built once per class with ``model=None``; runs never add a model.
 Instead each run checks every state change against :func:`build_machine`'s set of
@@ -31,7 +39,7 @@ from collections.abc import Sequence
 
 from transitions import Machine
 
-from .spec import StepKind, StepSpec
+from .spec import OnTimeout, StepKind, StepSpec
 
 __all__ = [
     "COMPENSATED",
@@ -102,17 +110,26 @@ def build_machine(saga_name: str, steps: Sequence[StepSpec]) -> tuple[Machine, f
         moves.append((s.name, "advance", nxt, None))
         if s.when is not None:
             moves.append((s.name, "skip", nxt, s.guard_name))
+        # A step that timed out may have taken effect, so its own compensation comes first.
+        targets = [compensation_state(s.name)] if s.compensation is not None else []
+        targets += _undo_targets(steps, i)
+        undo = [dest or COMPENSATED for dest in dict.fromkeys(targets)]
+        if s.wait is not None and s.wait.signal is not None:
+            on_timeout = s.wait.on_timeout
+            if on_timeout is OnTimeout.CONTINUE:
+                moves.append((s.name, "timeout", nxt, None))
+            elif on_timeout is OnTimeout.FAIL:
+                moves.append((s.name, "timeout", FAILED, None))
+            else:
+                moves += [(s.name, "timeout", dest, None) for dest in undo]
         if s.kind is StepKind.RETRIABLE:
             moves.append((s.name, "fail", FAILED, None))
             continue
         if s.kind is StepKind.PIVOT:
             # A pivot that timed out may have taken effect: neither way is safe.
             moves.append((s.name, "fail", FAILED, None))
-        # A step that timed out may have taken effect, so its own compensation comes first.
-        targets = [compensation_state(s.name)] if s.compensation is not None else []
-        targets += _undo_targets(steps, i)
-        for dest in dict.fromkeys(targets):
-            moves.append((s.name, "compensate", dest or COMPENSATED, None))
+        for dest in undo:
+            moves.append((s.name, "compensate", dest, None))
     for i, s in enumerate(steps):
         if s.compensation is None:
             continue

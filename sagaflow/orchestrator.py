@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from . import engine, queue
+from . import engine, queue, signals
 from .clock import Clock
 from .engine import new_record
 from .errors import (
@@ -168,6 +168,58 @@ class Orchestrator:
         """:meth:`drive`, in the awaiting task: await what this returns (the driver's
         own coroutine, so that a saga in flight keeps no frame of this method)."""
         return adrive(self.runtime, spec, record, told)
+
+    # --- signals and waiting sagas ----------------------------------------------------
+
+    def signal(
+        self, saga_id: str, name: str, payload: object = None, *, signal_id: str | None = None
+    ) -> SagaResult:
+        """Send signal ``name`` to saga ``saga_id``; its snapshot after it took it.
+
+        ``payload`` is an instance of the class the saga's wait declares (or a dict of
+        its fields, or their JSON text). The signal is durable when this returns; one that
+        arrives before the saga reaches its wait is kept for it; a second signal with the
+        same ``signal_id`` is ignored. A parked saga this process can drive is resumed
+        here, on this thread, until it parks again or ends (async steps: use
+        :meth:`asignal`); otherwise whoever resumes it delivers the signal. Refused with
+        :class:`~sagaflow.SignalRefused` (nothing stored) for a finished saga, a name it
+        declares no wait for, or a payload that does not fit; :class:`~sagaflow.SagaNotFound`
+        for an unknown id.
+        """
+        signals.accept(self.runtime, self.spec_for, saga_id, name, payload, signal_id)
+        resumed = signals.resume(self.runtime, self.spec_for, saga_id)
+        return resumed if resumed is not None else self._snapshot(saga_id)
+
+    async def asignal(
+        self, saga_id: str, name: str, payload: object = None, *, signal_id: str | None = None
+    ) -> SagaResult:
+        """:meth:`signal`, resuming the saga in this task."""
+        await signals.aaccept(self.runtime, self.spec_for, saga_id, name, payload, signal_id)
+        resumed = await signals.aresume(self.runtime, self.spec_for, saga_id)
+        return resumed if resumed is not None else self._snapshot(saga_id)
+
+    def find(self, key: str, saga: type | str | None = None, signal: str = "") -> str:
+        """The id of the one unfinished saga (of class or name ``saga``) whose business key
+        (``@saga(key=...)``) is ``key``: signal it without knowing its id. Refused with
+        :class:`~sagaflow.SignalRefused` (naming ``signal``) when none or several match."""
+        name = saga if isinstance(saga, str) or saga is None else spec_of(saga).name
+        return signals.by_key(self.runtime, str(key), name, signal)
+
+    def resume_due(self, limit: int = 100) -> dict[str, SagaStatus]:
+        """Resume, on this thread, the parked sagas whose wait's time came (a timer, a
+        timeout, the saga's deadline) or whose signal arrived; each one's status after.
+        A worker's loop (or a scheduler) calls this; one saga's error never stops the
+        others (it is logged, and a saga that cannot be driven is quarantined)."""
+        return signals.resume_due(self.runtime, self.spec_for, self._resume_failed, limit)
+
+    async def aresume_due(self, limit: int = 100) -> dict[str, SagaStatus]:
+        """:meth:`resume_due`, in this task (sagas with async steps too)."""
+        return await signals.aresume_due(self.runtime, self.spec_for, self._resume_failed, limit)
+
+    def _resume_failed(self, saga_id: str, error: Exception) -> None:
+        reason = self.set_aside(saga_id, error)
+        if reason is None:
+            logger.warning("parked saga %s was not resumed: %s", saga_id, error)
 
     # --- queueing (PostgreSQL: workers run what is started) ----------------------------
 
@@ -426,12 +478,23 @@ class Orchestrator:
         except Exception as exc:
             self._not_resumed(report, sid, exc)
             return None
+        if record.waiting is not None and not self._due(record):
+            return None  # parked, and nothing came for it yet: a row, not a lost run
         told = len(record.history)
         record.history.append(
             OperatorAction(sid, spec.name, self.clock.now(), action="recover",
                            note="resumed from its last checkpoint")
         )
         return spec, record, told
+
+    def _due(self, record: SagaRecord) -> bool:
+        """Whether parked ``record``'s time came or a signal it waits for arrived."""
+        if record.wake_at is not None and record.wake_at <= self.clock.now():
+            return True
+        waiting, store = record.waiting, self.runtime.signals
+        return bool(waiting) and store is not None and store.next_signal(
+            record.saga_id, waiting, record.signal_marks.get(waiting, 0)  # type: ignore[arg-type]
+        ) is not None
 
     def _not_resumed(self, report: RecoveryReport, saga_id: str, error: Exception) -> None:
         """Report what one saga raised; set it aside if it cannot be decoded or driven."""

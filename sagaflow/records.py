@@ -57,6 +57,7 @@ class StepStatus(enum.Enum):
     TIMED_OUT = "TIMED_OUT"  #: failed for good, and its outcome is unknown
     WAITING = "WAITING"  #: a wait: parked for its signal or its time
     REJECTED = "REJECTED"  #: it rejected the saga for a business reason (SagaRejected)
+    EXPIRED = "EXPIRED"  #: a wait whose time ran out before its signal came
 
 
 class CompensationStatus(enum.Enum):

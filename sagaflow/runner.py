@@ -36,9 +36,19 @@ import attrs
 
 from ._copy import shallow_copy
 from .context import Direction, StepContext
-from .engine import Call, Sleep, cancel, interrupt, next_command, settle, unstorable
+from .engine import (
+    Call,
+    Park,
+    Sleep,
+    cancel,
+    deliver,
+    interrupt,
+    next_command,
+    settle,
+    unstorable,
+)
 from .errors import AlreadyExecuting, CodecError, SagaflowError
-from .records import SagaRecord, SagaResult, SagaStatus
+from .records import SagaRecord, SagaResult, SagaStatus, Signal
 from .stores.base import AsyncStoreMixin
 
 if TYPE_CHECKING:
@@ -61,8 +71,12 @@ def _enter(rt: Runtime, record: SagaRecord) -> None:
         raise AlreadyExecuting(record.saga_id)
 
 
-def _leave(rt: Runtime, saga_id: str) -> None:
-    rt.live.pop(saga_id, None)
+def _leave(rt: Runtime, record: SagaRecord) -> None:
+    saga_id = record.saga_id
+    if rt.live.get(saga_id) is record:  # a parked saga may be driven by another by now
+        del rt.live[saga_id]
+        if rt.pokes:
+            rt.pokes.discard(saga_id)
     if rt.cancels:
         rt.cancels.pop(saga_id, None)
 
@@ -119,6 +133,25 @@ class _Watch:
         self.told = told
 
 
+def _handover(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, signal: Signal | None, now: float
+) -> tuple[Call, CodecError | None] | None:
+    """The call of the handler ``signal`` goes to (the saga is parked at its wait), and
+    the error if its payload no longer decodes to the declared class; ``None`` if no
+    signal came. Written once for both drivers: only the store's read differs."""
+    if signal is None:
+        return None
+    cls = spec.steps[record.cursor].wait.payload  # type: ignore[union-attr]
+    payload: Any = None
+    refused: CodecError | None = None
+    if cls is not None:
+        try:
+            payload = rt.codec.load_payload(signal.payload, cls)
+        except CodecError as exc:
+            refused = exc
+    return deliver(spec, record, signal, payload, now), refused
+
+
 def stored_result(spec: SagaSpec, existing: SagaRecord) -> SagaResult:
     """What starting ``spec``'s saga under an id the store has already gives: the
     stored result once it finished, :class:`~sagaflow.AlreadyExecuting` while it runs;
@@ -151,7 +184,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
         else:
             _watch(rt, spec, record, told)
     finally:
-        _leave(rt, record.saga_id)
+        _leave(rt, record)
     return SagaResult.of(record)
 
 
@@ -176,24 +209,45 @@ def _run_sync(
             cancel(spec, record, now, cancels.pop(sid))
         command = next_command(spec, record, now)
         record.updated_at = now
-        try:
-            store.save(record)
-        except CodecError as exc:
-            _unstorable(rt, spec, record, store.load(sid), done, exc)
+        if command.__class__ is not Park or command.entered or done is not None:
+            try:
+                store.save(record)
+            except CodecError as exc:
+                _unstorable(rt, spec, record, store.load(sid), done, exc)
+                done = None
+                continue
             done = None
-            continue
-        done = None
-        if len(history) > told:
-            start = told
-            told = len(history)
-            if watch is not None:
-                watch.told = told
-            listeners.notify(history, start)
+            if len(history) > told:
+                start = told
+                told = len(history)
+                if watch is not None:
+                    watch.told = told
+                listeners.notify(history, start)
         if command is None:
             return
-        if isinstance(command, Sleep):
+        if command.__class__ is Sleep:
             clock.sleep(max(0.0, command.until - now))
             continue
+        if command.__class__ is Park:
+            park: Park = command
+            found = None
+            if park.signal is not None and rt.signals is not None:
+                found = rt.signals.next_signal(
+                    sid, park.signal, record.signal_marks.get(park.signal, 0)
+                )
+            handed = _handover(rt, spec, record, found, now)
+            if handed is None:
+                if rt.let_go(record):
+                    return
+                continue  # a signal came while it parked
+            command, refused = handed
+            if refused is not None:  # its payload no longer fits its class: a failure
+                settle(spec, record, command, now, refused, False, None, rand)
+                done = command
+                continue
+            ctx.signal = command.payload
+        if TYPE_CHECKING:
+            assert isinstance(command, Call)
         call = command
         i = call.index
         fn: Callable[..., Any] | None
@@ -340,33 +394,54 @@ async def _arun(
                     break
                 command = next_command(spec, record, now)
                 record.updated_at = now
-                try:
-                    if blocks:
-                        await store.asave(record)
-                    else:
-                        store.save(record)
-                except CodecError as exc:
-                    _unstorable(rt, spec, record, await store.aload(record.saga_id), done, exc)
+                if command.__class__ is not Park or command.entered or done is not None:
+                    try:
+                        if blocks:
+                            await store.asave(record)
+                        else:
+                            store.save(record)
+                    except CodecError as exc:
+                        _unstorable(rt, spec, record, await store.aload(record.saga_id), done, exc)
+                        done = None
+                        continue
                     done = None
-                    continue
-                done = None
-                if len(record.history) > told:
-                    if rt.listeners.async_:
-                        await rt.listeners.anotify(record.history, told)
-                    else:
-                        rt.listeners.notify(record.history, told)
-                    told = len(record.history)
+                    if len(record.history) > told:
+                        if rt.listeners.async_:
+                            await rt.listeners.anotify(record.history, told)
+                        else:
+                            rt.listeners.notify(record.history, told)
+                        told = len(record.history)
                 if command is None:
                     return SagaResult.of(record)
-                if isinstance(command, Sleep):
+                if command.__class__ is Sleep:
                     await clock.asleep(max(0.0, command.until - now))
                     continue
+                if command.__class__ is Park:
+                    park: Park = command
+                    found = None
+                    if park.signal is not None and rt.signals is not None:
+                        found = await rt.signals.anext_signal(
+                            record.saga_id, park.signal, record.signal_marks.get(park.signal, 0)
+                        )
+                    handed = _handover(rt, spec, record, found, now)
+                    if handed is None:
+                        if rt.let_go(record):
+                            return SagaResult.of(record)
+                        continue  # a signal came while it parked
+                    command, refused = handed
+                    if refused is not None:  # its payload no longer fits its class
+                        settle(spec, record, command, now, refused, False, None, rt.rand)
+                        done = command
+                        continue
+                    ctx.signal = command.payload
+                if TYPE_CHECKING:
+                    assert isinstance(command, Call)
                 call = command
-                i = call.index
-                forward = call.direction is FORWARD
-                timeout = call.timeout
+                i = command.index
+                forward = command.direction is FORWARD
+                timeout = command.timeout
                 ctx.rebind(
-                    spec.steps[i].name, call.direction, call.attempt, timeout,
+                    spec.steps[i].name, command.direction, command.attempt, timeout,
                     record.deadline_at if forward else record.compensation_deadline_at, now,
                 )
                 error: BaseException | None = None
@@ -416,7 +491,7 @@ async def _arun(
         return SagaResult.of(record)
     finally:
         if not shielded:
-            _leave(rt, record.saga_id)
+            _leave(rt, record)
 
 
 async def _cancelled(

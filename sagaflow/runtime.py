@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .clock import Clock, SystemClock
+from .codec import Codec, default_codec
 from .events import Listeners
 from .records import SagaRecord
-from .stores.base import Store
+from .stores.base import SignalStore, Store
 
 __all__ = ["CallThread", "Runtime", "Threads"]
 
@@ -160,10 +161,16 @@ class Runtime:
 
     ``live`` maps the id of each saga a driver is running in this process to its record
     (at most one run per id); ``cancels`` holds an operator's cancel request (its note)
-    for a live saga until its driver turns it into compensation between two calls.
+    for a live saga until its driver turns it into compensation between two calls;
+    ``pokes`` the live sagas a signal came for while they ran (:meth:`poke`,
+    :meth:`let_go`). ``codec`` encodes and decodes signals' payloads (the store's, so
+    that the types registered with it count).
     """
 
-    __slots__ = ("cancels", "clock", "listeners", "live", "rand", "store", "threads")
+    __slots__ = (
+        "_lock", "cancels", "clock", "codec", "listeners", "live", "pokes", "rand", "signals",
+        "store", "threads",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -179,6 +186,33 @@ class Runtime:
         self.threads = Threads()
         self.live: dict[str, SagaRecord] = {}
         self.cancels: dict[str, str | None] = {}
+        self.pokes: set[str] = set()
+        self._lock = threading.Lock()
+        #: the store, if it keeps signals (every store does, once they all have them)
+        self.signals: SignalStore | None = store if isinstance(store, SignalStore) else None
+        codec = getattr(store, "codec", None)
+        self.codec: Codec = codec if isinstance(codec, Codec) else default_codec
+
+    def poke(self, saga_id: str) -> bool:
+        """A signal was stored for ``saga_id``: tell its driver here to look again before
+        it lets go of the saga. False if no driver here runs it (the caller resumes it)."""
+        with self._lock:
+            if saga_id in self.live:
+                self.pokes.add(saga_id)
+                return True
+            return False
+
+    def let_go(self, record: SagaRecord) -> bool:
+        """``record``'s driver parked it: stop driving it, unless a signal came for it
+        meanwhile (then False: the driver looks for it). Between this and :meth:`poke`
+        no signal is missed: one of them sees the other."""
+        with self._lock:
+            if record.saga_id in self.pokes:
+                self.pokes.discard(record.saga_id)
+                return False
+            if self.live.get(record.saga_id) is record:
+                del self.live[record.saga_id]
+            return True
 
     def request_cancel(self, saga_id: str, note: str | None) -> bool:
         """Ask the driver of live saga ``saga_id`` to compensate after its call in

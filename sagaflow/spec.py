@@ -19,9 +19,11 @@ if TYPE_CHECKING:  # a type in the annotations only: policy.py is not needed to 
 
 __all__ = [
     "SPEC_ATTRIBUTE",
+    "OnTimeout",
     "SagaSpec",
     "StepKind",
     "StepSpec",
+    "WaitSpec",
     "callable_name",
     "is_saga",
     "spec_of",
@@ -41,6 +43,39 @@ class StepKind(enum.Enum):
     READONLY = "readonly"  #: changes nothing: nothing to undo
     PIVOT = "pivot"  #: the point of no return: after it the saga only goes forward
     RETRIABLE = "retriable"  #: after the pivot: retried, never compensated
+
+
+class OnTimeout(enum.Enum):
+    """What a wait's running out of time means."""
+
+    COMPENSATE = "compensate"  #: the saga compensates what it did (before the pivot)
+    CONTINUE = "continue"  #: the saga goes on without the signal
+    FAIL = "fail"  #: the saga ends FAILED for an operator (after the pivot)
+
+
+@attrs.frozen
+class WaitSpec:
+    """What makes a step a wait: it parks the saga durably until a signal or a time.
+
+    A signal wait (``signal`` set) delivers the signal's ``payload`` (an instance of
+    that class, or ``None`` for a signal without one) to its handler; its ``timeout``
+    (seconds) says how long it waits and ``on_timeout`` what happens then. A timer
+    (``signal`` is ``None``) fires ``after(saga)`` seconds after it is reached (a number
+    or a callable of the saga instance) or at ``at(saga)`` (a Unix time or an aware
+    datetime), and then calls its handler.
+    """
+
+    signal: str | None
+    payload: type | None
+    timeout: float | None
+    on_timeout: OnTimeout
+    after: float | Callable[[Any], Any] | None = None
+    at: Callable[[Any], Any] | None = None
+
+    @property
+    def is_timer(self) -> bool:
+        """Whether this is a timer (no signal)."""
+        return self.signal is None
 
 
 def callable_name(fn: object) -> str:
@@ -68,6 +103,8 @@ class StepSpec:
     compensation_is_async: bool
     compensation_timeout: float | None
     compensation_retry: Retry
+    #: set on a wait (``@wait``/``@timer``): what it waits for; ``None`` on a step
+    wait: WaitSpec | None = None
 
     @property
     def guard_name(self) -> str | None:
@@ -101,6 +138,10 @@ class SagaSpec:
     machine: Any = attrs.field(repr=False)
     transitions: frozenset[tuple[str, str, str]] = attrs.field(repr=False)
     index: Mapping[str, int] = attrs.field(repr=False)
+    #: the field holding the saga's business key (``@saga(key=...)``), or ``None``
+    key: str | None = None
+    #: the waits for each signal name: signal name -> the waits' step indices
+    signals: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, repr=False)
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``."""

@@ -8,6 +8,8 @@
     sagaflow sagas resolve ID --note TEXT
     sagaflow sagas cancel ID [--note TEXT]
     sagaflow sagas unquarantine ID
+    sagaflow sagas signal ID NAME [--data JSON] [--id SIGNAL_ID]
+    sagaflow sagas signal --key KEY [--saga NAME] NAME [--data JSON]
 
 ``list`` and ``show`` only read, from a store opened read-only: they need no saga
 class (``show`` then prints the data as stored, without the diagram). Acting on a
@@ -17,12 +19,15 @@ the saga's history with its note.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import click
 
 from ..diagram import FORMATS, format_for, render
-from ..records import SagaStatus
+from ..errors import SagaflowError
+from ..records import SagaStatus, StepStatus
 from .describe import Printer, describe_record, print_outcome
 from .problems import CliError
 from .session import ACTIVE, Session, store_options
@@ -213,3 +218,68 @@ def unquarantine(url: str | None, modules: tuple[str, ...], saga_id: str) -> Non
         if not lifted:
             raise CliError(f"saga {saga_id!r} is not quarantined: nothing to lift")
     click.echo(f"unquarantined: saga {saga_id} (it was set aside because: {why})")
+
+
+@sagas.command()
+@store_options
+@click.argument("target", metavar="ID")
+@click.argument("name", metavar="NAME")
+@click.option("--data", default=None, metavar="JSON",
+              help="The payload: a JSON object of the fields of the class the wait declares.")
+@click.option("--id", "signal_id", default=None,
+              help="The signal's id: a second signal with it is ignored (default: a new one).")
+@click.option("--key", "by_key", is_flag=True,
+              help="ID is the saga's business key (@saga(key=...)), not its id.")
+@click.option("--saga", "saga_name", default=None,
+              help="With --key: the saga name, when sagas of several kinds share the key.")
+@click.option("-q", "--quiet", is_flag=True, help="Do not print each event.")
+def signal(url: str | None, modules: tuple[str, ...], target: str, name: str,
+           data: str | None, signal_id: str | None, by_key: bool, saga_name: str | None,
+           quiet: bool) -> None:
+    """Send signal NAME to the saga ID (or, with --key, to the saga whose business key
+    is ID); a saga waiting for it goes on here, now.
+
+    The signal is durable once this returns; one that comes before the saga reaches
+    its wait is kept for it. Refused, storing nothing, for a finished saga, a name it
+    has no wait for, or a payload that does not fit the declared class.
+
+    \b
+    Examples:
+      sagaflow sagas signal 3f2a... approval --data '{"approved": true, "by": "ann"}'
+      sagaflow sagas signal --key sub-42 --saga UnbundleSaga approval --data '{...}'
+    """
+    payload = None
+    if data is not None:
+        try:
+            payload = json.loads(data)
+        except ValueError as exc:
+            raise CliError(f"--data is not JSON: {exc}") from exc
+    with Session(url, modules, readonly=False) as session:
+        try:
+            with session.orchestrator([Printer(not quiet)]) as orch:
+                saga_id = orch.find(target, saga_name, name) if by_key else target
+                spec = session.learn(session.raw(saga_id))
+                if spec is None:
+                    raise CliError(
+                        f"cannot signal saga {saga_id!r}: its class is unknown here: pass "
+                        "--import MODULE with the module that defines it"
+                    )
+                orch.register(spec.cls)
+                if spec.is_async:
+                    result = asyncio.run(orch.asignal(saga_id, name, payload,
+                                                      signal_id=signal_id))
+                else:
+                    result = orch.signal(saga_id, name, payload, signal_id=signal_id)
+        except SagaflowError as exc:
+            raise CliError(str(exc)) from exc
+    waiting = _waiting_for(result)
+    click.echo(f"signal {name!r} stored for saga {saga_id}: it is {result.status.value}"
+               + (f", waiting for {waiting}" if waiting else ""))
+
+
+def _waiting_for(result: object) -> str:
+    """What a saga's snapshot waits for, in words ('' when not parked)."""
+    for step in getattr(result, "steps", ()):
+        if step.status is StepStatus.WAITING:
+            return f"its wait {step.name!r}"
+    return ""

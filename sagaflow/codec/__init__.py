@@ -35,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+import msgspec
 from cattrs.preconf.json import JsonConverter
 
 from ..errors import CodecError, CorruptRecord, SagaflowError
@@ -177,6 +179,59 @@ class Codec:
                 f"saga {record.saga_name!r} (id {record.saga_id!r}): domain event #{index} "
                 f"({short(event)}, a {name}) cannot be stored as JSON: {exc}{fix}"
             ) from exc
+
+    def dump_payload(self, value: Any, cls: type) -> str:
+        """A signal's payload (an instance of ``cls``, its declared class) as JSON text,
+        by the class's field types like saga data; :class:`CodecError` says why not."""
+        if type(value) is not cls:
+            raise CodecError(
+                f"the payload must be a {type_name(cls)} (or a dict of its fields), got a "
+                f"{type_name(type(value))}: {short(value)}"
+            )
+        try:
+            text = _dumps_json(self._values.converter.unstructure(value, cls))
+            back = self.load_payload(text, cls)
+        except CodecError:
+            raise
+        except Exception as exc:  # cattrs and json raise several kinds; say them alike
+            raise CodecError(f"a {type_name(cls)} payload cannot be stored as JSON: {exc}") from exc
+        if back != value:
+            raise CodecError(
+                f"a {type_name(cls)} payload does not load back equal to itself "
+                f"({short(value)} came back as {short(back)}): check its field types"
+            )
+        return text
+
+    def load_payload(self, data: str | Mapping[str, Any], cls: type) -> Any:
+        """A signal's payload of class ``cls`` from :meth:`dump_payload`'s text (or from
+        a dict of its fields, as a caller or the command line gives it); a value that does
+        not fit the class is a :class:`CodecError` naming what is wrong."""
+        try:
+            raw = _loads_json(data) if isinstance(data, str) else data
+        except ValueError as exc:
+            raise CodecError(f"not JSON: {exc}") from exc
+        if not isinstance(raw, Mapping):
+            raise CodecError(f"a {type_name(cls)} is an object of its fields, got {short(raw)}")
+        known = {f.name for f in attrs.fields(cls)} if attrs.has(cls) else set(
+            getattr(cls, "__dataclass_fields__", {})
+        )
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CodecError(
+                f"a {type_name(cls)} has no field {', '.join(map(repr, unknown))} "
+                f"(its fields: {', '.join(sorted(known))})"
+            )
+        try:
+            # Strict: "yes" is no bool and 3 no str, as a stored saga's fields are checked.
+            return msgspec.convert(raw, cls, strict=True)
+        except msgspec.ValidationError as exc:
+            raise CodecError(f"not a {type_name(cls)}: {exc}") from exc
+        except TypeError:  # a field type msgspec does not know: the general path
+            pass
+        try:
+            return self._values.converter.structure(raw, cls)
+        except Exception as exc:  # cattrs' errors group every field's problem
+            raise CodecError(f"not a {type_name(cls)}: {describe_failure(exc)}") from exc
 
     def load_event(self, text: str) -> Any:
         """A domain event from :meth:`dump_event`'s text; one whose class cannot be

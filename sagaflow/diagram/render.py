@@ -28,7 +28,7 @@ from .model import Diagrammable, model_of
 __all__ = [
     "FORMATS",
     "SUFFIXES",
-    "diagram",
+    "draw",
     "file_stem",
     "format_for",
     "render",

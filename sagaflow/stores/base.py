@@ -19,9 +19,9 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ..records import SagaRecord, SagaStatus
+from ..records import SagaRecord, SagaStatus, Signal
 
-__all__ = ["AsyncStoreMixin", "Quarantined", "Store", "Stored"]
+__all__ = ["AsyncStoreMixin", "Quarantined", "SignalStore", "Store", "Stored"]
 
 
 @attrs.frozen
@@ -123,6 +123,40 @@ class Store(Protocol):
     async def aload(self, saga_id: str) -> SagaRecord | None:
         """:meth:`load`, for the async driver."""
 
+@runtime_checkable
+class SignalStore(Protocol):
+    """What a store keeps of signals and waiting sagas (issue: waits and signals)."""
+
+    def add_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        """Store a signal for ``saga_id``, durably, in one transaction with the check of
+        its row: :class:`~sagaflow.SagaNotFound` if there is none,
+        :class:`~sagaflow.SignalRefused` if it finished; ``None`` (nothing changes) if a
+        signal with ``signal_id`` is stored for it already; else the stored signal, its
+        ``seq`` above every earlier one of the saga."""
+
+    def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        """The signal ``name`` of ``saga_id`` with the smallest ``seq`` above ``after``."""
+
+    def signals(self, saga_id: str) -> list[Signal]:
+        """Every signal stored for ``saga_id``, delivered or not, in arrival order."""
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of parked RUNNING sagas (not quarantined) to resume: their wake time has
+        come (``wake_at <= now``) or a signal they wait for arrived; earliest first."""
+
+    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
+        """Ids of the unfinished sagas whose business key is ``key``, newest first."""
+
+    async def aadd_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        """:meth:`add_signal`, for the async driver."""
+
+    async def anext_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        """:meth:`next_signal`, for the async driver."""
+
 
 class AsyncStoreMixin:
     """Async methods that call the sync ones: right for stores that never block."""
@@ -144,3 +178,19 @@ class AsyncStoreMixin:
 
     async def aload(self, saga_id: str) -> SagaRecord | None:
         return self.load(saga_id)
+
+    def add_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        raise NotImplementedError  # pragma: no cover - provided by the store
+
+    def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        raise NotImplementedError  # pragma: no cover - provided by the store
+
+    async def aadd_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        return self.add_signal(saga_id, name, signal_id, payload, at)
+
+    async def anext_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        return self.next_signal(saga_id, name, after)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Collection, Iterator
 
 import attrs
 
-from ..errors import SagaNotFound
-from ..records import SagaRecord, SagaStatus
+from ..errors import SagaNotFound, SignalRefused
+from ..records import SagaRecord, SagaStatus, Signal
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -51,6 +52,9 @@ class MemoryStore(AsyncStoreMixin):
     def __init__(self) -> None:
         self._records: dict[str, SagaRecord] = {}
         self._quarantined: dict[str, tuple[str, float]] = {}
+        self._signals: dict[str, list[Signal]] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
 
     def create(self, record: SagaRecord) -> SagaRecord | None:
         # dict.setdefault is atomic under the GIL: two threads starting the same id
@@ -118,6 +122,62 @@ class MemoryStore(AsyncStoreMixin):
             for sid, (reason, at) in list(self._quarantined.items())
         ]
         return sorted(found, key=lambda q: (q.at, q.saga_id))
+
+    def add_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        with self._lock:
+            record = self._records.get(saga_id)
+            if record is None:
+                raise SagaNotFound(saga_id)
+            if record.status.is_terminal:
+                raise SignalRefused(
+                    saga_id, name, f"it is {record.status.value}: a finished saga takes no signals"
+                )
+            kept = self._signals.setdefault(saga_id, [])
+            if any(s.signal_id == signal_id for s in kept):
+                return None
+            self._seq += 1
+            signal = Signal(saga_id, self._seq, name, signal_id, payload, at)
+            kept.append(signal)
+            return signal
+
+    def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        for signal in list(self._signals.get(saga_id, ())):
+            if signal.name == name and signal.seq > after:
+                return signal
+        return None
+
+    def signals(self, saga_id: str) -> list[Signal]:
+        return list(self._signals.get(saga_id, ()))
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        found = []
+        for record in list(self._records.values()):
+            waiting = record.waiting
+            if waiting is None or record.status is not SagaStatus.RUNNING:
+                continue
+            if record.saga_id in self._quarantined:
+                continue
+            woken = record.wake_at is not None and record.wake_at <= now
+            if not woken and waiting:
+                woken = self.next_signal(
+                    record.saga_id, waiting, record.signal_marks.get(waiting, 0)
+                ) is not None
+            if woken:
+                found.append((record.wake_at if record.wake_at is not None else now,
+                              record.saga_id))
+        found.sort()
+        return [saga_id for _, saga_id in found[:limit]]
+
+    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
+        found = [
+            r for r in list(self._records.values())
+            if r.business_key == key and not r.status.is_terminal
+            and (saga_name is None or r.saga_name == saga_name)
+        ]
+        found.sort(key=lambda r: (-r.created_at, r.saga_id))
+        return [r.saga_id for r in found]
 
     def decode(self, stored: object, cls: type | None = None) -> SagaRecord:
         if not isinstance(stored, _Held):

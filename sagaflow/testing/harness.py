@@ -38,7 +38,7 @@ from typing import Any, Literal
 import attrs
 
 from ..context import Direction, StepContext
-from ..engine import Call, Sleep, interrupt, new_record, next_command, settle
+from ..engine import Call, Park, Sleep, interrupt, new_record, next_command, settle
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus
 from ..spec import SagaSpec, StepKind, spec_of
@@ -196,6 +196,16 @@ class Harness:
             command = next_command(spec, record, now)
             record.updated_at = now
             if isinstance(command, Sleep):
+                clock.sleep(max(0.0, command.until - now))
+                continue
+            if isinstance(command, Park):
+                # No signal comes in a plan's run: the virtual clock runs to the wait's
+                # time (a timer fires; a wait times out).
+                if command.until is None:
+                    raise ValueError(
+                        f"wait {spec.steps[command.index].name!r} has no time limit and no "
+                        "signal comes in this run: it would wait for ever"
+                    )
                 clock.sleep(max(0.0, command.until - now))
                 continue
             return command
