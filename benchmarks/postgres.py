@@ -20,7 +20,8 @@ Two ways of running sagaflow are measured, each named as such:
   saga's row inserted; a checkpoint before each step and one at the end, each an
   UPDATE of the row (with an optimistic version check) and an INSERT into an event log,
   committed. 7 durable commits per saga, each as lean as it goes: one statement (a CTE
-  writes the row and the log together) on an autocommit connection, one round trip. ``raw, N processes`` runs N of them at once.
+  writes the row and the log together) on an autocommit connection, one round trip.
+  ``raw, N processes`` runs N of them at once.
 - **raw, 5 commits**: the least a durable 5-step saga can do: one commit per step (the
   figure the issue quotes: about 610 sagas/s on its machine).
 - **sagaflow, N workers**: the same five steps (async no-ops) as a ``@saga``, enqueued
