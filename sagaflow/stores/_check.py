@@ -118,9 +118,13 @@ def _looks_fine(r: SagaRecord) -> bool:
         and _maybe_time(r.deadline_at) and _maybe_time(r.compensation_deadline_at)
         and (r.error is None or isinstance(r.error, SagaflowError))
         and (r.resolution is None or r.status is SagaStatus.FAILED)
+        and type(r.signal_marks) is dict
+        and (r.business_key is None or (type(r.business_key) is str and r.business_key))
     ):  # fmt: skip
         return False
-    if r.undo or r.failures or r.resolution is not None:
+    if r.undo or r.failures or r.resolution is not None or r.waiting is not None or (
+        r.signal_marks
+    ):
         return False  # seldom: the detailed checks
     times: list[Any] = []
     for s in r.steps:
@@ -191,10 +195,34 @@ def _check_types(r: SagaRecord) -> None:
     for edge in r.path:
         if len(edge) != 3 or not all(type(x) is str for x in edge):
             raise _Bad("path", edge, "edges (source, trigger, destination) are expected")
+    _check_wait(r)
     for i, step in enumerate(r.steps):
         problem = _step_problem(step)
         if problem is not None:
             raise _Bad("steps", step, f"step record #{i}: {problem}")
+
+
+def _check_wait(r: SagaRecord) -> None:
+    """The wait columns: what a saga parks on, the marks of the signals it was given,
+    its business key."""
+    waiting = r.waiting
+    if waiting is not None:
+        if type(waiting) is not str:
+            raise _Bad("waiting", waiting, "a signal name, '' (a timer) or null is expected")
+        if r.status is not SagaStatus.RUNNING:
+            raise _Bad("waiting", waiting,
+                       f"only a RUNNING saga is parked at a wait, this one is {r.status.value}")
+        if not waiting and r.wake_at is None:
+            raise _Bad("waiting", waiting, "a timer ('') with no wake time (wake_at) never wakes")
+    marks = r.signal_marks
+    if type(marks) is not dict or not all(
+        type(k) is str and k and type(v) is int and v >= 0 for k, v in marks.items()
+    ):
+        raise _Bad("signal_marks", marks,
+                   "a map of signal name to arrival number (an int >= 0) is expected")
+    key = r.business_key
+    if key is not None and (type(key) is not str or not key):
+        raise _Bad("business_key", key, "a business key (non-empty text) or null is expected")
 
 
 def _step_problem(s: StepRecord) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from ._rows import COLUMNS, INLINE, StoredSaga
-from ._sql import quarantine_join, select_list
+from ._sql import quarantine_join, select_list, waits_and_signals
 
 __all__ = ["MIGRATIONS", "QUEUE", "PostgresStoredSaga", "select_columns", "spilled_joins"]
 
@@ -92,6 +92,8 @@ MIGRATIONS = (
             at double precision NOT NULL
         )""",
     ),
+    # 3: waits and signals. An identity never gives a number twice.
+    waits_and_signals("bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "double precision"),
 )
 
 

@@ -8,7 +8,12 @@ append-only lists, lifecycle events (``history``), domain events (``events``) an
 path through the machine (``path``), each with its count. Every :data:`INLINE` items, a
 chunk of a list moves out of the row into its own table (``sagaflow_history``,
 ``sagaflow_events``, ``sagaflow_path``), so a checkpoint writes O(1) bytes however long
-the saga runs, and encodes only the new items (:class:`Tracked`).
+the saga runs, and encodes only the new items (:class:`Tracked`). The wait columns
+(schema 3): ``waiting`` (the signal's name a parked saga waits for, ``''`` for a timer,
+``NULL`` when not parked), ``waiting_after`` (the mark it waits after:
+``signal_marks[waiting]``, so that the sagas due can be found without reading JSON),
+``signal_marks`` (JSON: signal name to the arrival number of the last one delivered) and
+``business_key``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "edge_text",
     "extend",
     "spilled",
+    "waiting_after",
 ]
 
 #: The saga row's columns, in the order a write binds them.
@@ -47,12 +53,17 @@ COLUMNS = (
     "saga_id", "saga_name", "fingerprint", "data_type", "status", "state", "version",
     "cursor", "undo", "created_at", "updated_at", "finished_at", "wake_at", "deadline_at",
     "compensation_deadline_at", "steps", "data", "error", "failures", "resolution",
-    "history", "history_count", "events", "events_count", "path", "path_count",
+    "history", "history_count", "events", "events_count", "path", "path_count", "waiting",
+    "waiting_after", "signal_marks", "business_key",
 )  # fmt: skip
 AT = {name: i for i, name in enumerate(COLUMNS)}  #: each column's position
 #: Columns a checkpoint usually leaves as they are (a store may leave them out of its
-#: UPDATE: naming an indexed column rewrites its index entry in SQLite).
-STATIC = ("saga_id", "saga_name", "fingerprint", "data_type", "status", "created_at")
+#: UPDATE: naming an indexed column rewrites its index entry in SQLite). The wait
+#: columns change only when a saga parks, wakes or takes a signal.
+STATIC = (
+    "saga_id", "saga_name", "fingerprint", "data_type", "status", "created_at", "waiting",
+    "waiting_after", "signal_marks", "business_key",
+)  # fmt: skip
 _STATIC_AT = tuple(AT[c] for c in STATIC[1:])
 #: Items of each append-only list kept in the saga's row; every INLINE, a chunk moves to
 #: the list's table.
@@ -260,6 +271,9 @@ def decode_row(
         column = "path"
         path = [(a, b, d) for a, b, d in stored.path]
         path.extend((a, b, d) for a, b, d in _tail(stored, "path", len(path), loads))
+        column = "signal_marks"
+        marks_text = c[AT["signal_marks"]]
+        signal_marks = {} if marks_text == "{}" else loads(marks_text)
     except CorruptRecord:
         raise
     except _Column as bad:
@@ -276,12 +290,34 @@ def decode_row(
         compensation_deadline_at=c[AT["compensation_deadline_at"]],
         updated_at=c[AT["updated_at"]], finished_at=c[AT["finished_at"]], error=error,
         failures=failures, events=events, history=history, version=stored.version,
-        resolution=c[AT["resolution"]], path=path,
+        resolution=c[AT["resolution"]], path=path, waiting=c[AT["waiting"]],
+        signal_marks=signal_marks, business_key=c[AT["business_key"]],
     )  # fmt: skip
     if type(c[AT["data_type"]]) is not str or not c[AT["data_type"]]:
         raise CorruptRecord(sid, "a type path is expected", "data_type", short(c[AT["data_type"]]))
     check_record(record, spec)
+    after = c[AT["waiting_after"]]
+    if after != 0 or type(after) is not int or record.waiting is not None:
+        _check_waiting_after(record, after)
     return record
+
+
+def waiting_after(record: SagaRecord) -> int:
+    """The ``waiting_after`` column of ``record``: the mark of the signal it waits for."""
+    waiting = record.waiting
+    return 0 if waiting is None else record.signal_marks.get(waiting, 0)
+
+
+def _check_waiting_after(record: SagaRecord, after: Any) -> None:
+    expected = waiting_after(record)
+    if type(after) is not int or after != expected:
+        what = (
+            "the saga is not parked" if record.waiting is None
+            else f"the mark of {record.waiting!r} in signal_marks"
+        )  # fmt: skip
+        raise CorruptRecord(
+            record.saga_id, f"{expected} is expected: {what}", "waiting_after", short(after)
+        )
 
 
 def _tail(stored: StoredSaga, what: str, outside: int, loads: Callable[[str], Any]) -> list[Any]:

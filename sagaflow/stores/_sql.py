@@ -16,6 +16,7 @@ is never overwritten (:class:`~sagaflow.ConcurrentModification`).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import weakref
@@ -25,8 +26,8 @@ from typing import Any, ClassVar
 import attrs
 
 from ..codec import Codec, default_codec, import_path, type_path
-from ..errors import CodecError, SagaNotFound, StoreError, UnknownSagaClass
-from ..records import SagaRecord, SagaStatus
+from ..errors import CodecError, SagaNotFound, SignalRefused, StoreError, UnknownSagaClass
+from ..records import SagaRecord, SagaStatus, Signal
 from ..spec import is_saga, spec_of
 from ._commit import Committer, Write
 from ._rows import (
@@ -38,15 +39,48 @@ from ._rows import (
     edge_text,
     extend,
     static_of,
+    waiting_after,
 )
 from .base import Quarantined, Stored
 
-__all__ = ["SCHEMA_VERSION", "SQLStore", "Select", "quarantine_join", "select_list"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "SQLStore",
+    "Select",
+    "quarantine_join",
+    "select_list",
+    "waits_and_signals",
+]
 
 #: The layout this code writes; a database with a newer one is refused, an older one
 #: migrated when opened (unless read-only).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: What a read of an older layout (read-only: never migrated) reads in place of the
+#: columns it lacks, by the version that added them.
+_ADDED = {
+    2: {"path": "'[]'", "path_count": "0"},
+    3: {"waiting": "NULL", "waiting_after": "0", "signal_marks": "'{}'", "business_key": "NULL"},
+}
+_TERMINAL = tuple(s.value for s in SagaStatus if s.is_terminal)
+_UNFINISHED = f"status NOT IN ({', '.join(repr(v) for v in _TERMINAL)})"
+_SIGNAL = "SELECT saga_id, seq, name, signal_id, payload, at FROM sagaflow_signals"
+_ADD_SIGNAL = (
+    "INSERT INTO sagaflow_signals (saga_id, name, signal_id, payload, at) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (saga_id, signal_id) DO NOTHING"
+)
+# Parked, running, not set aside; its wake time come, or a signal of the name it waits
+# for arrived after the last one it was given. The wake time orders them, none last.
+_DUE = (
+    "SELECT s.saga_id FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
+    " AND s.status = 'RUNNING'"
+    " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
+    " AND (s.wake_at <= ? OR EXISTS (SELECT 1 FROM sagaflow_signals g"
+    " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after))"
+    " ORDER BY s.wake_at IS NULL, s.wake_at, s.saga_id LIMIT ?"
+)
 _NOTHING: Tail = (0, "")
+#: Runs one statement (``?`` marks) in a dialect's transaction: its rows, or row count.
+Run = Callable[[str, Sequence[Any]], Any]
 _NONE: list[tuple[Any, ...]] = []  # no rows to append (never appended to)
 _META = (
     "CREATE TABLE IF NOT EXISTS sagaflow_meta "
@@ -70,11 +104,39 @@ _QUARANTINED = (
 def select_list(layout: int, alias: str = "s") -> str:
     """The saga row's columns (:data:`~._rows.COLUMNS`) and its quarantine reason, as a
     query on ``sagaflow_sagas {alias}`` joined to ``sagaflow_quarantine q`` reads them;
-    a version-1 table (read-only) has neither path nor quarantine: empty ones stand in."""
-    if layout >= 2:
-        return ", ".join(f"{alias}.{c}" for c in COLUMNS) + ", q.reason"
-    old = {"path": "'[]'", "path_count": "0"}
-    return ", ".join(old.get(c, f"{alias}.{c}") for c in COLUMNS) + ", NULL"
+    an older table (read-only) lacks some (version 1: the path and quarantine; 2: the
+    wait columns): empty ones stand in."""
+    old = {c: v for version, added in _ADDED.items() if layout < version for c, v in added.items()}
+    reason = "q.reason" if layout >= 2 else "NULL"
+    return ", ".join(old.get(c, f"{alias}.{c}") for c in COLUMNS) + f", {reason}"
+
+
+def waits_and_signals(seq: str, real: str) -> tuple[str, ...]:
+    """Schema version 3 in either dialect: the saga row's wait columns, the index that
+    finds the parked sagas (only they are in it, and a checkpoint that does not park
+    or wake changes none of its columns), the one of business keys, and the signals.
+    ``seq`` declares the signals' arrival number (increasing, never reused), ``real``
+    is the dialect's float type."""
+    return (
+        "ALTER TABLE sagaflow_sagas ADD COLUMN waiting TEXT",
+        "ALTER TABLE sagaflow_sagas ADD COLUMN waiting_after BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE sagaflow_sagas ADD COLUMN signal_marks TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE sagaflow_sagas ADD COLUMN business_key TEXT",
+        "CREATE INDEX sagaflow_sagas_parked ON sagaflow_sagas (waiting)"
+        " WHERE waiting IS NOT NULL",
+        "CREATE INDEX sagaflow_sagas_by_key ON sagaflow_sagas (business_key, saga_name)"
+        " WHERE business_key IS NOT NULL",
+        f"""CREATE TABLE sagaflow_signals (
+            saga_id TEXT NOT NULL,
+            seq {seq},
+            name TEXT NOT NULL,
+            signal_id TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            at {real} NOT NULL,
+            UNIQUE (saga_id, signal_id)
+        )""",
+        "CREATE INDEX sagaflow_signals_by_name ON sagaflow_signals (saga_id, name, seq)",
+    )
 
 
 def quarantine_join(layout: int, alias: str = "s") -> str:
@@ -181,6 +243,12 @@ class SQLStore:
 
     def _where(self) -> str:
         """Where the database is, for messages."""
+        raise NotImplementedError
+
+    def _transact(self, work: Callable[[Run], Any]) -> Any:
+        """``work(run)`` in one write transaction, committed (durably) before this
+        returns and rolled back if it raises; ``run(statement, params)`` executes SQL
+        with ``?`` marks in it: its rows, or its row count."""
         raise NotImplementedError
 
     # -- saga classes ----------------------------------------------------------------------
@@ -341,7 +409,8 @@ class SQLStore:
             None if error is None else dumps(codec.encode_error(error)),
             dumps(record.failures) if record.failures else None, record.resolution,
             f"[{history[1]}]", history[0], f"[{events[1]}]", events[0], f"[{path[1]}]",
-            path[0],
+            path[0], record.waiting, waiting_after(record),
+            dumps(record.signal_marks) if record.signal_marks else "{}", record.business_key,
         )  # fmt: skip
 
     def _committed(self, batch: list[Write], outcomes: list[BaseException | bool]) -> None:
@@ -541,6 +610,95 @@ class SQLStore:
                 self._track(record, Tracked.of(stored, record))
         return record
 
+    # -- signals and waits -----------------------------------------------------------------
+
+    #: What the read of the saga's row in :meth:`add_signal` adds to lock it (PostgreSQL:
+    #: signals to one saga are numbered in the order they commit).
+    LOCK_ROW: ClassVar[str] = ""
+
+    def add_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        """Store signal ``name`` for saga ``saga_id``; committed when this returns.
+
+        In one transaction with the check of the saga's row: :class:`~sagaflow.SagaNotFound`
+        if there is none, :class:`~sagaflow.SignalRefused` if it is finished; ``None``
+        (and nothing changes) if a signal ``signal_id`` of this saga is stored already;
+        else the signal, with its arrival number ``seq``. ``payload`` is JSON text.
+        """
+        self._check_writable()
+        at = _signal_fields(name, signal_id, payload, at)
+
+        def work(run: Run) -> Signal | None:
+            found = run("SELECT status FROM sagaflow_sagas WHERE saga_id = ?" + self.LOCK_ROW,
+                        (saga_id,))
+            if not found:
+                raise SagaNotFound(saga_id)
+            status = found[0][0]
+            if status in _TERMINAL:
+                raise SignalRefused(
+                    saga_id, name, f"it is {status}: a finished saga takes no signals"
+                )
+            if not run(_ADD_SIGNAL, (saga_id, name, signal_id, payload, at)):
+                return None  # stored already
+            rows = run("SELECT seq FROM sagaflow_signals WHERE saga_id = ? AND signal_id = ?",
+                       (saga_id, signal_id))
+            return Signal(saga_id, rows[0][0], name, signal_id, payload, at)
+
+        result: Signal | None = self._transact(work)
+        return result
+
+    def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        """Saga ``saga_id``'s signal ``name`` with the smallest ``seq`` above ``after``."""
+        if self.layout < 3:
+            return None
+        rows = self._execute(
+            f"{_SIGNAL} WHERE saga_id = ? AND name = ? AND seq > ? ORDER BY seq LIMIT 1",
+            (saga_id, name, int(after)),
+        )
+        return Signal(*rows[0]) if rows else None
+
+    def signals(self, saga_id: str) -> list[Signal]:
+        """Every signal of saga ``saga_id``, delivered or not, in arrival order."""
+        if self.layout < 3:
+            return []
+        rows = self._execute(f"{_SIGNAL} WHERE saga_id = ? ORDER BY seq", (saga_id,))
+        return [Signal(*row) for row in rows]
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        """Ids of the parked sagas to wake: RUNNING, not quarantined, and their wake time
+        is ``now`` or past, or a signal they wait for arrived (``seq`` above their mark);
+        the earliest wake time first (none: last), at most ``limit``."""
+        if self.layout < 3:
+            return []
+        return [row[0] for row in self._execute(_DUE, (now, int(limit)))]
+
+    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
+        """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is
+        ``saga_name``, if given), newest first."""
+        if self.layout < 3:
+            return []
+        where, params = "business_key = ?", [key]
+        if saga_name is not None:
+            where += " AND saga_name = ?"
+            params.append(saga_name)
+        rows = self._execute(
+            f"SELECT saga_id FROM sagaflow_sagas WHERE {where} AND {_UNFINISHED}"
+            " ORDER BY created_at DESC, saga_id",
+            params,
+        )
+        return [row[0] for row in rows]
+
+    async def aadd_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        """:meth:`add_signal` on a worker thread (it may wait for a lock and a sync)."""
+        return await asyncio.to_thread(self.add_signal, saga_id, name, signal_id, payload, at)
+
+    async def anext_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        """:meth:`next_signal` on a worker thread."""
+        return await asyncio.to_thread(self.next_signal, saga_id, name, after)
+
     # -- quarantine ------------------------------------------------------------------------
 
     def quarantine(self, saga_id: str, reason: str) -> None:
@@ -653,3 +811,15 @@ class SQLStore:
         return int(self._execute("SELECT count(*) FROM sagaflow_sagas")[0][0])
 
 
+
+
+def _signal_fields(name: Any, signal_id: Any, payload: Any, at: Any) -> float:
+    """Check a signal's fields before anything is written; its time, as a float."""
+    for what, value in (("name", name), ("signal_id", signal_id)):
+        if type(value) is not str or not value:
+            raise TypeError(f"a signal's {what} is a non-empty string, not {value!r}")
+    if not isinstance(payload, str):
+        raise TypeError(f"a signal's payload is JSON text (a str), not {type(payload).__name__}")
+    if type(at) not in (int, float) or not math.isfinite(at):
+        raise ValueError(f"a signal's time (at) is a finite number of seconds, not {at!r}")
+    return float(at)

@@ -1,6 +1,6 @@
 """The PostgreSQL store: durable sagas shared by many processes and machines (psycopg 3).
 
-The layout (schema version 2, created on first use in the connection's schema;
+The layout (schema version 3, created on first use in the connection's schema;
 ``sagaflow_meta`` holds the version; an older one is migrated when opened) is the
 SQLite store's (:mod:`sagaflow.stores._rows`), plus a queue. JSON is kept as ``text``:
 the store never looks inside it, and ``jsonb`` would make the server parse every
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -33,12 +33,12 @@ from psycopg_pool import ConnectionPool
 
 from ..codec import Codec
 from ..errors import ConcurrentModification, LeaseLost, StoreError
-from ..records import SagaRecord
+from ..records import SagaRecord, Signal
 from ._commit import Committer, Lane, Write
 from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
 from ._pgqueue import Queue
 from ._rows import COLUMNS, StoredSaga
-from ._sql import SCHEMA_VERSION, Select
+from ._sql import SCHEMA_VERSION, Run, Select
 from .base import Quarantined, Stored
 
 __all__ = [
@@ -98,6 +98,10 @@ class PostgresStore(Queue):
     """
 
     MARK = "%s"
+    # Signals to one saga wait for each other (and for a checkpoint of it in flight), so
+    # that their numbers follow the order they commit in: a reader never sees a later
+    # one before an earlier one is visible.
+    LOCK_ROW = " FOR NO KEY UPDATE"
 
     def __init__(
         self,
@@ -234,6 +238,28 @@ class PostgresStore(Queue):
                     return _rows(conn.execute(statement, params))
             except psycopg.OperationalError as exc:
                 if attempt == 1 and conn is not None and (conn.broken or conn.closed):
+                    continue
+                raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+            except psycopg.Error as exc:
+                raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transact(self, work: Callable[[Run], Any]) -> Any:
+        """``work`` in one transaction on a pooled connection, committed when this
+        returns. A connection found dead at the first statement (nothing done yet) is
+        replaced once; a failure later leaves the outcome to the caller to find out."""
+        self._check_writable()
+        for attempt in (1, 2):
+            conn: _Conn | None = None
+            ran: list[int] = []  # one item per statement that went through
+            try:
+                with (
+                    self._pool.connection(timeout=self._connect_timeout) as conn,
+                    conn.transaction(),
+                ):
+                    return work(_counted(conn, ran))
+            except psycopg.OperationalError as exc:
+                if attempt == 1 and not ran and conn is not None and (conn.broken or conn.closed):
                     continue
                 raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
             except psycopg.Error as exc:
@@ -450,6 +476,31 @@ class FencedStore:
     async def aload(self, saga_id: str) -> SagaRecord | None:
         return await self.store.aload(saga_id)
 
+    def add_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        return self.store.add_signal(saga_id, name, signal_id, payload, at)
+
+    async def aadd_signal(
+        self, saga_id: str, name: str, signal_id: str, payload: str, at: float
+    ) -> Signal | None:
+        return await self.store.aadd_signal(saga_id, name, signal_id, payload, at)
+
+    def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        return self.store.next_signal(saga_id, name, after)
+
+    async def anext_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
+        return await self.store.anext_signal(saga_id, name, after)
+
+    def signals(self, saga_id: str) -> list[Signal]:
+        return self.store.signals(saga_id)
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        return self.store.due(now, limit)
+
+    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
+        return self.store.by_key(key, saga_name)
+
     def __repr__(self) -> str:
         return f"FencedStore({self.store!r}, {len(self.tokens)} held)"
 
@@ -458,6 +509,17 @@ def _update_params(item: Write) -> tuple[Any, ...]:
     """:data:`_UPDATE`'s parameters for ``item`` (a finished saga leaves the queue)."""
     row, done = item.row, item.terminal
     return (*row[1:], done, done, done, row[0], item.expected, item.fence, item.fence)
+
+
+def _counted(conn: _Conn, ran: list[int]) -> Run:
+    """A :data:`~._sql.Run` on ``conn`` that counts into ``ran`` the statements done."""
+
+    def run(statement: str, params: Sequence[Any]) -> Any:
+        found = _rows(conn.execute(_marks(statement), params))
+        ran.append(1)
+        return found
+
+    return run
 
 
 def _marks(statement: str) -> str:

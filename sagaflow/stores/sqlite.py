@@ -1,10 +1,11 @@
 """The SQLite store: durable sagas in one file, on the standard library's ``sqlite3``.
 
-The layout (schema version 2, created on first use; ``sagaflow_meta`` holds the
+The layout (schema version 3, created on first use; ``sagaflow_meta`` holds the
 version; an older database is migrated when opened) is the saga row of
 :mod:`sagaflow.stores._rows` in ``sagaflow_sagas``; the older items of its append-only
-lists in ``sagaflow_history``, ``sagaflow_events`` and ``sagaflow_path``; and the sagas
-set aside in ``sagaflow_quarantine``.
+lists in ``sagaflow_history``, ``sagaflow_events`` and ``sagaflow_path``; the sagas
+set aside in ``sagaflow_quarantine``; and the signals sent to sagas in
+``sagaflow_signals``.
 
 What a checkpoint writes: the saga's row, in one UPDATE, and every 32 items of a list a
 chunk of rows appended. Measured against the alternatives: a row plus one history row
@@ -32,14 +33,22 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..codec import Codec
 from ..errors import ConcurrentModification, StoreError, UnknownSagaClass
 from ._commit import Committer, Lane, Write
 from ._rows import COLUMNS, INLINE, STATIC, StoredSaga
-from ._sql import SCHEMA_VERSION, Select, SQLStore, quarantine_join, select_list
+from ._sql import (
+    SCHEMA_VERSION,
+    Run,
+    Select,
+    SQLStore,
+    quarantine_join,
+    select_list,
+    waits_and_signals,
+)
 
 __all__ = [
     "INLINE",
@@ -121,6 +130,9 @@ _MIGRATIONS = (
             at REAL NOT NULL
         )""",
     ),
+    # 3: waits and signals. AUTOINCREMENT: a signal's number is never one a deleted
+    # signal had (a saga's mark may have passed it).
+    waits_and_signals("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL"),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.
@@ -271,8 +283,23 @@ class SQLiteStore(SQLStore):
         else:
             conn, lock = self._read_conn, self._read_lock
         with lock:
-            cur = conn.execute(statement, params)
-            return cur.fetchall() if cur.description is not None else cur.rowcount
+            return _result(conn.execute(statement, params))
+
+    def _transact(self, work: Callable[[Run], Any]) -> Any:
+        """``work`` in one transaction on the write connection (``BEGIN IMMEDIATE``:
+        it holds the write lock from its first read), committed when this returns."""
+        self._check_writable()
+        lane = self._commit.lanes[0]
+        with lane.lock:
+            conn: sqlite3.Connection = lane.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(lambda statement, params: _result(conn.execute(statement, params)))
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        return result
 
     # -- the write path ----------------------------------------------------------------
 
@@ -453,6 +480,10 @@ class SQLiteStore(SQLStore):
     def __repr__(self) -> str:
         mode = ", readonly=True" if self.readonly else ""
         return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r}{mode})"
+
+
+def _result(cur: sqlite3.Cursor) -> Any:
+    return cur.fetchall() if cur.description is not None else cur.rowcount
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

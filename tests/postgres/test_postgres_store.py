@@ -57,7 +57,7 @@ def test_the_schema_is_created_once_and_versioned(
         pg_url, schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
     )}
     assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history", "sagaflow_events",
-                      "sagaflow_path", "sagaflow_quarantine"}
+                      "sagaflow_path", "sagaflow_quarantine", "sagaflow_signals"}
     # A second store (another process, say) finds the tables and shares the sagas.
     pg_store.create(record_of(Hello(), "h-1"))
     with PostgresStore(pg_url, schema=schema) as other:
@@ -75,11 +75,12 @@ def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
     record = record_of(Hello(), "old")
     pg_store.create(record)
     pg_store.close()
+    back_to_version_2(pg_url, schema)
     execute(pg_url, schema, "DROP TABLE sagaflow_path, sagaflow_quarantine")
     execute(pg_url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN path, DROP COLUMN path_count")
     execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '1'")
     with PostgresStore(pg_url, schema=schema) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         store.register(Hello)
         old = store.load("old")
         assert old.path == [] and old.data == Hello()
@@ -87,7 +88,45 @@ def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
         store.save(old)
         assert store.load("old").path == [("not_started", "start", "greet")]
     with PostgresStore(pg_url, schema=schema) as again:
-        assert again.schema_version == 2 and len(again) == 1
+        assert again.schema_version == 3 and len(again) == 1
+
+
+def back_to_version_2(url: str, schema: str) -> None:
+    """Take version 3's waits and signals away: a schema as version 2 left it."""
+    execute(url, schema, "DROP TABLE sagaflow_signals")
+    execute(url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN waiting, DROP COLUMN"
+            " waiting_after, DROP COLUMN signal_marks, DROP COLUMN business_key")
+    execute(url, schema, "UPDATE sagaflow_meta SET value = '2'")
+
+
+def test_a_version_2_schema_is_migrated_and_its_sagas_wait_for_nothing(
+    pg_url: str, schema: str, pg_store: PostgresStore
+) -> None:
+    pg_store.create(record_of(Hello(), "old"))
+    pg_store.quarantine("old", "set aside")
+    pg_store.close()
+    back_to_version_2(pg_url, schema)
+    with PostgresStore(pg_url, schema=schema, readonly=True) as reader:
+        reader.register(Hello)
+        assert reader.schema_version == 2
+        assert reader.load("old").waiting is None and reader.signals("old") == []
+        assert reader.due(NOW + 10**6) == [] and reader.by_key("k") == []
+        assert reader.next_signal("old", "approval", 0) is None
+    with PostgresStore(pg_url, schema=schema) as store:
+        assert store.schema_version == 3
+        store.register(Hello)
+        old = store.load("old")
+        assert (old.waiting, old.signal_marks, old.business_key) == (None, {}, None)
+        assert [q.saga_id for q in store.quarantined()] == ["old"]
+        added = store.add_signal("old", "approval", "a", "{}", NOW)
+        assert store.signals("old") == [added]
+        indexes = {r[0] for r in execute(
+            pg_url, schema, "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+        )}
+        assert {"sagaflow_sagas_parked", "sagaflow_sagas_by_key",
+                "sagaflow_signals_by_name"} <= indexes
+    with PostgresStore(pg_url, schema=schema) as again:
+        assert again.schema_version == 3 and len(again) == 1
 
 
 def test_a_read_only_store_reads_and_never_writes(
@@ -133,6 +172,7 @@ def test_a_read_only_store_reads_a_version_1_schema_without_migrating_it(
 ) -> None:
     pg_store.create(record_of(Hello(), "old"))
     pg_store.close()
+    back_to_version_2(pg_url, schema)
     execute(pg_url, schema, "DROP TABLE sagaflow_path, sagaflow_quarantine")
     execute(pg_url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN path, DROP COLUMN path_count")
     execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '1'")

@@ -134,6 +134,13 @@ DAMAGES = [
     ("path", "'[[\"not_started\", \"start\", \"reserve\"], [\"reserve\", \"jump\", \"ship\"]]'",
      "path"),
     ("path_count", "5", "path_count"),
+    ("waiting", "''", "waiting"),  # a timer wait with no wake time: it would never wake
+    ("waiting_after", "3", "waiting_after"),  # it waits for nothing: 0
+    ("signal_marks", "'{garbage'", "signal_marks"),
+    ("signal_marks", "'[[\"approval\", 1]]'", "signal_marks"),
+    ("signal_marks", "'{\"approval\": -1}'", "signal_marks"),
+    ("signal_marks", "'{\"approval\": \"one\"}'", "signal_marks"),
+    ("business_key", "''", "business_key"),
 ]
 # SQLite keeps what it is given in a column of another type: damage of that kind too.
 SQLITE_DAMAGES = [
@@ -142,6 +149,20 @@ SQLITE_DAMAGES = [
     ("created_at", "'yesterday'", "created_at"),
     ("history_count", "'x'", "history_count"),
     ("path_count", "2.5", "path_count"),
+    ("waiting", "x'617070726f76616c'", "waiting"),  # bytes: TEXT affinity keeps a blob
+    ("waiting_after", "'x'", "waiting_after"),
+    ("signal_marks", "7", "signal_marks"),
+    ("business_key", "x'6b'", "business_key"),
+]
+# The wait columns of a saga parked for "approval" (two delivered), and of a finished one.
+PARKED_DAMAGES = [
+    ("waiting_after", "0", "waiting_after"),  # not the mark of what it waits for
+    ("signal_marks", "'{}'", "waiting_after"),  # the mark it waits after is gone
+    ("signal_marks", "'{\"approval\": 2, \"\": 1}'", "signal_marks"),  # a nameless one
+]
+FINISHED_DAMAGES = [
+    ("waiting", "'approval'", "waiting"),  # only a RUNNING saga waits
+    ("waiting", "''", "waiting"),
 ]
 
 
@@ -165,8 +186,52 @@ def test_a_value_of_another_type_in_a_sqlite_column_is_named_too(
     damaged(sqlite_db, column, value, named)
 
 
-def damaged(db: Db, column: str, value: str, named: str) -> None:
-    a_running_saga(db.store)
+@pytest.mark.parametrize(("column", "value", "named"), PARKED_DAMAGES)
+def test_a_damaged_wait_column_of_a_parked_saga_is_named(
+    db: Db, column: str, value: str, named: str
+) -> None:
+    damaged(db, column, value, named, a_parked_saga)
+
+
+@pytest.mark.parametrize(("column", "value", "named"), FINISHED_DAMAGES)
+def test_a_finished_saga_that_says_it_waits_is_named(
+    db: Db, column: str, value: str, named: str
+) -> None:
+    damaged(db, column, value, named, a_finished_saga)
+
+
+def a_parked_saga(store: Any) -> Any:
+    """A saga at its second step, parked for "approval" after two were delivered."""
+    record = a_running_saga(store)
+    record.waiting, record.wake_at = "approval", NOW + 3600
+    record.signal_marks = {"approval": 2, "cancel": 1}
+    record.business_key = "order-7"
+    store.save(record)
+    return record
+
+
+def a_finished_saga(store: Any) -> Any:
+    record = a_running_saga(store)
+    t = NOW + 3
+    while not record.status.is_terminal:
+        call = next_command(ORDER_SPEC, record, t)
+        if isinstance(call, Call):
+            settle(ORDER_SPEC, record, call, t, None, False, [])
+        t += 1
+    store.save(record)
+    return record
+
+
+def test_the_undamaged_parked_saga_decodes(db: Db) -> None:
+    record = a_parked_saga(db.store)
+    [stored] = list(db.store.scan())
+    assert_same(db.store.decode(stored, Order), record)
+
+
+def damaged(
+    db: Db, column: str, value: str, named: str, make: Callable[[Any], Any] = a_running_saga
+) -> None:
+    make(db.store)
     db.execute(f"UPDATE sagaflow_sagas SET {column} = {value} WHERE saga_id = 'd-1'")
     [stored] = list(db.store.scan())  # listing never decodes: it never fails
     sid = stored.saga_id

@@ -16,7 +16,7 @@ from store_sagas import ORDER_SPEC, Order, Other, assert_same, record_of
 from sagaflow import Orchestrator, SagaStatus, events, saga, step
 from sagaflow.codec import Codec, CorruptRecord
 from sagaflow.engine import Call, next_command, settle
-from sagaflow.errors import UnknownSaga
+from sagaflow.errors import SignalRefused, UnknownSaga
 from sagaflow.stores import open_store
 from sagaflow.stores.sqlite import (
     INLINE,
@@ -59,15 +59,18 @@ def step_once(record, now: float) -> None:
 def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.journal_mode == "wal"
     with raw(path) as conn:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+        )}
         assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
-                          "sagaflow_events", "sagaflow_path", "sagaflow_quarantine"}
+                          "sagaflow_events", "sagaflow_path", "sagaflow_quarantine",
+                          "sagaflow_signals"}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with SQLiteStore(path) as again:  # opening an existing store changes nothing
-        assert again.schema_version == 2 and len(again) == 0
+        assert again.schema_version == 3 and len(again) == 0
 
 
 def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_path(
@@ -79,7 +82,7 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
     with raw(path) as conn:
         conn.executescript((DATA / "sqlite-v1.sql").read_text())
     with SQLiteStore(path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == 3
         done, compensated, running = (
             store.load(f"v1-{s}") for s in ("done", "compensated", "running")
         )
@@ -94,9 +97,59 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
         assert len(running.path) == 1 and store.load("v1-running").path == running.path
     with raw(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(sagaflow_sagas)")]
-        assert columns[-2:] == ["path", "path_count"]
+        assert columns[-6:] == ["path", "path_count", "waiting", "waiting_after",
+                                "signal_marks", "business_key"]
     with SQLiteStore(path) as again:  # once migrated, opening changes nothing
-        assert again.schema_version == 2 and len(again) == 3
+        assert again.schema_version == 3 and len(again) == 3
+
+
+def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
+    tmp_path: Path,
+) -> None:
+    """data/sqlite-v2.sql is a database written by schema version 2: a finished saga, a
+    running one, a quarantined one. Version 3 adds the wait columns and the signals."""
+    path = tmp_path / "v2.db"
+    with raw(path) as conn:
+        conn.executescript((DATA / "sqlite-v2.sql").read_text())
+    with SQLiteStore(path) as store:
+        assert store.schema_version == 3
+        done, running = store.load("v2-done"), store.load("v2-running")
+        assert done.status is SagaStatus.COMPLETED and running.status is SagaStatus.RUNNING
+        for record in (done, running):
+            assert (record.waiting, record.signal_marks, record.business_key) == (None, {}, None)
+        assert [q.saga_id for q in store.quarantined()] == ["v2-quarantined"]
+        assert store.due(NOW + 10**6) == [] and store.by_key("k") == []
+        # A migrated saga takes signals, and parks.
+        added = store.add_signal("v2-running", "approval", "a", "{}", NOW + 5)
+        assert store.signals("v2-running") == [added]
+        running.waiting = "approval"
+        store.save(running)
+        assert store.due(NOW + 5) == ["v2-running"]
+        with pytest.raises(SignalRefused):
+            store.add_signal("v2-done", "approval", "a", "{}", NOW + 5)
+    with raw(path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"sagaflow_sagas_parked", "sagaflow_sagas_by_key",
+                "sagaflow_signals_by_name"} <= indexes
+    with SQLiteStore(path) as again:  # once migrated, opening changes nothing
+        assert again.schema_version == 3 and len(again) == 3
+
+
+def test_a_read_only_store_reads_a_version_2_database_without_migrating_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.db"
+    with raw(path) as conn:
+        conn.executescript((DATA / "sqlite-v2.sql").read_text())
+    conn.close()
+    before = digest(path)
+    with SQLiteStore(path, readonly=True) as reader:
+        assert reader.schema_version == 2
+        assert reader.load("v2-running").waiting is None
+        assert reader.signals("v2-running") == [] and reader.due(NOW + 10**6) == []
+        assert reader.next_signal("v2-running", "approval", 0) is None
+        assert reader.by_key("k") == []
+    assert digest(path) == before
 
 
 def digest(path: Path) -> str:
