@@ -39,7 +39,6 @@ from ._rows import (
     edge_text,
     extend,
     static_of,
-    waiting_after,
 )
 from .base import Quarantined, Stored
 
@@ -400,6 +399,7 @@ class SQLStore:
         dumps = codec.dumps_json
         error = record.error
         history, events, path = tracked.history, tracked.events, tracked.path
+        waiting, marks = record.waiting, record.signal_marks
         return (
             record.saga_id, record.saga_name, record.fingerprint,
             self._data_type(type(record.data)), record.status.value, record.state, version,
@@ -409,8 +409,8 @@ class SQLStore:
             None if error is None else dumps(codec.encode_error(error)),
             dumps(record.failures) if record.failures else None, record.resolution,
             f"[{history[1]}]", history[0], f"[{events[1]}]", events[0], f"[{path[1]}]",
-            path[0], record.waiting, waiting_after(record),
-            dumps(record.signal_marks) if record.signal_marks else "{}", record.business_key,
+            path[0], waiting, 0 if waiting is None else marks.get(waiting, 0),
+            dumps(marks) if marks else "{}", record.business_key,
         )  # fmt: skip
 
     def _committed(self, batch: list[Write], outcomes: list[BaseException | bool]) -> None:

@@ -78,9 +78,7 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
 ) -> None:
     """data/sqlite-v1.sql is a database written by sagaflow 0.1 (schema version 1): a
     finished saga, a compensated one, one running with its history partly spilled."""
-    path = tmp_path / "v1.db"
-    with raw(path) as conn:
-        conn.executescript((DATA / "sqlite-v1.sql").read_text())
+    path = old_database(tmp_path, 1)
     with SQLiteStore(path) as store:
         assert store.schema_version == 3
         done, compensated, running = (
@@ -108,9 +106,7 @@ def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
 ) -> None:
     """data/sqlite-v2.sql is a database written by schema version 2: a finished saga, a
     running one, a quarantined one. Version 3 adds the wait columns and the signals."""
-    path = tmp_path / "v2.db"
-    with raw(path) as conn:
-        conn.executescript((DATA / "sqlite-v2.sql").read_text())
+    path = old_database(tmp_path, 2)
     with SQLiteStore(path) as store:
         assert store.schema_version == 3
         done, running = store.load("v2-done"), store.load("v2-running")
@@ -138,10 +134,7 @@ def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
 def test_a_read_only_store_reads_a_version_2_database_without_migrating_it(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "v2.db"
-    with raw(path) as conn:
-        conn.executescript((DATA / "sqlite-v2.sql").read_text())
-    conn.close()
+    path = old_database(tmp_path, 2)
     before = digest(path)
     with SQLiteStore(path, readonly=True) as reader:
         assert reader.schema_version == 2
@@ -150,6 +143,15 @@ def test_a_read_only_store_reads_a_version_2_database_without_migrating_it(
         assert reader.next_signal("v2-running", "approval", 0) is None
         assert reader.by_key("k") == []
     assert digest(path) == before
+
+
+def old_database(tmp_path: Path, version: int) -> Path:
+    """A database as schema ``version`` left it: data/sqlite-v{version}.sql."""
+    path = tmp_path / f"v{version}.db"
+    conn = raw(path)
+    conn.executescript((DATA / f"sqlite-v{version}.sql").read_text())
+    conn.close()
+    return path
 
 
 def digest(path: Path) -> str:
@@ -199,10 +201,7 @@ def test_a_read_only_store_on_a_database_without_sagaflow_says_so(tmp_path: Path
 def test_a_read_only_store_reads_a_version_1_database_without_migrating_it(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "v1.db"
-    with raw(path) as conn:
-        conn.executescript((DATA / "sqlite-v1.sql").read_text())
-    conn.close()
+    path = old_database(tmp_path, 1)
     before = digest(path)
     with SQLiteStore(path, readonly=True) as reader:
         assert reader.schema_version == 1
