@@ -68,14 +68,15 @@ _ADD_SIGNAL = (
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (saga_id, signal_id) DO NOTHING"
 )
 # Parked, running, not set aside; its wake time come, or a signal of the name it waits
-# for arrived after the last one it was given. The wake time orders them, none last.
+# for arrived after the last one it was given. By wake time; one without (woken by a
+# signal only) counts as due now.
 _DUE = (
     "SELECT s.saga_id FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
     " AND s.status = 'RUNNING'"
     " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
     " AND (s.wake_at <= ? OR EXISTS (SELECT 1 FROM sagaflow_signals g"
     " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after))"
-    " ORDER BY s.wake_at IS NULL, s.wake_at, s.saga_id LIMIT ?"
+    " ORDER BY COALESCE(s.wake_at, ?), s.saga_id LIMIT ?"
 )
 _NOTHING: Tail = (0, "")
 #: Runs one statement (``?`` marks) in a dialect's transaction: its rows, or row count.
@@ -668,10 +669,11 @@ class SQLStore:
     def due(self, now: float, limit: int = 100) -> list[str]:
         """Ids of the parked sagas to wake: RUNNING, not quarantined, and their wake time
         is ``now`` or past, or a signal they wait for arrived (``seq`` above their mark);
-        the earliest wake time first (none: last), at most ``limit``."""
+        the earliest wake time first (a saga with none counts as due at ``now``), then by
+        id; at most ``limit``."""
         if self.layout < 3:
             return []
-        return [row[0] for row in self._execute(_DUE, (now, int(limit)))]
+        return [row[0] for row in self._execute(_DUE, (now, now, int(limit)))]
 
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
         """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is
