@@ -25,6 +25,7 @@ from sagaflow import (
     wait,
 )
 from sagaflow.stores import MemoryStore
+from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.testing import VirtualClock
 
 DAY = 86_400.0
@@ -79,10 +80,14 @@ def clock():
     return VirtualClock()
 
 
-@pytest.fixture
-def orch(clock):
-    with Orchestrator(MemoryStore(), clock=clock) as o:
+@pytest.fixture(params=["memory", "sqlite"])
+def orch(clock, request, tmp_path):
+    store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "w.db")
+    with Orchestrator(store, clock=clock) as o:
         yield o
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
 
 
 def test_a_saga_parks_at_its_wait_and_a_signal_resumes_it_at_once(orch):

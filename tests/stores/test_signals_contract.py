@@ -27,11 +27,15 @@ from sagaflow.records import SagaRecord, Signal
 NOW = 1_700_000_000.0
 
 #: The stores the signal contract runs against (extend with "memory" once it has them).
-SIGNAL_STORES = ["sqlite", "postgres"]
+SIGNAL_STORES = ["memory", "sqlite", "postgres"]
 
 
 def open_signal_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """An empty store of ``kind``, and what to clean up after it."""
+    if kind == "memory":
+        from sagaflow.stores.memory import MemoryStore
+
+        return MemoryStore(), None
     if kind == "sqlite":
         from sagaflow.stores.sqlite import SQLiteStore
 
