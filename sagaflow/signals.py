@@ -91,6 +91,16 @@ def _checked(
     return _payload_text(rt, spec_for(record), saga_id, name, payload)
 
 
+def _prepared(
+    rt: Runtime, spec_for: SpecFor, saga_id: str, name: str, payload: object,
+    signal_id: str | None,
+) -> tuple[str, str, str, str, float]:
+    """The arguments of the store's ``add_signal`` for a checked signal."""
+    text = _checked(rt, spec_for, saga_id, name, payload)
+    sid = signal_id if signal_id is not None else uuid.uuid4().hex
+    return saga_id, name, sid, text, rt.clock.now()
+
+
 def accept(
     rt: Runtime,
     spec_for: SpecFor,
@@ -100,10 +110,9 @@ def accept(
     signal_id: str | None,
 ) -> Signal | None:
     """Check and store a signal; the stored signal, or ``None`` for a duplicate id."""
-    text = _checked(rt, spec_for, saga_id, name, payload)
-    at = rt.clock.now()
-    sid = signal_id if signal_id is not None else uuid.uuid4().hex
-    return signal_store(rt).add_signal(saga_id, name, sid, text, at)
+    return signal_store(rt).add_signal(
+        *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    )
 
 
 async def aaccept(
@@ -115,10 +124,9 @@ async def aaccept(
     signal_id: str | None,
 ) -> Signal | None:
     """:func:`accept`, storing without blocking the loop."""
-    text = _checked(rt, spec_for, saga_id, name, payload)
-    at = rt.clock.now()
-    sid = signal_id if signal_id is not None else uuid.uuid4().hex
-    return await signal_store(rt).aadd_signal(saga_id, name, sid, text, at)
+    return await signal_store(rt).aadd_signal(
+        *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    )
 
 
 def by_key(rt: Runtime, key: str, saga_name: str | None, name: str) -> str:
