@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -34,6 +34,7 @@ from .stores.base import Quarantined
 __all__ = ["Migration", "Orchestrator", "RecoveryReport"]
 
 _ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+_DUE_PAGE = 100  #: parked sagas read per query when recovery resumes the due ones
 _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 #: What says a saga itself cannot be decoded or driven (it is set aside for an operator),
 #: as does any error that is not a SagaflowError; the other SagaflowErrors (a lost race,
@@ -429,6 +430,14 @@ class Orchestrator:
                 self._not_resumed(report, record.saga_id, exc)
             else:
                 report.resumed[record.saga_id] = record.status
+        for sid in self._due_ids():
+            try:
+                result = signals.resume(self.runtime, self.spec_for, sid)
+            except Exception as exc:
+                self._not_resumed(report, sid, exc)
+            else:
+                if result is not None:
+                    report.resumed[sid] = result.status
         return report
 
     async def arecover(self, concurrency: int = 256) -> RecoveryReport:
@@ -453,7 +462,26 @@ class Orchestrator:
                     report.resumed[record.saga_id] = record.status
 
         await asyncio.gather(*(resumer() for _ in range(max(1, concurrency))))
+        for sid in self._due_ids():
+            try:
+                result = await signals.aresume(self.runtime, self.spec_for, sid)
+            except Exception as exc:
+                self._not_resumed(report, sid, exc)
+            else:
+                if result is not None:
+                    report.resumed[sid] = result.status
         return report
+
+    def _due_ids(self) -> Iterator[str]:
+        """The parked sagas due now (their time came, or their signal), each once: what
+        recovery resumes of the sagas it left as rows."""
+        seen: set[str] = set()
+        while True:
+            page = [sid for sid in self.store.due(self.clock.now(), _DUE_PAGE) if sid not in seen]
+            if not page:
+                return
+            seen.update(page)
+            yield from page
 
     def _recoverable(
         self, stored: Stored, report: RecoveryReport
@@ -469,6 +497,8 @@ class Orchestrator:
             report.skipped[sid] = SagaQuarantined(sid, stored.quarantined)
             report.quarantined[sid] = stored.quarantined
             return None
+        if stored.parked:
+            return None  # a row until its signal or time comes: see _due_ids
         try:
             spec = self._specs.get(stored.saga_name)
             if spec is None:
@@ -478,23 +508,12 @@ class Orchestrator:
         except Exception as exc:
             self._not_resumed(report, sid, exc)
             return None
-        if record.waiting is not None and not self._due(record):
-            return None  # parked, and nothing came for it yet: a row, not a lost run
         told = len(record.history)
         record.history.append(
             OperatorAction(sid, spec.name, self.clock.now(), action="recover",
                            note="resumed from its last checkpoint")
         )
         return spec, record, told
-
-    def _due(self, record: SagaRecord) -> bool:
-        """Whether parked ``record``'s time came or a signal it waits for arrived."""
-        if record.wake_at is not None and record.wake_at <= self.clock.now():
-            return True
-        waiting, store = record.waiting, self.runtime.signals
-        return bool(waiting) and store is not None and store.next_signal(
-            record.saga_id, waiting, record.signal_marks.get(waiting, 0)  # type: ignore[arg-type]
-        ) is not None
 
     def _not_resumed(self, report: RecoveryReport, saga_id: str, error: Exception) -> None:
         """Report what one saga raised; set it aside if it cannot be decoded or driven."""

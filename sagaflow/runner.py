@@ -231,8 +231,8 @@ def _run_sync(
         if command.__class__ is Park:
             park: Park = command
             found = None
-            if park.signal is not None and rt.signals is not None:
-                found = rt.signals.next_signal(
+            if park.signal is not None:
+                found = rt.store.next_signal(
                     sid, park.signal, record.signal_marks.get(park.signal, 0)
                 )
             handed = _handover(rt, spec, record, found, now)
@@ -419,8 +419,8 @@ async def _arun(
                 if command.__class__ is Park:
                     park: Park = command
                     found = None
-                    if park.signal is not None and rt.signals is not None:
-                        found = await rt.signals.anext_signal(
+                    if park.signal is not None:
+                        found = await rt.store.anext_signal(
                             record.saga_id, park.signal, record.signal_marks.get(park.signal, 0)
                         )
                     handed = _handover(rt, spec, record, found, now)

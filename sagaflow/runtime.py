@@ -20,7 +20,7 @@ from .clock import Clock, SystemClock
 from .codec import Codec, default_codec
 from .events import Listeners
 from .records import SagaRecord
-from .stores.base import SignalStore, Store
+from .stores.base import Store
 
 __all__ = ["CallThread", "Runtime", "Threads"]
 
@@ -168,8 +168,8 @@ class Runtime:
     """
 
     __slots__ = (
-        "_lock", "cancels", "clock", "codec", "listeners", "live", "pokes", "rand", "signals",
-        "store", "threads",
+        "_lock", "cancels", "clock", "codec", "listeners", "live", "pokes", "rand", "store",
+        "threads",
     )  # fmt: skip
 
     def __init__(
@@ -188,8 +188,6 @@ class Runtime:
         self.cancels: dict[str, str | None] = {}
         self.pokes: set[str] = set()
         self._lock = threading.Lock()
-        #: the store, if it keeps signals (every store does, once they all have them)
-        self.signals: SignalStore | None = store if isinstance(store, SignalStore) else None
         codec = getattr(store, "codec", None)
         self.codec: Codec = codec if isinstance(codec, Codec) else default_codec
 

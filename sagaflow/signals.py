@@ -19,7 +19,6 @@ from .errors import (
     AlreadyExecuting,
     CodecError,
     ConcurrentModification,
-    SagaflowError,
     SagaNotFound,
     SignalRefused,
 )
@@ -27,23 +26,12 @@ from .records import SagaRecord, SagaResult, SagaStatus, Signal
 from .runner import adrive, drive
 from .runtime import Runtime
 from .spec import SagaSpec
-from .stores.base import SignalStore
 
-__all__ = ["Accepted", "accept", "aaccept", "aresume", "resume", "resume_due", "signal_store"]
+__all__ = ["Accepted", "accept", "aaccept", "aresume", "resume", "resume_due"]
 
 SpecFor = Callable[[SagaRecord], SagaSpec]
 #: What :func:`accept` leaves to resume: the stored signal (``None``: a duplicate).
 Accepted = tuple[Signal | None, str]
-
-
-def signal_store(rt: Runtime) -> SignalStore:
-    """The runtime's store, if it keeps signals; else a clear error."""
-    if rt.signals is None:
-        raise SagaflowError(
-            f"{type(rt.store).__name__} keeps no signals: use a store that does "
-            "(MemoryStore, SQLiteStore, PostgresStore)"
-        )
-    return rt.signals
 
 
 def _payload_text(rt: Runtime, spec: SagaSpec, saga_id: str, name: str, payload: object) -> str:
@@ -110,7 +98,7 @@ def accept(
     signal_id: str | None,
 ) -> Signal | None:
     """Check and store a signal; the stored signal, or ``None`` for a duplicate id."""
-    return signal_store(rt).add_signal(
+    return rt.store.add_signal(
         *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
     )
 
@@ -124,14 +112,14 @@ async def aaccept(
     signal_id: str | None,
 ) -> Signal | None:
     """:func:`accept`, storing without blocking the loop."""
-    return await signal_store(rt).aadd_signal(
+    return await rt.store.aadd_signal(
         *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
     )
 
 
 def by_key(rt: Runtime, key: str, saga_name: str | None, name: str) -> str:
     """The one unfinished saga with business key ``key``; refused if none or several."""
-    found = signal_store(rt).by_key(key, saga_name)
+    found = rt.store.by_key(key, saga_name)
     if not found:
         of = f" of {saga_name}" if saga_name else ""
         raise SignalRefused(None, name, f"no unfinished saga{of} has the business key {key!r}")
@@ -198,7 +186,7 @@ def resume_due(
     """Resume the parked sagas whose time came or whose signal arrived, on this thread;
     each one's status after it. ``on_error`` hears what one saga raised; the others go on."""
     out: dict[str, SagaStatus] = {}
-    for saga_id in signal_store(rt).due(rt.clock.now(), limit):
+    for saga_id in rt.store.due(rt.clock.now(), limit):
         try:
             result = resume(rt, spec_for, saga_id)
         except Exception as exc:
@@ -219,7 +207,7 @@ def aresume_due(
 
     async def run() -> dict[str, SagaStatus]:
         out: dict[str, SagaStatus] = {}
-        for saga_id in signal_store(rt).due(rt.clock.now(), limit):
+        for saga_id in rt.store.due(rt.clock.now(), limit):
             try:
                 result = await aresume(rt, spec_for, saga_id)
             except Exception as exc:

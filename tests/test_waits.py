@@ -462,3 +462,46 @@ def test_a_wait_is_a_state_of_the_machine_with_its_timeout_edges():
     assert ("approval", "skip", "charge") in spec.transitions
     assert spec.signals == {"decision": (1,)}
     assert spec.key == "order_id"
+
+
+def test_recovery_leaves_parked_sagas_as_rows_and_resumes_the_due_ones(tmp_path, clock):
+    """recover() decodes no parked saga whose time has not come (a damaged one is not
+    even read), and resumes those whose signal or time came while no process ran."""
+    import sqlite3
+
+    path = tmp_path / "r.db"
+    with SQLiteStore(path) as store, Orchestrator(store, clock=clock) as first:
+        for sid in ("waits", "signalled", "late", "hurt"):
+            assert first.run(Approval(sid, 500), saga_id=sid).status is SagaStatus.RUNNING
+        # Signals stored by another process, which did not resume anything:
+        store.add_signal("signalled", "decision", "sig-1", '{"approved": true, "by": "ann"}',
+                         clock.now())
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE sagaflow_sagas SET steps = '{not json' WHERE saga_id = 'hurt'")
+        raw.execute("UPDATE sagaflow_sagas SET wake_at = 0 WHERE saga_id = 'late'")
+    LOG.clear()
+    with SQLiteStore(path) as store, Orchestrator(store, clock=clock, sagas=[Approval]) as second:
+        report = second.recover()
+        assert report.resumed == {
+            "signalled": SagaStatus.COMPLETED, "late": SagaStatus.COMPENSATED,
+        }
+        assert report.skipped == {} and report.quarantined == {}  # 'hurt' was not read
+        assert second.get("signalled").data.approved_by == "ann"
+        assert second.get("waits").status is SagaStatus.RUNNING
+        assert store.quarantined() == []
+        assert sorted(LOG) == ["charge", "release"]
+
+
+def test_async_recovery_resumes_the_due_parked_sagas_too(clock):
+    store = MemoryStore()
+    with Orchestrator(store, clock=clock) as first:
+        first.run(Approval("a", 500), saga_id="a")
+        first.run(Approval("b", 500), saga_id="b")
+    clock.advance(3 * DAY)
+
+    async def recover():
+        with Orchestrator(store, clock=clock, sagas=[Approval]) as second:
+            return await second.arecover()
+
+    report = asyncio.run(recover())
+    assert report.resumed == {"a": SagaStatus.COMPENSATED, "b": SagaStatus.COMPENSATED}

@@ -57,6 +57,7 @@ COLUMNS = (
     "waiting_after", "signal_marks", "business_key",
 )  # fmt: skip
 AT = {name: i for i, name in enumerate(COLUMNS)}  #: each column's position
+_WAITING_AT = AT["waiting"]
 #: Columns a checkpoint usually leaves as they are (a store may leave them out of its
 #: UPDATE: naming an indexed column rewrites its index entry in SQLite). The wait
 #: columns change only when a saga parks, wakes or takes a signal.
@@ -218,6 +219,12 @@ class StoredSaga:
             "columns": tuple(row[: len(COLUMNS)]), "history": tuple(history),
             "events": tuple(events), "path": tuple(path),
         }  # fmt: skip
+
+    @property
+    def parked(self) -> bool:
+        """Whether the saga is parked at a wait (its ``waiting`` column is set): read
+        without decoding, so that recovery can leave waiting sagas as rows."""
+        return self.columns[_WAITING_AT] is not None
 
     @property
     def is_terminal(self) -> bool:

@@ -21,7 +21,7 @@ import attrs
 
 from ..records import SagaRecord, SagaStatus, Signal
 
-__all__ = ["AsyncStoreMixin", "Quarantined", "SignalStore", "Store", "Stored"]
+__all__ = ["AsyncStoreMixin", "Quarantined", "Store", "Stored"]
 
 
 @attrs.frozen
@@ -55,6 +55,10 @@ class Stored(Protocol):
     @property
     def quarantined(self) -> str | None:
         """Why the saga was set aside (:meth:`Store.quarantine`), or ``None``."""
+
+    @property
+    def parked(self) -> bool:
+        """Whether the saga is parked at a wait (a row until its signal or time comes)."""
 
 
 @runtime_checkable
@@ -123,9 +127,7 @@ class Store(Protocol):
     async def aload(self, saga_id: str) -> SagaRecord | None:
         """:meth:`load`, for the async driver."""
 
-@runtime_checkable
-class SignalStore(Protocol):
-    """What a store keeps of signals and waiting sagas (issue: waits and signals)."""
+    # -- signals and waiting sagas --------------------------------------------------
 
     def add_signal(
         self, saga_id: str, name: str, signal_id: str, payload: str, at: float

@@ -42,6 +42,10 @@ class _Held:
     def updated_at(self) -> float:
         return self.record.updated_at
 
+    @property
+    def parked(self) -> bool:
+        return self.record.waiting is not None
+
 
 class MemoryStore(AsyncStoreMixin):
     """Keeps the live record objects in a dict; nothing survives the process.
