@@ -15,6 +15,7 @@ from .errors import SagaflowError
 from .events import LifecycleEvent
 
 __all__ = [
+    "OUTCOMES",
     "CompensationStatus",
     "SagaRecord",
     "SagaResult",
@@ -22,6 +23,7 @@ __all__ = [
     "Signal",
     "StepRecord",
     "StepStatus",
+    "outcome",
 ]
 
 
@@ -44,6 +46,49 @@ class SagaStatus(enum.Enum):
 _TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
 _COMPLETED = SagaStatus.COMPLETED
 _COMPENSATED = SagaStatus.COMPENSATED
+
+#: A saga's outcome in one word: its status, told apart by why it ended (a business
+#: rejection is not a failed step) and whether it waits. ``sagaflow sagas list`` shows
+#: it and filters on it.
+OUTCOMES = (
+    "not-started", "running", "waiting", "compensating", "completed", "compensated",
+    "rejected", "timed-out", "cancelled", "deadline", "failed",
+)  # fmt: skip
+#: The errors that name an outcome, by their class name (as the codec tags them).
+_OUTCOME_OF_ERROR = {
+    "SagaRejected": "rejected",
+    "WaitTimedOut": "timed-out",
+    "SagaCancelled": "cancelled",
+    "SagaDeadlineExceeded": "deadline",
+}
+_UNFINISHED_OUTCOME = {
+    SagaStatus.NOT_STARTED: "not-started",
+    SagaStatus.RUNNING: "running",
+    SagaStatus.COMPENSATING: "compensating",
+}
+
+
+def outcome(status: SagaStatus, error_type: str | None, parked: bool) -> str:
+    """The word of :data:`OUTCOMES` for a saga of ``status`` whose error is of the class
+    named ``error_type`` (``None``: no error), parked at a wait or not. A rejection
+    after the pivot (status FAILED) is still "rejected"."""
+    if not status.is_terminal:
+        return "waiting" if parked else _UNFINISHED_OUTCOME[status]
+    if status is _COMPLETED:
+        return "completed"
+    why = _OUTCOME_OF_ERROR.get(error_type or "")
+    if why == "rejected":
+        return why
+    if status is SagaStatus.FAILED:
+        return "failed"
+    return why or "compensated"
+
+
+def error_type(error: BaseException | None) -> str | None:
+    """The class name :func:`outcome` reads of ``error``, as the codec tags it (the
+    engine makes the errors that name an outcome itself: a rejection raised as a user's
+    subclass of SagaRejected is recorded as a SagaRejected caused by it)."""
+    return None if error is None else type(error).__name__
 
 
 class StepStatus(enum.Enum):
@@ -257,6 +302,13 @@ class SagaResult:
             if s.name == name:
                 return s
         raise KeyError(f"saga {self.saga_name!r} has no step {name!r}")
+
+    @property
+    def outcome(self) -> str:
+        """The saga's outcome in one word (see :data:`OUTCOMES`): ``"rejected"`` when a
+        step or a wait rejected it, ``"waiting"`` while it is parked at a wait, ..."""
+        parked = any(s.status is StepStatus.WAITING for s in self.steps)
+        return outcome(self.status, error_type(self.error), parked)
 
     def raise_for_status(self) -> SagaResult:
         """Return ``self`` if the saga completed; raise its error otherwise."""

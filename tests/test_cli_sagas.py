@@ -174,14 +174,14 @@ def test_list_shows_every_saga_most_recent_first(db):
     result = sagaflow("sagas", "list", "--store", db)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split() == ["ID", "SAGA", "STATUS", "STATE", "UPDATED", "(UTC)",
-                                "QUARANTINED"]
+    assert lines[0].split() == ["ID", "SAGA", "STATUS", "OUTCOME", "STATE", "UPDATED",
+                                "(UTC)", "QUARANTINED"]
     ids = [line.split()[0] for line in lines[1:-1]]
     assert ids == ["crashed", "r-failed", "undo-failed", "done"]
     assert lines[-1] == "4 sagas"
     row = {line.split()[0]: line.split() for line in lines[1:-1]}
-    assert row["crashed"][1:4] == ["ops", "RUNNING", "b"]
-    assert row["undo-failed"][2:4] == ["FAILED", "failed"]
+    assert row["crashed"][1:5] == ["ops", "RUNNING", "running", "b"]
+    assert row["undo-failed"][2:5] == ["FAILED", "failed", "failed"]
     assert row["undo-failed"][-1] == "-"  # not quarantined
 
 

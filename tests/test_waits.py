@@ -94,6 +94,7 @@ def test_a_saga_parks_at_its_wait_and_a_signal_resumes_it_at_once(orch):
     parked = orch.run(Approval("o-1", 500), saga_id="s1")
     assert parked.status is SagaStatus.RUNNING
     assert parked.step("approval").status is StepStatus.WAITING
+    assert parked.outcome == "waiting"
     assert LOG == ["reserve"]
     record = orch.store.load("s1")
     assert record.waiting == "decision" and record.wake_at is not None
@@ -119,6 +120,7 @@ def test_a_rejection_compensates_and_is_the_outcome(orch):
     orch.run(Approval("o-3", 500), saga_id="s3")
     result = orch.signal("s3", "decision", {"approved": False, "by": "bob", "reason": "too much"})
     assert result.status is SagaStatus.COMPENSATED
+    assert result.outcome == "rejected"
     assert isinstance(result.error, SagaRejected)
     assert result.error.step == "approval"
     assert result.error.reason == "refused by bob: too much"
@@ -178,6 +180,7 @@ def test_no_answer_in_time_compensates(orch, clock):
     assert orch.resume_due() == {"s4": SagaStatus.COMPENSATED}
     result = orch.get("s4")
     assert isinstance(result.error, WaitTimedOut)
+    assert result.outcome == "timed-out"
     assert result.step("approval").status is StepStatus.EXPIRED
     assert LOG == ["reserve", "release"]
     assert ("approval", "timeout", "compensating_reserve") in result.path

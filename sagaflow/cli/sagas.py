@@ -2,7 +2,7 @@
 
 ::
 
-    sagaflow sagas list [--status S]... [--name N] [--quarantined] [--limit N]
+    sagaflow sagas list [--status S]... [--outcome O]... [--name N] [--quarantined] [--limit N]
     sagaflow sagas show ID [--format mermaid|dot|svg|png] [--output PATH]
     sagaflow sagas retry ID [--note TEXT]
     sagaflow sagas resolve ID --note TEXT
@@ -27,7 +27,7 @@ import click
 
 from ..diagram import FORMATS, format_for, render
 from ..errors import SagaflowError
-from ..records import SagaStatus, StepStatus
+from ..records import OUTCOMES, SagaStatus, StepStatus
 from .describe import Printer, describe_record, print_outcome
 from .problems import CliError
 from .session import ACTIVE, Session, store_options
@@ -56,6 +56,13 @@ def sagas() -> None:
     help="Only sagas with this status (repeatable): " + ", ".join(_STATUSES)
     + "; 'active' means not finished.",
 )
+@click.option(
+    "--outcome", "outcomes", multiple=True, metavar="OUTCOME",
+    type=click.Choice(OUTCOMES, case_sensitive=False),
+    help="Only sagas with this outcome (repeatable): " + ", ".join(OUTCOMES)
+    + ". 'rejected': a step or a wait said no (a business rejection, not a failure); "
+    "'waiting': parked at a wait for a signal or a timer.",
+)
 @click.option("--name", default=None, help="Only sagas of this saga name.")
 @click.option("--quarantined", is_flag=True,
               help="Only quarantined sagas: set aside because they could not be read or "
@@ -63,8 +70,10 @@ def sagas() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many (the most recently updated).")
 def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
-          name: str | None, quarantined: bool, limit: int | None) -> None:
-    """List stored sagas, most recently updated first, and why any is quarantined.
+          outcomes: tuple[str, ...], name: str | None, quarantined: bool,
+          limit: int | None) -> None:
+    """List stored sagas, most recently updated first, with their outcome (rejected,
+    waiting, timed-out, ...) and why any is quarantined.
 
     Needs no saga class: it reads what the store keeps beside each record. Only reads:
     the store is opened read-only.
@@ -73,6 +82,7 @@ def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
     Examples:
       sagaflow sagas list --store sqlite:///sagas.db --status failed
       sagaflow sagas list --store sqlite:///sagas.db --quarantined
+      sagaflow sagas list --store sqlite:///sagas.db --outcome rejected --outcome waiting
       SAGAFLOW_STORE=sqlite:///sagas.db sagaflow sagas list --status active --name orders
     """
     wanted: set[SagaStatus] = set()
@@ -82,15 +92,18 @@ def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
         found = list(session.store.scan(status=wanted or None, name=name, newest_first=True))
     if quarantined:
         found = [s for s in found if s.quarantined is not None]
+    if outcomes:
+        kept = {o.lower() for o in outcomes}
+        found = [s for s in found if s.outcome in kept]
     shown = found if limit is None else found[:limit]
     if not shown:
-        filtered = wanted or name or quarantined
+        filtered = wanted or name or quarantined or outcomes
         click.echo("no sagas" + (" match" if filtered else " in the store"))
         return
-    rows = [["ID", "SAGA", "STATUS", "STATE", "UPDATED (UTC)", "QUARANTINED"]]
+    rows = [["ID", "SAGA", "STATUS", "OUTCOME", "STATE", "UPDATED (UTC)", "QUARANTINED"]]
     for s in shown:
-        rows.append([s.saga_id, s.saga_name, s.status, str(getattr(s, "state", "")),
-                     utc(s.updated_at), s.quarantined or "-"])
+        rows.append([s.saga_id, s.saga_name, s.status, s.outcome,
+                     str(getattr(s, "state", "")), utc(s.updated_at), s.quarantined or "-"])
     for line in columns(rows):
         click.echo(line)
     more = f" (of {len(found)}; --limit)" if len(shown) < len(found) else ""

@@ -29,7 +29,7 @@ import attrs
 from ..codec import Codec, describe_failure
 from ..codec.diagnose import short
 from ..errors import CorruptRecord, StoreError
-from ..records import SagaRecord, SagaStatus, StepRecord
+from ..records import SagaRecord, SagaStatus, StepRecord, outcome
 from ..spec import SagaSpec
 from ._check import check_record
 
@@ -58,6 +58,7 @@ COLUMNS = (
 )  # fmt: skip
 AT = {name: i for i, name in enumerate(COLUMNS)}  #: each column's position
 _WAITING_AT = AT["waiting"]
+_ERROR_AT = AT["error"]
 #: Columns a checkpoint usually leaves as they are (a store may leave them out of its
 #: UPDATE: naming an indexed column rewrites its index entry in SQLite). The wait
 #: columns change only when a saga parks, wakes or takes a signal.
@@ -225,6 +226,24 @@ class StoredSaga:
         """Whether the saga is parked at a wait (its ``waiting`` column is set): read
         without decoding, so that recovery can leave waiting sagas as rows."""
         return self.columns[_WAITING_AT] is not None
+
+    @property
+    def outcome(self) -> str:
+        """The saga's outcome in one word (:func:`sagaflow.records.outcome`), from the
+        stored status, the type tag of the stored error and the wait column; a damaged
+        error column reads as no error here (decoding the record says what is wrong)."""
+        try:
+            status = SagaStatus(self.status)
+        except ValueError:
+            return "?"
+        text = self.columns[_ERROR_AT]
+        tag = None
+        if text is not None:
+            try:
+                tag = json.loads(text).get("type")
+            except (ValueError, TypeError, AttributeError):
+                tag = None
+        return outcome(status, tag if isinstance(tag, str) else None, self.parked)
 
     @property
     def is_terminal(self) -> bool:

@@ -60,6 +60,11 @@ class Stored(Protocol):
     def parked(self) -> bool:
         """Whether the saga is parked at a wait (a row until its signal or time comes)."""
 
+    @property
+    def outcome(self) -> str:
+        """The saga's outcome in one word (:data:`~sagaflow.records.OUTCOMES`): what
+        ``sagaflow sagas list`` shows, read without decoding the record."""
+
 
 @runtime_checkable
 class Store(Protocol):

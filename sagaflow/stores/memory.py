@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterator
 import attrs
 
 from ..errors import SagaNotFound, SignalRefused
-from ..records import SagaRecord, SagaStatus, Signal
+from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -45,6 +45,11 @@ class _Held:
     @property
     def parked(self) -> bool:
         return self.record.waiting is not None
+
+    @property
+    def outcome(self) -> str:
+        r = self.record
+        return outcome(r.status, error_type(r.error), r.waiting is not None)
 
 
 class MemoryStore(AsyncStoreMixin):
