@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import attrs
@@ -211,11 +212,13 @@ class Orchestrator:
         timeout, the saga's deadline) or whose signal arrived; each one's status after.
         A worker's loop (or a scheduler) calls this; one saga's error never stops the
         others (it is logged, and a saga that cannot be driven is quarantined)."""
-        return signals.resume_due(self.runtime, self.spec_for, self._resume_failed, limit)
+        due = self.store.due(self.clock.now(), limit)
+        return signals.resume_due(self.runtime, self.spec_for, self._resume_failed, due)
 
     async def aresume_due(self, limit: int = 100) -> dict[str, SagaStatus]:
         """:meth:`resume_due`, in this task (sagas with async steps too)."""
-        return await signals.aresume_due(self.runtime, self.spec_for, self._resume_failed, limit)
+        due = self.store.due(self.clock.now(), limit)
+        return await signals.aresume_due(self.runtime, self.spec_for, self._resume_failed, due)
 
     def _resume_failed(self, saga_id: str, error: Exception) -> None:
         reason = self.set_aside(saga_id, error)
@@ -430,14 +433,9 @@ class Orchestrator:
                 self._not_resumed(report, record.saga_id, exc)
             else:
                 report.resumed[record.saga_id] = record.status
-        for sid in self._due_ids():
-            try:
-                result = signals.resume(self.runtime, self.spec_for, sid)
-            except Exception as exc:
-                self._not_resumed(report, sid, exc)
-            else:
-                if result is not None:
-                    report.resumed[sid] = result.status
+        report.resumed.update(signals.resume_due(
+            self.runtime, self.spec_for, partial(self._not_resumed, report), self._due_ids()
+        ))
         return report
 
     async def arecover(self, concurrency: int = 256) -> RecoveryReport:
@@ -462,14 +460,9 @@ class Orchestrator:
                     report.resumed[record.saga_id] = record.status
 
         await asyncio.gather(*(resumer() for _ in range(max(1, concurrency))))
-        for sid in self._due_ids():
-            try:
-                result = await signals.aresume(self.runtime, self.spec_for, sid)
-            except Exception as exc:
-                self._not_resumed(report, sid, exc)
-            else:
-                if result is not None:
-                    report.resumed[sid] = result.status
+        report.resumed.update(await signals.aresume_due(
+            self.runtime, self.spec_for, partial(self._not_resumed, report), self._due_ids()
+        ))
         return report
 
     def _due_ids(self) -> Iterator[str]:

@@ -12,7 +12,7 @@ whichever process resumes it (:func:`resume_due`).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from .errors import (
@@ -181,12 +181,13 @@ def resume_due(
     rt: Runtime,
     spec_for: SpecFor,
     on_error: Callable[[str, Exception], None],
-    limit: int = 100,
+    saga_ids: Iterable[str],
 ) -> dict[str, SagaStatus]:
-    """Resume the parked sagas whose time came or whose signal arrived, on this thread;
-    each one's status after it. ``on_error`` hears what one saga raised; the others go on."""
+    """Resume the parked sagas ``saga_ids`` (those the store says are due: their time
+    came or their signal arrived), on this thread; each one's status after it.
+    ``on_error`` hears what one saga raised; the others go on."""
     out: dict[str, SagaStatus] = {}
-    for saga_id in rt.store.due(rt.clock.now(), limit):
+    for saga_id in saga_ids:
         try:
             result = resume(rt, spec_for, saga_id)
         except Exception as exc:
@@ -201,13 +202,13 @@ def aresume_due(
     rt: Runtime,
     spec_for: SpecFor,
     on_error: Callable[[str, Exception], None],
-    limit: int = 100,
+    saga_ids: Iterable[str],
 ) -> Coroutine[Any, Any, dict[str, SagaStatus]]:
     """:func:`resume_due`, in the awaiting task."""
 
     async def run() -> dict[str, SagaStatus]:
         out: dict[str, SagaStatus] = {}
-        for saga_id in rt.store.due(rt.clock.now(), limit):
+        for saga_id in saga_ids:
             try:
                 result = await aresume(rt, spec_for, saga_id)
             except Exception as exc:
