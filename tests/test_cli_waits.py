@@ -150,3 +150,17 @@ def test_a_refused_signal_is_one_clear_line_and_stores_nothing(db, args, fragmen
     with SQLiteStore(db.removeprefix("sqlite:///")) as store:
         assert store.signals("waits") == []
         assert [s.name for s in store.signals("done")] == ["verdict"]
+
+
+def test_show_says_what_a_saga_waits_for_and_its_signals(db):
+    shown = sagaflow("sagas", "show", "--store", db, "waits").output
+    assert "  outcome     waiting" in shown
+    assert "  waiting     for signal 'verdict' until " in shown
+    assert "  key         T-waits" in shown
+    assert "signals (" not in shown  # none stored yet
+    rejected = sagaflow("sagas", "show", "--store", db, "rejected").output
+    assert "  outcome     rejected" in rejected
+    assert "SagaRejected: " in rejected and "refused by bob: no budget" in rejected
+    signal_lines = rejected.split("signals (1):", 1)[1].splitlines()
+    assert signal_lines[2].split()[:2] == ["1", "verdict"]
+    assert signal_lines[2].split()[-1] == "delivered"

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import click
 
 from ..codec import default_codec
 from ..events import LifecycleEvent
-from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus
+from ..records import (
+    CompensationStatus,
+    SagaRecord,
+    SagaResult,
+    SagaStatus,
+    Signal,
+    error_type,
+    outcome,
+)
 from ..spec import SagaSpec
 from .text import columns, utc
 
@@ -16,15 +25,22 @@ __all__ = ["Printer", "describe_record", "print_outcome"]
 
 
 def describe_record(
-    record: SagaRecord, spec: SagaSpec | None, *, quarantined: str | None = None
+    record: SagaRecord,
+    spec: SagaSpec | None,
+    *,
+    quarantined: str | None = None,
+    signals: Sequence[Signal] = (),
 ) -> list[str]:
     """The record's lines; ``spec`` (when the class is known) adds step kinds and data;
-    ``quarantined`` is why the store set the saga aside, if it did."""
+    ``quarantined`` is why the store set the saga aside, if it did; ``signals`` are
+    those stored for it (each marked delivered or pending)."""
     duration = ""
     if record.finished_at is not None:
         duration = f" in {record.finished_at - record.created_at:.3f}s"
     lines = [
         f"saga {record.saga_id} ({record.saga_name}): {record.status.value}{duration}",
+        f"  outcome     "
+        f"{outcome(record.status, error_type(record.error), record.waiting is not None)}",
         f"  state       {record.state}",
         f"  created     {utc(record.created_at)}",
         f"  updated     {utc(record.updated_at)}",
@@ -35,8 +51,14 @@ def describe_record(
     ]
     if record.deadline_at is not None:
         lines.append(f"  deadline    {utc(record.deadline_at)}")
-    if record.wake_at is not None:
+    if record.waiting is not None:
+        what = f"signal {record.waiting!r}" if record.waiting else "its timer"
+        until = "" if record.wake_at is None else f" until {utc(record.wake_at)}"
+        lines.append(f"  waiting     for {what}{until}")
+    elif record.wake_at is not None:
         lines.append(f"  retry at    {utc(record.wake_at)} (waiting to retry)")
+    if record.business_key is not None:
+        lines.append(f"  key         {record.business_key}")
     lines.append(f"  data        {_data_json(record, spec)}")
     if record.error is not None:
         lines.append(f"  error       {type(record.error).__name__}: {record.error}")
@@ -61,6 +83,16 @@ def describe_record(
         lines += [f"  {step}: {error}" for step, error in record.failures.items()]
     if record.resolution is not None:
         lines += ["", f"resolution: {record.resolution}"]
+
+    if signals:
+        lines += ["", f"signals ({len(signals)}):"]
+        rows = [["#", "signal", "id", "at (UTC)", ""]]
+        for g in signals:
+            taken = g.seq <= record.signal_marks.get(g.name, 0)
+            left = "pending" if not record.status.is_terminal else "not delivered"
+            rows.append([str(g.seq), g.name, g.signal_id, utc(g.at),
+                         "delivered" if taken else left])
+        lines += columns(rows, indent="  ")
 
     lines += ["", f"history ({len(record.history)} events):"]
     lines += ["  " + _event_line(e, record.created_at) for e in record.history]

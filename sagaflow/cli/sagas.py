@@ -126,9 +126,10 @@ def show(url: str | None, modules: tuple[str, ...], saga_id: str, fmt: str | Non
          output: Path | None) -> None:
     """Show the saga ID: its record, history, and the diagram with its position.
 
-    The record: status, machine state, data, each step's outcome and attempts, the
-    compensations, the incident (what could not be undone), the resolution, why it is
-    quarantined if it is, and every lifecycle event including operators' actions. The
+    The record: status and outcome, machine state, what it waits for, data, each step's
+    outcome and attempts, the compensations, the incident (what could not be undone),
+    the resolution, why it is quarantined if it is, the signals stored for it (delivered
+    or pending), and every lifecycle event including operators' actions. The
     diagram is the saga's state machine with the path taken and the current state
     marked. Only reads: the store is opened read-only.
     """
@@ -139,7 +140,8 @@ def show(url: str | None, modules: tuple[str, ...], saga_id: str, fmt: str | Non
     with Session(url, modules, readonly=True) as session:
         record, spec = session.record(saga_id)
         aside = session.raw(saga_id).quarantined
-    for line in describe_record(record, spec, quarantined=aside):
+        stored_signals = session.store.signals(saga_id)
+    for line in describe_record(record, spec, quarantined=aside, signals=stored_signals):
         click.echo(line)
     click.echo("")
     if spec is None:
