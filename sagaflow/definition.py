@@ -11,7 +11,6 @@ import enum
 import hashlib
 import inspect
 import itertools
-import math
 import threading
 from collections.abc import Callable
 from datetime import timedelta
@@ -19,6 +18,8 @@ from typing import Any, TypeVar, cast, overload
 
 import attrs
 
+from ._checks import check_callable, check_retry, check_timeout
+from ._waitdefs import WaitDecl, place_waits, resolve_wait
 from .errors import SagaDefinitionError
 from .machine import (
     COMPENSATING_PREFIX,
@@ -36,7 +37,6 @@ from .spec import (
     StepFn,
     StepKind,
     StepSpec,
-    WaitSpec,
     callable_name,
     is_saga,
     spec_of,
@@ -88,18 +88,6 @@ def _owner_of(fn: object) -> tuple[str, str]:
     return getattr(fn, "__module__", None) or "", owner
 
 
-@attrs.frozen
-class _WaitDecl:
-    """What ``@wait`` or ``@timer`` was given, as given: ``@saga`` checks it."""
-
-    signal: Any
-    payload: Any
-    timeout: Any
-    on_timeout: Any
-    after: Any = None
-    at: Any = None
-
-
 @attrs.frozen(eq=False)
 class CompensationDef:
     """What ``@<step>.compensate`` recorded; resolved by ``@saga``."""
@@ -135,7 +123,7 @@ class StepDef:
     order: int = attrs.field(factory=lambda: next(_counter))
     compensations: list[CompensationDef] = attrs.field(factory=list, repr=False)
     #: what ``@wait``/``@timer`` declared (checked by ``@saga``); ``None`` for a step
-    wait: _WaitDecl | None = None
+    wait: WaitDecl | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None or not hasattr(self.fn, "__get__"):
@@ -227,7 +215,7 @@ def step(
     return make if fn is None else make(fn)
 
 
-def _declare(fn: StepFn, name: str | None, when: Predicate | None, decl: _WaitDecl) -> StepDef:
+def _declare(fn: StepFn, name: str | None, when: Predicate | None, decl: WaitDecl) -> StepDef:
     made = StepDef(fn=fn, name=name, timeout=None, when=when, wait=decl)
     with _lock:
         _made_for.setdefault(_owner_of(fn), []).append(made)
@@ -255,7 +243,7 @@ def wait(
     conditional, like a step's. A parked saga holds no thread, task or memory: it is a
     row with a wake time; :meth:`Orchestrator.signal` delivers.
     """
-    decl = _WaitDecl(signal, payload, timeout, on_timeout)
+    decl = WaitDecl(signal, payload, timeout, on_timeout)
     return lambda fn: _declare(fn, name, when, decl)
 
 
@@ -273,7 +261,7 @@ def timer(
     counted from when the saga reaches the timer) or ``at`` (a callable of the saga
     returning an aware datetime or a Unix time).
     """
-    decl = _WaitDecl(None, None, None, None, after, at)
+    decl = WaitDecl(None, None, None, None, after, at)
     return lambda fn: _declare(fn, name, when, decl)
 
 
@@ -361,53 +349,6 @@ def _replaced(lost: StepDef | CompensationDef, winner: object) -> str:
     )
 
 
-def _check_timeout(value: object, what: str, problems: list[str]) -> float | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        problems.append(
-            f"{what}: timeout must be a number of seconds > 0 or None, got {value!r}"
-        )
-        return None
-    return float(value)
-
-
-def _check_retry(value: object, what: str, problems: list[str]) -> Retry | None:
-    if isinstance(value, Retry):
-        return value
-    hint = f"retry=Retry(attempts={value})" if isinstance(value, int) else "retry=Retry(...)"
-    problems.append(f"{what}: retry must be a sagaflow.Retry, got {value!r}: use {hint}")
-    return None
-
-
-def _check_callable(fn: object, what: str, problems: list[str]) -> bool:
-    if not inspect.isfunction(fn):
-        kind = type(fn).__name__
-        problems.append(
-            f"{what} is a {kind}, not a function: decorate a plain method "
-            "'def name(self, ctx)' (or 'async def')"
-        )
-        return False
-    # Read the code object rather than inspect.signature: this runs for every method of
-    # every saga class at import time, and the code object answers in a fraction of it.
-    code = fn.__code__
-    positional = code.co_argcount
-    required = positional - len(fn.__defaults__ or ())
-    kw_required = code.co_kwonlyargcount - len(fn.__kwdefaults__ or {})
-    takes_two = positional >= 2 or bool(code.co_flags & inspect.CO_VARARGS)
-    if not takes_two or required > 2 or kw_required > 0:
-        problems.append(
-            f"{what} must take (self, ctx); its signature is {inspect.signature(fn)}"
-        )
-        return False
-    return True
-
-
 def _build_spec(
     cls: type,
     name: str | None,
@@ -421,8 +362,8 @@ def _build_spec(
     if not isinstance(saga_name, str) or not saga_name.strip():
         problems.append(f"name must be a non-empty string, got {saga_name!r}")
         saga_name = cls.__name__
-    saga_deadline = _check_timeout(deadline, "@saga(deadline=...)", problems)
-    comp_deadline = _check_timeout(
+    saga_deadline = check_timeout(deadline, "@saga(deadline=...)", problems)
+    comp_deadline = check_timeout(
         compensation_deadline, "@saga(compensation_deadline=...)", problems
     )
     defs, comps, robbed = _collect(cls, problems)
@@ -432,7 +373,7 @@ def _build_spec(
         _resolve_step(index, attr, d, attached, robbed, seen, problems)
         for index, (attr, d) in enumerate(defs)
     )
-    steps = _place_waits(steps, defs, problems)
+    steps = place_waits(steps, [d.wait for _, d in defs], problems)
     pivot_index = _check_order(steps, problems)
     _check_key(cls, key, problems)
     if problems:
@@ -541,9 +482,9 @@ def _resolve_step(
     """The :class:`StepSpec` of the step ``d`` (method ``attr``); its problems noted."""
     step_name = _step_name(attr, d, seen, problems)
     if d.wait is not None:
-        return _resolve_wait(index, step_name, d, d.wait, problems)
+        return resolve_wait(index, step_name, d.fn, d.when, d.wait, problems)
     what = f"step {step_name!r}"
-    fn_ok = _check_callable(d.fn, what, problems)
+    fn_ok = check_callable(d.fn, what, problems)
 
     flags = {"readonly": d.readonly, "pivot": d.pivot, "retriable": d.retriable}
     for flag, value in flags.items():
@@ -571,9 +512,9 @@ def _resolve_step(
     else:
         kind = StepKind(chosen[0])
 
-    timeout = DEFAULT_TIMEOUT if d.timeout is UNSET else _check_timeout(d.timeout, what, problems)
+    timeout = DEFAULT_TIMEOUT if d.timeout is UNSET else check_timeout(d.timeout, what, problems)
     default_retry = RETRIABLE_RETRY if kind is StepKind.RETRIABLE else NO_RETRY
-    retry = default_retry if d.retry is UNSET else _check_retry(d.retry, what, problems)
+    retry = default_retry if d.retry is UNSET else check_retry(d.retry, what, problems)
     if d.when is not None and not callable(d.when):
         problems.append(
             f"{what}: when must be a predicate of the saga instance "
@@ -587,12 +528,12 @@ def _resolve_step(
         c = own[0]
         comp_name = callable_name(c.fn)
         cwhat = f"compensation {comp_name!r} of step {step_name!r}"
-        if _check_callable(c.fn, cwhat, problems):
+        if check_callable(c.fn, cwhat, problems):
             comp_fn = c.fn
         if c.timeout is not UNSET:
-            comp_timeout = _check_timeout(c.timeout, cwhat, problems)
+            comp_timeout = check_timeout(c.timeout, cwhat, problems)
         if c.retry is not UNSET:
-            comp_retry = _check_retry(c.retry, cwhat, problems)
+            comp_retry = check_retry(c.retry, cwhat, problems)
 
     return StepSpec(
         index=index,
@@ -609,179 +550,6 @@ def _resolve_step(
         compensation_timeout=comp_timeout,
         compensation_retry=comp_retry or COMPENSATION_RETRY,
     )
-
-
-_ON_TIMEOUT_WORDS = ", ".join(repr(o.value) for o in OnTimeout)
-
-
-def _seconds(value: object) -> object:
-    return value.total_seconds() if isinstance(value, timedelta) else value
-
-
-def _resolve_wait(
-    index: int, step_name: str, d: StepDef, decl: _WaitDecl, problems: list[str]
-) -> StepSpec:
-    """The :class:`StepSpec` of a wait or timer; its kind and default ``on_timeout``
-    depend on where it stands (:func:`_place_waits`)."""
-    timer_ = decl.signal is None
-    what = f"{'timer' if timer_ else 'wait'} {step_name!r}"
-    takes_payload = not timer_ and decl.payload is not None
-    fn = d.fn
-    fn_ok = _check_handler(fn, what, takes_payload, problems)
-    if not timer_ and (not isinstance(decl.signal, str) or not decl.signal.strip()):
-        problems.append(f"{what}: the signal's name must be a non-empty string, got "
-                        f"{decl.signal!r}")
-    if decl.payload is not None and not (
-        isinstance(decl.payload, type) and (attrs.has(decl.payload) or _is_dataclass(decl.payload))
-    ):
-        problems.append(
-            f"{what}: payload must be an attrs class (or a dataclass) that signals carry, "
-            f"got {decl.payload!r}: declare one with @attrs.frozen"
-        )
-    timeout: float | None = None
-    on_timeout: OnTimeout | None = None
-    if not timer_:
-        if decl.timeout is None:
-            problems.append(
-                f"{what} has no timeout, and a wait never waits for ever: give "
-                "timeout=timedelta(days=3) (or seconds) and, if running out of time is not a "
-                "reason to compensate, on_timeout='continue'"
-            )
-        else:
-            timeout = _check_timeout(_seconds(decl.timeout), what, problems)
-        if decl.on_timeout is not None:
-            try:
-                on_timeout = OnTimeout(getattr(decl.on_timeout, "value", decl.on_timeout))
-            except ValueError:
-                problems.append(
-                    f"{what}: on_timeout must be one of {_ON_TIMEOUT_WORDS}, "
-                    f"got {decl.on_timeout!r}"
-                )
-    after: Any = None
-    if timer_:
-        given = [k for k in ("after", "at") if getattr(decl, k) is not None]
-        if len(given) != 1:
-            problems.append(
-                f"{what}: give exactly one of after= (seconds, a timedelta, or a callable of "
-                "the saga) and at= (a callable of the saga giving an aware datetime or a "
-                f"Unix time); got {' and '.join(given) or 'neither'}"
-            )
-        after = _seconds(decl.after)
-        if after is not None and not callable(after):
-            after = _check_timeout(after, f"{what} after=", problems)
-        if decl.at is not None and not callable(decl.at):
-            problems.append(
-                f"{what}: at= must be a callable of the saga (lambda saga: saga.renews_at), "
-                f"got {decl.at!r}: a fixed time would be the same for every saga"
-            )
-    if d.when is not None and not callable(d.when):
-        problems.append(
-            f"{what}: when must be a predicate of the saga instance "
-            f"(a callable taking the saga), got {d.when!r}"
-        )
-    wait_spec = WaitSpec(
-        signal=decl.signal if isinstance(decl.signal, str) else None,
-        payload=decl.payload if isinstance(decl.payload, type) else None,
-        timeout=timeout,
-        # COMPENSATE stands in until _place_waits knows which side of the pivot it is on
-        on_timeout=on_timeout or OnTimeout.COMPENSATE,
-        after=after,
-        at=decl.at if callable(decl.at) else None,
-    )
-    return StepSpec(
-        index=index,
-        name=step_name,
-        kind=StepKind.READONLY,
-        fn=_payload_handler(fn) if takes_payload and fn_ok else fn,
-        is_async=fn_ok and inspect.iscoroutinefunction(fn),
-        timeout=None,
-        retry=NO_RETRY,
-        when=d.when if callable(d.when) else None,
-        compensation=None,
-        compensation_name=None,
-        compensation_is_async=False,
-        compensation_timeout=None,
-        compensation_retry=COMPENSATION_RETRY,
-        wait=wait_spec,
-    )
-
-
-def _is_dataclass(cls: type) -> bool:
-    return hasattr(cls, "__dataclass_fields__")
-
-
-def _payload_handler(fn: Any) -> Any:
-    """``fn(self, payload, ctx)`` as a step's ``(self, ctx)``: the driver puts the
-    delivered payload on ``ctx.signal``."""
-    if inspect.iscoroutinefunction(fn):
-
-        async def ahandler(data: Any, ctx: Any) -> Any:
-            return await fn(data, ctx.signal, ctx)
-
-        ahandler.__name__ = fn.__name__
-        ahandler.__qualname__ = fn.__qualname__
-        return ahandler
-
-    def handler(data: Any, ctx: Any) -> Any:
-        return fn(data, ctx.signal, ctx)
-
-    handler.__name__ = fn.__name__
-    handler.__qualname__ = fn.__qualname__
-    return handler
-
-
-def _check_handler(fn: object, what: str, takes_payload: bool, problems: list[str]) -> bool:
-    """A wait's handler takes ``(self, payload, ctx)``; a timer's ``(self, ctx)``."""
-    if not takes_payload:
-        return _check_callable(fn, what, problems)
-    if not inspect.isfunction(fn):
-        problems.append(
-            f"{what} is a {type(fn).__name__}, not a function: decorate a plain method "
-            "'def name(self, payload, ctx)' (or 'async def')"
-        )
-        return False
-    code = fn.__code__
-    required = code.co_argcount - len(fn.__defaults__ or ())
-    if not (code.co_argcount >= 3 or code.co_flags & inspect.CO_VARARGS) or required > 3:
-        problems.append(
-            f"{what} must take (self, payload, ctx): its signal carries a payload; its "
-            f"signature is {inspect.signature(fn)}"
-        )
-        return False
-    return True
-
-
-def _place_waits(
-    steps: tuple[StepSpec, ...], defs: list[tuple[str, StepDef]], problems: list[str]
-) -> tuple[StepSpec, ...]:
-    """Give each wait its kind and default ``on_timeout`` from where it stands: before
-    the pivot a wait is readonly (nothing to undo) and running out of time compensates;
-    after the pivot (or a retriable step) it is retriable and running out of time fails
-    the saga for an operator, since nothing can be undone there."""
-    out: list[StepSpec] = []
-    forward_only = False
-    for s in steps:
-        if s.wait is None:
-            if s.kind in (StepKind.PIVOT, StepKind.RETRIABLE):
-                forward_only = True
-            out.append(s)
-            continue
-        decl = defs[s.index][1].wait
-        defaulted = decl is not None and decl.on_timeout is None and not s.wait.is_timer
-        if not forward_only:
-            out.append(s)
-            continue
-        wait_spec = s.wait
-        if defaulted:
-            wait_spec = attrs.evolve(wait_spec, on_timeout=OnTimeout.FAIL)
-        elif wait_spec.on_timeout is OnTimeout.COMPENSATE:
-            problems.append(
-                f"wait {s.name!r} comes after the point of no return, where nothing can be "
-                "undone, but its on_timeout is 'compensate': use on_timeout='continue' or "
-                "'fail' (an operator acts), or move the wait before the pivot"
-            )
-        out.append(attrs.evolve(s, kind=StepKind.RETRIABLE, wait=wait_spec))
-    return tuple(out)
 
 
 def _check_key(cls: type, key: object, problems: list[str]) -> None:

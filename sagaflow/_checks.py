@@ -1,0 +1,54 @@
+"""The checks ``@saga`` runs on what step, compensation and wait decorators were given:
+each appends what is wrong, with its fix, to ``problems`` (reported together)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+from .policy import Retry
+
+__all__ = ["check_callable", "check_retry", "check_timeout"]
+
+
+def check_timeout(value: object, what: str, problems: list[str]) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        problems.append(f"{what}: timeout must be a number of seconds > 0 or None, got {value!r}")
+        return None
+    return float(value)
+
+
+def check_retry(value: object, what: str, problems: list[str]) -> Retry | None:
+    if isinstance(value, Retry):
+        return value
+    hint = f"retry=Retry(attempts={value})" if isinstance(value, int) else "retry=Retry(...)"
+    problems.append(f"{what}: retry must be a sagaflow.Retry, got {value!r}: use {hint}")
+    return None
+
+
+def check_callable(fn: object, what: str, problems: list[str]) -> bool:
+    if not inspect.isfunction(fn):
+        kind = type(fn).__name__
+        problems.append(
+            f"{what} is a {kind}, not a function: decorate a plain method "
+            "'def name(self, ctx)' (or 'async def')"
+        )
+        return False
+    # Read the code object rather than inspect.signature: this runs for every method of
+    # every saga class at import time, and the code object answers in a fraction of it.
+    code = fn.__code__
+    positional = code.co_argcount
+    required = positional - len(fn.__defaults__ or ())
+    kw_required = code.co_kwonlyargcount - len(fn.__kwdefaults__ or {})
+    takes_two = positional >= 2 or bool(code.co_flags & inspect.CO_VARARGS)
+    if not takes_two or required > 2 or kw_required > 0:
+        problems.append(f"{what} must take (self, ctx); its signature is {inspect.signature(fn)}")
+        return False
+    return True
