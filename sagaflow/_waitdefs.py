@@ -191,7 +191,9 @@ def place_waits(
             out.append(s)
             continue
         decl = decls[s.index]
-        defaulted = decl is not None and decl.on_timeout is None and not s.wait.is_timer
+        # a timer has no on_timeout to give (it never times out): after the pivot it is
+        # defaulted like a wait's, or it would stand as 'compensate' and be refused
+        defaulted = decl is not None and decl.on_timeout is None
         if not forward_only:
             out.append(s)
             continue
