@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -21,13 +22,17 @@ from sagaflow import (
     Orchestrator,
     Retry,
     SagaRecord,
+    SagaRejected,
     SagaResult,
     SagaStatus,
     StepKind,
+    StepStatus,
     events,
     saga,
     spec_of,
     step,
+    timer,
+    wait,
 )
 from sagaflow import draw as sagaflow_draw
 from sagaflow.cli import load
@@ -769,6 +774,272 @@ def test_readme_shows_the_unbundle_saga_diagram():
             "into the block"
         )
         assert "(diagrams/UnbundleSaga.svg)" in section
+
+
+# --------------------------------------------------------------------------- waits
+
+@attrs.frozen
+class Decision:
+    approved: bool
+    by: str
+    reason: str = ""
+
+
+def large(s: WaitingSaga) -> bool:
+    return s.amount > 100
+
+
+def renewal(s: WaitingSaga) -> datetime:
+    return datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@saga(key="order_id")
+@attrs.define
+class WaitingSaga:
+    """A wait for a typed signal (conditional, compensates on timeout), a timer, and after
+    the pivot a wait that goes on when its time runs out and a timer at a time."""
+
+    order_id: str = "o-1"
+    amount: int = 500
+
+    @step(timeout=None)
+    def reserve(self, ctx):
+        pass
+
+    @reserve.compensate(timeout=None)
+    def release(self, ctx):
+        pass
+
+    @wait("approval", payload=Decision, timeout=timedelta(days=3), when=large)
+    def approval(self, decision: Decision, ctx):
+        if not decision.approved:
+            raise SagaRejected(f"refused by {decision.by}: {decision.reason}")
+
+    @timer(after=timedelta(hours=1, minutes=30))
+    def cool_off(self, ctx):
+        pass
+
+    @step(pivot=True, timeout=None)
+    def charge(self, ctx):
+        pass
+
+    @wait("delivered", timeout=45, on_timeout="continue")
+    def delivered(self, ctx):
+        pass
+
+    @timer(at=renewal)
+    def renew(self, ctx):
+        pass
+
+
+WAITING = spec_of(WaitingSaga)
+TEAL = "#00796b"
+
+
+def graph_title(dot: str) -> str:
+    graph = pygraphviz.AGraph(string=dot)  # kept alive while its label is read
+    return str(graph.graph_attr["label"])
+
+
+def edge_labels(dot: str) -> dict[tuple[str, str, str], list[str]]:
+    return {(s, t, d): label(a) for s, t, d, a in dot_edges(dot)}
+
+
+def test_a_wait_is_drawn_as_a_wait_with_its_signal_payload_and_timeout():
+    dot = render(WaitingSaga)
+    nodes = dot_nodes(dot)
+    approval = nodes["approval"]
+    assert label(approval) == [
+        "approval", "signal approval (Decision)", "timeout 3d → compensate", "when large",
+    ]
+    assert approval["shape"] == "hexagon" and approval["color"] == TEAL
+    assert label(nodes["delivered"]) == ["delivered", "signal delivered", "timeout 45s → continue"]
+    # a step is still a rounded box, and a wait does not say "readonly" or "retriable"
+    assert nodes["reserve"].get("shape", "box") == "box"
+    assert label(nodes["cool_off"]) == ["cool_off", "timer: after 1h30m"]
+    assert nodes["cool_off"]["shape"] == "hexagon" and nodes["cool_off"]["color"] != TEAL
+    assert label(nodes["renew"]) == ["renew", "timer: at renewal"]
+    # every transition of the machine, each once, the timeouts among them
+    edges = dot_edges(dot)
+    assert {(s, t, d) for s, t, d, _ in edges} == WAITING.transitions
+    assert len(edges) == len(WAITING.transitions)
+    labels = edge_labels(dot)
+    assert labels[("approval", "timeout", "compensating_reserve")] == ["timeout", "3d → compensate"]
+    assert labels[("delivered", "timeout", "renew")] == ["timeout", "45s → continue"]
+    assert labels[("approval", "advance", "cool_off")] == ["advance", "on signal approval"]
+    assert labels[("approval", "skip", "cool_off")] == ["skip", "unless large"]
+    assert labels[("cool_off", "advance", "charge")] == ["advance", "after 1h30m"]
+    assert labels[("renew", "advance", "completed")] == ["advance", "at renewal"]
+    timeouts = [a for s, t, d, a in edges if t == "timeout"]
+    assert timeouts and all(a["color"] == TEAL and a["style"] == "dashed" for a in timeouts)
+
+
+def test_a_wait_in_mermaid_has_its_own_class_and_labelled_timeout_edges():
+    text = render(WaitingSaga, "mermaid")
+    assert_valid_mermaid(text)
+    assert set(mermaid_edges(text)) == WAITING.transitions
+    lines = text.splitlines()
+    for line in (
+        "    approval --> compensating_reserve : timeout (3d → compensate)",
+        "    approval --> cool_off : advance (on signal approval)",
+        "    approval --> cool_off : skip (unless large)",
+        "    delivered --> renew : timeout (45s → continue)",
+        "    approval : signal approval (Decision)",
+        "    approval : timeout 3d → compensate",
+        "    cool_off : timer#58; after 1h30m",
+        "    class approval,delivered waitState",
+        "    class cool_off,renew timerState",
+    ):
+        assert line in lines, line
+    assert "    approval : readonly" not in lines
+
+
+def test_a_wait_in_svg_and_png_is_a_hexagon():
+    ns = "{http://www.w3.org/2000/svg}"
+    root = ET.fromstring(render(WaitingSaga, "svg").encode())
+    shapes = {}
+    for g in root.iter(f"{ns}g"):
+        if g.get("class") == "node":
+            title = g.find(f"{ns}title").text
+            polygon = g.find(f"{ns}polygon")
+            shapes[title] = None if polygon is None else len(polygon.get("points").split())
+    assert shapes["approval"] == shapes["cool_off"] == 7  # six corners, closed
+    assert shapes["reserve"] is None  # a rounded box is a path
+    assert "signal approval (Decision)" in svg_texts(render(WaitingSaga, "svg"))
+    png = render(WaitingSaga, "png")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png != render(FeatureSaga, "png")
+
+
+def parked(saga_obj: WaitingSaga) -> tuple[Orchestrator, str]:
+    clock = VirtualClock(datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp())
+    orchestrator = Orchestrator(clock=clock)
+    result = orchestrator.run(saga_obj)
+    assert result.status is SagaStatus.RUNNING
+    return orchestrator, result.saga_id
+
+
+def test_a_parked_saga_is_drawn_at_its_wait_until_when():
+    orchestrator, saga_id = parked(WaitingSaga())
+    record = orchestrator.store.load(saga_id)
+    dot = render(record)
+    assert current(dot) == "approval" == record.state
+    node = dot_nodes(dot)["approval"]
+    assert node["fillcolor"] == "#b2dfdb" and node["shape"] == "hexagon"
+    assert "parked until 2026-12-10 12:00 UTC" in label(node)
+    assert graph_title(dot).endswith("RUNNING, parked at approval")
+    assert taken(dot) == {("not_started", "start", "reserve"), ("reserve", "advance", "approval")}
+    # the snapshot, which has no wake time, draws it parked too
+    result = orchestrator.get(saga_id)
+    assert result.step("approval").status is StepStatus.WAITING
+    assert "parked" in label(dot_nodes(render(result))["approval"])
+    text = render(record, "mermaid")
+    assert_valid_mermaid(text)
+    assert re.search(r"^    class approval ranWaiting$", text, re.M)
+    assert "    approval : current state" in text.splitlines()
+
+    # at its timer next, after the signal
+    after = orchestrator.signal(saga_id, "approval", Decision(True, "ann"))
+    record = orchestrator.store.load(saga_id)
+    assert after.status is SagaStatus.RUNNING and current(render(record)) == "cool_off"
+    assert "parked until 2026-12-07 13:30 UTC" in label(dot_nodes(render(record))["cool_off"])
+    assert ("approval", "advance", "cool_off") in taken(render(record))
+
+
+def test_a_rejected_saga_shows_the_rejection_and_its_reason():
+    orchestrator, saga_id = parked(WaitingSaga())
+    result = orchestrator.signal(saga_id, "approval", Decision(False, "bob", "over budget"))
+    assert result.status is SagaStatus.COMPENSATED
+    dot = render(orchestrator.store.load(saga_id))
+    node = dot_nodes(dot)["approval"]
+    assert node["fillcolor"] == "#f8bbd0"
+    assert label(node)[-1] == "REJECTED, refused by bob: over budget"
+    assert graph_title(dot).endswith("COMPENSATED (rejected at approval)")
+    assert ("approval", "compensate", "compensating_reserve") in taken(dot)
+    assert current(dot) == "compensated"
+    assert render(result) == dot
+    text = render(result, "mermaid")
+    assert_valid_mermaid(text)
+    assert re.search(r"^    class approval ranRejected$", text, re.M)
+
+
+def test_a_wait_that_timed_out_shows_its_timeout_edge_taken():
+    orchestrator, saga_id = parked(WaitingSaga())
+    orchestrator.clock.advance(3 * 86_400)
+    assert orchestrator.resume_due() == {saga_id: SagaStatus.COMPENSATED}
+    dot = render(orchestrator.store.load(saga_id))
+    node = dot_nodes(dot)["approval"]
+    assert node["fillcolor"] == "#ffccbc"
+    assert label(node)[-1] == "TIMED OUT, no signal within 3d"
+    assert ("approval", "timeout", "compensating_reserve") in taken(dot)
+    assert re.search(r"^    class approval ranExpired$", render(orchestrator.get(saga_id),
+                     "mermaid"), re.M)
+
+
+def test_a_skipped_wait_is_drawn_like_a_skipped_step():
+    orchestrator, saga_id = parked(WaitingSaga(amount=5))  # parks at the timer instead
+    dot = render(orchestrator.store.load(saga_id))
+    assert ("approval", "skip", "cool_off") in taken(dot)
+    assert "skipped" in label(dot_nodes(dot)["approval"])
+    assert current(dot) == "cool_off"
+
+
+@st.composite
+def waiting_shapes(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    """(name, what, on_timeout) per step: a step, a wait or a timer, before and after a
+    pivot; a wait's on_timeout is one its side of the pivot allows."""
+    what = st.sampled_from(["step", "wait", "timer"])
+    before = draw(st.lists(what, max_size=3))
+    after = draw(st.lists(what, max_size=2))
+    shape = [(w, draw(st.sampled_from(["compensate", "continue", "fail"]))) for w in before]
+    shape.append(("pivot", ""))
+    shape += [(w, draw(st.sampled_from(["continue", "fail"]))) for w in after]
+    return [(f"s{i}", w, t) for i, (w, t) in enumerate(shape)]
+
+
+def build_waiting_saga(shape: list[tuple[str, str, str]], conditional: bool) -> type:
+    qualname = "Waits"
+    body: dict[str, object] = {"__qualname__": qualname, "__module__": __name__}
+
+    def fn(self, ctx):
+        pass
+
+    when = large if conditional else None
+    pivot_seen = False
+    for name, what, on_timeout in shape:
+        forward = _named(fn, f"{qualname}.{name}")
+        if what == "pivot":
+            pivot_seen = True
+            body[name] = StepDef(fn=forward, timeout=None, pivot=True)
+        elif what == "wait":
+            body[name] = wait(f"sig_{name}", timeout=60, on_timeout=on_timeout, when=when)(
+                forward)
+        elif what == "timer":
+            body[name] = timer(after=30, when=when)(forward)
+        else:
+            made = StepDef(fn=forward, timeout=None, retriable=pivot_seen, when=when)
+            body[name] = made
+            if not pivot_seen:
+                body[f"undo_{name}"] = made.compensate(_named(fn, f"{qualname}.undo_{name}"))
+    body["__annotations__"] = {"amount": int}
+    body["amount"] = 0
+    return saga(type(qualname, (), body))
+
+
+@given(waiting_shapes(), st.booleans())
+def test_any_saga_with_waits_is_drawn_exactly_as_generated(shape, conditional):
+    spec = spec_of(build_waiting_saga(shape, conditional))
+    dot, text = render(spec, "dot"), render(spec, "mermaid")
+    assert list(dot_nodes(dot)) == list(spec.machine.states)
+    assert {(s, t, d) for s, t, d, _ in dot_edges(dot)} == spec.transitions
+    assert set(mermaid_edges(text)) == spec.transitions
+    assert_valid_mermaid(text)
+    waits = [s for s in spec.steps if s.wait is not None]
+    nodes = dot_nodes(dot)
+    for s in waits:
+        assert nodes[s.name]["shape"] == "hexagon"
+    for s, t, d, a in dot_edges(dot):
+        if t == "timeout":
+            assert label(a)[1].endswith(spec.step(s).wait.on_timeout.value)
 
 
 def test_compensation_state_names_match_the_machine():

@@ -1,8 +1,9 @@
 """A model as DOT, built with the ``graphviz`` package (it quotes and escapes every name).
 
 Forward steps run left to right; each compensating state sits in its step's column, so
-the undo chain reads backwards under the forward chain; a run's path is drawn bold, the
-rest greyed, and its current state outlined in blue.
+the undo chain reads backwards under the forward chain; waits and timers are teal and
+blue hexagons, their ``timeout`` edges dashed teal; a run's path is drawn bold, the rest
+greyed, and its current state (a parked saga's wait, too) outlined in blue.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ _FONT = "Helvetica"
 _ROLE_STYLE: dict[str, dict[str, str]] = {
     "start": {"shape": "ellipse", "style": "filled", "fillcolor": "#ffffff", "color": "#5f6368"},
     "step": {"fillcolor": "#e8f0fe", "color": "#3c6bc4"},
+    # a hexagon, as close to the label as it goes: a wait is wide enough as it is
+    "wait": {"shape": "hexagon", "style": "filled", "margin": "0.02,0.02", "fillcolor": "#e0f2f1",
+             "color": "#00796b", "penwidth": "2"},
+    "timer": {"shape": "hexagon", "style": "filled", "margin": "0.02,0.02",
+              "fillcolor": "#e1f5fe", "color": "#0277bd", "penwidth": "2"},
     "compensating": {
         "style": "rounded,filled,dashed",
         "fillcolor": "#fff4e0",
@@ -41,6 +47,7 @@ _TRIGGER_STYLE: dict[str, dict[str, str]] = {
     "start": {"color": "#3c6bc4"},
     "advance": {"color": "#3c6bc4"},
     "skip": {"color": "#5f6368", "style": "dashed"},
+    "timeout": {"color": "#00796b", "style": "dashed"},
     "fail": {"color": "#c62828"},
     "compensate": {"color": "#b26a00", "style": "dashed"},
     "undone": {"color": "#b26a00"},
@@ -56,6 +63,9 @@ _OUTCOME_STYLE: dict[str, dict[str, str]] = {
     "skipped": {"fillcolor": "#eeeeee", "color": "#757575", "style": "rounded,filled,dashed"},
     "failed": {"fillcolor": "#ffcdd2", "color": "#c62828", "penwidth": "3"},
     "running": {"fillcolor": "#bbdefb", "color": "#1565c0", "penwidth": "2"},
+    "waiting": {"fillcolor": "#b2dfdb", "color": "#00796b", "penwidth": "2"},
+    "rejected": {"fillcolor": "#f8bbd0", "color": "#ad1457", "penwidth": "3"},
+    "expired": {"fillcolor": "#ffccbc", "color": "#d84315", "penwidth": "3"},
     "undone": {"fillcolor": "#ffe0b2", "color": "#b26a00", "penwidth": "2"},
     "undo_failed": {"fillcolor": "#ffcdd2", "color": "#c62828", "penwidth": "3"},
     "undoing": {"fillcolor": "#ffe0b2", "color": "#1565c0", "penwidth": "2"},

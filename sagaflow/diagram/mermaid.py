@@ -1,7 +1,8 @@
 """A model as Mermaid ``stateDiagram-v2`` text (GitHub renders it in Markdown).
 
 The same picture as the DOT one, in Mermaid's words: one class (fill and stroke) per
-node look, the run's taken transitions ticked, its current state said in the node.
+node look (Mermaid draws every state as a box: a wait is told by its teal class and its
+lines), the run's taken transitions ticked, its current state said in the node.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ _CLASS = {
     "readonly": "readonlyStep fill:#f1f3f4,stroke:#5f6368",
     "pivot": "pivotStep fill:#dbe6fb,stroke:#1a3d8f,stroke-width:3px",
     "retriable": "retriableStep fill:#ede7f6,stroke:#5e35b1",
+    "wait": "waitState fill:#e0f2f1,stroke:#00796b,stroke-width:3px",
+    "timer": "timerState fill:#e1f5fe,stroke:#0277bd,stroke-width:3px",
     "compensating": "compensatingStep fill:#fff4e0,stroke:#b26a00,stroke-dasharray:5 3",
     "completed": "completedEnd fill:#d4edda,stroke:#2e7d32",
     "compensated": "compensatedEnd fill:#fff3cd,stroke:#b26a00",
@@ -39,6 +42,9 @@ _CLASS = {
     "run:skipped": "ranSkipped fill:#eeeeee,stroke:#757575,stroke-dasharray:4 3",
     "run:failed": "ranFailed fill:#ffcdd2,stroke:#c62828,stroke-width:3px",
     "run:running": "ranRunning fill:#bbdefb,stroke:#1565c0,stroke-width:4px",
+    "run:waiting": "ranWaiting fill:#b2dfdb,stroke:#1565c0,stroke-width:4px",
+    "run:rejected": "ranRejected fill:#f8bbd0,stroke:#ad1457,stroke-width:3px",
+    "run:expired": "ranExpired fill:#ffccbc,stroke:#d84315,stroke-width:3px",
     "run:undone": "ranUndone fill:#ffe0b2,stroke:#b26a00,stroke-width:2px",
     "run:undo_failed": "ranUndoFailed fill:#ffcdd2,stroke:#c62828,stroke-width:3px",
     "run:undoing": "ranUndoing fill:#ffe0b2,stroke:#1565c0,stroke-width:4px",

@@ -2,7 +2,8 @@
 
 The states and transitions are read from the class's own ``transitions`` machine
 (``spec.machine``), never re-derived from the steps, so the picture is the machine
-every run is checked against; the steps only annotate it (kind, guard, compensation).
+every run is checked against; the steps only annotate it (kind, guard, compensation,
+and what a wait waits for: its signal, payload class and timeout, or a timer's time).
 A run (a :class:`~sagaflow.SagaRecord` or :class:`~sagaflow.SagaResult`) adds what it
 did: the transitions it took are its recorded ``path`` (the engine appends every state
 change), its outcomes per state come from its step records.
@@ -13,22 +14,25 @@ built from it are byte-stable.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
+from ..errors import SagaRejected
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
-from ..spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
+from ..spec import SagaSpec, StepKind, StepSpec, WaitSpec, callable_name, is_saga, spec_of
 
-__all__ = ["TERMINALS", "Edge", "Model", "Node", "Run", "model_of"]
+__all__ = ["TERMINALS", "Edge", "Model", "Node", "Run", "duration", "model_of"]
 
 #: The three ends, in the order they are drawn.
 TERMINALS = (COMPLETED, COMPENSATED, FAILED)
 # Triggers in the order a reader meets them; edges are sorted by it for stable output.
 _TRIGGER_ORDER = (
-    "start", "advance", "skip", "fail", "compensate", "undone", "undo_failed", "retry"
+    "start", "advance", "skip", "timeout", "fail", "compensate", "undone", "undo_failed",
+    "retry",
 )
 # The state a finished run without a recorded path ends in (a record written before
 # sagaflow recorded paths: the migration of a version-1 store gives it an empty path).
@@ -43,7 +47,9 @@ Diagrammable = Any  # a saga class or instance, a SagaSpec, a SagaRecord or a Sa
 
 @attrs.frozen
 class Edge:
-    """One transition of the machine; ``guard`` is ``""`` or ``"unless is_large"``."""
+    """One transition of the machine; ``guard`` is its second label line: ``""``,
+    ``"unless is_large"`` (a skip), ``"on signal approval"`` (a wait's advance) or
+    ``"3d → compensate"`` (a wait's timeout)."""
 
     source: str
     trigger: str
@@ -53,8 +59,8 @@ class Edge:
 
 @attrs.frozen
 class Node:
-    """One state: its role (start, step, compensating, completed, compensated, failed,
-    other), the label lines after its name, and its step, if it has one."""
+    """One state: its role (start, step, wait, timer, compensating, completed,
+    compensated, failed, other), the label lines after its name, and its step, if any."""
 
     state: str
     role: str
@@ -69,7 +75,7 @@ class Run:
 
     title: str
     current: str
-    outcomes: dict[str, str]  # state -> done, skipped, failed, running, undone, ...
+    outcomes: dict[str, str]  # state -> done, skipped, failed, waiting, rejected, ...
     notes: dict[str, str]  # state -> a short line about what happened there
     taken: frozenset[tuple[str, str, str]]
 
@@ -137,6 +143,7 @@ def _resolve(obj: Diagrammable, saga: object | None) -> tuple[SagaSpec, Run | No
 def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
     """Every transition of the machine, in a stable order."""
     order = {s: i for i, s in enumerate(states)}
+    waits = {s.name: s.wait for s in spec.steps if s.wait is not None}
     edges: list[Edge] = []
     for trigger, event in spec.machine.events.items():
         for source, transitions in event.transitions.items():
@@ -147,6 +154,9 @@ def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
                 ]
                 if trigger == "retry" and not guards:
                     guards = ["by an operator"]
+                wait = waits.get(str(source))
+                if wait is not None and trigger in ("advance", "timeout"):
+                    guards = [_wait_edge(wait, trigger)]
                 edges.append(Edge(str(source), str(trigger), str(t.dest), ", ".join(guards)))
     rank = {t: i for i, t in enumerate(_TRIGGER_ORDER)}
     edges.sort(
@@ -160,6 +170,45 @@ def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
     return edges
 
 
+def _wait_edge(wait: WaitSpec, trigger: str) -> str:
+    """The second label line of a wait's ``advance`` (what it waited for) or ``timeout``
+    (how long, and what then) edge."""
+    if trigger == "timeout":
+        return f"{duration(wait.timeout or 0)} → {wait.on_timeout.value}"
+    return f"on signal {wait.signal}" if wait.signal is not None else _when_due(wait)
+
+
+def _when_due(timer: WaitSpec) -> str:
+    """When a timer fires: ``after 1h``, ``after <callable>`` or ``at <callable>``."""
+    if timer.at is not None:
+        return f"at {callable_name(timer.at)}"
+    after = timer.after
+    return f"after {callable_name(after) if callable(after) else duration(after or 0)}"
+
+
+def _wait_lines(wait: WaitSpec) -> list[str]:
+    """What a wait's node says: its signal and payload class and timeout, or its time."""
+    if wait.signal is None:
+        return [f"timer: {_when_due(wait)}"]
+    payload = f" ({wait.payload.__name__})" if wait.payload is not None else ""
+    return [
+        f"signal {wait.signal}{payload}",
+        f"timeout {duration(wait.timeout or 0)} → {wait.on_timeout.value}",
+    ]
+
+
+def duration(seconds: float) -> str:
+    """A duration as a person writes it: ``3d``, ``1h30m``, ``45s``, ``0.5s``."""
+    if seconds != int(seconds) or seconds < 60:
+        return f"{seconds:g}s"
+    left, parts = int(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        n, left = divmod(left, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)
+
+
 def _guard_name(func: object) -> str:
     # The machine keeps a guard by name; a callable (never the case today) by its name.
     return func if isinstance(func, str) else str(getattr(func, "__name__", "guard"))
@@ -168,7 +217,8 @@ def _guard_name(func: object) -> str:
 def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
     by_state: dict[str, tuple[str, StepSpec]] = {}
     for s in spec.steps:
-        by_state[s.name] = ("step", s)
+        role = "step" if s.wait is None else "timer" if s.wait.is_timer else "wait"
+        by_state[s.name] = (role, s)
         if s.compensation is not None:
             by_state[compensation_state(s.name)] = ("compensating", s)
     nodes = []
@@ -180,7 +230,11 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
         elif state in by_state:
             role, s = by_state[state]
             lines: list[str] = []
-            if role == "step":
+            if role in ("wait", "timer") and s.wait is not None:  # its kind goes unsaid
+                lines += _wait_lines(s.wait)
+                if s.guard_name is not None:
+                    lines.append(f"when {s.guard_name}")
+            elif role == "step":
                 if s.kind is StepKind.PIVOT:
                     lines.append("pivot (point of no return)")
                 elif s.kind is StepKind.RETRIABLE:
@@ -220,9 +274,21 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
     if path:
         outcomes[NOT_STARTED] = "started"
     cut_short = obj.status is not SagaStatus.RUNNING  # a step left RUNNING was interrupted
+    steps = {s.name: s for s in spec.steps}
     for name, sr in zip(names, obj.steps, strict=True):
         attempts = f"{sr.attempts} attempts" if sr.attempts > 1 else ""
-        if sr.status is StepStatus.COMPLETED:
+        wait = steps[name].wait
+        if sr.status is StepStatus.WAITING:
+            outcomes[name], notes[name] = "waiting", _parked(obj)
+        elif sr.status is StepStatus.REJECTED:
+            outcomes[name] = "rejected"
+            notes[name] = ", ".join(filter(None, ["REJECTED", _short(sr.error, 60)]))
+        elif sr.status is StepStatus.EXPIRED:
+            outcomes[name] = "expired"
+            waited = f"no signal within {duration(wait.timeout)}" if (
+                wait is not None and wait.timeout is not None) else ""
+            notes[name] = ", ".join(filter(None, ["TIMED OUT", waited]))
+        elif sr.status is StepStatus.COMPLETED:
             outcomes[name], notes[name] = "done", ", ".join(filter(None, ["done", attempts]))
         elif sr.status is StepStatus.SKIPPED:
             outcomes[name], notes[name] = "skipped", "skipped"
@@ -251,7 +317,19 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
     if obj.resolution:
         notes[current] = f"resolved by hand: {_short(obj.resolution)}"
     title = f"{spec.name}: saga {obj.saga_id} {obj.status.value}"
+    if isinstance(obj.error, SagaRejected):
+        title += f" (rejected at {obj.error.step})" if obj.error.step else " (rejected)"
+    elif outcomes.get(current) == "waiting":
+        title += f", parked at {current}"
     return Run(title, current, outcomes, notes, frozenset(path))
+
+
+def _parked(obj: SagaRecord | SagaResult) -> str:
+    """A parked saga's note at its wait: parked, and (from a record) until when at most."""
+    wake = obj.wake_at if isinstance(obj, SagaRecord) else None
+    if wake is None:
+        return "parked"
+    return "parked until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(wake))
 
 
 def _short(text: str | None, limit: int = 48) -> str:
