@@ -19,6 +19,7 @@ import textwrap
 import attrs
 
 from sagaflow import Retry, StepKind, spec_of
+from sagaflow.diagram.model import duration
 
 __all__ = ["Entry", "class_lines", "entries", "kinds_table", "lines_table"]
 
@@ -95,6 +96,13 @@ def class_lines(cls: type) -> tuple[int, int]:
 def _kind(step: object) -> str:
     kind: StepKind = step.kind  # type: ignore[attr-defined]
     text = kind.value
+    wait = step.wait  # type: ignore[attr-defined]
+    if wait is not None:  # a wait: what for, and what its timeout means
+        if wait.signal is None:
+            text = "timer"
+        else:
+            payload = f" ({wait.payload.__name__})" if wait.payload is not None else ""
+            text = f"wait for signal `{wait.signal}`{payload}; on timeout {wait.on_timeout.value}"
     if step.compensation_name:  # type: ignore[attr-defined]
         text += f" (undo: `{step.compensation_name}`)"  # type: ignore[attr-defined]
     if step.when is not None:  # type: ignore[attr-defined]
@@ -120,7 +128,8 @@ def kinds_table() -> str:
         spec = spec_of(e.saga)
         for s in spec.steps:
             first = s.index == 0
-            timeout = "-" if s.timeout is None else f"{s.timeout:g}s"
+            limit = s.timeout if s.wait is None else s.wait.timeout
+            timeout = "-" if limit is None else duration(limit)
             rows.append(
                 f"| {e.label if first else ''} | {f'`{spec.name}`' if first else ''} "
                 f"| {s.index + 1} | `{s.name}` | {_kind(s)} | {timeout} | {_retry(s.retry)} |"

@@ -29,6 +29,7 @@ from sagaflow import (
     events,
     spec_of,
 )
+from sagaflow.diagram.model import duration
 from sagaflow.stores import Store
 from sagaflow.testing import VirtualClock
 
@@ -113,8 +114,23 @@ class Console:
         if e.step is not None:
             s = spec.step(e.step)
             where = f"step {s.index + 1}/{n} {s.name}"
+        if isinstance(e, events.WaitStarted):
+            if s.wait is None or s.wait.signal is None:
+                until = time.strftime("%H:%M:%S", time.localtime(e.until or 0))
+                return f"{where} ⏸ parked until {until} (a durable timer)"
+            payload = f" ({s.wait.payload.__name__})" if s.wait.payload is not None else ""
+            return (f"{where} ⏸ parked: waits up to {duration(s.wait.timeout or 0)} for "
+                    f"signal '{s.wait.signal}'{payload}")
+        if isinstance(e, events.WaitExpired):
+            return (f"{where} ⏱ no signal '{e.signal}' within "
+                    f"{duration(s.wait.timeout or 0) if s.wait else '?'}: {e.on_timeout}")
+        if isinstance(e, events.StepRejected):
+            return f"{where} ✗ rejected: {e.error}"
         if isinstance(e, events.StepCompleted):
             tries = f" (attempt {e.attempt}/{s.retry.attempts})" if e.attempt > 1 else ""
+            if s.wait is not None:
+                tries = " timer fired" if s.wait.signal is None else (
+                    f" signal '{s.wait.signal}' received")
             return f"{where} ✓{tries}{self._produced(e.saga_id, saga)}"
         if isinstance(e, events.StepSkipped):
             return f"{where} - skipped ({s.guard_name} is false)"
@@ -239,11 +255,31 @@ class Demo:
             self.console.muted = False
 
     def run(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
-        """Run a sync saga, printing it, then its outcome."""
+        """Run a sync saga, printing it, then its outcome (or where it parked)."""
         started = time.perf_counter()
         result = orch.run(saga, saga_id=saga_id)
         self.show(result, time.perf_counter() - started)
         return result
+
+    def signal(
+        self, orch: Orchestrator, saga_id: str, name: str, payload: object = None
+    ) -> SagaResult:
+        """Send a signal in this process, printing the saga as it goes on, then its outcome."""
+        started = time.perf_counter()
+        result = orch.signal(saga_id, name, payload)
+        self.show(result, time.perf_counter() - started)
+        return result
+
+    def resume_due(self, orch: Orchestrator) -> list[SagaResult]:
+        """Resume the parked sagas whose time came (``orch``'s clock), printing each."""
+        started = time.perf_counter()
+        resumed = orch.resume_due()
+        real = time.perf_counter() - started
+        results = [orch.get(saga_id) for saga_id in resumed]
+        for result in results:
+            assert result is not None
+            self.show(result, real)
+        return [r for r in results if r is not None]
 
     async def arun(self, orch: Orchestrator, saga: object, saga_id: str) -> SagaResult:
         """Run an async saga, printing it, then its outcome."""
@@ -253,12 +289,16 @@ class Demo:
         return result
 
     def show(self, result: SagaResult, real: float | None = None) -> None:
-        """Print a run's outcome: status, duration, compensations, events, operator notes."""
+        """Print a run's outcome: status, duration, compensations, events, operator notes.
+
+        A saga shown again (parked, then resumed) is counted once, as it is now.
+        """
+        self.results = [r for r in self.results if r.saga_id != result.saga_id]
         self.results.append(result)
         if self.console.muted:
             return
         self.out("   ⇒ " + outcome(result, real))
-        if result.events:
+        if result.events and result.status.is_terminal:
             self.out("     events: " + events_line(result.events))
         for line in operator_notes(result):
             self.out(f"     ‼ {line}")
@@ -268,9 +308,17 @@ def outcome(result: SagaResult, real: float | None = None) -> str:
     """One line: status, virtual duration (and real), compensations, the error's kind."""
     undone = sum(1 for s in result.steps if s.compensation is CompensationStatus.COMPENSATED)
     planned = sum(1 for s in result.steps if s.compensation is not CompensationStatus.NOT_NEEDED)
-    parts = [f"{result.status.value} in {result.duration or 0:.3g}s"]
+    waiting = [s.name for s in result.steps if s.status is StepStatus.WAITING]
+    if waiting:
+        real_ms = f" (real {real * 1000:.0f} ms)" if real is not None else ""
+        return f"{result.status.value}, parked at {waiting[0]}{real_ms}: a row in the store"
+    took = result.duration or 0
+    parts = [f"{result.status.value} in "
+             + (f"{took:.3g}s" if took < 60 else duration(round(took)))]
     if real is not None:
         parts[0] += f" (real {real * 1000:.0f} ms)"
+    if result.outcome not in ("completed", "compensated", "failed"):  # says why: rejected...
+        parts.append(f"outcome {result.outcome}")
     parts.append(f"compensations {undone}/{planned}" if planned else "no compensation needed")
     error = result.error
     if error is not None and result.status is not SagaStatus.COMPLETED:

@@ -1037,7 +1037,7 @@ def test_any_saga_with_waits_is_drawn_exactly_as_generated(shape, conditional):
     nodes = dot_nodes(dot)
     for s in waits:
         assert nodes[s.name]["shape"] == "hexagon"
-    for s, t, d, a in dot_edges(dot):
+    for s, t, _, a in dot_edges(dot):
         if t == "timeout":
             assert label(a)[1].endswith(spec.step(s).wait.on_timeout.value)
 

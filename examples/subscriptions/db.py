@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from .._support import Faults, Voided
 from . import rules
 
 __all__ = [
+    "DB_ENV",
     "Conflict",
     "SubscriptionDB",
     "database",
@@ -77,8 +79,9 @@ CREATE TABLE IF NOT EXISTS approvals (
     subscription_id TEXT NOT NULL,
     removed         TEXT NOT NULL,
     removed_share   TEXT NOT NULL,
-    status          TEXT NOT NULL CHECK (status IN ('PENDING', 'WITHDRAWN')),
-    idempotency_key TEXT NOT NULL
+    status          TEXT NOT NULL CHECK (status IN ('PENDING', 'APPROVED', 'WITHDRAWN')),
+    idempotency_key TEXT NOT NULL,
+    decided_by      TEXT
 );
 CREATE TABLE IF NOT EXISTS audit_events (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -290,7 +293,7 @@ class SubscriptionDB:
         def work(conn: sqlite3.Connection) -> str:
             def insert() -> str:
                 conn.execute(
-                    "INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, 'PENDING', ?)",
+                    "INSERT OR IGNORE INTO approvals VALUES (?, ?, ?, ?, 'PENDING', ?, NULL)",
                     (approval_id, subscription_id, json.dumps(removed), removed_share, key),
                 )
                 return approval_id
@@ -300,7 +303,8 @@ class SubscriptionDB:
         return self._write("create_approval", work)
 
     def withdraw_approval(self, key: str, approval_id: str, subscription_id: str) -> bool:
-        """Mark the approval WITHDRAWN; whether it was PENDING. When it does not exist (yet),
+        """Mark the approval WITHDRAWN; whether it stood (PENDING or APPROVED). When it does
+        not exist (yet),
         a WITHDRAWN row is left in its place, so a late ``create_approval`` changes nothing."""
 
         def work(conn: sqlite3.Connection) -> bool:
@@ -310,7 +314,7 @@ class SubscriptionDB:
                 ).fetchone()
                 if row is None:
                     conn.execute(
-                        "INSERT INTO approvals VALUES (?, ?, '[]', '', 'WITHDRAWN', ?)",
+                        "INSERT INTO approvals VALUES (?, ?, '[]', '', 'WITHDRAWN', ?, NULL)",
                         (approval_id, subscription_id, key),
                     )
                     return False
@@ -318,7 +322,7 @@ class SubscriptionDB:
                     "UPDATE approvals SET status = 'WITHDRAWN' WHERE approval_id = ?",
                     (approval_id,),
                 )
-                return bool(row[0] == "PENDING")
+                return bool(row[0] != "WITHDRAWN")
 
             return self._once(conn, key, withdraw)  # type: ignore[no-any-return]
 
@@ -331,9 +335,11 @@ class SubscriptionDB:
         remove: tuple[str, ...],
         new_price: Decimal,
         expected_version: int,
+        approval: tuple[str, str] | None = None,
     ) -> int:
         """Remove the components and set the new price, in one transaction; the new version.
 
+        ``approval`` (approval id, approver) is marked APPROVED in the same transaction.
         :class:`Conflict` if the subscription's version is not ``expected_version``.
         """
 
@@ -362,6 +368,12 @@ class SubscriptionDB:
                     " idempotency_key) VALUES (?, ?, ?, 'components removed', ?)",
                     (subscription_id, old_price, str(new_price), key),
                 )
+                if approval is not None:
+                    conn.execute(
+                        "UPDATE approvals SET status = 'APPROVED', decided_by = ?"
+                        " WHERE approval_id = ? AND status = 'PENDING'",
+                        (approval[1], approval[0]),
+                    )
                 return version + 1  # type: ignore[no-any-return]
 
             return self._once(conn, key, modify)  # type: ignore[no-any-return]
@@ -456,7 +468,12 @@ class SubscriptionDB:
             return conn.execute(sql, args).fetchall()
 
 
+#: The environment variable that names the database file for a process that runs the
+#: sagas without opening it itself: ``sagaflow sagas signal`` resuming a saga, a worker.
+DB_ENV = "SUBSCRIPTIONS_DB"
+
 _current: SubscriptionDB | None = None
+_opening = threading.Lock()
 
 
 def open_database(path: str | Path) -> SubscriptionDB:
@@ -467,10 +484,17 @@ def open_database(path: str | Path) -> SubscriptionDB:
 
 
 def database() -> SubscriptionDB:
-    """The database the sagas write to; :func:`open_database` must have been called."""
+    """The database the sagas write to: the one :func:`open_database` opened, else the
+    file ``$SUBSCRIPTIONS_DB`` names (opened once)."""
+    if _current is not None:
+        return _current
+    with _opening:
+        if _current is None and os.environ.get(DB_ENV):
+            open_database(os.environ[DB_ENV])
     if _current is None:
         raise RuntimeError(
             "no subscription database is open: call "
-            "examples.subscriptions.db.open_database(path) before running an UnbundleSaga"
+            "examples.subscriptions.db.open_database(path) before running an UnbundleSaga, "
+            f"or name its file in ${DB_ENV}"
         )
     return _current

@@ -13,7 +13,8 @@ The rules, as the business set them:
   even cent, so rounding does not drift one way over many invoices). A grandfathered
   price below today's list price is kept as a cap: removing components never raises it.
 - Approval: needed when more than half of the bundle's components are removed; exactly
-  half does not need it.
+  half does not need it. The approver has ``APPROVAL_WINDOW_DAYS`` (3) days to answer:
+  no answer in that time is a no, and the request is withdrawn.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from fractions import Fraction
 
 __all__ = [
     "APPROVAL_THRESHOLD",
+    "APPROVAL_WINDOW_DAYS",
     "CENT",
     "ROUNDING",
     "Component",
@@ -44,6 +46,8 @@ CENT = Decimal("0.01")
 ROUNDING = ROUND_HALF_EVEN
 #: More than this share of the bundle's components removed needs an approval.
 APPROVAL_THRESHOLD = Fraction(1, 2)
+#: Days the approver has to answer; silence past them withdraws the request.
+APPROVAL_WINDOW_DAYS = 3
 
 
 def _money(value: object, what: str) -> Decimal:

@@ -1,6 +1,6 @@
 """``UnbundleSaga`` (seed 000): a customer removes components from their bundle.
 
-The five steps of the seed, their kinds, and why:
+The five steps of the seed and the wait for the approver, their kinds, and why:
 
 1. ``validate``, readonly: reads the subscription and checks the request against the
    rules (:mod:`.rules`). A refused request ends the saga before anything changed.
@@ -10,11 +10,19 @@ The five steps of the seed, their kinds, and why:
 3. ``create_approval``, compensatable, conditional: only when more than half of the
    components go. Writes a PENDING approval record; ``withdraw_approval`` marks it
    WITHDRAWN (an approval trail forgets nothing), found by ``approval_id``.
-4. ``apply_modification``, compensatable: one transaction removes the components, sets
-   the new price and bumps the version, if the version is still the one priced (else
-   ``Conflict``: someone changed the subscription meanwhile). ``revert_modification``
-   puts the components and ``original_price`` back.
-5. ``emit_audit_events``, the pivot: writes the change to the audit trail, the outbox
+4. ``await_approval``, a wait, with the same condition: the saga parks (a row in the
+   store, nothing in memory) until the approver's :class:`Decision` comes as the signal
+   ``approval``, for up to the rules' approval window (3 days). Signals find the saga by
+   its subscription id (``@saga(key="subscription_id")``): the approver's tool need not
+   know saga ids. Approved goes on; refused raises :class:`~sagaflow.SagaRejected`, a
+   business "no": ``withdraw_approval`` runs and the saga ends COMPENSATED with the
+   rejection, and its reason, as its outcome. No answer in time compensates the same way
+   (``WaitTimedOut``).
+5. ``apply_modification``, compensatable: one transaction removes the components, sets
+   the new price, bumps the version and marks the approval APPROVED, if the version is
+   still the one priced (else ``Conflict``: someone changed the subscription meanwhile).
+   ``revert_modification`` puts the components and ``original_price`` back.
+6. ``emit_audit_events``, the pivot: writes the change to the audit trail, the outbox
    that billing and entitlements read. Once they have it, the change is final: there is
    no step after it to fail. If it cannot be written, the change must not stand without
    its record, so the steps before are undone. If it times out, it may have been
@@ -29,26 +37,32 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from datetime import timedelta
 from decimal import Decimal
 
 import attrs
 
-from sagaflow import Retry, StepContext, saga, step
+from sagaflow import Retry, SagaRejected, StepContext, saga, step, wait
 
 from .._support import forward_key
 from . import rules
 from .db import database
 
 __all__ = [
+    "APPROVAL_WINDOW",
+    "ApprovalGranted",
     "ApprovalRequested",
     "ApprovalWithdrawn",
     "BundleModified",
+    "Decision",
     "ModificationReverted",
     "UnbundleSaga",
 ]
 
 #: A local SQLite transaction takes milliseconds; a second means the database is stuck.
 DB_TIMEOUT = 1.0
+#: How long the approver has to answer (a business rule: :mod:`.rules`).
+APPROVAL_WINDOW = timedelta(days=rules.APPROVAL_WINDOW_DAYS)
 
 
 def is_locked(error: BaseException) -> bool:
@@ -64,6 +78,25 @@ class ApprovalRequested:
     approval_id: str
     subscription_id: str
     removed_share: str
+
+
+@attrs.frozen
+class Decision:
+    """The approver's answer: the payload of the signal ``approval``.
+
+    Sent as JSON too: ``sagaflow sagas signal --key SUB --saga UnbundleSaga approval
+    --data '{"approved": false, "by": "bob", "reason": "keeps the contract"}'``.
+    """
+
+    approved: bool
+    by: str
+    reason: str = ""
+
+
+@attrs.frozen
+class ApprovalGranted:
+    approval_id: str
+    by: str
 
 
 @attrs.frozen
@@ -96,7 +129,7 @@ def approval_required(s: UnbundleSaga) -> bool:
     return s.needs_approval
 
 
-@saga
+@saga(key="subscription_id")
 @attrs.define
 class UnbundleSaga:
     subscription_id: str
@@ -108,6 +141,7 @@ class UnbundleSaga:
     version: int | None = None
     original_price: Decimal | None = None  # kept only for revert_modification
     approval_id: str | None = None  # kept only for withdraw_approval
+    approved_by: str | None = None
 
     @property
     def request(self) -> rules.ModificationRequest:
@@ -144,12 +178,21 @@ class UnbundleSaga:
         if db.withdraw_approval(ctx.idempotency_key, self.approval_id, self.subscription_id):
             ctx.emit(ApprovalWithdrawn(self.approval_id))
 
+    @wait("approval", payload=Decision, timeout=APPROVAL_WINDOW, when=approval_required)
+    def await_approval(self, decision: Decision, ctx: StepContext) -> None:
+        if not decision.approved:
+            raise SagaRejected(f"refused by {decision.by}: {decision.reason or 'no reason given'}")
+        self.approved_by = decision.by
+        ctx.emit(ApprovalGranted(str(self.approval_id), decision.by))
+
     @step(timeout=DB_TIMEOUT, retry=LOCKED)
     def apply_modification(self, ctx: StepContext) -> None:
         assert self.version is not None and self.new_price is not None
         assert self.original_price is not None
+        approval = (self.approval_id, self.approved_by) if self.approved_by else None
         database().apply_modification(
-            ctx.idempotency_key, self.subscription_id, self.remove, self.new_price, self.version
+            ctx.idempotency_key, self.subscription_id, self.remove, self.new_price, self.version,
+            approval,
         )
         ctx.emit(BundleModified(self.subscription_id, self.remove, self.original_price,
                                 self.new_price))
@@ -169,7 +212,9 @@ class UnbundleSaga:
                   "from": str(self.original_price), "to": str(self.new_price)}
         events = [("BundleModified", change)]
         if self.approval_id is not None:
-            events.insert(0, ("ApprovalRequested", {"approval_id": self.approval_id}))
+            events[:0] = [("ApprovalRequested", {"approval_id": self.approval_id}),
+                          ("ApprovalGranted", {"approval_id": self.approval_id,
+                                               "by": self.approved_by})]
         database().append_audit_events(
             ctx.idempotency_key, ctx.saga_id, self.subscription_id, events
         )

@@ -8,6 +8,7 @@ pytest is started (``python -m pytest`` adds the working directory, ``pytest`` d
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,16 @@ from example_fixtures import Captured  # noqa: E402
 def demo() -> Captured:
     """A demo that records what it prints."""
     return Captured()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Captured]:
+    """A demo whose orchestrators keep their sagas in a MemoryStore (a fresh one each) or
+    in one SQLite file: the waiting sagas' tests run on both."""
+    from sagaflow.stores.sqlite import SQLiteStore
+
+    if request.param == "memory":
+        yield Captured()
+        return
+    with SQLiteStore(tmp_path / "sagas.db") as store:
+        yield Captured(store)

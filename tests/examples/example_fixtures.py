@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from examples.console import Demo
 from sagaflow import Direction, SagaResult, StepContext, events, spec_of
+from sagaflow.stores import Store
 
 
 class Captured(Demo):
-    """A demo whose output goes to ``lines`` instead of the terminal."""
+    """A demo whose output goes to ``lines`` instead of the terminal; ``store`` is shared
+    by its orchestrators (``None``: a fresh MemoryStore each)."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store | None = None) -> None:
         self.lines: list[str] = []
-        super().__init__(self.lines.append)
+        super().__init__(self.lines.append, store)
 
     @property
     def text(self) -> str:

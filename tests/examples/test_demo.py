@@ -40,8 +40,21 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert "total 300.00" in text and "total 299" not in text
     assert (tmp_path / "subscriptions.db").exists()
     assert "process killed (SIGKILL)" in text and "card charged 1 time(s)" in text
-    assert lines[-1].startswith("═══ 42 sagas run in ")
-    assert lines[-1].endswith(f"42 records in {tmp_path / 'sagas.db'} ═══")
+    # waits: an approval parks, comes from the command line (another process), and one
+    # is refused
+    assert "step 4/6 await_approval ⏸ parked: waits up to 3d for signal 'approval'" in text
+    assert "⇒ RUNNING, parked at await_approval" in text
+    assert (f"$ SUBSCRIPTIONS_DB={tmp_path / 'subscriptions.db'} python -m sagaflow sagas "
+            f"signal --store sqlite:///{tmp_path / 'sagas.db'} --import examples.subscriptions "
+            "--key sub-12 --saga UnbundleSaga approval --data") in text
+    assert "signal 'approval' stored for saga unbundle-12: it is COMPLETED" in text
+    assert ("error: SagaRejected: saga rejected at 'await_approval': refused by bob: the "
+            "contract keeps at least half of the bundle") in text
+    assert "await_approval ⏱ no signal 'approval' within 3d: compensate" in text
+    assert lines[-1].startswith("═══ 45 sagas run in ")
+    assert lines[-1].endswith(f"45 records in {tmp_path / 'sagas.db'} ═══")
+    with SQLiteStore(tmp_path / "sagas.db") as store:  # nothing is left parked
+        assert [s.saga_id for s in store.scan() if not SagaStatus(s.status).is_terminal] == []
 
 
 def test_the_demo_draws_every_example_and_each_failed_run_with_its_path(tmp_path: Path) -> None:
