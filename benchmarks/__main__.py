@@ -1,6 +1,7 @@
-"""``python -m benchmarks [core|codec|sqlite|postgres ...] [--quick] [--dir DIR]``: print
-the figures (no argument: all of them), each as a ratio against its baseline measured in
-the same run, then the store figures once more as one table with their targets."""
+"""``python -m benchmarks [core|codec|sqlite|postgres|waits ...] [--quick] [--dir DIR]``:
+print the figures (no argument: all of them), each as a ratio against its baseline
+measured in the same run, then the store figures once more as one table with their
+targets."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import argparse
 import importlib
 import os
 
-KINDS = ["core", "codec", "sqlite", "postgres"]
+KINDS = ["core", "codec", "sqlite", "postgres", "waits"]
 parser = argparse.ArgumentParser(prog="python -m benchmarks")
 # No choices=: with nargs="*", Python 3.11's argparse rejects the empty default.
-parser.add_argument("which", nargs="*", metavar="{core,codec,sqlite,postgres}",
+parser.add_argument("which", nargs="*", metavar="{core,codec,sqlite,postgres,waits}",
                     help="which benchmarks (default: all)")
 parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run")
 parser.add_argument("--dir", default=None,
-                    help="where the SQLite benchmark's databases go (default: a temp folder)")
+                    help="where the SQLite databases of sqlite and waits go (default: a "
+                         "temp folder)")
 args = parser.parse_args()
 unknown = [w for w in args.which if w not in KINDS]
 if unknown:
@@ -28,7 +30,7 @@ for k, kind in enumerate(which):
     if k:
         print()
     module = importlib.import_module(f"benchmarks.{kind}")
-    if kind == "sqlite":
+    if kind in ("sqlite", "waits"):
         found = module.report(quick=args.quick, directory=args.dir)
     else:
         found = module.report(quick=args.quick)
