@@ -72,7 +72,7 @@ import attrs
 from sagaflow import Orchestrator, SagaStatus
 from sagaflow.stores.sqlite import SQLiteStore
 
-from .rows import Row
+from .rows import Row, show
 from .waitsagas import (
     TIMER,
     ANoWait,
@@ -147,13 +147,6 @@ class Latency:
 def header(commit: float | None, store: str) -> None:
     raw = f"   x raw commit ({commit * 1e3:.2f} ms on {store})" if commit else ""
     print(f"  {'':50} {'median':>8} {'p99':>8}   {raw}")
-
-
-def show_rows(rows: Iterable[Row]) -> None:
-    for row in rows:
-        value = f"{row.value:10.1f}" if row.unit != "sagas/s" else f"{row.value:10.0f}"
-        ratio = "" if row.ratio is None else f"{row.ratio:6.2f}x {row.against:22}"
-        print(f"  {row.what:52} {value} {row.unit:8} {ratio} {row.verdict}".rstrip())
 
 
 # --- raw commits: the baseline of every latency ---------------------------------------
@@ -503,7 +496,7 @@ def park_many(orch: Orchestrator, cls: type, n: int) -> list[str]:
     return asyncio.run(main())
 
 
-def through_worker(store_kind: str, url: str, store: Any, quick: bool,
+def through_worker(store_kind: str, url: str, store: Any, quick: bool, commit: float,
                    postmaster: int | None = None) -> list[Row]:
     """Every figure through a worker process on one store (see the module's notes)."""
     n_signals, n_timers = (50, 20) if quick else (300, 100)
@@ -557,16 +550,16 @@ def through_worker(store_kind: str, url: str, store: Any, quick: bool,
         status.close()
         orch.close()
 
-    header(None, store_kind)
+    header(commit, "SQLite" if store_kind == "sqlite" else "PostgreSQL")
     anchor = ANCHOR[store_kind]
     cases = []
     if handled:
-        cases.append(Latency("signal -> handler ran in the worker", handled, target, None,
+        cases.append(Latency("signal -> handler ran in the worker", handled, target, commit,
                              anchor))
-        cases.append(Latency("signal -> its checkpoint seen here", seen))
+        cases.append(Latency("signal -> its checkpoint seen here", seen, None, commit))
     if late:
         cases.append(Latency(f"timer ({TIMER * 1e3:g} ms) overshoot in the worker", late,
-                             OVERSHOOT_MS, None, ANCHOR["timer"]))
+                             OVERSHOOT_MS, commit, ANCHOR["timer"]))
     for case in cases:
         case.show()
         rows.append(case.row())
@@ -582,7 +575,7 @@ def through_worker(store_kind: str, url: str, store: Any, quick: bool,
     per_saga = (lots.rss - few.rss) / (lots.waiting - few.waiting)
     rows.append(Row("worker RSS per waiting saga", per_saga, unit="B",
                     ratio=per_saga / BYTES_PER_WAITER, against="2 KB", target_max=1.0))
-    show_rows(rows[-2:])
+    show(rows[-2:])
     print(f"  (idle CPU growth: the two shares, each plus the measure's resolution of "
           f"{tick:.2%}; a target of 1.5x: it must not grow with the sagas)")
     return rows
@@ -619,7 +612,7 @@ def report(quick: bool = False, directory: str | None = None) -> dict[str, list[
         print(f"\na wait's cost to throughput (SQLite, WAL + FULL; medians of {rounds} "
               f"paired rounds of {n_tp} sagas)")
         rows = throughput(where, n_tp, rounds)
-        show_rows(rows)
+        show(rows)
         print("  (the wait's extra time per saga, in raw checkpoints per side: the park and "
               "the signal; target <= 1)")
         figures["waits, throughput"] = rows
@@ -630,7 +623,7 @@ def report(quick: bool = False, directory: str | None = None) -> dict[str, list[
                   target_max=1.0)
         print(f"\nmemory: {n_memory:,} sagas parked by arun() on SQLite, tracemalloc "
               "(DBOS 3.4: 14-17 kB per waiting async workflow)")
-        show_rows([row])
+        show([row])
         figures["waits, memory"] = [row]
 
         path = os.path.join(where, "worker.db")
@@ -639,7 +632,7 @@ def report(quick: bool = False, directory: str | None = None) -> dict[str, list[
         store = SQLiteStore(path)
         try:
             figures["waits, SQLite worker"] = through_worker(
-                "sqlite", f"sqlite:///{path}", store, quick)
+                "sqlite", f"sqlite:///{path}", store, quick, commit)
         finally:
             store.close()
 
@@ -685,7 +678,7 @@ def postgres(quick: bool, n_same: int, n_timers: int) -> dict[str, list[Row]]:
         store = PostgresStore(url)
         try:
             figures["waits, PG worker"] = through_worker(
-                "postgres", url, store, quick, cluster.postmaster_pid)
+                "postgres", url, store, quick, commit, cluster.postmaster_pid)
         finally:
             store.close()
     return figures
