@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import gc
 import math
 import os
@@ -427,36 +428,46 @@ class WorkerProcess:
 
 
 class Status:
-    """A cheap read of one saga's status, straight from the store's table."""
+    """Cheap reads of one saga's row, straight from the store's table: its status and
+    its version (one more at each checkpoint; a signal stored for it leaves it be)."""
 
     def __init__(self, url: str) -> None:
+        sql = "SELECT status, version FROM sagaflow_sagas WHERE saga_id = ?"
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///"):]
             self.conn: Any = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
                                              isolation_level=None)
-            self.sql = "SELECT status FROM sagaflow_sagas WHERE saga_id = ?"
+            self.sql = sql
         else:
             import psycopg
 
             self.conn = psycopg.connect(url, autocommit=True)
-            self.sql = "SELECT status FROM sagaflow_sagas WHERE saga_id = %s"
+            self.sql = sql.replace("?", "%s")
 
-    def of(self, saga_id: str) -> str | None:
+    def of(self, saga_id: str) -> tuple[str, int]:
         row = self.conn.execute(self.sql, (saga_id,)).fetchone()
-        return None if row is None else str(row[0])
+        return str(row[0]), int(row[1])
 
-    def until_done(self, saga_id: str, give_up: float = GIVE_UP) -> float | None:
-        """Poll every millisecond until the saga is COMPLETED: the Unix time it was seen
-        so; ``None`` if it was not within ``give_up`` seconds."""
-        end = time.monotonic() + give_up
+    def until(self, saga_id: str, seen: Callable[[str, int], bool]) -> float | None:
+        """Poll every millisecond until ``seen(status, version)``: the Unix time it was;
+        ``None`` if not within :data:`GIVE_UP` seconds."""
+        end = time.monotonic() + GIVE_UP
         while time.monotonic() < end:
-            if self.of(saga_id) == "COMPLETED":
+            if seen(*self.of(saga_id)):
                 return time.time()
             time.sleep(0.001)
         return None
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _moved(before: int, status: str, version: int) -> bool:
+    return version > before
+
+
+def _completed(status: str, version: int) -> bool:
+    return status == "COMPLETED"
 
 
 @attrs.define
@@ -523,10 +534,11 @@ def through_worker(store_kind: str, url: str, store: Any, quick: bool, commit: f
 
         handled, seen = [], []
         for sid in parked[:n_signals]:
+            version = status.of(sid)[1]
             t0 = time.time()
             store.add_signal(sid, "go", uuid.uuid4().hex, payload, t0)
-            at = status.until_done(sid)
-            if at is None:
+            at = status.until(sid, functools.partial(_moved, version))
+            if at is None or status.until(sid, _completed) is None:
                 print(f"  the worker did not resume a signalled saga within {GIVE_UP:g} s: "
                       "resuming parked sagas through a worker is not available yet")
                 break
@@ -539,7 +551,7 @@ def through_worker(store_kind: str, url: str, store: Any, quick: bool, commit: f
                 sid = asyncio.run(orch.arun(ATimerWait())).saga_id
                 record = store.load(sid)
                 assert record is not None and record.wake_at is not None
-                if status.until_done(sid) is None:
+                if status.until(sid, _completed) is None:
                     print(f"  the worker did not fire a timer within {GIVE_UP:g} s of its "
                           "time: not available yet")
                     break
@@ -556,7 +568,7 @@ def through_worker(store_kind: str, url: str, store: Any, quick: bool, commit: f
     if handled:
         cases.append(Latency("signal -> handler ran in the worker", handled, target, commit,
                              anchor))
-        cases.append(Latency("signal -> its checkpoint seen here", seen, None, commit))
+        cases.append(Latency("signal -> its next checkpoint seen here", seen, None, commit))
     if late:
         cases.append(Latency(f"timer ({TIMER * 1e3:g} ms) overshoot in the worker", late,
                              OVERSHOOT_MS, commit, ANCHOR["timer"]))
