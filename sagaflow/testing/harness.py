@@ -24,6 +24,16 @@ Three drivers:
 
 The saga's deadline passes where the plan says: the virtual clock jumps when the
 orchestrator next reads it at that step.
+
+Waits: the run sends each wait's signal as the plan's :class:`~sagaflow.testing.SignalPlan`
+says, through the real ``signal()`` path (checked, refused or stored, delivered in
+arrival order), and when no signal is there the virtual clock jumps to the wait's
+time (a timer fires, a wait times out). Signals a plan sends after a delivery (the same
+id again, another one, one that comes late) go when the saga next parks or ends. The
+real drivers park for real: the harness signals the :class:`~sagaflow.Orchestrator`
+(``signal``/``asignal``) or moves the clock and calls ``resume_due``; with ``store=``
+(an :class:`~sagaflow.stores.SQLiteStore`, say) the parked saga and its signals go
+through that store.
 """
 
 from __future__ import annotations
@@ -32,22 +42,27 @@ import asyncio
 import inspect
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 import attrs
 
+from .. import signals as _signals
 from ..context import Direction, StepContext
 from ..engine import Call, Park, Sleep, interrupt, new_record, next_command, settle
+from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
-from ..records import SagaRecord, SagaResult, SagaStatus
+from ..records import SagaRecord, SagaResult, SagaStatus, Signal
+from ..runner import _handover
+from ..runtime import Runtime
 from ..spec import SagaSpec, StepKind, spec_of
 from ..stores import MemoryStore
+from ..stores.base import Store
 from .clock import VirtualClock
 from .invariants import check_invariants
 from .loop import VirtualTimeLoop, all_coroutines
-from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
-from .trace import SUCCEED, CallRecord, Outcome, Trace
+from .plan import Arrival, DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase, SignalPlan
+from .trace import SUCCEED, CallRecord, Outcome, ParkSeen, SentSignal, Trace
 
 __all__ = [
     "DRIVERS",
@@ -74,6 +89,22 @@ DEADLINE_MARGIN = 0.001
 
 _ids = itertools.count(1)
 
+#: What a planned refusal sends: no payload class has this field (nor takes one at all).
+UNFIT_PAYLOAD: dict[str, Any] = {"sagaflow_testing_unfit": "a payload that does not fit"}
+
+
+@attrs.frozen
+class _Send:
+    """A signal the harness is to send (see :class:`~sagaflow.testing.trace.SentSignal`)."""
+
+    name: str
+    payload: Any
+    signal_id: str
+    why: str
+    step: str | None = None
+    fits: bool = True
+    rejects: bool = False
+
 
 @attrs.frozen(eq=False)
 class PlanRun(Trace):
@@ -90,9 +121,12 @@ class Harness:
     """One run driven one call at a time through the engine, on a virtual clock.
 
     :meth:`next_call` performs sleeps (virtually) and returns the next
-    :class:`~sagaflow.engine.Call`, or ``None`` once the run is over; :meth:`begin` /
-    :meth:`finish` perform a call with a chosen :class:`Outcome`. :func:`run_plan`
-    chooses outcomes from a plan; the stateful test chooses them by rule.
+    :class:`~sagaflow.engine.Call`, or ``None`` once the run is over; at a wait it sends
+    what the plan says or moves the clock to the wait's time. :meth:`poll` stops at a
+    wait instead (returning the :class:`~sagaflow.engine.Park`) when no signal is there;
+    :meth:`send` sends one. :meth:`begin` / :meth:`finish` perform a call with a chosen
+    :class:`Outcome`. :func:`run_plan` chooses outcomes from a plan; the stateful test
+    chooses them by rule.
     """
 
     def __init__(
@@ -119,6 +153,13 @@ class Harness:
         self._cut_next = False
         self._sleeps_from = len(self.clock.sleeps)
         self._record: SagaRecord | None = None
+        self._live: dict[str, SagaRecord] | None = None  # a real driver's runs in flight
+        self.sent: list[SentSignal] = []
+        self.parks: list[ParkSeen] = []
+        self._payloads: dict[int, Any] = {}  # what each wait's handler was handed
+        # sent once the saga moved on (its history grew past the mark) and parks or ends
+        self._later: list[tuple[_Send, int]] = []
+        self._planned: set[str] = set()  # waits whose planned signals went (or are queued)
         if plan is not None and plan.deadline is not None:
             self._deadline: DeadlinePass | None = plan.deadline
             self._deadline_index = self.spec.index.get(plan.deadline.step, len(self.spec.steps))
@@ -128,11 +169,23 @@ class Harness:
         self.started_at = self.clock.now()
         self.record = new_record(self.spec, saga, self.saga_id, self.started_at)
         self._record = self.record
+        # The engine driver keeps the record and its signals in a memory store, so that
+        # signals go through the real checks: signal() refuses or stores, as in production.
+        self.runtime = Runtime(MemoryStore(), clock=self.clock, rand=self._rand)
+        self.runtime.store.create(self.record)
+
+    def _current(self) -> SagaRecord:
+        """The record being driven (a real driver's own, while it runs one)."""
+        if self._live is not None:
+            live = self._live.get(self.saga_id)
+            if live is not None:
+                return live
+        return self.record
 
     # -- the deadline, passing where the plan says ----------------------------------
 
     def _watch_deadline(self) -> None:
-        record = self._record
+        record = self._current() if self._record is not None else None
         d = self._deadline
         if d is None or record is None or record.deadline_at is None:
             return
@@ -144,7 +197,7 @@ class Harness:
     def pass_deadline(self, during: bool = False) -> None:
         """Move the clock to the saga's deadline (``during``: just short of it, so that
         the next forward call is the one the deadline cuts short)."""
-        record = self.record
+        record = self._current()
         if record.deadline_at is None:
             raise ValueError(f"saga {self.spec.name!r} has no deadline to pass")
         target = record.deadline_at - (DEADLINE_MARGIN if during else 0.0)
@@ -188,8 +241,10 @@ class Harness:
 
     # -- the engine loop, one call at a time -----------------------------------------
 
-    def next_call(self) -> Call | None:
-        """The next call the engine asks for (sleeping through backoff), or ``None``."""
+    def poll(self) -> Call | Park | None:
+        """The next call the engine asks for (sleeping through backoff, delivering a
+        signal that is there), the :class:`Park` of a wait with no signal there, or
+        ``None`` once the run is over. Signals queued for later go first."""
         spec, record, clock = self.spec, self.record, self.clock
         while True:
             now = clock.now()
@@ -199,22 +254,185 @@ class Harness:
                 clock.sleep(max(0.0, command.until - now))
                 continue
             if isinstance(command, Park):
-                # No signal comes in a plan's run: the virtual clock runs to the wait's
-                # time (a timer fires; a wait times out).
-                if command.until is None:
-                    raise ValueError(
-                        f"wait {spec.steps[command.index].name!r} has no time limit and no "
-                        "signal comes in this run: it would wait for ever"
+                if self.flush(self.send):
+                    continue
+                kept = self.runtime.signals
+                found = None
+                if command.signal is not None and kept is not None:
+                    found = kept.next_signal(
+                        self.saga_id, command.signal, record.signal_marks.get(command.signal, 0)
                     )
-                clock.sleep(max(0.0, command.until - now))
+                if found is None:
+                    self.seen_parked(record, command.until)
+                    return command
+                call = self._handed(found, now)
+                if call is None:
+                    continue
+                return call
+            if command is None and self.flush(self.send):
                 continue
             return command
+
+    def _handed(self, found: Signal, now: float) -> Call | None:
+        """Deliver ``found``: the handler's call, or ``None`` if its payload no longer
+        decodes (the handler fails without running, as under the real drivers)."""
+        handed = _handover(self.runtime, self.spec, self.record, found, now)
+        assert handed is not None
+        call, refused = handed
+        self._payloads[call.index] = call.payload
+        if refused is None:
+            return call
+        rec, ctx = self.begin(call, SUCCEED)
+        rec.user_error = refused
+        self.finish(call, rec, ctx)
+        return None
+
+    def next_call(self) -> Call | None:
+        """The next call the engine asks for (sleeping through backoff), or ``None``.
+
+        At a wait with no signal there, the plan decides: its signal is sent now, or the
+        clock moves to the wait's time (a timer fires, a wait times out)."""
+        while True:
+            command = self.poll()
+            if not isinstance(command, Park):
+                return command
+            sends = self.at_park(command.index)
+            if sends:
+                for send in sends:
+                    self.send(send)
+                continue
+            if command.until is None:
+                raise ValueError(
+                    f"wait {self.spec.steps[command.index].name!r} has no time limit and no "
+                    "signal comes in this run: it would wait for ever"
+                )
+            self.clock.advance_to(command.until)
+
+    # -- signals --------------------------------------------------------------------
+
+    def seen_parked(self, record: SagaRecord, until: float | None) -> None:
+        """Note the saga as seen parked (for the invariant on waiting sagas)."""
+        s = self.spec.steps[min(record.cursor, len(self.spec.steps) - 1)]
+        w = s.wait
+        self.parks.append(ParkSeen(
+            self.clock.time, s.name, None if w is None else w.signal, until, record.status,
+            record.steps[s.index].status, record.state, record.waiting, record.wake_at,
+        ))
+
+    def early(self) -> list[_Send]:
+        """The signals the plan sends before the run starts (in the order of the waits)."""
+        out: list[_Send] = []
+        plan = self.plan
+        if plan is None:
+            return out
+        for s in self.spec.steps:
+            p = plan.signal_plan(s.name)
+            if p is not None and p.arrives is Arrival.EARLY:
+                self._planned.add(s.name)
+                out += self._sends(p)
+        return out
+
+    def at_park(self, index: int) -> list[_Send]:
+        """What the plan sends now that the saga parked at wait ``index`` with no signal
+        there; nothing (``[]``): the clock is to move to the wait's time. A late signal
+        is queued to go once the saga moved on."""
+        s = self.spec.steps[index]
+        plan = self.plan
+        if plan is None or s.name in self._planned:
+            return []
+        p = plan.signal_plan(s.name)
+        if p is None or p.arrives is Arrival.NEVER:
+            if p is not None and p.refused:
+                self._planned.add(s.name)
+                return self._sends(p)
+            return []
+        self._planned.add(s.name)
+        sends = self._sends(p)
+        mark = len(self.record.history)
+        if p.arrives is Arrival.LATE:
+            self._later += [(item, mark) for item in sends]
+            return []
+        first = 2 if p.refused else 1  # the refusal, then the signal; the rest after it
+        self._later += [(item, mark) for item in sends[first:]]
+        return sends[:first]
+
+    def _sends(self, p: SignalPlan) -> list[_Send]:
+        w = self.spec.step(p.step).wait
+        assert w is not None and w.signal is not None
+        name = w.signal
+        out: list[_Send] = []
+        if p.refused:
+            out.append(_Send(name, UNFIT_PAYLOAD, f"{p.step}:unfit", "a payload that does not "
+                             "fit", p.step, fits=False))
+        if not p.sends:
+            return out
+        sid = f"{p.step}:1"
+        when = p.arrives.value.replace("_", " ")
+        out.append(_Send(name, p.payload, sid, f"for {p.step}, {when}", p.step,
+                         rejects=p.rejects))
+        if p.twice:
+            out.append(_Send(name, p.payload, sid, "the same again", p.step, rejects=p.rejects))
+        if p.another:
+            out.append(_Send(name, p.payload, f"{p.step}:2", "another one", p.step,
+                             rejects=p.rejects))
+        return out
+
+    def flush(self, send: Callable[[_Send], object]) -> bool:
+        """Send what waited for the saga to move on and park or end (call it then);
+        whether anything went."""
+        if not self._later:
+            return False
+        moved = len(self.record.history)
+        due = [item for item, mark in self._later if moved > mark]
+        if not due:
+            return False
+        self._later = [(item, mark) for item, mark in self._later if moved <= mark]
+        for item in due:
+            send(item)
+        return True
+
+    def sending(self, item: _Send, kept: int, finished: bool) -> SentSignal:
+        """Note ``item`` as sent now (the store held ``kept`` signals for the saga)."""
+        rec = SentSignal(
+            seq=len(self.sent) + 1, at=self.clock.time, name=item.name,
+            signal_id=item.signal_id, payload=item.payload, why=item.why, step=item.step,
+            fits=item.fits, finished=finished, rejects=item.rejects, kept_before=kept,
+        )
+        self.sent.append(rec)
+        return rec
+
+    @staticmethod
+    def sent_as(rec: SentSignal, kept: int, error: BaseException | None) -> None:
+        """Note what came of ``rec``: refused (``error``), stored or ignored."""
+        rec.kept_after = kept
+        if error is not None:
+            rec.outcome, rec.error = "refused", error
+        else:
+            rec.outcome = "stored" if kept > rec.kept_before else "ignored"
+
+    def send(self, item: _Send) -> SentSignal:
+        """Send ``item`` through the real checks (engine driver): refused or stored."""
+        kept = self.runtime.signals
+        assert kept is not None
+        rec = self.sending(item, len(kept.signals(self.saga_id)),
+                           self.record.status.is_terminal)
+        error: BaseException | None = None
+        try:
+            _signals.accept(self.runtime, self._spec_for, self.saga_id, item.name,
+                            item.payload, item.signal_id)
+        except SignalRefused as exc:
+            error = exc
+        self.sent_as(rec, len(kept.signals(self.saga_id)), error)
+        return rec
+
+    def _spec_for(self, record: SagaRecord) -> SagaSpec:
+        return self.spec
 
     def context(self, call: Call) -> StepContext:
         s = self.spec.steps[call.index]
         record = self.record
         forward = call.direction is FORWARD
-        return StepContext(
+        ctx = StepContext(
             record.saga_id,
             self.spec.name,
             s.name,
@@ -225,6 +443,9 @@ class Harness:
             self.clock.now(),
             self.clock.now,
         )
+        if forward and s.wait is not None:
+            ctx.signal = self._payloads.get(call.index)
+        return ctx
 
     def function(self, call: Call) -> Callable[..., Any]:
         fn = (self.spec.forward if call.direction is FORWARD else self.spec.compensations)[
@@ -247,6 +468,8 @@ class Harness:
                 f"call {s.name!r} ({call.direction.value}) has no timeout and no deadline: "
                 "it cannot time out"
             )
+        if outcome.fault is Fault.REJECTS and call.direction is COMPENSATE:
+            raise ValueError("a compensation cannot reject the saga: only forward calls do")
         ctx = self.context(call)
         rec = CallRecord(
             seq=len(self.calls) + 1,
@@ -258,6 +481,7 @@ class Harness:
             at=self.clock.time,
             timeout=call.timeout,
             injected=outcome,
+            payload=ctx.signal,
         )
         self.calls.append(rec)
         return rec, ctx
@@ -276,6 +500,9 @@ class Harness:
             rec.emitted = tuple(ctx._pending)
         elif fault is Fault.RAISES:
             error = InjectedFault(_fault_message(rec))
+            rec.reported, rec.error = "error", error
+        elif fault is Fault.REJECTS:
+            error = SagaRejected(_fault_message(rec))
             rec.reported, rec.error = "error", error
         elif fault is Fault.TIMES_OUT:
             assert call.timeout is not None
@@ -327,8 +554,10 @@ class Harness:
         return rec
 
     def outcome_run(self, *, before: Any = None, after: Any = None, snapshotted: bool = False,
-                    complete: bool = True) -> PlanRun:
-        """The :class:`PlanRun` of this harness so far."""
+                    complete: bool = True, kept: Any = None) -> PlanRun:
+        """The :class:`PlanRun` of this harness so far (``kept``: the store that holds
+        its signals, if not the engine's own)."""
+        store = self.runtime.signals if kept is None else kept
         return PlanRun(
             spec=self.spec,
             saga_id=self.saga_id,
@@ -349,6 +578,10 @@ class Harness:
             snapshotted=snapshotted,
             complete=complete,
             allow_step_errors=self.allow_step_errors,
+            sent=tuple(self.sent),
+            kept=tuple(store.signals(self.saga_id)) if store is not None else (),
+            signal_marks=tuple(sorted(self.record.signal_marks.items())),
+            parks=tuple(self.parks),
         )
 
 
@@ -382,6 +615,8 @@ class _Injector:
             and ctx.call_deadline >= record.deadline_at - 1e-6
         )
         outcome = h.decide(index, direction, ctx.attempt, bound)
+        if outcome.fault is Fault.REJECTS and direction is COMPENSATE:
+            raise ValueError("a compensation cannot reject the saga: only forward calls do")
         if outcome.fault is Fault.CANCELLED and h.driver != "async":
             raise ValueError(
                 "Fault.CANCELLED needs the async driver (driver='async' or 'engine'): "
@@ -397,6 +632,7 @@ class _Injector:
             at=h.clock.time,
             timeout=ctx.timeout,
             injected=outcome,
+            payload=ctx.signal if direction is FORWARD and s.wait is not None else None,
         )
         h.calls.append(rec)
         return rec
@@ -410,6 +646,10 @@ class _Injector:
             rec.emitted = tuple(ctx._pending)
         elif fault is Fault.RAISES:
             rec.error = InjectedFault(_fault_message(rec))
+            rec.reported = "error"
+            raise rec.error
+        elif fault is Fault.REJECTS:
+            rec.error = SagaRejected(_fault_message(rec))
             rec.reported = "error"
             raise rec.error
         elif fault is Fault.CANCELLED:
@@ -520,22 +760,26 @@ def run_plan(
     rand: float = 0.5,
     setup: Callable[[], Any] | None = None,
     snapshot: Callable[[], Any] | None = None,
+    store: Store | None = None,
 ) -> PlanRun:
     """Run ``saga`` (an instance, or a :class:`SagaCase`) under ``plan``, to its end.
 
     ``driver``: ``"engine"`` (fast, no threads), ``"sync"`` or ``"async"`` (the real
     drivers through an :class:`~sagaflow.Orchestrator`). ``rand`` is the jitter draw
     every backoff uses, so delays are exact. ``setup`` runs first; ``snapshot`` is taken
-    before and after. Returns a :class:`PlanRun` for :func:`check_invariants`.
+    before and after. ``store``: where the real drivers keep the saga and its signals
+    (default: a fresh memory store; an ``SQLiteStore`` runs waits through the durable
+    path). Returns a :class:`PlanRun` for :func:`check_invariants`.
     """
     _check_driver(driver)
+    _check_store(driver, store)
     if driver == "async":
         instance = saga.saga if isinstance(saga, SagaCase) else saga
         virtual = all_coroutines(spec_of(instance))
         with asyncio.Runner(loop_factory=VirtualTimeLoop if virtual else None) as runner:
             return runner.run(
                 arun_plan(saga, plan, driver=driver, saga_id=saga_id, clock=clock, rand=rand,
-                          setup=setup, snapshot=snapshot)
+                          setup=setup, snapshot=snapshot, store=store)
             )
     instance, setup, snapshot, lenient = _unpack(saga, setup, snapshot)
     h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
@@ -543,22 +787,24 @@ def run_plan(
     if driver == "engine":
         loop = VirtualTimeLoop() if h.spec.is_async else None
         try:
+            for item in h.early():
+                h.send(item)
             while (call := h.next_call()) is not None:
                 h.perform(call, loop=loop)
         finally:
             if loop is not None:
                 loop.close()
-    else:
-        if h.spec.is_async:
-            raise TypeError(
-                f"saga {h.spec.name!r} has async steps: use driver='async' or 'engine'"
-            )
-        orchestrator, shadow = _orchestrate(h)
-        try:
-            orchestrator.drive(shadow, h.record)
-        finally:
-            orchestrator.close()
-    return _done(h, before, snapshot)
+        return _done(h, before, snapshot)
+    if h.spec.is_async:
+        raise TypeError(
+            f"saga {h.spec.name!r} has async steps: use driver='async' or 'engine'"
+        )
+    orchestrator, shadow = _orchestrate(h, store)
+    try:
+        _drive_sync(h, orchestrator, shadow)
+        return _done(h, before, snapshot, orchestrator)
+    finally:
+        orchestrator.close()
 
 
 async def arun_plan(
@@ -571,27 +817,36 @@ async def arun_plan(
     rand: float = 0.5,
     setup: Callable[[], Any] | None = None,
     snapshot: Callable[[], Any] | None = None,
+    store: Store | None = None,
 ) -> PlanRun:
     """:func:`run_plan` in a running event loop (``driver``: ``"engine"`` or ``"async"``)."""
     _check_driver(driver)
     if driver == "sync":
         raise ValueError("arun_plan runs the engine or the async driver; use run_plan for sync")
+    _check_store(driver, store)
     instance, setup, snapshot, lenient = _unpack(saga, setup, snapshot)
     h, before = _prepare(instance, plan, driver, saga_id, clock, rand, setup, snapshot)
     h.allow_step_errors = lenient
     if driver == "engine":
+        for item in h.early():
+            h.send(item)
         while (call := h.next_call()) is not None:
             await h.aperform(call)
-    else:
-        orchestrator, shadow = _orchestrate(h)
-        try:
-            await orchestrator.adrive(shadow, h.record)
-        except asyncio.CancelledError:
-            if not h.cancelled:
-                raise  # a real cancellation of the caller, not the plan's
-        finally:
-            orchestrator.close()
-    return _done(h, before, snapshot)
+        return _done(h, before, snapshot)
+    orchestrator, shadow = _orchestrate(h, store)
+    try:
+        await _drive_async(h, orchestrator, shadow)
+        return _done(h, before, snapshot, orchestrator)
+    finally:
+        orchestrator.close()
+
+
+def _check_store(driver: str, store: Store | None) -> None:
+    if store is not None and driver == "engine":
+        raise ValueError(
+            "store= is for the real drivers (driver='sync' or 'async'); the engine driver "
+            "keeps the saga and its signals in memory"
+        )
 
 
 def _prepare(
@@ -622,19 +877,177 @@ def _prepare(
     return h, before
 
 
-def _orchestrate(h: Harness) -> tuple[Orchestrator, SagaSpec]:
+class _PlanOrchestrator(Orchestrator):
+    """An orchestrator that runs, and resumes, the saga on the harness's shadow spec."""
+
+    def __init__(self, store: Store, shadow: SagaSpec, clock: VirtualClock,
+                 rand: Callable[[], float]) -> None:
+        super().__init__(store, clock=clock, rand=rand)
+        self.shadow = shadow
+
+    def spec_for(self, record: SagaRecord) -> SagaSpec:
+        if record.saga_name == self.shadow.name:
+            return self.shadow
+        return super().spec_for(record)
+
+
+def _orchestrate(h: Harness, store: Store | None = None) -> tuple[_PlanOrchestrator, SagaSpec]:
     try:
         virtual = isinstance(asyncio.get_running_loop(), VirtualTimeLoop)
     except RuntimeError:  # the sync driver: no loop
         virtual = False
     shadow = _Injector(h).shadow(real_time=not virtual)
     rand = h.rand
-    orchestrator = Orchestrator(MemoryStore(), clock=h.clock, rand=lambda: rand)
+    orchestrator = _PlanOrchestrator(MemoryStore() if store is None else store, shadow,
+                                     h.clock, lambda: rand)
+    orchestrator.register(type(h.record.data))
     orchestrator.store.create(h.record)
+    h._live = orchestrator.runtime.live
     return orchestrator, shadow
 
 
-def _done(h: Harness, before: Any, snapshot: Callable[[], Any] | None) -> PlanRun:
+def _kept(orchestrator: Orchestrator) -> Any:
+    kept = orchestrator.runtime.signals
+    if kept is None:
+        raise TypeError(f"{type(orchestrator.store).__name__} keeps no signals")
+    return kept
+
+
+def _reload(h: Harness, orchestrator: Orchestrator) -> SagaRecord:
+    record = orchestrator.store.load(h.saga_id)
+    assert record is not None
+    h.record = record
+    return record
+
+
+def _sending(h: Harness, orchestrator: Orchestrator, item: _Send) -> SentSignal:
+    record = orchestrator.store.load(h.saga_id)
+    finished = record is not None and record.status.is_terminal
+    return h.sending(item, len(_kept(orchestrator).signals(h.saga_id)), finished)
+
+
+def _send_sync(h: Harness, orchestrator: Orchestrator, item: _Send) -> None:
+    rec = _sending(h, orchestrator, item)
+    error: BaseException | None = None
+    try:
+        orchestrator.signal(h.saga_id, item.name, item.payload, signal_id=item.signal_id)
+    except SignalRefused as exc:
+        error = exc
+    h.sent_as(rec, len(_kept(orchestrator).signals(h.saga_id)), error)
+
+
+async def _send_async(h: Harness, orchestrator: Orchestrator, item: _Send) -> None:
+    rec = _sending(h, orchestrator, item)
+    error: BaseException | None = None
+    try:
+        await _planned(h, orchestrator.asignal(h.saga_id, item.name, item.payload,
+                                               signal_id=item.signal_id))
+    except SignalRefused as exc:
+        error = exc
+    h.sent_as(rec, len(_kept(orchestrator).signals(h.saga_id)), error)
+
+
+async def _planned(h: Harness, run: Coroutine[Any, Any, Any]) -> None:
+    """Await ``run``; a cancellation the plan injected ends it (the saga compensated)."""
+    try:
+        await run
+    except asyncio.CancelledError:
+        if not h.cancelled:
+            raise  # a real cancellation of the caller, not the plan's
+
+
+def _parked(h: Harness, orchestrator: Orchestrator) -> SagaRecord | None:
+    """The stored record if the saga is parked (noted as seen); ``None`` once it ended."""
+    record = _reload(h, orchestrator)
+    if record.status.is_terminal:
+        return None
+    if record.waiting is None or record.status is not SagaStatus.RUNNING:
+        raise RuntimeError(
+            f"the driver let go of saga {h.saga_id!r}, which is {record.status.value} and "
+            "neither parked nor finished"
+        )
+    h.seen_parked(record, record.wake_at)
+    return record
+
+
+def _time_runs_out(h: Harness, record: SagaRecord) -> None:
+    if record.wake_at is None:
+        raise ValueError(
+            f"wait {h.spec.steps[record.cursor].name!r} has no time limit and no signal "
+            "comes in this run: it would wait for ever"
+        )
+    h.clock.advance_to(record.wake_at)
+
+
+def _resumed(h: Harness, orchestrator: Orchestrator, resumed: dict[str, SagaStatus]) -> None:
+    if h.saga_id not in resumed:
+        held = [q for q in orchestrator.store.quarantined() if q.saga_id == h.saga_id]
+        why = f": quarantined ({held[0].reason})" if held else ""
+        raise RuntimeError(f"resume_due() did not resume saga {h.saga_id!r}, due now{why}")
+
+
+def _drive_sync(h: Harness, orchestrator: _PlanOrchestrator, shadow: SagaSpec) -> None:
+    """The sync driver: run, and at each wait signal the saga or let its time run out."""
+
+    def send(item: _Send) -> None:
+        _send_sync(h, orchestrator, item)
+
+    for item in h.early():
+        send(item)
+    orchestrator.drive(shadow, h.record)
+    while True:
+        _reload(h, orchestrator)
+        if h.flush(send):
+            continue
+        record = _parked(h, orchestrator)
+        if record is None:
+            return
+        sends = h.at_park(record.cursor)
+        for item in sends:
+            send(item)
+        if not sends:
+            _time_runs_out(h, record)
+            _resumed(h, orchestrator, orchestrator.resume_due())
+
+
+async def _drive_async(h: Harness, orchestrator: _PlanOrchestrator, shadow: SagaSpec) -> None:
+    """:func:`_drive_sync`, awaiting the async driver."""
+    for item in h.early():
+        await _send_async(h, orchestrator, item)
+    await _planned(h, orchestrator.adrive(shadow, h.record))
+    while True:
+        _reload(h, orchestrator)
+        due: list[_Send] = []
+        if h.flush(due.append):
+            for item in due:
+                await _send_async(h, orchestrator, item)
+            continue
+        record = _parked(h, orchestrator)
+        if record is None:
+            return
+        sends = h.at_park(record.cursor)
+        for item in sends:
+            await _send_async(h, orchestrator, item)
+        if not sends:
+            _time_runs_out(h, record)
+            resumed: dict[str, SagaStatus] = {}
+
+            async def resume() -> None:
+                resumed.update(await orchestrator.aresume_due())
+
+            await _planned(h, resume())
+            if not h.cancelled:
+                _resumed(h, orchestrator, resumed)
+
+
+def _done(h: Harness, before: Any, snapshot: Callable[[], Any] | None,
+          orchestrator: Orchestrator | None = None) -> PlanRun:
     h.clock.on_now = None
+    h._live = None
+    kept = None
+    if orchestrator is not None:
+        _reload(h, orchestrator)
+        kept = _kept(orchestrator)
     after = snapshot() if snapshot is not None else None
-    return h.outcome_run(before=before, after=after, snapshotted=snapshot is not None)
+    return h.outcome_run(before=before, after=after, snapshotted=snapshot is not None,
+                         kept=kept)

@@ -19,12 +19,13 @@ import attrs
 
 from .. import events as ev
 from ..context import Direction, idempotency_key
+from ..errors import CompensationError, SagaRejected, WaitTimedOut
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..policy import Retry, backoff_delay
 from ..records import CompensationStatus, SagaStatus, StepStatus
-from ..spec import StepKind
+from ..spec import StepKind, StepSpec
 from .reading import Reading
-from .trace import Trace, diff, error_text, format_trace
+from .trace import CallRecord, Trace, diff, error_text, format_signals, format_trace
 
 __all__ = ["INVARIANTS", "InvariantViolation", "Violation", "check_invariants"]
 
@@ -45,8 +46,17 @@ INVARIANTS: dict[int, str] = {
     9: "idempotency keys are the same on every attempt of a step and direction",
     10: "steps and compensations fail only where the plan says",
     11: "a compensated run leaves the participants as it found them",
+    12: "each signal is stored once and delivered at most once, in arrival order per name, "
+    "its handler run once per delivery",
+    13: "a wait ends as its signal or its time says: delivered, or timed out (compensating, "
+    "going on or failing as declared) only when no signal had come",
+    14: "a rejection ends the saga with SagaRejected, compensating exactly what was done "
+    "(FAILED after the pivot); a payload that must be rejected is",
+    15: "a signal is refused exactly when it must be (a finished saga, a payload that does "
+    "not fit), and a refused signal stores nothing",
+    16: "a waiting saga is RUNNING, its step WAITING, parked for its signal until its time",
 }
-USER = 12  # user-supplied invariants are numbered from here
+USER = 17  # user-supplied invariants are numbered from here
 RunT = TypeVar("RunT", bound=Trace)
 
 _TERMINAL_EVENT = {
@@ -156,6 +166,11 @@ class _Checker(Reading):
             (9, self.i9_keys),
             (10, self.i10_only_planned_failures),
             (11, self.i11_snapshot),
+            (12, self.i12_signals_once),
+            (13, self.i13_waits_end),
+            (14, self.i14_rejection),
+            (15, self.i15_refusals),
+            (16, self.i16_waiting),
         ]
         for number, check in checks:
             if wanted is None or number in wanted:
@@ -185,6 +200,9 @@ class _Checker(Reading):
             elif self.stopped_at_unknown_pivot:
                 expected = SagaStatus.FAILED
                 why = f"the pivot {self.stop.name!r} timed out: its outcome is unknown"
+            elif self.stopped_by_failing_wait:
+                expected = SagaStatus.FAILED
+                why = f"wait {self.stop.name!r} timed out and declares on_timeout='fail'"
             else:
                 gave_up = [
                     name for name in self.expected_undo()
@@ -418,13 +436,18 @@ class _Checker(Reading):
                 return False
             return True
 
-        for e in self.history:
+        history = self.history
+        for n, e in enumerate(history):
             step = e.step or ""
             ok = True
             if isinstance(e, ev.SagaStarted):
                 ok = move("start", names[0], "SagaStarted")
-            elif isinstance(e, (ev.StepStarted, ev.StepRetrying, ev.StepFailed)):
+            elif isinstance(e, (ev.StepStarted, ev.StepRetrying, ev.StepFailed, ev.StepRejected,
+                                ev.WaitStarted, ev.SignalDelivered)):
                 ok = at(step, e)
+            elif isinstance(e, ev.WaitExpired):
+                ok = at(step, e) and move("timeout", _after_timeout(e, history[n + 1:], after),
+                                          e.describe())
             elif isinstance(e, ev.StepCompleted):
                 ok = at(step, e) and move("advance", after(step), e.describe())
             elif isinstance(e, ev.StepSkipped):
@@ -498,7 +521,8 @@ class _Checker(Reading):
                     self.fail(8, f"{e.describe()} while {open_[1]!r} attempt {open_[2]} "
                                  "was still open")
                 open_ = (kind, step, e.attempt)
-            elif isinstance(e, (ev.StepCompleted, ev.StepRetrying, ev.StepFailed)):
+            elif isinstance(e, (ev.StepCompleted, ev.StepRetrying, ev.StepFailed,
+                                ev.StepRejected)):
                 before = last_closed.get(step)
                 last_closed[step] = type(e)
                 if open_ == ("step", step, e.attempt):
@@ -537,13 +561,18 @@ class _Checker(Reading):
                 self.fail(8, f"the compensation of {s.name!r}: {cstarted} CompensationStarted,"
                              f" {ccalls} calls, record says {sr.compensation_attempts} attempts")
             kinds = {type(e) for e in history if e.step == s.name}
+            woken = ev.WaitStarted in kinds and ev.StepStarted not in kinds  # deadline, cancel
             expect = {
                 StepStatus.COMPLETED: ev.StepCompleted in kinds,
                 StepStatus.SKIPPED: ev.StepSkipped in kinds,
-                StepStatus.FAILED: ev.StepFailed in kinds,
+                StepStatus.FAILED: ev.StepFailed in kinds or woken,
                 StepStatus.TIMED_OUT: ev.StepFailed in kinds,
-                StepStatus.PENDING: ev.StepStarted not in kinds and ev.StepFailed not in kinds,
+                StepStatus.PENDING: ev.StepStarted not in kinds and ev.StepFailed not in kinds
+                and ev.WaitStarted not in kinds,
                 StepStatus.RUNNING: not self.run.complete,
+                StepStatus.WAITING: not self.run.complete and ev.WaitStarted in kinds,
+                StepStatus.REJECTED: ev.StepRejected in kinds,
+                StepStatus.EXPIRED: ev.WaitExpired in kinds,
             }
             if not expect[sr.status]:
                 seen = ", ".join(sorted(k.__name__ for k in kinds)) or "no events"
@@ -583,8 +612,8 @@ class _Checker(Reading):
     def i10_only_planned_failures(self) -> None:
         grouped: dict[tuple[str, Direction, str], list[int]] = {}
         for c in self.user_errors:
-            if c.direction is FORWARD and self.allow_step_errors:
-                continue
+            if c.direction is FORWARD and (self.allow_step_errors or c.rejected):
+                continue  # a rejection is the saga's own business "no", not a bug
             key = (c.step, c.direction, error_text(c.user_error))
             grouped.setdefault(key, []).append(c.attempt)
         for (step, direction, err), attempts in grouped.items():
@@ -614,7 +643,280 @@ class _Checker(Reading):
                           + diff(run.before, run.after))
 
 
+    # -- waits and signals ------------------------------------------------------------
+
+    def _deliveries(self, s: StepSpec) -> list[tuple[ev.SignalDelivered, CallRecord | None]]:
+        """Each signal delivered to wait ``s``, with the handler call it started."""
+        got = [e for e in self.history if isinstance(e, ev.SignalDelivered) and e.step == s.name]
+        calls = self.fwd[s.name]
+        return [(e, calls[i] if i < len(calls) else None) for i, e in enumerate(got)]
+
+    def i12_signals_once(self) -> None:
+        run = self.run
+        kept = run.kept
+        ids = [k.signal_id for k in kept]
+        for sid in sorted({i for i in ids if ids.count(i) > 1}):
+            self.fail(12, f"the store holds {ids.count(sid)} signals with id {sid!r}")
+        seqs = [k.seq for k in kept]
+        if seqs != sorted(set(seqs)):
+            self.fail(12, f"the stored signals' seq {seqs} do not grow with arrival")
+        by_seq = {k.seq: k for k in kept}
+        delivered: dict[str, list[int]] = {}
+        for e in self.history:
+            if not isinstance(e, ev.SignalDelivered):
+                continue
+            k = by_seq.get(e.seq)
+            if k is None or k.signal_id != e.signal_id or k.name != e.signal:
+                self.fail(12, f"{e.describe()} (seq {e.seq}): the store holds no such signal")
+                continue
+            seen = delivered.setdefault(e.signal, [])
+            if e.seq in seen:
+                self.fail(12, f"signal {e.signal!r} id {e.signal_id!r} was delivered again "
+                              f"(to {e.step!r})")
+            seen.append(e.seq)
+        for name, seen in delivered.items():
+            arrived = [k.seq for k in kept if k.name == name]
+            if seen != arrived[: len(seen)]:
+                self.fail(12, f"signals {name!r} were delivered as seq {seen}, but they "
+                              f"arrived as seq {arrived}: each in arrival order, none passed "
+                              "over")
+        marks = dict(run.signal_marks)
+        want = {name: seen[-1] for name, seen in delivered.items()}
+        if marks != want:
+            self.fail(12, f"the record's signal marks are {marks}; the deliveries say {want}")
+        stored_ids = {k.signal_id for k in kept}
+        sent_ids = {x.signal_id for x in run.sent if x.outcome == "stored"}
+        for sid in sorted(stored_ids - sent_ids):
+            self.fail(12, f"the store holds signal id {sid!r}, which no accepted signal() sent")
+        for sid in sorted(sent_ids - stored_ids):
+            self.fail(12, f"signal id {sid!r} was accepted, but the store does not hold it")
+        for s in self.spec.steps:
+            if s.wait is None or s.wait.signal is None:
+                continue
+            pairs = self._deliveries(s)
+            calls = self.fwd[s.name]
+            if len(calls) != len(pairs):
+                self.fail(12, f"wait {s.name!r}: {len(pairs)} signals delivered, but its "
+                              f"handler ran {len(calls)} times: once per delivery")
+
+    def i13_waits_end(self) -> None:
+        run, history = self.run, self.history
+        eps = 1e-6
+        for s in self.spec.steps:
+            w = s.wait
+            if w is None:
+                continue
+            marks: dict[str, int] = {}
+            started: ev.WaitStarted | None = None
+            for n, e in enumerate(history):
+                if isinstance(e, ev.SignalDelivered):
+                    marks[e.signal] = e.seq
+                if e.step != s.name:
+                    continue
+                if isinstance(e, ev.WaitStarted):
+                    started = e
+                elif isinstance(e, ev.WaitExpired) and started is not None:
+                    self._expired_well(s, e, started, marks, history[n + 1:])
+                    started = None
+                elif isinstance(e, ev.SignalDelivered) and started is not None:
+                    if w.signal is None or e.signal != w.signal:
+                        self.fail(13, f"{e.describe()}, but {s.name!r} waits for "
+                                      f"{w.signal!r}")
+                    if started.until is not None and e.at > started.until + eps:
+                        self.fail(13, f"{e.describe()} at {e.at - run.started_at:g}s, after "
+                                      f"its time ran out at {started.until - run.started_at:g}s")
+                    started = None
+                elif isinstance(e, ev.StepStarted) and started is not None:
+                    if w.signal is not None:
+                        self.fail(13, f"the handler of {s.name!r} ran with no signal delivered")
+                    elif started.until is not None and e.at < started.until - eps:
+                        self.fail(13, f"timer {s.name!r} fired at {e.at - run.started_at:g}s, "
+                                      f"before its time ({started.until - run.started_at:g}s)")
+                    started = None
+            for e, call in self._deliveries(s):
+                sent = next((x for x in run.sent
+                             if x.signal_id == e.signal_id and x.outcome == "stored"), None)
+                if call is None or sent is None or w.payload is None:
+                    continue
+                if type(sent.payload) is w.payload and call.payload != sent.payload:
+                    self.fail(13, f"the handler of {s.name!r} was handed {call.payload!r}; "
+                                  f"signal {e.signal_id!r} carried {sent.payload!r}")
+        error = run.result.error
+        reason = error.reason if isinstance(error, CompensationError) else error
+        if isinstance(reason, WaitTimedOut) and self.expired.get(reason.step) not in (
+            "compensate", "fail"
+        ):
+            self.fail(13, f"the saga ended on {reason!r}, but no wait {reason.step!r} timed "
+                          "out to compensate or fail")
+
+    def _expired_well(self, s: StepSpec, e: ev.WaitExpired, started: ev.WaitStarted,
+                      marks: dict[str, int], rest: Sequence[ev.LifecycleEvent]) -> None:
+        run, w = self.run, s.wait
+        assert w is not None
+        t0 = run.started_at
+        if started.until is not None and e.at < started.until - 1e-6:
+            self.fail(13, f"{e.describe()} at {e.at - t0:g}s, before its time "
+                          f"({started.until - t0:g}s)")
+        if e.on_timeout != w.on_timeout.value:
+            self.fail(13, f"{e.describe()}: it declares on_timeout={w.on_timeout.value!r}")
+        if w.signal is not None:
+            waiting = [k for k in run.kept if k.name == w.signal and k.at <= e.at
+                       and k.seq > marks.get(w.signal, 0)]
+            if waiting:
+                k = waiting[0]
+                self.fail(13, f"wait {s.name!r} timed out at {e.at - t0:g}s, though signal "
+                              f"{k.name!r} id {k.signal_id!r} had arrived at {k.at - t0:g}s")
+        if not run.complete:
+            return
+        error = run.result.error
+        reason = error.reason if isinstance(error, CompensationError) else error
+        if w.on_timeout.value == "continue":
+            if self.stop is not None and self.stop.name == s.name:
+                self.fail(13, f"wait {s.name!r} timed out and declares on_timeout='continue', "
+                              "yet the saga stopped there")
+            return
+        if not (isinstance(reason, WaitTimedOut) and reason.step == s.name):
+            self.fail(13, f"wait {s.name!r} timed out ({w.on_timeout.value}); the saga's "
+                          f"error is {error!r}, not its WaitTimedOut")
+        if w.on_timeout.value == "fail":
+            undone = [x for x in rest if isinstance(x, ev.CompensationStarted)]
+            if run.result.status is not SagaStatus.FAILED or undone:
+                self.fail(13, f"wait {s.name!r} timed out and declares on_timeout='fail': "
+                              f"expected FAILED with nothing compensated; seen "
+                              f"{run.result.status.value}, compensated "
+                              f"{', '.join(str(x.step) for x in undone) or 'nothing'}")
+
+    def i14_rejection(self) -> None:
+        run = self.run
+        rejecting = [c for c in run.calls if c.direction is FORWARD and c.rejected]
+        told = [e for e in self.history if isinstance(e, ev.StepRejected)]
+        if [(c.step, c.attempt) for c in rejecting] != [(e.step, e.attempt) for e in told]:
+            self.fail(14, "the calls that rejected the saga ("
+                          + (", ".join(f"{c.step} #{c.attempt}" for c in rejecting) or "none")
+                          + ") are not the StepRejected events ("
+                          + (", ".join(f"{e.step} #{e.attempt}" for e in told) or "none") + ")")
+        for s in self.spec.steps:
+            if s.wait is None or s.wait.signal is None:
+                continue
+            for e, call in self._deliveries(s):
+                sent = next((x for x in run.sent if x.signal_id == e.signal_id), None)
+                if sent is None or not sent.rejects or call is None:
+                    continue
+                if call.injected.fault is None and not call.rejected:
+                    what = "accepted it" if call.ok else f"raised {error_text(call.error)}"
+                    self.fail(14, f"the handler of {s.name!r} was handed "
+                                  f"{_short.repr(call.payload)}, a payload it must reject "
+                                  f"(drawn from rejections=), and {what}")
+        if not rejecting or not run.complete:
+            return
+        c = rejecting[-1]
+        error = run.result.error
+        reason = error.reason if isinstance(error, CompensationError) else error
+        if not (isinstance(reason, SagaRejected) and reason.step == c.step):
+            self.fail(14, f"{c.step!r} rejected the saga, but its outcome is {error!r}, not "
+                          f"SagaRejected at {c.step!r}")
+        elif reason.reason != getattr(c.error, "reason", reason.reason):
+            self.fail(14, f"{c.step!r} rejected with {c.error!r}; the outcome says "
+                          f"{reason.reason!r}")
+        status = run.result.status
+        sr = run.result.step(c.step)
+        if sr.status is not StepStatus.REJECTED:
+            self.fail(14, f"{c.step!r} rejected the saga but its status is {sr.status.value}")
+        if self.stop is None or self.stop.name != c.step:
+            return
+        if self.stop.kind is StepKind.RETRIABLE or self.stopped_at_unknown_pivot:
+            if status is not SagaStatus.FAILED or self.seen_undo():
+                self.fail(14, f"{c.step!r} rejected after the pivot: expected FAILED with "
+                              f"nothing compensated; seen {status.value}, compensated "
+                              f"{', '.join(self.seen_undo()) or 'nothing'}")
+            return
+        expected = set(self.expected_undo())
+        undone = {x.step for x in self.history if isinstance(x, ev.CompensationCompleted)}
+        failed = {x.step for x in self.history if isinstance(x, ev.CompensationFailed)}
+        if undone | failed != expected:
+            self.fail(14, f"{c.step!r} rejected the saga: expected to compensate "
+                          f"{', '.join(sorted(expected)) or 'nothing'}; compensated "
+                          f"{', '.join(sorted(map(str, undone | failed))) or 'nothing'}")
+        want = SagaStatus.FAILED if failed else SagaStatus.COMPENSATED
+        if status is not want:
+            self.fail(14, f"{c.step!r} rejected the saga and "
+                          + ("a compensation failed" if failed else "every compensation "
+                             "succeeded") + f": expected {want.value}, seen {status.value}")
+
+    def i15_refusals(self) -> None:
+        stored: set[str] = set()
+        for x in self.run.sent:
+            what = f"signal {x.name!r} id {x.signal_id!r} ({x.why})"
+            if x.outcome == "refused":
+                if x.kept_after != x.kept_before:
+                    self.fail(15, f"{what} was refused, yet the store went from "
+                                  f"{x.kept_before} to {x.kept_after} signals")
+                if x.fits and not x.finished:
+                    self.fail(15, f"{what} was refused though the saga had not finished and "
+                                  f"its payload {_short.repr(x.payload)} fits: {x.error}")
+                continue
+            if not x.fits:
+                self.fail(15, f"{what} carried a payload that does not fit, yet was "
+                              f"{x.outcome}, not refused")
+            if x.finished:
+                self.fail(15, f"{what} went to a finished saga, yet was {x.outcome}, "
+                              "not refused")
+            if x.outcome == "stored":
+                if x.signal_id in stored:
+                    self.fail(15, f"{what}: a second signal with that id was stored")
+                if x.kept_after != x.kept_before + 1:
+                    self.fail(15, f"{what} was stored, but the store went from "
+                                  f"{x.kept_before} to {x.kept_after} signals")
+                stored.add(x.signal_id)
+            elif x.outcome == "ignored" and x.signal_id not in stored:
+                self.fail(15, f"{what} was ignored as a duplicate, but no signal with its id "
+                              "was stored before")
+
+    def i16_waiting(self) -> None:
+        run = self.run
+        for p in run.parks:
+            s = self.spec.step(p.step)
+            where = f"parked at {p.step!r} at {p.at - run.started_at:g}s"
+            if s.wait is None:
+                self.fail(16, f"{where}, which is not a wait")
+                continue
+            if p.status is not SagaStatus.RUNNING or p.step_status is not StepStatus.WAITING:
+                self.fail(16, f"{where}: the saga is {p.status.value} and its step "
+                              f"{p.step_status.value}; expected RUNNING and WAITING")
+            if p.state != p.step:
+                self.fail(16, f"{where}: its machine is in state {p.state!r}")
+            want = "" if s.wait.signal is None else s.wait.signal
+            if p.waiting != want:
+                self.fail(16, f"{where}: it waits for {p.waiting!r}, not {want!r}")
+            started = [e for e in self.history if isinstance(e, ev.WaitStarted)
+                       and e.step == p.step and e.at <= p.at]
+            if not started:
+                self.fail(16, f"{where}, with no WaitStarted")
+                continue
+            wake = started[-1].until
+            if s.kind is not StepKind.RETRIABLE and run.deadline_at is not None:
+                wake = run.deadline_at if wake is None else min(wake, run.deadline_at)
+            if p.wake_at != wake and not (
+                p.wake_at is not None and wake is not None and math.isclose(p.wake_at, wake)
+            ):
+                self.fail(16, f"{where}: it wakes at {p.wake_at}, not at its time {wake}")
+
+
 # -- formatting -----------------------------------------------------------------------
+
+
+def _after_timeout(e: ev.WaitExpired, rest: Sequence[ev.LifecycleEvent],
+                   after: Callable[[str], str]) -> str:
+    """Where a wait's timing out leads, as its ``on_timeout`` says (the compensation
+    chain starts at the first compensation that follows)."""
+    if e.on_timeout == "continue":
+        return after(e.step or "")
+    if e.on_timeout == "fail":
+        return FAILED
+    for x in rest:
+        if isinstance(x, (ev.CompensationStarted, ev.CompensationFailed)) and x.step:
+            return compensation_state(x.step)
+    return COMPENSATED
 
 
 def _policy(p: Retry) -> str:
@@ -650,6 +952,8 @@ def _report(run: Trace, violations: Sequence[Violation]) -> str:
     lines.append("")
     lines.extend(str(v) for v in violations)
     lines += ["", "calls (t in virtual seconds from the start):", format_trace(run)]
+    if run.sent:
+        lines += ["", "signals sent:", format_signals(run)]
     lines += ["", "lifecycle history:", _history(run)]
     return "\n".join(lines)
 

@@ -1,9 +1,11 @@
 """Failure plans: what goes wrong in one run of a saga, as a small frozen value.
 
-A :class:`FailurePlan` says which forward step fails for good and how, how many
-transient failures each step and each compensation suffers before it succeeds, which
-compensations fail for good, and whether (and where) the saga's deadline passes. The
-runner (:func:`sagaflow.testing.run_plan`) injects exactly that around the user's own
+A :class:`FailurePlan` says which forward step fails for good and how (or rejects the
+saga), how many transient failures each step and each compensation suffers before it
+succeeds, which compensations fail for good, whether (and where) the saga's deadline
+passes, and what each wait receives (:class:`SignalPlan`: its signal comes while it
+waits, early, late or never; twice; after a refused one; with a payload that must be
+rejected). The runner (:func:`sagaflow.testing.run_plan`) injects exactly that around the user's own
 functions; :func:`sagaflow.testing.failure_plans` generates plans from a saga class.
 
 "Effect" is the question every fault raises: did the call change the world before it
@@ -23,14 +25,16 @@ from typing import Any, Generic, TypeVar
 import attrs
 
 from ..errors import StepTimeout
-from ..spec import SagaSpec, StepKind, StepSpec, is_saga
+from ..spec import OnTimeout, SagaSpec, StepKind, StepSpec, is_saga
 
 __all__ = [
+    "Arrival",
     "DeadlinePass",
     "FailurePlan",
     "Fault",
     "InjectedFault",
     "SagaCase",
+    "SignalPlan",
 ]
 
 S = TypeVar("S")
@@ -42,9 +46,28 @@ class Fault(enum.Enum):
     RAISES = "raises"  #: the call raises :class:`InjectedFault` (before taking effect)
     TIMES_OUT = "times_out"  #: the call overruns its timeout: its outcome is unknown
     CANCELLED = "cancelled"  #: the task running the saga is cancelled during the call
+    #: the call raises :class:`~sagaflow.SagaRejected`: a business "no" (forward only)
+    REJECTS = "rejects"
 
     def __repr__(self) -> str:
         return f"Fault.{self.name}"
+
+
+class Arrival(enum.Enum):
+    """When a wait's signal comes, in a plan's run."""
+
+    AT_WAIT = "at_wait"  #: while the saga waits for it (delivered at once)
+    EARLY = "early"  #: before the saga reaches the wait (kept, delivered when it gets there)
+    LATE = "late"  #: after the wait's time ran out (the saga moved on: kept or refused)
+    NEVER = "never"  #: not at all: the virtual clock runs past the wait's timeout
+
+    def __repr__(self) -> str:
+        return f"Arrival.{self.name}"
+
+    @property
+    def delivers(self) -> bool:
+        """Whether the signal comes in time for its wait."""
+        return self in (Arrival.AT_WAIT, Arrival.EARLY)
 
 
 class InjectedFault(ConnectionError):
@@ -121,6 +144,102 @@ class DeadlinePass:
 
 
 @attrs.frozen(repr=False)
+class SignalPlan:
+    """What the wait ``step`` receives in a run.
+
+    Its signal carries ``payload`` (an instance of the wait's payload class; ``None``
+    for a signal without one) and comes as ``arrives`` says. ``twice``: the same signal
+    (same ``signal_id``) comes again after it, and is ignored. ``another``: a second
+    signal of that name (its own id) comes after it: kept for a later wait of that name,
+    else left unconsumed (refused if the saga has finished). ``refused``: first a signal
+    whose payload does not fit the declared class comes, which ``signal()`` refuses
+    (nothing stored). ``rejects``: ``payload`` is one the user's ``rejections=``
+    strategy drew, so the handler must reject the saga with it.
+
+    A signal wait the plan does not name receives nothing: its time runs out.
+    """
+
+    step: str
+    payload: Any = None
+    arrives: Arrival = Arrival.AT_WAIT
+    twice: bool = False
+    another: bool = False
+    refused: bool = False
+    rejects: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.step, str):
+            raise ValueError(f"SignalPlan names a wait by its step name (str), got {self.step!r}")
+        if not isinstance(self.arrives, Arrival):
+            raise ValueError(f"arrives must be an Arrival, got {self.arrives!r}")
+        if self.arrives is Arrival.NEVER:
+            extra = [name for name in ("twice", "another", "rejects") if getattr(self, name)]
+            if self.payload is not None:
+                extra.insert(0, "payload")
+            if extra:
+                raise ValueError(
+                    f"SignalPlan({self.step!r}, arrives=Arrival.NEVER) sends no signal, so it "
+                    f"has no {', '.join(extra)}: drop {'it' if len(extra) == 1 else 'them'}"
+                )
+        if self.rejects and not self.arrives.delivers:
+            raise ValueError(
+                f"SignalPlan({self.step!r}, rejects=True) needs a signal that reaches its "
+                f"wait (Arrival.AT_WAIT or Arrival.EARLY), not {self.arrives!r}"
+            )
+
+    @property
+    def sends(self) -> bool:
+        """Whether the signal is sent at all (it may come too late)."""
+        return self.arrives is not Arrival.NEVER
+
+    def __repr__(self) -> str:
+        parts = [repr(self.step)]
+        if self.payload is not None:
+            parts.append(repr(self.payload))
+        if self.arrives is not Arrival.AT_WAIT:
+            parts.append(f"arrives={self.arrives!r}")
+        for name in ("twice", "another", "refused", "rejects"):
+            if getattr(self, name):
+                parts.append(f"{name}=True")
+        return f"SignalPlan({', '.join(parts)})"
+
+    def describe(self, signal: str | None = None) -> str:
+        """The plan for this wait in words."""
+        what = f"the {signal!r} signal" if signal else "its signal"
+        before = "after a refused one, " if self.refused else ""
+        if self.arrives is Arrival.NEVER:
+            said = f"{self.step} gets no signal ({before}its time runs out)"
+        else:
+            when = {
+                Arrival.AT_WAIT: "while it waits",
+                Arrival.EARLY: "before the saga reaches it",
+                Arrival.LATE: "after its time ran out",
+            }[self.arrives]
+            said = f"{what} comes to {self.step} {before}{when}"
+            if self.rejects:
+                said += " with a payload it must reject"
+        if self.twice:
+            said += ", then again (same id)"
+        if self.another:
+            said += ", then another one"
+        return said
+
+
+def _signal_plans(value: Iterable[SignalPlan] | Mapping[str, SignalPlan] | None) -> tuple[
+    SignalPlan, ...
+]:
+    items = list(value.values()) if isinstance(value, Mapping) else list(value or ())
+    seen: set[str] = set()
+    for item in items:
+        if not isinstance(item, SignalPlan):
+            raise ValueError(f"signals holds SignalPlan values, got {item!r}")
+        if item.step in seen:
+            raise ValueError(f"signals plans wait {item.step!r} twice: give one SignalPlan each")
+        seen.add(item.step)
+    return tuple(sorted(items, key=lambda p: p.step))
+
+
+@attrs.frozen(repr=False)
 class FailurePlan(Generic[S]):
     """What goes wrong in one run; the default plan is "nothing goes wrong".
 
@@ -133,6 +252,9 @@ class FailurePlan(Generic[S]):
       compensation always fails; ``compensation_effect`` says whether those failing
       compensation attempts took effect first (a lost reply).
     - ``deadline``: where the saga's deadline passes, if it does.
+    - ``signals``: what each wait receives (:class:`SignalPlan`, one per wait step); a
+      signal wait with none receives nothing, and its time runs out. ``Fault.REJECTS``
+      on ``step`` makes that step (or a wait's handler) reject the saga.
 
     ``FailurePlan[MySaga]`` is the type ``st.from_type`` turns into
     ``failure_plans(MySaga)``.
@@ -150,10 +272,16 @@ class FailurePlan(Generic[S]):
     compensation_fails: frozenset[str] = attrs.field(default=frozenset(), converter=_names)
     compensation_effect: bool = False
     deadline: DeadlinePass | None = None
+    signals: tuple[SignalPlan, ...] = attrs.field(default=(), converter=_signal_plans)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.fault, Fault):
             raise ValueError(f"fault must be a Fault, got {self.fault!r}")
+        if self.effect and self.fault is Fault.REJECTS:
+            raise ValueError(
+                "effect=True needs fault=Fault.TIMES_OUT or Fault.CANCELLED: a step that "
+                "rejects is taken not to have taken effect (a business \"no\")"
+            )
         if self.effect and self.fault is Fault.RAISES:
             raise ValueError(
                 "effect=True needs fault=Fault.TIMES_OUT or Fault.CANCELLED: a step that "
@@ -165,6 +293,11 @@ class FailurePlan(Generic[S]):
             raise ValueError(
                 "transient_fault cannot be Fault.CANCELLED: a cancelled run does not "
                 "retry; plan it as step=..., fault=Fault.CANCELLED"
+            )
+        if self.transient_fault is Fault.REJECTS:
+            raise ValueError(
+                "transient_fault cannot be Fault.REJECTS: a rejection is never retried; "
+                "plan it as step=..., fault=Fault.REJECTS"
             )
         if self.transient_effect and self.transient_fault is Fault.RAISES:
             raise ValueError(
@@ -187,6 +320,13 @@ class FailurePlan(Generic[S]):
         """How many attempts of ``step``'s compensation fail before one succeeds."""
         return dict(self.compensation_transient).get(step, 0)
 
+    def signal_plan(self, step: str) -> SignalPlan | None:
+        """What wait ``step`` receives (``None``: nothing; its time runs out)."""
+        for p in self.signals:
+            if p.step == step:
+                return p
+        return None
+
     @property
     def is_quiet(self) -> bool:
         """Whether nothing at all goes wrong (the default plan)."""
@@ -196,10 +336,21 @@ class FailurePlan(Generic[S]):
         """Whether something in this plan stops the forward steps, for ``spec``.
 
         A failing step or a deadline does; so do transient failures that the step's
-        retry policy does not retry, or more of them than it has attempts.
+        retry policy does not retry, or more of them than it has attempts; so does a
+        wait whose signal does not come in time (unless it declares
+        ``on_timeout='continue'``) or comes with a payload it must reject.
         """
         if self.step is not None or self.deadline is not None:
             return True
+        for s in spec.steps:
+            w = s.wait
+            if w is None or w.signal is None:
+                continue
+            p = self.signal_plan(s.name)
+            if p is not None and p.rejects:
+                return True
+            if (p is None or not p.arrives.delivers) and w.on_timeout is not OnTimeout.CONTINUE:
+                return True
         for name, count in self.transient:
             s = spec.step(name)
             if count >= s.retry.attempts or not s.retry.is_retryable(
@@ -226,8 +377,17 @@ class FailurePlan(Generic[S]):
             if s is not None and self.fault is Fault.TIMES_OUT and not can_time_out(spec, s):
                 problems.append(
                     f"step {s.name!r} cannot time out: it has timeout=None and the saga "
-                    "no deadline; give it a timeout or plan another fault"
+                    "no deadline (a wait's handler runs with no limit); give it a timeout "
+                    "or plan another fault"
                 )
+            if s is not None and s.wait is not None and s.wait.signal is not None:
+                p = self.signal_plan(s.name)
+                if p is None or not p.arrives.delivers:
+                    problems.append(
+                        f"step names wait {s.name!r}, whose handler never runs: the plan "
+                        "sends its signal in time with signals=[SignalPlan("
+                        f"{s.name!r}, ...)] or plans no failure there"
+                    )
         for name, _ in self.transient:
             s = check_step(name, "transient")
             if s is not None and self.transient_fault is Fault.TIMES_OUT and s.timeout is None:
@@ -248,6 +408,27 @@ class FailurePlan(Generic[S]):
                     "set @saga(deadline=...) or drop deadline="
                 )
             check_step(self.deadline.step, "deadline")
+        for p in self.signals:
+            s = check_step(p.step, "a SignalPlan")
+            if s is None:
+                continue
+            w = s.wait
+            if w is None or w.signal is None:
+                what = "a timer" if w is not None else f"a {s.kind.value} step"
+                waits = ", ".join(repr(x.name) for x in spec.steps
+                                  if x.wait is not None and x.wait.signal is not None)
+                problems.append(f"a SignalPlan names {p.step!r}, which is {what}, not a wait "
+                                f"for a signal (waits: {waits or 'none'})")
+            elif p.sends and w.payload is not None and p.payload is None:
+                problems.append(
+                    f"SignalPlan({p.step!r}) sends signal {w.signal!r} with no payload, but "
+                    f"it carries a {w.payload.__qualname__}: give payload="
+                )
+            elif p.sends and w.payload is None and p.payload is not None:
+                problems.append(
+                    f"SignalPlan({p.step!r}) gives a payload, but signal {w.signal!r} "
+                    "carries none: drop it"
+                )
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
             raise ValueError(f"{self!r} does not fit saga {spec.name!r}:\n{lines}")
@@ -275,6 +456,8 @@ class FailurePlan(Generic[S]):
             parts.append("compensation_effect=True")
         if self.deadline is not None:
             parts.append(f"deadline={self.deadline!r}")
+        if self.signals:
+            parts.append(f"signals={list(self.signals)!r}")
         return f"FailurePlan({', '.join(parts)})"
 
     def describe(self) -> str:
@@ -289,11 +472,14 @@ class FailurePlan(Generic[S]):
                 Fault.RAISES: "raises",
                 Fault.TIMES_OUT: "times out",
                 Fault.CANCELLED: "is cancelled",
+                Fault.REJECTS: "rejects the saga",
             }[self.fault]
-            eff = "" if self.fault is Fault.RAISES else (
+            eff = "" if self.fault in (Fault.RAISES, Fault.REJECTS) else (
                 " after taking effect" if self.effect else " before taking effect"
             )
-            said.append(f"{self.step} {verb}{eff} for good")
+            said.append(f"{self.step} {verb}{eff}" + (
+                "" if self.fault is Fault.REJECTS else " for good"
+            ))
         if self.deadline is not None:
             d = self.deadline
             when = "while it runs" if d.during else "before it starts"
@@ -303,6 +489,7 @@ class FailurePlan(Generic[S]):
             said.append(f"{name}'s compensation raises{eff} {_times(count)} then succeeds")
         for name in sorted(self.compensation_fails):
             said.append(f"{name}'s compensation always raises{eff}")
+        said.extend(p.describe() for p in self.signals)
         return "; ".join(said) if said else "nothing goes wrong"
 
 
@@ -311,7 +498,10 @@ def _times(n: int) -> str:
 
 
 def can_time_out(spec: SagaSpec, s: StepSpec) -> bool:
-    """Whether a call of ``s`` has any time limit: its own timeout or the deadline."""
+    """Whether a call of ``s`` has any time limit: its own timeout or the deadline (a
+    wait's handler, run when its signal is delivered, has none)."""
+    if s.wait is not None and s.wait.signal is not None:
+        return s.timeout is not None
     return s.timeout is not None or (
         spec.deadline is not None and s.kind is not StepKind.RETRIABLE
     )

@@ -28,8 +28,9 @@ class Reading:
 
     ``fwd`` / ``comp``: each step's forward calls and compensation calls, in order;
     ``skipped``, ``completed``, ``unknown`` (a call timed out or was cancelled: its
-    outcome is unknown), ``guard_failed`` (failed before any call); ``stop``: the step
-    where the forward steps stopped, if they did.
+    outcome is unknown), ``guard_failed`` (failed before any call), ``expired`` (waits
+    whose time ran out, with what followed: ``"continue"``, ``"compensate"``,
+    ``"fail"``); ``stop``: the step where the forward steps stopped, if they did.
     """
 
     def __init__(self, run: Trace) -> None:
@@ -53,6 +54,12 @@ class Reading:
             if isinstance(e, ev.StepFailed) and e.step is not None and not self.fwd[e.step]
         }
         self.user_errors = [c for c in run.calls if c.user_error is not None]
+        self.expired: dict[str, str] = {
+            e.step: e.on_timeout
+            for e in self.history
+            if isinstance(e, ev.WaitExpired) and e.step is not None
+        }
+        self.continued = {name for name, how in self.expired.items() if how == "continue"}
         self._forward_end()
 
     # -- what the calls say happened ----------------------------------------------
@@ -60,7 +67,7 @@ class Reading:
     def _forward_end(self) -> None:
         """Where the forward steps stopped (``stop``), if they did, and why."""
         spec = self.spec
-        done = self.completed | self.skipped
+        done = self.completed | self.skipped | self.continued
         self.forward_done = all(s.name in done for s in spec.steps)
         self.stop: StepSpec | None = None
         if self.forward_done:
@@ -83,18 +90,26 @@ class Reading:
         return stop is not None and stop.kind is StepKind.PIVOT and stop.name in self.unknown
 
     @property
+    def stopped_by_failing_wait(self) -> bool:
+        """Whether a wait whose time ran out stopped the saga with ``on_timeout='fail'``:
+        then nothing is compensated and the saga ends FAILED."""
+        stop = self.stop
+        return stop is not None and self.expired.get(stop.name) == "fail"
+
+    @property
     def compensating(self) -> bool:
         """Whether the calls' outcomes call for compensation."""
         if self.forward_done or self.stop is None:
             return False
         if not self.run.complete and self.run.result.status is SagaStatus.RUNNING:
             return False
-        return self.stop.kind is not StepKind.RETRIABLE and not self.stopped_at_unknown_pivot
+        return (self.stop.kind is not StepKind.RETRIABLE and not self.stopped_at_unknown_pivot
+                and not self.stopped_by_failing_wait)
 
     def expected_undo(self) -> list[str]:
         """The compensations the calls' outcomes call for, newest first."""
         assert self.stop is not None
-        if self.stopped_at_unknown_pivot:
+        if self.stopped_at_unknown_pivot or self.stopped_by_failing_wait:
             return []
         return [
             s.name
@@ -120,7 +135,9 @@ class Reading:
         if plan is None:
             return None
         stops: list[tuple[int, str]] = []
-        if plan.step is not None and plan.step not in self.skipped:
+        if plan.step is not None and plan.step not in self.skipped and (
+            plan.step not in self.expired
+        ):
             stops.append((spec.index[plan.step], f"the plan fails {plan.step!r} for good"))
         d = plan.deadline
         if d is not None and spec.deadline is not None:
@@ -153,6 +170,8 @@ class Reading:
         policy = s.retry if direction is FORWARD else s.compensation_retry
         if last.reported == "cancelled":
             return "cancelled"
+        if direction is FORWARD and last.rejected:
+            return "rejected"  # a business "no" is never retried
         outcome = self.run.result.error
         if isinstance(outcome, SagaCancelled) or isinstance(
             getattr(outcome, "reason", None), SagaCancelled

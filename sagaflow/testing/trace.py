@@ -12,7 +12,8 @@ from typing import Any
 import attrs
 
 from ..context import Direction
-from ..records import SagaResult, SagaStatus
+from ..errors import SagaRejected
+from ..records import SagaResult, SagaStatus, Signal, StepStatus
 from ..spec import SagaSpec
 from .plan import FailurePlan, Fault
 
@@ -20,9 +21,12 @@ __all__ = [
     "SUCCEED",
     "CallRecord",
     "Outcome",
+    "ParkSeen",
+    "SentSignal",
     "Trace",
     "error_text",
     "diff",
+    "format_signals",
     "format_trace",
 ]
 
@@ -63,6 +67,7 @@ class CallRecord:
     ``reported`` is what the orchestrator was told: ``"ok"``, ``"error"``,
     ``"timeout"`` or ``"cancelled"``; ``error`` the exception it saw (injected, or the
     user's own, ``user_error``). ``ran_user`` says whether the user's function ran.
+    ``payload``: what a wait's handler was handed (the delivered signal's payload).
     """
 
     seq: int
@@ -80,14 +85,69 @@ class CallRecord:
     reported: str = "pending"
     error: BaseException | None = None
     emitted: tuple[Any, ...] = ()
+    payload: Any = None
 
     @property
     def ok(self) -> bool:
         return self.reported == "ok"
 
     @property
+    def rejected(self) -> bool:
+        """Whether the call rejected the saga (raised :class:`~sagaflow.SagaRejected`)."""
+        return self.reported == "error" and isinstance(self.error, SagaRejected)
+
+    @property
     def label(self) -> str:
         return self.step if self.direction is FORWARD else f"undo {self.step}"
+
+
+@attrs.define(slots=True, eq=False)
+class SentSignal:
+    """One signal the run sent to its saga, and what ``signal()`` made of it.
+
+    ``why`` says what the plan (or the rule) meant by it; ``step`` the wait it was meant
+    for. ``fits``: its payload fits the declared class (a planned refusal's does not);
+    ``finished``: the saga had finished when it was sent; ``rejects``: the payload is one
+    that must be rejected. ``outcome``: ``"stored"``, ``"ignored"`` (a signal with its id
+    was stored already) or ``"refused"`` (``error`` says why); ``kept_before`` /
+    ``kept_after``: how many signals the store held for the saga around the call.
+    """
+
+    seq: int
+    at: float
+    name: str
+    signal_id: str
+    payload: Any
+    why: str
+    step: str | None = None
+    fits: bool = True
+    finished: bool = False
+    rejects: bool = False
+    outcome: str = "pending"
+    error: BaseException | None = None
+    kept_before: int = 0
+    kept_after: int = 0
+
+    def __str__(self) -> str:
+        err = f": {self.error}" if self.error is not None else ""
+        return (f"{self.name!r} id {self.signal_id!r} ({self.why}) "
+                f"{_short_repr(self.payload)} -> {self.outcome}{err}")
+
+
+@attrs.frozen
+class ParkSeen:
+    """The saga as it was seen parked at a wait (``until``: when the driver was told to
+    wake it)."""
+
+    at: float
+    step: str
+    signal: str | None
+    until: float | None
+    status: SagaStatus
+    step_status: StepStatus
+    state: str
+    waiting: str | None
+    wake_at: float | None
 
 
 @attrs.frozen(eq=False)
@@ -118,6 +178,10 @@ class Trace:
     snapshotted: bool = False
     complete: bool = True
     allow_step_errors: bool = False
+    sent: tuple[SentSignal, ...] = ()
+    kept: tuple[Signal, ...] = ()
+    signal_marks: tuple[tuple[str, int], ...] = ()
+    parks: tuple[ParkSeen, ...] = ()
 
     @property
     def status(self) -> SagaStatus:
@@ -132,6 +196,18 @@ class Trace:
     def table(self) -> str:
         """The calls as a compact table (times in virtual seconds from the start)."""
         return format_trace(self)
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def format_signals(run: Trace) -> str:
+    """The signals the run sent, one a line (times in virtual seconds from the start)."""
+    if not run.sent:
+        return "  (none)"
+    return "\n".join(f"  {s.at - run.started_at:>8g}  {s}" for s in run.sent)
 
 
 def error_text(error: BaseException | None) -> str:
