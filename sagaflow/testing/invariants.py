@@ -759,13 +759,14 @@ class _Checker(Reading):
                           f"({started.until - t0:g}s)")
         if e.on_timeout != w.on_timeout.value:
             self.fail(13, f"{e.describe()}: it declares on_timeout={w.on_timeout.value!r}")
-        if w.signal is not None:
-            waiting = [k for k in run.kept if k.name == w.signal and k.at <= e.at
+        if w.signal is not None and started.until is not None:
+            in_time = [k for k in run.kept if k.name == w.signal and k.at < started.until
                        and k.seq > marks.get(w.signal, 0)]
-            if waiting:
-                k = waiting[0]
+            if in_time:
+                k = in_time[0]
                 self.fail(13, f"wait {s.name!r} timed out at {e.at - t0:g}s, though signal "
-                              f"{k.name!r} id {k.signal_id!r} had arrived at {k.at - t0:g}s")
+                              f"{k.name!r} id {k.signal_id!r} had arrived in time, at "
+                              f"{k.at - t0:g}s (its time ran out at {started.until - t0:g}s)")
         if not run.complete:
             return
         error = run.result.error

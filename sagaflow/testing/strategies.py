@@ -2,9 +2,12 @@
 
 ``failure_plans(MySaga)`` draws only plans that fit the class: its step names, the
 faults each step can suffer (a step with no timeout cannot time out), transient
-failures within each retry budget (and only where the policy retries them), and a
-deadline only if the saga has one. Plans shrink toward the simplest: no failure at
-all, then a failure of the first step, raising, with no transient failures.
+failures within each retry budget (and only where the policy retries them), a
+deadline only if the saga has one, and for each wait what it receives (a
+:class:`~sagaflow.testing.SignalPlan`, its payload drawn from the strategy given for
+the signal's name, or built from the payload class). Plans shrink toward the
+simplest: no failure at all, then a failure of the first step, raising, with no
+transient failures, and every signal coming while its wait waits.
 
 ``st.from_type(FailurePlan[MySaga])`` gives the same strategy once
 :func:`register_strategies` has run: the ``hypothesis`` entry point runs it when
@@ -16,7 +19,7 @@ from __future__ import annotations
 import importlib
 import math
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import attrs
@@ -25,15 +28,28 @@ from hypothesis.errors import InvalidArgument
 
 from ..policy import Retry, backoff_delay
 from ..spec import SagaSpec, StepKind, StepSpec, is_saga, spec_of
-from .plan import DeadlinePass, FailurePlan, Fault, SagaCase, can_time_out, sample_error
+from .plan import (
+    Arrival,
+    DeadlinePass,
+    FailurePlan,
+    Fault,
+    SagaCase,
+    SignalPlan,
+    can_time_out,
+    sample_error,
+)
 
 __all__ = [
     "failure_plans",
+    "payloads_for",
     "register_strategies",
     "saga_cases",
 ]
 
-ALL_FAULTS = (Fault.RAISES, Fault.TIMES_OUT, Fault.CANCELLED)
+ALL_FAULTS = (Fault.RAISES, Fault.TIMES_OUT, Fault.CANCELLED, Fault.REJECTS)
+# Plans shrink toward the signal coming in time, then toward no signal at all.
+_ARRIVALS = (Arrival.AT_WAIT, Arrival.EARLY, Arrival.NEVER, Arrival.LATE)
+_IN_TIME = (Arrival.AT_WAIT, Arrival.EARLY)
 #: Share of the saga's deadline that planned transient failures may use up.
 _TIME_SHARE = 0.5
 
@@ -57,6 +73,35 @@ def _worst_delay(policy: Retry, n: int) -> float:
     return backoff_delay(policy, n, 1.0)
 
 
+def payloads_for(
+    saga: Any, given: Mapping[str, st.SearchStrategy[Any]] | None = None, what: str = "payloads"
+) -> dict[str, st.SearchStrategy[Any]]:
+    """A strategy of payloads for each signal ``saga`` waits for: the one ``given`` for
+    its name, else instances built from the wait's payload class (``st.builds``, its
+    fields from their types), or ``None`` for a signal without one."""
+    spec = _spec(saga)
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(spec.signals))
+    if unknown:
+        raise InvalidArgument(
+            f"{what} names signals {unknown}, which saga {spec.name!r} does not wait for "
+            f"(its signals: {sorted(spec.signals) or 'none'})"
+        )
+    out: dict[str, st.SearchStrategy[Any]] = {}
+    for name, waits in spec.signals.items():
+        strategy = given.get(name)
+        if strategy is not None and not isinstance(strategy, st.SearchStrategy):
+            raise InvalidArgument(
+                f"{what}[{name!r}] must be a hypothesis strategy, got {strategy!r}"
+            )
+        if strategy is None:
+            w = spec.steps[waits[0]].wait
+            assert w is not None
+            strategy = st.none() if w.payload is None else _builds(w.payload)
+        out[name] = strategy
+    return out
+
+
 def failure_plans(
     saga: Any,
     *,
@@ -66,16 +111,33 @@ def failure_plans(
     deadlines: bool = True,
     effects: bool = True,
     max_transient: int = 3,
+    signals: bool = True,
+    payloads: Mapping[str, st.SearchStrategy[Any]] | None = None,
+    rejections: Mapping[str, st.SearchStrategy[Any]] | None = None,
 ) -> st.SearchStrategy[FailurePlan[Any]]:
     """Plans for ``saga`` (a saga class or instance), shrinking toward "no failure".
 
     ``faults``: the permanent faults to plan (drop ``Fault.CANCELLED`` for the sync
-    driver); ``transient``: plan transient failures of steps; ``compensation_failures``:
-    plan failures of compensations; ``deadlines``: plan the saga's deadline passing (if
-    it has one); ``effects``: let timed-out and failing calls take effect first;
+    driver; ``Fault.REJECTS`` makes a step or a wait's handler reject the saga);
+    ``transient``: plan transient failures of steps; ``compensation_failures``: plan
+    failures of compensations; ``deadlines``: plan the saga's deadline passing (if it
+    has one); ``effects``: let timed-out and failing calls take effect first;
     ``max_transient``: at most this many transient failures per step or compensation.
+
+    Waits: ``signals`` plans what each wait receives (without it, no signal comes and
+    every wait's time runs out). ``payloads`` maps a signal's name to a strategy of its
+    payloads (default: built from the payload class); ``rejections`` maps a signal's
+    name to a strategy of payloads its handler must reject (then some plans deliver one
+    of those, ``SignalPlan(rejects=True)``, and the run must end rejected).
     """
     spec = _spec(saga)
+    carried = payloads_for(saga, payloads)
+    rejecting = {
+        name: strategy
+        for name, strategy in payloads_for(saga, rejections, "rejections").items()
+        if rejections and name in rejections
+    }
+    signal_waits = [s for s in spec.steps if s.wait is not None and s.wait.signal is not None]
     faults = tuple(f for f in ALL_FAULTS if f in set(faults))
     if any(not isinstance(f, Fault) for f in faults):
         raise InvalidArgument(f"faults must be Fault members, got {faults!r}")
@@ -120,6 +182,19 @@ def failure_plans(
     ]
     where_choice = st.sampled_from(guarded) if guarded else st.nothing()
     with_deadline = deadlines and spec.deadline is not None and bool(guarded)
+    arrivals = st.sampled_from(_ARRIVALS)
+    in_time = st.sampled_from(_IN_TIME)
+
+    def signal_plan(draw: st.DrawFn, s: StepSpec, fails_here: bool) -> SignalPlan:
+        name = s.wait.signal  # type: ignore[union-attr]
+        assert name is not None
+        arrives = draw(in_time if fails_here else arrivals)
+        if arrives is Arrival.NEVER:
+            return SignalPlan(s.name, arrives=arrives, refused=draw(booleans))
+        rejects = arrives in _IN_TIME and name in rejecting and draw(booleans)
+        payload = draw(rejecting[name] if rejects else carried[name])
+        return SignalPlan(s.name, payload, arrives=arrives, twice=draw(booleans),
+                          another=draw(booleans), refused=draw(booleans), rejects=rejects)
 
     def within(s: StepSpec, n: int, policy: Retry, each: float, budget: list[float]) -> int:
         """Cut ``n`` failures so that their time (``each`` plus a backoff per failure)
@@ -141,7 +216,7 @@ def failure_plans(
                 step = None
             else:
                 fault = draw(fault_choice[step])
-                if effects and fault is not Fault.RAISES:
+                if effects and fault not in (Fault.RAISES, Fault.REJECTS):
                     effect = draw(booleans)
 
         counts: dict[str, int] = {}
@@ -181,9 +256,18 @@ def failure_plans(
         deadline = None
         if with_deadline and draw(booleans):
             where = draw(where_choice)
-            during = draw(booleans)
+            # a wait's handler runs with no time limit: the deadline passes before it
+            during = spec.step(where).wait is None and draw(booleans)
             d_effect = draw(booleans) if during and effects else False
             deadline = DeadlinePass(where, during=during, effect=d_effect)
+
+        planned = [signal_plan(draw, s, s.name == step) for s in signal_waits] if (
+            signals
+        ) else []
+        if not signals and step is not None and spec.step(step).wait is not None and (
+            spec.step(step).wait.signal is not None  # type: ignore[union-attr]
+        ):
+            step, fault, effect = None, Fault.RAISES, False  # its handler never runs
 
         return FailurePlan(
             step=step,
@@ -196,6 +280,7 @@ def failure_plans(
             compensation_fails=comp_fails,
             compensation_effect=comp_effect,
             deadline=deadline,
+            signals=planned,
         )
 
     return plans()
