@@ -55,7 +55,7 @@ from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus, Signal
 from ..runner import _handover
 from ..runtime import Runtime
-from ..spec import SagaSpec, StepKind, spec_of
+from ..spec import OnTimeout, SagaSpec, StepKind, StepSpec, spec_of
 from ..stores import MemoryStore
 from ..stores.base import Store
 from .clock import VirtualClock
@@ -117,6 +117,14 @@ class PlanRun(Trace):
         return self
 
 
+def _passed_by(s: StepSpec) -> bool:
+    """Whether the engine may move past ``s`` without reading the clock again."""
+    w = s.wait
+    return s.when is not None or (
+        w is not None and w.signal is not None and w.on_timeout is OnTimeout.CONTINUE
+    )
+
+
 class Harness:
     """One run driven one call at a time through the engine, on a virtual clock.
 
@@ -162,7 +170,14 @@ class Harness:
         self._planned: set[str] = set()  # waits whose planned signals went (or are queued)
         if plan is not None and plan.deadline is not None:
             self._deadline: DeadlinePass | None = plan.deadline
-            self._deadline_index = self.spec.index.get(plan.deadline.step, len(self.spec.steps))
+            index = self.spec.index.get(plan.deadline.step, len(self.spec.steps))
+            # The drivers read the clock before each step, but not between a step they
+            # pass by (skipped, or a wait whose time ran out and that goes on) and the
+            # next: the deadline passes as the run reaches those just before the planned
+            # one (if they run, they are stopped instead).
+            while index > 0 and _passed_by(self.spec.steps[index - 1]):
+                index -= 1
+            self._deadline_index = index
             self.clock.on_now = self._watch_deadline
         else:
             self._deadline = None
@@ -213,7 +228,8 @@ class Harness:
         plan = self.plan
         name = self.spec.steps[index].name
         if direction is FORWARD:
-            if self._cut_next:
+            if self._cut_next and (bound or self.spec.steps[index].wait is None):
+                # the next call the deadline bounds is cut (a wait's handler has no limit)
                 self._cut_next = False
                 if bound:
                     d = plan.deadline if plan is not None else None
@@ -728,8 +744,12 @@ class _Injector:
             "compensations": tuple(s.compensation for s in steps),
         }
         limit = getattr(spec, "shortest_limit", None)
-        if overrun and "shortest_limit" in attrs.fields_dict(type(spec)):
+        cut = plan is not None and plan.deadline is not None and plan.deadline.during
+        if (overrun or (cut and real_time)) and "shortest_limit" in attrs.fields_dict(
+            type(spec)
+        ):
             # the sync driver's watchdog never sleeps past the shortest limit of any call
+            # (nor past a call the deadline, jumping on the virtual clock, cuts short)
             changes["shortest_limit"] = min(REAL_TIMEOUT, limit or REAL_TIMEOUT)
         return attrs.evolve(spec, **changes)
 
