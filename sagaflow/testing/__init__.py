@@ -1,7 +1,7 @@
 """Tools to test sagas: failure plans, fault injection on a virtual clock, invariants.
 
-- :class:`FailurePlan`: what goes wrong in one run; :func:`failure_plans` draws them
-  from a saga class (hypothesis).
+- :class:`FailurePlan`: what goes wrong in one run (and, :class:`SignalPlan`, what each
+  wait receives); :func:`failure_plans` draws them from a saga class (hypothesis).
 - :func:`run_plan` / :func:`arun_plan`: run a saga instance under a plan, with no change
   to its code, on a :class:`VirtualClock`; returns a :class:`PlanRun`.
 - :func:`check_invariants`: raise :class:`InvariantViolation` (an ``AssertionError``
@@ -25,8 +25,8 @@ from .idempotency import (
     assert_compensations_tolerate_nothing_to_undo,
 )
 from .invariants import INVARIANTS, InvariantViolation, Violation, check_invariants
-from .plan import DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase
-from .trace import CallRecord, Outcome, Trace
+from .plan import Arrival, DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase, SignalPlan
+from .trace import CallRecord, Outcome, ParkSeen, SentSignal, Trace
 
 if TYPE_CHECKING:
     from .stateful import saga_state_machine
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INVARIANTS",
+    "Arrival",
     "CallRecord",
     "DeadlinePass",
     "FailurePlan",
@@ -42,8 +43,11 @@ __all__ = [
     "InjectedFault",
     "InvariantViolation",
     "Outcome",
+    "ParkSeen",
     "PlanRun",
     "SagaCase",
+    "SentSignal",
+    "SignalPlan",
     "Trace",
     "VirtualClock",
     "Violation",

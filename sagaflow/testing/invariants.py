@@ -898,7 +898,8 @@ class _Checker(Reading):
             if s.kind is not StepKind.RETRIABLE and run.deadline_at is not None:
                 wake = run.deadline_at if wake is None else min(wake, run.deadline_at)
             if p.wake_at != wake and not (
-                p.wake_at is not None and wake is not None and math.isclose(p.wake_at, wake)
+                p.wake_at is not None and wake is not None
+                and math.isclose(p.wake_at, wake, rel_tol=0.0, abs_tol=1e-6)
             ):
                 self.fail(16, f"{where}: it wakes at {p.wake_at}, not at its time {wake}")
 

@@ -6,6 +6,8 @@ once; a compensation undoes its forward call's key only if it took effect).
 
 from __future__ import annotations
 
+import asyncio
+
 import attrs
 from hypothesis import strategies as st
 from testing_sagas import MAIL, PAYMENTS, SHIPPING, STOCK, forward_key, reset_world, world
@@ -100,6 +102,42 @@ def order_cases() -> st.SearchStrategy[SagaCase]:
         lambda amount: SagaCase(OrderApproval("o-1", amount), reset_world, world),
         st.sampled_from([50, 500]),
     )
+
+
+@saga(name="async_booking", deadline=2 * DAY)
+class AsyncBooking:
+    """Coroutine steps and a coroutine handler, a deadline over the wait."""
+
+    guest: str = "ann"
+    confirmed_by: str | None = None
+
+    @step(timeout=10.0, retry=Retry(attempts=2, backoff=1.0))
+    async def hold_room(self, ctx: StepContext) -> None:
+        await asyncio.sleep(0.01)  # latency: free on the virtual-time loop
+        PAYMENTS.apply(ctx.idempotency_key, "room", 100)
+
+    @hold_room.compensate
+    async def free_room(self, ctx: StepContext) -> None:
+        PAYMENTS.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @wait("confirmation", payload=Decision, timeout=DAY)
+    async def confirmation(self, decision: Decision, ctx: StepContext) -> None:
+        await asyncio.sleep(0)
+        if not decision.approved:
+            raise SagaRejected(f"{decision.by} cancelled")
+        self.confirmed_by = decision.by
+
+    @step(pivot=True, timeout=5.0)
+    async def pay(self, ctx: StepContext) -> None:
+        PAYMENTS.apply(ctx.idempotency_key, "paid", 1)
+
+
+def booking_cases() -> st.SearchStrategy[SagaCase]:
+    return st.builds(lambda: SagaCase(AsyncBooking(), reset_world, world))
+
+
+#: what guests answer
+CONFIRMATIONS = {"confirmation": st.builds(Decision, st.booleans(), names)}
 
 
 # -- deliberately broken waiting sagas ---------------------------------------------------
