@@ -1051,13 +1051,13 @@ async def _drive_async(h: Harness, orchestrator: _PlanOrchestrator, shadow: Saga
         if not sends:
             _time_runs_out(h, record)
             resumed: dict[str, SagaStatus] = {}
-
-            async def resume() -> None:
-                resumed.update(await orchestrator.aresume_due())
-
-            await _planned(h, resume())
+            await _planned(h, _resume_due(orchestrator, resumed))
             if not h.cancelled:
                 _resumed(h, orchestrator, resumed)
+
+
+async def _resume_due(orchestrator: Orchestrator, into: dict[str, SagaStatus]) -> None:
+    into.update(await orchestrator.aresume_due())
 
 
 def _done(h: Harness, before: Any, snapshot: Callable[[], Any] | None,

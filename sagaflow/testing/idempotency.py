@@ -4,14 +4,15 @@ A compensation is retried (a lost reply, a crash before the record was saved), s
 must be idempotent: running it a second time, with the same idempotency key, must
 change nothing. And it runs for steps that timed out, so it must tolerate "nothing to
 undo". These helpers call the user's functions directly, step by step, with no
-orchestrator, and compare snapshots.
+orchestrator, and compare snapshots. A wait's handler on the way runs with the payload
+given for its signal (``payloads=``), or not at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -58,7 +59,8 @@ class _Caller:
         self.clock = VirtualClock()
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def call(self, saga: Any, index: int, direction: Direction, attempt: int) -> None:
+    def call(self, saga: Any, index: int, direction: Direction, attempt: int,
+             payload: Any = None) -> None:
         s = self.spec.steps[index]
         fn = self.spec.forward[index] if direction is Direction.FORWARD else (
             self.spec.compensations[index]
@@ -67,6 +69,7 @@ class _Caller:
         timeout = s.timeout if direction is Direction.FORWARD else s.compensation_timeout
         ctx = StepContext(self.saga_id, self.spec.name, s.name, direction, attempt, timeout,
                           None, self.clock.now(), self.clock.now)
+        ctx.signal = payload
         value = fn(saga, ctx)
         if inspect.isawaitable(value):
             if self.loop is None:
@@ -82,18 +85,31 @@ async def _await(value: Any) -> Any:
     return await value
 
 
-def _reach(caller: _Caller, saga: Any, upto: int) -> bool:
-    """Run the forward steps before ``upto`` (skipping those whose condition is false)."""
+def _reach(caller: _Caller, saga: Any, upto: int,
+           payloads: Mapping[str, Any] | None = None) -> bool:
+    """Run the forward steps before ``upto`` (skipping those whose condition is false,
+    and the waits whose signal ``payloads`` gives no payload for)."""
     spec = caller.spec
+    passed: list[str] = []
     for s in spec.steps[:upto]:
         if s.when is not None and not s.when(saga):
             continue
+        payload = None
+        if s.wait is not None and s.wait.signal is not None:
+            if payloads is None or s.wait.signal not in payloads:
+                passed.append(s.name)
+                continue  # its handler only records what the signal says
+            payload = payloads[s.wait.signal]
         try:
-            caller.call(saga, s.index, Direction.FORWARD, 1)
+            caller.call(saga, s.index, Direction.FORWARD, 1, payload)
         except Exception as exc:
+            hint = ""
+            if passed:
+                hint = (f" (the handlers of {', '.join(map(repr, passed))} did not run: "
+                        "give payloads={signal: payload} to run them)")
             raise AssertionError(
                 f"could not bring saga {spec.name!r} to step {spec.steps[upto].name!r}: "
-                f"step {s.name!r} raised {type(exc).__name__}: {exc}"
+                f"step {s.name!r} raised {type(exc).__name__}: {exc}{hint}"
             ) from exc
     return True
 
@@ -116,6 +132,7 @@ def assert_compensations_idempotent(
     setup: Callable[[], Any] | None = None,
     steps: Iterable[str] | None = None,
     saga_id: str = "idempotency-check",
+    payloads: Mapping[str, Any] | None = None,
 ) -> None:
     """Run each compensation twice after its step; the second run must change nothing.
 
@@ -125,7 +142,9 @@ def assert_compensations_idempotent(
     (default: the case's). For each compensatable step: setup, run the forward steps up
     to and including it, run its compensation (attempt 1), snapshot, run it again
     (attempt 2, same idempotency key), snapshot. Raises ``AssertionError`` listing every
-    compensation whose second run changed the snapshot or raised.
+    compensation whose second run changed the snapshot or raised. ``payloads``: the
+    payload each signal (by name) hands the waits on the way; a wait with none is passed
+    by without running its handler.
     """
     fresh = _source(saga)
     first = fresh()
@@ -145,7 +164,7 @@ def assert_compensations_idempotent(
         s = spec.steps[index]
         caller = _Caller(spec, saga_id)
         try:
-            _reach(caller, case.saga, index)
+            _reach(caller, case.saga, index, payloads)
             if s.when is not None and not s.when(case.saga):
                 continue  # the step would be skipped for this saga: nothing to undo
             caller.call(case.saga, index, Direction.FORWARD, 1)
@@ -182,6 +201,7 @@ def assert_compensations_tolerate_nothing_to_undo(
     setup: Callable[[], Any] | None = None,
     steps: Iterable[str] | None = None,
     saga_id: str = "nothing-to-undo-check",
+    payloads: Mapping[str, Any] | None = None,
 ) -> None:
     """Run each compensation after the steps before its own, but not its own step.
 
@@ -202,7 +222,7 @@ def assert_compensations_tolerate_nothing_to_undo(
         s = spec.steps[index]
         caller = _Caller(spec, saga_id)
         try:
-            _reach(caller, case.saga, index)
+            _reach(caller, case.saga, index, payloads)
             before = snap() if snap is not None else None
             try:
                 caller.call(case.saga, index, Direction.COMPENSATE, 1)

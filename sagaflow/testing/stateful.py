@@ -71,10 +71,12 @@ def saga_state_machine(
     rejecting = payloads_for(saga_class, rejections, "rejections") if rejections else {}
     options: list[st.SearchStrategy[tuple[str, Any, bool, bool]]] = []
     for name, strategy in carried.items():
-        options.append(strategy.map(lambda p, n=name: (n, p, True, False)))
+        # (name, payload, fits, rejects)
+        options.append(st.tuples(st.just(name), strategy, st.just(True), st.just(False)))
         options.append(st.just((name, UNFIT_PAYLOAD, False, False)))
         if rejections and name in rejections:
-            options.append(rejecting[name].map(lambda p, n=name: (n, p, True, True)))
+            options.append(st.tuples(st.just(name), rejecting[name], st.just(True),
+                                     st.just(True)))
     signal_choice = st.one_of(options) if options else st.nothing()
 
     class SagaMachine(RuleBasedStateMachine):

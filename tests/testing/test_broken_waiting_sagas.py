@@ -9,12 +9,14 @@ import pytest
 from hypothesis import Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
+from testing_sagas import reset_world, world
 from waiting_sagas import (
     REFUSALS,
     CarelessApproval,
     Decision,
     ImpatientApproval,
     LeakyHold,
+    OrderApproval,
     broken_case,
 )
 
@@ -22,7 +24,10 @@ from sagaflow.testing import (
     Arrival,
     FailurePlan,
     InvariantViolation,
+    SagaCase,
     SignalPlan,
+    assert_compensations_idempotent,
+    assert_compensations_tolerate_nothing_to_undo,
     check_invariants,
     failure_plans,
     run_plan,
@@ -104,3 +109,12 @@ def test_the_state_machine_finds_the_missing_compensation_too() -> None:
         )
     assert caught.value.numbers == [11]
     assert "'stock': before {}, after {'o-1': -1}" in str(caught.value)
+
+
+def test_the_direct_checks_pass_waits_by_or_hand_them_a_payload() -> None:
+    case = SagaCase(OrderApproval(), reset_world, world)
+    assert_compensations_idempotent(case)  # the approval's handler is passed by
+    assert_compensations_tolerate_nothing_to_undo(case)
+    assert_compensations_idempotent(case, payloads={"decision": Decision(True, "ann")})
+    with pytest.raises(AssertionError, match="step 'approval' raised SagaRejected"):
+        assert_compensations_idempotent(case, payloads={"decision": Decision(False, "bob")})
