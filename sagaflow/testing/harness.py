@@ -272,10 +272,9 @@ class Harness:
             if isinstance(command, Park):
                 if self.flush(self.send):
                     continue
-                kept = self.runtime.signals
                 found = None
-                if command.signal is not None and kept is not None:
-                    found = kept.next_signal(
+                if command.signal is not None:
+                    found = self.runtime.store.next_signal(
                         self.saga_id, command.signal, record.signal_marks.get(command.signal, 0)
                     )
                 if found is None:
@@ -428,8 +427,7 @@ class Harness:
 
     def send(self, item: _Send) -> SentSignal:
         """Send ``item`` through the real checks (engine driver): refused or stored."""
-        kept = self.runtime.signals
-        assert kept is not None
+        kept = self.runtime.store
         rec = self.sending(item, len(kept.signals(self.saga_id)),
                            self.record.status.is_terminal)
         error: BaseException | None = None
@@ -570,10 +568,10 @@ class Harness:
         return rec
 
     def outcome_run(self, *, before: Any = None, after: Any = None, snapshotted: bool = False,
-                    complete: bool = True, kept: Any = None) -> PlanRun:
+                    complete: bool = True, kept: Store | None = None) -> PlanRun:
         """The :class:`PlanRun` of this harness so far (``kept``: the store that holds
         its signals, if not the engine's own)."""
-        store = self.runtime.signals if kept is None else kept
+        store = self.runtime.store if kept is None else kept
         return PlanRun(
             spec=self.spec,
             saga_id=self.saga_id,
@@ -595,7 +593,7 @@ class Harness:
             complete=complete,
             allow_step_errors=self.allow_step_errors,
             sent=tuple(self.sent),
-            kept=tuple(store.signals(self.saga_id)) if store is not None else (),
+            kept=tuple(store.signals(self.saga_id)),
             signal_marks=tuple(sorted(self.record.signal_marks.items())),
             parks=tuple(self.parks),
         )
@@ -926,11 +924,8 @@ def _orchestrate(h: Harness, store: Store | None = None) -> tuple[_PlanOrchestra
     return orchestrator, shadow
 
 
-def _kept(orchestrator: Orchestrator) -> Any:
-    kept = orchestrator.runtime.signals
-    if kept is None:
-        raise TypeError(f"{type(orchestrator.store).__name__} keeps no signals")
-    return kept
+def _kept(orchestrator: Orchestrator) -> Store:
+    return orchestrator.store
 
 
 def _reload(h: Harness, orchestrator: Orchestrator) -> SagaRecord:
