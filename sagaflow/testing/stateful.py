@@ -54,6 +54,7 @@ def saga_state_machine(
     allow_step_errors: bool | None = None,
     payloads: Mapping[str, st.SearchStrategy[Any]] | None = None,
     rejections: Mapping[str, st.SearchStrategy[Any]] | None = None,
+    resume_at_once: bool = True,
 ) -> type[RuleBasedStateMachine]:
     """A ``RuleBasedStateMachine`` class that runs ``saga_class`` rule by rule.
 
@@ -62,6 +63,9 @@ def saga_state_machine(
     and ``allow_step_errors`` go to :func:`check_invariants` for every finished run.
     ``payloads`` / ``rejections``: strategies of each signal's payloads, and of payloads
     its handler must reject, as for :func:`~sagaflow.testing.failure_plans`.
+    ``resume_at_once``: a signal that comes while the saga is parked resumes it at once,
+    as ``signal()`` does in the process that runs it; ``False``: the parked saga is
+    resumed later (time may pass first), as a worker polling for due sagas does.
     """
     spec = spec_of(saga_class)
     cases = saga_cases(saga_class) if sagas is None else sagas
@@ -238,14 +242,15 @@ def saga_state_machine(
             self._harness().clock.advance(seconds)
             self._moved()
 
-        @precondition(lambda self: self._parked())
+        @precondition(lambda self: self._live() and not (self.fetched and self.call)
+                      and self._harness().record.waiting is not None)
         @rule()
         def time_runs_out(self) -> None:
             """The virtual clock runs to the parked wait's time: a timer fires, a wait
             times out (or the deadline wakes the saga)."""
-            assert self.parked is not None
-            if self.parked.until is not None:
-                self._harness().clock.advance_to(self.parked.until)
+            wake = self._harness().record.wake_at
+            if wake is not None:
+                self._harness().clock.advance_to(wake)
             self._moved()
 
         if options:  # the saga waits for signals
@@ -256,15 +261,16 @@ def saga_state_machine(
                 """A signal comes: any name the saga waits for, its payload drawn from the
                 user's strategies (or one that does not fit), its id one of a few (so
                 that duplicates come too), at any moment (early, while a step runs, while
-                parked, after the end). A parked saga is resumed at once, as ``signal()``
-                does in the process that runs it."""
+                parked, after the end). A parked saga is resumed at once, unless
+                ``resume_at_once=False``."""
                 name, payload, fits, rejects = signal
                 why = "rule send_signal" + ("" if fits else " (unfit payload)")
                 self._harness().send(_Send(name, payload, f"{name}:{repeat}", why,
                                            fits=fits, rejects=rejects))
                 if self.parked is not None:
                     self._moved()
-                    self._fetch()
+                    if resume_at_once:
+                        self._fetch()
 
         @precondition(lambda self: spec.deadline is not None
                       and (self._between() or self._parked())

@@ -10,18 +10,27 @@ from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
+from testing_sagas import reset_world, world
 from waiting_sagas import (
     CONFIRMATIONS,
     DECISIONS,
     REFUSALS,
     AsyncBooking,
+    Decision,
     OrderApproval,
     booking_cases,
     order_cases,
 )
 
 from sagaflow.stores.sqlite import SQLiteStore
-from sagaflow.testing import Fault, SagaCase, failure_plans, run_plan, saga_state_machine
+from sagaflow.testing import (
+    Fault,
+    InvariantViolation,
+    SagaCase,
+    failure_plans,
+    run_plan,
+    saga_state_machine,
+)
 
 MANY = settings(max_examples=max(500, settings.default.max_examples), deadline=None)
 SAMPLE = settings(max_examples=25, deadline=None)
@@ -96,3 +105,37 @@ TestAsyncBookingMachine = saga_state_machine(
     AsyncBooking, sagas=booking_cases(), payloads=CONFIRMATIONS
 ).TestCase
 TestAsyncBookingMachine.settings = STEPS
+
+
+def late_resume(resume_at_once: bool) -> None:
+    """The rules, by hand: parked at the approval, a "yes" comes, then time passes
+    before the saga is looked at again."""
+    machine = saga_state_machine(OrderApproval, payloads=DECISIONS,
+                                 resume_at_once=resume_at_once)()
+    machine.start(SagaCase(OrderApproval("o-1", 500), reset_world, world))
+    machine.succeed()  # reserve
+    machine.succeed()  # the run reaches the approval and parks there
+    assert machine.parked is not None
+    machine.send_signal(("decision", Decision(True, "ann"), True, False), "s1")
+    machine.time_runs_out()
+    machine.succeed()
+    machine.run_so_far_is_sound()
+    machine.teardown()
+
+
+def test_a_signal_resumes_a_parked_saga_at_once_by_default() -> None:
+    late_resume(resume_at_once=True)
+
+
+def test_the_state_machine_catches_a_signal_lost_to_a_late_resume() -> None:
+    """Across processes a parked saga is resumed when a worker polls, so time may pass
+    between a signal and the resume. Then the engine lets the wait time out though its
+    signal came in time: ``_at_wait`` judges the time before the driver looks for the
+    signal (found by this machine, reported with issue 11). Invariant 13 catches it; once
+    the engine delivers a signal that came in time, ``late_resume(False)`` passes: turn
+    this test into that."""
+    with pytest.raises(InvariantViolation) as caught:
+        late_resume(resume_at_once=False)
+    assert caught.value.numbers == [13]
+    assert ("wait 'approval' timed out at 259200s, though signal 'decision' id "
+            "'decision:s1' had arrived in time, at 0s") in str(caught.value)
