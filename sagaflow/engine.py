@@ -113,12 +113,17 @@ class Park:
     :func:`deliver`; without one it saves the record (``entered``: the record changed,
     the wait was just reached) and lets go of the saga: a parked saga is a row with a
     wake time, resumed by a signal or when the time comes.
+
+    ``expires``: the wait's time has come. A signal stored by then (``at <= until``) is
+    still delivered (it came in time; the saga was only resumed late); without one the
+    driver calls :func:`expire`.
     """
 
     index: int
     signal: str | None
     until: float | None
     entered: bool
+    expires: bool = False
 
 
 # Every edge taken, once: a path holds these tuples, not a new one per state change.
@@ -313,12 +318,11 @@ def _at_wait(
         until = record.wake_at
         if until is None or now < until:
             return Park(s.index, w.signal, until, False)
-        record.wake_at = None
-        record.waiting = None
         if w.signal is None:
+            record.wake_at = None
+            record.waiting = None
             return _GO_ON
-        _expired(spec, record, s, sr, w, now)
-        return None
+        return Park(s.index, w.signal, until, False, True)
     # Reached: enter the wait (or skip it).
     if s.when is not None and not _wanted(spec, record, s, now):
         return None
@@ -361,6 +365,26 @@ def _until(w: WaitSpec, data: Any, now: float) -> float | None:
     if hasattr(after, "total_seconds"):
         after = after.total_seconds()
     return now + float(after)
+
+
+def in_time(park: Park, signal: Signal | None) -> Signal | None:
+    """``signal`` if it may be delivered at ``park``: always while the wait stands;
+    once its time has come, only if it was stored by then."""
+    if signal is None or not park.expires:
+        return signal
+    return signal if park.until is None or signal.at <= park.until else None
+
+
+def expire(spec: SagaSpec, record: SagaRecord, now: float) -> None:
+    """The wait the saga is parked at ran out of time (a :class:`Park` that ``expires``)
+    and no signal came in time: it ends as its ``on_timeout`` says."""
+    i = record.cursor
+    s = spec.steps[i]
+    w = s.wait
+    assert w is not None
+    record.wake_at = None
+    record.waiting = None
+    _expired(spec, record, s, record.steps[i], w, now)
 
 
 def _expired(

@@ -42,6 +42,8 @@ from .engine import (
     Sleep,
     cancel,
     deliver,
+    expire,
+    in_time,
     interrupt,
     next_command,
     settle,
@@ -134,12 +136,18 @@ class _Watch:
 
 
 def _handover(
-    rt: Runtime, spec: SagaSpec, record: SagaRecord, signal: Signal | None, now: float
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, park: Park, signal: Signal | None,
+    now: float,
 ) -> tuple[Call, CodecError | None] | None:
     """The call of the handler ``signal`` goes to (the saga is parked at its wait), and
     the error if its payload no longer decodes to the declared class; ``None`` if no
-    signal came. Written once for both drivers: only the store's read differs."""
+    signal came (in time): the saga stays parked, or, if the wait's time has come, the
+    wait has expired (:func:`~sagaflow.engine.expire`) and the engine is asked again.
+    Written once for both drivers: only the store's read differs."""
+    signal = in_time(park, signal)
     if signal is None:
+        if park.expires:
+            expire(spec, record, now)
         return None
     cls = spec.steps[record.cursor].wait.payload  # type: ignore[union-attr]
     payload: Any = None
@@ -235,11 +243,11 @@ def _run_sync(
                 found = rt.store.next_signal(
                     sid, park.signal, record.signal_marks.get(park.signal, 0)
                 )
-            handed = _handover(rt, spec, record, found, now)
+            handed = _handover(rt, spec, record, park, found, now)
             if handed is None:
-                if rt.let_go(record):
-                    return
-                continue  # a signal came while it parked
+                if park.expires or not rt.let_go(record):
+                    continue  # it expired, or a signal came while it parked
+                return
             command, refused = handed
             if refused is not None:  # its payload no longer fits its class: a failure
                 settle(spec, record, command, now, refused, False, None, rand)
@@ -423,11 +431,11 @@ async def _arun(
                         found = await rt.store.anext_signal(
                             record.saga_id, park.signal, record.signal_marks.get(park.signal, 0)
                         )
-                    handed = _handover(rt, spec, record, found, now)
+                    handed = _handover(rt, spec, record, park, found, now)
                     if handed is None:
-                        if rt.let_go(record):
-                            return SagaResult.of(record)
-                        continue  # a signal came while it parked
+                        if park.expires or not rt.let_go(record):
+                            continue  # it expired, or a signal came while it parked
+                        return SagaResult.of(record)
                     command, refused = handed
                     if refused is not None:  # its payload no longer fits its class
                         settle(spec, record, command, now, refused, False, None, rt.rand)

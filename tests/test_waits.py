@@ -508,3 +508,24 @@ def test_async_recovery_resumes_the_due_parked_sagas_too(clock):
 
     report = asyncio.run(recover())
     assert report.resumed == {"a": SagaStatus.COMPENSATED, "b": SagaStatus.COMPENSATED}
+
+
+def test_a_signal_stored_in_time_is_delivered_though_the_saga_is_resumed_late(orch, clock):
+    """Across processes a parked saga is resumed when a worker gets to it: a signal stored
+    before the timeout counts, even when the resume comes after it; one stored after the
+    timeout does not (the wait expires; the late signal stays undelivered)."""
+    orch.run(Approval("o-5", 500), saga_id="in-time")
+    orch.run(Approval("o-6", 500), saga_id="too-late")
+    clock.advance(3 * DAY - 60)
+    orch.store.add_signal("in-time", "decision", "d-1", '{"approved": true, "by": "ann"}',
+                          clock.now())
+    clock.advance(120)
+    orch.store.add_signal("too-late", "decision", "d-2", '{"approved": true, "by": "ann"}',
+                          clock.now())
+    assert orch.resume_due() == {"in-time": SagaStatus.COMPLETED,
+                                 "too-late": SagaStatus.COMPENSATED}
+    assert orch.get("in-time").data.approved_by == "ann"
+    late = orch.get("too-late")
+    assert isinstance(late.error, WaitTimedOut)
+    assert late.step("approval").status is StepStatus.EXPIRED
+    assert orch.store.load("too-late").signal_marks == {}

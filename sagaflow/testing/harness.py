@@ -277,10 +277,11 @@ class Harness:
                     found = self.runtime.store.next_signal(
                         self.saga_id, command.signal, record.signal_marks.get(command.signal, 0)
                     )
-                if found is None:
+                if found is None and not command.expires:
                     self.seen_parked(record, command.until)
                     return command
-                call = self._handed(found, now)
+                # A signal, or the wait's time came (a signal stored by then, or it expires)
+                call = self._handed(command, found, now)
                 if call is None:
                     continue
                 return call
@@ -288,11 +289,13 @@ class Harness:
                 continue
             return command
 
-    def _handed(self, found: Signal, now: float) -> Call | None:
+    def _handed(self, park: Park, found: Signal | None, now: float) -> Call | None:
         """Deliver ``found``: the handler's call, or ``None`` if its payload no longer
-        decodes (the handler fails without running, as under the real drivers)."""
-        handed = _handover(self.runtime, self.spec, self.record, found, now)
-        assert handed is not None
+        decodes (the handler fails without running, as under the real drivers) or the
+        wait expired without a signal in time."""
+        handed = _handover(self.runtime, self.spec, self.record, park, found, now)
+        if handed is None:
+            return None
         call, refused = handed
         self._payloads[call.index] = call.payload
         if refused is None:

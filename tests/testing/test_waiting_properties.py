@@ -127,15 +127,9 @@ def test_a_signal_resumes_a_parked_saga_at_once_by_default() -> None:
     late_resume(resume_at_once=True)
 
 
-def test_the_state_machine_catches_a_signal_lost_to_a_late_resume() -> None:
+def test_a_signal_that_came_in_time_is_delivered_when_the_saga_is_resumed_late() -> None:
     """Across processes a parked saga is resumed when a worker polls, so time may pass
-    between a signal and the resume. Then the engine lets the wait time out though its
-    signal came in time: ``_at_wait`` judges the time before the driver looks for the
-    signal (found by this machine, reported with issue 11). Invariant 13 catches it; once
-    the engine delivers a signal that came in time, ``late_resume(False)`` passes: turn
-    this test into that."""
-    with pytest.raises(InvariantViolation) as caught:
-        late_resume(resume_at_once=False)
-    assert caught.value.numbers == [13]
-    assert ("wait 'approval' timed out at 259200s, though signal 'decision' id "
-            "'decision:s1' had arrived in time, at 0s") in str(caught.value)
+    between a signal and the resume, even past the wait's timeout: a signal stored in
+    time is still delivered (this machine found the engine letting the wait time out
+    instead; invariant 13 caught it)."""
+    late_resume(resume_at_once=False)
