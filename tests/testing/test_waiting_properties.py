@@ -25,7 +25,6 @@ from waiting_sagas import (
 from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.testing import (
     Fault,
-    InvariantViolation,
     SagaCase,
     failure_plans,
     run_plan,
