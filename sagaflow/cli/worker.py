@@ -1,18 +1,20 @@
-"""``sagaflow worker``: run queued sagas from a PostgreSQL store until told to stop.
+"""``sagaflow worker``: run sagas in the background from a store until told to stop.
 
 ::
 
-    sagaflow worker --store postgresql://user@host/db --import myapp.sagas [--import ...]
-                    [--concurrency 64] [--lease 30] [--poll 0.5] [--park-after 1]
-                    [--grace 30] [-v]
+    sagaflow worker --store URL --import myapp.sagas [--import ...]
+                    [--concurrency 64] [--poll 0.5] [--grace 30]
+                    [--lease 30] [--park-after 1] [-v]          (the last two: PostgreSQL)
 
-Start as many as needed, on as many machines: they share the work through the
-database (see :mod:`sagaflow.worker`). SIGTERM or SIGINT stops a worker gracefully: it
-claims nothing more, lets running sagas finish for ``--grace`` seconds, then releases
-the rest to the other workers; a second signal releases everything at once.
+On PostgreSQL (``postgresql://user@host/db``) start as many as needed, on as many
+machines: they share the queue through the database. On a SQLite file
+(``sqlite:///sagas.db``) one worker serves the file (a second one refuses to start):
+it recovers interrupted sagas when it starts, then resumes waiting sagas when their
+signal comes (from any process) or their time does (see :mod:`sagaflow.worker`).
+SIGTERM or SIGINT stops a worker gracefully: it takes nothing more, lets running sagas
+finish for ``--grace`` seconds, then lets go of the rest; a second signal: at once.
 
-The group loads this module only when the command is used: it needs psycopg (the
-``postgres`` extra), which the other commands do not.
+The group loads this module only when the command is used.
 """
 
 from __future__ import annotations
@@ -35,20 +37,24 @@ __all__ = ["worker"]
 
 @click.command()
 @click.option("--store", "url", envvar=STORE_ENV, metavar="URL",
-              help=f"The PostgreSQL store, postgresql://user@host/db (or ${STORE_ENV}).")
+              help="The store: postgresql://user@host/db (many workers) or "
+                   f"sqlite:///sagas.db (one worker per file); or ${STORE_ENV}.")
 @click.option("--import", "modules", multiple=True, metavar="MODULE",
               help="A module (or package) whose saga classes this worker runs; repeatable.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=64, show_default=True,
               help="Sagas run at once by this worker.")
 @click.option("--lease", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
-              help="Seconds without a heartbeat after which another worker takes a saga over.")
+              help="PostgreSQL: seconds without a heartbeat after which another worker "
+                   "takes a saga over.")
 @click.option("--poll", type=click.FloatRange(min=0.001), default=0.5, show_default=True,
-              help="Seconds between looks for due sagas when idle.")
+              help="Seconds an idle worker goes at most without looking for sagas whose "
+                   "time came (signals and new sagas wake it at once).")
 @click.option("--park-after", type=click.FloatRange(min=0.0), default=1.0,
               show_default=True,
-              help="A retry waiting longer than this goes back to the queue until due.")
+              help="PostgreSQL: a retry waiting longer than this goes back to the queue "
+                   "until due.")
 @click.option("--grace", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
-              help="On SIGTERM, seconds running sagas get to finish before being released.")
+              help="On SIGTERM, seconds running sagas get to finish before being let go of.")
 @click.option("-v", "--verbose", count=True,
               help="Log the worker's activity (-vv: every lifecycle event too).")
 def worker(
@@ -61,25 +67,36 @@ def worker(
     grace: float,
     verbose: int,
 ) -> None:
-    """Run queued sagas from a PostgreSQL store, many workers side by side.
+    """Run sagas in the background, and resume waiting sagas when their signal or
+    their time comes.
 
-    Claims due sagas of the imported classes, runs them, keeps their leases alive, and
-    takes over those of workers that died. Stops on SIGTERM or SIGINT: running sagas
-    get --grace seconds to finish, the rest are released to other workers.
+    \b
+    PostgreSQL: many workers side by side. Each claims due sagas of the imported
+    classes, runs them, keeps their leases alive, takes over those of workers that
+    died, and puts a saga that waits back in the queue until its signal or its time
+    (LISTEN/NOTIFY wakes the workers at once).
+    SQLite: one worker per file. It recovers the sagas interrupted in the file when it
+    starts, then resumes a waiting saga when a signal for it is stored (by any
+    process: sagaflow sagas signal) or its time comes.
+
+    Stops on SIGTERM or SIGINT: running sagas get --grace seconds to finish; the rest
+    are released to other workers (PostgreSQL) or left at their last checkpoint
+    (SQLite).
     """
     if not url or not url.strip():
         raise CliError(
-            f"no store given: pass --store postgresql://user@host/db or set {STORE_ENV}"
+            "no store given: pass --store postgresql://user@host/db (or sqlite:///sagas.db) "
+            f"or set {STORE_ENV}"
         )
     if not modules:
         raise CliError(
             "no saga classes: pass --import MODULE with the module that defines your sagas"
         )
     scheme = url.strip().partition("://")[0].lower()
-    if scheme not in ("postgresql", "postgres", "postgresql+psycopg"):
+    if scheme not in ("postgresql", "postgres", "postgresql+psycopg", "sqlite"):
         raise CliError(
-            f"{url!r}: workers share their sagas through PostgreSQL: give a "
-            "postgresql://user@host/db store"
+            f"{url!r}: a worker serves a PostgreSQL database (postgresql://user@host/db) "
+            "or a SQLite file (sqlite:///sagas.db)"
         )
     # A stop asked for while the worker starts up (imports, connecting) is honoured
     # once it runs, rather than killing it half-way.
@@ -107,15 +124,18 @@ def worker(
     except (ValueError, SagaflowError) as exc:
         raise CliError(str(exc)) from None
     try:
-        runner = Worker(
-            store,  # type: ignore[arg-type]  # a postgresql:// URL opens a PostgresStore
-            classes,
-            concurrency=concurrency,
-            lease=lease,
-            poll=poll,
-            park_after=park_after,
-            grace=grace,
-        )
+        try:
+            runner = Worker(
+                store,
+                classes,
+                concurrency=concurrency,
+                lease=lease,
+                poll=poll,
+                park_after=park_after,
+                grace=grace,
+            )
+        except (TypeError, SagaflowError) as exc:  # a store it cannot serve; a second one
+            raise CliError(str(exc)) from None
         made.append(runner)
         if stops:
             runner.stop()

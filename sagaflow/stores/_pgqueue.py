@@ -1,17 +1,32 @@
 """The queue of the PostgreSQL store (see :mod:`sagaflow.worker`): enqueueing, claims
 under a lease (``FOR UPDATE SKIP LOCKED``; never a quarantined saga), renewals,
-releases, fenced saves."""
+releases, fenced saves, and wake-ups.
+
+Wake-ups: what makes a saga due sooner than the workers may expect tells them with a
+``NOTIFY`` on the store's channel (:attr:`Queue.channel`; its payload is the time the
+saga is due, a Unix time as text), sent when its transaction commits: an enqueue, a
+release, a park by a process of its own, a signal to a parked saga (which makes it due
+at once). A worker listens (:meth:`Queue.wakeups`) on a connection of its own, so that
+it never polls for signals; it still looks for the earliest ``run_at`` (:meth:`Queue.
+next_due`) to sleep until then, at most its poll interval.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+import hashlib
+import math
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from ..errors import StoreError
 from ..records import SagaRecord, SagaStatus
 from ._pglayout import PostgresStoredSaga, select_columns, spilled_joins
-from ._sql import SCHEMA_VERSION, Select, SQLStore
+from ._sql import SCHEMA_VERSION, Run, Select, SQLStore
 
-__all__ = ["Queue"]
+__all__ = ["Queue", "notify_sql", "wake_channel"]
 
 _CLAIM = (
     "WITH picked AS ("
@@ -42,12 +57,73 @@ _RELEASE = (
 )
 
 
+def notify_sql(statement: str, mark: str) -> str:
+    """``statement`` (an INSERT or UPDATE) that also notifies channel and payload (two
+    more parameters) if it changed a row; it returns a row if it did."""
+    if "RETURNING" not in statement:
+        statement += " RETURNING saga_id"
+    return f"WITH changed AS ({statement}) SELECT pg_notify({mark}, {mark}) FROM changed"
+
+
+_RELEASE_NOTIFY = notify_sql(_RELEASE, "%s")
+# Parked and released: a signal it waits for that committed meanwhile makes it due now.
+_WAKE_SIGNALLED = notify_sql(
+    "UPDATE sagaflow_sagas s SET run_at = %s WHERE s.saga_id = %s AND s.owner IS NULL"
+    " AND s.run_at > %s AND s.waiting IS NOT NULL AND EXISTS (SELECT 1 FROM sagaflow_signals g"
+    " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after)",
+    "%s",
+)
+# A signal stored for a parked saga that nobody holds (in the signal's transaction,
+# after the saga's row is locked): due at once. One held by a worker is its to release.
+_SIGNAL_WAKES = notify_sql(
+    "UPDATE sagaflow_sagas SET run_at = ? WHERE saga_id = ? AND waiting = ? AND owner IS NULL"
+    " AND run_at > ?",
+    "?",
+)
+_NEXT_DUE = (
+    "SELECT run_at FROM sagaflow_sagas t WHERE run_at IS NOT NULL"
+    " AND saga_name = ANY(%(names)s) AND fingerprint = ANY(%(fps)s) AND saga_id <> ALL(%(busy)s)"
+    " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = t.saga_id)"
+    " ORDER BY run_at LIMIT 1"
+)
+
+
+def wake_channel(schema: str | None) -> str:
+    """The ``NOTIFY`` channel of the store in ``schema`` (channels are the database's:
+    stores in other schemas do not wake each other's workers)."""
+    if schema is None:
+        return "sagaflow"
+    name = f"sagaflow.{schema}"
+    if len(name.encode()) > 63:  # PostgreSQL's limit on a channel's name
+        name = "sagaflow." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+    return name
+
+
+def _due_at(payload: str) -> float:
+    """A notification's payload: when something is due (unreadable: now)."""
+    try:
+        return float(payload)
+    except ValueError:
+        return -math.inf
+
+
 class Queue(SQLStore):
     """A PostgreSQL store's queue verbs and fenced saves, over its :meth:`_query`."""
+
+    conninfo: str
+    schema: str | None
 
     def _query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
         """Run one statement (psycopg's ``%s`` marks): its rows, or its row count."""
         raise NotImplementedError
+
+    def _timeout(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def channel(self) -> str:
+        """The ``NOTIFY`` channel that wakes this store's workers."""
+        return wake_channel(self.schema)
 
     def save(self, record: SagaRecord, *, fence: int | None = None) -> None:
         """Commit ``record``; durable when this returns. Optimistic concurrency as in
@@ -141,6 +217,59 @@ class Queue(SQLStore):
         return {sid: fence for sid, fence in rows}
 
     def release(self, saga_id: str, fence: int, run_at: float) -> bool:
-        """Give a held saga back to the queue, due at ``run_at``, if ``fence`` is still
-        its token. The token is bumped, so the releasing worker's later writes fail."""
-        return bool(self._query(_RELEASE, (run_at, saga_id, fence)) == 1)
+        """Give a held saga back to the queue, due at ``run_at`` (infinity: when a signal
+        makes it due), if ``fence`` is still its token. The token is bumped, so the
+        releasing worker's later writes fail. The workers are told of it."""
+        if math.isinf(run_at):
+            return bool(self._query(_RELEASE, (run_at, saga_id, fence)) == 1)
+        return len(self._query(_RELEASE_NOTIFY, (run_at, saga_id, fence, self.channel,
+                                                 repr(run_at)))) == 1
+
+    def park(self, saga_id: str, fence: int, wake_at: float | None, now: float) -> bool:
+        """Release a held saga that parked at a wait: due at ``wake_at`` (its timeout,
+        timer or deadline; ``None``: only a signal wakes it), or at ``now`` if a signal it
+        waits for is stored already. Whether it was still held under ``fence``.
+
+        The signal may commit while the worker parks the saga, after the driver looked
+        for it and before the release: the release commits first, then this looks again
+        (a signal committed later finds the saga released, and makes it due itself)."""
+        released = self.release(saga_id, fence, math.inf if wake_at is None else wake_at)
+        if released:
+            self._query(_WAKE_SIGNALLED, (now, saga_id, now, self.channel, repr(now)))
+        return released
+
+    def next_due(
+        self, names: Collection[str], fingerprints: Collection[str], exclude: Collection[str] = ()
+    ) -> float | None:
+        """When the next saga that :meth:`claim` (with these arguments) could take is
+        due: the earliest ``run_at`` (a held saga's is its lease's end), or ``None``."""
+        if not names:
+            return None
+        params = {"names": list(names), "fps": list(fingerprints), "busy": list(exclude)}
+        rows = self._query(_NEXT_DUE, params)
+        return None if not rows or math.isinf(rows[0][0]) else float(rows[0][0])
+
+    def _signalled(self, run: Run, saga_id: str, name: str, at: float) -> None:
+        run(_SIGNAL_WAKES, (at, saga_id, name, at, self.channel, repr(at)))
+
+    async def wakeups(self) -> AsyncIterator[float]:
+        """Listen on :attr:`channel`, on a connection of its own: yields ``-inf`` once
+        listening (whatever was due before may not have been told: look now), then, at
+        each notification, when its saga is due. Raises :class:`~sagaflow.StoreError`
+        when the connection fails (listen again: a new call)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True, connect_timeout=self._timeout()
+            )
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot listen to the sagaflow store at {self._where()}: {exc}"
+                             ) from exc
+        try:
+            async with conn:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
+                yield -math.inf
+                async for note in conn.notifies():
+                    yield _due_at(note.payload)
+        except psycopg.Error as exc:
+            raise StoreError(f"listening to the sagaflow store at {self._where()} failed: {exc}"
+                             ) from exc

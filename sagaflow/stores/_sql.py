@@ -122,7 +122,8 @@ def waits_and_signals(seq: str, real: str) -> tuple[str, ...]:
         "ALTER TABLE sagaflow_sagas ADD COLUMN waiting_after BIGINT NOT NULL DEFAULT 0",
         "ALTER TABLE sagaflow_sagas ADD COLUMN signal_marks TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE sagaflow_sagas ADD COLUMN business_key TEXT",
-        "CREATE INDEX sagaflow_sagas_parked ON sagaflow_sagas (waiting)"
+        # By wake time: a worker finds the next parked saga to wake without a scan.
+        "CREATE INDEX sagaflow_sagas_parked ON sagaflow_sagas (wake_at)"
         " WHERE waiting IS NOT NULL",
         "CREATE INDEX sagaflow_sagas_by_key ON sagaflow_sagas (business_key, saga_name)"
         " WHERE business_key IS NOT NULL",
@@ -535,7 +536,8 @@ class SQLStore:
         running = self._async_running
         sid = record.saga_id
         first = sid not in running
-        if item.terminal:
+        if item.terminal or record.waiting is not None:
+            # Finished, or parked (a row, resumed who knows when: nothing kept for it).
             running.discard(sid)
         else:
             running.add(sid)
@@ -644,10 +646,16 @@ class SQLStore:
                 return None  # stored already
             rows = run("SELECT seq FROM sagaflow_signals WHERE saga_id = ? AND signal_id = ?",
                        (saga_id, signal_id))
+            self._signalled(run, saga_id, name, at)
             return Signal(saga_id, rows[0][0], name, signal_id, payload, at)
 
         result: Signal | None = self._transact(work)
         return result
+
+    def _signalled(self, run: Run, saga_id: str, name: str, at: float) -> None:
+        """Signal ``name`` of saga ``saga_id`` is stored, in the transaction ``run``
+        executes in: a dialect that wakes workers does it here (PostgreSQL: a saga parked
+        for it is due now, and the workers are told)."""
 
     def next_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
         """Saga ``saga_id``'s signal ``name`` with the smallest ``seq`` above ``after``."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -36,8 +37,8 @@ from ..errors import ConcurrentModification, LeaseLost, StoreError
 from ..records import SagaRecord, Signal
 from ._commit import Committer, Lane, Write
 from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
-from ._pgqueue import Queue
-from ._rows import COLUMNS, StoredSaga
+from ._pgqueue import Queue, notify_sql
+from ._rows import AT, COLUMNS, StoredSaga
 from ._sql import SCHEMA_VERSION, Run, Select
 from .base import Quarantined, Stored
 
@@ -53,22 +54,32 @@ log = logging.getLogger("sagaflow.stores.postgres")
 _Conn = psycopg.Connection[tuple[Any, ...]]
 
 _N = len(COLUMNS)
+_WAITING, _WAKE_AT = AT["waiting"], AT["wake_at"]
 _INSERT = (
     f"INSERT INTO sagaflow_sagas ({', '.join(COLUMNS)}, run_at) "
     f"VALUES ({', '.join(['%s'] * (_N + 1))}) "
     "ON CONFLICT (saga_id) DO NOTHING RETURNING saga_id"
 )
-# A finished saga leaves the queue: run_at, owner and lease are cleared by the save
-# that finishes it (bound three times: %s is positional).
+# The queue columns after a save (%s is positional: the flag is bound three times).
+# A worker's save (fenced) of a saga it holds leaves them to the worker, unless the saga
+# is finished: it leaves the queue. Any other save is by a process that drives the saga
+# itself: it is nobody's (a worker that held it loses it: the token moves on), and
+# queued only if it parks, due at its wake time (infinity: a signal wakes it), for
+# whichever worker then resumes it.
 _UPDATE = (
     "UPDATE sagaflow_sagas SET "
     + ", ".join(f"{c} = %s" for c in COLUMNS[1:])
-    + ", run_at = CASE WHEN %s THEN NULL ELSE run_at END"
-    + ", owner = CASE WHEN %s THEN NULL ELSE owner END"
-    + ", lease_until = CASE WHEN %s THEN NULL ELSE lease_until END"
+    + ", run_at = CASE WHEN %s THEN run_at ELSE %s END"
+    + ", fence = CASE WHEN %s AND owner IS NOT NULL THEN fence + 1 ELSE fence END"
+    + ", owner = CASE WHEN %s THEN owner END"
+    + ", lease_until = CASE WHEN %s THEN lease_until END"
     + " WHERE saga_id = %s AND version = %s AND (%s::bigint IS NULL OR fence = %s)"
     + " RETURNING saga_id"
 )
+# The same, telling the workers (see _pgqueue.notify_sql) that a saga is queued: an
+# enqueued saga, a saga parked by a process of its own.
+_INSERT_NOTIFY = notify_sql(_INSERT, "%s")
+_UPDATE_NOTIFY = notify_sql(_UPDATE, "%s")
 _APPEND = {
     "history": "INSERT INTO sagaflow_history (saga_id, seq, type, at, step, attempt, error, "
     "detail) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -313,9 +324,13 @@ class PostgresStore(Queue):
 
     def _apply_one(self, conn: _Conn, item: Write) -> BaseException | bool:
         """Write ``item`` as one statement (autocommit: its own transaction)."""
+        due = _queued_at(item)
+        tell = () if due is None else (self.channel, repr(due))
         if item.create:
-            return conn.execute(_INSERT, (*item.row, item.run_at)).fetchone() is not None
-        if conn.execute(_UPDATE, _update_params(item)).fetchone() is not None:
+            statement = _INSERT if due is None else _INSERT_NOTIFY
+            return conn.execute(statement, (*item.row, item.run_at, *tell)).fetchone() is not None
+        statement = _UPDATE if due is None else _UPDATE_NOTIFY
+        if conn.execute(statement, (*_update_params(item), *tell)).fetchone() is not None:
             return True
         outcomes: list[BaseException | bool] = [True]
         self._lost_races(conn, [item], [0], outcomes)
@@ -346,6 +361,12 @@ class PostgresStore(Queue):
                 cur.nextset()
             if lost:
                 self._lost_races(conn, batch, lost, outcomes)
+        due = [
+            when for item, outcome in zip(batch, outcomes, strict=True)
+            if outcome is True and (when := _queued_at(item)) is not None
+        ]
+        if due:  # sent when the transaction commits
+            cur.execute("SELECT pg_notify(%s, %s)", (self.channel, repr(min(due))))
         for what in _APPEND:
             # by replay: a replayed row may be stored already
             rows: dict[bool, list[tuple[Any, ...]]] = {False: [], True: []}
@@ -506,9 +527,32 @@ class FencedStore:
 
 
 def _update_params(item: Write) -> tuple[Any, ...]:
-    """:data:`_UPDATE`'s parameters for ``item`` (a finished saga leaves the queue)."""
-    row, done = item.row, item.terminal
-    return (*row[1:], done, done, done, row[0], item.expected, item.fence, item.fence)
+    """:data:`_UPDATE`'s parameters for ``item`` (see its comment)."""
+    row = item.row
+    held = item.fence is not None and not item.terminal
+    fence = item.fence
+    return (*row[1:], held, _parked_at(item), fence is None, held, held, row[0],
+            item.expected, fence, fence)
+
+
+def _parked_at(item: Write) -> float | None:
+    """When the saga ``item`` saves is due, if it parks (infinity: at a signal only)."""
+    row = item.row
+    if item.terminal or row[_WAITING] is None:
+        return None
+    wake = row[_WAKE_AT]
+    return math.inf if wake is None else float(wake)
+
+
+def _queued_at(item: Write) -> float | None:
+    """When the saga is due, if ``item`` queues it and the workers are to be told: an
+    enqueue, or a park by a process that is not a worker holding the saga."""
+    if item.create:
+        return item.run_at
+    if item.fence is not None:
+        return None  # the worker that holds it releases it (and tells) itself
+    due = _parked_at(item)
+    return None if due is None or due == math.inf else due
 
 
 def _counted(conn: _Conn, ran: list[int]) -> Run:

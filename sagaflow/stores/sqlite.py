@@ -34,7 +34,7 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from ..codec import Codec
@@ -53,6 +53,7 @@ from ._sql import (
 
 __all__ = [
     "INLINE",
+    "Changes",
     "SCHEMA_VERSION",
     "ConcurrentModification",
     "SQLiteStore",
@@ -469,6 +470,66 @@ class SQLiteStore(SQLStore):
             for r in rows
         ]
 
+    # -- wake-ups: what a worker on this file looks at ----------------------------------
+
+    def watch(self) -> Changes:
+        """A connection of its own that tells when another connection (another process,
+        or this store's writer) has committed: see :class:`Changes`."""
+        self._check_open()
+        if self._in_memory:
+            raise StoreError("an in-memory SQLite database has no other connections to watch")
+        return Changes(self._connect())
+
+    def last_signal(self) -> int:
+        """The arrival number of the newest signal stored (0: none)."""
+        rows = self._execute("SELECT max(seq) FROM sagaflow_signals")
+        return int(rows[0][0] or 0)
+
+    def signalled(
+        self, after: int, names: Sequence[str], fingerprints: Sequence[str]
+    ) -> tuple[list[str], int]:
+        """The signals stored since arrival number ``after`` (SQLite numbers them in the
+        order they commit: a later commit never has a smaller number): the parked sagas
+        of these names and definitions that one of them wakes (it is of the name the
+        saga waits for, and newer than the last one it took), and the newest number.
+        One indexed read of the new signals, whatever the number of parked sagas."""
+        kind, params = _kind_of(names, fingerprints)
+        rows = self._execute(
+            "SELECT g.seq, s.saga_id FROM sagaflow_signals g LEFT JOIN sagaflow_sagas s"
+            " ON s.saga_id = g.saga_id AND s.waiting = g.name AND g.seq > s.waiting_after"
+            f" AND s.status = 'RUNNING' AND {kind} AND {_NOT_SET_ASIDE}"
+            " WHERE g.seq > ? ORDER BY g.seq",
+            (*params, int(after)),
+        )
+        ids = list(dict.fromkeys(sid for _, sid in rows if sid is not None))
+        return ids, (rows[-1][0] if rows else after)
+
+    def waking(
+        self,
+        limit: int,
+        names: Sequence[str],
+        fingerprints: Sequence[str],
+        exclude: Collection[str] = (),
+    ) -> list[tuple[str, float]]:
+        """The parked sagas of these names and definitions (not quarantined, not in
+        ``exclude``) with a wake time, the earliest first, at most ``limit``: those due
+        and when the next one is. Read in wake time order from the parked sagas' index:
+        the cost does not grow with their number."""
+        kind, params = _kind_of(names, fingerprints)
+        skip = ""
+        if exclude:
+            skip = f" AND s.saga_id NOT IN ({', '.join('?' * len(exclude))})"
+            params = (*params, *exclude)
+        # "+": the status index must not be used: it would read every parked saga.
+        return [
+            (sid, float(wake)) for sid, wake in self._execute(
+                "SELECT s.saga_id, s.wake_at FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
+                f" AND s.wake_at IS NOT NULL AND +s.status = 'RUNNING' AND {kind}{skip}"
+                f" AND {_NOT_SET_ASIDE} ORDER BY s.wake_at LIMIT ?",
+                (*params, int(limit)),
+            )
+        ]
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def close(self) -> None:
@@ -487,6 +548,45 @@ class SQLiteStore(SQLStore):
     def __repr__(self) -> str:
         mode = ", readonly=True" if self.readonly else ""
         return f"SQLiteStore({self.path!r}, synchronous={self.synchronous!r}{mode})"
+
+
+class Changes:
+    """Whether the database changed, from a connection that never writes:
+    ``PRAGMA data_version`` moves when another connection commits (a read of the WAL's
+    header, no table touched: cheap enough to ask every few milliseconds)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._seen = self._version()
+
+    def _version(self) -> int:
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        """Whether another connection committed since the last call (or since this
+        watch began)."""
+        now = self._version()
+        if now == self._seen:
+            return False
+        self._seen = now
+        return True
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+_NOT_SET_ASIDE = "NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
+
+
+def _kind_of(names: Sequence[str], fingerprints: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """A condition on saga ``s``: one of these names, at one of these definitions."""
+    if not names or not fingerprints:
+        return "0", ()
+    return (
+        f"+s.saga_name IN ({', '.join('?' * len(names))})"
+        f" AND s.fingerprint IN ({', '.join('?' * len(fingerprints))})",
+        (*names, *fingerprints),
+    )
 
 
 def _update(item: Write) -> tuple[str, tuple[Any, ...]]:

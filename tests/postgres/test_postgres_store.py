@@ -255,8 +255,9 @@ def test_sagaflow_imports_without_psycopg_and_says_how_to_get_it() -> None:
         "    open_store('postgresql://u@h/db')\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
+        "import sagaflow.worker\n"  # it serves SQLite too
         "try:\n"
-        "    import sagaflow.worker\n"
+        "    sagaflow.worker.Worker('postgresql://u@h/db')\n"
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )

@@ -120,8 +120,8 @@ def test_queues_need_the_postgres_store_and_workers_need_saga_classes(
 ) -> None:
     with pytest.raises(TypeError, match="queued sagas need the PostgreSQL store"):
         enqueue(MemoryStore(), Hello())
-    with pytest.raises(TypeError, match="need the PostgreSQL store"):
-        Worker(MemoryStore(), [Hello])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="a worker serves a SQLite file .* or a PostgreSQL"):
+        Worker(MemoryStore(), [Hello])
     with pytest.raises(ValueError, match="heartbeat must be > 0 and shorter than the lease"):
         Worker(pg_store, [Hello], lease=1, heartbeat=2)
     with pytest.raises(ValueError, match="knows no saga classes"):
@@ -209,7 +209,7 @@ def test_a_paused_worker_cannot_overwrite_the_saga_s_new_owner(
     with serving(stalled):
         while not calls_of(sid):  # its step has started
             time.sleep(0.01)
-        stalled._heartbeat_stop.set()  # as if paused: no more heartbeats
+        stalled.mode._heartbeat_stop.set()  # type: ignore[attr-defined]  # as if paused
         expire_leases(pg_url, schema)
         rescuer = Worker(pg_store, [SlowSync], poll=0.02)
         with serving(rescuer):
@@ -295,8 +295,10 @@ def test_the_worker_command_explains_what_is_missing(store_url: str) -> None:
     cases = [
         (["worker", "--import", "pg_sagas"], "no store given"),
         (["worker", "--store", store_url], "no saga classes: pass --import MODULE"),
-        (["worker", "--store", "sqlite:///x.db", "--import", "pg_sagas"],
-         "workers share their sagas through PostgreSQL"),
+        (["worker", "--store", "memory://", "--import", "pg_sagas"],
+         "a worker serves a PostgreSQL database (postgresql://user@host/db) or a SQLite file"),
+        (["worker", "--store", "sqlite:///:memory:", "--import", "pg_sagas"],
+         "a worker serves a SQLite file, not an in-memory database"),
     ]
     for args, message in cases:
         done = runner.invoke(main, args, env=env)

@@ -1,0 +1,310 @@
+"""PostgreSQL: workers share a queue (see :mod:`sagaflow.worker`): claims under a
+lease, heartbeats, fenced saves, takeover, sagas released to the queue when they park
+or wait for a long retry, and wake-ups by ``LISTEN``/``NOTIFY``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConcurrentModification, LeaseLost, StoreError
+from ..records import SagaStatus
+from ..stores.postgres import FencedStore, PostgresStore, PostgresStoredSaga
+from ._core import Lease, Park, _lease
+
+if TYPE_CHECKING:
+    from ._core import Worker
+
+__all__ = ["QueueMode"]
+
+log = logging.getLogger("sagaflow.worker")
+
+#: How soon to look again when a saga is due but could not be claimed (another worker's
+#: claim of it was in flight; its lease ends a moment later by the database's clock).
+_AGAIN = 0.05
+#: Longest pause between attempts to listen again after the connection failed.
+_LISTEN_BACKOFF = 5.0
+
+
+class QueueMode:
+    """How a worker serves a PostgreSQL store: it claims due sagas, many workers side
+    by side (see :mod:`sagaflow.worker`)."""
+
+    def __init__(self, worker: Worker, store: PostgresStore | FencedStore) -> None:
+        self.worker = worker
+        self.store: PostgresStore = store.store if isinstance(store, FencedStore) else store
+        #: saga id -> lease token of the sagas this worker holds (read by every save)
+        self.tokens: dict[str, int] = {}
+        self.leases: dict[str, Lease] = {}
+        self.view: FencedStore = self.store.fenced(self.tokens)
+        self.park_after = worker.park_after
+        #: when the next saga is due (worker's clock); -inf: look now
+        self._due = -math.inf
+        #: the earliest time notified since the last look began
+        self._told = math.inf
+        self._looked = -math.inf  # when the worker last claimed (monotonic)
+        self._tick = time.monotonic()
+        self._heartbeat_stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._background: list[asyncio.Task[None]] = []
+        #: set once the worker listens for notifications
+        self.listening = threading.Event()
+
+    # --- serving ------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        w = self.worker
+        loop = asyncio.get_running_loop()
+        self._tick = time.monotonic()
+        self._heartbeat_stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True,
+                                      name=f"sagaflow-heartbeat:{w.id}")
+        self._beat.start()
+        self._background = [loop.create_task(self._ticker()), loop.create_task(self._listen())]
+        await self._claim_loop()
+
+    def running(self) -> dict[Any, asyncio.Task[Any]]:
+        return dict(self.worker.active)
+
+    async def let_go(self, remaining: dict[Any, asyncio.Task[Any]]) -> None:
+        now = self.worker.base_clock.now()
+        for sid in remaining:
+            lease = self.leases.get(sid)
+            if lease is not None:
+                await self._release(sid, lease, now)
+
+    async def finish(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+        self.listening.clear()
+        self._heartbeat_stop.set()
+        if self._beat is not None:
+            await asyncio.to_thread(self._beat.join)
+
+    def close(self) -> None:
+        pass
+
+    # --- claiming -----------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        w = self.worker
+        wake = w.wake
+        assert wake is not None
+        clock = w.base_clock
+        # Claim in batches: a quarter of the slots free at least (one, when idle).
+        threshold = max(1, min(w.claim_batch, w.concurrency) // 4)
+        while not w.stopping:
+            free = w.concurrency - len(w.active)
+            now = clock.now()
+            if free >= threshold and (
+                self._due <= now or time.monotonic() >= self._looked + w.poll
+            ):
+                self._looked = time.monotonic()
+                self._told = math.inf  # what is notified from here on counts
+                want = min(free, w.claim_batch)
+                claimed = await self._claim(want)
+                if len(claimed) == want:
+                    continue  # there may be more due
+                due = min(await self._next_due(), self._told)
+                if due <= now and not claimed:
+                    # Due, but not to be claimed yet: another worker was claiming it,
+                    # or the lease it is under ends a moment later by the database's clock.
+                    due = now + min(w.poll, _AGAIN)
+                self._due = due
+            if free >= threshold:
+                # Until the next saga is due, or the poll interval: a notification, a
+                # saga ending or a stop wakes the worker sooner.
+                timeout = min(self._due - clock.now(), self._looked + w.poll - time.monotonic())
+            else:
+                timeout = w.poll  # no slot free: a saga ending wakes the worker
+            wake.clear()
+            if timeout > 0:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await wake.wait()
+                except TimeoutError:
+                    pass
+
+    async def _claim(self, n: int) -> list[PostgresStoredSaga]:
+        w = self.worker
+        names, fingerprints = w.kinds()
+        try:
+            claimed = await asyncio.to_thread(
+                self.store.claim, w.id, n, lease=w.lease, now=w.base_clock.now(),
+                names=names, fingerprints=fingerprints, exclude=list(w.active),
+            )
+        except StoreError as exc:
+            w.stats.errors += 1
+            log.warning("worker %s: claiming failed, will retry: %s", w.id, exc)
+            return []
+        for stored in claimed:
+            self._start(stored)
+        return claimed
+
+    async def _next_due(self) -> float:
+        """When the next saga this worker could claim is due (infinity: none is)."""
+        w = self.worker
+        names, fingerprints = w.kinds()
+        try:
+            due = await asyncio.to_thread(self.store.next_due, names, fingerprints,
+                                          list(w.active))
+        except StoreError as exc:
+            log.warning("worker %s: looking at the queue failed, will retry: %s", w.id, exc)
+            return w.base_clock.now() + w.poll
+        return math.inf if due is None else due
+
+    def _notice(self, due: float) -> None:
+        """A saga is due at ``due`` (a notification, or one this worker released)."""
+        self._told = min(self._told, due)
+        if due < self._due:
+            self._due = due
+            if self.worker.wake is not None:
+                self.worker.wake.set()
+
+    async def _listen(self) -> None:
+        """Hear the notifications of the store's channel, and listen again (with a
+        growing pause) whenever the connection fails: the poll is the fallback."""
+        w = self.worker
+        pause = 0.1
+        while True:
+            try:
+                async for due in self.store.wakeups():
+                    if due == -math.inf:
+                        self.listening.set()
+                        pause = 0.1
+                    self._notice(due)
+            except StoreError as exc:
+                log.warning("worker %s: not hearing wake-ups, polling until it does again: %s",
+                            w.id, exc)
+            self.listening.clear()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, _LISTEN_BACKOFF, w.poll)
+
+    # --- driving ------------------------------------------------------------------
+
+    def _start(self, stored: PostgresStoredSaga) -> None:
+        w = self.worker
+        sid = stored.saga_id
+        w.stats.claimed += 1
+        self.tokens[sid] = stored.fence
+        held = self.leases.get(sid)
+        if held is not None:
+            # Our own lease had lapsed and nobody took the saga: the drive goes on,
+            # under the new token.
+            held.token = stored.fence
+            return
+        lease = self.leases[sid] = Lease(sid, stored.fence, w.id)
+        w.active[sid] = asyncio.get_running_loop().create_task(self._drive(stored, lease))
+
+    async def _drive(self, stored: PostgresStoredSaga, lease: Lease) -> None:
+        w = self.worker
+        sid = stored.saga_id
+        _lease.set(lease)  # this task's context: its steps (and their threads) see it
+        orch = w.orchestrator
+        clock = w.base_clock
+        try:
+            try:
+                spec = w.specs[stored.saga_name]
+                record = self.store.decode(stored, spec.cls)
+                spec = orch.spec_for(record)
+            except Exception as exc:  # a damaged record, a changed definition
+                w.stats.errors += 1
+                if await w.set_aside(sid, exc):
+                    await self._release(sid, lease, clock.now())
+                    return
+                log.error("worker %s: cannot run saga %s, retrying in %gs: %s",
+                          w.id, sid, w.retry_later, exc)
+                await self._release(sid, lease, clock.now() + w.retry_later)
+                return
+            # Listeners hear what happens from here on; a saga's first claim also tells
+            # them how it started (its client, which enqueued it, told nobody).
+            told = 0 if stored.fence <= 1 else len(record.history)
+            await orch.adrive(spec, record, told)
+            w.stats.ended(record.status)
+            if record.status is SagaStatus.RUNNING:  # parked at a wait: a row until due
+                await self._park(sid, lease, record.wake_at)
+        except Park as park:
+            w.stats.parked += 1
+            await self._release(sid, lease, park.until)
+        except LeaseLost as exc:
+            w.stats.lost += 1
+            log.warning("worker %s: %s", w.id, exc)
+        except ConcurrentModification as exc:  # an operator acted on it meanwhile
+            w.stats.errors += 1
+            log.warning("worker %s: %s; leaving it to be claimed afresh", w.id, exc)
+            await self._release(sid, lease, clock.now())
+        except Exception as exc:
+            w.stats.errors += 1
+            if await w.set_aside(sid, exc):  # it cannot be driven: not claimed again
+                await self._release(sid, lease, clock.now())
+                return
+            # the store failed, say: resume later
+            log.exception("worker %s: saga %s failed to run, releasing it: %s", w.id, sid, exc)
+            await self._release(sid, lease, clock.now() + min(w.retry_later, 5.0))
+        finally:
+            if self.leases.get(sid) is lease:
+                del self.leases[sid]
+                self.tokens.pop(sid, None)
+            w.ended(sid)
+
+    async def _release(self, sid: str, lease: Lease, run_at: float) -> None:
+        w = self.worker
+        try:
+            if await asyncio.to_thread(self.store.release, sid, lease.token, run_at):
+                w.stats.released += 1
+                self._notice(run_at)
+        except StoreError as exc:  # the lease will lapse instead
+            log.warning("worker %s: could not release saga %s: %s", w.id, sid, exc)
+
+    async def _park(self, sid: str, lease: Lease, wake_at: float | None) -> None:
+        """Release ``sid``, parked at a wait: due at ``wake_at``, or now if its signal
+        came meanwhile (:meth:`~sagaflow.stores.postgres.PostgresStore.park`)."""
+        w = self.worker
+        try:
+            if await asyncio.to_thread(self.store.park, sid, lease.token, wake_at,
+                                       w.base_clock.now()):
+                w.stats.released += 1
+                if wake_at is not None:
+                    self._notice(wake_at)
+        except StoreError as exc:  # the lease will lapse: the next claim parks it again
+            log.warning("worker %s: could not release parked saga %s: %s", w.id, sid, exc)
+
+    # --- leases -------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(self.worker.heartbeat / 2)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of the sagas held, while the event loop is alive."""
+        w = self.worker
+        pause = w.heartbeat
+        while not self._heartbeat_stop.wait(pause):
+            pause = w.heartbeat
+            held = dict(self.tokens)
+            if not held:
+                continue
+            stalled = time.monotonic() - self._tick
+            if stalled > w.lease:
+                log.error("worker %s: event loop stuck for %.1fs; not renewing leases",
+                          w.id, stalled)
+                continue
+            try:
+                renewed = self.store.renew(
+                    w.id, list(held), lease=w.lease, now=w.base_clock.now()
+                )
+            except StoreError as exc:
+                log.warning("worker %s: heartbeat failed, trying again: %s", w.id, exc)
+                pause = min(w.heartbeat, 0.1)
+                continue
+            for sid, token in held.items():
+                if sid not in renewed and self.tokens.get(sid) == token:
+                    # Finished a moment ago, or taken over: then its next save fails.
+                    log.debug("worker %s: the lease on saga %s was not renewed", w.id, sid)
