@@ -362,7 +362,7 @@ class Worker:
 
     async def _shutdown(self) -> None:
         """Let running sagas finish for the grace period, then let go of the rest."""
-        tasks = list(self.mode.running().values())
+        tasks = [t for t in self.mode.running().values() if not t.done()]
         wake = self.wake
         assert wake is not None
         loop = asyncio.get_running_loop()

@@ -117,6 +117,7 @@ class FileMode:
         assert wake is not None
         clock = w.base_clock
         names, fingerprints = w.kinds()
+        log.info("worker %s: watching %s for signals and wake times", w.id, store.path)
         next_wake = -math.inf
         looked = time.monotonic()
         unread = False  # signals may have come that could not be read yet

@@ -176,6 +176,8 @@ class QueueMode:
             try:
                 async for due in self.store.wakeups():
                     if due == -math.inf:
+                        log.info("worker %s: listening for wake-ups on %r", w.id,
+                                 self.store.channel)
                         self.listening.set()
                         pause = 0.1
                     self._notice(due)

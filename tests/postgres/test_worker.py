@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg_helpers import serving
 from pg_sagas import AHello, Flaky, Hello, Hurried, Slow, SlowSync, calls_of
 from psycopg import sql
+from wait_sagas import serving
 
 from sagaflow import (
     SagaDeadlineExceeded,
@@ -120,7 +120,7 @@ def test_queues_need_the_postgres_store_and_workers_need_saga_classes(
 ) -> None:
     with pytest.raises(TypeError, match="queued sagas need the PostgreSQL store"):
         enqueue(MemoryStore(), Hello())
-    with pytest.raises(TypeError, match="a worker serves a SQLite file .* or a PostgreSQL"):
+    with pytest.raises(TypeError, match=r"a worker serves a SQLite file .* or a PostgreSQL"):
         Worker(MemoryStore(), [Hello])
     with pytest.raises(ValueError, match="heartbeat must be > 0 and shorter than the lease"):
         Worker(pg_store, [Hello], lease=1, heartbeat=2)
