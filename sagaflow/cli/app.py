@@ -8,7 +8,7 @@
     sagaflow new saga NAME [--steps a,b,c] [--pivot STEP] [--path DIR]
     sagaflow sagas list|show|retry|resolve|cancel ...   (a store's sagas)
     sagaflow recover
-    sagaflow worker                                      (PostgreSQL; the postgres extra)
+    sagaflow worker                                      (SQLite: one per file; PostgreSQL)
 
 Every command that names sagas goes through the one loader (:mod:`sagaflow.cli.loader`).
 Problems the user can fix print one line and exit with status 2; an invalid saga

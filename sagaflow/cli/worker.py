@@ -75,9 +75,10 @@ def worker(
     classes, runs them, keeps their leases alive, takes over those of workers that
     died, and puts a saga that waits back in the queue until its signal or its time
     (LISTEN/NOTIFY wakes the workers at once).
-    SQLite: one worker per file. It recovers the sagas interrupted in the file when it
-    starts, then resumes a waiting saga when a signal for it is stored (by any
-    process: sagaflow sagas signal) or its time comes.
+    SQLite: one worker per file (no queue: sagas start in the application). It
+    recovers the sagas interrupted in the file when it starts, then resumes a waiting
+    saga when a signal for it is stored (by any process: sagaflow sagas signal) or its
+    time comes.
 
     Stops on SIGTERM or SIGINT: running sagas get --grace seconds to finish; the rest
     are released to other workers (PostgreSQL) or left at their last checkpoint

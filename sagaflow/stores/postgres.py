@@ -6,12 +6,15 @@ SQLite store's (:mod:`sagaflow.stores._rows`), plus a queue. JSON is kept as ``t
 the store never looks inside it, and ``jsonb`` would make the server parse every
 checkpoint. The queue columns of ``sagaflow_sagas`` (see :mod:`sagaflow.worker`):
 ``run_at`` (when a worker may take the saga; ``NULL``: not queued, as for a saga an
-:class:`~sagaflow.Orchestrator` runs in its own process), ``owner`` and ``lease_until``
-(the worker holding it, until when: the database's clock), and ``fence``, a token
-bumped at every claim and release. A worker's writes carry the token it claimed with
-(:meth:`PostgresStore.fenced`); once another worker has taken the saga over, they fail
-with :class:`~sagaflow.LeaseLost` and change nothing. Claims never take a quarantined
-saga.
+:class:`~sagaflow.Orchestrator` runs in its own process; infinity: a parked saga only a
+signal wakes), ``owner`` and ``lease_until`` (the worker holding it, until when: the
+database's clock), and ``fence``, a token bumped at every claim and release. A worker's
+writes carry the token it claimed with (:meth:`PostgresStore.fenced`); once another
+worker has taken the saga over, they fail with :class:`~sagaflow.LeaseLost` and change
+nothing. Any other save is by a process that drives the saga itself: it takes the saga
+out of the queue (and from a worker that held it), unless it parks it: a parked saga is
+queued, due at its wake time, whoever parked it, for the workers to resume. Claims never
+take a quarantined saga. Wake-ups: see :mod:`sagaflow.stores._pgqueue`.
 
 Writes are write-ahead: ``save`` and ``asave`` return once the record is committed
 (with the server's ``synchronous_commit``, by default on: durable), group-committed by

@@ -2,13 +2,13 @@
 interrupted in the file when it starts, then resumes parked sagas when their signal is
 stored (by any process) or their time comes.
 
-What it looks at, and how often: every :data:`WATCH` seconds, whether another
-connection committed (``PRAGMA data_version``, on a connection of its own: no table is
-read). Only then does it read the signals stored since the newest it saw (SQLite
-numbers them in commit order) and the earliest wake time of the parked sagas (an
-index). It sleeps until that wake time, :data:`WATCH` at most. Nothing here is per
-waiting saga: a parked saga is a row, and idle the worker costs the same for 10 or
-100,000 of them.
+What it looks at, and how often: a thread asks every :data:`WATCH` seconds whether
+another connection committed (``PRAGMA data_version``, on a connection of its own: no
+table is read), and wakes the event loop if one did. Only then does the loop read the
+signals stored since the newest it saw (SQLite numbers them in commit order) and the
+earliest wake time of the parked sagas (an index); it sleeps until that wake time, or
+the poll interval. Nothing here is per waiting saga: a parked saga is a row, and idle
+the worker costs the same for 10 or 100,000 of them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import fcntl
 import logging
 import math
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +66,9 @@ class FileMode:
         self.view = _Gate(store)
         self.park_after = math.inf  # no queue to put a retry back on: it is slept
         self._lock: int | None = None
-        self._changes: Changes | None = None
+        self._watcher: threading.Thread | None = None
+        self._watching = False
+        self._changed = False  # the database changed since the worker last read signals
         self._seq = 0  # the newest signal seen
         self._pending: dict[str, None] = {}  # signalled sagas waiting for a free slot
         self._cooling: dict[str, float] = {}  # saga id -> not before (monotonic)
@@ -108,29 +111,36 @@ class FileMode:
         self._hold()
         self.view.shut = False
         store = self.store
-        # What is signalled from here on is heard; what came before, recovery resumes.
-        self._changes = store.watch()
-        self._seq = store.last_signal()
-        self._recovery = asyncio.get_running_loop().create_task(self._recover())
-        self._look = True
         wake = w.wake
         assert wake is not None
+        # What is signalled from here on is heard; what came before, recovery resumes.
+        changes = store.watch()
+        self._seq = store.last_signal()
+        self._changed = False
+        loop = asyncio.get_running_loop()
+        self._watching = True
+        self._watcher = threading.Thread(target=self._watch, args=(changes, loop, wake),
+                                         name=f"sagaflow-watch:{w.id}", daemon=True)
+        self._watcher.start()
+        self._recovery = loop.create_task(self._recover())
+        self._look = True
         clock = w.base_clock
         names, fingerprints = w.kinds()
         log.info("worker %s: watching %s for signals and wake times", w.id, store.path)
         next_wake = -math.inf
         looked = time.monotonic()
-        unread = False  # signals may have come that could not be read yet
         while not w.stopping:
-            if self._changes.changed() or unread:
+            if self._changed:
+                self._changed = False
                 try:
                     ids, self._seq = store.signalled(self._seq, names, fingerprints)
                 except StoreError as exc:
                     log.warning("worker %s: reading new signals failed, will retry: %s",
                                 w.id, exc)
-                    unread = True
+                    self._changed = True
+                    await asyncio.sleep(min(w.poll, _COOL))
+                    continue
                 else:
-                    unread = False
                     self._pending.update(dict.fromkeys(ids))
                     self._look = True
             self._start_pending()
@@ -141,12 +151,38 @@ class FileMode:
             if free > 0 and (self._look or next_wake <= clock.now()):
                 looked, self._look = mono, False
                 next_wake = self._resume_due(free, names, fingerprints)
-            wait = min(WATCH, next_wake - clock.now())
+            # Until the next wake time or the poll interval; a change, a saga ending or
+            # a stop wakes the worker sooner.
+            wait = min(next_wake - clock.now(), looked + w.poll - time.monotonic())
             wake.clear()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await wake.wait()
+
+    def _watch(self, changes: Changes, loop: asyncio.AbstractEventLoop,
+               wake: asyncio.Event) -> None:
+        """The watcher thread: every :data:`WATCH` seconds, whether another connection
+        committed; if so, wake the worker's loop. (A thread sleeping between two looks
+        costs less than a turn of the event loop.)"""
+        try:
+            while self._watching:
+                time.sleep(WATCH)
+                try:
+                    changed = changes.changed()
+                except Exception as exc:  # the file is gone, say: the poll goes on
+                    log.warning("worker %s: cannot watch the database: %s", self.worker.id, exc)
+                    time.sleep(self.worker.poll)
+                    changed = True
+                if changed:
+                    with contextlib.suppress(RuntimeError):  # the loop has closed
+                        loop.call_soon_threadsafe(self._on_change, wake)
+        finally:
+            changes.close()
+
+    def _on_change(self, wake: asyncio.Event) -> None:
+        self._changed = True
+        wake.set()
 
     def _start_pending(self) -> None:
         """Resume the signalled sagas, as slots are free (one being resumed already is
@@ -247,9 +283,10 @@ class FileMode:
             self._recovery.cancel()
             await asyncio.gather(self._recovery, return_exceptions=True)
         self._recovery = None
-        if self._changes is not None:
-            self._changes.close()
-            self._changes = None
+        self._watching = False
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join)
+            self._watcher = None
         self._pending.clear()
         self.close()
 
