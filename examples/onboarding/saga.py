@@ -4,11 +4,22 @@ The seed's steps and events: create the workspace (WorkspaceCreated), set up bil
 (BillingProfileCreated), send the welcome email (NotificationSent). The seed's failure
 column maps onto one compensation: ``delete_workspace`` removes the workspace and its
 tenant, so it is the seed's DeleteWorkspace when billing fails and its DeleteTenant when
-the workspace step itself timed out (its outcome unknown).
+the workspace was never made (its provisioning failed, never answered, or its command
+timed out with its outcome unknown).
+
+As the seed's orchestration draws it (``→ [Command] CreateWorkspace ← [Event]
+WorkspaceCreated``), the workspace service answers the command later, when the workspace
+is provisioned: the saga waits for that reply.
 
 Kinds, and why:
 
-- ``create_workspace``: compensatable (``delete_workspace``).
+- ``create_workspace``: compensatable (``delete_workspace``): sends ``CreateWorkspace``,
+  which the service takes at once.
+- ``workspace_created``: a wait for the service's reply, the signal ``workspace`` (a
+  :class:`~.services.WorkspaceReply`), for up to 15 minutes. Meanwhile the saga is a row
+  in the store, nothing in memory. Ready goes on; a failed provisioning is a failure
+  (:class:`~.services.ProvisioningFailed`) and no reply in time is a timeout: both delete
+  the workspace and its tenant. :func:`on_workspace_reply` carries a reply to its saga.
 - ``setup_billing``: the pivot. With a billing profile the client is a customer and
   invoicing acts on it; from there the onboarding only goes forward. It is retried when
   billing is unavailable or slow (idempotent by key, so a retry settles an unknown
@@ -25,22 +36,46 @@ an event delivered twice runs the saga once (the second delivery gets the first 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import attrs
 
-from sagaflow import Orchestrator, Retry, SagaResult, StepContext, StepTimeout, saga, step
+from sagaflow import (
+    Orchestrator,
+    Retry,
+    SagaResult,
+    StepContext,
+    StepTimeout,
+    saga,
+    step,
+    wait,
+)
 
 from .._support import forward_key
-from .services import BillingUnavailable, billing, notifications, workspaces
+from .services import (
+    BillingUnavailable,
+    ProvisioningFailed,
+    WorkspaceReply,
+    billing,
+    notifications,
+    workspaces,
+)
 
 __all__ = [
     "BillingProfileCreated",
     "ClientOnboarded",
     "NotificationSent",
     "OnboardClientSaga",
+    "PROVISIONING_WINDOW",
     "WorkspaceCreated",
     "WorkspaceDeleted",
     "on_client_onboarded",
+    "on_workspace_reply",
+    "saga_id_of",
 ]
+
+#: How long the workspace service may take to answer before the onboarding gives up.
+PROVISIONING_WINDOW = timedelta(minutes=15)
 
 
 @attrs.frozen
@@ -91,12 +126,17 @@ class OnboardClientSaga:
     @step(timeout=5.0)
     def create_workspace(self, ctx: StepContext) -> None:
         self.workspace_id = workspaces.create(ctx.idempotency_key, self.client_id, self.company)
-        ctx.emit(WorkspaceCreated(self.client_id, self.workspace_id))
 
     @create_workspace.compensate
     def delete_workspace(self, ctx: StepContext) -> None:
         if (deleted := workspaces.delete(ctx.idempotency_key, forward_key(ctx))) is not None:
             ctx.emit(WorkspaceDeleted(self.client_id, deleted))
+
+    @wait("workspace", payload=WorkspaceReply, timeout=PROVISIONING_WINDOW)
+    def workspace_created(self, reply: WorkspaceReply, ctx: StepContext) -> None:
+        if not reply.ready:
+            raise ProvisioningFailed(f"workspace {reply.workspace_id}: {reply.error}")
+        ctx.emit(WorkspaceCreated(self.client_id, reply.workspace_id))
 
     @step(pivot=True, timeout=5.0,
           retry=Retry(attempts=3, backoff=0.5, retry_on=(BillingUnavailable, StepTimeout)))
@@ -113,7 +153,22 @@ class OnboardClientSaga:
         ctx.emit(NotificationSent(self.client_id, notification_id))
 
 
+def saga_id_of(client_id: str) -> str:
+    """The id of a client's onboarding: one per client."""
+    return f"onboard-{client_id}"
+
+
 def on_client_onboarded(orchestrator: Orchestrator, event: ClientOnboarded) -> SagaResult:
-    """Handle the trigger event: one onboarding per client, however often it is delivered."""
+    """Handle the trigger event: one onboarding per client, however often it is delivered.
+
+    The result is RUNNING while the saga waits for the workspace service's reply."""
     saga_ = OnboardClientSaga(event.client_id, event.company, event.email, event.plan)
-    return orchestrator.run(saga_, saga_id=f"onboard-{event.client_id}")
+    return orchestrator.run(saga_, saga_id=saga_id_of(event.client_id))
+
+
+def on_workspace_reply(orchestrator: Orchestrator, reply: WorkspaceReply) -> SagaResult:
+    """Handle the workspace service's reply: signal the client's onboarding, which goes on
+    here and now. The reply's id is the workspace's, so a reply delivered twice while the
+    saga still waits is delivered once."""
+    return orchestrator.signal(saga_id_of(reply.client_id), "workspace", reply,
+                               signal_id=f"workspace-reply:{reply.workspace_id}")

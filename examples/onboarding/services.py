@@ -3,6 +3,12 @@
 Small in-process services with their own state; every operation is idempotent by the
 caller's key, and the undo names the forward call it undoes by that call's key. Each has
 a :class:`~examples._support.Faults` switch for the demo and the tests.
+
+The workspace service works as the seed's orchestration draws it: it takes the command
+(``CreateWorkspace``) at once, provisions the workspace in its own time, and answers
+later with an event, :class:`WorkspaceReply`, ready or failed. :meth:`WorkspaceService.
+provision` is that later: it finishes what is pending and returns the replies, which the
+message bus would carry back to the saga.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ __all__ = [
     "BillingUnavailable",
     "MailServerDown",
     "NotificationService",
+    "ProvisioningFailed",
+    "WorkspaceReply",
     "WorkspaceService",
     "billing",
     "notifications",
@@ -40,6 +48,21 @@ class MailServerDown(ConnectionError):
     """The mail server could not be reached."""
 
 
+class ProvisioningFailed(RuntimeError):
+    """The workspace service could not provision the workspace (its reply said so)."""
+
+
+@attrs.frozen
+class WorkspaceReply:
+    """The workspace service's answer to ``CreateWorkspace``, some time later: the seed's
+    ``WorkspaceCreated`` event when ``ready``, its failure event when not."""
+
+    client_id: str
+    workspace_id: str
+    ready: bool
+    error: str = ""
+
+
 @attrs.define
 class Workspace:
     workspace_id: str
@@ -47,10 +70,16 @@ class Workspace:
     client_id: str
     name: str
     deleted: bool = False
+    status: str = "provisioning"  #: then "ready" or "failed", as the reply says
 
 
 class WorkspaceService:
-    """Tenants and their workspaces (the seed's ai-workspace service)."""
+    """Tenants and their workspaces (the seed's ai-workspace service).
+
+    ``create`` takes the command and answers with the new workspace's id at once; the
+    workspace is provisioned later (:meth:`provision`). ``silent`` holds the clients whose
+    provisioning never finishes (a stuck job: no reply ever comes).
+    """
 
     def __init__(self) -> None:
         self.reset()
@@ -60,11 +89,13 @@ class WorkspaceService:
         self.tenants: set[str] = set()
         self.keys = IdempotencyKeys()
         self.faults = Faults()
+        self.silent: set[str] = set()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
     def create(self, key: str, client_id: str, name: str) -> str:
-        """Create the client's tenant and its workspace; the workspace id."""
+        """Take ``CreateWorkspace``: the client's tenant and a workspace to provision; its
+        id. The reply comes later, from :meth:`provision`."""
         self.faults.check("create")
 
         def create() -> str:
@@ -92,6 +123,27 @@ class WorkspaceService:
         deleted = self.keys.undo(key, created_by, delete)
         self.faults.check("delete", "after")
         return deleted
+
+    def provision(self) -> list[WorkspaceReply]:
+        """Finish the pending provisioning jobs; the replies, in the order of the commands.
+
+        A job fails when a ``provision`` fault is armed (the reply says why); a deleted
+        workspace's job was cancelled and a silent client's never ends: neither replies.
+        """
+        replies = []
+        with self._lock:
+            pending = [w for w in self.workspaces.values() if w.status == "provisioning"
+                       and not w.deleted and w.client_id not in self.silent]
+        for w in pending:
+            try:
+                self.faults.check("provision")
+            except Exception as exc:
+                w.status = "failed"
+                replies.append(WorkspaceReply(w.client_id, w.workspace_id, False, str(exc)))
+                continue
+            w.status = "ready"
+            replies.append(WorkspaceReply(w.client_id, w.workspace_id, True))
+        return replies
 
     def active(self) -> list[Workspace]:
         return [w for w in self.workspaces.values() if not w.deleted]

@@ -51,8 +51,10 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert ("error: SagaRejected: saga rejected at 'await_approval': refused by bob: the "
             "contract keeps at least half of the bundle") in text
     assert "await_approval ⏱ no signal 'approval' within 3d: compensate" in text
-    assert lines[-1].startswith("═══ 45 sagas run in ")
-    assert lines[-1].endswith(f"45 records in {tmp_path / 'sagas.db'} ═══")
+    assert "← WorkspaceReply ws-1 ready, 40s later" in text  # onboarding waits for it
+    assert "workspace_created ⏱ no signal 'workspace' within 15m: compensate" in text
+    assert lines[-1].startswith("═══ 47 sagas run in ")
+    assert lines[-1].endswith(f"47 records in {tmp_path / 'sagas.db'} ═══")
     with SQLiteStore(tmp_path / "sagas.db") as store:  # nothing is left parked
         assert [s.saga_id for s in store.scan() if not SagaStatus(s.status).is_terminal] == []
 

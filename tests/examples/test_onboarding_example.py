@@ -1,4 +1,6 @@
-"""Seed 002's onboarding saga: its events, its pivot, its retriable welcome email."""
+"""Seed 002's onboarding saga: its events, its wait for the workspace service's reply,
+its pivot, its retriable welcome email. The wait's tests run on the memory store and on
+SQLite."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from example_fixtures import Captured, compensation_order, make_ctx
 from examples.onboarding import demo as scenarios
 from examples.onboarding import services
 from examples.onboarding.saga import (
+    PROVISIONING_WINDOW,
     BillingProfileCreated,
     ClientOnboarded,
     NotificationSent,
@@ -17,16 +20,30 @@ from examples.onboarding.saga import (
     WorkspaceCreated,
     WorkspaceDeleted,
     on_client_onboarded,
+    on_workspace_reply,
 )
-from examples.onboarding.services import BillingUnavailable, billing, notifications, workspaces
+from examples.onboarding.services import (
+    BillingUnavailable,
+    ProvisioningFailed,
+    WorkspaceReply,
+    billing,
+    notifications,
+    workspaces,
+)
 from sagaflow import (
     CompensationStatus,
+    OnTimeout,
     SagaStatus,
+    SignalRefused,
     StepError,
     StepKind,
     StepStatus,
+    WaitTimedOut,
+    events,
     spec_of,
 )
+
+X = ClientOnboarded("x", "X", "x@x.test", "starter")
 
 
 @pytest.fixture(autouse=True)
@@ -37,12 +54,17 @@ def fresh_services() -> Iterator[None]:
 
 
 def test_the_kinds_follow_the_seed() -> None:
-    kinds = [(s.name, s.kind) for s in spec_of(OnboardClientSaga).steps]
+    spec = spec_of(OnboardClientSaga)
+    kinds = [(s.name, s.kind) for s in spec.steps]
     assert kinds == [
         ("create_workspace", StepKind.COMPENSATABLE),
+        ("workspace_created", StepKind.READONLY),
         ("setup_billing", StepKind.PIVOT),
         ("send_welcome_email", StepKind.RETRIABLE),
     ]
+    wait = spec.step("workspace_created").wait
+    assert wait is not None and (wait.signal, wait.payload) == ("workspace", WorkspaceReply)
+    assert wait.timeout == 15 * 60 and wait.on_timeout is OnTimeout.COMPENSATE
 
 
 def test_happy_path_emits_the_seed_events_in_order(demo: Captured) -> None:
@@ -59,6 +81,9 @@ def test_happy_path_emits_the_seed_events_in_order(demo: Captured) -> None:
     assert notifications.outbox == [
         ("msg-1", "ops@acme.test", "Welcome to your team workspace, Acme Corp")
     ]
+    assert result.duration == 40.0  # the workspace service took 40 s (virtual) to answer
+    assert "workspace_created ⏸ parked: waits up to 15m for signal 'workspace'" in demo.text
+    assert "← WorkspaceReply ws-1 ready, 40s later" in demo.text
 
 
 def test_a_rejected_plan_deletes_the_workspace_and_tenant(demo: Captured) -> None:
@@ -75,8 +100,7 @@ def test_a_rejected_plan_deletes_the_workspace_and_tenant(demo: Captured) -> Non
 
 def test_billing_unavailable_is_retried_on_the_pivot(demo: Captured) -> None:
     billing.faults.fail("create_profile", BillingUnavailable("billing down"), times=2)
-    result = on_client_onboarded(demo.orchestrator(),
-                                 ClientOnboarded("x", "X", "x@x.test", "starter"))
+    result = scenarios.onboard(demo, X)
 
     assert result.status is SagaStatus.COMPLETED
     assert result.step("setup_billing").attempts == 3
@@ -87,8 +111,7 @@ def test_a_billing_answer_lost_after_the_profile_is_made_does_not_make_two(
     demo: Captured,
 ) -> None:
     billing.faults.fail("create_profile", BillingUnavailable("reset"), at="after")
-    result = on_client_onboarded(demo.orchestrator(),
-                                 ClientOnboarded("x", "X", "x@x.test", "starter"))
+    result = scenarios.onboard(demo, X)
 
     assert result.status is SagaStatus.COMPLETED
     assert list(billing.profiles) == ["bp-1"]
@@ -99,7 +122,7 @@ def test_a_flaky_mail_server_is_retried_after_the_pivot(demo: Captured) -> None:
 
     assert result.status is SagaStatus.COMPLETED
     assert result.step("send_welcome_email").attempts == 3
-    assert result.duration == 3.0  # backoff 1 s then 2 s, virtual
+    assert result.duration == 43.0  # the reply after 40 s, backoff 1 s then 2 s, virtual
     assert len(notifications.outbox) == 1
     assert [type(e) for e in result.events] == [
         WorkspaceCreated, BillingProfileCreated, NotificationSent,
@@ -139,3 +162,78 @@ def test_deleting_the_workspace_twice_leaves_the_same_state(demo: Captured) -> N
 
     assert workspaces.active() == [] and workspaces.tenants == set()
     assert ctx._pending == [WorkspaceDeleted("globex", "ws-1")] * 2  # same answer twice
+
+
+# --- the wait for the workspace service's reply (seed 002: ← [Event] WorkspaceCreated) ---
+
+
+def test_the_saga_waits_for_the_workspace_service_and_its_reply_resumes_it(
+    stored: Captured,
+) -> None:
+    orch = stored.orchestrator()
+    parked = on_client_onboarded(orch, X)
+    assert parked.status is SagaStatus.RUNNING
+    assert parked.step("workspace_created").status is StepStatus.WAITING
+    assert parked.events == ()  # WorkspaceCreated is the service's to say, not yet said
+    record = orch.store.load("onboard-x")
+    assert record is not None and record.waiting == "workspace"
+    assert "onboard-x" not in orch.runtime.live  # a row in the store, nothing in memory
+    assert workspaces.workspaces["ws-1"].status == "provisioning"
+    assert billing.profiles == {}  # nothing goes on before the reply
+
+    [reply] = workspaces.provision()
+    assert reply == WorkspaceReply("x", "ws-1", True)
+    result = on_workspace_reply(orch, reply)
+
+    assert result.status is SagaStatus.COMPLETED
+    assert [type(e) for e in result.events] == [
+        WorkspaceCreated, BillingProfileCreated, NotificationSent,
+    ]
+    delivered = [e for e in result.history if isinstance(e, events.SignalDelivered)]
+    assert [(e.signal, e.signal_id) for e in delivered] == [("workspace", "workspace-reply:ws-1")]
+    # the same reply again (the bus redelivers): refused, the saga is over; nothing twice
+    with pytest.raises(SignalRefused, match="finished saga"):
+        on_workspace_reply(orch, reply)
+    assert len(billing.profiles) == 1 and len(notifications.outbox) == 1
+
+
+def test_a_failed_provisioning_deletes_the_workspace_and_its_tenant(stored: Captured) -> None:
+    result = scenarios.provisioning_fails(stored)
+
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, StepError) and result.error.step == "workspace_created"
+    assert isinstance(result.error.cause, ProvisioningFailed)
+    assert result.step("workspace_created").status is StepStatus.FAILED
+    assert compensation_order(result) == ["create_workspace"]
+    assert result.events == (WorkspaceDeleted("soylent", "ws-1"),)
+    assert workspaces.active() == [] and workspaces.tenants == set()
+    assert billing.profiles == {} and notifications.outbox == []
+
+
+def test_no_reply_within_the_window_times_out_and_deletes_the_workspace(
+    stored: Captured,
+) -> None:
+    workspaces.silent.add("x")
+    orch = stored.orchestrator()
+    assert on_client_onboarded(orch, X).status is SagaStatus.RUNNING
+    assert workspaces.provision() == []  # the job is stuck: no reply
+    orch.clock.advance(PROVISIONING_WINDOW.total_seconds() - 1)  # type: ignore[attr-defined]
+    assert orch.resume_due() == {}
+    orch.clock.advance(1)  # type: ignore[attr-defined]
+    assert orch.resume_due() == {"onboard-x": SagaStatus.COMPENSATED}
+
+    result = orch.get("onboard-x")
+    assert result is not None
+    assert isinstance(result.error, WaitTimedOut) and result.error.signal == "workspace"
+    assert result.step("workspace_created").status is StepStatus.EXPIRED
+    assert compensation_order(result) == ["create_workspace"]
+    assert workspaces.active() == [] and workspaces.tenants == set()
+    assert billing.profiles == {}
+
+
+def test_the_demo_scenario_of_the_silent_service(stored: Captured) -> None:
+    result = scenarios.no_reply(stored)
+    assert result.status is SagaStatus.COMPENSATED
+    assert isinstance(result.error, WaitTimedOut)
+    assert "workspace_created ⏱ no signal 'workspace' within 15m: compensate" in stored.text
+    assert workspaces.active() == []
