@@ -253,6 +253,32 @@ def signal_cases(orch: Orchestrator, n: int, store: str, commit: float) -> list[
     ]
 
 
+def pg_round_trips(cluster: Any, url: str, n: int = 20) -> tuple[float, float]:
+    """Round trips to the server (counted by :class:`benchmarks.postgres.RoundTrips`'s
+    proxy) per ``run()`` of the waiting saga to its park, and per ``signal()`` from the
+    call to its return (the saga at its end)."""
+    from sagaflow.stores.postgres import PostgresStore
+
+    from .postgres import RoundTrips
+
+    proxy = RoundTrips(str(cluster.socket_dir), cluster.port)
+    store = PostgresStore(proxy.url(url), pool_size=1, writers=1)
+    try:
+        with Orchestrator(store) as orch:
+            orch.signal(orch.run(SignalWait()).saga_id, "go", Go())  # warm
+            proxy.turns = 0
+            ids = [orch.run(SignalWait()).saga_id for _ in range(n)]
+            parking = proxy.turns / n
+            proxy.turns = 0
+            for sid in ids:
+                orch.signal(sid, "go", Go())
+            signalling = proxy.turns / n
+    finally:
+        store.close()
+        proxy.close()
+    return parking, signalling
+
+
 def rounds_of(fns: dict[str, Callable[[int], None]], n: int, rounds: int
               ) -> list[dict[str, float]]:
     """Seconds per saga of each of ``fns`` (``fn(n)`` runs n sagas), round by round: each
@@ -682,6 +708,9 @@ def postgres(quick: bool, n_same: int, n_timers: int) -> dict[str, list[Row]]:
         header(commit, "PostgreSQL")
         for case in cases:
             case.show()
+        parking, signalling = pg_round_trips(cluster, url)
+        print(f"  round trips to the server (counted by a proxy): {parking:.1f} per run() to "
+              f"the park, {signalling:.1f} per signal() to the saga's end")
         figures["waits, PostgreSQL"] = [c.row() for c in cases if c.target_ms is not None]
 
         url = cluster.create_database("worker")
