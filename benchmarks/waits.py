@@ -353,10 +353,11 @@ def throughput(directory: str, n: int, rounds: int) -> list[Row]:
         Row("  one raw checkpoint (a commit)", checkpoint * 1e6, unit="µs"),
     ]
     for base, mine in (("run", "run+signal"), ("arun", "arun+asignal")):
+        label = " + ".join(f"{call}()" for call in mine.split("+"))
         extra = [r[mine] - r[base] for r in found]
         per_side = [(r[mine] - r[base]) / (r["raw"] / 7) / 2 for r in found]
         rows += [
-            Row(f"{mine}(), waits once, one at a time", med(1 / r[mine] for r in found),
+            Row(f"{label}, waits once, one at a time", med(1 / r[mine] for r in found),
                 ratio=med(r[base] / r[mine] for r in found), against="same saga, no wait"),
             Row(f"  {base}() of the same saga with no wait", med(1 / r[base] for r in found)),
             Row("  the wait's extra time per saga", med(extra) * 1e6, unit="µs",
@@ -669,7 +670,7 @@ def report(quick: bool = False, directory: str | None = None) -> dict[str, list[
               f"sqlite:///{path} --import {SAGAS_MODULE})")
         store = SQLiteStore(path)
         try:
-            figures["waits, SQLite worker"] = through_worker(
+            figures["worker, SQLite"] = through_worker(
                 "sqlite", f"sqlite:///{path}", store, quick, commit)
         finally:
             store.close()
@@ -718,7 +719,7 @@ def postgres(quick: bool, n_same: int, n_timers: int) -> dict[str, list[Row]]:
               f"postgresql://... --import {SAGAS_MODULE})")
         store = PostgresStore(url)
         try:
-            figures["waits, PG worker"] = through_worker(
+            figures["worker, PostgreSQL"] = through_worker(
                 "postgres", url, store, quick, commit, cluster.postmaster_pid)
         finally:
             store.close()
