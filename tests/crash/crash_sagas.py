@@ -276,15 +276,19 @@ class CrashOrder:
 
 
 class SkippingClock:
-    """The real clock, except that a retry's backoff is skipped, not slept: a run makes
-    the same checkpoints every time (a wall clock read just after a real sleep could
-    come out a hair early and add a second "waiting" checkpoint)."""
+    """The real time when the process made it, moved only by sleeping, and a retry's
+    backoff skipped, not slept: a run makes the same checkpoints every time. (A wall
+    clock read just after a real sleep could come out a hair early and add a second
+    "waiting" checkpoint; one read after a slow checkpoint on a busy machine could find
+    the backoff already over and save the retry with its next start, one checkpoint
+    fewer.)"""
 
     def __init__(self) -> None:
+        self.started = time.time()
         self.skipped = 0.0
 
     def now(self) -> float:
-        return time.time() + self.skipped
+        return self.started + self.skipped
 
     def sleep(self, seconds: float) -> None:
         self.skipped += seconds
