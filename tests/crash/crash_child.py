@@ -4,10 +4,13 @@
                                           another; print how each ended
     crash_child.py recover STORE          Orchestrator.recover() in this (fresh) process
 
+STORE is a SQLite file, or (jobs only) a ``postgresql://`` URL with its ``schema=``.
 A job is ``{"saga_id", "action": "run"|"recover", "fail": bool, "point": [kind, n,
 when] | null, "synchronous": "FULL"|"NORMAL"}``: the forked process arms its kill switch
 at ``point`` and runs the saga (or recovers it, alone), so it dies there by SIGKILL
-(or ends normally, if the point lies beyond what it does). Forking from this process,
+(or ends normally, if the point lies beyond what it does). A job with ``"saga":
+"waits"`` is a waiting saga's (:func:`crash_waits.perform`); what it reports comes
+back in its result's ``"report"``. Forking from this process,
 which has imported everything but opened nothing, makes a fresh process per kill cost
 milliseconds instead of an interpreter start; each one opens its own store and ledger.
 The participants' ledger is the file named by $SAGAFLOW_CRASH_LEDGER.
@@ -19,18 +22,22 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 
 import crash_sagas
-from crash_sagas import CrashOrder, KillingStore, Point, SkippingClock
+import crash_waits
+from crash_sagas import CrashOrder, KillingStore, Point, SkippingClock, open_killing
 
 from sagaflow import Orchestrator
 
 
-def _job(store_path: str, job: dict) -> None:
+def _job(store_path: str, job: dict) -> dict | None:
     point = None if job["point"] is None else Point(*job["point"])
     crash_sagas.set_kill(point)
-    store = KillingStore(store_path, synchronous=job.get("synchronous", "FULL"))
+    if job.get("saga") == "waits":
+        return crash_waits.perform(store_path, job)
+    store = open_killing(store_path, synchronous=job.get("synchronous", "FULL"))
     orch = Orchestrator(store, sagas=[CrashOrder], clock=SkippingClock())
     if job["action"] == "run":
         orch.run(CrashOrder(fail=job["fail"]), job["saga_id"])
@@ -39,33 +46,45 @@ def _job(store_path: str, job: dict) -> None:
         report = orch.recover()
         if report.skipped:
             raise RuntimeError(f"recovery skipped {report.skipped}")
+    return None
 
 
 def jobs(store_path: str, jobs_file: str) -> None:
     with open(jobs_file, encoding="utf-8") as f:
         todo = json.load(f)
+    crash_sagas.killing_class(store_path)  # imported here, once, not in every process
     results = []
     for job in todo:
         sys.stdout.flush()
         sys.stderr.flush()
+        read, write = os.pipe()  # what the job reports
+        started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the process to kill
+            os.close(read)
             code = 0
             try:
                 signal.alarm(60)  # a hang ends the process by SIGALRM, never the suite
-                _job(store_path, job)
+                report = _job(store_path, job)
+                with os.fdopen(write, "w", encoding="utf-8") as out:
+                    json.dump(report, out)
             except BaseException:
                 traceback.print_exc()
                 code = 3
             finally:
                 sys.stderr.flush()
                 os._exit(code)
+        os.close(write)
+        with os.fdopen(read, encoding="utf-8") as reported:
+            text = reported.read()  # to its end: the job's exit (or death) closes it
         _, status = os.waitpid(pid, 0)
         killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
         results.append({
             **job,
             "killed": killed,
             "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status),
+            "report": json.loads(text) if text else None,
+            "seconds": round(time.monotonic() - started, 4),
         })
     json.dump(results, sys.stdout)
 

@@ -10,9 +10,15 @@ Imported by the test (to list the kill points) and by the processes it kills
   with its idempotency key (``INSERT OR IGNORE``), so a call repeated with the same key
   changes nothing: the net effect of every step is exactly once however often it runs.
   ``calls`` counts the calls that reached it, to show the repeats happened.
-- :class:`Kill`: this process SIGKILLs itself at the Nth store write (before or after
-  it commits) or the Nth participant call (before its effect, or after the effect is
-  committed but before the call returns); :class:`KillingStore` counts the writes.
+- :class:`Kill`: this process SIGKILLs itself at the Nth store write (before it, after
+  it committed, or, for a write that is one transaction of the store's own such as a
+  stored signal, inside it: its statements done, not committed) or the Nth participant
+  call (before its effect, or after the effect is committed but before the call
+  returns); :class:`KillingWrites` counts the writes of a SQLite store
+  (:class:`KillingStore`) or a PostgreSQL one (:func:`open_killing`).
+
+The waiting sagas' crash tests (``crash_waits.py``) use the same kill switch, stores,
+participant and ledger.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import attrs
@@ -46,7 +53,8 @@ class Refused(Exception):
 @attrs.define
 class Point:
     """A place to die: the ``n``th ``kind`` ("write" or "call") of a process, ``when``
-    "before" or "after" it. ``label`` says what happens there (for test ids)."""
+    "before" or "after" it (or "inside" a write's transaction, before its commit).
+    ``label`` says what happens there (for test ids)."""
 
     kind: str
     n: int
@@ -69,6 +77,8 @@ class Kill:
         self.point = point
         self.writes = 0
         self.calls = 0
+        self.inside = False
+        self.current: int | None = None
         self.seen: list[Point] | None = [] if census else None
 
     def _check(self, kind: str, n: int, when: str) -> None:
@@ -78,15 +88,40 @@ class Kill:
             time.sleep(60)  # pragma: no cover - the signal is delivered at once
 
     def write(self, label: Callable[[], str], do: Callable[[], T]) -> T:
-        self.writes += 1
-        n = self.writes
-        self._check("write", n, "before")
+        n = self._begin()
         result = do()
+        self._end(n, label)
+        return result
+
+    async def awrite(self, label: Callable[[], str], do: Callable[[], Awaitable[T]]) -> T:
+        n = self._begin()
+        result = await do()
+        self._end(n, label)
+        return result
+
+    def uncommitted(self) -> None:
+        """Inside the transaction of the write in progress (if any): its statements are
+        done, its commit is not (a kill here must leave nothing of it)."""
+        if self.current is not None:
+            self.inside = True
+            self._check("write", self.current, "inside")
+
+    def _begin(self) -> int:
+        self.writes += 1
+        self.current = self.writes
+        self.inside = False
+        self._check("write", self.writes, "before")
+        return self.writes
+
+    def _end(self, n: int, label: Callable[[], str]) -> None:
+        self.current = None
         if self.seen is not None:
             text = label()
-            self.seen += [Point("write", n, "before", text), Point("write", n, "after", text)]
+            self.seen.append(Point("write", n, "before", text))
+            if self.inside:
+                self.seen.append(Point("write", n, "inside", text))
+            self.seen.append(Point("write", n, "after", text))
         self._check("write", n, "after")
-        return result
 
     def call_started(self, key: str) -> int:
         self.calls += 1
@@ -111,22 +146,94 @@ def _label(record: Any) -> str:
     return f"{name}-{last.step}" if last.step else name
 
 
-class KillingStore(SQLiteStore):
-    """A SQLite store whose writes go through :data:`KILL`; ``only`` narrows recovery
-    to one saga (the randomized run recovers one saga at a time)."""
+class KillingWrites:
+    """A store whose writes go through :data:`KILL` (mixed into a store class).
+
+    ``only`` narrows recovery and the parked sagas found due to one saga (the tests
+    keep many sagas in one store and act on one at a time). ``label`` names a saved
+    checkpoint in the census.
+    """
 
     only: str | None = None
+    label: Callable[[Any], str] = staticmethod(_label)
 
     def create(self, record: Any) -> Any:
-        return KILL.write(lambda: "create", lambda: super(KillingStore, self).create(record))
+        return KILL.write(lambda: "create", lambda: super(KillingWrites, self).create(record))
 
-    def save(self, record: Any) -> None:
-        KILL.write(lambda: _label(record), lambda: super(KillingStore, self).save(record))
+    async def acreate(self, record: Any) -> Any:
+        return await KILL.awrite(
+            lambda: "create", lambda: super(KillingWrites, self).acreate(record)
+        )
+
+    def save(self, record: Any, **kw: Any) -> None:
+        KILL.write(lambda: self.label(record),
+                   lambda: super(KillingWrites, self).save(record, **kw))
+
+    async def asave(self, record: Any, **kw: Any) -> None:
+        await KILL.awrite(lambda: self.label(record),
+                          lambda: super(KillingWrites, self).asave(record, **kw))
+
+    def add_signal(self, saga_id: str, name: str, signal_id: str, payload: str,
+                   at: float) -> Any:
+        def do() -> Any:
+            return super(KillingWrites, self).add_signal(  # type: ignore[misc]
+                saga_id, name, signal_id, payload, at
+            )
+
+        return KILL.write(lambda: f"signal-{name}", do)
+
+    def _transact(self, work: Callable[[Any], T]) -> T:
+        def then_maybe_die(run: Any) -> T:
+            result = work(run)
+            KILL.uncommitted()
+            return result
+
+        return super()._transact(then_maybe_die)  # type: ignore[misc, no-any-return]
 
     def scan(self, **filters: Any) -> Iterator[Any]:
-        for stored in super().scan(**filters):
+        for stored in super().scan(**filters):  # type: ignore[misc]
             if self.only is None or stored.saga_id == self.only:
                 yield stored
+
+    def due(self, now: float, limit: int = 100) -> list[str]:
+        found: list[str] = super().due(now, limit)  # type: ignore[misc]
+        return [sid for sid in found if self.only is None or sid == self.only]
+
+
+class KillingStore(KillingWrites, SQLiteStore):
+    """A SQLite store whose writes go through :data:`KILL`."""
+
+
+_killing_postgres: type | None = None
+
+
+def killing_class(store: str) -> type:
+    """The killing store class for ``store``: a SQLite file's, or (a ``postgresql://``
+    URL) PostgreSQL's, imported on first use (a harness asks before it forks)."""
+    global _killing_postgres
+    if not store.startswith("postgresql://"):
+        return KillingStore
+    if _killing_postgres is None:
+        from sagaflow.stores.postgres import PostgresStore
+
+        class KillingPostgresStore(KillingWrites, PostgresStore):
+            """A PostgreSQL store whose writes go through :data:`KILL`."""
+
+        _killing_postgres = KillingPostgresStore
+    return _killing_postgres
+
+
+def open_killing(store: str, synchronous: str = "FULL") -> Any:
+    """A killing store: a SQLite file's (``store`` a path) or PostgreSQL's (``store`` a
+    ``postgresql://`` URL, its ``schema=`` option taken out of it)."""
+    cls = killing_class(store)
+    if cls is KillingStore:
+        return KillingStore(store, synchronous=synchronous)
+    base, _, query = store.partition("?")
+    options = urllib.parse.parse_qsl(query)
+    schema = dict(options).get("schema")
+    kept = urllib.parse.urlencode([(k, v) for k, v in options if k != "schema"])
+    return cls(f"{base}?{kept}" if kept else base, schema=schema)
 
 
 # --------------------------------------------------------------------------- participants
@@ -162,11 +269,13 @@ class Ledger:
                 c.execute("ROLLBACK")
                 raise
 
-    def apply(self, key: str, saga_id: str, step_name: str) -> None:
-        """The forward effect of ``step_name``, once per key."""
+    def apply(self, key: str, saga_id: str, step_name: str, amount: int | None = None) -> None:
+        """The forward effect of ``step_name`` (``amount``, by default its entry in
+        :data:`AMOUNTS`), once per key."""
+        delta = AMOUNTS[step_name] if amount is None else amount
         self._in_transaction(key, lambda: self.conn.execute(
             "INSERT OR IGNORE INTO effects VALUES (?, ?, ?, 'forward', ?)",
-            (key, saga_id, step_name, AMOUNTS[step_name]),
+            (key, saga_id, step_name, delta),
         ))
 
     def undo(self, key: str, forward_key: str, saga_id: str, step_name: str) -> None:
@@ -213,22 +322,36 @@ def use_ledger(value: Ledger | None) -> None:
     _ledger = value
 
 
-def _forward(ctx: Any, name: str, refuse: bool) -> None:
+def participant(
+    ctx: Any, name: str, amount: int | None = None, fail: Callable[[], None] | None = None
+) -> None:
+    """A participant's call for step ``name``, keyed by ``ctx.idempotency_key``: a kill
+    point before it and one after its effect is committed; ``fail`` (when given) may
+    raise once the call reached the participant, before any effect."""
     key = ctx.idempotency_key
     n = KILL.call_started(key)
-    if name == "s2" and ctx.attempt == 1:
-        raise ConnectionError("s2: the participant is not reachable yet")
-    if refuse:
-        raise Refused(f"{name}: refused")
-    ledger().apply(key, ctx.saga_id, name)
+    if fail is not None:
+        fail()
+    ledger().apply(key, ctx.saga_id, name, amount)
     KILL.effect_applied(n, key)
 
 
-def _undo(ctx: Any, name: str) -> None:
+def undo(ctx: Any, name: str) -> None:
+    """The participant undoes what the forward call of step ``name`` did (if anything)."""
     key = ctx.idempotency_key
     n = KILL.call_started(key)
     ledger().undo(key, ctx.forward_key, ctx.saga_id, name)
     KILL.effect_applied(n, key)
+
+
+def _forward(ctx: Any, name: str, refuse: bool) -> None:
+    def fail() -> None:
+        if name == "s2" and ctx.attempt == 1:
+            raise ConnectionError("s2: the participant is not reachable yet")
+        if refuse:
+            raise Refused(f"{name}: refused")
+
+    participant(ctx, name, None, fail)
 
 
 # --------------------------------------------------------------------------- the saga
@@ -244,7 +367,7 @@ class CrashOrder:
 
     @s1.compensate
     def u1(self, ctx: Any) -> None:
-        _undo(ctx, "s1")
+        undo(ctx, "s1")
 
     @step(retry=Retry(attempts=2, backoff=0.01, jitter=0))
     def s2(self, ctx: Any) -> None:
@@ -252,7 +375,7 @@ class CrashOrder:
 
     @s2.compensate
     def u2(self, ctx: Any) -> None:
-        _undo(ctx, "s2")
+        undo(ctx, "s2")
 
     @step
     def s3(self, ctx: Any) -> None:
@@ -260,7 +383,7 @@ class CrashOrder:
 
     @s3.compensate
     def u3(self, ctx: Any) -> None:
-        _undo(ctx, "s3")
+        undo(ctx, "s3")
 
     @step
     def s4(self, ctx: Any) -> None:
@@ -268,7 +391,7 @@ class CrashOrder:
 
     @s4.compensate
     def u4(self, ctx: Any) -> None:
-        _undo(ctx, "s4")
+        undo(ctx, "s4")
 
     @step(pivot=True)
     def s5(self, ctx: Any) -> None:

@@ -23,52 +23,24 @@ import math
 import os
 import random
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from crash_sagas import LEDGER_ENV, STEPS, CrashOrder, Point, census, expected_effects
+from crash_jobs import CHILD, run
+from crash_jobs import jobs as run_jobs
+from crash_sagas import STEPS, CrashOrder, Point, census, expected_effects
 
 from sagaflow import SagaStatus, events
 from sagaflow.stores import SQLiteStore
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-CHILD = HERE / "crash_child.py"
 DEEP = os.environ.get("SAGAFLOW_PROFILE") == "deep"
 RANDOM_KILLS = 2_000 if DEEP else 200
 
 POINTS = {"happy": census(fail=False), "failing": census(fail=True)}
 CASES = [(path, p) for path, points in POINTS.items() for p in points]
 TERMINAL = {"happy": SagaStatus.COMPLETED, "failing": SagaStatus.COMPENSATED}
-
-
-def _env(ledger: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        LEDGER_ENV: str(ledger),
-        "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-
-
-def _run(args: list[str], ledger: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, env=_env(ledger), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def _jobs(store: Path, ledger: Path, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run ``jobs`` (each in its own process, one after another); how each ended."""
-    spec = store.with_name(f"jobs-{len(jobs)}-{os.urandom(4).hex()}.json")
-    spec.write_text(json.dumps(jobs), encoding="utf-8")
-    done = _run([sys.executable, str(CHILD), "jobs", str(store), str(spec)], ledger)
-    results: list[dict[str, Any]] = json.loads(done.stdout)
-    failed = [r for r in results if not r["killed"] and r["exit"] != 0]
-    assert not failed, (failed, done.stderr[-3000:])
-    return results
 
 
 def _job(saga_id: str, action: str, fail: bool, point: Point | None, sync: str) -> dict[str, Any]:
@@ -131,8 +103,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory):
             store, ledger = where / "sagas.db", where / "ledger.db"
             fail = path == "failing"
             jobs = [_job(f"{path}-{p.id}", "run", fail, p, "FULL") for p in POINTS[path]]
-            results = {r["saga_id"]: r for r in _jobs(store, ledger, jobs)}
-            done = _run([sys.executable, str(CHILD), "recover", str(store)], ledger)
+            results = {r["saga_id"]: r for r in run_jobs(store, ledger, jobs)}
+            done = run([sys.executable, str(CHILD), "recover", str(store)], ledger)
             runs[path] = results, json.loads(done.stdout), Outcome(store, ledger)
         return runs[path]
 
@@ -212,11 +184,11 @@ def test_random_kills_with_chained_crashes_then_sagaflow_recover(tmp_path: Path)
                 point = Point(kind, rng.randint(1, limits[path][kind]),
                               rng.choice(("before", "after")))
                 jobs.append(_job(saga_id, "recover", fail, point, "NORMAL"))
-        kills += sum(r["killed"] for r in _jobs(store, ledger, jobs))
+        kills += sum(r["killed"] for r in run_jobs(store, ledger, jobs))
     assert kills >= RANDOM_KILLS
 
     url = f"sqlite:///{store}"
-    done = _run([sys.executable, "-m", "sagaflow", "recover", "--store", url,
+    done = run([sys.executable, "-m", "sagaflow", "recover", "--store", url,
                  "--import", "crash_sagas"], ledger)
     assert done.stdout.splitlines()[0].endswith(", left 0 alone"), done.stdout
     outcome = Outcome(store, ledger)
