@@ -17,8 +17,10 @@ lists the kill points of each phase: before and after every store write (the sig
 row, inside its transaction too: statements done, no commit), before every
 participant call and after its effect. A *case* kills one phase at one point; then a
 fresh process recovers (``recover``, then ``resume_due`` until nothing is due) at the
-same time, the client retries what it was doing (the same signal, with the same
-``signal_id``: a duplicate if it was stored), and the script goes on.
+same time (the "late" path: after the wait's timeout), the client retries what it was
+doing (the same signal with the same ``signal_id``: a duplicate, ignored, if it was
+stored; refused if the saga it finished is over, as the store contract says), and the
+script goes on.
 """
 
 from __future__ import annotations
@@ -116,12 +118,14 @@ EARLY = {"text": "early"}
 @attrs.frozen
 class Phase:
     """One process of a script: ``action`` ("run", "signal", "due") at ``at`` seconds
-    after :data:`T0`; a signal's ``name`` and ``payload``."""
+    after :data:`T0`; a signal's ``name`` and ``payload``. Killed, the phase is recovered
+    (and the client's call made again) at ``recovered_at`` (default: ``at``)."""
 
     action: str
     at: float
     name: str = ""
     payload: dict[str, Any] | None = None
+    recovered_at: float | None = None
 
     @property
     def id(self) -> str:
@@ -135,6 +139,10 @@ PATHS: dict[str, tuple[Phase, ...]] = {
     # the note comes early (parked at the decision), kept until the saga reaches its wait
     "early": (Phase("run", 0), Phase("signal", 30, "note", EARLY),
               Phase("signal", 60, "decision", APPROVE), Phase("due", 60 + HOUR)),
+    # approved, but its sender killed once the signal is stored and the saga recovered
+    # only after the decision's timeout: it came in time, so it is delivered
+    "late": (Phase("run", 0), Phase("signal", 60, "decision", APPROVE, DAY + 120),
+             Phase("due", DAY + 120 + HOUR), Phase("due", DAY + 120 + 2 * HOUR)),
     # a rejection by signal: compensated, the rejection the outcome
     "rejected": (Phase("run", 0), Phase("signal", 60, "decision", REFUSE)),
     # no decision within the day: compensated
@@ -184,6 +192,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     },
 }
 TERMINAL = {s.value for s in SagaStatus if s.is_terminal}
+EXPECTED["late"] = EXPECTED["approved"]
 _MILESTONES = (
     events.StepCompleted, events.WaitStarted, events.SignalDelivered, events.WaitExpired,
     events.StepRejected, events.CompensationCompleted, events.SagaCompleted,
@@ -348,10 +357,19 @@ def job(saga_id: str, phase: Phase, point: Point | None = None, **more: Any) -> 
     }
 
 
+def committed(phase: Phase, point: Point) -> bool:
+    """Whether a signal phase killed at ``point`` got its signal's row committed (the
+    row is the phase's first write)."""
+    return not (point.kind == "write" and point.n == 1 and point.when in ("before", "inside"))
+
+
 def all_cases(points: dict[str, list[list[Point]]]) -> list[Case]:
+    """Every kill point of every phase; of the "late" path, only its signal phase's once
+    the signal's row committed (the rest is the "approved" path's)."""
     return [
         Case(path, k, p)
         for path, phases in points.items() for k, seen in enumerate(phases) for p in seen
+        if path != "late" or (k == 1 and committed(PATHS[path][k], p))
     ]
 
 
@@ -378,6 +396,7 @@ FEW: dict[tuple[str, int], tuple[str, ...]] = {
     ("approved", 3): ("w01-after",),  # the note's wait ran out: it goes on
     ("early", 1): ("w01-inside", "w01-after"),  # an early signal's row
     ("early", 3): ("w02-after", "w03-before"),  # reached the wait / consumed the early one
+    ("late", 1): ("w01-after",),  # stored in time, recovered after the timeout
     ("rejected", 1): ("w01-after", "w02-before"),  # a rejection stored / not yet consumed
     ("expired", 1): ("w01-before",),  # the decision's wait ran out: compensate
 }
@@ -399,7 +418,8 @@ def script(
     more = {"driver": driver}
     phases = PATHS[case.path]
     killed = phases[case.phase]
-    recover = Phase("recover", killed.at)
+    later = killed.at if killed.recovered_at is None else killed.recovered_at
+    recover = Phase("recover", later)
     chained = []
     for i in range(0 if rng is None else rng.choice((1, 1, 2))):
         assert rng is not None
@@ -412,7 +432,7 @@ def script(
         job(saga_id, killed, case.point, role="killed", **more),
         *chained,
         job(saga_id, recover, role="recovered", **more),
-        job(saga_id, killed, retry=True, role="retried", **more),
+        job(saga_id, attrs.evolve(killed, at=later), retry=True, role="retried", **more),
         *(job(saga_id, p, **more) for p in phases[case.phase + 1:]),
     ]
 
@@ -555,17 +575,17 @@ class Outcome:
         if phase.action != "signal":
             return
         sid = signal_id(saga_id, phase.name)
-        committed = not (p.kind == "write" and p.n == 1 and p.when in ("before", "inside"))
+        stored = committed(phase, p)
         present = [s for s in recovered["signals"] if s[1] == sid]
-        assert len(present) == (1 if committed else 0), recovered
-        if committed and phase.name == "decision":
+        assert len(present) == (1 if stored else 0), recovered
+        if stored and phase.name == "decision":
             # The saga waits for it: recovery delivered it (with no second send).
             assert recovered["marks"].get("decision") == present[0][2], recovered
             assert recovered["waiting"] != "decision", recovered
-        if not committed:
+        if not stored:
             assert recovered["marks"].get(phase.name) is None, recovered
         # Sent again: stored only if the first was not; else a duplicate, ignored, or,
         # if the first finished the saga, refused (a finished saga takes no signals).
-        assert retried["stored"] is (not committed), retried
+        assert retried["stored"] is (not stored), retried
         if "refused" in retried:
-            assert committed and recovered["status"] in TERMINAL, (recovered, retried)
+            assert stored and recovered["status"] in TERMINAL, (recovered, retried)

@@ -7,7 +7,8 @@ runs out, a signal that comes early. Every kill point of every phase of every sc
 is a case: the signalling process dies before, inside or after the signal's commit; a
 resuming one between a signal's delivery (its handler's effect done) and the
 checkpoint that consumes it, or after; before or after a fired timer's checkpoint;
-with an early signal stored, before the saga reaches its wait. A fresh process
+with an early signal stored, before the saga reaches its wait; a signal stored in time
+whose saga is recovered only after the wait's timeout ("late"). A fresh process
 recovers, the client sends its signal again (same ``signal_id``), the script goes on;
 then nothing is lost and nothing happened twice (:meth:`crash_waits.Outcome.check`).
 
@@ -81,7 +82,9 @@ def test_the_census_covers_every_new_checkpoint() -> None:
                           "SignalDelivered-remark..StepStarted-charge"]
     handler = [p for p in POINTS["rejected"][1] if p.kind == "call"]
     assert [p.label for p in handler][:2] == ["census-rejected:approval:forward"] * 2
-    assert set(PATHS) == {"approved", "early", "rejected", "expired"}
+    assert set(PATHS) == {"approved", "early", "late", "rejected", "expired"}
+    late = [case.point.id for case in EVERY if case.path == "late"]
+    assert late[0] == "w01-after-signal-decision" and len(late) == 5
     assert len(EVERY) > 80
     assert sum(map(representative, EVERY)) >= 40
     # The default PostgreSQL run's few: each names a boundary of the census, all of them
