@@ -19,7 +19,7 @@ import textwrap
 import attrs
 
 from sagaflow import Retry, StepKind, spec_of
-from sagaflow.diagram.model import duration
+from sagaflow.clock import duration
 
 __all__ = ["Entry", "class_lines", "entries", "kinds_table", "lines_table"]
 

@@ -29,7 +29,7 @@ from sagaflow import (
     events,
     spec_of,
 )
-from sagaflow.diagram.model import duration
+from sagaflow.clock import duration
 from sagaflow.stores import Store
 from sagaflow.testing import VirtualClock
 

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "duration"]
 
 
 class Clock(Protocol):
@@ -30,3 +30,15 @@ class SystemClock:
 
     async def asleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+def duration(seconds: float) -> str:
+    """A duration as a person writes it: ``3d``, ``1h30m``, ``45s``, ``0.5s``."""
+    if seconds != int(seconds) or seconds < 60:
+        return f"{seconds:g}s"
+    left, parts = int(seconds), []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        n, left = divmod(left, size)
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)

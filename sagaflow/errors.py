@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .clock import duration
+
 __all__ = [
     "AlreadyExecuting",
     "CodecError",
@@ -130,7 +132,7 @@ class WaitTimedOut(SagaflowError):
         self.signal = signal
         self.timeout = timeout
         what = f"signal {signal!r}" if signal else "its timer"
-        super().__init__(f"wait {step!r} timed out after {timeout:g}s without {what}")
+        super().__init__(f"wait {step!r} timed out after {duration(timeout)} without {what}")
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.step, self.signal, self.timeout))

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 
+from ..clock import duration
 from ..errors import SagaRejected
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
@@ -195,18 +196,6 @@ def _wait_lines(wait: WaitSpec) -> list[str]:
         f"signal {wait.signal}{payload}",
         f"timeout {duration(wait.timeout or 0)} → {wait.on_timeout.value}",
     ]
-
-
-def duration(seconds: float) -> str:
-    """A duration as a person writes it: ``3d``, ``1h30m``, ``45s``, ``0.5s``."""
-    if seconds != int(seconds) or seconds < 60:
-        return f"{seconds:g}s"
-    left, parts = int(seconds), []
-    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
-        n, left = divmod(left, size)
-        if n:
-            parts.append(f"{n}{unit}")
-    return "".join(parts)
 
 
 def _guard_name(func: object) -> str:

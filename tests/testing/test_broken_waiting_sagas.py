@@ -74,7 +74,7 @@ def test_a_step_before_the_wait_with_no_compensation_is_found_by_a_timeout() -> 
                          payloads={"decision": st.builds(Decision, st.just(True), st.just("a"))})
     assert plan == FailurePlan(signals=[SignalPlan("approval", arrives=Arrival.NEVER)])
     assert found.numbers == [11]
-    assert "status: COMPENSATED (wait 'approval' timed out after 259200s without signal " \
+    assert "status: COMPENSATED (wait 'approval' timed out after 3d without signal " \
            "'decision')" in str(found)
 
 
