@@ -111,12 +111,13 @@ class QueueMode:
                 claimed = await self._claim(want)
                 if len(claimed) == want:
                     continue  # there may be more due
-                due = min(await self._next_due(), self._told)
+                due = await self._next_due()
                 if due <= now and not claimed:
                     # Due, but not to be claimed yet: another worker was claiming it,
                     # or the lease it is under ends a moment later by the database's clock.
                     due = now + min(w.poll, _AGAIN)
-                self._due = due
+                # Told meanwhile (its commit may have come after the claim): look again.
+                self._due = min(due, self._told)
             if free >= threshold:
                 # Until the next saga is due, or the poll interval: a notification, a
                 # saga ending or a stop wakes the worker sooner.
