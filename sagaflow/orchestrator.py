@@ -188,16 +188,16 @@ class Orchestrator:
         declares no wait for, or a payload that does not fit; :class:`~sagaflow.SagaNotFound`
         for an unknown id.
         """
-        signals.accept(self.runtime, self.spec_for, saga_id, name, payload, signal_id)
-        resumed = signals.resume(self.runtime, self.spec_for, saga_id)
+        resumed = signals.send(self.runtime, self.spec_for, saga_id, name, payload, signal_id)
         return resumed if resumed is not None else self._snapshot(saga_id)
 
     async def asignal(
         self, saga_id: str, name: str, payload: object = None, *, signal_id: str | None = None
     ) -> SagaResult:
         """:meth:`signal`, resuming the saga in this task."""
-        await signals.aaccept(self.runtime, self.spec_for, saga_id, name, payload, signal_id)
-        resumed = await signals.aresume(self.runtime, self.spec_for, saga_id)
+        resumed = await signals.asend(
+            self.runtime, self.spec_for, saga_id, name, payload, signal_id
+        )
         return resumed if resumed is not None else self._snapshot(saga_id)
 
     def find(self, key: str, saga: type | str | None = None, signal: str = "") -> str:

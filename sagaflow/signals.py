@@ -27,7 +27,10 @@ from .runner import adrive, drive
 from .runtime import Runtime
 from .spec import SagaSpec
 
-__all__ = ["Accepted", "accept", "aaccept", "aresume", "resume", "resume_due"]
+__all__ = [
+    "Accepted", "aaccept", "accept", "aresume", "aresume_due", "asend", "resume", "resume_due",
+    "send",
+]
 
 SpecFor = Callable[[SagaRecord], SagaSpec]
 #: What :func:`accept` leaves to resume: the stored signal (``None``: a duplicate).
@@ -66,27 +69,24 @@ def _payload_text(rt: Runtime, spec: SagaSpec, saga_id: str, name: str, payload:
         raise SignalRefused(saga_id, name, f"its payload does not fit: {exc}") from exc
 
 
-def _checked(
-    rt: Runtime, spec_for: SpecFor, saga_id: str, name: str, payload: object
-) -> str:
-    record = rt.store.load(saga_id)
-    if record is None:
-        raise SagaNotFound(saga_id)
-    if record.status.is_terminal:
-        raise SignalRefused(
-            saga_id, name, f"it is {record.status.value}: a finished saga takes no signals"
-        )
-    return _payload_text(rt, spec_for(record), saga_id, name, payload)
-
-
 def _prepared(
     rt: Runtime, spec_for: SpecFor, saga_id: str, name: str, payload: object,
     signal_id: str | None,
-) -> tuple[str, str, str, str, float]:
-    """The arguments of the store's ``add_signal`` for a checked signal."""
-    text = _checked(rt, spec_for, saga_id, name, payload)
+) -> tuple[tuple[str, str, str, str, float], SagaRecord]:
+    """The arguments of the store's ``add_signal`` for a checked signal, and the saga's
+    record as it was checked (what :func:`send` resumes, without reading it again)."""
+    record = rt.store.load(saga_id)
+    if record is None:
+        raise SagaNotFound(saga_id)
+    if record.status.is_terminal and (
+        signal_id is None or all(g.signal_id != signal_id for g in rt.store.signals(saga_id))
+    ):  # a signal sent again after it finished the saga is a duplicate: the store ignores it
+        raise SignalRefused(
+            saga_id, name, f"it is {record.status.value}: a finished saga takes no signals"
+        )
+    text = _payload_text(rt, spec_for(record), saga_id, name, payload)
     sid = signal_id if signal_id is not None else uuid.uuid4().hex
-    return saga_id, name, sid, text, rt.clock.now()
+    return (saga_id, name, sid, text, rt.clock.now()), record
 
 
 def accept(
@@ -98,9 +98,8 @@ def accept(
     signal_id: str | None,
 ) -> Signal | None:
     """Check and store a signal; the stored signal, or ``None`` for a duplicate id."""
-    return rt.store.add_signal(
-        *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
-    )
+    args, _ = _prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    return rt.store.add_signal(*args)
 
 
 async def aaccept(
@@ -112,9 +111,38 @@ async def aaccept(
     signal_id: str | None,
 ) -> Signal | None:
     """:func:`accept`, storing without blocking the loop."""
-    return await rt.store.aadd_signal(
-        *_prepared(rt, spec_for, saga_id, name, payload, signal_id)
-    )
+    args, _ = _prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    return await rt.store.aadd_signal(*args)
+
+
+def send(
+    rt: Runtime,
+    spec_for: SpecFor,
+    saga_id: str,
+    name: str,
+    payload: object,
+    signal_id: str | None,
+) -> SagaResult | None:
+    """:func:`accept`, then :func:`resume` the saga from the record the check read (a
+    parked saga does not change until a driver takes it: nothing to read again; if one
+    did, the first checkpoint finds out and the saga is left to it)."""
+    args, record = _prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    rt.store.add_signal(*args)
+    return resume(rt, spec_for, saga_id, record)
+
+
+async def asend(
+    rt: Runtime,
+    spec_for: SpecFor,
+    saga_id: str,
+    name: str,
+    payload: object,
+    signal_id: str | None,
+) -> SagaResult | None:
+    """:func:`send`, in the awaiting task."""
+    args, record = _prepared(rt, spec_for, saga_id, name, payload, signal_id)
+    await rt.store.aadd_signal(*args)
+    return await aresume(rt, spec_for, saga_id, record)
 
 
 def by_key(rt: Runtime, key: str, saga_name: str | None, name: str) -> str:
@@ -132,23 +160,30 @@ def by_key(rt: Runtime, key: str, saga_name: str | None, name: str) -> str:
 
 
 def _parked(
-    rt: Runtime, spec_for: SpecFor, saga_id: str
+    rt: Runtime, spec_for: SpecFor, saga_id: str, loaded: SagaRecord | None
 ) -> tuple[SagaSpec, SagaRecord] | None:
-    """The parked saga ``saga_id`` to resume here, or ``None`` (not parked, or a
-    driver here runs it: it is told to look again)."""
+    """The parked saga ``saga_id`` to resume here (``loaded``: its record, just read),
+    or ``None`` (not parked, or a driver here runs it: it is told to look again)."""
     if rt.poke(saga_id):
         return None
-    record = rt.store.load(saga_id)
+    # A record read before the signal was stored is as good while it stays parked;
+    # one that was not parked yet may have parked since: read it again.
+    record = loaded if loaded is not None and loaded.waiting is not None else (
+        rt.store.load(saga_id)
+    )
     if record is None or record.waiting is None or record.status is not SagaStatus.RUNNING:
         return None
     return spec_for(record), record
 
 
-def resume(rt: Runtime, spec_for: SpecFor, saga_id: str) -> SagaResult | None:
+def resume(
+    rt: Runtime, spec_for: SpecFor, saga_id: str, loaded: SagaRecord | None = None
+) -> SagaResult | None:
     """Drive parked saga ``saga_id`` on this thread until it parks again or ends; ``None``
-    if it was not parked, is driven elsewhere, or has async steps (see :func:`aresume`)."""
+    if it was not parked, is driven elsewhere, or has async steps (see :func:`aresume`).
+    ``loaded``: its record, if the caller has just read it."""
     while True:
-        found = _parked(rt, spec_for, saga_id)
+        found = _parked(rt, spec_for, saga_id, loaded)
         if found is None:
             return None
         spec, record = found
@@ -157,21 +192,25 @@ def resume(rt: Runtime, spec_for: SpecFor, saga_id: str) -> SagaResult | None:
         try:
             return drive(rt, spec, record, len(record.history))
         except AlreadyExecuting:
+            loaded = None
             continue  # a driver here took it meanwhile: poke it
         except ConcurrentModification:
             return None  # another process resumed it first
 
 
-async def aresume(rt: Runtime, spec_for: SpecFor, saga_id: str) -> SagaResult | None:
+async def aresume(
+    rt: Runtime, spec_for: SpecFor, saga_id: str, loaded: SagaRecord | None = None
+) -> SagaResult | None:
     """:func:`resume`, in the awaiting task (any saga, async steps or not)."""
     while True:
-        found = _parked(rt, spec_for, saga_id)
+        found = _parked(rt, spec_for, saga_id, loaded)
         if found is None:
             return None
         spec, record = found
         try:
             return await adrive(rt, spec, record, len(record.history))
         except AlreadyExecuting:
+            loaded = None
             continue
         except ConcurrentModification:
             return None

@@ -529,3 +529,18 @@ def test_a_signal_stored_in_time_is_delivered_though_the_saga_is_resumed_late(or
     assert isinstance(late.error, WaitTimedOut)
     assert late.step("approval").status is StepStatus.EXPIRED
     assert orch.store.load("too-late").signal_marks == {}
+
+
+def test_a_signal_sent_again_after_it_finished_the_saga_is_ignored(orch):
+    """Its sender may have died before signal() returned: it cannot tell its signal
+    taken from one never taken, so it sends again, with the same id."""
+    orch.run(Approval("o-7", 500), saga_id="again")
+    done = orch.signal("again", "decision", Decision(True, "ann"), signal_id="d-7")
+    assert done.status is SagaStatus.COMPLETED
+    assert orch.signal("again", "decision", Decision(True, "ann"), signal_id="d-7").status \
+        is SagaStatus.COMPLETED
+    with pytest.raises(SignalRefused, match="a finished saga takes no signals"):
+        orch.signal("again", "decision", Decision(True, "ann"), signal_id="d-8")
+    with pytest.raises(SignalRefused):
+        orch.signal("again", "decision", Decision(True, "ann"))
+    assert [g.signal_id for g in orch.store.signals("again")] == ["d-7"]

@@ -63,6 +63,7 @@ _ADDED = {
 _TERMINAL = tuple(s.value for s in SagaStatus if s.is_terminal)
 _UNFINISHED = f"status NOT IN ({', '.join(repr(v) for v in _TERMINAL)})"
 _SIGNAL = "SELECT saga_id, seq, name, signal_id, payload, at FROM sagaflow_signals"
+_SIGNAL_SEQ = "SELECT seq FROM sagaflow_signals WHERE saga_id = ? AND signal_id = ?"
 _ADD_SIGNAL = (
     "INSERT INTO sagaflow_signals (saga_id, name, signal_id, payload, at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (saga_id, signal_id) DO NOTHING"
@@ -639,13 +640,14 @@ class SQLStore:
                 raise SagaNotFound(saga_id)
             status = found[0][0]
             if status in _TERMINAL:
+                if run(_SIGNAL_SEQ, (saga_id, signal_id)):
+                    return None  # a duplicate: its sender may not know the first was taken
                 raise SignalRefused(
                     saga_id, name, f"it is {status}: a finished saga takes no signals"
                 )
             if not run(_ADD_SIGNAL, (saga_id, name, signal_id, payload, at)):
                 return None  # stored already
-            rows = run("SELECT seq FROM sagaflow_signals WHERE saga_id = ? AND signal_id = ?",
-                       (saga_id, signal_id))
+            rows = run(_SIGNAL_SEQ, (saga_id, signal_id))
             self._signalled(run, saga_id, name, at)
             return Signal(saga_id, rows[0][0], name, signal_id, payload, at)
 

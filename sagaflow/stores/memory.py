@@ -139,13 +139,13 @@ class MemoryStore(AsyncStoreMixin):
             record = self._records.get(saga_id)
             if record is None:
                 raise SagaNotFound(saga_id)
+            kept = self._signals.setdefault(saga_id, [])
+            if any(s.signal_id == signal_id for s in kept):
+                return None  # a duplicate, even once the saga finished
             if record.status.is_terminal:
                 raise SignalRefused(
                     saga_id, name, f"it is {record.status.value}: a finished saga takes no signals"
                 )
-            kept = self._signals.setdefault(saga_id, [])
-            if any(s.signal_id == signal_id for s in kept):
-                return None
             self._seq += 1
             signal = Signal(saga_id, self._seq, name, signal_id, payload, at)
             kept.append(signal)
