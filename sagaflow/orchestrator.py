@@ -416,7 +416,7 @@ class Orchestrator:
         """
         self._check_listeners()
         report = RecoveryReport()
-        for stored in list(self.store.scan(status=_ACTIVE)):
+        for stored in list(self.store.scan(status=_ACTIVE, parked=False)):
             found = self._recoverable(stored, report)
             if found is None:
                 continue
@@ -445,7 +445,7 @@ class Orchestrator:
         # Each saga is decoded when a resumer is free for it: no task, and no decoded
         # record waiting, per saga in the store.
         found = (self._recoverable(stored, report)
-                 for stored in list(self.store.scan(status=_ACTIVE)))
+                 for stored in list(self.store.scan(status=_ACTIVE, parked=False)))
 
         async def resumer() -> None:
             for each in found:  # shared: every resumer takes the next saga

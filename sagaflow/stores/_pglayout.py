@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from ._rows import COLUMNS, INLINE, StoredSaga
-from ._sql import quarantine_join, select_list, waits_and_signals
+from ._sql import quarantine_join, select_list, signalled_and_unparked, waits_and_signals
 
 __all__ = ["MIGRATIONS", "QUEUE", "PostgresStoredSaga", "select_columns", "spilled_joins"]
 
@@ -94,6 +94,8 @@ MIGRATIONS = (
     ),
     # 3: waits and signals. An identity never gives a number twice.
     waits_and_signals("bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "double precision"),
+    # 4: what due() and recovery read from indexes (see signalled_and_unparked)
+    signalled_and_unparked("bigint"),
 )
 
 

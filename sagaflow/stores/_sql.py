@@ -47,13 +47,16 @@ __all__ = [
     "SQLStore",
     "Select",
     "quarantine_join",
+    "resignal",
     "select_list",
+    "signalled_and_unparked",
+    "signalled_set",
     "waits_and_signals",
 ]
 
 #: The layout this code writes; a database with a newer one is refused, an older one
 #: migrated when opened (unless read-only).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: What a read of an older layout (read-only: never migrated) reads in place of the
 #: columns it lacks, by the version that added them.
 _ADDED = {
@@ -62,6 +65,10 @@ _ADDED = {
 }
 _TERMINAL = tuple(s.value for s in SagaStatus if s.is_terminal)
 _UNFINISHED = f"status NOT IN ({', '.join(repr(v) for v in _TERMINAL)})"
+#: The unfinished statuses, as the index of the sagas recovery resumes names them (and a
+#: read must name them the same way for SQLite to use it).
+_ACTIVE = tuple(sorted(s.value for s in SagaStatus if not s.is_terminal))
+_ACTIVE_IN = f"status IN ({', '.join(repr(v) for v in _ACTIVE)})"
 _SIGNAL = "SELECT saga_id, seq, name, signal_id, payload, at FROM sagaflow_signals"
 _SIGNAL_SEQ = "SELECT seq FROM sagaflow_signals WHERE saga_id = ? AND signal_id = ?"
 _ADD_SIGNAL = (
@@ -70,8 +77,8 @@ _ADD_SIGNAL = (
 )
 # Parked, running, not set aside; its wake time come, or a signal of the name it waits
 # for arrived after the last one it was given. By wake time; one without (woken by a
-# signal only) counts as due now.
-_DUE = (
+# signal only) counts as due now. Schema 3 (read-only): a probe per parked saga.
+_DUE_3 = (
     "SELECT s.saga_id FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
     " AND s.status = 'RUNNING'"
     " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
@@ -79,6 +86,29 @@ _DUE = (
     " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after))"
     " ORDER BY COALESCE(s.wake_at, ?), s.saga_id LIMIT ?"
 )
+_DUE_CHECK = (
+    " AND s.status = 'RUNNING'"
+    " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
+)
+# Schema 4: the same sagas from two indexes, each read as far as the limit: the parked
+# ones by wake time (sagaflow_sagas_parked), and the few flagged ``signalled``
+# (sagaflow_sagas_signalled), each checked for a signal it waits for. The cost grows
+# with the sagas due and signalled, not with the parked ones.
+_DUE = (
+    "SELECT saga_id FROM ("
+    "SELECT * FROM (SELECT s.saga_id, s.wake_at AS due_at FROM sagaflow_sagas s"
+    f" WHERE s.waiting IS NOT NULL AND s.wake_at <= ?{_DUE_CHECK}"
+    " ORDER BY s.wake_at, s.saga_id LIMIT ?) t UNION "
+    "SELECT * FROM (SELECT s.saga_id, COALESCE(s.wake_at, ?) AS due_at FROM sagaflow_sagas s"
+    f" WHERE s.signalled IS NOT NULL AND s.waiting IS NOT NULL{_DUE_CHECK}"
+    " AND EXISTS (SELECT 1 FROM sagaflow_signals g"
+    " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after)"
+    " ORDER BY COALESCE(s.wake_at, ?), s.saga_id LIMIT ?) u"
+    ") d ORDER BY due_at, saga_id LIMIT ?"
+)
+# A signal's transaction flags its saga (whatever it waits for: a driver may be parking
+# it for this very signal, its row not saying so yet).
+_FLAG = "UPDATE sagaflow_sagas SET signalled = ? WHERE saga_id = ?"
 _NOTHING: Tail = (0, "")
 #: Runs one statement (``?`` marks) in a dialect's transaction: its rows, or row count.
 Run = Callable[[str, Sequence[Any]], Any]
@@ -141,6 +171,56 @@ def waits_and_signals(seq: str, real: str) -> tuple[str, ...]:
     )
 
 
+def signalled_and_unparked(bigint: str) -> tuple[str, ...]:
+    """Schema version 4 in either dialect: what makes :meth:`SQLStore.due` and recovery
+    read only what they want. ``signalled`` flags a saga a signal may wake (the number
+    of a signal: see :func:`signalled_set`), indexed while set; the parked sagas' index
+    holds their ids after the wake time (due sagas in order, no sort); the one of the
+    unfinished sagas that are not parked is what recovery pages through."""
+    return (
+        f"ALTER TABLE sagaflow_sagas ADD COLUMN signalled {bigint}",
+        "UPDATE sagaflow_sagas SET signalled = (SELECT max(g.seq) FROM sagaflow_signals g"
+        " WHERE g.saga_id = sagaflow_sagas.saga_id AND g.name = sagaflow_sagas.waiting"
+        " AND g.seq > sagaflow_sagas.waiting_after) WHERE waiting IS NOT NULL",
+        "CREATE INDEX sagaflow_sagas_signalled ON sagaflow_sagas (saga_id)"
+        " WHERE signalled IS NOT NULL",
+        "DROP INDEX sagaflow_sagas_parked",
+        "CREATE INDEX sagaflow_sagas_parked ON sagaflow_sagas (wake_at, saga_id)"
+        " WHERE waiting IS NOT NULL",
+        f"CREATE INDEX sagaflow_sagas_unparked ON sagaflow_sagas (saga_id)"
+        f" WHERE waiting IS NULL AND {_ACTIVE_IN}",
+    )
+
+
+def resignal() -> str:
+    """The UPDATE that sets ``signalled`` from the saga's row as stored (a parked saga
+    inserted by a save, not a create), its id the one parameter."""
+    sagas = "sagaflow_sagas"
+    return (
+        f"UPDATE {sagas} SET "
+        + signalled_set(f"{sagas}.saga_id", f"{sagas}.waiting", f"{sagas}.waiting_after")
+        + " WHERE saga_id = ?"
+    )
+
+
+def signalled_set(saga_id: str, waiting: str, after: str) -> str:
+    """What a save sets ``signalled`` to (schema 4), given the SQL of its saga id, wait
+    and mark: nothing unless it parks; parked, a signal it waits for (one stored before
+    this statement began), or the flag a signal's transaction set that this statement's
+    snapshot does not show (a newer signal than it sees: PostgreSQL re-reads the locked
+    row, not the signals, when a signal committed while it waited for the row; a signal
+    that commits after it sees the saga parked and flags it itself). A signal is
+    therefore never missed by :meth:`SQLStore.due`; a flag it finds stale (a signal of
+    another name) costs one probe there, until the saga next moves on."""
+    return (
+        f"signalled = CASE WHEN CAST({waiting} AS TEXT) IS NULL THEN NULL ELSE COALESCE("
+        "(SELECT max(g.seq) FROM sagaflow_signals g"
+        f" WHERE g.saga_id = {saga_id} AND g.name = {waiting} AND g.seq > {after}),"
+        " CASE WHEN signalled > (SELECT COALESCE(max(g.seq), 0) FROM sagaflow_signals g"
+        f" WHERE g.saga_id = {saga_id}) THEN signalled END) END"
+    )
+
+
 def quarantine_join(layout: int, alias: str = "s") -> str:
     """The join that :func:`select_list` reads the quarantine reason from."""
     if layout < 2:
@@ -151,7 +231,8 @@ def quarantine_join(layout: int, alias: str = "s") -> str:
 @attrs.frozen
 class Select:
     """Which sagas a read wants: filters, the keyset position to page on from
-    (``(saga_id,)``, or ``(updated_at, saga_id)`` when newest first), order, limit."""
+    (``(saga_id,)``, or ``(updated_at, saga_id)`` when newest first), order, limit;
+    ``parked``: only the sagas parked at a wait (``True``), or only the others."""
 
     status: tuple[str, ...] | None = None
     name: str | None = None
@@ -159,6 +240,7 @@ class Select:
     after: tuple[Any, ...] | None = None
     newest_first: bool = False
     limit: int | None = None
+    parked: bool | None = None
 
     def render(self, mark: str) -> tuple[str, list[Any]]:
         """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with
@@ -166,8 +248,12 @@ class Select:
         clauses: list[str] = []
         params: list[Any] = []
         if self.status is not None:
-            clauses.append(f"s.status IN ({', '.join([mark] * len(self.status))})")
-            params.extend(self.status)
+            # Written out (statuses are a fixed set of names), sorted: the unfinished
+            # ones read as the index of the sagas that are not parked names them.
+            values = sorted({SagaStatus(v).value for v in self.status})
+            clauses.append(f"s.status IN ({', '.join(repr(v) for v in values)})")
+        if self.parked is not None:
+            clauses.append(f"s.waiting IS {'NOT ' if self.parked else ''}NULL")
         if self.name is not None:
             clauses.append(f"s.saga_name = {mark}")
             params.append(self.name)
@@ -567,22 +653,30 @@ class SQLStore:
         newest_first: bool = False,
         limit: int | None = None,
         batch: int = 500,
+        parked: bool | None = None,
     ) -> Iterator[StoredSaga]:
         """Stored sagas matching ``status`` and ``name``, undecoded: by saga id, or
-        most recently updated first; at most ``limit``.
+        most recently updated first; at most ``limit``. ``parked=False``: only the
+        sagas not parked at a wait (``True``: only those); the unfinished ones of them,
+        by saga id, are read from an index of their own (recovery: a page costs its
+        size, whatever the number of parked sagas).
 
         Reads in batches (each one consistent), so a huge table does not sit in memory
         and writers are not held up. Decoding is left to :meth:`decode`, so one damaged
         record is reported by its id and never stops the iteration.
         """
         values = None if status is None else tuple(SagaStatus(s).value for s in status)
-        if values == ():
+        if values == () or (parked and self.layout < 3):
             return
+        if self.layout < 3:
+            parked = None  # nothing waits in a layout without waits
         left = limit
         after: tuple[Any, ...] | None = None
         while left is None or left > 0:
             size = batch if left is None else min(batch, left)
-            found = self._fetch(Select(values, name, None, after, newest_first, size))
+            found = self._fetch(
+                Select(values, name, None, after, newest_first, size, parked)
+            )
             yield from found
             if len(found) < size:
                 return
@@ -648,6 +742,8 @@ class SQLStore:
             if not run(_ADD_SIGNAL, (saga_id, name, signal_id, payload, at)):
                 return None  # stored already
             rows = run(_SIGNAL_SEQ, (saga_id, signal_id))
+            if self.layout >= 4:
+                run(_FLAG, (rows[0][0], saga_id))
             self._signalled(run, saga_id, name, at)
             return Signal(saga_id, rows[0][0], name, signal_id, payload, at)
 
@@ -683,7 +779,10 @@ class SQLStore:
         id; at most ``limit``."""
         if self.layout < 3:
             return []
-        return [row[0] for row in self._execute(_DUE, (now, now, int(limit)))]
+        if self.layout < 4:
+            return [row[0] for row in self._execute(_DUE_3, (now, now, int(limit)))]
+        n = int(limit)
+        return [row[0] for row in self._execute(_DUE, (now, n, now, now, n, n))]
 
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
         """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is

@@ -99,9 +99,11 @@ class Store(Protocol):
         name: str | None = None,
         newest_first: bool = False,
         limit: int | None = None,
+        parked: bool | None = None,
     ) -> Iterator[Stored]:
         """Sagas matching ``status`` and ``name``, undecoded: by saga id, or most
-        recently updated first; at most ``limit``."""
+        recently updated first; at most ``limit``. ``parked``: only the sagas parked at
+        a wait (``True``) or only the others (``False``)."""
 
     def load_raw(self, saga_id: str) -> Stored | None:
         """The undecoded saga ``saga_id``, or ``None``."""

@@ -100,8 +100,11 @@ class MemoryStore(AsyncStoreMixin):
         name: str | None = None,
         newest_first: bool = False,
         limit: int | None = None,
+        parked: bool | None = None,
     ) -> Iterator[_Held]:
         found = self.query(status=status, name=name)  # newest first
+        if parked is not None:
+            found = [r for r in found if (r.waiting is not None) is parked]
         if not newest_first:
             found.sort(key=lambda r: r.saga_id)
         for record in found if limit is None else found[:limit]:

@@ -42,7 +42,7 @@ from ._commit import Committer, Lane, Write
 from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
 from ._pgqueue import Queue, notify_sql
 from ._rows import AT, COLUMNS, StoredSaga
-from ._sql import SCHEMA_VERSION, Run, Select
+from ._sql import SCHEMA_VERSION, Run, Select, resignal, signalled_set
 from .base import Quarantined, Stored
 
 __all__ = [
@@ -58,6 +58,8 @@ _Conn = psycopg.Connection[tuple[Any, ...]]
 
 _N = len(COLUMNS)
 _WAITING, _WAKE_AT = AT["waiting"], AT["wake_at"]
+_WAITING_AFTER = AT["waiting_after"]
+_RESIGNAL = resignal().replace("?", "%s")
 _INSERT = (
     f"INSERT INTO sagaflow_sagas ({', '.join(COLUMNS)}, run_at) "
     f"VALUES ({', '.join(['%s'] * (_N + 1))}) "
@@ -76,6 +78,7 @@ _UPDATE = (
     + ", fence = CASE WHEN %s AND owner IS NOT NULL THEN fence + 1 ELSE fence END"
     + ", owner = CASE WHEN %s THEN owner END"
     + ", lease_until = CASE WHEN %s THEN lease_until END"
+    + ", " + signalled_set("%s", "%s", "%s")
     + " WHERE saga_id = %s AND version = %s AND (%s::bigint IS NULL OR fence = %s)"
     + " RETURNING saga_id"
 )
@@ -405,6 +408,7 @@ class PostgresStore(Queue):
             if now is None:
                 if item.replay:  # never created in this store: insert it, as memory would
                     conn.execute(_INSERT, (*item.row, None))
+                    conn.execute(_RESIGNAL, (sid,))
                     continue
                 outcomes[k] = ConcurrentModification(sid, item.expected, None)
             elif item.fence is not None and now[1] != item.fence:
@@ -534,7 +538,10 @@ def _update_params(item: Write) -> tuple[Any, ...]:
     row = item.row
     held = item.fence is not None and not item.terminal
     fence = item.fence
-    return (*row[1:], held, _parked_at(item), fence is None, held, held, row[0],
+    sid, waiting = row[0], row[_WAITING]
+    # signalled_set's marks: the id, the wait, the mark, the wait, the id
+    flag = (waiting, sid, waiting, row[_WAITING_AFTER], sid)
+    return (*row[1:], held, _parked_at(item), fence is None, held, held, *flag, sid,
             item.expected, fence, fence)
 
 

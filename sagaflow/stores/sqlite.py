@@ -40,14 +40,17 @@ from typing import Any
 from ..codec import Codec
 from ..errors import ConcurrentModification, StoreError, UnknownSagaClass
 from ._commit import Committer, Lane, Write
-from ._rows import COLUMNS, INLINE, STATIC, StoredSaga
+from ._rows import AT, COLUMNS, INLINE, STATIC, StoredSaga
 from ._sql import (
     SCHEMA_VERSION,
     Run,
     Select,
     SQLStore,
     quarantine_join,
+    resignal,
     select_list,
+    signalled_and_unparked,
+    signalled_set,
     waits_and_signals,
 )
 
@@ -135,6 +138,8 @@ _MIGRATIONS = (
     # 3: waits and signals. AUTOINCREMENT: a signal's number is never one a deleted
     # signal had (a saga's mark may have passed it).
     waits_and_signals("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL"),
+    # 4: what due() and recovery read from indexes (see signalled_and_unparked)
+    signalled_and_unparked("INTEGER"),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.
@@ -146,15 +151,19 @@ _INSERT = (
 _UPDATE = (
     "UPDATE sagaflow_sagas SET "
     + ", ".join(f"{c} = ?{i + 1}" for i, c in enumerate(COLUMNS) if c != "saga_id")
+    + ", "
+    + signalled_set("?1", f"?{AT['waiting'] + 1}", f"?{AT['waiting_after'] + 1}")
     + f" WHERE saga_id = ?1 AND version = ?{_N + 1}"
 )
+_RESIGNAL = resignal()
 #: A checkpoint that names ``status`` or ``saga_name`` rewrites their index entry
 #: (SQLite updates an index when one of its columns is SET, whatever the value), a
 #: second b-tree page written and synced per commit. While the STATIC columns keep
 #: their stored values (the wait columns among them: a saga that never waits never
 #: changes them), this leaves them out, and binds only what it sets (binding a
 #: parameter costs about as much as a column of the row): the id, the columns that
-#: change, the version followed (:func:`_narrow`).
+#: change, the version followed (:func:`_narrow`). It leaves ``signalled`` too: the
+#: flag is of the saga's wait, which it does not change (a signal's flag stays).
 _CHANGING = tuple(i for i, c in enumerate(COLUMNS) if c not in STATIC)
 _UPDATE_NARROW = (
     "UPDATE sagaflow_sagas SET "
@@ -430,6 +439,7 @@ class SQLiteStore(SQLStore):
                 )
             # Never created in this store: insert it, as the memory store would.
             conn.execute(_INSERT, row)
+            conn.execute(_RESIGNAL, (sid,))
         verb = "OR IGNORE " if item.replay else ""
         for what, rows in (("history", item.history), ("events", item.events), ("path", item.path)):
             if rows:
