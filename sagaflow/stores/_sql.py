@@ -93,14 +93,16 @@ _DUE_CHECK = (
 # Schema 4: the same sagas from two indexes, each read as far as the limit: the parked
 # ones by wake time (sagaflow_sagas_parked), and the few flagged ``signalled``
 # (sagaflow_sagas_signalled), each checked for a signal it waits for. The cost grows
-# with the sagas due and signalled, not with the parked ones.
+# with the sagas due and signalled, not with the parked ones. ``{parked}`` and
+# ``{signalled}``: the dialect's hint to read them from these indexes (see
+# SQLStore.indexed).
 _DUE = (
     "SELECT saga_id FROM ("
-    "SELECT * FROM (SELECT s.saga_id, s.wake_at AS due_at FROM sagaflow_sagas s"
+    "SELECT * FROM (SELECT s.saga_id, s.wake_at AS due_at FROM sagaflow_sagas s{parked}"
     f" WHERE s.waiting IS NOT NULL AND s.wake_at <= ?{_DUE_CHECK}"
     " ORDER BY s.wake_at, s.saga_id LIMIT ?) t UNION "
     "SELECT * FROM (SELECT s.saga_id, COALESCE(s.wake_at, ?) AS due_at FROM sagaflow_sagas s"
-    f" WHERE s.signalled IS NOT NULL AND s.waiting IS NOT NULL{_DUE_CHECK}"
+    "{signalled} WHERE s.signalled IS NOT NULL AND s.waiting IS NOT NULL" + _DUE_CHECK +
     " AND EXISTS (SELECT 1 FROM sagaflow_signals g"
     " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after)"
     " ORDER BY COALESCE(s.wake_at, ?), s.saga_id LIMIT ?) u"
@@ -242,6 +244,15 @@ class Select:
     limit: int | None = None
     parked: bool | None = None
 
+    @property
+    def index(self) -> str | None:
+        """The index that serves this read where a planner may not see it does (SQLite
+        prefers the status index, and sorts): the unfinished sagas not parked, by id."""
+        if self.parked is False and not self.newest_first and self.status is not None:
+            if {SagaStatus(v).value for v in self.status} == set(_ACTIVE):
+                return "sagaflow_sagas_unparked"
+        return None
+
     def render(self, mark: str) -> tuple[str, list[Any]]:
         """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with
         ``mark`` as the parameter placeholder, and its parameters."""
@@ -287,6 +298,11 @@ class SQLStore:
 
     #: the parameter placeholder of the dialect's SQL
     MARK: ClassVar[str] = "?"
+
+    def indexed(self, index: str) -> str:
+        """What follows ``sagaflow_sagas s`` in a read to have it use ``index`` (SQLite:
+        ``INDEXED BY``; a planner with statistics needs no hint)."""
+        return ""
 
     commits: int  #: transactions committed
     writes: int  #: saga writes they carried: ``writes / commits`` checkpoints per commit
@@ -782,7 +798,9 @@ class SQLStore:
         if self.layout < 4:
             return [row[0] for row in self._execute(_DUE_3, (now, now, int(limit)))]
         n = int(limit)
-        return [row[0] for row in self._execute(_DUE, (now, n, now, now, n, n))]
+        due = _DUE.format(parked=self.indexed("sagaflow_sagas_parked"),
+                          signalled=self.indexed("sagaflow_sagas_signalled"))
+        return [row[0] for row in self._execute(due, (now, n, now, now, n, n))]
 
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
         """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is

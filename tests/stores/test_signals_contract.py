@@ -357,6 +357,73 @@ def test_a_signal_that_arrived_before_the_saga_parked_makes_it_due(signal_stores
     assert store.due(NOW) == ["p-1"]
 
 
+def test_a_signal_stored_while_the_row_says_another_wait_makes_the_parked_saga_due(
+    signal_stores: Any,
+) -> None:
+    """The race again, as a resumed saga runs it: its row still says the wait it left
+    (a driver took the saga on from there) when the signal for its next wait is stored;
+    then it parks for that one. ``due`` finds it."""
+    store = signal_stores
+    first = parked(store, "p-1", "approval", wake_at=NOW + 3600)
+    taken = store.add_signal("p-1", "approval", "a", "{}", NOW)
+    assert store.due(NOW) == ["p-1"]
+    # The driver delivers "approval", looks for "shipment" (none), and, before its park
+    # is saved, "shipment" is stored.
+    store.add_signal("p-1", "shipment", "s", "{}", NOW)
+    first.waiting, first.wake_at = "shipment", None
+    first.signal_marks = {"approval": taken.seq}
+    store.save(first)
+    assert store.due(NOW) == ["p-1"]
+
+
+def test_a_signal_for_another_wait_leaves_a_parked_saga_not_due(signal_stores: Any) -> None:
+    store = signal_stores
+    record = running(store, "p-1")
+    store.add_signal("p-1", "cancel", "c", "{}", NOW)
+    record.waiting, record.wake_at = "approval", NOW + 3600
+    store.save(record)
+    store.add_signal("p-1", "other", "o", "{}", NOW)
+    assert store.due(NOW) == []
+    assert store.due(NOW + 3600) == ["p-1"]
+    # Woken by its timer, it moves on (not parked): due no more, nor when it parks again
+    # for what it has had already.
+    record.waiting, record.wake_at = None, None
+    store.save(record)
+    assert store.due(NOW + 3600) == []
+    record.waiting = "approval"
+    store.save(record)
+    assert store.due(NOW) == []
+
+
+def test_a_due_saga_that_takes_its_signal_and_parks_again_is_not_due(
+    signal_stores: Any,
+) -> None:
+    store = signal_stores
+    record = parked(store, "p-1", "approval")
+    signal = store.add_signal("p-1", "approval", "a", "{}", NOW)
+    assert store.due(NOW) == ["p-1"]
+    record.signal_marks = {"approval": signal.seq}  # delivered; it waits for the next
+    store.save(record)
+    assert store.due(NOW) == []
+    store.add_signal("p-1", "approval", "b", "{}", NOW)
+    assert store.due(NOW) == ["p-1"]
+
+
+def test_due_takes_the_limit_from_the_timers_and_the_signalled_together(
+    signal_stores: Any,
+) -> None:
+    store = signal_stores
+    for k in range(4):
+        parked(store, f"t-{k}", "approval", wake_at=NOW - 10 + k)
+        parked(store, f"s-{k}", "approval", wake_at=NOW + 100 + k)
+        store.add_signal(f"s-{k}", "approval", "a", "{}", NOW)
+    parked(store, "s-none", "approval")
+    store.add_signal("s-none", "approval", "a", "{}", NOW)
+    assert store.due(NOW, 3) == ["t-0", "t-1", "t-2"]
+    assert store.due(NOW, 6) == ["t-0", "t-1", "t-2", "t-3", "s-none", "s-0"]
+    assert store.due(NOW + 101, 7) == ["t-0", "t-1", "t-2", "t-3", "s-0", "s-1", "s-none"]
+
+
 def test_a_saga_not_parked_is_never_due(signal_stores: Any) -> None:
     store = signal_stores
     record = running(store, "busy")  # running a step, or sleeping before a retry
