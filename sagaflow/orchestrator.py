@@ -35,6 +35,7 @@ from .stores.base import Quarantined
 __all__ = ["Migration", "Orchestrator", "RecoveryReport"]
 
 _ACTIVE = (SagaStatus.NOT_STARTED, SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+_ACTIVE_VALUES = frozenset(s.value for s in _ACTIVE)
 _DUE_PAGE = 100  #: parked sagas read per query when recovery resumes the due ones
 _FINISHED = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED)
 #: What says a saga itself cannot be decoded or driven (it is set aside for an operator),
@@ -416,7 +417,7 @@ class Orchestrator:
         """
         self._check_listeners()
         report = RecoveryReport()
-        for stored in list(self.store.scan(status=_ACTIVE, parked=False)):
+        for stored in self._to_recover():
             found = self._recoverable(stored, report)
             if found is None:
                 continue
@@ -444,8 +445,7 @@ class Orchestrator:
         report = RecoveryReport()
         # Each saga is decoded when a resumer is free for it: no task, and no decoded
         # record waiting, per saga in the store.
-        found = (self._recoverable(stored, report)
-                 for stored in list(self.store.scan(status=_ACTIVE, parked=False)))
+        found = (self._recoverable(stored, report) for stored in self._to_recover())
 
         async def resumer() -> None:
             for each in found:  # shared: every resumer takes the next saga
@@ -464,6 +464,17 @@ class Orchestrator:
             self.runtime, self.spec_for, partial(self._not_resumed, report), self._due_ids()
         ))
         return report
+
+    def _to_recover(self) -> list[Stored]:
+        """The unfinished sagas that are not parked (read from their own index: the
+        parked ones, which may be most, are not read), and the parked ones set aside
+        (to report them as before)."""
+        found = list(self.store.scan(status=_ACTIVE, parked=False))
+        for held in self.store.quarantined():
+            stored = self.store.load_raw(held.saga_id)
+            if stored is not None and stored.parked and stored.status in _ACTIVE_VALUES:
+                found.append(stored)
+        return found
 
     def _due_ids(self) -> Iterator[str]:
         """The parked sagas due now (their time came, or their signal), each once: what

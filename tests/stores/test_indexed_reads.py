@@ -196,3 +196,28 @@ def waiting_for_the_row(conn: Any) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("the save never waited for the saga's row")
+
+
+def test_recovery_reads_the_unparked_sagas_and_reports_a_parked_one_set_aside(
+    tmp_path: Path,
+) -> None:
+    from sagaflow import Orchestrator
+    from sagaflow.testing import VirtualClock
+
+    store = SQLiteStore(tmp_path / "recover.db")
+    fill(store, 5)
+    store.quarantine("parked-003", "set aside by hand")
+    seen: list[str] = []
+    store._read_conn.set_trace_callback(seen.append)
+    orch = Orchestrator(store=store, sagas=[Other], clock=VirtualClock(NOW))
+    report = orch.recover()
+    pages = [s for s in seen if "FROM sagaflow_sagas s" in s and "status IN" in s]
+    assert pages and all("INDEXED BY sagaflow_sagas_unparked" in s for s in pages)
+    # The unparked unfinished sagas resumed; the parked ones due (their signal came, or
+    # their time) too; the one set aside reported, as before.
+    resumed = {f"{kind}-{k:03}" for kind in ("new", "running") for k in range(5)}
+    resumed |= {"parked-000", "parked-001", "parked-002"}
+    assert set(report.resumed) == resumed
+    assert report.quarantined == {"parked-003": "set aside by hand"}
+    assert set(report.skipped) == {"parked-003"}
+    store.close()

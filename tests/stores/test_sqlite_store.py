@@ -145,6 +145,46 @@ def test_a_read_only_store_reads_a_version_2_database_without_migrating_it(
     assert digest(path) == before
 
 
+def test_a_version_3_database_is_migrated_and_its_parked_sagas_stay_due(
+    tmp_path: Path,
+) -> None:
+    """data/sqlite-v3.sql is a database written by schema version 3: sagas parked for
+    "approval" (one with that signal stored, one with a signal of another name and a
+    timer, one with nothing), a running one with a signal stored, a finished one.
+    Version 4 flags the parked sagas a signal wakes and indexes what due() and recovery
+    read: the same sagas are due, and recovery's scan finds the same ones."""
+    path = old_database(tmp_path, 3)
+    with SQLiteStore(path, readonly=True) as reader:
+        assert reader.schema_version == 3
+        assert reader.due(NOW + 10**6) == ["v3-timer", "v3-signalled"]
+        assert reader.due(NOW) == ["v3-signalled"]
+        assert [s.saga_id for s in reader.scan(status=ACTIVE, parked=False)] == ["v3-running"]
+    with SQLiteStore(path) as store:
+        assert store.schema_version == 4
+        assert store.due(NOW) == ["v3-signalled"]
+        assert store.due(NOW + 10**6) == ["v3-timer", "v3-signalled"]
+        assert [s.saga_id for s in store.scan(status=ACTIVE, parked=False)] == ["v3-running"]
+        assert [s.saga_id for s in store.scan(status=ACTIVE, parked=True)] == [
+            "v3-parked", "v3-signalled", "v3-timer"
+        ]
+        # The running saga parks for the signal stored before: due.
+        running = store.load("v3-running")
+        running.waiting = "approval"
+        store.save(running)
+        assert store.due(NOW) == ["v3-running", "v3-signalled"]
+        store.add_signal("v3-parked", "approval", "p", "{}", NOW)
+        assert store.due(NOW) == ["v3-parked", "v3-running", "v3-signalled"]
+    with raw(path) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"sagaflow_sagas_parked", "sagaflow_sagas_signalled",
+                "sagaflow_sagas_unparked"} <= indexes
+        flagged = conn.execute("SELECT saga_id FROM sagaflow_sagas WHERE signalled IS NOT NULL"
+                               " ORDER BY saga_id").fetchall()
+        assert flagged == [("v3-parked",), ("v3-running",), ("v3-signalled",)]
+    with SQLiteStore(path) as again:  # once migrated, opening changes nothing
+        assert again.schema_version == 4 and len(again) == 5
+
+
 def old_database(tmp_path: Path, version: int) -> Path:
     """A database as schema ``version`` left it: data/sqlite-v{version}.sql."""
     path = tmp_path / f"v{version}.db"
