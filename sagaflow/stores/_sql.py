@@ -248,10 +248,11 @@ class Select:
     def index(self) -> str | None:
         """The index that serves this read where a planner may not see it does (SQLite
         prefers the status index, and sorts): the unfinished sagas not parked, by id."""
-        if self.parked is False and not self.newest_first and self.status is not None:
-            if {SagaStatus(v).value for v in self.status} == set(_ACTIVE):
-                return "sagaflow_sagas_unparked"
-        return None
+        if self.parked is not False or self.newest_first or self.status is None:
+            return None
+        if {SagaStatus(v).value for v in self.status} != set(_ACTIVE):
+            return None
+        return "sagaflow_sagas_unparked"
 
     def render(self, mark: str) -> tuple[str, list[Any]]:
         """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with

@@ -1,6 +1,6 @@
 """The PostgreSQL store: durable sagas shared by many processes and machines (psycopg 3).
 
-The layout (schema version 3, created on first use in the connection's schema;
+The layout (schema version 4, created on first use in the connection's schema;
 ``sagaflow_meta`` holds the version; an older one is migrated when opened) is the
 SQLite store's (:mod:`sagaflow.stores._rows`), plus a queue. JSON is kept as ``text``:
 the store never looks inside it, and ``jsonb`` would make the server parse every

@@ -1,6 +1,6 @@
 """The SQLite store: durable sagas in one file, on the standard library's ``sqlite3``.
 
-The layout (schema version 3, created on first use; ``sagaflow_meta`` holds the
+The layout (schema version 4, created on first use; ``sagaflow_meta`` holds the
 version; an older database is migrated when opened) is the saga row of
 :mod:`sagaflow.stores._rows` in ``sagaflow_sagas``; the older items of its append-only
 lists in ``sagaflow_history``, ``sagaflow_events`` and ``sagaflow_path``; the sagas
