@@ -80,11 +80,22 @@ _SIGNAL_WAKES = notify_sql(
     " AND run_at > ?",
     "?",
 )
-_NEXT_DUE = (
-    "SELECT run_at FROM sagaflow_sagas t WHERE run_at IS NOT NULL"
-    " AND saga_name = ANY(%(names)s) AND fingerprint = ANY(%(fps)s) AND saga_id <> ALL(%(busy)s)"
+#: How many of the queue's first rows :meth:`Queue.next_due` looks at before all of it.
+_NEXT_DUE_FIRST = 256
+_DUE_FILTER = (
+    " run_at IS NOT NULL AND saga_name = ANY(%(names)s) AND fingerprint = ANY(%(fps)s)"
+    " AND saga_id <> ALL(%(busy)s)"
     " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = t.saga_id)"
-    " ORDER BY run_at LIMIT 1"
+)
+# The earliest run_at among the first rows of the queue (in run_at order: the index, a
+# plan that stale statistics cannot spoil, as they can the filtered query's: right after
+# thousands of sagas parked, the planner reads them all); the whole queue only when none
+# of those is this worker's to claim.
+_NEXT_DUE = (
+    "SELECT COALESCE((SELECT run_at FROM (SELECT saga_id, saga_name, fingerprint, run_at"
+    f" FROM sagaflow_sagas WHERE run_at IS NOT NULL ORDER BY run_at LIMIT {_NEXT_DUE_FIRST}) t"
+    f" WHERE{_DUE_FILTER} ORDER BY run_at LIMIT 1),"
+    f" (SELECT run_at FROM sagaflow_sagas t WHERE{_DUE_FILTER} ORDER BY run_at LIMIT 1))"
 )
 
 
@@ -247,7 +258,8 @@ class Queue(SQLStore):
             return None
         params = {"names": list(names), "fps": list(fingerprints), "busy": list(exclude)}
         rows = self._query(_NEXT_DUE, params)
-        return None if not rows or math.isinf(rows[0][0]) else float(rows[0][0])
+        due = rows[0][0] if rows else None
+        return None if due is None or math.isinf(due) else float(due)
 
     def _signalled(self, run: Run, saga_id: str, name: str, at: float) -> None:
         run(_SIGNAL_WAKES, (at, saga_id, name, at, self.channel, repr(at)))
