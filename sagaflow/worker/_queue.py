@@ -26,6 +26,11 @@ log = logging.getLogger("sagaflow.worker")
 #: How soon to look again when a saga is due but could not be claimed (another worker's
 #: claim of it was in flight; its lease ends a moment later by the database's clock).
 _AGAIN = 0.05
+#: How long before a saga is due the worker wakes, to claim it at that very moment: the
+#: event loop's sleeps end up to a millisecond late (its timeouts are whole milliseconds).
+_LEAD = 0.002
+#: Longest a timer's claim is sent before its time (to be back with it at that time).
+_EARLY_MAX = 0.005
 #: Longest pause between attempts to listen again after the connection failed.
 _LISTEN_BACKOFF = 5.0
 
@@ -46,6 +51,11 @@ class QueueMode:
         self._due = -math.inf
         #: the earliest time notified since the last look began
         self._told = math.inf
+        #: when the next saga was due at the last look at the queue (next_due)
+        self._next = -math.inf
+        #: how long before a timer's time its claim is sent (a claim's round trip, as
+        #: measured: an average of the last few)
+        self._early = 0.0
         self._looked = -math.inf  # when the worker last claimed (monotonic)
         self._tick = time.monotonic()
         self._heartbeat_stop = threading.Event()
@@ -102,16 +112,28 @@ class QueueMode:
         while not w.stopping:
             free = w.concurrency - len(w.active)
             now = clock.now()
-            if free >= threshold and (
-                self._due <= now or time.monotonic() >= self._looked + w.poll
-            ):
+            lead = _LEAD + self._early
+            polled = time.monotonic() >= self._looked + w.poll
+            if free >= threshold and (self._due <= now + lead or polled):
                 self._looked = time.monotonic()
                 self._told = math.inf  # what is notified from here on counts
                 want = min(free, w.claim_batch)
-                claimed = await self._claim(want)
+                # Due in a moment (a timer): claimed for that very moment.
+                at = self._due if now < self._due <= now + lead else None
+                claimed = await self._claim(want, at)
+                if at is not None:
+                    now = at
                 if len(claimed) == want:
                     continue  # there may be more due
-                due = await self._next_due()
+                if claimed and not polled and self._next > now:
+                    # What was due is claimed; the next one the queue held is not due
+                    # yet and cannot have come sooner unnoticed (what makes a saga due
+                    # sooner notifies; the poll looks for the rest): no need to look.
+                    due = self._next
+                else:
+                    if claimed:
+                        await asyncio.sleep(0)  # the drives start (their first query) first
+                    due = self._next = await self._next_due()
                 if due <= now and not claimed:
                     # Due, but not to be claimed yet: another worker was claiming it,
                     # or the lease it is under ends a moment later by the database's clock.
@@ -121,7 +143,8 @@ class QueueMode:
             if free >= threshold:
                 # Until the next saga is due, or the poll interval: a notification, a
                 # saga ending or a stop wakes the worker sooner.
-                timeout = min(self._due - clock.now(), self._looked + w.poll - time.monotonic())
+                timeout = min(self._due - _LEAD - self._early - clock.now(),
+                              self._looked + w.poll - time.monotonic())
             else:
                 timeout = w.poll  # no slot free: a saga ending wakes the worker
             wake.clear()
@@ -132,14 +155,36 @@ class QueueMode:
                 except TimeoutError:
                     pass
 
-    async def _claim(self, n: int) -> list[PostgresStoredSaga]:
+    async def _claim(self, n: int, at: float | None = None) -> list[PostgresStoredSaga]:
+        """Claim up to ``n`` due sagas and start driving them; ``at``: not before then
+        (a moment away: slept on the claim's thread, to the clock's precision, not to
+        the event loop's millisecond)."""
         w = self.worker
         names, fingerprints = w.kinds()
+        exclude = list(w.active)
+        clock = w.base_clock
+
+        def claim() -> list[PostgresStoredSaga]:
+            if at is None:
+                return self.store.claim(w.id, n, lease=w.lease, now=clock.now(),
+                                        names=names, fingerprints=fingerprints,
+                                        exclude=exclude)
+            # As of ``at``, a claim's round trip before it (the claim's due time is the
+            # worker's clock's, as ever); the sagas are driven from ``at`` on.
+            if (left := at - self._early - clock.now()) > 0:
+                clock.sleep(left)
+            started = time.monotonic()
+            claimed = self.store.claim(w.id, n, lease=w.lease, now=max(at, clock.now()),
+                                       names=names, fingerprints=fingerprints,
+                                       exclude=exclude)
+            took = min(time.monotonic() - started, _EARLY_MAX)
+            self._early += (took - self._early) / 4
+            if (left := at - clock.now()) > 0:
+                clock.sleep(left)
+            return claimed
+
         try:
-            claimed = await asyncio.to_thread(
-                self.store.claim, w.id, n, lease=w.lease, now=w.base_clock.now(),
-                names=names, fingerprints=fingerprints, exclude=list(w.active),
-            )
+            claimed = await asyncio.to_thread(claim)
         except StoreError as exc:
             w.stats.errors += 1
             log.warning("worker %s: claiming failed, will retry: %s", w.id, exc)
