@@ -38,6 +38,8 @@ log = logging.getLogger("sagaflow.worker")
 
 #: Seconds between two looks at whether the database changed.
 WATCH = 0.01
+#: How long before a saga's wake time the worker wakes, to resume it at that very time.
+_LEAD = 0.002
 #: Sagas that failed to resume (not set aside: the store failed, say) are tried again
 #: after this long at most; the worker remembers that many of them at most.
 _COOL = 5.0
@@ -148,12 +150,16 @@ class FileMode:
             mono = time.monotonic()
             if mono >= looked + w.poll:
                 self._look = True  # the fallback: as if something had changed
-            if free > 0 and (self._look or next_wake <= clock.now()):
+            if free > 0 and (self._look or next_wake <= clock.now() + _LEAD):
+                if 0 < (left := next_wake - clock.now()) <= _LEAD:
+                    # A moment before a saga's time: slept to the clock's precision (the
+                    # event loop's timeouts are whole milliseconds).
+                    await asyncio.to_thread(clock.sleep, left)
                 looked, self._look = mono, False
                 next_wake = self._resume_due(free, names, fingerprints)
-            # Until the next wake time or the poll interval; a change, a saga ending or
-            # a stop wakes the worker sooner.
-            wait = min(next_wake - clock.now(), looked + w.poll - time.monotonic())
+            # Until the next wake time (a moment before) or the poll interval; a change, a
+            # saga ending or a stop wakes the worker sooner.
+            wait = min(next_wake - _LEAD - clock.now(), looked + w.poll - time.monotonic())
             wake.clear()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
