@@ -155,6 +155,22 @@ def test_a_saga_due_later_is_not_claimed_before(pg_store: PostgresStore) -> None
     assert claimed.saga_id == "later"
 
 
+def test_next_due_finds_the_worker_s_saga_behind_many_it_cannot_take(
+    pg_store: PostgresStore,
+) -> None:
+    # next_due looks at the queue's first rows in run_at order first, then at all of it.
+    now = time.time()
+    others = [new_record(spec_of(Hello), Hello(), f"h{k}", now) for k in range(300)]
+    pg_store.enqueue_many(others, run_at=now + 60)
+    mine = kinds(AHello)
+    assert pg_store.next_due(**mine) is None
+    enqueue(pg_store, AHello(), "a1", run_at=now + 3600)
+    enqueue(pg_store, AHello(), "a2", run_at=now + 7200)
+    assert pg_store.next_due(**mine) == now + 3600
+    assert pg_store.next_due(**mine, exclude=["a1"]) == now + 7200
+    assert pg_store.next_due(**kinds(Hello)) == now + 60
+
+
 def test_a_dead_worker_s_saga_is_taken_over_when_its_lease_expires(
     pg_url: str, schema: str, pg_store: PostgresStore
 ) -> None:
