@@ -303,6 +303,11 @@ class SQLStore:
     #: the parameter placeholder of the dialect's SQL
     MARK: ClassVar[str] = "?"
 
+    def _execute_indexed(self, statement: str, params: Sequence[Any]) -> Any:
+        """:meth:`_execute` a read whose every table is to be read from an index
+        (a dialect whose planner may choose otherwise says so here)."""
+        return self._execute(statement, params)
+
     def indexed(self, index: str) -> str:
         """What follows ``sagaflow_sagas s`` in a read to have it use ``index`` (SQLite:
         ``INDEXED BY``; a planner with statistics needs no hint)."""
@@ -804,7 +809,7 @@ class SQLStore:
         n = int(limit)
         due = _DUE.format(parked=self.indexed("sagaflow_sagas_parked"),
                           signalled=self.indexed("sagaflow_sagas_signalled"))
-        return [row[0] for row in self._execute(due, (now, n, now, now, n, n))]
+        return [row[0] for row in self._execute_indexed(due, (now, n, now, now, n, n))]
 
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
         """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is

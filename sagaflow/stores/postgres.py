@@ -94,6 +94,8 @@ _APPEND = {
     "VALUES (%s, %s, %s, %s, %s)",
 }
 _REPLAY = " ON CONFLICT DO NOTHING"
+#: What a read that only indexes serve runs first (see _execute_indexed).
+_INDEXED = ("SET LOCAL enable_seqscan = off",)
 _ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 
 
@@ -242,7 +244,18 @@ class PostgresStore(Queue):
     def _execute(self, statement: str, params: Sequence[Any] = (), *, write: bool = False) -> Any:
         return self._query(_marks(statement), params)
 
-    def _query(self, statement: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> Any:
+    def _execute_indexed(self, statement: str, params: Sequence[Any]) -> Any:
+        # Sequential scans priced out for this read only: a table just filled has no
+        # statistics yet (until autovacuum's ANALYZE), and the planner then reads it
+        # all rather than the small partial indexes that serve the read.
+        return self._query(_marks(statement), params, _INDEXED)
+
+    def _query(
+        self,
+        statement: str,
+        params: Sequence[Any] | Mapping[str, Any] = (),
+        settings: Sequence[str] = (),
+    ) -> Any:
         """Run one statement on a pooled (autocommit) connection: its rows (or, without
         a result, its row count). A connection that turns out dead (the server
         restarted, an idle connection was cut) is replaced and the statement run once
@@ -252,7 +265,12 @@ class PostgresStore(Queue):
             conn: _Conn | None = None
             try:
                 with self._pool.connection(timeout=self._connect_timeout) as conn:
-                    return _rows(conn.execute(statement, params))
+                    if not settings:
+                        return _rows(conn.execute(statement, params))
+                    with conn.transaction():
+                        for setting in settings:
+                            conn.execute(setting)
+                        return _rows(conn.execute(statement, params))
             except psycopg.OperationalError as exc:
                 if attempt == 1 and conn is not None and (conn.broken or conn.closed):
                     continue
