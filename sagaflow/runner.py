@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .spec import SagaSpec
 
-__all__ = ["adrive", "drive", "stored_result"]
+__all__ = ["adrive", "drive", "handover", "stored_result"]
 
 FORWARD = Direction.FORWARD
 _monotonic = time.monotonic
@@ -135,7 +135,7 @@ class _Watch:
         self.told = told
 
 
-def _handover(
+def handover(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, park: Park, signal: Signal | None,
     now: float,
 ) -> tuple[Call, CodecError | None] | None:
@@ -243,7 +243,7 @@ def _run_sync(
                 found = rt.store.next_signal(
                     sid, park.signal, record.signal_marks.get(park.signal, 0)
                 )
-            handed = _handover(rt, spec, record, park, found, now)
+            handed = handover(rt, spec, record, park, found, now)
             if handed is None:
                 if park.expires or not rt.let_go(record):
                     continue  # it expired, or a signal came while it parked
@@ -431,7 +431,7 @@ async def _arun(
                         found = await rt.store.anext_signal(
                             record.saga_id, park.signal, record.signal_marks.get(park.signal, 0)
                         )
-                    handed = _handover(rt, spec, record, park, found, now)
+                    handed = handover(rt, spec, record, park, found, now)
                     if handed is None:
                         if park.expires or not rt.let_go(record):
                             continue  # it expired, or a signal came while it parked

@@ -53,7 +53,7 @@ from ..engine import Call, Park, Sleep, interrupt, new_record, next_command, set
 from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus, Signal
-from ..runner import _handover
+from ..runner import handover
 from ..runtime import Runtime
 from ..spec import OnTimeout, SagaSpec, StepKind, StepSpec, spec_of
 from ..stores import MemoryStore
@@ -293,7 +293,7 @@ class Harness:
         """Deliver ``found``: the handler's call, or ``None`` if its payload no longer
         decodes (the handler fails without running, as under the real drivers) or the
         wait expired without a signal in time."""
-        handed = _handover(self.runtime, self.spec, self.record, park, found, now)
+        handed = handover(self.runtime, self.spec, self.record, park, found, now)
         if handed is None:
             return None
         call, refused = handed
