@@ -5,6 +5,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 """
 
 from . import events
+from .builder import SagaBuilder
 from .context import Direction, StepContext
 from .definition import saga, step, timer, wait
 from .diagram import draw
@@ -69,6 +70,7 @@ __all__ = [
     "SagaCancelled",
     "SagaDeadlineExceeded",
     "SagaDefinitionChanged",
+    "SagaBuilder",
     "SagaDefinitionError",
     "SagaNotFound",
     "SagaQuarantined",

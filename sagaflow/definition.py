@@ -49,6 +49,7 @@ __all__ = [
     "StepDef",
     "StepKind",
     "StepSpec",
+    "disown",
     "is_saga",
     "saga",
     "spec_of",
@@ -213,6 +214,20 @@ def step(
         return made
 
     return make if fn is None else make(fn)
+
+
+def disown(*made: StepDef | CompensationDef) -> None:
+    """Forget that these were made in a class body. :class:`~sagaflow.SagaBuilder` applies
+    the decorators outside any class body: ``@saga`` must not look for what it made there
+    (and a process that builds many sagas must not keep them)."""
+    with _lock:
+        for d in made:
+            owner = _owner_of(d.fn)
+            kept = [m for m in _made_for.get(owner, []) if m is not d]
+            if kept:
+                _made_for[owner] = kept
+            else:
+                _made_for.pop(owner, None)
 
 
 def _declare(fn: StepFn, name: str | None, when: Predicate | None, decl: WaitDecl) -> StepDef:
