@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Generic, Self, TypeVar
@@ -68,7 +69,9 @@ class SagaBuilder(Generic[T]):
 
     ``data`` is an attrs class holding the saga's fields (the built class is a subclass of
     it, so ``Built(user="u-1")`` makes an instance); ``name``, ``deadline``,
-    ``compensation_deadline`` and ``key`` are :func:`~sagaflow.saga`'s. Each function takes
+    ``compensation_deadline`` and ``key`` are :func:`~sagaflow.saga`'s. The built class
+    belongs to ``module`` (default: the module that makes the builder), where the command
+    line's ``--import`` finds it when that module builds it at import time. Each function takes
     ``(saga, ctx)`` as a method takes ``(self, ctx)`` (a wait with a ``payload`` class:
     ``(saga, payload, ctx)``); a bound method or a callable object is called the same way.
     Every problem is reported together by :meth:`build`, in one
@@ -83,12 +86,15 @@ class SagaBuilder(Generic[T]):
         deadline: float | None = None,
         compensation_deadline: float | None = None,
         key: str | None = None,
+        module: str | None = None,
     ) -> None:
         self.name = name
         self.data = data
         self.deadline = deadline
         self.compensation_deadline = compensation_deadline
         self.key = key
+        #: the module the built class says it belongs to: the caller's, by default
+        self.module = module if module is not None else _caller_module(data)
         self._entries: list[_Entry] = []
         self._built: type[T] | None = None
 
@@ -102,10 +108,10 @@ class SagaBuilder(Generic[T]):
         pivot: bool = False,
         retriable: bool = False,
         retry: Retry | Any = UNSET,
-        timeout: float | timedelta | None | Any = UNSET,
+        timeout: float | timedelta | Any | None = UNSET,
         when: Predicate | None = None,
         compensate_retry: Retry | Any = UNSET,
-        compensate_timeout: float | timedelta | None | Any = UNSET,
+        compensate_timeout: float | timedelta | Any | None = UNSET,
     ) -> Self:
         """Add a forward step ``fn(saga, ctx)`` (named ``name``, default the function's
         name). Its kind: ``compensate=undo`` (``undo(saga, ctx)`` undoes it), or one of
@@ -261,7 +267,7 @@ class SagaBuilder(Generic[T]):
         cls_name = re.sub(r"\W", "_", str(self.name))
         cls_name = cls_name if cls_name.isidentifier() else f"_{cls_name}"
         ns.update(
-            __module__=data.__module__,
+            __module__=self.module,
             __qualname__=cls_name,
             __doc__=f"The saga {self.name!r}, built by sagaflow.SagaBuilder.",
         )
@@ -305,6 +311,14 @@ class SagaBuilder(Generic[T]):
             )
             return _spare(name, ns, data)
         return name
+
+
+def _caller_module(data: object) -> str:
+    """The name of the module that called :class:`SagaBuilder` (as ``namedtuple`` does)."""
+    try:
+        return str(sys._getframe(2).f_globals["__name__"])
+    except (AttributeError, KeyError, ValueError):  # no frames here: the data's module
+        return str(getattr(data, "__module__", __name__))
 
 
 @attrs.define
@@ -351,9 +365,8 @@ def _callable(fn: object, what: str, payload: bool, problems: list[str]) -> Any:
 
 def _wrap(fn: Any, payload: bool) -> Any:
     """A plain function calling ``fn``, as the decorators need one (async if ``fn`` is)."""
-    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
-    )
+    call = fn if inspect.isroutine(fn) else type(fn).__call__
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
     wrapper: Any
     if payload and is_async:
 
