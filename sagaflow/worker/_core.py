@@ -6,101 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
-
-import attrs
+from typing import Any
 
 from ..clock import Clock, SystemClock
-from ..errors import SagaflowError
 from ..events import Listener
 from ..orchestrator import Migration, Orchestrator
-from ..records import SagaStatus
 from ..spec import SagaSpec, spec_of
 from ..stores import Store
 from ..stores.sqlite import SQLiteStore
 from ..stores.url import open_store
+from ._host import Lease, Mode, Park, WorkerStats, current_lease
 
 __all__ = ["Lease", "Worker", "WorkerStats", "current_lease"]
 
 log = logging.getLogger("sagaflow.worker")
-
-
-@attrs.define
-class Lease:
-    """The lease under which a PostgreSQL worker drives a saga: ``token`` is the saga's
-    fence token from the claim (a re-claim by the same worker updates it), ``owner`` the
-    worker's id. A participant that remembers the highest token it has seen for a saga
-    can refuse calls carrying a lower one: they come from a worker that lost the saga."""
-
-    saga_id: str
-    token: int
-    owner: str
-
-
-_lease: contextvars.ContextVar[Lease | None] = contextvars.ContextVar(
-    "sagaflow_lease", default=None
-)
-
-
-def current_lease() -> Lease | None:
-    """The lease of the saga whose step is running here, under a PostgreSQL
-    :class:`Worker` (``None`` elsewhere)."""
-    return _lease.get()
-
-
-@attrs.define
-class WorkerStats:
-    """What a worker did: sagas claimed (PostgreSQL), finished (by status), parked (at a
-    wait, or until a retry is due), released (shutdown, errors), lost to another worker,
-    quarantined (they cannot be decoded or driven: set aside until an operator acts);
-    on SQLite, sagas recovered at start and parked sagas resumed."""
-
-    claimed: int = 0
-    finished: Counter[str] = attrs.field(factory=Counter)
-    parked: int = 0
-    released: int = 0
-    lost: int = 0
-    errors: int = 0
-    quarantined: int = 0
-    recovered: int = 0
-    resumed: int = 0
-
-    def describe(self) -> str:
-        done = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.finished.items())) or "none"
-        text = (
-            f"claimed {self.claimed}; finished: {done}; parked {self.parked}; "
-            f"released {self.released}; lost to other workers {self.lost}; errors {self.errors}; "
-            f"quarantined {self.quarantined}"
-        )
-        if self.recovered or self.resumed:
-            text += f"; recovered {self.recovered}; resumed {self.resumed}"
-        return text
-
-    def ended(self, status: SagaStatus) -> None:
-        """Count a drive that returned: parked at a wait (still RUNNING), or finished."""
-        if status is SagaStatus.RUNNING:
-            self.parked += 1
-        else:
-            self.finished[status.value] += 1
-
-
-class Park(SagaflowError):
-    """Raised by the worker's clock instead of a sleep: a retry waiting longer than the
-    worker holds one (PostgreSQL: the saga goes back to the queue, due then), or any
-    retry once the worker is stopping (it resumes from its checkpoint later)."""
-
-    def __init__(self, until: float) -> None:
-        super().__init__(f"the worker let go of the saga until {until:.3f} (a retry's time)")
-        self.until = until
 
 
 class ParkingClock:
@@ -133,32 +59,6 @@ class ParkingClock:
                 await stopping.wait()
         if worker.stopping:
             raise Park(until)
-
-
-class Mode(Protocol):
-    """How a worker serves its store."""
-
-    #: the store, and what the worker's orchestrator writes through (a store)
-    store: Any
-    view: Any
-    #: a retry waiting longer than this lets go of its saga (infinity: slept)
-    park_after: float
-
-    async def serve(self) -> None:
-        """Take and drive sagas until the worker is stopping."""
-
-    def running(self) -> dict[Any, asyncio.Task[Any]]:
-        """What the grace period waits for."""
-
-    async def let_go(self, remaining: dict[Any, asyncio.Task[Any]]) -> None:
-        """The grace period is over: make sure that the tasks ``remaining`` (about to be
-        cancelled) can write nothing more."""
-
-    async def finish(self) -> None:
-        """The worker stopped: what it held is let go of (a lock, a thread)."""
-
-    def close(self) -> None:
-        """Let go of what the worker holds between runs (SQLite: the file's lock)."""
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -21,16 +21,13 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import signals
 from ..errors import StoreError
 from ..records import SagaRecord
 from ..stores.sqlite import Changes, SQLiteStore
-from ._core import Park
-
-if TYPE_CHECKING:
-    from ._core import Worker
+from ._host import Host, Park
 
 __all__ = ["WATCH", "FileMode", "lock_path"]
 
@@ -55,7 +52,7 @@ def lock_path(path: str) -> str:
 class FileMode:
     """How a worker serves a SQLite file: the one worker of that file."""
 
-    def __init__(self, worker: Worker, store: SQLiteStore) -> None:
+    def __init__(self, worker: Host, store: SQLiteStore) -> None:
         if store.path in ("", ":memory:"):
             raise TypeError(
                 "a worker serves a SQLite file, not an in-memory database (which only the "

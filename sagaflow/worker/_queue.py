@@ -9,15 +9,12 @@ import logging
 import math
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ConcurrentModification, LeaseLost, StoreError
 from ..records import SagaStatus
 from ..stores.postgres import FencedStore, PostgresStore, PostgresStoredSaga
-from ._core import Lease, Park, _lease
-
-if TYPE_CHECKING:
-    from ._core import Worker
+from ._host import LEASE, Host, Lease, Park
 
 __all__ = ["QueueMode"]
 
@@ -39,7 +36,7 @@ class QueueMode:
     """How a worker serves a PostgreSQL store: it claims due sagas, many workers side
     by side (see :mod:`sagaflow.worker`)."""
 
-    def __init__(self, worker: Worker, store: PostgresStore | FencedStore) -> None:
+    def __init__(self, worker: Host, store: PostgresStore | FencedStore) -> None:
         self.worker = worker
         self.store: PostgresStore = store.store if isinstance(store, FencedStore) else store
         #: saga id -> lease token of the sagas this worker holds (read by every save)
@@ -253,7 +250,7 @@ class QueueMode:
     async def _drive(self, stored: PostgresStoredSaga, lease: Lease) -> None:
         w = self.worker
         sid = stored.saga_id
-        _lease.set(lease)  # this task's context: its steps (and their threads) see it
+        LEASE.set(lease)  # this task's context: its steps (and their threads) see it
         orch = w.orchestrator
         clock = w.base_clock
         try:
