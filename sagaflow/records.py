@@ -131,6 +131,12 @@ class StepRecord:
     compensation_started_at: float | None = None
     compensation_finished_at: float | None = None
     compensation_error: str | None = None
+    #: a parallel group's member or a fan-out's item waiting to retry: when (Unix time)
+    wake_at: float | None = None
+    #: a fan-out step: its items' records are ``record.steps[first_item:first_item +
+    #: items]`` (after the saga's steps, appended when the fan-out started)
+    first_item: int = 0
+    items: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -156,6 +162,9 @@ class StepRecord:
             self.compensation_started_at,
             self.compensation_finished_at,
             self.compensation_error,
+            self.wake_at,
+            self.first_item,
+            self.items,
         )
 
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # a type in the annotations only: policy.py is not needed to 
 
 __all__ = [
     "SPEC_ATTRIBUTE",
+    "CompensationOrder",
+    "FanOutSpec",
+    "GroupSpec",
     "OnTimeout",
     "SagaSpec",
     "StepKind",
@@ -51,6 +54,51 @@ class OnTimeout(enum.Enum):
     COMPENSATE = "compensate"  #: the saga compensates what it did (before the pivot)
     CONTINUE = "continue"  #: the saga goes on without the signal
     FAIL = "fail"  #: the saga ends FAILED for an operator (after the pivot)
+
+
+class CompensationOrder(enum.Enum):
+    """How the members of a parallel group (or the items of a fan-out) are undone."""
+
+    CONCURRENT = "concurrent"  #: all at once (they are independent): the default
+    REVERSE = "reverse"  #: one at a time, the last to complete first
+
+
+@attrs.frozen
+class GroupSpec:
+    """A parallel group: steps ``first`` to ``last`` (indices, inclusive) run at once.
+
+    ``name`` is the group's state in the machine (the class attribute holding its
+    :func:`~sagaflow.parallel`); ``limit`` how many members run at once (``None``: all);
+    ``compensation`` how its completed (and unknown) members are undone;
+    ``after_pivot``: its members are retriable or readonly steps after the pivot (a
+    member failing for good fails the saga, as a retriable step does).
+    """
+
+    index: int
+    name: str
+    first: int
+    last: int
+    limit: int | None
+    compensation: CompensationOrder
+    after_pivot: bool = False
+
+    @property
+    def members(self) -> range:
+        """The members' step indices."""
+        return range(self.first, self.last + 1)
+
+
+@attrs.frozen
+class FanOutSpec:
+    """What makes a step a fan-out: it is applied to each item of the saga's field
+    ``field`` (a list or tuple), ``limit`` at once (``None``: all), each item under its
+    own key: ``key(item)`` as text, or its position when ``key`` is ``None``. The
+    handler and its compensation are ``(self, item, ctx)``."""
+
+    field: str
+    key: Callable[[Any], Any] | None
+    limit: int | None
+    compensation: CompensationOrder
 
 
 @attrs.frozen
@@ -105,6 +153,10 @@ class StepSpec:
     compensation_retry: Retry
     #: set on a wait (``@wait``/``@timer``): what it waits for; ``None`` on a step
     wait: WaitSpec | None = None
+    #: the index in :attr:`SagaSpec.groups` of the parallel group this step belongs to
+    group: int | None = None
+    #: set on a fan-out (``@step(each=...)``): what it is applied to
+    each: FanOutSpec | None = None
 
     @property
     def guard_name(self) -> str | None:
@@ -142,6 +194,14 @@ class SagaSpec:
     key: str | None = None
     #: the waits for each signal name: signal name -> the waits' step indices
     signals: Mapping[str, tuple[int, ...]] = attrs.field(factory=dict, repr=False)
+    #: the parallel groups, in step order (their members are in :attr:`steps`)
+    groups: tuple[GroupSpec, ...] = ()
+
+    def state_of(self, index: int) -> str:
+        """The machine state a run is in at step ``index``: a group member's group, or
+        the step itself."""
+        s = self.steps[index]
+        return s.name if s.group is None else self.groups[s.group].name
 
     def step(self, name: str) -> StepSpec:
         """The step called ``name``."""
