@@ -19,6 +19,7 @@ from ..records import (
     outcome,
 )
 from ..spec import SagaSpec
+from .steptable import step_lines
 from .text import columns, utc
 
 __all__ = ["Printer", "describe_record", "print_outcome"]
@@ -66,17 +67,7 @@ def describe_record(
         lines.append(f"  quarantined {quarantined}")
 
     lines += ["", "steps:"]
-    rows = [["#", "step", "kind", "status", "attempts", "compensation", "attempts", "error"]]
-    for i, s in enumerate(record.steps):
-        kind = spec.steps[i].kind.value if spec is not None and i < len(spec.steps) else "?"
-        comp = s.compensation.value if s.compensation is not CompensationStatus.NOT_NEEDED else "-"
-        errors = [e for e in (s.error, s.compensation_error) if e]
-        rows.append([
-            str(i + 1), s.name, kind, s.status.value + (" (timed out)" if s.timed_out else ""),
-            str(s.attempts), comp, str(s.compensation_attempts) if comp != "-" else "",
-            " / ".join(errors) or "",
-        ])
-    lines += columns(rows, indent="  ")
+    lines += step_lines(record, spec)
 
     if record.failures:
         lines += ["", "incident: could not be undone, finish by hand:"]

@@ -24,7 +24,7 @@ from ..spec import SagaSpec
 _step_values = operator.attrgetter(
     "name", "status", "attempts", "started_at", "finished_at", "error", "timed_out",
     "compensation", "compensation_attempts", "compensation_started_at",
-    "compensation_finished_at", "compensation_error",
+    "compensation_finished_at", "compensation_error", "wake_at", "first_item", "items",
 )  # fmt: skip
 
 __all__ = ["check_record"]
@@ -33,6 +33,7 @@ _TIMES = ("created_at", "updated_at")
 _MAYBE_TIMES = ("finished_at", "wake_at", "deadline_at", "compensation_deadline_at")
 _STEP_TIMES = (
     "started_at", "finished_at", "compensation_started_at", "compensation_finished_at",
+    "wake_at",
 )  # fmt: skip
 _ENDS = {
     SagaStatus.COMPLETED: COMPLETED,
@@ -54,13 +55,20 @@ class _Bad(Exception):
 class _Shape:
     """What the checks need of a spec, worked out once per definition."""
 
-    __slots__ = ("compensatable", "names", "states", "transitions")
+    __slots__ = ("compensatable", "fan_outs", "group_of", "names", "states", "states_at",
+                 "transitions")
 
     def __init__(self, spec: SagaSpec) -> None:
         self.names = [s.name for s in spec.steps]
         self.compensatable = frozenset(
             i for i, fn in enumerate(spec.compensations) if fn is not None
         )
+        #: the fan-out steps' indices (their item records follow the saga's steps)
+        self.fan_outs = frozenset(s.index for s in spec.steps if s.each is not None)
+        #: each step's parallel group (``None``: none)
+        self.group_of = [s.group for s in spec.steps]
+        #: the machine state a run is in at each step (a member's: its group)
+        self.states_at = [spec.state_of(i) for i in range(len(spec.steps))]
         self.transitions = spec.transitions
         self.states = frozenset({NOT_STARTED}).union(
             *((source, dest) for source, _, dest in spec.transitions)
@@ -129,16 +137,17 @@ def _looks_fine(r: SagaRecord) -> bool:
     times: list[Any] = []
     for s in r.steps:
         name, status, attempts, started, finished, error, timed_out, comp, comp_attempts, \
-            comp_started, comp_finished, comp_error = _step_values(s)
+            comp_started, comp_finished, comp_error, wake, first, items = _step_values(s)
         if not (
             type(name) is str and name and type(status) is StepStatus
+            and type(first) is int and first >= 0 and type(items) is int and items >= 0
             and type(attempts) is int and attempts >= 0 and type(timed_out) is bool
             and type(comp) is CompensationStatus and type(comp_attempts) is int
             and comp_attempts >= 0 and (error is None or type(error) is str)
             and (comp_error is None or type(comp_error) is str)
         ):  # fmt: skip
             return False
-        times += (started, finished, comp_started, comp_finished)
+        times += (started, finished, comp_started, comp_finished, wake)
     # Every timestamp a finite float (or none): their sum is a finite float. (A sum that
     # overflows sends the record to the detailed checks, which pass each one.)
     found = [t for t in times if t is not None]
@@ -179,8 +188,8 @@ def _check_types(r: SagaRecord) -> None:
     undo = r.undo
     if not all(_is_int(j) and j >= 0 for j in undo):
         raise _Bad("undo", undo, "a list of step indices (ints >= 0) is expected")
-    if any(a <= b for a, b in itertools.pairwise(undo)):
-        raise _Bad("undo", undo, "step indices newest first (decreasing) are expected")
+    if len(set(undo)) != len(undo):
+        raise _Bad("undo", undo, "each step index once is expected")
     if r.error is not None and not isinstance(r.error, SagaflowError):
         raise _Bad("error", r.error, "a sagaflow error is expected")
     failures = r.failures
@@ -238,6 +247,8 @@ def _step_problem(s: StepRecord) -> str | None:
         value = getattr(s, name)
         if value is not None and not _is_time(value):
             return f"its {name} is not a time"
+    if not _is_int(s.first_item) or s.first_item < 0 or not _is_int(s.items) or s.items < 0:
+        return "its first_item and items are not positions"
     if type(s.timed_out) is not bool:
         return "its timed_out is not a boolean"
     for value in (s.error, s.compensation_error):
@@ -252,15 +263,16 @@ def _check_against(r: SagaRecord, spec: SagaSpec) -> None:
     n = len(names)
     if r.saga_name != spec.name:
         raise _Bad("saga_name", r.saga_name, f"the class given is saga {spec.name!r}")
-    if [s.name for s in r.steps] != names:
-        raise _Bad("steps", [s.name for s in r.steps],
+    steps = r.steps
+    if [s.name for s in steps[:n]] != names:
+        raise _Bad("steps", [s.name for s in steps],
                    f"saga {spec.name!r} has {n} steps: {', '.join(names)}")
+    if len(steps) > n or any(s.items for s in steps):
+        _check_items(r, shape, spec.name)
     state = r.state
     if state not in shape.states:
         raise _Bad("state", state, f"not a state of saga {spec.name!r}'s machine")
-    for j in r.undo:
-        if j >= n or j not in shape.compensatable:
-            raise _Bad("undo", r.undo, f"step index {j} is not a step with a compensation")
+    _check_undo(r, shape)
     status = r.status
     cursor = r.cursor
     if status is SagaStatus.NOT_STARTED:
@@ -268,12 +280,12 @@ def _check_against(r: SagaRecord, spec: SagaSpec) -> None:
     elif status is SagaStatus.RUNNING:
         if cursor >= n:
             raise _Bad("cursor", cursor, f"a running saga is at one of its {n} steps (0-{n - 1})")
-        expected = names[cursor]
+        expected = shape.states_at[cursor]
     elif status is SagaStatus.COMPENSATING:
         if cursor >= len(r.undo):
             raise _Bad("cursor", cursor,
                        f"a compensating saga is at one of its {len(r.undo)} undo positions")
-        expected = compensation_state(names[r.undo[cursor]])
+        expected = compensation_state(shape.states_at[r.undo[cursor]])
     else:
         if cursor > max(n, len(r.undo)) or (
             status is SagaStatus.FAILED and not r.failures and cursor >= n
@@ -283,9 +295,71 @@ def _check_against(r: SagaRecord, spec: SagaSpec) -> None:
     if state != expected:
         raise _Bad("state", state, f"a {status.value} saga at this cursor is in {expected!r}")
     for name in r.failures:
-        if name not in names or names.index(name) not in shape.compensatable:
+        if not _undoable(name, r, shape):
             raise _Bad("failures", r.failures, f"{name!r} is not a step with a compensation")
     transitions = shape.transitions
     for edge in r.path:
         if edge not in transitions:
             raise _Bad("path", edge, f"not a transition of saga {spec.name!r}'s machine")
+
+
+def _check_items(r: SagaRecord, shape: _Shape, saga: str) -> None:
+    """The item records of the fan-outs: after the saga's own step records, each fan-out
+    step's ``first_item``/``items`` covering its own, in step order, none left over."""
+    steps = r.steps
+    names = shape.names
+    n = len(names)
+    at = n  # where the next fan-out's items are expected
+    for i in range(n):
+        s = steps[i]
+        count = s.items
+        if not count:
+            continue
+        name = names[i]
+        if i not in shape.fan_outs:
+            raise _Bad("steps", s, f"step {name!r} is not a fan-out: it has no item records")
+        if s.first_item != at or at + count > len(steps):
+            raise _Bad("steps", s, f"the {count} item records of fan-out {name!r} are "
+                       f"expected from position {at}, after the saga's steps and the items "
+                       f"before, among the {len(steps)} records")
+        for item in steps[at:at + count]:
+            if not (item.name.startswith(name + "[") and item.name.endswith("]")):
+                raise _Bad("steps", item.name,
+                           f"an item record of fan-out {name!r} is named {name}[KEY]")
+            if item.items:
+                raise _Bad("steps", item, f"an item of fan-out {name!r} has no items itself")
+        at += count
+    if at != len(steps):
+        raise _Bad("steps", [s.name for s in steps[at:]],
+                   f"saga {saga!r} has {n} steps; the records after them belong to no "
+                   "fan-out's items")
+
+
+def _check_undo(r: SagaRecord, shape: _Shape) -> None:
+    """The undo list: steps with a compensation, newest first, except that the members
+    of one parallel group may come in any order among themselves (they are undone as a
+    block, the last to complete first)."""
+    undo = r.undo
+    n = len(shape.names)
+    for j in undo:
+        if j >= n or j not in shape.compensatable:
+            raise _Bad("undo", undo, f"step index {j} is not a step with a compensation")
+    group_of = shape.group_of
+    for a, b in itertools.pairwise(undo):
+        if a <= b and (group_of[a] is None or group_of[a] != group_of[b]):
+            raise _Bad("undo", undo, "step indices newest first (decreasing) are expected; "
+                       "only the members of one parallel group may come in any order")
+
+
+def _undoable(name: str, r: SagaRecord, shape: _Shape) -> bool:
+    """Whether ``name`` is a step with a compensation, or an item of a fan-out with one."""
+    names = shape.names
+    if name in names:
+        return names.index(name) in shape.compensatable
+    for i in shape.fan_outs:
+        s = r.steps[i]
+        if i in shape.compensatable and any(
+            item.name == name for item in r.steps[s.first_item:s.first_item + s.items]
+        ):
+            return True
+    return False
