@@ -394,3 +394,26 @@ def test_show_of_a_saga_without_groups_is_unchanged() -> None:
         "  4  pick      compensatable  PENDING    0         -",
         "  5  confirm   pivot          PENDING    0         -",
     ]
+
+
+def test_sagas_show_prints_a_stored_fan_outs_items(tmp_path: Path) -> None:
+    """Through the command, from a SQLite file: the class known here has another
+    definition than the record's, so kinds are shown but the record as stored is not
+    checked against it; the items still sit under their step, the diagram is not drawn."""
+    from click.testing import CliRunner
+
+    from sagaflow.cli import main
+
+    store = SQLiteStore(tmp_path / "sagas.db")
+    store.create(picking())
+    store.close()
+    result = CliRunner().invoke(
+        main, ["sagas", "show", "g-1", "--store", f"sqlite:///{tmp_path / 'sagas.db'}",
+               "--import", "test_groups_records"], catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = result.output.splitlines()
+    rows = [line.split()[:2] for line in out[out.index("steps:") + 1:]][:9]
+    assert rows[5:8] == [["4.1", "pick[a]"], ["4.2", "pick[b]"], ["4.3", "pick[c]"]]
+    assert "RUNNING (retry at 2023-11-14T22:13:29.000Z)" in result.output
+    assert "diagram: not drawn: the record was made by another definition" in result.output

@@ -10,7 +10,6 @@ import click
 from ..codec import default_codec
 from ..events import LifecycleEvent
 from ..records import (
-    CompensationStatus,
     SagaRecord,
     SagaResult,
     SagaStatus,
