@@ -173,8 +173,12 @@ class SagaRecord:
     """One run of one saga instance, as a store keeps it.
 
     ``state`` is the run's state in the class's machine; ``cursor`` the forward step it
-    is at, or during compensation the position in ``undo`` (the step indices to
-    compensate, newest first). ``wake_at`` is set while the run sleeps before a retry.
+    is at (at a parallel group: its first member), or during compensation the position
+    in ``undo`` (the step indices to compensate, newest first; a group's members
+    together, in any order among themselves; a fan-out once, its items undone as a
+    block). ``steps`` holds one record per step of the saga, then the fan-outs' item
+    records (see :attr:`StepRecord.first_item`). ``wake_at`` is set while the run sleeps
+    before a retry.
     ``path`` is every state change the run made, in order, as the machine's
     ``(source, trigger, destination)``: what a diagram of the run draws.
     """
