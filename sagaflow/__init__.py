@@ -7,7 +7,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 from . import events
 from .builder import SagaBuilder
 from .context import Direction, StepContext
-from .definition import saga, step, timer, wait
+from .definition import Parallel, parallel, saga, step, timer, wait
 from .diagram import draw
 from .errors import (
     AlreadyExecuting,
@@ -65,6 +65,7 @@ __all__ = [
     "OnTimeout",
     "OperatorError",
     "Orchestrator",
+    "Parallel",
     "RecoveryReport",
     "Retry",
     "SagaCancelled",
@@ -98,6 +99,7 @@ __all__ = [
     "draw",
     "events",
     "is_saga",
+    "parallel",
     "saga",
     "spec_of",
     "step",

@@ -33,12 +33,14 @@ def check_retry(value: object, what: str, problems: list[str]) -> Retry | None:
     return None
 
 
-def check_callable(fn: object, what: str, problems: list[str]) -> bool:
+def check_callable(fn: object, what: str, problems: list[str], item: bool = False) -> bool:
+    """A step's function takes ``(self, ctx)``; a fan-out's (``item``) ``(self, item, ctx)``."""
+    shape = "(self, item, ctx)" if item else "(self, ctx)"
     if not inspect.isfunction(fn):
         kind = type(fn).__name__
         problems.append(
             f"{what} is a {kind}, not a function: decorate a plain method "
-            "'def name(self, ctx)' (or 'async def')"
+            f"'def name{shape}' (or 'async def')"
         )
         return False
     # Read the code object rather than inspect.signature: this runs for every method of
@@ -47,8 +49,9 @@ def check_callable(fn: object, what: str, problems: list[str]) -> bool:
     positional = code.co_argcount
     required = positional - len(fn.__defaults__ or ())
     kw_required = code.co_kwonlyargcount - len(fn.__kwdefaults__ or {})
-    takes_two = positional >= 2 or bool(code.co_flags & inspect.CO_VARARGS)
-    if not takes_two or required > 2 or kw_required > 0:
-        problems.append(f"{what} must take (self, ctx); its signature is {inspect.signature(fn)}")
+    arity = 3 if item else 2
+    takes = positional >= arity or bool(code.co_flags & inspect.CO_VARARGS)
+    if not takes or required > arity or kw_required > 0:
+        problems.append(f"{what} must take {shape}; its signature is {inspect.signature(fn)}")
         return False
     return True

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast, overload
 import attrs
 
 from ._checks import check_callable, check_retry, check_timeout
+from ._groupdefs import FanOutDecl, Parallel, parallel, resolve_groups
 from ._waitdefs import WaitDecl, place_waits, resolve_wait
 from .errors import SagaDefinitionError
 from .machine import (
@@ -31,6 +32,7 @@ from .machine import (
 from .policy import COMPENSATION_RETRY, NO_RETRY, RETRIABLE_RETRY, Retry
 from .spec import (
     SPEC_ATTRIBUTE,
+    GroupSpec,
     OnTimeout,
     Predicate,
     SagaSpec,
@@ -45,12 +47,14 @@ from .spec import (
 __all__ = [
     "DEFAULT_TIMEOUT",
     "CompensationDef",
+    "Parallel",
     "SagaSpec",
     "StepDef",
     "StepKind",
     "StepSpec",
     "disown",
     "is_saga",
+    "parallel",
     "saga",
     "spec_of",
     "step",
@@ -125,6 +129,10 @@ class StepDef:
     compensations: list[CompensationDef] = attrs.field(factory=list, repr=False)
     #: what ``@wait``/``@timer`` declared (checked by ``@saga``); ``None`` for a step
     wait: WaitDecl | None = None
+    #: the :class:`Parallel` group it is a member of (``@group.step``), if any
+    group: Parallel | None = None
+    #: what ``each=`` (a fan-out) declared, as given; ``None`` for a step without it
+    each: FanOutDecl | None = None
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None or not hasattr(self.fn, "__get__"):
@@ -174,6 +182,10 @@ def step(
     readonly: bool = False,
     pivot: bool = False,
     retriable: bool = False,
+    each: str | None = None,
+    key: Callable[[Any], Any] | None = None,
+    limit: int | None = None,
+    compensate: str = "concurrent",
 ) -> Callable[[StepFn], StepDef]: ...
 
 
@@ -188,6 +200,10 @@ def step(
     readonly: bool = False,
     pivot: bool = False,
     retriable: bool = False,
+    each: str | None = None,
+    key: Callable[[Any], Any] | None = None,
+    limit: int | None = None,
+    compensate: str = "concurrent",
 ) -> StepDef | Callable[[StepFn], StepDef]:
     """Mark a method ``(self, ctx)`` of a saga class as a forward step.
 
@@ -196,11 +212,19 @@ def step(
     retriable ones); ``when`` a predicate of the saga instance that makes the step
     conditional. The kind is compensatable (give it a ``.compensate``), or one of
     ``readonly``, ``pivot``, ``retriable``.
+
+    ``each="field"`` makes it a fan-out: the method ``(self, item, ctx)`` (and its
+    compensation) is called once per item of that field (a list or tuple), ``limit`` at
+    once (``None``: all), each item under ``key(item)`` (default: its position);
+    ``compensate`` is ``"concurrent"`` or ``"reverse"``.
     """
+    fan_out = None
+    if each is not None or key is not None or limit is not None or compensate != "concurrent":
+        fan_out = FanOutDecl(each, key, limit, compensate)
 
     def make(fn: StepFn) -> StepDef:
-        made = StepDef(
-            fn=fn,
+        return make_step(
+            fn,
             name=name,
             timeout=timeout,
             retry=retry,
@@ -208,12 +232,19 @@ def step(
             readonly=readonly,
             pivot=pivot,
             retriable=retriable,
+            each=fan_out,
         )
-        with _lock:
-            _made_for.setdefault(_owner_of(fn), []).append(made)
-        return made
 
     return make if fn is None else make(fn)
+
+
+def make_step(fn: StepFn, **fields: Any) -> StepDef:
+    """A :class:`StepDef` of ``fn``, noted as made in its class body (``@step`` and a
+    group's ``.step``)."""
+    made = StepDef(fn=fn, **fields)
+    with _lock:
+        _made_for.setdefault(_owner_of(fn), []).append(made)
+    return made
 
 
 def disown(*made: StepDef | CompensationDef) -> None:
@@ -389,18 +420,20 @@ def _build_spec(
         for index, (attr, d) in enumerate(defs)
     )
     steps = place_waits(steps, [d.wait for _, d in defs], problems)
+    steps, groups = resolve_groups(cls, defs, steps, problems)
     pivot_index = _check_order(steps, problems)
     _check_key(cls, key, problems)
     if problems:
         raise SagaDefinitionError(saga_name, problems)
 
-    machine, allowed = build_machine(saga_name, steps)
+    machine, allowed = build_machine(saga_name, steps, groups)
     trapped = check_graph(list(machine.states), allowed)
     if trapped:
         raise SagaDefinitionError(saga_name, [f"internal: {p}" for p in trapped])
     shape = "|".join(
         f"{s.name}:{s.kind.value}:{s.compensation is not None}:{s.when is not None}"
         + ("" if s.wait is None else f":wait:{s.wait.signal}:{s.wait.on_timeout.value}")
+        + _group_shape(s, groups)
         for s in steps
     )
     signals: dict[str, tuple[int, ...]] = {}
@@ -430,7 +463,22 @@ def _build_spec(
         index={s.name: s.index for s in steps},
         key=key if isinstance(key, str) else None,
         signals=signals,
+        groups=groups,
     )
+
+
+def _group_shape(s: StepSpec, groups: tuple[GroupSpec, ...]) -> str:
+    """What the fingerprint says of a member's group or a fan-out ("" for neither, so
+    the fingerprints of sagas without them stay as they were)."""
+    shape = ""
+    if s.group is not None:
+        g = groups[s.group]
+        shape += f":group:{g.name}:{g.limit}:{g.compensation.value}"
+    if s.each is not None:
+        e = s.each
+        key = "-" if e.key is None else callable_name(e.key)
+        shape += f":each:{e.field}:{key}:{e.limit}:{e.compensation.value}"
+    return shape
 
 
 def _collect(
@@ -499,7 +547,8 @@ def _resolve_step(
     if d.wait is not None:
         return resolve_wait(index, step_name, d.fn, d.when, d.wait, problems)
     what = f"step {step_name!r}"
-    fn_ok = check_callable(d.fn, what, problems)
+    item = d.each is not None and d.each.field is not None  # a fan-out: (self, item, ctx)
+    fn_ok = check_callable(d.fn, what, problems, item)
 
     flags = {"readonly": d.readonly, "pivot": d.pivot, "retriable": d.retriable}
     for flag, value in flags.items():
@@ -543,7 +592,7 @@ def _resolve_step(
         c = own[0]
         comp_name = callable_name(c.fn)
         cwhat = f"compensation {comp_name!r} of step {step_name!r}"
-        if check_callable(c.fn, cwhat, problems):
+        if check_callable(c.fn, cwhat, problems, item):
             comp_fn = c.fn
         if c.timeout is not UNSET:
             comp_timeout = check_timeout(c.timeout, cwhat, problems)
@@ -614,7 +663,7 @@ def _check_order(steps: tuple[StepSpec, ...], problems: list[str]) -> int | None
                 pivot = s.index
         elif s.kind in (StepKind.COMPENSATABLE, StepKind.READONLY) and (
             pivot is not None or retriable_seen
-        ):
+        ) and s.group is None:  # a group's members: resolve_groups says what is wrong
             after = steps[pivot].name if pivot is not None else "a retriable step"
             problems.append(
                 f"step {s.name!r} is {s.kind.value} but comes after {after!r}: "

@@ -1,7 +1,8 @@
 """A saga class's one state machine, built with ``transitions`` from its steps.
 
 States: ``not_started``; one state per forward step (named as the step: the saga is at
-that step); ``compensating_<step>`` per compensatable step (the reverse chain); and the
+that step) or parallel group; ``compensating_<step>`` per compensatable step (or group:
+the reverse chain); and the
 terminal ``completed``, ``compensated`` and ``failed``. Triggers:
 
 - ``start``: ``not_started`` to the first step;
@@ -22,6 +23,18 @@ terminal ``completed``, ``compensated`` and ``failed``. Triggers:
   (``on_timeout='continue'``), into the compensation chain (``'compensate'``) or to
   ``failed`` (``'fail'``).
 
+Parallel groups and fan-outs. The forward chain is made of units (:func:`units_of`):
+consecutive members of one group are ONE unit, its state named by the group (the saga is
+"at" the group while its members run at once); every other step, a fan-out included, is
+a unit named by the step. A group's compensating state ``compensating_<group>`` exists
+when any member has a compensation (its members are undone there, as a block); a
+fan-out's ``compensating_<step>`` undoes its items. Members' guards skip inside the group
+(no ``skip`` edge); a group after the pivot (retriable or readonly members: its
+``after_pivot``) takes ``fail`` to ``failed`` and ``retry`` back, as a retriable step
+does. Walking back for the next compensation, a unit stops the walk only when it
+certainly left something to undo: an unconditional compensatable step, a group with an
+unconditional compensatable member; never a fan-out (its collection may be empty).
+
 A wait (``@wait``, ``@timer``) is a state like a step's: ``advance`` leaves it when its
 signal (or its time) came and its handler returned. A rejection (``SagaRejected``, a
 business "no") takes the edges of a failure, ``compensate`` (or ``fail`` after the
@@ -37,9 +50,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import attrs
 from transitions import Machine
 
-from .spec import OnTimeout, StepKind, StepSpec
+from .spec import GroupSpec, OnTimeout, StepKind, StepSpec
 
 __all__ = [
     "COMPENSATED",
@@ -49,10 +63,12 @@ __all__ = [
     "NOT_STARTED",
     "RESERVED_NAMES",
     "TERMINAL_STATES",
+    "Unit",
     "build_machine",
     "check_graph",
     "compensation_state",
     "is_reserved",
+    "units_of",
 ]
 
 NOT_STARTED = "not_started"
@@ -78,63 +94,115 @@ def is_reserved(name: str) -> bool:
     return name in RESERVED_NAMES or name.startswith(COMPENSATING_PREFIX)
 
 
-def _undo_targets(steps: Sequence[StepSpec], below: int) -> list[str]:
-    """States a compensation chain can go to after index ``below`` (exclusive).
+@attrs.frozen
+class Unit:
+    """A state of the forward chain: one step, or a parallel group's members (run at
+    once). ``undo``: it has a compensating state (a group: any member has a
+    compensation); ``certain``: once it ran, something is certainly left to undo (an
+    unconditional compensatable step, a group with an unconditional compensatable
+    member; never a fan-out, whose collection may be empty)."""
 
-    Walking back, every compensatable step is a possible next one; a conditional one
-    may have been skipped, so the walk goes on past it, and stops at the first
-    unconditional one (it certainly ran). If it never stops, nothing may be left.
+    name: str
+    steps: tuple[StepSpec, ...]
+    group: GroupSpec | None
+    undo: bool
+    certain: bool
+
+    @property
+    def step(self) -> StepSpec:
+        return self.steps[0]
+
+
+def units_of(steps: Sequence[StepSpec], groups: Sequence[GroupSpec] = ()) -> list[Unit]:
+    """The forward chain: consecutive members of one group make one unit (named by the
+    group); every other step (a fan-out too) is a unit named by the step."""
+    units: list[Unit] = []
+    i = 0
+    while i < len(steps):
+        s = steps[i]
+        if s.group is None:
+            undo = s.compensation is not None
+            certain = undo and s.when is None and s.each is None
+            units.append(Unit(s.name, (s,), None, undo, certain))
+            i += 1
+            continue
+        g = groups[s.group]
+        j = i
+        while j < len(steps) and steps[j].group == s.group:
+            j += 1
+        members = tuple(steps[i:j])
+        undo = any(m.compensation is not None for m in members)
+        certain = any(m.compensation is not None and m.when is None for m in members)
+        units.append(Unit(g.name, members, g, undo, certain))
+        i = j
+    return units
+
+
+def _undo_targets(units: Sequence[Unit], below: int) -> list[str]:
+    """States a compensation chain can go to after unit ``below`` (exclusive).
+
+    Walking back, every unit with a compensation is a possible next one; one that may
+    have left nothing to undo (a conditional step, a fan-out of perhaps no items, a group
+    whose compensatable members are all conditional) lets the walk go on past it; it
+    stops at the first that certainly did. If it never stops, nothing may be left.
     """
     targets: list[str] = []
-    for s in reversed(steps[:below]):
-        if s.compensation is None:
+    for u in reversed(units[:below]):
+        if not u.undo:
             continue
-        targets.append(compensation_state(s.name))
-        if s.when is None:
+        targets.append(compensation_state(u.name))
+        if u.certain:
             return targets
     targets.append("")  # stands for: nothing left to undo
     return targets
 
 
-def build_machine(saga_name: str, steps: Sequence[StepSpec]) -> tuple[Machine, frozenset[Edge]]:
+def build_machine(
+    saga_name: str, steps: Sequence[StepSpec], groups: Sequence[GroupSpec] = ()
+) -> tuple[Machine, frozenset[Edge]]:
     """The ``transitions`` machine of a saga and its allowed (source, trigger, dest)."""
-    forward = [s.name for s in steps]
+    units = units_of(steps, groups)
+    forward = [u.name for u in units]
     states = [NOT_STARTED, *forward]
-    states += [compensation_state(s.name) for s in steps if s.compensation is not None]
+    states += [compensation_state(u.name) for u in units if u.undo]
     states += [COMPLETED, COMPENSATED, FAILED]
 
     # (source, trigger, dest, guard that must be false): the guard is a skip's ``when``
     moves: list[tuple[str, str, str, str | None]] = [(NOT_STARTED, "start", forward[0], None)]
-    for i, s in enumerate(steps):
-        nxt = forward[i + 1] if i + 1 < len(steps) else COMPLETED
-        moves.append((s.name, "advance", nxt, None))
-        if s.when is not None:
-            moves.append((s.name, "skip", nxt, s.guard_name))
-        # A step that timed out may have taken effect, so its own compensation comes first.
-        targets = [compensation_state(s.name)] if s.compensation is not None else []
-        targets += _undo_targets(steps, i)
+    for i, u in enumerate(units):
+        s = u.step
+        nxt = forward[i + 1] if i + 1 < len(units) else COMPLETED
+        moves.append((u.name, "advance", nxt, None))
+        if u.group is None and s.when is not None:
+            moves.append((u.name, "skip", nxt, s.guard_name))
+        # A step that timed out may have taken effect, so its own compensation comes first
+        # (a group's: a member that failed or timed out, or its completed members).
+        targets = [compensation_state(u.name)] if u.undo else []
+        targets += _undo_targets(units, i)
         undo = [dest or COMPENSATED for dest in dict.fromkeys(targets)]
-        if s.wait is not None and s.wait.signal is not None:
+        if u.group is None and s.wait is not None and s.wait.signal is not None:
             on_timeout = s.wait.on_timeout
             if on_timeout is OnTimeout.CONTINUE:
-                moves.append((s.name, "timeout", nxt, None))
+                moves.append((u.name, "timeout", nxt, None))
             elif on_timeout is OnTimeout.FAIL:
-                moves.append((s.name, "timeout", FAILED, None))
+                moves.append((u.name, "timeout", FAILED, None))
             else:
-                moves += [(s.name, "timeout", dest, None) for dest in undo]
-        if s.kind is StepKind.RETRIABLE:
-            moves.append((s.name, "fail", FAILED, None))
+                moves += [(u.name, "timeout", dest, None) for dest in undo]
+        if (u.group is not None and u.group.after_pivot) or (
+            u.group is None and s.kind is StepKind.RETRIABLE
+        ):
+            moves.append((u.name, "fail", FAILED, None))
             continue
-        if s.kind is StepKind.PIVOT:
+        if u.group is None and s.kind is StepKind.PIVOT:
             # A pivot that timed out may have taken effect: neither way is safe.
-            moves.append((s.name, "fail", FAILED, None))
+            moves.append((u.name, "fail", FAILED, None))
         for dest in undo:
-            moves.append((s.name, "compensate", dest, None))
-    for i, s in enumerate(steps):
-        if s.compensation is None:
+            moves.append((u.name, "compensate", dest, None))
+    for i, u in enumerate(units):
+        if not u.undo:
             continue
-        source = compensation_state(s.name)
-        for dest in _undo_targets(steps, i):
+        source = compensation_state(u.name)
+        for dest in _undo_targets(units, i):
             if dest:
                 moves.append((source, "undone", dest, None))
                 moves.append((source, "undo_failed", dest, None))
@@ -143,11 +211,13 @@ def build_machine(saga_name: str, steps: Sequence[StepSpec]) -> tuple[Machine, f
                 # Reached when an earlier (newer) compensation had already failed.
                 moves.append((source, "undone", FAILED, None))
                 moves.append((source, "undo_failed", FAILED, None))
-    for s in steps:
-        if s.compensation is not None:
-            moves.append((FAILED, "retry", compensation_state(s.name), None))
-        elif s.kind in (StepKind.RETRIABLE, StepKind.PIVOT):
-            moves.append((FAILED, "retry", s.name, None))
+    for u in units:
+        if u.undo:
+            moves.append((FAILED, "retry", compensation_state(u.name), None))
+        elif (u.group is not None and u.group.after_pivot) or (
+            u.group is None and u.step.kind in (StepKind.RETRIABLE, StepKind.PIVOT)
+        ):
+            moves.append((FAILED, "retry", u.name, None))
 
     machine = Machine(
         model=None, states=states, initial=NOT_STARTED, auto_transitions=False, name=saga_name
