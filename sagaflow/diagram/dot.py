@@ -3,7 +3,9 @@
 Forward steps run left to right; each compensating state sits in its step's column, so
 the undo chain reads backwards under the forward chain; waits and timers are teal and
 blue hexagons, their ``timeout`` edges dashed teal; a run's path is drawn bold, the rest
-greyed, and its current state (a parked saga's wait, too) outlined in blue.
+greyed, and its current state (a parked saga's wait, too) outlined in blue. A parallel
+group is a dashed box (its name, limit and undo order): a fork bar (its state), its
+members, a join bar; the group's transitions leave from the join bar.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import graphviz
 
 from ..machine import COMPENSATED, FAILED, NOT_STARTED, compensation_state
 from ..spec import StepKind
-from .model import Model, Node
+from .model import Model, Node, join_of
 
 __all__ = ["to_dot_source"]
 
@@ -89,7 +91,14 @@ def to_dot_source(model: Model) -> str:
                    "fontsize": "11"},
         edge_attr={"fontname": _FONT, "fontsize": "9"},
     )
+    members: dict[str, list[Node]] = {}
+    for m in model.members:
+        if m.group is not None:
+            members.setdefault(m.group.name, []).append(m)
     for node in model.nodes:
+        if node.role == "group":
+            _group(graph, node, members.get(node.state, []), model)
+            continue
         style = _node_style(node)
         lines = [node.state, *node.lines]
         if run is not None:
@@ -106,6 +115,10 @@ def to_dot_source(model: Model) -> str:
         twin = compensation_state(s.name)
         if s.name in states and twin in states:
             _same_rank(graph, [s.name, twin])
+    for g in model.spec.groups:  # ...and a group's, its fork bar's
+        twin = compensation_state(g.name)
+        if twin in states:
+            _same_rank(graph, [g.name, twin])
     # ...and the chain ends where it began: compensated and failed at the left
     ends = [s for s in (NOT_STARTED, COMPENSATED, FAILED) if s in states]
     if len(ends) > 1:
@@ -121,8 +134,43 @@ def to_dot_source(model: Model) -> str:
             else:
                 style.update(_NOT_TAKEN)
         lines = [e.trigger, e.guard] if e.guard else [e.trigger]
-        graph.edge(e.source, e.dest, _label(*lines), **style)
+        source = join_of(e.source) if e.source in members else e.source
+        graph.edge(source, e.dest, _label(*lines), **style)
     return str(graph.source)
+
+
+_BAR = {"shape": "box", "style": "filled", "label": "", "width": "0.08", "height": "0.7",
+        "fixedsize": "true", "fillcolor": "#202124", "color": "#202124"}
+_MEMBER_EDGE = {"color": "#3c6bc4", "arrowsize": "0.6", "weight": "10"}
+
+
+def _group(graph: graphviz.Digraph, node: Node, members: list[Node], model: Model) -> None:
+    """A group: a dashed box holding its fork bar (its state), members and join bar."""
+    run = model.run
+    fork, join = node.state, join_of(node.state)
+    bar = dict(_BAR)
+    if run is not None and node.state == run.current:
+        bar.update({"fillcolor": "#1565c0", "color": "#1565c0"})
+    with graph.subgraph(name=f"cluster_{node.state}") as box:
+        label = [node.state, *node.lines]
+        if run is not None and node.state == run.current:
+            label.append("<< current state >>")
+        box.attr(label=_label(*label), style="rounded,dashed", color="#3c6bc4",
+                 fontname=_FONT, fontsize="11")
+        box.node(fork, **bar)
+        for m in members:
+            style = _node_style(m)
+            lines = [m.state, *m.lines]
+            if run is not None:
+                outcome = run.outcomes.get(m.state)
+                style.update(_UNVISITED if outcome is None else _OUTCOME_STYLE[outcome])
+                if m.state in run.notes:
+                    lines.append(run.notes[m.state])
+            box.node(m.state, _label(*lines), **style)
+        box.node(join, **_BAR)
+    for m in members:
+        graph.edge(fork, m.state, **_MEMBER_EDGE)
+        graph.edge(m.state, join, **_MEMBER_EDGE)
 
 
 def _label(*lines: str) -> str:

@@ -2,7 +2,9 @@
 
 The same picture as the DOT one, in Mermaid's words: one class (fill and stroke) per
 node look (Mermaid draws every state as a box: a wait is told by its teal class and its
-lines), the run's taken transitions ticked, its current state said in the node.
+lines), the run's taken transitions ticked, its current state said in the node. A
+parallel group is a ``<<fork>>`` state (the group's), its members, and a ``<<join>>``
+state the group's transitions leave from; its limit and undo order are said in a note.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from ..spec import StepKind
-from .model import TERMINALS, Model, Node, Run
+from .model import TERMINALS, Model, Node, Run, join_of
 
 __all__ = ["to_mermaid_source"]
 
@@ -97,7 +99,9 @@ def _look(node: Node, run: Run | None) -> str:
 def to_mermaid_source(model: Model) -> str:
     """The Mermaid ``stateDiagram-v2`` text of ``model``."""
     run = model.run
-    ids = _ids([node.state for node in model.nodes])
+    groups = [node for node in model.nodes if node.role == "group"]
+    joins = [join_of(g.state) for g in groups]
+    ids = _ids([node.state for node in model.nodes] + [m.state for m in model.members] + joins)
     out = [
         "stateDiagram-v2",
         f"    %% {' '.join(model.title.split())} (sagaflow)",
@@ -105,18 +109,36 @@ def to_mermaid_source(model: Model) -> str:
     ]
     for node in model.nodes:
         ident = ids[node.state]
-        if ident != node.state:
+        if node.role == "group":
+            out.append(f"    state {ident} <<fork>>")
+            out.append(f"    state {ids[join_of(node.state)]} <<join>>")
+        elif ident != node.state:
             out.append(f'    state "{_m(node.state)}" as {ident}')
+    for m in model.members:
+        if ids[m.state] != m.state:
+            out.append(f'    state "{_m(m.state)}" as {ids[m.state]}')
     out.append(f"    [*] --> {ids[model.spec.machine.initial]}")
+    for g in groups:
+        for m in model.members:
+            if m.group is not None and m.group.name == g.state:
+                out.append(f"    {ids[g.state]} --> {ids[m.state]}")
+                out.append(f"    {ids[m.state]} --> {ids[join_of(g.state)]}")
+        said = ", ".join(g.lines)
+        current = ", current state" if run is not None and run.current == g.state else ""
+        out.append(f"    note left of {ids[g.state]} : {_m(g.state + ': ' + said + current)}")
+    grouped = {g.state for g in groups}
     for e in model.edges:
         label = e.trigger if not e.guard else f"{e.trigger} ({e.guard})"
         if run is not None and (e.source, e.trigger, e.dest) in run.taken:
             label += " ✔"
-        out.append(f"    {ids[e.source]} --> {ids[e.dest]} : {_m(label)}")
+        source = ids[join_of(e.source)] if e.source in grouped else ids[e.source]
+        out.append(f"    {source} --> {ids[e.dest]} : {_m(label)}")
     for node in model.nodes:
         if node.state in TERMINALS:
             out.append(f"    {ids[node.state]} --> [*]")
-    for node in model.nodes:
+    for node in [*model.nodes, *model.members]:
+        if node.role == "group":
+            continue  # a fork bar: said in its note
         lines = list(node.lines)
         if run is not None and node.state in run.notes:
             lines.append(run.notes[node.state])
@@ -125,8 +147,9 @@ def to_mermaid_source(model: Model) -> str:
         for line in lines:
             out.append(f"    {ids[node.state]} : {_m(line)}")
     classes: dict[str, list[str]] = {}
-    for node in model.nodes:
-        classes.setdefault(_look(node, run), []).append(ids[node.state])
+    for node in [*model.nodes, *model.members]:
+        if node.role != "group":  # fork and join bars keep Mermaid's own look
+            classes.setdefault(_look(node, run), []).append(ids[node.state])
     for look in classes:
         out.append(f"    classDef {_CLASS[look]}")
     for look, members in classes.items():

@@ -8,6 +8,11 @@ A run (a :class:`~sagaflow.SagaRecord` or :class:`~sagaflow.SagaResult`) adds wh
 did: the transitions it took are its recorded ``path`` (the engine appends every state
 change), its outcomes per state come from its step records.
 
+A parallel group's state is drawn as a fork bar, its members (each a node with its
+own kind and compensation, :attr:`Model.members`), and a join bar; a fan-out as its step
+marked with the field it runs over and its limit (``×lines (≤10)``). A run colours each
+member by its own step record, and notes a fan-out's items by status.
+
 Everything here is in a stable order (no ids, times or set order), so the text formats
 built from it are byte-stable.
 """
@@ -24,7 +29,16 @@ from ..clock import duration
 from ..errors import SagaRejected
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
 from ..records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
-from ..spec import SagaSpec, StepKind, StepSpec, WaitSpec, callable_name, is_saga, spec_of
+from ..spec import (
+    GroupSpec,
+    SagaSpec,
+    StepKind,
+    StepSpec,
+    WaitSpec,
+    callable_name,
+    is_saga,
+    spec_of,
+)
 
 __all__ = ["TERMINALS", "Edge", "Model", "Node", "Run", "duration", "model_of"]
 
@@ -60,13 +74,17 @@ class Edge:
 
 @attrs.frozen
 class Node:
-    """One state: its role (start, step, wait, timer, compensating, completed,
-    compensated, failed, other), the label lines after its name, and its step, if any."""
+    """One state: its role (start, step, wait, timer, group, compensating, completed,
+    compensated, failed, other), the label lines after its name, and its step, if any.
+    A group's member is a node too (role step, ``group`` set), named by its step: it is
+    no state of its own (the saga is at its group)."""
 
     state: str
     role: str
     lines: tuple[str, ...]
     step: StepSpec | None
+    #: a group's node (role group) or a member's: the group
+    group: GroupSpec | None = None
 
 
 @attrs.frozen
@@ -89,6 +107,8 @@ class Model:
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
     run: Run | None
+    #: the groups' members, in step order (drawn between their group's fork and join)
+    members: tuple[Node, ...] = ()
 
     @property
     def title(self) -> str:
@@ -102,7 +122,56 @@ def model_of(obj: Diagrammable, saga: object | None = None) -> Model:
     """
     spec, run = _resolve(obj, saga)
     states = [str(s) for s in spec.machine.states]
-    return Model(spec, tuple(_nodes(spec, states)), tuple(_edges(spec, states)), run)
+    members = tuple(
+        Node(s.name, "step", tuple(_step_lines(s)), s, spec.groups[s.group])
+        for s in spec.steps
+        if s.group is not None
+    )
+    return Model(spec, tuple(_nodes(spec, states)), tuple(_edges(spec, states)), run, members)
+
+
+def join_of(group: str) -> str:
+    """The id of a group's join bar (a group's fork bar is its state); no state or step
+    can have it: a name is an identifier."""
+    return f"{group}/join"
+
+
+def group_lines(g: GroupSpec) -> list[str]:
+    """What a group says of itself: how many at once, and how it is undone."""
+    limit = "all at once" if g.limit is None else f"≤{g.limit} at once"
+    lines = [f"parallel, {limit}"]
+    if g.after_pivot:
+        lines.append("after the pivot: retried, never undone")
+    else:
+        lines.append(f"undo {g.compensation.value}")
+    return lines
+
+
+def _fan_out_line(s: StepSpec) -> str | None:
+    if s.each is None:
+        return None
+    limit = "" if s.each.limit is None else f" (≤{s.each.limit})"
+    return f"×{s.each.field}{limit}"
+
+
+def _step_lines(s: StepSpec) -> list[str]:
+    """What a step's (or member's) node says: its kind, fan-out, guard, compensation."""
+    lines: list[str] = []
+    fan = _fan_out_line(s)
+    if fan is not None:
+        lines.append(fan)
+    if s.kind is StepKind.PIVOT:
+        lines.append("pivot (point of no return)")
+    elif s.kind is StepKind.RETRIABLE:
+        n = s.retry.attempts
+        lines.append(f"retriable (up to {n} attempt{'s' if n != 1 else ''})")
+    elif s.kind is StepKind.READONLY:
+        lines.append("readonly")
+    if s.guard_name is not None:
+        lines.append(f"when {s.guard_name}")
+    if s.group is not None and s.compensation_name is not None:
+        lines.append(f"undo by {s.compensation_name}")
+    return lines
 
 
 def _resolve(obj: Diagrammable, saga: object | None) -> tuple[SagaSpec, Run | None]:
@@ -205,14 +274,29 @@ def _guard_name(func: object) -> str:
 
 def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
     by_state: dict[str, tuple[str, StepSpec]] = {}
+    by_group = {g.name: g for g in spec.groups}
     for s in spec.steps:
+        if s.group is not None:
+            continue
         role = "step" if s.wait is None else "timer" if s.wait.is_timer else "wait"
         by_state[s.name] = (role, s)
         if s.compensation is not None:
             by_state[compensation_state(s.name)] = ("compensating", s)
+    undo_of = {compensation_state(g.name): g for g in spec.groups}
     nodes = []
     for state in states:
-        if state == NOT_STARTED:
+        if state in by_group:
+            g = by_group[state]
+            nodes.append(Node(state, "group", tuple(group_lines(g)), None, g))
+        elif state in undo_of:
+            g = undo_of[state]
+            comps = [
+                s.compensation_name for s in spec.steps[g.first : g.last + 1]
+                if s.compensation_name is not None
+            ]
+            lines = (f"undo by {', '.join(comps)}", f"{g.compensation.value}")
+            nodes.append(Node(state, "compensating", lines, None, g))
+        elif state == NOT_STARTED:
             nodes.append(Node(state, "start", (), None))
         elif state in TERMINALS:
             nodes.append(Node(state, state, (), None))
@@ -224,17 +308,11 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
                 if s.guard_name is not None:
                     lines.append(f"when {s.guard_name}")
             elif role == "step":
-                if s.kind is StepKind.PIVOT:
-                    lines.append("pivot (point of no return)")
-                elif s.kind is StepKind.RETRIABLE:
-                    n = s.retry.attempts
-                    lines.append(f"retriable (up to {n} attempt{'s' if n != 1 else ''})")
-                elif s.kind is StepKind.READONLY:
-                    lines.append("readonly")
-                if s.guard_name is not None:
-                    lines.append(f"when {s.guard_name}")
+                lines += _step_lines(s)
             else:
                 lines.append(f"undo by {s.compensation_name}")
+                if s.each is not None:
+                    lines.append(f"each item, {s.each.compensation.value}")
             nodes.append(Node(state, role, tuple(lines), s))
         else:  # a state this module does not know yet: drawn plainly, never dropped
             nodes.append(Node(state, "other", (), None))
@@ -246,7 +324,7 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
 def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
     """What a run did: the path it recorded, and each state's outcome from its steps."""
     names = [s.name for s in spec.steps]
-    if [s.name for s in obj.steps] != names:
+    if [s.name for s in obj.steps[: len(names)]] != names:
         raise ValueError(
             f"the record of saga {obj.saga_id!r} has steps {[s.name for s in obj.steps]}, "
             f"but {spec.name!r} has {names}: pass the saga class that made it (saga=...)"
@@ -264,7 +342,7 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
         outcomes[NOT_STARTED] = "started"
     cut_short = obj.status is not SagaStatus.RUNNING  # a step left RUNNING was interrupted
     steps = {s.name: s for s in spec.steps}
-    for name, sr in zip(names, obj.steps, strict=True):
+    for name, sr in zip(names, obj.steps[: len(names)], strict=True):
         attempts = f"{sr.attempts} attempts" if sr.attempts > 1 else ""
         wait = steps[name].wait
         if sr.status is StepStatus.WAITING:
@@ -301,6 +379,7 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
             outcomes[undo], notes[undo] = "undoing", "undoing"
         elif sr.compensation is CompensationStatus.PENDING:
             outcomes[undo], notes[undo] = "pending", "to undo"
+    _groups_run(spec, obj, outcomes, notes)
     if current in TERMINALS:
         outcomes[current] = "reached"
     if obj.resolution:
@@ -311,6 +390,52 @@ def _run_of(spec: SagaSpec, obj: SagaRecord | SagaResult) -> Run:
     elif outcomes.get(current) == "waiting":
         title += f", parked at {current}"
     return Run(title, current, outcomes, notes, frozenset(path))
+
+
+#: a group's outcome from its members', the first that any member has
+_GROUP_OUTCOME = ("failed", "rejected", "running", "waiting", "done", "skipped")
+_UNDO_OUTCOME = ("undo_failed", "undoing", "pending", "undone")
+
+
+def _groups_run(
+    spec: SagaSpec, obj: SagaRecord | SagaResult, outcomes: dict[str, str], notes: dict[str, str]
+) -> None:
+    """A run's groups (from their members' outcomes) and fan-outs (their items by status).
+    A member's undo shows on the member (it has no compensating state of its own)."""
+    for g in spec.groups:
+        names = [s.name for s in spec.steps[g.first : g.last + 1]]
+        undo = compensation_state(g.name)
+        undos = [outcomes.pop(compensation_state(n), None) for n in names]
+        for n, u, in zip(names, undos, strict=True):
+            if u is not None:
+                notes[n] = ", ".join(filter(None, [notes.get(n), notes.pop(
+                    compensation_state(n), None)]))
+                outcomes[n] = u
+        forward = [outcomes.get(n) for n in names]
+        for o in _GROUP_OUTCOME:
+            if o in forward and (o not in ("done", "skipped") or None not in forward):
+                outcomes[g.name] = o
+                break
+        for o in _UNDO_OUTCOME:
+            if o in undos:
+                outcomes[undo] = o
+                break
+    for s in spec.steps:
+        if s.each is None or s.index >= len(obj.steps):
+            continue
+        sr = obj.steps[s.index]
+        items = obj.steps[sr.first_item : sr.first_item + sr.items] if sr.items else []
+        if not items:
+            continue
+        count: dict[str, int] = {}
+        for item in items:
+            word = item.status.value.lower().replace("_", " ")
+            if item.compensation in (CompensationStatus.COMPENSATED, CompensationStatus.FAILED):
+                word = "undone" if item.compensation is CompensationStatus.COMPENSATED else (
+                    "could not be undone")
+            count[word] = count.get(word, 0) + 1
+        said = ", ".join(f"{n} {word}" for word, n in count.items())
+        notes[s.name] = ", ".join(filter(None, [notes.get(s.name), f"{len(items)} items: {said}"]))
 
 
 def _parked(obj: SagaRecord | SagaResult) -> str:
