@@ -23,13 +23,14 @@ from typing import Any, Generic, Self, TypeVar
 
 import attrs
 
+from ._groupdefs import Parallel
 from ._waitdefs import seconds
 from .definition import UNSET, CompensationDef, StepDef, disown, saga, step, timer, wait
 from .errors import SagaDefinitionError
 from .policy import Retry
 from .spec import OnTimeout, Predicate, callable_name, is_saga
 
-__all__ = ["SagaBuilder"]
+__all__ = ["GroupBuilder", "SagaBuilder"]
 
 T = TypeVar("T")
 
@@ -38,13 +39,54 @@ T = TypeVar("T")
 class _Entry:
     """One ``.step``/``.wait``/``.timer`` call, as given: checked by :meth:`SagaBuilder.build`."""
 
-    what: str  # "step", "wait" or "timer"
+    what: str  # "step", "wait", "timer" or "group"
     fn: Any
     name: Any
     #: the keyword arguments for the decorator, as given
     options: dict[str, Any]
     compensate: Any = None
     compensate_options: dict[str, Any] = attrs.field(factory=dict)
+    #: the group a member belongs to (its entry: ``what == "group"``)
+    group: Any = None
+    #: a fan-out's functions take (saga, item, ctx)
+    fan_out: bool = False
+
+
+class GroupBuilder:
+    """A parallel group of a :class:`SagaBuilder` (:meth:`SagaBuilder.group`): its
+    :meth:`step` adds a member, with :meth:`SagaBuilder.step`'s keywords (not the fan-out
+    ones: a member is one call)."""
+
+    def __init__(self, builder: SagaBuilder[Any], entry: _Entry) -> None:
+        self._builder = builder
+        self._entry = entry
+
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        compensate: Callable[..., Any] | None = None,
+        readonly: bool = False,
+        pivot: bool = False,
+        retriable: bool = False,
+        retry: Retry | Any = UNSET,
+        timeout: float | timedelta | Any | None = UNSET,
+        when: Predicate | None = None,
+        compensate_retry: Retry | Any = UNSET,
+        compensate_timeout: float | timedelta | Any | None = UNSET,
+    ) -> Self:
+        """Add a member ``fn(saga, ctx)``; the options are :meth:`SagaBuilder.step`'s.
+        Members are added one after another (another step between them is refused)."""
+        options = {
+            "timeout": seconds(timeout), "retry": retry, "when": when,
+            "readonly": readonly, "pivot": pivot, "retriable": retriable,
+        }
+        comp_options = {"timeout": seconds(compensate_timeout), "retry": compensate_retry}
+        self._builder._add(
+            _Entry("step", fn, name, options, compensate, comp_options, group=self._entry)
+        )
+        return self
 
 
 def _placeholder(saga: Any, ctx: Any) -> None:  # pragma: no cover - never run
@@ -76,6 +118,19 @@ class SagaBuilder(Generic[T]):
     ``(saga, payload, ctx)``); a bound method or a callable object is called the same way.
     Every problem is reported together by :meth:`build`, in one
     :class:`~sagaflow.SagaDefinitionError`.
+
+    Parallel groups and fan-outs::
+
+        book = builder.group("book", limit=3, compensate="concurrent")
+        book.step(reserve_stock, compensate=release_stock)   # members, one after another
+        book.step(charge, compensate=refund)
+        builder.step(pick, each="lines", key=sku_of, limit=10, compensate=unpick)
+
+    :meth:`group` gives the group (a :class:`GroupBuilder`) whose ``.step`` adds members,
+    as ``book = parallel(...)`` and ``@book.step`` do in a class body; ``each=`` makes a
+    step a fan-out (``fn(saga, item, ctx)``, its compensation too), and since
+    ``compensate=`` is the builder's compensation function, the fan-out's undo order
+    is ``compensate_order=`` (``@step``'s ``compensate=``).
     """
 
     def __init__(
@@ -112,18 +167,41 @@ class SagaBuilder(Generic[T]):
         when: Predicate | None = None,
         compensate_retry: Retry | Any = UNSET,
         compensate_timeout: float | timedelta | Any | None = UNSET,
+        each: str | None = None,
+        key: Callable[[Any], Any] | None = None,
+        limit: int | None = None,
+        compensate_order: str = "concurrent",
     ) -> Self:
         """Add a forward step ``fn(saga, ctx)`` (named ``name``, default the function's
         name). Its kind: ``compensate=undo`` (``undo(saga, ctx)`` undoes it), or one of
         ``readonly``, ``pivot``, ``retriable``. ``retry``, ``timeout`` and ``when`` are
         :func:`~sagaflow.step`'s; ``compensate_retry`` and ``compensate_timeout`` the
-        compensation's."""
+        compensation's. ``each``, ``key``, ``limit`` and ``compensate_order`` make it a
+        fan-out (``@step``'s ``each``, ``key``, ``limit`` and ``compensate``): ``fn(saga,
+        item, ctx)`` and ``undo(saga, item, ctx)`` are called once per item."""
         options = {
             "timeout": seconds(timeout), "retry": retry, "when": when,
             "readonly": readonly, "pivot": pivot, "retriable": retriable,
         }
+        fan_out = {"each": each, "key": key, "limit": limit, "compensate": compensate_order}
+        if each is not None or key is not None or limit is not None or (
+            compensate_order != "concurrent"
+        ):
+            options.update(fan_out)
         comp_options = {"timeout": seconds(compensate_timeout), "retry": compensate_retry}
-        return self._add(_Entry("step", fn, name, options, compensate, comp_options))
+        return self._add(
+            _Entry("step", fn, name, options, compensate, comp_options, fan_out=each is not None)
+        )
+
+    def group(
+        self, name: str, *, limit: int | None = None, compensate: str = "concurrent"
+    ) -> GroupBuilder:
+        """A parallel group called ``name`` (its state's name): add its members, one after
+        another, with the returned group's ``.step``; ``limit`` and ``compensate`` are
+        :func:`~sagaflow.parallel`'s."""
+        entry = _Entry("group", None, name, {"limit": limit, "compensate": compensate})
+        self._add(entry)
+        return GroupBuilder(self, entry)
 
     def wait(
         self,
@@ -233,9 +311,14 @@ class SagaBuilder(Generic[T]):
         ns: dict[str, Any] = {}
         made: list[Any] = []
         forward_only = False  # a pivot or retriable step came before
+        groups: dict[int, Parallel] = {}  # id(group entry) -> its parallel()
         for number, e in enumerate(self._entries, 1):
+            if e.what == "group":
+                self._group(number, e, ns, data, groups, problems)
+                continue
             payload = e.what == "wait" and e.options["payload"] is not None
-            fn = _callable(e.fn, f"{e.what} #{number}", payload, problems)
+            shape = "(saga, item, ctx)" if e.fan_out else "(saga, payload, ctx)"
+            fn = _callable(e.fn, f"{e.what} #{number}", payload or e.fan_out, problems, shape)
             name = self._name(number, e, ns, data, taken, problems, callable(e.fn))
             asked = e.name if e.name is not None else getattr(e.fn, "__name__", None)
             label = f"{e.what} {name!r}" if name == asked else f"{e.what} #{number}"
@@ -254,10 +337,12 @@ class SagaBuilder(Generic[T]):
                     )
                     options["retriable" if forward_only else "readonly"] = True
                 forward_only = forward_only or bool({"pivot", "retriable"} & set(kinds))
-                d = step(**options)(fn)
+                member = groups.get(id(e.group)) if e.group is not None else None
+                d = member.step(**options)(fn) if member is not None else step(**options)(fn)
                 if e.compensate is not None:
                     comp = _callable(
-                        e.compensate, f"the compensation of {label}", False, problems
+                        e.compensate, f"the compensation of {label}", e.fan_out, problems,
+                        "(saga, item, ctx)",
                     )
                     c = d.compensate(**e.compensate_options)(comp)
                     ns[_spare(f"{name}__compensate", ns, data)] = c
@@ -272,6 +357,35 @@ class SagaBuilder(Generic[T]):
             __doc__=f"The saga {self.name!r}, built by sagaflow.SagaBuilder.",
         )
         return type(cls_name, (data,), ns), made
+
+    def _group(
+        self,
+        number: int,
+        e: _Entry,
+        ns: dict[str, Any],
+        data: type,
+        groups: dict[int, Parallel],
+        problems: list[str],
+    ) -> None:
+        """The group's ``parallel()``, put in the class body under its name (checked as a
+        step's: an identifier, not taken)."""
+        name = e.name
+        if not isinstance(name, str) or not name.isidentifier() or name.startswith("__"):
+            problems.append(
+                f"group #{number}: the name {name!r} is no group name (a Python identifier, "
+                "not starting with '__'): pass .group('a_name')"
+            )
+            name = _spare(f"group{number}", ns, data)
+        elif name in ns or hasattr(data, name):
+            held = "an earlier step or group" if name in ns else f"the data class {data.__qualname__}"
+            problems.append(
+                f"group #{number}: the name {name!r} is already taken by {held}: give the "
+                "group its own name"
+            )
+            name = _spare(name, ns, data)
+        p = Parallel(**e.options)
+        ns[name] = p
+        groups[id(e)] = p
 
     def _name(
         self,
@@ -336,11 +450,18 @@ def _spare(name: str, ns: dict[str, Any], data: type) -> str:
     return found
 
 
-def _callable(fn: object, what: str, payload: bool, problems: list[str]) -> Any:
+def _callable(
+    fn: object,
+    what: str,
+    payload: bool,
+    problems: list[str],
+    three: str = "(saga, payload, ctx)",
+) -> Any:
     """``fn`` as a function the decorators take (``(saga, ctx)``, or ``(saga, payload,
-    ctx)``): a function as it is, a bound method or callable object wrapped in one; a
-    placeholder, with the problem noted, if it is no such callable."""
-    shape = "(saga, payload, ctx)" if payload else "(saga, ctx)"
+    ctx)``: ``payload``, shown as ``three``, a fan-out's ``(saga, item, ctx)`` too): a
+    function as it is, a bound method or callable object wrapped in one; a placeholder,
+    with the problem noted, if it is no such callable."""
+    shape = three if payload else "(saga, ctx)"
     stand_in = _placeholder_payload if payload else _placeholder
     if not callable(fn):
         problems.append(

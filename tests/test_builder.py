@@ -30,6 +30,7 @@ from sagaflow import (
     StepKind,
     StepStatus,
     definition,
+    parallel,
     saga,
     spec_of,
     step,
@@ -600,3 +601,102 @@ def test_the_command_line_shows_a_built_saga_from_the_module_that_builds_it(tmp_
     assert f"fingerprint {spec_of(Plugins).fingerprint}" in text
     assert "4  add_storage  compensatable  COMPLETED  1         COMPENSATED" in text
     assert "diagram (mermaid, current state marked):\nstateDiagram-v2" in text
+
+
+# --- parallel groups and fan-outs (issue 12) ----------------------------------------------
+
+
+@attrs.define
+class Order:
+    lines: list[str] = attrs.Factory(list)
+
+
+def sku(line: str) -> str:
+    return line
+
+
+def item_op(saga, item, ctx):
+    """A fan-out's function: (saga, item, ctx)."""
+
+
+def grouped_built() -> type:
+    b = SagaBuilder("order", data=Order)
+    b.step(ok, name="validate", readonly=True)
+    book = b.group("book", limit=3, compensate="reverse")
+    book.step(ok, name="reserve", compensate=undo, timeout=5, retry=Retry(3))
+    book.step(ok, name="charge", compensate=undo, when=needs_approval)
+    b.step(item_op, name="pick", each="lines", key=sku, limit=10,
+           compensate_order="reverse", compensate=item_op)
+    b.step(ok, name="confirm", pivot=True)
+    b.group("tell").step(ok, name="email", retriable=True).step(ok, name="log", readonly=True)
+    return b.build()
+
+
+def grouped_decorated() -> type:
+    @saga(name="order")
+    class Decorated(Order):
+        book = parallel(limit=3, compensate="reverse")
+        tell = parallel()
+
+        @step(readonly=True)
+        def validate(self, ctx): ...
+
+        @book.step(timeout=5, retry=Retry(3))
+        def reserve(self, ctx): ...
+
+        @reserve.compensate
+        def undo_reserve(self, ctx): ...
+
+        @book.step(when=needs_approval)
+        def charge(self, ctx): ...
+
+        @charge.compensate
+        def undo_charge(self, ctx): ...
+
+        @step(each="lines", key=sku, limit=10, compensate="reverse")
+        def pick(self, item, ctx): ...
+
+        @pick.compensate
+        def unpick(self, item, ctx): ...
+
+        @step(pivot=True)
+        def confirm(self, ctx): ...
+
+        @tell.step(retriable=True)
+        def email(self, ctx): ...
+
+        @tell.step(readonly=True)
+        def log(self, ctx): ...
+
+    return Decorated
+
+
+def test_built_groups_and_fan_outs_are_the_decorated_ones():
+    built, decorated = spec_of(grouped_built()), spec_of(grouped_decorated())
+    assert built.groups == decorated.groups
+    assert built.fingerprint == decorated.fingerprint
+    assert [g.name for g in built.groups] == ["book", "tell"]
+    assert built.transitions == decorated.transitions
+    assert list(built.machine.states) == list(decorated.machine.states)
+    for b, d in zip(built.steps, decorated.steps, strict=True):
+        same = ("index", "name", "kind", "timeout", "retry", "group", "each", "guard_name")
+        assert {k: getattr(b, k) for k in same} == {k: getattr(d, k) for k in same}
+    # the compensations are named otherwise (undo here), so compare without them
+    assert built.step("pick").each is not None and built.step("pick").each.key is sku
+
+
+def test_the_builders_group_and_fan_out_refusals():
+    b = SagaBuilder("bad", data=Order)
+    g = b.group("g", limit=0)
+    g.step(ok, name="a", readonly=True)
+    b.step(ok, name="b", readonly=True)
+    g.step(ok, name="c", readonly=True)
+    b.step(ok, name="d", each="lines", readonly=True)  # takes (saga, ctx): no item
+    b.group("lines")  # the data's field
+    with pytest.raises(SagaDefinitionError) as info:
+        b.build()
+    found = "\n".join(info.value.problems)
+    assert "limit must be a whole number >= 1" in found
+    assert "not defined one after another (b between them)" in found
+    assert "must take (saga, item, ctx)" in found
+    assert "group #6: the name 'lines' is already taken by the data class Order" in found
