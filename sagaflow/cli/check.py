@@ -6,7 +6,7 @@ import click
 
 from ..machine import check_graph
 from ..policy import Retry
-from ..spec import StepKind, spec_of
+from ..spec import SagaSpec, StepKind, callable_name, spec_of
 from .loader import load
 from .problems import describe_problems
 from .text import columns
@@ -20,7 +20,8 @@ def check(target: str) -> None:
     """Validate the sagas of TARGET and list their steps.
 
     TARGET is MODULE:CLASS, a module, or a package (every module in it). For each
-    saga: its steps with kind, guard, timeout, retry and compensation, and the checks
+    saga: its steps with kind, guard, timeout, retry and compensation, its parallel
+    groups (members, limit, compensation order) and fan-outs (field, limit), and the checks
     of its state machine (every state reachable, and able to finish). Exit status 0
     when every saga is valid, 1 with every problem listed when one is not, 2 when
     TARGET cannot be loaded.
@@ -95,4 +96,31 @@ def _describe(cls: type) -> list[str]:
             _retry(s.retry),
             comp,
         ])
-    return lines + columns(rows, indent="  ")
+    return lines + columns(rows, indent="  ") + _groups(spec)
+
+
+def _groups(spec: SagaSpec) -> list[str]:
+    """The saga's parallel groups (members, limit, compensation order) and fan-outs
+    (field, limit, key, compensation order); nothing for a saga without them."""
+    lines: list[str] = []
+    if spec.groups:
+        lines.append("  parallel groups:")
+    for g in spec.groups:
+        members = ", ".join(s.name for s in spec.steps[g.first : g.last + 1])
+        limit = "all at once" if g.limit is None else f"{g.limit} at once"
+        undo = (
+            "after the pivot: never undone" if g.after_pivot
+            else f"undone {g.compensation.value}"
+        )
+        lines.append(f"    {g.name}: {members} ({limit}, {undo})")
+    fan_outs = [s for s in spec.steps if s.each is not None]
+    if fan_outs:
+        lines.append("  fan-outs:")
+    for s in fan_outs:
+        e = s.each
+        assert e is not None
+        limit = "all at once" if e.limit is None else f"{e.limit} at once"
+        key = "position" if e.key is None else callable_name(e.key)
+        undo = f", undone {e.compensation.value}" if s.compensation is not None else ""
+        lines.append(f"    {s.name}: each item of {e.field} ({limit}, key {key}{undo})")
+    return lines
