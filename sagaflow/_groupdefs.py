@@ -8,6 +8,7 @@ its fix, to ``problems`` (reported together by ``@saga``)."""
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import typing
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, overload
@@ -72,7 +73,7 @@ class Parallel:
         retriable: bool = False,
     ) -> Callable[[StepFn], StepDef]: ...
 
-    def step(self, fn: Any = None, /, **options: Any) -> Any:
+    def step(self, fn: Any = None, /, **options: Any) -> Any:  # type: ignore[misc]
         """A member of this group: ``@group.step`` or ``@group.step(...)`` with
         :func:`~sagaflow.step`'s keywords (not ``each=``: a member is one call)."""
         from .definition import make_step
@@ -279,10 +280,8 @@ def _check_field(cls: type, field: object, what: str, problems: list[str]) -> st
         )
         return None
     annotation: Any = fields[field].type
-    try:
+    with contextlib.suppress(Exception):  # a name not resolvable here: read the text
         annotation = typing.get_type_hints(cls).get(field, annotation)
-    except Exception:  # noqa: BLE001 - a name not resolvable here: read the text below
-        pass
     if annotation is None or annotation is Any:
         return field
     if isinstance(annotation, str):

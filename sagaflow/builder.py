@@ -377,7 +377,10 @@ class SagaBuilder(Generic[T]):
             )
             name = _spare(f"group{number}", ns, data)
         elif name in ns or hasattr(data, name):
-            held = "an earlier step or group" if name in ns else f"the data class {data.__qualname__}"
+            held = (
+                "an earlier step or group" if name in ns
+                else f"the data class {data.__qualname__}"
+            )
             problems.append(
                 f"group #{number}: the name {name!r} is already taken by {held}: give the "
                 "group its own name"

@@ -477,5 +477,11 @@ def test_sagaflow_check_shows_groups_and_fan_outs() -> None:
     out = CliRunner().invoke(main, ["check", f"{__name__}:PlaceOrderSaga"])
     assert out.exit_code == 0, out.output
     assert ": 5 steps," in out.output
-    assert "  parallel groups:\n    book: reserve_stock, charge (3 at once, undone concurrent)\n" in out.output
-    assert "  fan-outs:\n    pick: each item of lines (10 at once, key sku_of, undone reverse)\n" in out.output
+    assert (
+        "  parallel groups:\n    book: reserve_stock, charge (3 at once, undone concurrent)\n"
+        in out.output
+    )
+    assert (
+        "  fan-outs:\n    pick: each item of lines (10 at once, key sku_of, undone reverse)\n"
+        in out.output
+    )

@@ -10,8 +10,9 @@ change), its outcomes per state come from its step records.
 
 A parallel group's state is drawn as a fork bar, its members (each a node with its
 own kind and compensation, :attr:`Model.members`), and a join bar; a fan-out as its step
-marked with the field it runs over and its limit (``×lines (≤10)``). A run colours each
-member by its own step record, and notes a fan-out's items by status.
+marked with the field it runs over and its limit (the multiplication sign, ``lines
+(≤10)``). A run colours each member by its own step record, and notes a fan-out's items
+by status.
 
 Everything here is in a stable order (no ids, times or set order), so the text formats
 built from it are byte-stable.
@@ -151,7 +152,7 @@ def _fan_out_line(s: StepSpec) -> str | None:
     if s.each is None:
         return None
     limit = "" if s.each.limit is None else f" (≤{s.each.limit})"
-    return f"×{s.each.field}{limit}"
+    return f"\u00d7{s.each.field}{limit}"  # the multiplication sign: times the field
 
 
 def _step_lines(s: StepSpec) -> list[str]:
@@ -294,8 +295,8 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
                 s.compensation_name for s in spec.steps[g.first : g.last + 1]
                 if s.compensation_name is not None
             ]
-            lines = (f"undo by {', '.join(comps)}", f"{g.compensation.value}")
-            nodes.append(Node(state, "compensating", lines, None, g))
+            said = (f"undo by {', '.join(comps)}", f"{g.compensation.value}")
+            nodes.append(Node(state, "compensating", said, None, g))
         elif state == NOT_STARTED:
             nodes.append(Node(state, "start", (), None))
         elif state in TERMINALS:
