@@ -32,11 +32,10 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from ._copy import shallow_copy
 from .context import Direction, StepContext
 from .engine import (
+    Batch,
     Call,
     Park,
     Sleep,
@@ -47,9 +46,9 @@ from .engine import (
     interrupt,
     next_command,
     settle,
-    unstorable,
 )
 from .errors import AlreadyExecuting, CodecError, SagaflowError
+from .gather import arun_block, restore, run_block
 from .records import SagaRecord, SagaResult, SagaStatus, Signal
 from .stores.base import AsyncStoreMixin
 
@@ -87,24 +86,6 @@ def _context(spec: SagaSpec, record: SagaRecord, rt: Runtime) -> StepContext:
     return StepContext(
         record.saga_id, spec.name, "", FORWARD, 0, None, None, 0.0, rt.clock.now
     )
-
-
-def _unstorable(
-    rt: Runtime,
-    spec: SagaSpec,
-    record: SagaRecord,
-    saved: SagaRecord | None,
-    call: Call | None,
-    error: CodecError,
-) -> None:
-    """The save after ``call`` failed on what it left in the fields: put back what the
-    store holds of ``record`` (the fields as before the call) and record the call's
-    outcome as unknown (see the module's notes). No call to blame: ``error`` stands."""
-    if call is None or saved is None:
-        raise error
-    for field in attrs.fields(SagaRecord):
-        setattr(record, field.name, getattr(saved, field.name))
-    unstorable(spec, record, call, rt.clock.now(), error, rt.rand)
 
 
 # --- sync ------------------------------------------------------------------------------
@@ -211,20 +192,31 @@ def _run_sync(
     sid = record.saga_id
     ctx = _context(spec, record, rt)
     done: Call | None = None  # the call whose outcome the next save records
+    settled: list[Call] = []  # or, after a group, the calls whose outcomes it records
     while True:
         now = clock.now()
         if cancels and sid in cancels and record.status is _RUNNING:
             cancel(spec, record, now, cancels.pop(sid))
         command = next_command(spec, record, now)
+        if command.__class__ is Batch:
+            command, settled, told = run_block(
+                rt, spec, record, command, told, [] if done is None else [done]
+            )
+            if watch is not None:
+                watch.told = told
+            done = settled[-1] if settled else None
+            now = clock.now()
         record.updated_at = now
         if command.__class__ is not Park or command.entered or done is not None:
             try:
                 store.save(record)
             except CodecError as exc:
-                _unstorable(rt, spec, record, store.load(sid), done, exc)
+                restore(rt, spec, record, store.load(sid), settled or ([done] if done else []), exc)
                 done = None
+                settled = []
                 continue
             done = None
+            settled = []
             if len(history) > told:
                 start = told
                 told = len(history)
@@ -375,7 +367,8 @@ def adrive(
 
 
 async def _arun(
-    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, shielded: bool
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, shielded: bool,
+    pending: Any = None, settled: list[Call] | None = None,
 ) -> SagaResult:
     """The async loop; the record's result. Unshielded (the awaiting task), it marks the
     saga live, runs the forward steps and hands compensation to a shielded task of its
@@ -392,6 +385,10 @@ async def _arun(
     limit: _Limit | None = None
     call: Call | None = None  # the call in flight
     done: Call | None = None  # the call whose outcome the next save records
+    if settled is None:
+        settled = []  # or, after a group, the calls whose outcomes it records
+    elif settled:
+        done = settled[-1]
     try:
         try:
             while True:
@@ -400,7 +397,22 @@ async def _arun(
                     cancel(spec, record, now, rt.cancels.pop(record.saga_id))
                 if not shielded and record.status is _COMPENSATING:
                     break
-                command = next_command(spec, record, now)
+                if pending is None:
+                    command = next_command(spec, record, now)
+                else:  # what the unshielded run asked for, handed over with the run
+                    command, pending = pending[0], None
+                if command.__class__ is Batch:
+                    command, settled, told = await arun_block(
+                        rt, spec, record, command, told, [] if done is None else [done],
+                        not shielded,
+                    )
+                    done = settled[-1] if settled else None
+                    now = clock.now()
+                    if not shielded and record.status is _COMPENSATING:
+                        # The group failed: its compensation (and the save of its
+                        # outcomes) runs where the awaiting task's cancel cannot reach.
+                        pending = (command,)
+                        break
                 record.updated_at = now
                 if command.__class__ is not Park or command.entered or done is not None:
                     try:
@@ -409,10 +421,15 @@ async def _arun(
                         else:
                             store.save(record)
                     except CodecError as exc:
-                        _unstorable(rt, spec, record, await store.aload(record.saga_id), done, exc)
+                        restore(
+                            rt, spec, record, await store.aload(record.saga_id),
+                            settled or ([done] if done else []), exc,
+                        )
                         done = None
+                        settled = []
                         continue
                     done = None
+                    settled = []
                     if len(record.history) > told:
                         if rt.listeners.async_:
                             await rt.listeners.anotify(record.history, told)
@@ -494,7 +511,7 @@ async def _arun(
             if limit is not None:
                 limit.close()
         # Compensating: the rest runs where the awaiting task's cancel cannot reach it.
-        if await _compensate_shielded(rt, spec, record, told):
+        if await _compensate_shielded(rt, spec, record, told, pending, settled):
             raise asyncio.CancelledError
         return SagaResult.of(record)
     finally:
@@ -536,14 +553,19 @@ async def _acall_def(
 
 
 async def _compensate_shielded(
-    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int,
+    pending: Any = None, settled: list[Call] | None = None,
 ) -> bool:
     """Run the rest of the saga (its compensation) in a task nobody's cancel reaches.
 
     Returns whether the awaiting task was cancelled meanwhile; the caller re-raises
-    the cancellation once compensation is over.
+    the cancellation once compensation is over. ``pending``: a 1-tuple of the command
+    the engine already gave (after a group failed), with the calls ``settled`` since
+    the last save.
     """
-    task = asyncio.get_running_loop().create_task(_arun(rt, spec, record, told, True))
+    task = asyncio.get_running_loop().create_task(
+        _arun(rt, spec, record, told, True, pending, settled)
+    )
     cancelled = False
     while not task.done():
         try:

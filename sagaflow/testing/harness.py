@@ -49,7 +49,7 @@ import attrs
 
 from .. import signals as _signals
 from ..context import Direction, StepContext
-from ..engine import Call, Park, Sleep, interrupt, new_record, next_command, settle
+from ..engine import Batch, Call, Park, Sleep, interrupt, new_record, next_command, settle
 from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus, Signal
@@ -165,6 +165,9 @@ class Harness:
         self.sent: list[SentSignal] = []
         self.parks: list[ParkSeen] = []
         self._payloads: dict[int, Any] = {}  # what each wait's handler was handed
+        # A group's (or a fan-out's) calls the engine started, performed one at a time
+        self._queued: list[Call] = []
+        self._flying: set[int] = set()
         # sent once the saga moved on (its history grew past the mark) and parks or ends
         self._later: list[tuple[_Send, int]] = []
         self._planned: set[str] = set()  # waits whose planned signals went (or are queued)
@@ -263,9 +266,19 @@ class Harness:
         ``None`` once the run is over. Signals queued for later go first."""
         spec, record, clock = self.spec, self.record, self.clock
         while True:
+            if self._queued:
+                return self._queued.pop(0)
             now = clock.now()
-            command = next_command(spec, record, now)
+            command = next_command(spec, record, now, self._flying)
             record.updated_at = now
+            if isinstance(command, Batch):
+                if command.calls:
+                    self._flying.update(c.slot for c in command.calls)
+                    self._queued = list(command.calls)
+                    continue
+                assert command.until is not None, "a batch with nothing to do or wait for"
+                clock.sleep(max(0.0, command.until - now))
+                continue
             if isinstance(command, Sleep):
                 clock.sleep(max(0.0, command.until - now))
                 continue
@@ -503,9 +516,16 @@ class Harness:
         self.calls.append(rec)
         return rec, ctx
 
+    def _arguments(self, call: Call, ctx: StepContext) -> tuple[Any, ...]:
+        """What the user's function of ``call`` is given: a fan-out's item too."""
+        if call.item < 0:
+            return (self.record.data, ctx)
+        return (self.record.data, call.payload, ctx)
+
     def finish(self, call: Call, rec: CallRecord, ctx: StepContext) -> None:
         """Report ``rec``'s outcome to the engine (after the user's function, if it ran)."""
         spec, record, clock = self.spec, self.record, self.clock
+        self._flying.discard(call.slot)
         fault = rec.injected.fault
         error: BaseException | None = None
         timed_out = False
@@ -546,7 +566,7 @@ class Harness:
         if rec.injected.calls_user:
             rec.ran_user = True
             try:
-                value = self.function(call)(self.record.data, ctx)
+                value = self.function(call)(*self._arguments(call, ctx))
                 if inspect.isawaitable(value):
                     if loop is None:
                         raise RuntimeError("an async step needs an event loop")
@@ -562,7 +582,7 @@ class Harness:
         if rec.injected.calls_user:
             rec.ran_user = True
             try:
-                value = self.function(call)(self.record.data, ctx)
+                value = self.function(call)(*self._arguments(call, ctx))
                 if inspect.isawaitable(value):
                     await value
             except Exception as exc:
