@@ -28,7 +28,7 @@ from sagaflow.errors import SagaDeadlineExceeded
 from sagaflow.stores import MemoryStore
 from sagaflow.stores.sqlite import SQLiteStore
 
-from .conftest import Runner
+from conftest import Runner
 
 LOG: list[str] = []
 _lock = threading.Lock()
@@ -88,7 +88,7 @@ class Order:
     def cancel_shipping(self, ctx):
         log("undo shipping")
 
-    @step
+    @step(pivot=True)
     def confirm(self, ctx):
         log("confirm")
 
@@ -157,19 +157,19 @@ class Limited:
 
     group = parallel(limit=2)
 
-    @group.step
+    @group.step(readonly=True)
     def a(self, ctx):
         self._work()
 
-    @group.step
+    @group.step(readonly=True)
     def b(self, ctx):
         self._work()
 
-    @group.step
+    @group.step(readonly=True)
     def c(self, ctx):
         self._work()
 
-    @group.step
+    @group.step(readonly=True)
     def d(self, ctx):
         self._work()
 
@@ -203,7 +203,7 @@ class AsyncGroup:
     async def undo_first(self, ctx):
         self.order.append("undo first")
 
-    @g.step
+    @g.step(readonly=True)
     async def second(self, ctx):
         await self._meet("second")
         if self.n == 1:
@@ -252,13 +252,13 @@ class Flaky:
 
     g = parallel()
 
-    @g.step(retry=Retry(attempts=3, backoff=0.001))
+    @g.step(readonly=True, retry=Retry(attempts=3, backoff=0.001))
     def flaky(self, ctx):
         self.tries += 1
         if self.tries < 3:
             raise ConnectionError("try again")
 
-    @g.step
+    @g.step(readonly=True)
     def steady(self, ctx):
         pass
 
@@ -371,7 +371,7 @@ class Batch_:
     def unpick(self, line, ctx):
         log(f"undo pick {line.sku} {ctx.idempotency_key}")
 
-    @step
+    @step(pivot=True)
     def ship(self, ctx):
         log("ship")
 
@@ -447,7 +447,7 @@ class Rejecting:
     def undo_ok(self, ctx):
         log("undo ok")
 
-    @g.step
+    @g.step(readonly=True)
     def no(self, ctx):
         raise SagaRejected("credit limit reached")
 
@@ -588,26 +588,46 @@ def test_members_checkpoint_together(tmp_path: Path) -> None:
 
         g = parallel()
 
-        @g.step
-        async def m0(self, ctx): await self._go()
-        @g.step
-        async def m1(self, ctx): await self._go()
-        @g.step
-        async def m2(self, ctx): await self._go()
-        @g.step
-        async def m3(self, ctx): await self._go()
-        @g.step
-        async def m4(self, ctx): await self._go()
-        @g.step
-        async def m5(self, ctx): await self._go()
-        @g.step
-        async def m6(self, ctx): await self._go()
-        @g.step
-        async def m7(self, ctx): await self._go()
-        @g.step
-        async def m8(self, ctx): await self._go()
-        @g.step
-        async def m9(self, ctx): await self._go()
+        @g.step(readonly=True)
+        async def m0(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m1(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m2(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m3(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m4(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m5(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m6(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m7(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m8(self, ctx):
+            await self._go()
+
+        @g.step(readonly=True)
+        async def m9(self, ctx):
+            await self._go()
+
 
         async def _go(self) -> None:
             self.done += 1
