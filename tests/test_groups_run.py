@@ -333,7 +333,7 @@ class Reverse:
     def undo_three(self, ctx):
         log("undo three")
 
-    @step
+    @step(readonly=True)
     def after(self, ctx):
         raise RuntimeError("after fails")
 
