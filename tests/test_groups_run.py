@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import attrs
 import pytest
@@ -51,8 +52,8 @@ class Order:
     order_id: str
     booked: list[str] = attrs.field(factory=list)
 
-    fail = set()  # type: ignore[var-annotated]  # members that fail (the tests set it)
-    barrier: threading.Barrier | None = None  # members wait for each other on it
+    fail: ClassVar[set[str]] = set()  # members that fail (the tests set it)
+    barrier: ClassVar[threading.Barrier | None] = None  # members wait for each other on it
 
     book = parallel()
 
@@ -547,7 +548,7 @@ def _crash_mid_group(path: Path) -> str:
 def test_recovery_resumes_only_the_members_that_had_not_finished(tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
     saga_id = _crash_mid_group(path)
-    orchestrator = Orchestrator(SQLiteStore(path))
+    orchestrator = Orchestrator(SQLiteStore(path), sagas=[Order, Batch_])
     report = orchestrator.recover()
     assert saga_id in report.resumed
     result = orchestrator.get(saga_id)
@@ -571,7 +572,7 @@ def test_recovery_of_a_fan_out_whose_items_changed_quarantines_that_saga(
     record.data.lines.append(Line("e", 5))  # the collection changes under the run
     store.save(record)
     store.close()
-    orchestrator = Orchestrator(SQLiteStore(path))
+    orchestrator = Orchestrator(SQLiteStore(path), sagas=[Order, Batch_])
     report = orchestrator.recover()
     assert "b-9" in report.quarantined
     assert "4 items" in report.quarantined["b-9"] and "5 items" in report.quarantined["b-9"]
