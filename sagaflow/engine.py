@@ -925,7 +925,8 @@ def _forward_block(
                 _slot_failed(spec, record, m, now, f"{why}; not run again: {unit!r} failed",
                              wake is None)
                 continue
-            calls.append(_start_slot(spec, record, s, m, slot, now, guarded, items))
+            member = s if s.each is not None else spec.steps[slot]
+            calls.append(_start_slot(spec, record, member, m, slot, now, guarded, items))
             active += 1
         elif status is StepStatus.PENDING and not failing:
             pending.append(slot)
@@ -1301,7 +1302,8 @@ def _compensation_block(
         if past:
             _slot_undo_failed(spec, record, m, now, "compensation deadline passed")
         elif c is _C_RUNNING:  # due to retry, or cut off by a crash: again
-            calls.append(_undo_slot(spec, record, s, m, slot, now, items))
+            member = s if s.each is not None else spec.steps[slot]
+            calls.append(_undo_slot(spec, record, member, m, slot, now, items))
         else:
             pending.append(slot)
     for slot in pending:
