@@ -648,3 +648,87 @@ def test_members_checkpoint_together(tmp_path: Path) -> None:
     assert record is not None
     # start, the ten members started, the ten settled with the saga completed: 3 saves
     assert record.version <= 4, record.version
+
+
+@saga
+class Uneven:
+    n: int
+
+    g = parallel()
+
+    @g.step(readonly=True)
+    def fails_fast(self, ctx):
+        raise RuntimeError("fails fast")
+
+    @g.step
+    def takes_a_while(self, ctx):
+        time.sleep(0.2)
+        log("took a while")
+
+    @takes_a_while.compensate
+    def undo_while(self, ctx):
+        log("undo while")
+
+
+def test_sync_lets_running_members_finish_and_counts_them() -> None:
+    result = Orchestrator(MemoryStore()).run(Uneven(1))
+    assert result.status is SagaStatus.COMPENSATED
+    member = result.step("takes_a_while")
+    assert member.status is StepStatus.COMPLETED and not member.timed_out
+    assert LOG == ["took a while", "undo while"]
+
+
+def test_async_cancels_running_members_and_undoes_them_as_unknown() -> None:
+    result = asyncio.run(Orchestrator(MemoryStore()).arun(Uneven(1)))
+    assert result.status is SagaStatus.COMPENSATED
+    member = result.step("takes_a_while")
+    # a plain def member runs on a call thread: abandoned (it finishes on its own)
+    assert member.status is StepStatus.TIMED_OUT and member.timed_out
+    assert member.compensation is CompensationStatus.COMPENSATED
+    assert "undo while" in LOG
+
+
+@saga
+class Held:
+    n: int
+    gate: ClassVar[threading.Event] = threading.Event()
+    started: ClassVar[threading.Event] = threading.Event()
+
+    g = parallel()
+
+    @g.step
+    def held(self, ctx):
+        Held.started.set()
+        Held.gate.wait(10)
+        log("held done")
+
+    @held.compensate
+    def undo_held(self, ctx):
+        log("undo held")
+
+    @g.step
+    def other(self, ctx):
+        log("other")
+
+    @other.compensate
+    def undo_other(self, ctx):
+        log("undo other")
+
+
+def test_an_operator_cancels_a_running_group() -> None:
+    Held.gate.clear()
+    Held.started.clear()
+    orchestrator = Orchestrator(MemoryStore())
+    outcome: list[object] = []
+    runner = threading.Thread(target=lambda: outcome.append(orchestrator.run(Held(1), "h-1")))
+    runner.start()
+    assert Held.started.wait(10)
+    orchestrator.cancel("h-1", note="customer called")
+    Held.gate.set()
+    runner.join(10)
+    (result,) = outcome
+    assert result.status is SagaStatus.COMPENSATED  # type: ignore[attr-defined]
+    assert "cancelled" in str(result.error)  # type: ignore[attr-defined]
+    assert sorted(_undone(LOG)) == ["undo held", "undo other"]
+    actions = [e for e in result.history if isinstance(e, events.OperatorAction)]  # type: ignore[attr-defined]
+    assert [a.note for a in actions] == ["customer called"]
