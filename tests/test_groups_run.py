@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,6 +17,7 @@ from sagaflow import (
     Orchestrator,
     Retry,
     SagaRejected,
+    SagaResult,
     SagaStatus,
     StepStatus,
     events,
@@ -29,8 +31,7 @@ from sagaflow.errors import SagaDeadlineExceeded
 from sagaflow.stores import MemoryStore
 from sagaflow.stores.sqlite import SQLiteStore
 
-from conftest import Runner
-
+Runner = Callable[..., SagaResult]  # the conftest's `drive` fixture
 LOG: list[str] = []
 _lock = threading.Lock()
 
