@@ -1,6 +1,6 @@
-"""Parallel groups and fan-outs at definition: :func:`parallel` (a :class:`Parallel`
-whose ``.step`` makes members), what ``@step(each=...)`` records (:class:`FanOutDecl`),
-and how ``@saga`` checks and places them (:func:`resolve_groups`) into the
+"""Parallel groups and fan-outs at definition: what ``@step(each=...)`` records
+(:class:`FanOutDecl`), and how ``@saga`` checks and places groups
+(:func:`~sagaflow.parallel`) and fan-outs (:func:`resolve_groups`) into the
 :class:`~sagaflow.spec.GroupSpec` of a group and the :class:`~sagaflow.spec.FanOutSpec`
 of a fan-out. Like :mod:`sagaflow._waitdefs` for waits: every problem is appended, with
 its fix, to ``problems`` (reported together by ``@saga``)."""
@@ -10,20 +10,32 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import typing
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, overload
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import attrs
 
 from .machine import COMPENSATING_PREFIX, RESERVED_NAMES, is_reserved
 from .spec import CompensationOrder, FanOutSpec, GroupSpec, StepKind, StepSpec
 
-if TYPE_CHECKING:
-    from .definition import StepDef
-    from .policy import Retry
-    from .spec import Predicate, StepFn
 
-__all__ = ["FanOutDecl", "Parallel", "check_limit", "parallel", "resolve_groups"]
+class GroupDecl(Protocol):
+    """What ``@saga`` reads of a declared group (:class:`~sagaflow.Parallel`)."""
+
+    limit: Any
+    compensate: Any
+
+
+class StepDecl(Protocol):
+    """What ``@saga`` reads here of a declared step (a ``StepDef``)."""
+
+    @property
+    def group(self) -> Any: ...
+
+    @property
+    def each(self) -> FanOutDecl | None: ...
+
+__all__ = ["FanOutDecl", "GroupDecl", "StepDecl", "check_limit", "resolve_groups"]
 
 _ORDERS = ", ".join(repr(o.value) for o in CompensationOrder)
 
@@ -36,67 +48,6 @@ class FanOutDecl:
     key: Any = None
     limit: Any = None
     compensate: Any = "concurrent"
-
-
-class Parallel:
-    """A parallel group: its members (``@group.step``) run at once, ``limit`` at a time
-    (``None``: all), and are undone ``compensate="concurrent"`` (all at once) or
-    ``"reverse"`` (one at a time, the last to complete first). Its name is the class
-    attribute it is assigned to; that name is the saga's state while the group runs."""
-
-    def __init__(self, limit: int | None = None, compensate: str = "concurrent") -> None:
-        self.limit = limit
-        self.compensate = compensate
-        #: the class attribute it is assigned to (set by the class body)
-        self.name: str | None = None
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        if self.name is None:
-            self.name = name
-
-    def __repr__(self) -> str:
-        return f"parallel({self.name or '?'}, limit={self.limit!r}, compensate={self.compensate!r})"
-
-    @overload
-    def step(self, fn: StepFn, /) -> StepDef: ...
-
-    @overload
-    def step(
-        self,
-        *,
-        name: str | None = None,
-        timeout: Any = ...,
-        retry: Retry | Any = ...,
-        when: Predicate | None = None,
-        readonly: bool = False,
-        pivot: bool = False,
-        retriable: bool = False,
-    ) -> Callable[[StepFn], StepDef]: ...
-
-    def step(self, fn: Any = None, /, **options: Any) -> Any:  # type: ignore[misc]
-        """A member of this group: ``@group.step`` or ``@group.step(...)`` with
-        :func:`~sagaflow.step`'s keywords (not ``each=``: a member is one call)."""
-        from .definition import make_step
-
-        def make(fn: StepFn) -> StepDef:
-            return make_step(fn, group=self, **options)
-
-        return make if fn is None else make(fn)
-
-
-def parallel(limit: int | None = None, compensate: str = "concurrent") -> Parallel:
-    """A parallel group of steps, assigned to a class attribute of the saga::
-
-        book = parallel(limit=3, compensate="concurrent")
-
-        @book.step
-        def reserve_stock(self, ctx): ...
-
-    Members are defined one after another; each is a step with its own kind,
-    compensation, retry and timeout. ``limit``: how many run at once (``None``: all);
-    ``compensate``: ``"concurrent"`` or ``"reverse"``.
-    """
-    return Parallel(limit, compensate)
 
 
 def check_limit(value: object, what: str, problems: list[str]) -> int | None:
@@ -122,18 +73,18 @@ def check_order(value: object, what: str, problems: list[str]) -> CompensationOr
 
 def resolve_groups(
     cls: type,
-    defs: Sequence[tuple[str, StepDef]],
+    declared: Sequence[tuple[str, GroupDecl]],
+    defs: Sequence[tuple[str, StepDecl]],
     steps: tuple[StepSpec, ...],
     problems: list[str],
 ) -> tuple[tuple[StepSpec, ...], tuple[GroupSpec, ...]]:
-    """The steps with their ``group`` and ``each`` set, and the saga's groups."""
+    """The steps with their ``group`` and ``each`` set, and the saga's groups
+    (``declared``: the class's group attributes, by name)."""
     out = list(steps)
     _fan_outs(cls, defs, out, problems)
-    found: dict[int, tuple[str, Parallel]] = {}
-    for klass in reversed(cls.__mro__):
-        for attr, value in vars(klass).items():
-            if isinstance(value, Parallel):
-                found.setdefault(id(value), (attr, value))
+    found: dict[int, tuple[str, GroupDecl]] = {}
+    for attr, value in declared:
+        found.setdefault(id(value), (attr, value))
     members: dict[int, list[int]] = {}
     for index, (_, d) in enumerate(defs):
         g = d.group
@@ -218,7 +169,7 @@ def resolve_groups(
 
 
 def _fan_outs(
-    cls: type, defs: Sequence[tuple[str, StepDef]], out: list[StepSpec], problems: list[str]
+    cls: type, defs: Sequence[tuple[str, StepDecl]], out: list[StepSpec], problems: list[str]
 ) -> None:
     """Check each ``each=`` and set the fan-out's :class:`FanOutSpec`."""
     for index, (_, d) in enumerate(defs):

@@ -23,9 +23,8 @@ from typing import Any, Generic, Self, TypeVar
 
 import attrs
 
-from ._groupdefs import Parallel
 from ._waitdefs import seconds
-from .definition import UNSET, CompensationDef, StepDef, disown, saga, step, timer, wait
+from .definition import UNSET, CompensationDef, Parallel, StepDef, disown, saga, step, timer, wait
 from .errors import SagaDefinitionError
 from .policy import Retry
 from .spec import OnTimeout, Predicate, callable_name, is_saga

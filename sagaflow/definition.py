@@ -19,7 +19,7 @@ from typing import Any, TypeVar, cast, overload
 import attrs
 
 from ._checks import check_callable, check_retry, check_timeout
-from ._groupdefs import FanOutDecl, Parallel, parallel, resolve_groups
+from ._groupdefs import FanOutDecl, resolve_groups
 from ._waitdefs import WaitDecl, place_waits, resolve_wait
 from .errors import SagaDefinitionError
 from .machine import (
@@ -247,6 +247,65 @@ def make_step(fn: StepFn, **fields: Any) -> StepDef:
     return made
 
 
+class Parallel:
+    """A parallel group: its members (``@group.step``) run at once, ``limit`` at a time
+    (``None``: all), and are undone ``compensate="concurrent"`` (all at once) or
+    ``"reverse"`` (one at a time, the last to complete first). Its name is the class
+    attribute it is assigned to; that name is the saga's state while the group runs."""
+
+    def __init__(self, limit: int | None = None, compensate: str = "concurrent") -> None:
+        self.limit = limit
+        self.compensate = compensate
+        #: the class attribute it is assigned to (set by the class body)
+        self.name: str | None = None
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if self.name is None:
+            self.name = name
+
+    def __repr__(self) -> str:
+        return f"parallel({self.name or '?'}, limit={self.limit!r}, compensate={self.compensate!r})"
+
+    @overload
+    def step(self, fn: StepFn, /) -> StepDef: ...
+
+    @overload
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        timeout: Any = ...,
+        retry: Retry | Any = ...,
+        when: Predicate | None = None,
+        readonly: bool = False,
+        pivot: bool = False,
+        retriable: bool = False,
+    ) -> Callable[[StepFn], StepDef]: ...
+
+    def step(self, fn: Any = None, /, **options: Any) -> Any:  # type: ignore[misc]
+        """A member of this group: ``@group.step`` or ``@group.step(...)`` with
+        :func:`~sagaflow.step`'s keywords (not ``each=``: a member is one call)."""
+        def make(fn: StepFn) -> StepDef:
+            return make_step(fn, group=self, **options)
+
+        return make if fn is None else make(fn)
+
+
+def parallel(limit: int | None = None, compensate: str = "concurrent") -> Parallel:
+    """A parallel group of steps, assigned to a class attribute of the saga::
+
+        book = parallel(limit=3, compensate="concurrent")
+
+        @book.step
+        def reserve_stock(self, ctx): ...
+
+    Members are defined one after another; each is a step with its own kind,
+    compensation, retry and timeout. ``limit``: how many run at once (``None``: all);
+    ``compensate``: ``"concurrent"`` or ``"reverse"``.
+    """
+    return Parallel(limit, compensate)
+
+
 def disown(*made: StepDef | CompensationDef) -> None:
     """Forget that these were made in a class body. :class:`~sagaflow.SagaBuilder` applies
     the decorators outside any class body: ``@saga`` must not look for what it made there
@@ -420,7 +479,12 @@ def _build_spec(
         for index, (attr, d) in enumerate(defs)
     )
     steps = place_waits(steps, [d.wait for _, d in defs], problems)
-    steps, groups = resolve_groups(cls, defs, steps, problems)
+    declared: dict[int, tuple[str, Parallel]] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            if isinstance(value, Parallel):
+                declared.setdefault(id(value), (attr, value))
+    steps, groups = resolve_groups(cls, list(declared.values()), defs, steps, problems)
     pivot_index = _check_order(steps, problems)
     _check_key(cls, key, problems)
     if problems:
