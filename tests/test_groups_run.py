@@ -733,3 +733,62 @@ def test_an_operator_cancels_a_running_group() -> None:
     assert sorted(_undone(LOG)) == ["undo held", "undo other"]
     actions = [e for e in result.history if isinstance(e, events.OperatorAction)]  # type: ignore[attr-defined]
     assert [a.note for a in actions] == ["customer called"]
+
+
+@saga
+class UndoFails:
+    batch_id: str
+    items: list[str]
+    broken: ClassVar[set[str]] = set()
+
+    g = parallel()
+
+    @g.step
+    def hold(self, ctx):
+        log("hold")
+
+    @hold.compensate(retry=Retry(attempts=1))
+    def unhold(self, ctx):
+        if "hold" in UndoFails.broken:
+            raise RuntimeError("unhold is down")
+        log("undo hold")
+
+    @g.step
+    def tag(self, ctx):
+        log("tag")
+
+    @tag.compensate
+    def untag(self, ctx):
+        log("undo tag")
+
+    @step(each="items", limit=1)
+    def apply(self, item, ctx):
+        if item == "boom":
+            raise RuntimeError("boom")
+        log(f"apply {item}")
+
+    @apply.compensate(retry=Retry(attempts=1))
+    def unapply(self, item, ctx):
+        if item in UndoFails.broken:
+            raise RuntimeError(f"unapply {item} is down")
+        log(f"undo apply {item}")
+
+
+def test_failed_compensations_in_a_group_and_a_fan_out_are_retried_by_an_operator() -> None:
+    UndoFails.broken = {"hold", "x"}
+    orchestrator = Orchestrator(MemoryStore())
+    result = orchestrator.run(UndoFails("u-1", ["x", "y", "boom"]), "u-1")
+    assert result.status is SagaStatus.FAILED
+    assert result.step("hold").compensation is CompensationStatus.FAILED
+    assert result.step("apply[0]").compensation is CompensationStatus.FAILED
+    assert result.step("apply[1]").compensation is CompensationStatus.COMPENSATED
+    assert result.step("apply").compensation is CompensationStatus.FAILED
+    assert result.step("tag").compensation is CompensationStatus.COMPENSATED
+    failures = result.error.failures  # type: ignore[union-attr]
+    assert set(failures) == {"hold", "apply[0]"}
+    UndoFails.broken = set()
+    LOG.clear()
+    again = orchestrator.retry("u-1", note="participants are back")
+    assert again.status is SagaStatus.COMPENSATED, again.error
+    assert sorted(LOG) == ["undo apply x", "undo hold"]  # only what had failed, once each
+    assert again.step("apply").compensation is CompensationStatus.COMPENSATED
