@@ -792,3 +792,39 @@ def test_failed_compensations_in_a_group_and_a_fan_out_are_retried_by_an_operato
     assert again.status is SagaStatus.COMPENSATED, again.error
     assert sorted(LOG) == ["undo apply x", "undo hold"]  # only what had failed, once each
     assert again.step("apply").compensation is CompensationStatus.COMPENSATED
+
+
+class Opaque:
+    """Not something a store can keep."""
+
+
+@saga
+class Unstorable:
+    batch_id: str
+    lines: list[Line] = attrs.field(factory=list)
+
+    @step
+    def load(self, ctx):
+        self.lines = [Opaque()]  # type: ignore[list-item]
+        log("load")
+
+    @load.compensate
+    def unload(self, ctx):
+        log("undo load")
+
+    @step(each="lines")
+    def pick(self, line, ctx):
+        log("pick")
+
+    @pick.compensate
+    def unpick(self, line, ctx):
+        log("undo pick")
+
+
+def test_a_collection_that_cannot_be_stored_fails_that_saga_not_the_process(
+    tmp_path: Path, drive: Runner
+) -> None:
+    result = drive(Orchestrator(SQLiteStore(tmp_path / "sagas.db")), Unstorable("u-2"))
+    assert result.status is SagaStatus.COMPENSATED
+    assert "cannot be stored" in str(result.error)
+    assert LOG == ["load", "undo load"]  # no item ran
