@@ -200,7 +200,7 @@ def _run_sync(
         command = next_command(spec, record, now)
         if command.__class__ is Batch:
             command, settled, told = run_block(
-                rt, spec, record, command, told, [] if done is None else [done]
+                rt, spec, record, command, told, settled or ([] if done is None else [done])
             )
             if watch is not None:
                 watch.told = told
@@ -403,8 +403,8 @@ async def _arun(
                     command, pending = pending[0], None
                 if command.__class__ is Batch:
                     command, settled, told = await arun_block(
-                        rt, spec, record, command, told, [] if done is None else [done],
-                        not shielded,
+                        rt, spec, record, command, told,
+                        settled or ([] if done is None else [done]), not shielded,
                     )
                     done = settled[-1] if settled else None
                     now = clock.now()
