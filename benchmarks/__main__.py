@@ -1,4 +1,4 @@
-"""``python -m benchmarks [core|codec|sqlite|postgres|waits ...] [--quick] [--dir DIR]``:
+"""``python -m benchmarks [core|codec|sqlite|postgres|waits|groups ...] [--quick] [--dir DIR]``:
 print the figures (no argument: all of them), each as a ratio against its baseline
 measured in the same run, then the store figures once more as one table with their
 targets."""
@@ -9,14 +9,14 @@ import argparse
 import importlib
 import os
 
-KINDS = ["core", "codec", "sqlite", "postgres", "waits"]
+KINDS = ["core", "codec", "sqlite", "postgres", "waits", "groups"]
 parser = argparse.ArgumentParser(prog="python -m benchmarks")
 # No choices=: with nargs="*", Python 3.11's argparse rejects the empty default.
-parser.add_argument("which", nargs="*", metavar="{core,codec,sqlite,postgres,waits}",
+parser.add_argument("which", nargs="*", metavar="{core,codec,sqlite,postgres,waits,groups}",
                     help="which benchmarks (default: all)")
 parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run")
 parser.add_argument("--dir", default=None,
-                    help="where the SQLite databases of sqlite and waits go (default: a "
+                    help="where the SQLite databases of sqlite, waits and groups go (default: a "
                          "temp folder)")
 args = parser.parse_args()
 unknown = [w for w in args.which if w not in KINDS]
@@ -30,7 +30,7 @@ for k, kind in enumerate(which):
     if k:
         print()
     module = importlib.import_module(f"benchmarks.{kind}")
-    if kind in ("sqlite", "waits"):
+    if kind in ("sqlite", "waits", "groups"):
         found = module.report(quick=args.quick, directory=args.dir)
     else:
         found = module.report(quick=args.quick)
