@@ -228,14 +228,16 @@ async def arun_block(
 ) -> tuple[Command, list[Call], int]:
     """:func:`run_block` in the awaiting task: the calls are tasks of this loop.
 
-    ``forward_only``: return as soon as the saga compensates (the engine's command for
-    that is returned, for the shielded task that compensates to perform)."""
+    A coroutine call is the task itself (no wrapper), and its timeout is watched here,
+    in the wait for the next call to end: no timer per call. ``forward_only``: return
+    as soon as the saga compensates (the engine's command for that is returned, for the
+    shielded task that compensates to perform)."""
     store = rt.store
     blocks = not isinstance(store, AsyncStoreMixin)
     clock = rt.clock
     sid = record.saga_id
     loop = asyncio.get_running_loop()
-    flying: dict[asyncio.Task[tuple[BaseException | None, bool]], tuple[Call, StepContext]] = {}
+    flying: dict[asyncio.Task[Any], _Flying] = {}
     slots: set[int] = set()
     cancelling = False
     try:
@@ -268,14 +270,29 @@ async def arun_block(
                     told = len(record.history)
             for call in batch.calls:
                 ctx = _context(rt, spec, record, call)
-                flying[loop.create_task(_acall(rt, spec, record, call, ctx))] = (call, ctx)
+                fn, args, is_async = _target(spec, record, call, ctx)
+                if is_async:
+                    due = None if call.timeout is None else loop.time() + call.timeout
+                    flying[loop.create_task(fn(*args))] = _Flying(call, ctx, due, False)
+                else:
+                    task = loop.create_task(_adef(rt, fn, args, call.timeout))
+                    flying[task] = _Flying(call, ctx, None, True)
                 slots.add(call.slot)
             if flying:
                 wait = None if batch.until is None else max(0.0, batch.until - clock.now())
+                first = min(
+                    (f.due for f in flying.values() if f.due is not None and not f.overran),
+                    default=None,
+                )
+                if first is not None:
+                    left = max(0.0, first - loop.time())
+                    wait = left if wait is None else min(wait, left)
                 finished, _ = await asyncio.wait(
                     flying, timeout=wait, return_when=asyncio.FIRST_COMPLETED
                 )
                 settled = _asettle(rt, spec, record, flying, slots, finished)
+                if first is not None:
+                    _overrun(flying, loop.time())
             elif batch.until is not None:
                 await clock.asleep(max(0.0, batch.until - clock.now()))
             now = clock.now()
@@ -297,49 +314,63 @@ async def arun_block(
         raise
 
 
+@attrs.define(slots=True)
+class _Flying:
+    call: Call
+    ctx: StepContext
+    due: float | None  # a coroutine call's timeout (loop time)
+    wrapped: bool  # a plain def call: the task gives (error, timed out)
+    overran: bool = False  # cancelled here for running past ``due``
+
+
+def _overrun(flying: dict[asyncio.Task[Any], _Flying], now: float) -> None:
+    """Cancel the coroutine calls past their timeout (they end at the next turn)."""
+    for task, f in flying.items():
+        if f.due is not None and not f.overran and now >= f.due and not task.done():
+            f.overran = True
+            task.cancel()
+
+
 def _asettle(
     rt: Runtime,
     spec: SagaSpec,
     record: SagaRecord,
-    flying: dict[asyncio.Task[tuple[BaseException | None, bool]], tuple[Call, StepContext]],
+    flying: dict[asyncio.Task[Any], _Flying],
     slots: set[int],
-    finished: set[asyncio.Task[tuple[BaseException | None, bool]]],
+    finished: set[asyncio.Task[Any]],
 ) -> list[Call]:
     now = rt.clock.now()
     done = []
     for task in finished:
-        call, ctx = flying.pop(task)
+        f = flying.pop(task)
+        call = f.call
         slots.discard(call.slot)
         if task.cancelled():
-            abandon(spec, record, call, now, _why(spec, record))
+            if f.overran:
+                settle(spec, record, call, now, None, True, None, rt.rand)
+            else:
+                abandon(spec, record, call, now, _why(spec, record))
         else:
-            error, timed_out = task.result()
+            if f.wrapped:
+                error, timed_out = task.result()
+            else:
+                error, timed_out = task.exception(), False
+                if error is not None and not isinstance(error, Exception):
+                    raise error  # KeyboardInterrupt, SystemExit: never swallowed
             settle(spec, record, call, now, error, timed_out,
-                   None if error is not None or timed_out else ctx.emitted, rt.rand)
+                   None if error is not None or timed_out else f.ctx.emitted, rt.rand)
         done.append(call)
     return done
 
 
-async def _acall(
-    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext
+async def _adef(
+    rt: Runtime, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float | None
 ) -> tuple[BaseException | None, bool]:
-    """``(error, timed_out)`` of one member's call."""
-    fn, args, is_async = _target(spec, record, call, ctx)
-    if not is_async:
-        error, finished = await rt.threads.acall(fn, args, call.timeout)
-        if not finished:
-            return None, True
-        if error is not None and not isinstance(error, Exception):
-            raise error
-        return error, False
-    limit = asyncio.timeout(call.timeout)
-    try:
-        async with limit:
-            await fn(*args)
-    except TimeoutError as exc:
-        if limit.expired():
-            return None, True
-        return exc, False  # the step's own TimeoutError is an ordinary error
-    except Exception as exc:
-        return exc, False
-    return None, False
+    """``(error, timed_out)`` of a plain ``def`` call run on a call thread (one that
+    overruns is abandoned: it finishes on its own)."""
+    error, finished = await rt.threads.acall(fn, args, timeout)
+    if not finished:
+        return None, True
+    if error is not None and not isinstance(error, Exception):
+        raise error
+    return error, False

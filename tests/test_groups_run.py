@@ -654,6 +654,7 @@ def test_members_checkpoint_together(tmp_path: Path) -> None:
 @saga
 class Uneven:
     n: int
+    over: ClassVar[threading.Event] = threading.Event()
 
     g = parallel()
 
@@ -665,6 +666,7 @@ class Uneven:
     def takes_a_while(self, ctx):
         time.sleep(0.2)
         log("took a while")
+        Uneven.over.set()
 
     @takes_a_while.compensate
     def undo_while(self, ctx):
@@ -680,6 +682,7 @@ def test_sync_lets_running_members_finish_and_counts_them() -> None:
 
 
 def test_async_cancels_running_members_and_undoes_them_as_unknown() -> None:
+    Uneven.over.clear()
     result = asyncio.run(Orchestrator(MemoryStore()).arun(Uneven(1)))
     assert result.status is SagaStatus.COMPENSATED
     member = result.step("takes_a_while")
@@ -687,6 +690,7 @@ def test_async_cancels_running_members_and_undoes_them_as_unknown() -> None:
     assert member.status is StepStatus.TIMED_OUT and member.timed_out
     assert member.compensation is CompensationStatus.COMPENSATED
     assert "undo while" in LOG
+    assert Uneven.over.wait(10)  # the abandoned call ends on its own (before the next test)
 
 
 @saga
@@ -828,3 +832,44 @@ def test_a_collection_that_cannot_be_stored_fails_that_saga_not_the_process(
     assert result.status is SagaStatus.COMPENSATED
     assert "cannot be stored" in str(result.error)
     assert LOG == ["load", "undo load"]  # no item ran
+
+
+@saga
+class AsyncTimeouts:
+    n: int
+
+    g = parallel()
+
+    @g.step(timeout=0.05)
+    async def hangs(self, ctx):
+        await asyncio.sleep(10)
+
+    @hangs.compensate
+    async def undo_hangs(self, ctx):
+        log("undo hangs")
+
+    @g.step(timeout=5)
+    async def own_timeout(self, ctx):
+        if self.n == 2:
+            raise TimeoutError("the participant's own timeout")
+
+    @own_timeout.compensate
+    async def undo_own(self, ctx):
+        log("undo own")
+
+
+def test_an_async_member_past_its_timeout_is_cancelled_unknown_and_undone() -> None:
+    result = asyncio.run(Orchestrator(MemoryStore()).arun(AsyncTimeouts(1)))
+    assert result.status is SagaStatus.COMPENSATED
+    hangs = result.step("hangs")
+    assert hangs.status is StepStatus.TIMED_OUT and hangs.timed_out
+    assert "timed out after 0.05s" in (hangs.error or "")
+    assert sorted(_undone(LOG)) == ["undo hangs", "undo own"]
+
+
+def test_a_members_own_timeout_error_is_an_ordinary_failure() -> None:
+    result = asyncio.run(Orchestrator(MemoryStore()).arun(AsyncTimeouts(2)))
+    assert result.status is SagaStatus.COMPENSATED
+    own = result.step("own_timeout")
+    assert own.status is StepStatus.FAILED and not own.timed_out
+    assert "the participant's own timeout" in (own.error or "")
