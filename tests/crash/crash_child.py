@@ -10,7 +10,8 @@ when] | null, "synchronous": "FULL"|"NORMAL"}``: the forked process arms its kil
 at ``point`` and runs the saga (or recovers it, alone), so it dies there by SIGKILL
 (or ends normally, if the point lies beyond what it does). A job with ``"saga":
 "waits"`` is a waiting saga's (:func:`crash_waits.perform`); what it reports comes
-back in its result's ``"report"``. Forking from this process,
+back in its result's ``"report"``; so does a parallel group's (``"saga": "groups"``,
+:func:`crash_groups.perform`). Forking from this process,
 which has imported everything but opened nothing, makes a fresh process per kill cost
 milliseconds instead of an interpreter start; each one opens its own store and ledger.
 The participants' ledger is the file named by $SAGAFLOW_CRASH_LEDGER.
@@ -25,6 +26,7 @@ import sys
 import time
 import traceback
 
+import crash_groups
 import crash_sagas
 import crash_waits
 from crash_sagas import CrashOrder, KillingStore, Point, SkippingClock, open_killing
@@ -37,6 +39,8 @@ def _job(store_path: str, job: dict) -> dict | None:
     crash_sagas.set_kill(point)
     if job.get("saga") == "waits":
         return crash_waits.perform(store_path, job)
+    if job.get("saga") == "groups":
+        return crash_groups.perform(store_path, job)
     store = open_killing(store_path, synchronous=job.get("synchronous", "FULL"))
     orch = Orchestrator(store, sagas=[CrashOrder], clock=SkippingClock())
     if job["action"] == "run":
