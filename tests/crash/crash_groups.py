@@ -20,7 +20,8 @@ point is named, not counted. :class:`NamedKill` dies
 - around the first checkpoint of this process that holds the token T (``a=RUNNING``:
   the write-ahead save of ``a``'s start; ``pick[i3]=COMPLETED``: the one that settles
   that item; ``b~COMPENSATED``: ``b``'s compensation recorded): ``before`` the write,
-  ``inside`` its transaction (statements done, not committed), ``after`` its commit.
+  ``after`` its commit (a checkpoint is one statement, committed as it runs: there is no
+  "inside" to it; were it a transaction, :meth:`NamedKill.uncommitted` would name one).
 
 :func:`census` lists every point a run of a path passes (a run with the sync driver,
 killed nowhere); a run with the async driver, or a failing one whose members race,
@@ -220,47 +221,10 @@ class NamedLedger(Ledger):
         super()._in_transaction(key, then_maybe_die)
 
 
-def _inside(store_class: type) -> type:
-    """``store_class`` with a kill point inside a checkpoint's transaction (its
-    statements done, its commit not): SQLite's ``_apply_all``, PostgreSQL's ``_apply``."""
-
-    if issubclass(store_class, crash_sagas.KillingStore):
-        class InsideSQLite(store_class):  # type: ignore[valid-type, misc]
-            def _apply_all(self, conn: Any, items: Any) -> bool:
-                done: bool = super()._apply_all(conn, items)
-                if done:
-                    crash_sagas.KILL.uncommitted()
-                return done
-
-            def _apply(self, conn: Any, item: Any) -> Any:
-                outcome = super()._apply(conn, item)
-                if conn.in_transaction:  # not a lone statement (committed as it ran)
-                    crash_sagas.KILL.uncommitted()
-                return outcome
-
-        return InsideSQLite
-
-    class InsidePostgres(store_class):  # type: ignore[valid-type, misc]
-        def _apply(self, conn: Any, batch: Any) -> Any:
-            outcomes = super()._apply(conn, batch)
-            crash_sagas.KILL.uncommitted()
-            return outcomes
-
-    return InsidePostgres
-
-
-_classes: dict[type, type] = {}
-
-
 def open_store(store: str) -> Any:
     """The killing store of ``store`` (a SQLite file or a ``postgresql://`` URL with its
-    ``schema=``), with the kill point inside its transactions, its checkpoints labelled
-    by :func:`tokens`."""
+    ``schema=``), its checkpoints labelled by :func:`tokens`."""
     opened = crash_sagas.open_killing(store)
-    base = type(opened)
-    if base not in _classes:
-        _classes[base] = _inside(base)
-    opened.__class__ = _classes[base]  # the same store, and the hook of :func:`_inside`
     opened.label = _label
     return opened
 
@@ -309,8 +273,7 @@ def census(path: str, mode: str) -> list[Point]:
     kill = crash_sagas.KILL = NamedKill(census=True)
     crash_sagas.use_ledger(NamedLedger(":memory:"))
     try:
-        store = _inside(crash_sagas.KillingStore)(":memory:")
-        store.label = _label
+        store = open_store(":memory:")
         with Orchestrator(store, clock=SkippingClock()) as orch:
             orch.run(SAGAS[mode](path=path), "census")
             store.close()

@@ -5,7 +5,7 @@ The saga and its points are :mod:`crash_groups`' (read its docstring): ``s1``, t
 time), the pivot; completing, or failing in the group (``c`` refused) or in the fan-out
 (item ``i4`` refused), compensating concurrently or in reverse order. A process dies
 before, inside or after each member's and each item's participant effect (forward and
-compensation), and before, inside or after the first checkpoint that holds each of
+compensation), and before or after the first checkpoint that holds each of
 their changes (the write-ahead save of the members started, the save of the outcomes
 settled with the next starts, each compensation begun and done). A fresh process then
 recovers it (``Orchestrator.recover`` or ``arecover``): the saga ends terminal; what the
@@ -85,7 +85,8 @@ def test_the_census_names_each_members_effect_and_checkpoints() -> None:
     calls = {p.label for p in happy if p.kind == "call"}
     assert len(calls) == 11  # s1, a, b, c, six items, confirm: one each
     every = {(p.kind, p.when) for p in happy}
-    assert every == {(k, w) for k in ("write", "call") for w in ("before", "inside", "after")}
+    assert every == {("write", "before"), ("write", "after"),
+                     *(("call", w) for w in ("before", "inside", "after"))}
     for path, mode in (("group", "reverse"), ("fanout", "concurrent")):
         undone = [p.label for p in POINTS[path, mode] if p.kind == "call"
                   and p.label.endswith(":compensate") and p.when == "after"]
