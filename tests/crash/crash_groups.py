@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import attrs
 import crash_sagas
-from crash_sagas import Kill, Ledger, Point, SkippingClock, killing_class, participant, undo
+from crash_sagas import Kill, Ledger, Point, SkippingClock, participant, undo
 
 from sagaflow import Orchestrator, SagaStatus, events, parallel, saga, step
 from sagaflow.records import CompensationStatus, StepStatus
