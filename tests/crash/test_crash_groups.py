@@ -16,18 +16,27 @@ record names; every participant's net effect is exactly once (completed) or zero
 The default run takes the points of ``b``, ``c``, ``pick``, ``pick[i3]`` and
 ``pick[i4]`` with the sync driver, and the happy path's with the async one;
 SAGAFLOW_PROFILE=deep (``./run.sh deep``) every point with both drivers.
+
+Found (the strict xfail below): with the async driver, a plain ``def`` member or item
+running on a call thread when its group fails is "cancelled" and undone at once, while
+its thread goes on; its forward effect can land after its compensation, and stays. The
+deep profile's async failing cases hit it now and then (PostgreSQL: 3 of 808).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import attrs
 import pytest
 from crash_groups import MODES, PATHS, Case, Outcome, cases, census, run_chained, run_matrix
 
+from sagaflow import Orchestrator, SagaStatus, saga, step
 from sagaflow.stores import SQLiteStore
 
 DEEP = os.environ.get("SAGAFLOW_PROFILE") == "deep"
@@ -45,6 +54,11 @@ def name_of(case: Case) -> str:
     for sep in (":", "=", "~"):
         label = label.split(sep)[0]
     return label
+
+
+def _cancels(case: Case) -> bool:
+    """The async driver cancels the members in flight when the group fails."""
+    return case.driver == "async" and case.path != "happy"
 
 
 def representative(case: Case) -> bool:
@@ -102,9 +116,48 @@ def test_random_cases_whose_recoveries_are_killed_too(tmp_path: Path) -> None:
     finishes it: the same checks. The seed is SAGAFLOW_CRASH_SEED."""
     rng = random.Random(int(os.environ.get("SAGAFLOW_CRASH_SEED", "12")))
     store, ledger = tmp_path / "sagas.db", tmp_path / "ledger.db"
-    todo = EVERY if DEEP else rng.sample(EVERY, 30)
+    # Not the async driver's failing paths by default: see the xfail test below.
+    todo = EVERY if DEEP else rng.sample([c for c in EVERY if not _cancels(c)], 30)
     ids = run_chained(store, ledger, tmp_path, todo, POINTS, rng)
     with SQLiteStore(store) as opened:
         found = Outcome(opened, ledger)
         for case, saga_id in zip(todo, ids, strict=True):
             found.check(saga_id, case.path)
+
+
+@saga(name="crash_groups_late")
+@attrs.define
+class LateItem:
+    """Item ``slow`` (a plain ``def``: a call thread) is held until its compensation
+    has run, if it runs first; item ``bad`` is refused at once."""
+
+    items: list[str] = attrs.field(factory=lambda: ["slow", "bad"])
+    log: ClassVar[list[str]] = []
+    gate: ClassVar[threading.Event] = threading.Event()
+
+    @step(each="items", key=lambda item: item, limit=2)
+    def pick(self, item: str, ctx: Any) -> None:
+        if item == "bad":
+            raise RuntimeError("bad: refused")
+        LateItem.gate.wait(10)  # released by the compensation (the bug), or runs out
+        LateItem.log.append("forward slow")
+
+    @pick.compensate
+    def unpick(self, item: str, ctx: Any) -> None:
+        LateItem.log.append(f"undo {item}")
+        LateItem.gate.set()
+
+
+@pytest.mark.xfail(strict=True, reason="engine (sagaflow/gather.py, async driver): a "
+                   "call thread cancelled when its group fails is undone before it ends")
+def test_async_a_cancelled_thread_member_is_undone_only_after_it_ended(tmp_path: Path) -> None:
+    """The async driver cancels the calls in flight when a fan-out (or a group) fails;
+    a coroutine stops there, but a plain ``def`` on a call thread runs on, and its
+    compensation must wait for it: else the forward effect lands after its undo and
+    stays (the participant sees "undo", then "do")."""
+    LateItem.log.clear()
+    LateItem.gate.clear()
+    with Orchestrator(SQLiteStore(tmp_path / "late.db"), sagas=[LateItem]) as orch:
+        result = asyncio.run(orch.arun(LateItem(), "late"))
+    assert result.status is SagaStatus.COMPENSATED
+    assert LateItem.log == ["forward slow", "undo slow"]
