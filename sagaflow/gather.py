@@ -11,8 +11,9 @@ makes a group of ten cost about one checkpoint rather than ten.
   cannot stop a thread: it finishes on its own and what it returns is dropped). When the
   group fails, the calls in flight are let finish and settled as they end.
 - async (:func:`arun_block`): coroutine calls are tasks, plain ``def`` calls run on call
-  threads; when the group fails (or the run is cancelled) the calls in flight are
-  cancelled, and their outcome is unknown, so they are undone too.
+  threads; when the group fails the coroutines in flight are cancelled (their outcome is
+  unknown, so they are undone too) and the calls on threads, which cannot be stopped,
+  are let finish and counted, as under the sync driver.
 
 Members share the saga instance: each writes its own fields (two members assigning one
 field: the later one wins), and a member abandoned past its timeout may still write to it.
@@ -243,9 +244,13 @@ async def arun_block(
     try:
         while True:
             if batch.cancel and not cancelling:
+                # The group failed: coroutines stop here. A call on a thread cannot be
+                # stopped: it is let finish and counted (undoing it while it still runs
+                # could let its effect land after its undo).
                 cancelling = True
-                for task in flying:
-                    task.cancel()
+                for task, f in flying.items():
+                    if not f.wrapped:
+                        task.cancel()
             if batch.calls or settled:
                 record.updated_at = clock.now()
                 try:

@@ -17,10 +17,11 @@ The default run takes the points of ``b``, ``c``, ``pick``, ``pick[i3]`` and
 ``pick[i4]`` with the sync driver, and the happy path's with the async one;
 SAGAFLOW_PROFILE=deep (``./run.sh deep``) every point with both drivers.
 
-Found (the strict xfail below): with the async driver, a plain ``def`` member or item
-running on a call thread when its group fails is "cancelled" and undone at once, while
-its thread goes on; its forward effect can land after its compensation, and stays. The
-deep profile's async failing cases hit it now and then (PostgreSQL: 3 of 808).
+Found here, and fixed: with the async driver, a plain ``def`` member or item running on
+a call thread when its group failed was "cancelled" and undone at once while its thread
+went on, so its forward effect could land after its compensation and stay (the deep
+profile's async failing cases hit it now and then; PostgreSQL: 3 of 808). Now such a
+call is let finish and counted, as under the sync driver (the test at the end).
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ def name_of(case: Case) -> str:
     for sep in (":", "=", "~"):
         label = label.split(sep)[0]
     return label
-
-
-def _cancels(case: Case) -> bool:
-    """The async driver cancels the members in flight when the group fails."""
-    return case.driver == "async" and case.path != "happy"
 
 
 def representative(case: Case) -> bool:
@@ -116,8 +112,7 @@ def test_random_cases_whose_recoveries_are_killed_too(tmp_path: Path) -> None:
     finishes it: the same checks. The seed is SAGAFLOW_CRASH_SEED."""
     rng = random.Random(int(os.environ.get("SAGAFLOW_CRASH_SEED", "12")))
     store, ledger = tmp_path / "sagas.db", tmp_path / "ledger.db"
-    # Not the async driver's failing paths by default: see the xfail test below.
-    todo = EVERY if DEEP else rng.sample([c for c in EVERY if not _cancels(c)], 30)
+    todo = EVERY if DEEP else rng.sample(EVERY, 30)
     ids = run_chained(store, ledger, tmp_path, todo, POINTS, rng)
     with SQLiteStore(store) as opened:
         found = Outcome(opened, ledger)
@@ -148,8 +143,6 @@ class LateItem:
         LateItem.gate.set()
 
 
-@pytest.mark.xfail(strict=True, reason="engine (sagaflow/gather.py, async driver): a "
-                   "call thread cancelled when its group fails is undone before it ends")
 def test_async_a_cancelled_thread_member_is_undone_only_after_it_ended(tmp_path: Path) -> None:
     """The async driver cancels the calls in flight when a fan-out (or a group) fails;
     a coroutine stops there, but a plain ``def`` on a call thread runs on, and its
