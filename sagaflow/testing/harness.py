@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
@@ -49,7 +50,17 @@ import attrs
 
 from .. import signals as _signals
 from ..context import Direction, StepContext
-from ..engine import Batch, Call, Park, Sleep, interrupt, new_record, next_command, settle
+from ..engine import (
+    Batch,
+    Call,
+    Park,
+    Sleep,
+    abandon,
+    interrupt,
+    new_record,
+    next_command,
+    settle,
+)
 from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord, SagaResult, SagaStatus, Signal
@@ -61,7 +72,16 @@ from ..stores.base import Store
 from .clock import VirtualClock
 from .invariants import check_invariants
 from .loop import VirtualTimeLoop, all_coroutines
-from .plan import Arrival, DeadlinePass, FailurePlan, Fault, InjectedFault, SagaCase, SignalPlan
+from .plan import (
+    Arrival,
+    DeadlinePass,
+    FailurePlan,
+    Fault,
+    InjectedFault,
+    SagaCase,
+    SignalPlan,
+    unit_of,
+)
 from .trace import SUCCEED, CallRecord, Outcome, ParkSeen, SentSignal, Trace
 
 __all__ = [
@@ -168,6 +188,9 @@ class Harness:
         # A group's (or a fan-out's) calls the engine started, performed one at a time
         self._queued: list[Call] = []
         self._flying: set[int] = set()
+        self._batches = 0
+        self._crashed: set[str] = set()  # cut names whose crash happened
+        self.crashes = 0
         # sent once the saga moved on (its history grew past the mark) and parks or ends
         self._later: list[tuple[_Send, int]] = []
         self._planned: set[str] = set()  # waits whose planned signals went (or are queued)
@@ -226,10 +249,12 @@ class Harness:
 
     # -- deciding outcomes from the plan ---------------------------------------------
 
-    def decide(self, index: int, direction: Direction, attempt: int, bound: bool) -> Outcome:
-        """The outcome the plan gives this call."""
+    def decide(self, index: int, direction: Direction, attempt: int, bound: bool,
+               name: str | None = None) -> Outcome:
+        """The outcome the plan gives this call (``name``: the record it settles, a
+        member's or an item's)."""
         plan = self.plan
-        name = self.spec.steps[index].name
+        name = self.spec.steps[index].name if name is None else name
         if direction is FORWARD:
             if self._cut_next and (bound or self.spec.steps[index].wait is None):
                 # the next call the deadline bounds is cut (a wait's handler has no limit)
@@ -244,12 +269,14 @@ class Harness:
             if attempt <= n:
                 return Outcome(plan.transient_fault, plan.transient_effect,
                                f"transient failure {attempt} of {n}")
-            if plan.step == name:
-                return Outcome(plan.fault, plan.effect, "the plan's failure")
+            fault = plan.fault_of(name)
+            if fault is not None:
+                effect = plan.effect and fault in (Fault.TIMES_OUT, Fault.CANCELLED)
+                return Outcome(fault, effect, "the plan's failure")
             return SUCCEED
         if plan is None:
             return SUCCEED
-        if name in plan.compensation_fails:
+        if plan.compensation_always_fails(name):
             return Outcome(Fault.RAISES, plan.compensation_effect,
                            "the plan's compensation failure")
         m = plan.compensation_failures(name)
@@ -267,14 +294,17 @@ class Harness:
         spec, record, clock = self.spec, self.record, self.clock
         while True:
             if self._queued:
-                return self._queued.pop(0)
+                call = self._queued.pop(0)
+                if self._cuts(call):
+                    continue
+                return call
             now = clock.now()
             command = next_command(spec, record, now, self._flying)
             record.updated_at = now
             if isinstance(command, Batch):
                 if command.calls:
                     self._flying.update(c.slot for c in command.calls)
-                    self._queued = list(command.calls)
+                    self._queued = self._ordered(command.calls)
                     continue
                 assert command.until is not None, "a batch with nothing to do or wait for"
                 clock.sleep(max(0.0, command.until - now))
@@ -301,6 +331,51 @@ class Harness:
             if command is None and self.flush(self.send):
                 continue
             return command
+
+    def _ordered(self, calls: tuple[Call, ...]) -> list[Call]:
+        """A batch's calls in the order the plan performs them."""
+        self._batches += 1
+        out = list(calls)
+        order = 0 if self.plan is None else self.plan.order
+        if order and len(out) > 1:
+            random.Random(f"{order}:{self._batches}").shuffle(out)
+        return out
+
+    def record_name(self, call: Call) -> str:
+        """The name of the record ``call`` settles (a member's or an item's)."""
+        if call.slot >= 0:
+            return self.record.steps[call.slot].name
+        return self.spec.steps[call.index].name
+
+    def _cuts(self, call: Call) -> bool:
+        """Whether the plan's crash cuts off ``call`` (forward, first reached): then the
+        run crashes with ``call`` and the rest of its batch started and unsettled (the
+        cut call took effect first if the plan says so); recovery drives the record on,
+        with nothing in flight, so the engine runs exactly those again."""
+        plan = self.plan
+        if plan is None or call.direction is not FORWARD or call.slot < 0:
+            return False
+        name = self.record_name(call)
+        if name in self._crashed or (name not in plan.cut and unit_of(name) not in plan.cut):
+            return False
+        self._crashed.add(name)
+        self.crashes += 1
+        rec, ctx = self.begin(call, Outcome(None, plan.cut_effect, "cut off by a crash"))
+        if plan.cut_effect:
+            rec.ran_user = True
+            try:
+                value = self.function(call)(*self._arguments(call, ctx))
+                if inspect.isawaitable(value):
+                    _drain(value)
+            except Exception as exc:
+                rec.user_error = exc
+        rec.reported, rec.ended = "cut", self.clock.now()
+        for other in self._queued:  # started too (the engine said so), never called
+            left, _ = self.begin(other, Outcome(None, False, "cut off by a crash"))
+            left.reported, left.ended = "cut", rec.ended
+        self._queued.clear()
+        self._flying.clear()
+        return True
 
     def _handed(self, park: Park, found: Signal | None, now: float) -> Call | None:
         """Deliver ``found``: the handler's call, or ``None`` if its payload no longer
@@ -465,7 +540,7 @@ class Harness:
         ctx = StepContext(
             record.saga_id,
             self.spec.name,
-            s.name,
+            self.record_name(call),
             call.direction,
             call.attempt,
             call.timeout,
@@ -486,8 +561,10 @@ class Harness:
 
     def begin(self, call: Call, outcome: Outcome | None = None) -> tuple[CallRecord, StepContext]:
         """Record the start of ``call`` with ``outcome`` (default: the plan's)."""
+        name = self.record_name(call)
         if outcome is None:
-            outcome = self.decide(call.index, call.direction, call.attempt, call.deadline_bound)
+            outcome = self.decide(call.index, call.direction, call.attempt, call.deadline_bound,
+                                  name)
         s = self.spec.steps[call.index]
         if outcome.fault is Fault.CANCELLED and call.direction is COMPENSATE:
             raise ValueError(
@@ -512,6 +589,7 @@ class Harness:
             timeout=call.timeout,
             injected=outcome,
             payload=ctx.signal,
+            name=name,
         )
         self.calls.append(rec)
         return rec, ctx
@@ -550,6 +628,15 @@ class Harness:
             rec.reported = "cancelled"
             rec.ended = clock.now()
             self.cancelled = True
+            if call.slot >= 0:  # the driver cancels the block's calls in flight
+                abandon(spec, record, call, rec.ended, "cancelled while running")
+                for other in self._queued:
+                    left, _ = self.begin(other, Outcome(Fault.CANCELLED, False,
+                                                        "cancelled with the run"))
+                    left.reported, left.ended = "cancelled", rec.ended
+                    abandon(spec, record, other, rec.ended, "cancelled while running")
+                self._queued.clear()
+                self._flying.clear()
             interrupt(spec, record, call, rec.ended)
             return
         rec.ended = now = clock.now()
@@ -626,6 +713,15 @@ async def _await(value: Any) -> Any:
     return await value
 
 
+def _drain(value: Any) -> None:
+    """Run a coroutine step cut off by a crash to its end, on a loop of its own."""
+    loop = VirtualTimeLoop()
+    try:
+        loop.run_until_complete(_await(value))
+    finally:
+        loop.close()
+
+
 def _fault_message(rec: CallRecord) -> str:
     what = rec.step if rec.direction is FORWARD else f"compensation of {rec.step}"
     return f"injected: {what}, attempt {rec.attempt} ({rec.injected.cause})"
@@ -651,7 +747,7 @@ class _Injector:
             and ctx.call_deadline is not None
             and ctx.call_deadline >= record.deadline_at - 1e-6
         )
-        outcome = h.decide(index, direction, ctx.attempt, bound)
+        outcome = h.decide(index, direction, ctx.attempt, bound, ctx.step)
         if outcome.fault is Fault.REJECTS and direction is COMPENSATE:
             raise ValueError("a compensation cannot reject the saga: only forward calls do")
         if outcome.fault is Fault.CANCELLED and h.driver != "async":
@@ -670,6 +766,7 @@ class _Injector:
             timeout=ctx.timeout,
             injected=outcome,
             payload=ctx.signal if direction is FORWARD and s.wait is not None else None,
+            name=ctx.step,
         )
         h.calls.append(rec)
         return rec
@@ -698,12 +795,13 @@ class _Injector:
              is_async: bool) -> Callable[..., Any]:
         if is_async:
 
-            async def acall(saga: Any, ctx: StepContext) -> None:
+            async def acall(saga: Any, *args: Any) -> None:
+                ctx: StepContext = args[-1]  # a fan-out's call: (saga, item, ctx)
                 rec = self._begin(index, direction, ctx)
                 if rec.injected.calls_user:
                     rec.ran_user = True
                     try:
-                        await fn(saga, ctx)
+                        await fn(saga, *args)
                     except Exception as exc:
                         rec.user_error, rec.error, rec.reported = exc, exc, "error"
                         rec.ended = self.h.clock.time
@@ -722,12 +820,13 @@ class _Injector:
 
             return acall
 
-        def call(saga: Any, ctx: StepContext) -> None:
+        def call(saga: Any, *args: Any) -> None:
+            ctx: StepContext = args[-1]  # a fan-out's call: (saga, item, ctx)
             rec = self._begin(index, direction, ctx)
             if rec.injected.calls_user:
                 rec.ran_user = True
                 try:
-                    fn(saga, ctx)
+                    fn(saga, *args)
                 except Exception as exc:
                     rec.user_error, rec.error, rec.reported = exc, exc, "error"
                     rec.ended = self.h.clock.time
@@ -748,9 +847,10 @@ class _Injector:
         overrun: set[str] = set()
         if plan is not None and real_time:
             if plan.step is not None and plan.fault is Fault.TIMES_OUT:
-                overrun.add(plan.step)
+                overrun.add(unit_of(plan.step))
+            overrun.update(unit_of(n) for n, f in plan.faults if f is Fault.TIMES_OUT)
             if plan.transient_fault is Fault.TIMES_OUT:
-                overrun.update(name for name, _ in plan.transient)
+                overrun.update(unit_of(name) for name, _ in plan.transient)
         steps = []
         for s in spec.steps:
             forward = self.wrap(s.index, FORWARD, s.fn, s.is_async)

@@ -55,8 +55,14 @@ INVARIANTS: dict[int, str] = {
     15: "a signal is refused exactly when it must be (a finished saga, unless it repeats a "
     "stored id; a payload that does not fit), and a refused signal stores nothing",
     16: "a waiting saga is RUNNING, its step WAITING, parked for its signal until its time",
+    17: "at a parallel group or a fan-out, exactly the members (items) that completed or whose "
+    "outcome is unknown are compensated, each once; none that failed before taking effect "
+    "or never started",
+    18: "no member (item) starts after its group (fan-out) failed; those in flight finish",
+    19: "a group's (fan-out's) compensations all come before those of the steps before it, "
+    "and the group's forward calls before all of them",
 }
-USER = 17  # user-supplied invariants are numbered from here
+USER = 20  # user-supplied invariants are numbered from here
 RunT = TypeVar("RunT", bound=Trace)
 
 _TERMINAL_EVENT = {
@@ -171,6 +177,9 @@ class _Checker(Reading):
             (14, self.i14_rejection),
             (15, self.i15_refusals),
             (16, self.i16_waiting),
+            (17, self.i17_block_undo_exact),
+            (18, self.i18_no_start_after_failure),
+            (19, self.i19_block_undo_order),
         ]
         for number, check in checks:
             if wanted is None or number in wanted:
@@ -244,18 +253,25 @@ class _Checker(Reading):
                          f"compensation; seen {run.result.status.value}, compensated: "
                          f"{undone}")
 
+    def _units(self, names: Iterable[str]) -> list[str]:
+        """``names`` by their units (a group's members, a fan-out's items: one), merged
+        where consecutive."""
+        out: list[str] = []
+        for name in names:
+            unit = self.unit(name)
+            if not out or out[-1] != unit:
+                out.append(unit)
+        return out
+
     def i3_reverse_order(self) -> None:
-        seen = self.seen_undo()
-        calls_order: list[str] = []
-        for c in self.run.calls:
-            if c.direction is COMPENSATE and (not calls_order or calls_order[-1] != c.step):
-                calls_order.append(c.step)
+        seen = self._units(self.seen_undo())
+        calls_order = self._units(c.step for c in self.run.calls if c.direction is COMPENSATE)
         if len(set(calls_order)) != len(calls_order):
             self.fail(3, "a compensation resumed after another one ran: "
                          + " > ".join(calls_order))
         if not self.compensating:
             return
-        expected = self.expected_undo()
+        expected = self._units(self.expected_undo())
         if not self.run.complete:
             expected = expected[: len(seen)]
         if seen != expected:
@@ -268,6 +284,8 @@ class _Checker(Reading):
 
     def i4_compensation_once(self) -> None:
         for s in self.spec.steps:
+            if s.each is not None:
+                continue  # its items, each by its record: invariant 17
             calls = self.comp[s.name]
             succeeded = [c for c in calls if c.ok]
             if len(succeeded) > 1:
@@ -294,9 +312,84 @@ class _Checker(Reading):
             if why:
                 self.fail(4, f"{s.name!r} was compensated, but {why}")
 
+    # -- groups and fan-outs (17-19) ---------------------------------------------------
+
+    def _block_undone(self, unit: str) -> bool:
+        """Whether the run's outcome calls for undoing block ``unit`` (the stop is in it or
+        after it, and compensation runs)."""
+        if not self.compensating or not self.run.complete:
+            return False
+        assert self.stop is not None
+        first = min(i for i, s in enumerate(self.spec.steps)
+                    if self.spec.state_of(i) == unit)
+        return self.unit_end(self.stop) >= first and not (
+            self.stopped_at_unknown_pivot or self.stopped_by_failing_wait
+        )
+
+    def i17_block_undo_exact(self) -> None:
+        took = self.completed_records | self.unknown_records
+        for unit, records in _block_records(self).items():
+            due = self._block_undone(unit)
+            for name in records:
+                calls = self.comp_of.get(name, [])
+                ok = [c for c in calls if c.ok]
+                if len(ok) > 1:
+                    self.fail(17, f"{name!r} was compensated {len(ok)} times (attempts "
+                                  f"{', '.join(str(c.attempt) for c in ok)})")
+                if calls and name not in took:
+                    why = ("it never started" if not self.fwd_of.get(name)
+                           else "every attempt failed before taking effect")
+                    self.fail(17, f"{name!r} (in {unit!r}) was compensated, but {why}")
+                if due and name in took and not calls:
+                    how = "completed" if name in self.completed_records else (
+                        "may have taken effect (its outcome is unknown)")
+                    self.fail(17, f"{name!r} (in {unit!r}) {how}, yet it was not "
+                                  "compensated")
+
+    def i18_no_start_after_failure(self) -> None:
+        for unit, records in _block_records(self).items():
+            mine = set(records)
+            failed_at: ev.LifecycleEvent | None = None
+            for e in self.history:
+                if e.step not in mine:
+                    continue
+                if isinstance(e, (ev.StepFailed, ev.StepRejected)) and failed_at is None:
+                    failed_at = e
+                elif isinstance(e, ev.StepStarted) and failed_at is not None:
+                    self.fail(18, f"{e.describe()} after {failed_at.describe()}: "
+                                  f"{unit!r} had failed")
+            for c in self.run.calls:
+                if c.direction is FORWARD and c.record_name in mine and failed_at is not None \
+                        and c.at > failed_at.at:
+                    self.fail(18, f"{c.record_name!r} was called (attempt {c.attempt}) after "
+                                  f"{failed_at.describe()}")
+
+    def i19_block_undo_order(self) -> None:
+        calls = self.run.calls
+        for unit, records in _block_records(self).items():
+            mine = set(records)
+            first = min(i for i, _ in enumerate(self.spec.steps)
+                        if self.spec.state_of(i) == unit)
+            undo = [c.seq for c in calls if c.direction is COMPENSATE and c.record_name in mine]
+            if not undo:
+                continue
+            forward = [c.seq for c in calls if c.direction is FORWARD and c.record_name in mine]
+            if forward and max(forward) > min(undo):
+                self.fail(19, f"{unit!r}: a forward call (#{max(forward)}) came after its "
+                              f"compensation began (#{min(undo)})")
+            before = [c for c in calls if c.direction is COMPENSATE
+                      and self.spec.index.get(c.step, first) < first]
+            if before and before[0].seq < max(undo):
+                self.fail(19, f"{unit!r}: the compensation of {before[0].step!r} (#"
+                              f"{before[0].seq}), a step before it, came before its own "
+                              f"ended (#{max(undo)})")
+
     def i5_budgets(self) -> None:
         spec, run = self.spec, self.run
         for s in spec.steps:
+            if s.each is not None:
+                self._item_budgets(s)
+                continue
             for direction, calls, policy in (
                 (FORWARD, self.fwd[s.name], s.retry),
                 (COMPENSATE, self.comp[s.name], s.compensation_retry),
@@ -305,8 +398,9 @@ class _Checker(Reading):
                 attempts = [c.attempt for c in calls]
                 if attempts != list(range(1, len(calls) + 1)):
                     self.fail(5, f"{what}: attempts numbered {attempts}, not 1..{len(calls)}")
-                if len(calls) > policy.attempts:
-                    self.fail(5, f"{what} was tried {len(calls)} times; its policy allows "
+                tries = len([c for c in calls if c.reported != "cut"])  # a crash's: no try
+                if tries > policy.attempts:
+                    self.fail(5, f"{what} was tried {tries} times; its policy allows "
                                  f"{policy.attempts} ({_policy(policy)})")
                 for prev in calls[:-1]:
                     if prev.ok:
@@ -319,7 +413,9 @@ class _Checker(Reading):
                                      f"its policy does not retry ({_policy(policy)})")
                 if not run.complete or not calls or calls[-1].ok:
                     continue
-                if calls[-1].reported == "cancelled":
+                if calls[-1].reported == "cancelled" or (
+                    direction is FORWARD and self.block_failed(s.name)
+                ):
                     continue
                 if self.reason_to_give_up(s, direction) is None:
                     last = calls[-1]
@@ -329,12 +425,33 @@ class _Checker(Reading):
                                  "is retryable and no deadline was near")
         self._delays()
 
+    def _item_budgets(self, s: StepSpec) -> None:
+        """Invariant 5 for a fan-out's items, each by its record."""
+        for name in self.block_records(s):
+            for direction, calls, policy in (
+                (FORWARD, self.fwd_of.get(name, []), s.retry),
+                (COMPENSATE, self.comp_of.get(name, []), s.compensation_retry),
+            ):
+                what = name if direction is FORWARD else f"the compensation of {name!r}"
+                attempts = [c.attempt for c in calls]
+                if attempts != list(range(1, len(calls) + 1)):
+                    self.fail(5, f"{what}: attempts numbered {attempts}, not 1..{len(calls)}")
+                # a call cut off by a crash is no attempt the policy counts
+                tries = len([c for c in calls if c.reported != "cut"])
+                if tries > policy.attempts:
+                    self.fail(5, f"{what} was tried {tries} times; its policy allows "
+                                 f"{policy.attempts} ({_policy(policy)})")
+                for prev in calls[:-1]:
+                    if prev.ok:
+                        self.fail(5, f"{what} was tried again after attempt {prev.attempt} "
+                                     "succeeded")
+
     def _delays(self) -> None:
         delays: list[float] = []
         for e in self.history:
             if isinstance(e, (ev.StepRetrying, ev.CompensationRetrying)):
                 assert e.step is not None
-                s = self.spec.step(e.step)
+                s = self.spec.step(self.unit_step(e.step))
                 forward = isinstance(e, ev.StepRetrying)
                 policy = s.retry if forward else s.compensation_retry
                 what = e.step if forward else f"the compensation of {e.step!r}"
@@ -361,7 +478,8 @@ class _Checker(Reading):
             if nxt is not None and nxt.at < e.at + e.delay - 1e-6:
                 self.fail(5, f"{e.step!r} attempt {nxt.attempt} started {nxt.at - e.at:g}s "
                              f"after attempt {e.attempt} failed; its backoff is {e.delay:g}s")
-        if self.run.driver == "stateful":
+        if self.run.driver == "stateful" or self.has_blocks:
+            # (at a group, a retry's backoff overlaps the other members' calls)
             return  # time also passes between calls there (stalls), shortening the sleeps
         sleeps = list(self.run.sleeps)
         if self.run.complete and (
@@ -380,7 +498,7 @@ class _Checker(Reading):
                 e.step == self.spec.steps[pivot].name
             ):
                 done_at = i
-            if isinstance(e, ev.StepCompleted) and self.spec.step(e.step or "").kind is (
+            if isinstance(e, ev.StepCompleted) and self.spec.step(self.unit_step(e.step or "")).kind is (
                 StepKind.RETRIABLE
             ) and done_at is None:
                 done_at = i
@@ -396,6 +514,9 @@ class _Checker(Reading):
             self.fail(6, "the pivot completed, yet the saga ended COMPENSATED")
 
     def i7_machine_path(self) -> None:
+        if self.has_blocks:
+            self._block_path()
+            return
         spec = self.spec
         allowed = spec.transitions
         state = NOT_STARTED
@@ -483,6 +604,23 @@ class _Checker(Reading):
                          f"recorded: {_edges(self.run.result.path)}\n"
                          f"history:  {_edges(edges)}")
 
+    def _block_path(self) -> None:
+        """Invariant 7 for a saga with groups or fan-outs: the path the run recorded is a
+        chain of the machine's edges from ``not_started`` to the state it is in."""
+        allowed = self.spec.transitions
+        state = NOT_STARTED
+        for edge in self.run.result.path:
+            src, trigger, dest = edge
+            if src != state or edge not in allowed:
+                self.fail(7, f"{src!r} --{trigger}--> {dest!r} does not follow state "
+                             f"{state!r} by an edge of the machine\npath: "
+                             f"{_edges(self.run.result.path)}")
+                return
+            state = dest
+        if state != self.run.final_state:
+            self.fail(7, f"the recorded path leads to {state!r}, but the run is in "
+                         f"{self.run.final_state!r}")
+
     def i8_history(self) -> None:
         run, history, result = self.run, self.history, self.run.result
         if not history or not isinstance(history[0], ev.SagaStarted):
@@ -501,8 +639,12 @@ class _Checker(Reading):
                              f"{want.__name__ if want else '?'}, last; seen {names}")
         elif finals:
             self.fail(8, "a run still going has a final event")
-        self._brackets()
-        self._counts()
+        if self.has_blocks:
+            self._record_brackets()
+            self._record_counts()
+        else:
+            self._brackets()
+            self._counts()
         emitted = [x for c in run.calls if c.ok for x in c.emitted]
         if list(result.events) != emitted:
             self.fail(8, f"domain events {_short.repr(list(result.events))}; the successful "
@@ -592,11 +734,65 @@ class _Checker(Reading):
                 self.fail(8, f"the compensation of {s.name!r} is {sr.compensation.value} but "
                              "the history disagrees")
 
+    def _record_brackets(self) -> None:
+        """Each record's (member's, item's) starts and ends alternate (calls overlap)."""
+        open_: dict[tuple[str, str], int] = {}
+        for e in self.history:
+            step = e.step or ""
+            if isinstance(e, (ev.StepStarted, ev.CompensationStarted)):
+                kind = "step" if isinstance(e, ev.StepStarted) else "comp"
+                if (kind, step) in open_ and not (
+                    kind == "step" and self.spec.index.get(step) is not None
+                    and self.spec.step(step).each is not None
+                ) and not any(c.reported == "cut" for c in self.fwd_of.get(step, [])):
+                    self.fail(8, f"{e.describe()} while attempt {open_[(kind, step)]} of it "
+                                 "was still open")
+                open_[(kind, step)] = e.attempt
+            elif isinstance(e, (ev.StepCompleted, ev.StepRetrying, ev.StepFailed,
+                                ev.StepRejected)):
+                if open_.pop(("step", step), None) is None and not isinstance(e, ev.StepFailed):
+                    self.fail(8, f"{e.describe()} closes no StepStarted")
+            elif isinstance(e, (ev.CompensationCompleted, ev.CompensationRetrying,
+                                ev.CompensationFailed)):
+                if open_.pop(("comp", step), None) is None and not (
+                    isinstance(e, ev.CompensationFailed)
+                ):
+                    self.fail(8, f"{e.describe()} closes no CompensationStarted")
+        if self.run.complete and open_:
+            left = ", ".join(f"{k} {n!r}" for k, n in open_)
+            self.fail(8, f"started and never ended: {left}")
+
+    def _record_counts(self) -> None:
+        """Each record's attempts: as many calls as StepStarted events (a call cut off by
+        a crash counts as a start), as the record says."""
+        history = self.history
+        for sr in self.run.result.steps:
+            name = sr.name
+            s = self.spec.steps[self.spec.index[self.unit_step(name)]]
+            if s.each is not None and name == s.name:
+                continue  # the fan-out's own record aggregates its items'
+            started = sum(isinstance(e, ev.StepStarted) and e.step == name for e in history)
+            calls = len(self.fwd_of.get(name, []))
+            if s.wait is None and not started == calls == sr.attempts and not (
+                name in self.guard_failed
+            ):
+                self.fail(8, f"{name!r}: {started} StepStarted, {calls} calls, record says "
+                             f"{sr.attempts} attempts")
+            cstarted = sum(isinstance(e, ev.CompensationStarted) and e.step == name
+                           for e in history)
+            ccalls = len(self.comp_of.get(name, []))
+            if not cstarted == ccalls == sr.compensation_attempts:
+                self.fail(8, f"the compensation of {name!r}: {cstarted} CompensationStarted, "
+                             f"{ccalls} calls, record says {sr.compensation_attempts} attempts")
+            timed_out = name in self.unknown_records
+            if s.wait is None and sr.timed_out != timed_out:
+                self.fail(8, f"{name!r}: record timed_out={sr.timed_out}, calls say {timed_out}")
+
     def i9_keys(self) -> None:
         run = self.run
         keys: dict[tuple[str, Direction], set[str]] = {}
         for c in run.calls:
-            keys.setdefault((c.step, c.direction), set()).add(c.key)
+            keys.setdefault((c.record_name, c.direction), set()).add(c.key)
         owners: dict[str, tuple[str, Direction]] = {}
         for (step, direction), seen in keys.items():
             want = idempotency_key(run.saga_id, step, direction)
@@ -913,6 +1109,15 @@ class _Checker(Reading):
 
 
 # -- formatting -----------------------------------------------------------------------
+
+
+def _block_records(checker: _Checker) -> dict[str, list[str]]:
+    """Each parallel group's / fan-out's unit name -> the records of its calls."""
+    out: dict[str, list[str]] = {}
+    for s in checker.spec.steps:
+        if s.group is not None or s.each is not None:
+            out.setdefault(checker.spec.state_of(s.index), []).extend(checker.block_records(s))
+    return out
 
 
 def _after_timeout(e: ev.WaitExpired, rest: Sequence[ev.LifecycleEvent],

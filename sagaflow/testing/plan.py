@@ -114,6 +114,33 @@ def _names(value: Iterable[str] | None) -> frozenset[str]:
     return names
 
 
+def _faults(value: Mapping[str, Fault] | Iterable[tuple[str, Fault]] | None) -> tuple[
+    tuple[str, Fault], ...
+]:
+    items = value.items() if isinstance(value, Mapping) else (value or ())
+    out: dict[str, Fault] = {}
+    for name, fault in items:
+        if not isinstance(name, str) or not isinstance(fault, Fault):
+            raise ValueError(f"faults maps a member or item name to a Fault, got {name!r}: "
+                             f"{fault!r}")
+        if fault is Fault.CANCELLED:
+            raise ValueError(f"faults[{name!r}] cannot be Fault.CANCELLED: plan it as step=")
+        out[name] = fault
+    return tuple(sorted(out.items()))
+
+
+def _cut_names(value: Iterable[str] | None) -> frozenset[str]:
+    if isinstance(value, str):
+        raise ValueError(f"cut is a set of member or item names: write {{{value!r}}}")
+    return frozenset(value or ())
+
+
+def unit_of(name: str) -> str:
+    """The spec step a record name belongs to: ``"pick[a]"`` -> ``"pick"``."""
+    head, bracket, _ = name.partition("[")
+    return head if bracket and name.endswith("]") else name
+
+
 @attrs.frozen(repr=False)
 class DeadlinePass:
     """The saga's deadline passes when the run reaches step ``step``.
@@ -273,21 +300,32 @@ class FailurePlan(Generic[S]):
     compensation_effect: bool = False
     deadline: DeadlinePass | None = None
     signals: tuple[SignalPlan, ...] = attrs.field(default=(), converter=_signal_plans)
+    #: more calls that fail for good, at a group or a fan-out: member (step name) or
+    #: item (record name ``"pick[a]"``, or the fan-out's step name: every item) -> fault
+    faults: tuple[tuple[str, Fault], ...] = attrs.field(default=(), converter=_faults)
+    #: members / items a crash cuts off: when the first of them is reached, the run
+    #: crashes with it and the calls of its batch not yet performed started and unsettled
+    #: (``cut_effect``: it took effect first); recovery runs exactly those again
+    cut: frozenset[str] = attrs.field(default=frozenset(), converter=_cut_names)
+    cut_effect: bool = False
+    #: the order a batch's calls are performed in: 0 as the engine gives them, else a
+    #: permutation drawn from this seed (deterministic per plan)
+    order: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.fault, Fault):
             raise ValueError(f"fault must be a Fault, got {self.fault!r}")
-        if self.effect and self.fault is Fault.REJECTS:
+        if self.effect and self.step is not None and self.fault is Fault.REJECTS:
             raise ValueError(
                 "effect=True needs fault=Fault.TIMES_OUT or Fault.CANCELLED: a step that "
                 "rejects is taken not to have taken effect (a business \"no\")"
             )
-        if self.effect and self.fault is Fault.RAISES:
+        if self.effect and self.step is not None and self.fault is Fault.RAISES:
             raise ValueError(
                 "effect=True needs fault=Fault.TIMES_OUT or Fault.CANCELLED: a step that "
                 "raises is taken not to have taken effect (that is the step contract)"
             )
-        if self.effect and self.step is None:
+        if self.effect and self.step is None and not self.faults:
             raise ValueError("effect=True needs a failing step: set step=...")
         if self.transient_fault is Fault.CANCELLED:
             raise ValueError(
@@ -313,12 +351,26 @@ class FailurePlan(Generic[S]):
     # -- questions the runner and the checks ask ---------------------------------------
 
     def transient_failures(self, step: str) -> int:
-        """How many attempts of ``step`` fail before one succeeds."""
-        return dict(self.transient).get(step, 0)
+        """How many attempts of ``step`` (an item: ``"pick[a]"``, or every item of
+        ``"pick"``) fail before one succeeds."""
+        counts = dict(self.transient)
+        return counts.get(step, counts.get(unit_of(step), 0))
 
     def compensation_failures(self, step: str) -> int:
         """How many attempts of ``step``'s compensation fail before one succeeds."""
-        return dict(self.compensation_transient).get(step, 0)
+        counts = dict(self.compensation_transient)
+        return counts.get(step, counts.get(unit_of(step), 0))
+
+    def compensation_always_fails(self, step: str) -> bool:
+        """Whether ``step``'s (or its fan-out's) compensation always fails."""
+        return step in self.compensation_fails or unit_of(step) in self.compensation_fails
+
+    def fault_of(self, step: str) -> Fault | None:
+        """The fault that makes ``step`` (a step, member or item) fail for good."""
+        if self.step is not None and self.step in (step, unit_of(step)):
+            return self.fault
+        faults = dict(self.faults)
+        return faults.get(step, faults.get(unit_of(step)))
 
     def signal_plan(self, step: str) -> SignalPlan | None:
         """What wait ``step`` receives (``None``: nothing; its time runs out)."""
@@ -330,7 +382,7 @@ class FailurePlan(Generic[S]):
     @property
     def is_quiet(self) -> bool:
         """Whether nothing at all goes wrong (the default plan)."""
-        return self == FailurePlan()
+        return attrs.evolve(self, order=0) == FailurePlan()
 
     def has_permanent_failure(self, spec: SagaSpec) -> bool:
         """Whether something in this plan stops the forward steps, for ``spec``.
@@ -340,7 +392,7 @@ class FailurePlan(Generic[S]):
         wait whose signal does not come in time (unless it declares
         ``on_timeout='continue'``) or comes with a payload it must reject.
         """
-        if self.step is not None or self.deadline is not None:
+        if self.step is not None or self.deadline is not None or self.faults:
             return True
         for s in spec.steps:
             w = s.wait
@@ -352,7 +404,7 @@ class FailurePlan(Generic[S]):
             if (p is None or not p.arrives.delivers) and w.on_timeout is not OnTimeout.CONTINUE:
                 return True
         for name, count in self.transient:
-            s = spec.step(name)
+            s = spec.step(unit_of(name))
             if count >= s.retry.attempts or not s.retry.is_retryable(
                 sample_error(s, self.transient_fault)
             ):
@@ -366,6 +418,12 @@ class FailurePlan(Generic[S]):
         known = ", ".join(names)
 
         def check_step(name: str, what: str) -> StepSpec | None:
+            if name not in spec.index and unit_of(name) in spec.index:
+                s = spec.steps[spec.index[unit_of(name)]]
+                if s.each is not None:
+                    return s  # an item of a fan-out
+                problems.append(f"{what} names {name!r}, but {s.name!r} is no fan-out")
+                return None
             if name not in spec.index:
                 problems.append(f"{what} names step {name!r}, which saga {spec.name!r} "
                                 f"does not have (steps: {known})")
@@ -401,6 +459,18 @@ class FailurePlan(Generic[S]):
                 problems.append(
                     f"step {name!r} is {s.kind.value} and has no compensation to fail"
                 )
+        for name, fault in self.faults:
+            s = check_step(name, "faults")
+            if s is not None and s.group is None and s.each is None:
+                problems.append(f"faults names {name!r}, which is neither a group member nor "
+                                "a fan-out (its item): plan it as step=")
+            elif s is not None and fault is Fault.TIMES_OUT and not can_time_out(spec, s):
+                problems.append(f"{name!r} cannot time out: it has timeout=None")
+        for name in sorted(self.cut):
+            s = check_step(name, "cut")
+            if s is not None and s.group is None and s.each is None:
+                problems.append(f"cut names {name!r}, which is neither a group member nor "
+                                "a fan-out item: a crash cuts off members and items")
         if self.deadline is not None:
             if spec.deadline is None:
                 problems.append(
@@ -458,6 +528,14 @@ class FailurePlan(Generic[S]):
             parts.append(f"deadline={self.deadline!r}")
         if self.signals:
             parts.append(f"signals={list(self.signals)!r}")
+        if self.faults:
+            parts.append(f"faults={dict(self.faults)!r}")
+        if self.cut:
+            parts.append(f"cut={set(sorted(self.cut))!r}")
+        if self.cut_effect:
+            parts.append("cut_effect=True")
+        if self.order:
+            parts.append(f"order={self.order!r}")
         return f"FailurePlan({', '.join(parts)})"
 
     def describe(self) -> str:
@@ -490,6 +568,13 @@ class FailurePlan(Generic[S]):
         for name in sorted(self.compensation_fails):
             said.append(f"{name}'s compensation always raises{eff}")
         said.extend(p.describe() for p in self.signals)
+        for name, fault in self.faults:
+            said.append(f"{name} {fault.value.replace('_', ' ')} for good")
+        if self.cut:
+            eff = " (after taking effect)" if self.cut_effect else ""
+            said.append(f"a crash cuts off {', '.join(sorted(self.cut))}{eff}")
+        if self.order:
+            said.append(f"a batch's calls run in order #{self.order}")
         return "; ".join(said) if said else "nothing goes wrong"
 
 

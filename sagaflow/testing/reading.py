@@ -21,6 +21,8 @@ from .trace import CallRecord, Trace
 __all__ = ["Reading"]
 
 FORWARD = Direction.FORWARD
+#: what a call whose outcome is unknown reports
+UNKNOWN = ("timeout", "cancelled", "cut")
 
 
 class Reading:
@@ -39,19 +41,40 @@ class Reading:
         self.history = run.result.history
         self.fwd: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
         self.comp: dict[str, list[CallRecord]] = {s.name: [] for s in spec.steps}
+        # by the record a call settles: a member's, an item's ("pick[a]")
+        self.fwd_of: dict[str, list[CallRecord]] = {}
+        self.comp_of: dict[str, list[CallRecord]] = {}
         for c in run.calls:
             (self.fwd if c.direction is FORWARD else self.comp)[c.step].append(c)
+            (self.fwd_of if c.direction is FORWARD else self.comp_of).setdefault(
+                c.record_name, []).append(c)
+        #: whether the saga has parallel groups or fan-outs
+        self.has_blocks = bool(spec.groups) or any(s.each is not None for s in spec.steps)
         self.skipped = {e.step for e in self.history if isinstance(e, ev.StepSkipped)}
         self.completed = {name for name, cs in self.fwd.items() if any(c.ok for c in cs)}
         self.unknown = {
             name
             for name, cs in self.fwd.items()
-            if any(c.reported in ("timeout", "cancelled") for c in cs)
+            if any(c.reported in UNKNOWN for c in cs)
         }
+        #: records (members, items) whose outcome is unknown: a call timed out, was
+        #: cancelled or cut off by a crash (it may have taken effect)
+        self.unknown_records = {
+            name for name, cs in self.fwd_of.items() if any(c.reported in UNKNOWN for c in cs)
+        }
+        self.completed_records = {
+            name for name, cs in self.fwd_of.items() if any(c.ok for c in cs)
+        }
+        for s in spec.steps:
+            if s.each is not None:  # a fan-out completed once all its items did
+                self.completed.discard(s.name)
+                if any(isinstance(e, ev.StepCompleted) and e.step == s.name
+                       for e in self.history):
+                    self.completed.add(s.name)
         self.guard_failed = {
             e.step
             for e in self.history
-            if isinstance(e, ev.StepFailed) and e.step is not None and not self.fwd[e.step]
+            if isinstance(e, ev.StepFailed) and e.step is not None and not self.fwd_of.get(e.step)
         }
         self.user_errors = [c for c in run.calls if c.user_error is not None]
         self.expired: dict[str, str] = {
@@ -113,10 +136,43 @@ class Reading:
             return []
         return [
             s.name
-            for s in reversed(self.spec.steps[: self.stop.index + 1])
-            if s.compensation is not None
-            and (s.name in self.completed or s.name in self.unknown)
+            for s in reversed(self.spec.steps[: self.unit_end(self.stop) + 1])
+            if s.compensation is not None and self.took_effect(s)
         ]
+
+    def block_records(self, s: StepSpec) -> list[str]:
+        """The records of ``s``'s calls: a fan-out's items, else its own."""
+        if s.each is None:
+            return [s.name]
+        prefix = s.name + "["
+        return [sr.name for sr in self.run.result.steps if sr.name.startswith(prefix)]
+
+    def took_effect(self, s: StepSpec) -> bool:
+        """Whether ``s`` (any of a fan-out's items) completed or may have taken effect."""
+        if s.each is None:
+            return s.name in self.completed or s.name in self.unknown
+        done = self.completed_records | self.unknown_records
+        return any(name in done for name in self.block_records(s))
+
+    def unit_end(self, s: StepSpec) -> int:
+        """The index of the last step of ``s``'s unit (its group's last member)."""
+        return s.index if s.group is None else self.spec.groups[s.group].last
+
+    def block_failed(self, name: str) -> bool:
+        """Whether member (item) ``name`` was not run again because its block failed."""
+        return any(isinstance(e, ev.StepFailed) and e.step == name
+                   and "not run again" in (e.error or "") for e in self.history)
+
+    def unit_step(self, name: str) -> str:
+        """The spec step a record name belongs to: ``"pick[a]"`` -> ``"pick"``."""
+        head, bracket, _ = name.partition("[")
+        return head if bracket and name.endswith("]") and head in self.spec.index else name
+
+    def unit(self, name: str) -> str:
+        """The unit (state) a step, member or item belongs to: its group, its fan-out."""
+        step = self.unit_step(name)
+        i = self.spec.index.get(step)
+        return step if i is None else self.spec.state_of(i)
 
     def seen_undo(self) -> list[str]:
         """The compensations the history shows, in the order they ran."""

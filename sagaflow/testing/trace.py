@@ -86,6 +86,14 @@ class CallRecord:
     error: BaseException | None = None
     emitted: tuple[Any, ...] = ()
     payload: Any = None
+    #: the record the call settles: a member's step name, an item's ``"pick[a]"``
+    #: (``""``: the step's own)
+    name: str = ""
+
+    @property
+    def record_name(self) -> str:
+        """The name of the record the call settles (the idempotency key's step part)."""
+        return self.name or self.step
 
     @property
     def ok(self) -> bool:
@@ -98,7 +106,8 @@ class CallRecord:
 
     @property
     def label(self) -> str:
-        return self.step if self.direction is FORWARD else f"undo {self.step}"
+        name = self.record_name
+        return name if self.direction is FORWARD else f"undo {name}"
 
 
 @attrs.define(slots=True, eq=False)
