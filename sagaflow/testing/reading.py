@@ -159,9 +159,16 @@ class Reading:
         return s.index if s.group is None else self.spec.groups[s.group].last
 
     def block_failed(self, name: str) -> bool:
-        """Whether member (item) ``name`` was not run again because its block failed."""
-        return any(isinstance(e, ev.StepFailed) and e.step == name
-                   and "not run again" in (e.error or "") for e in self.history)
+        """Whether member (item) ``name`` was not run again because its block failed (it,
+        or another member of its block, failed for good)."""
+        unit = self.unit(name)
+        if unit == name and self.spec.index.get(name) is not None and (
+            self.spec.step(name).each is None
+        ):
+            return False  # not in a block
+        return any(isinstance(e, (ev.StepFailed, ev.StepRejected)) and e.step is not None
+                   and (e.step != name or "not run again" in (e.error or ""))
+                   and self.unit(e.step) == unit for e in self.history)
 
     def unit_step(self, name: str) -> str:
         """The spec step a record name belongs to: ``"pick[a]"`` -> ``"pick"``."""
@@ -191,10 +198,16 @@ class Reading:
         if plan is None:
             return None
         stops: list[tuple[int, str]] = []
-        if plan.step is not None and plan.step not in self.skipped and (
+        named = None if plan.step is None else spec.step(self.unit_step(plan.step))
+        if named is not None and named.each is not None and not (
+            plan.step in self.block_records(named) or (
+                plan.step == named.name and self.block_records(named))
+        ):
+            named = None  # a fan-out with no such item (or no items at all)
+        if named is not None and plan.step not in self.skipped and (
             plan.step not in self.expired
         ):
-            stops.append((spec.index[plan.step], f"the plan fails {plan.step!r} for good"))
+            stops.append((named.index, f"the plan fails {plan.step!r} for good"))
         d = plan.deadline
         if d is not None and spec.deadline is not None:
             for s in spec.steps[spec.index[d.step]:]:

@@ -114,6 +114,8 @@ def failure_plans(
     signals: bool = True,
     payloads: Mapping[str, st.SearchStrategy[Any]] | None = None,
     rejections: Mapping[str, st.SearchStrategy[Any]] | None = None,
+    blocks: bool = True,
+    items: Mapping[str, Collection[Any]] | None = None,
 ) -> st.SearchStrategy[FailurePlan[Any]]:
     """Plans for ``saga`` (a saga class or instance), shrinking toward "no failure".
 
@@ -129,6 +131,13 @@ def failure_plans(
     payloads (default: built from the payload class); ``rejections`` maps a signal's
     name to a strategy of payloads its handler must reject (then some plans deliver one
     of those, ``SignalPlan(rejects=True)``, and the run must end rejected).
+
+    Parallel groups and fan-outs (``blocks``): any subset of the members (and of the
+    items) fails for good, raising, timing out or rejecting (``FailurePlan.faults``), or
+    is cut off by a crash (``cut``, having taken effect or not); the order a batch's calls
+    are performed in is drawn too (``order``). A fan-out's items are named by their keys,
+    which the class cannot tell: ``items`` maps a fan-out step to the keys its items may
+    have (``{"pick": ["a", "b"]}``), else the fan-out's name stands for all its items.
     """
     spec = _spec(saga)
     carried = payloads_for(saga, payloads)
@@ -182,6 +191,28 @@ def failure_plans(
     ]
     where_choice = st.sampled_from(guarded) if guarded else st.nothing()
     with_deadline = deadlines and spec.deadline is not None and bool(guarded)
+    block_names = [s.name for s in spec.steps if s.group is not None or s.each is not None]
+    for s in spec.steps:
+        if s.each is not None:
+            block_names += [f"{s.name}[{k}]" for k in (items or {}).get(s.name, ())]
+    if items:
+        unknown_fan_outs = sorted(n for n in items if n not in spec.index
+                                  or spec.step(n).each is None)
+        if unknown_fan_outs:
+            raise InvalidArgument(f"items names {unknown_fan_outs}, which are not fan-outs "
+                                  f"of saga {spec.name!r}")
+    with_blocks = blocks and bool(block_names)
+    block_faults = {
+        name: st.sampled_from(possible)
+        for name in block_names
+        if (possible := [f for f in faults if f is not Fault.CANCELLED and (
+            f is not Fault.TIMES_OUT or can_time_out(spec, spec.step(name.partition("[")[0]))
+        )])
+    }
+    block_subset = st.lists(st.sampled_from(block_names), unique=True, max_size=3) if (
+        with_blocks
+    ) else st.just([])
+    orders = st.integers(0, 2**16)
     arrivals = st.sampled_from(_ARRIVALS)
     in_time = st.sampled_from(_IN_TIME)
 
@@ -269,6 +300,22 @@ def failure_plans(
         ):
             step, fault, effect = None, Fault.RAISES, False  # its handler never runs
 
+        more: dict[str, Fault] = {}
+        cut: list[str] = []
+        cut_effect = False
+        order = 0
+        if with_blocks and draw(booleans):
+            for name in draw(block_subset):
+                if name in block_faults and name != step:
+                    more[name] = draw(block_faults[name])
+            cut = [n for n in draw(block_subset) if n not in more and n != step]
+            cut_effect = bool(cut) and effects and draw(booleans)
+            order = draw(orders)
+            if effects and not effect and Fault.TIMES_OUT in more.values() and (
+                step is None or fault in (Fault.TIMES_OUT, Fault.CANCELLED)
+            ):
+                effect = draw(booleans)
+
         return FailurePlan(
             step=step,
             fault=fault,
@@ -281,6 +328,10 @@ def failure_plans(
             compensation_effect=comp_effect,
             deadline=deadline,
             signals=planned,
+            faults=more,
+            cut=cut,
+            cut_effect=cut_effect,
+            order=order,
         )
 
     return plans()
