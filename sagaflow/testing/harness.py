@@ -630,18 +630,23 @@ class Harness:
             self.cancelled = True
             if call.slot >= 0:  # the driver cancels the block's calls in flight
                 abandon(spec, record, call, rec.ended, "cancelled while running")
-                for other in self._queued:
-                    left, _ = self.begin(other, Outcome(Fault.CANCELLED, False,
-                                                        "cancelled with the run"))
-                    left.reported, left.ended = "cancelled", rec.ended
-                    abandon(spec, record, other, rec.ended, "cancelled while running")
-                self._queued.clear()
-                self._flying.clear()
+            self.cancel_queued(rec.ended)
             interrupt(spec, record, call, rec.ended)
             return
         rec.ended = now = clock.now()
         emitted = list(rec.emitted) if rec.reported == "ok" else None
         settle(spec, record, call, now, error, timed_out, emitted, self._rand)
+
+    def cancel_queued(self, now: float) -> None:
+        """The run is cancelled: the calls of a batch started and not yet performed are
+        cancelled in flight (recorded, their outcome unknown; the user's function never
+        ran). Call :func:`~sagaflow.engine.interrupt` next."""
+        for other in self._queued:
+            left, _ = self.begin(other, Outcome(Fault.CANCELLED, False, "cancelled with the run"))
+            left.reported, left.ended = "cancelled", now
+            abandon(self.spec, self.record, other, now, "cancelled while running")
+        self._queued.clear()
+        self._flying.clear()
 
     def _rand(self) -> float:
         return self.rand

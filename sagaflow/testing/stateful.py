@@ -230,6 +230,7 @@ def saga_state_machine(
             """The task running the saga is cancelled while a step waits to retry, or
             while the saga is parked at a wait."""
             h = self._harness()
+            h.cancel_queued(h.clock.now())  # a group's calls started and not yet made
             interrupt(h.spec, h.record, None, h.clock.now())
             h.cancelled = True
             self._moved()

@@ -112,8 +112,8 @@ def test_a_user_invariant_catches_the_forgotten_field_too() -> None:
 
     plan, found = shrunk(ForgetfulUnbundle, case, extra=[no_approval_left])
     assert plan == FailurePlan(step="notify")
-    assert found.numbers == [17]
-    assert ("[17] no_approval_left: a compensated unbundling leaves no approval behind"
+    assert found.numbers == [20]
+    assert ("[20] no_approval_left: a compensated unbundling leaves no approval behind"
             in str(found))
     assert "approval 'appr-run-" in str(found)
 
