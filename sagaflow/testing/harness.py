@@ -294,10 +294,10 @@ class Harness:
         spec, record, clock = self.spec, self.record, self.clock
         while True:
             if self._queued:
-                call = self._queued.pop(0)
-                if self._cuts(call):
+                queued = self._queued.pop(0)
+                if self._cuts(queued):
                     continue
-                return call
+                return queued
             now = clock.now()
             command = next_command(spec, record, now, self._flying)
             record.updated_at = now

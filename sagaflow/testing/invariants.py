@@ -495,9 +495,9 @@ class _Checker(Reading):
                 e.step == self.spec.steps[pivot].name
             ):
                 done_at = i
-            if isinstance(e, ev.StepCompleted) and self.spec.step(self.unit_step(e.step or "")).kind is (
-                StepKind.RETRIABLE
-            ) and done_at is None:
+            if isinstance(e, ev.StepCompleted) and self.spec.step(
+                self.unit_step(e.step or "")
+            ).kind is StepKind.RETRIABLE and done_at is None:
                 done_at = i
         if done_at is None:
             return
@@ -749,12 +749,12 @@ class _Checker(Reading):
                                 ev.StepRejected)):
                 if open_.pop(("step", step), None) is None and not isinstance(e, ev.StepFailed):
                     self.fail(8, f"{e.describe()} closes no StepStarted")
-            elif isinstance(e, (ev.CompensationCompleted, ev.CompensationRetrying,
-                                ev.CompensationFailed)):
-                if open_.pop(("comp", step), None) is None and not (
-                    isinstance(e, ev.CompensationFailed)
-                ):
-                    self.fail(8, f"{e.describe()} closes no CompensationStarted")
+            elif isinstance(e, (ev.CompensationCompleted, ev.CompensationRetrying)) and (
+                open_.pop(("comp", step), None) is None
+            ):
+                self.fail(8, f"{e.describe()} closes no CompensationStarted")
+            elif isinstance(e, ev.CompensationFailed):
+                open_.pop(("comp", step), None)
         if self.run.complete and open_:
             left = ", ".join(f"{k} {n!r}" for k, n in open_)
             self.fail(8, f"started and never ended: {left}")
