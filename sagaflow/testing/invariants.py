@@ -215,7 +215,10 @@ class _Checker(Reading):
             else:
                 gave_up = [
                     name for name in self.expected_undo()
-                    if not (self.comp[name] and self.comp[name][-1].ok)
+                    if not (self.comp[name] and self.comp[name][-1].ok) or any(
+                        not calls[-1].ok for r in self.block_records(self.spec.step(name))
+                        if (calls := self.comp_of.get(r))
+                    )
                 ]
                 if gave_up:
                     expected = SagaStatus.FAILED
