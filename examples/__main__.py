@@ -33,7 +33,8 @@ from .catalog import entries
 from .console import Demo
 
 EXAMPLES = (
-    "quickstart", "registration", "subscriptions", "onboarding", "orders", "transfer", "crash",
+    "quickstart", "registration", "subscriptions", "onboarding", "orders", "transfer",
+    "checkout", "payouts", "crash",
 )
 
 
@@ -78,6 +79,18 @@ def _transfer(d: Demo, out: Path) -> None:
     demo.demo(d)
 
 
+def _checkout(d: Demo, out: Path) -> None:
+    from .checkout import demo
+
+    demo.demo(d, out)
+
+
+def _payouts(d: Demo, out: Path) -> None:
+    from .payouts import demo
+
+    demo.demo(d)
+
+
 def _crash(d: Demo, out: Path) -> None:
     from . import crash_demo
 
@@ -91,6 +104,8 @@ RUNNERS: dict[str, Callable[[Demo, Path], None]] = {
     "onboarding": _onboarding,
     "orders": _orders,
     "transfer": _transfer,
+    "checkout": _checkout,
+    "payouts": _payouts,
     "crash": _crash,
 }
 

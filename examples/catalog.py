@@ -18,7 +18,7 @@ import textwrap
 
 import attrs
 
-from sagaflow import Retry, StepKind, spec_of
+from sagaflow import Retry, SagaSpec, StepKind, StepSpec, spec_of
 from sagaflow.clock import duration
 
 __all__ = ["Entry", "class_lines", "entries", "kinds_table", "lines_table"]
@@ -41,8 +41,10 @@ class Entry:
 @functools.cache
 def entries() -> tuple[Entry, ...]:
     """Every example saga, in the order of the seeds."""
+    from .checkout.saga import CheckoutSaga
     from .onboarding.saga import OnboardClientSaga
     from .orders.saga import OrderSaga
+    from .payouts.saga import PayoutBatchSaga
     from .quickstart import TransferSaga
     from .registration.saga import RegistrationSaga
     from .subscriptions.saga import UnbundleSaga
@@ -64,6 +66,12 @@ def entries() -> tuple[Entry, ...]:
         Entry("transfer", "004", TransferMoneySaga,
               "~15 lines to assemble with its SagaOrchestrator, plus ~50 for its two "
               "step structs and their SagaStep impls; 60-80 lines by hand"),
+        Entry("checkout", "002", CheckoutSaga,
+              "one line: commands are \"dispatched sequentially or in parallel\"; "
+              "nothing says how a parallel failure is undone"),
+        Entry("payouts", "002", PayoutBatchSaga,
+              "none: a batch (one step per item of a list) is issue 12's; "
+              "Step Functions' Map state is the nearest"),
         Entry("quickstart.py", "the README", TransferSaga, "-"),
     )
 
@@ -93,20 +101,27 @@ def class_lines(cls: type) -> tuple[int, int]:
     return len(code), len(lines)
 
 
-def _kind(step: object) -> str:
-    kind: StepKind = step.kind  # type: ignore[attr-defined]
+def _kind(spec: SagaSpec, step: StepSpec) -> str:
+    kind: StepKind = step.kind
     text = kind.value
-    wait = step.wait  # type: ignore[attr-defined]
+    if step.group is not None:  # a parallel group's member
+        group = spec.groups[step.group]
+        at_once = "all" if group.limit is None else str(group.limit)
+        text += f" in parallel group `{group.name}` ({at_once} at once)"
+    if step.each is not None:  # a fan-out
+        at_once = "all" if step.each.limit is None else str(step.each.limit)
+        text += f", for each of `{step.each.field}` ({at_once} at once)"
+    wait = step.wait
     if wait is not None:  # a wait: what for, and what its timeout means
         if wait.signal is None:
             text = "timer"
         else:
             payload = f" ({wait.payload.__name__})" if wait.payload is not None else ""
             text = f"wait for signal `{wait.signal}`{payload}; on timeout {wait.on_timeout.value}"
-    if step.compensation_name:  # type: ignore[attr-defined]
-        text += f" (undo: `{step.compensation_name}`)"  # type: ignore[attr-defined]
-    if step.when is not None:  # type: ignore[attr-defined]
-        text += f", only if `{step.guard_name}`"  # type: ignore[attr-defined]
+    if step.compensation_name:
+        text += f" (undo: `{step.compensation_name}`)"
+    if step.when is not None:
+        text += f", only if `{step.guard_name}`"
     return text
 
 
@@ -132,7 +147,7 @@ def kinds_table() -> str:
             timeout = "-" if limit is None else duration(limit)
             rows.append(
                 f"| {e.label if first else ''} | {f'`{spec.name}`' if first else ''} "
-                f"| {s.index + 1} | `{s.name}` | {_kind(s)} | {timeout} | {_retry(s.retry)} |"
+                f"| {s.index + 1} | `{s.name}` | {_kind(spec, s)} | {timeout} | {_retry(s.retry)} |"
             )
     return "\n".join(rows)
 

@@ -30,12 +30,13 @@ from sagaflow import (
     spec_of,
 )
 from sagaflow.clock import duration
+from sagaflow.spec import CompensationOrder
 from sagaflow.stores import Store
 from sagaflow.testing import VirtualClock
 
 from ._support import BlockingStore, LoopClock
 
-__all__ = ["Console", "Demo", "events_line", "fmt", "operator_notes", "outcome"]
+__all__ = ["Console", "Demo", "events_line", "fmt", "operator_notes", "outcome", "step_of"]
 
 Out = Callable[[str], None]
 
@@ -112,8 +113,8 @@ class Console:
     ) -> str | None:
         n = len(spec.steps)
         if e.step is not None:
-            s = spec.step(e.step)
-            where = f"step {s.index + 1}/{n} {s.name}"
+            s = spec.step(step_of(e.step))  # a fan-out's item: its step's spec
+            where = f"step {s.index + 1}/{n} {e.step}"
         if isinstance(e, events.WaitStarted):
             if s.wait is None or s.wait.signal is None:
                 until = time.strftime("%H:%M:%S", time.localtime(e.until or 0))
@@ -124,6 +125,11 @@ class Console:
         if isinstance(e, events.WaitExpired):
             return (f"{where} ⏱ no signal '{e.signal}' within "
                     f"{duration(s.wait.timeout or 0) if s.wait else '?'}: {e.on_timeout}")
+        if e.step is not None and s.each is not None and e.step == s.name and isinstance(
+                e, events.StepCompleted | events.StepFailed):  # the fan-out as a whole
+            if isinstance(e, events.StepCompleted):
+                return f"{where} ✓ every item"
+            return f"{where} ✗ stopped: no new item starts; the done and unknown are undone"
         if isinstance(e, events.StepRejected):
             return f"{where} ✗ rejected: {e.error}"
         if isinstance(e, events.StepCompleted):
@@ -161,13 +167,14 @@ class Console:
                 result = orch.get(e.saga_id)
                 plan = [] if result is None else _undo_plan(spec, result)
                 self._plan[e.saga_id] = plan
-                return f"↩ rolling back {len(plan)} step(s), newest first: {' → '.join(plan)}"
+                return (f"↩ rolling back {len(plan)} step(s), newest first: "
+                        f"{_plan_text(spec, plan)}")
             return None
         if isinstance(e, events.CompensationRetrying | events.CompensationCompleted
                       | events.CompensationFailed):
             plan = self._plan.get(e.saga_id, [])
-            k = plan.index(s.name) + 1 if s.name in plan else 0
-            head = f"compensation {k}/{len(plan)} {s.compensation_name} (undoes {s.name})"
+            k = plan.index(e.step) + 1 if e.step in plan else 0
+            head = f"compensation {k}/{len(plan)} {s.compensation_name} (undoes {e.step})"
             most = s.compensation_retry.attempts
             if isinstance(e, events.CompensationRetrying):
                 return (
@@ -189,10 +196,49 @@ class Console:
         return "   " + ", ".join(changed) if changed else ""
 
 
+def step_of(name: str) -> str:
+    """The step a record's name belongs to: ``pay[P-1]`` (a fan-out's item) is ``pay``'s."""
+    return name.split("[", 1)[0]
+
+
 def _undo_plan(spec: SagaSpec, result: SagaResult) -> list[str]:
     """The steps being compensated, newest first (what the record has scheduled)."""
-    planned = [r.name for r in result.steps if r.compensation is not CompensationStatus.NOT_NEEDED]
-    return sorted(planned, key=lambda name: -spec.step(name).index)
+    planned = [r.name for r in _undoable(spec, result)]
+    return sorted(planned, key=lambda name: -spec.step(step_of(name)).index)
+
+
+def _undoable(spec: SagaSpec, result: SagaResult) -> list[Any]:
+    """The records with a compensation to run or run: not a fan-out's own record (its
+    items are what is undone)."""
+    return [
+        r for r in result.steps
+        if r.compensation is not CompensationStatus.NOT_NEEDED
+        and not (r.name in spec.index and spec.step(r.name).each is not None)
+    ]
+
+
+def _concurrent_block(spec: SagaSpec, name: str) -> str | None:
+    """The block ``name`` is undone in concurrently with others: its group or fan-out."""
+    s = spec.step(step_of(name))
+    if s.group is not None and spec.groups[s.group].compensation is CompensationOrder.CONCURRENT:
+        return spec.groups[s.group].name
+    if s.each is not None and s.each.compensation is CompensationOrder.CONCURRENT:
+        return s.name
+    return None
+
+
+def _plan_text(spec: SagaSpec, plan: list[str]) -> str:
+    """The plan, a group's or fan-out's members undone at once shown as ``[a ‖ b]``."""
+    parts: list[list[str]] = []
+    blocks: list[str | None] = []
+    for name in plan:
+        block = _concurrent_block(spec, name)
+        if block is not None and blocks and blocks[-1] == block:
+            parts[-1].append(name)
+        else:
+            parts.append([name])
+            blocks.append(block)
+    return " → ".join(p[0] if len(p) == 1 else "[" + " ‖ ".join(p) + "]" for p in parts)
 
 
 class Demo:
@@ -306,8 +352,9 @@ class Demo:
 
 def outcome(result: SagaResult, real: float | None = None) -> str:
     """One line: status, virtual duration (and real), compensations, the error's kind."""
-    undone = sum(1 for s in result.steps if s.compensation is CompensationStatus.COMPENSATED)
-    planned = sum(1 for s in result.steps if s.compensation is not CompensationStatus.NOT_NEEDED)
+    undoable = _undoable(spec_of(result.data), result)
+    undone = sum(1 for s in undoable if s.compensation is CompensationStatus.COMPENSATED)
+    planned = len(undoable)
     waiting = [s.name for s in result.steps if s.status is StepStatus.WAITING]
     if waiting:
         real_ms = f" (real {real * 1000:.0f} ms)" if real is not None else ""
@@ -349,5 +396,5 @@ def operator_notes(result: SagaResult) -> list[str]:
         "finish it by hand; nothing was undone"
         for s in result.steps
         if s.status in (StepStatus.FAILED, StepStatus.TIMED_OUT)
-        and spec.step(s.name).kind is StepKind.RETRIABLE
+        and spec.step(step_of(s.name)).kind is StepKind.RETRIABLE
     ]

@@ -1,0 +1,1 @@
+"""A payout batch: one transfer per payee, fanned out over the batch's list."""
