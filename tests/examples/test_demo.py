@@ -25,6 +25,7 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
 
     for section in ("quickstart", "registration (seed 001)", "subscriptions (seed 000)",
                     "onboarding (seed 002)", "orders (seed 003)", "transfer (seed 004)",
+                    "checkout (seed 002, in parallel)", "payouts (a batch)",
                     "crash and recovery"):
         assert f"═══ {section}" in text
     # step n/N, retries with their delays, compensations in order, status, duration, events
@@ -53,8 +54,15 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     assert "await_approval ⏱ no signal 'approval' within 3d: compensate" in text
     assert "← WorkspaceReply ws-1 ready, 40s later" in text  # onboarding waits for it
     assert "workspace_created ⏱ no signal 'workspace' within 15m: compensate" in text
-    assert lines[-1].startswith("═══ 47 sagas run in ")
-    assert lines[-1].endswith(f"47 records in {tmp_path / 'sagas.db'} ═══")
+    # a parallel group: members at once, undone concurrently, recovered after a SIGKILL
+    assert "reserve 0.00→0.05, charge 0.00→0.20, book 0.00→0.30" in text
+    assert "book_courier ⏱ cancelled: outcome unknown, so cancel_courier runs too" in text
+    assert "participant: key checkout-crash:charge_card:forward seen before" in text
+    # a fan-out: each item its own line and key
+    assert "step 3/4 pay[P-5] ✗ AccountClosed: account acct-5 is closed" in text
+    assert "never started: pay[P-7], pay[P-8]" in text
+    assert lines[-1].startswith("═══ 55 sagas run in ")
+    assert lines[-1].endswith(f"55 records in {tmp_path / 'sagas.db'} ═══")
     with SQLiteStore(tmp_path / "sagas.db") as store:  # nothing is left parked
         assert [s.saga_id for s in store.scan() if not SagaStatus(s.status).is_terminal] == []
 
@@ -68,7 +76,8 @@ def test_the_demo_draws_every_example_and_each_failed_run_with_its_path(tmp_path
     assert (f"  and the failed runs with the path each took: {folder / 'runs'}/ "
             "(reg-4, onboard-umbrella)") in lines
     for saga in ("TransferSaga", "RegistrationSaga", "UnbundleSaga", "OnboardClientSaga",
-                 "OrderSaga", "TransferMoneySaga", "ShipOrderSaga"):
+                 "OrderSaga", "TransferMoneySaga", "CheckoutSaga", "PayoutBatchSaga",
+                 "ShipOrderSaga"):
         for suffix in (".dot", ".mmd", ".svg", ".png"):
             assert (folder / f"{saga}{suffix}").stat().st_size > 100, saga + suffix
     assert (folder / "RegistrationSaga.png").read_bytes()[:4] == b"\x89PNG"
