@@ -71,7 +71,7 @@ async def _all(d: Demo) -> None:
 def demo(d: Demo) -> None:
     d.section(
         "payouts (a batch): a fan-out over the batch's list",
-        "validate → reserve_funds → pay × each payout (3 at a time) → close_batch (pivot); "
+        "validate → reserve_funds → pay for each payout (3 at a time) → close_batch (pivot); "
         "undo: reverse (per payout), release_funds",
     )
     run_virtual(_all(d))
