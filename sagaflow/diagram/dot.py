@@ -115,10 +115,8 @@ def to_dot_source(model: Model) -> str:
         twin = compensation_state(s.name)
         if s.name in states and twin in states:
             _same_rank(graph, [s.name, twin])
-    for g in model.spec.groups:  # ...and a group's, its fork bar's
-        twin = compensation_state(g.name)
-        if twin in states:
-            _same_rank(graph, [g.name, twin])
+    # (Not a group's: its fork bar is in the group's box, and Graphviz takes a node
+    # ranked with one outside its box out of the box.)
     # ...and the chain ends where it began: compensated and failed at the left
     ends = [s for s in (NOT_STARTED, COMPENSATED, FAILED) if s in states]
     if len(ends) > 1:
