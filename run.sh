@@ -45,12 +45,12 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     demo)  setup render; exec "$VENV/bin/python" -m examples "$@" ;;
-    test)  setup test,render,postgres; exec "$VENV/bin/python" -m pytest "$@" ;;
-    lint)  setup test,render,postgres
+    test)  setup test,render,postgres,redis; exec "$VENV/bin/python" -m pytest "$@" ;;
+    lint)  setup test,render,postgres,redis
            "$VENV/bin/python" -m ruff check sagaflow tests examples benchmarks
            exec "$VENV/bin/python" -m mypy ;;
-    bench) setup test,render,postgres; exec "$VENV/bin/python" -m benchmarks "$@" ;;
-    deep)  setup test,render,postgres
+    bench) setup test,render,postgres,redis; exec "$VENV/bin/python" -m benchmarks "$@" ;;
+    deep)  setup test,render,postgres,redis
            SAGAFLOW_PROFILE=deep exec "$VENV/bin/python" -m pytest --hypothesis-profile=deep -m "slow or not slow" "$@" ;;
     *) echo "usage: ./run.sh demo|test|lint|bench|deep [args...]" >&2; exit 2 ;;
 esac
