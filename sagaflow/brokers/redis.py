@@ -32,7 +32,9 @@ stream ``<stream>:dead`` with the reason and acknowledged: the consumer goes on.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import os
@@ -40,7 +42,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 try:
@@ -53,7 +55,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from sagaflow.brokers import DeadLetter, Handler
 from sagaflow.messages import Message
 
-__all__ = ["DEFAULT_STREAM", "RedisConsumer", "RedisStreams", "dead_stream"]
+__all__ = [
+    "DEFAULT_STREAM",
+    "AsyncRedisConsumer",
+    "AsyncRedisStreams",
+    "RedisConsumer",
+    "RedisStreams",
+    "dead_stream",
+]
 
 log = logging.getLogger("sagaflow.brokers.redis")
 
@@ -164,8 +173,10 @@ class RedisStreams:
         self.close()
 
 
-class RedisConsumer:
-    """A consumer ``name`` of consumer group ``group`` of ``stream``.
+class _ConsumerBase:
+    """What the sync and the async consumer share: settings and decisions, no I/O.
+
+    A consumer ``name`` of consumer group ``group`` of ``stream``.
 
     ``name`` defaults to ``<host>:<pid>:<n>``, different for every consumer. ``claim_after``
     (seconds) is how long an entry must have been pending before another consumer takes
@@ -206,9 +217,55 @@ class RedisConsumer:
         self.batch = batch
         self.block = block
         self.start = start
-        self.client: Any = redis.Redis.from_url(url, **options)
+        self.client: Any = self._connect(url, options)
         self._errors: OrderedDict[bytes, str] = OrderedDict()
         self._group_ready = False
+
+    def _connect(self, url: str, options: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def _verdict(
+        self, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int
+    ) -> tuple[Message | None, str]:
+        """The entry's message, or ``None`` and why it is to be dead-lettered."""
+        if deliveries > self.max_deliveries:
+            last = self._errors.pop(entry_id, None)
+            reason = f"delivered {deliveries} times (max_deliveries={self.max_deliveries})"
+            return None, reason if last is None else f"{reason}; last error: {last}"
+        try:
+            message = decode(fields)
+        except ValueError as exc:
+            return None, f"does not decode: {exc}"
+        if self.types is not None and message.type not in self.types:
+            return None, f"unknown type {message.type!r}"
+        return message, ""
+
+    def _remember(self, entry_id: bytes, error: str) -> None:
+        self._errors[entry_id] = error
+        self._errors.move_to_end(entry_id)
+        while len(self._errors) > 1000:
+            self._errors.popitem(last=False)
+
+    def _dead_fields(self, entry_id: bytes, reason: str, deliveries: int) -> dict[bytes, bytes]:
+        return {
+            b"reason": reason.encode(),
+            b"stream": self.stream.encode(),
+            b"entry": entry_id,
+            b"group": self.group.encode(),
+            b"consumer": self.name.encode(),
+            b"deliveries": str(deliveries).encode(),
+            b"dead_at": repr(time.time()).encode(),
+        }
+
+
+
+class RedisConsumer(_ConsumerBase):
+    """A consumer ``name`` of consumer group ``group`` of ``stream`` (see
+    :class:`_ConsumerBase` for the settings): :meth:`consume` until stopped, or one
+    round at a time with :meth:`consume_once`."""
+
+    def _connect(self, url: str, options: dict[str, Any]) -> Any:
+        return redis.Redis.from_url(url, **options)
 
     # -- the group ---------------------------------------------------------------------
 
@@ -288,22 +345,9 @@ class RedisConsumer:
                 continue
             done += 1
             deliveries = counts.get(entry_id, 1)
-            if deliveries > self.max_deliveries:
-                last = self._errors.pop(entry_id, None)
-                reason = f"delivered {deliveries} times (max_deliveries={self.max_deliveries})"
-                if last is not None:
-                    reason += f"; last error: {last}"
+            message, reason = self._verdict(entry_id, fields, deliveries)
+            if message is None:
                 self._dead_letter(entry_id, fields, reason, deliveries)
-                continue
-            try:
-                message = decode(fields)
-            except ValueError as exc:
-                self._dead_letter(entry_id, fields, f"does not decode: {exc}", deliveries)
-                continue
-            if self.types is not None and message.type not in self.types:
-                self._dead_letter(
-                    entry_id, fields, f"unknown type {message.type!r}", deliveries
-                )
                 continue
             try:
                 handler(message)
@@ -319,26 +363,12 @@ class RedisConsumer:
             self.client.xack(self.stream, self.group, entry_id)
         return done
 
-    def _remember(self, entry_id: bytes, error: str) -> None:
-        self._errors[entry_id] = error
-        self._errors.move_to_end(entry_id)
-        while len(self._errors) > 1000:
-            self._errors.popitem(last=False)
-
     def _dead_letter(
         self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, deliveries: int
     ) -> None:
         """Add the entry to ``<stream>:dead`` with why, and acknowledge it: one
         transaction, so it is never both lost and acknowledged."""
-        extra = {
-            b"reason": reason.encode(),
-            b"stream": self.stream.encode(),
-            b"entry": entry_id,
-            b"group": self.group.encode(),
-            b"consumer": self.name.encode(),
-            b"deliveries": str(deliveries).encode(),
-            b"dead_at": repr(time.time()).encode(),
-        }
+        extra = self._dead_fields(entry_id, reason, deliveries)
         log.warning("dead-lettering %s of %s: %s", entry_id.decode(), self.stream, reason)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead, {**fields, **extra})
@@ -376,3 +406,160 @@ def _stream_entries(reply: Any) -> list[tuple[Any, list[_Entry]]]:
     if isinstance(reply, dict):
         return [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in reply.items()]
     return [(stream, entries) for stream, entries in reply]
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+class AsyncRedisStreams:
+    """:class:`RedisStreams` for asyncio (``redis.asyncio``): ``await publish(messages)``."""
+
+    def __init__(
+        self,
+        url: str,
+        stream: str = DEFAULT_STREAM,
+        *,
+        maxlen: int | None = None,
+        **options: Any,
+    ) -> None:
+        import redis.asyncio
+
+        self.url = url
+        self.stream = stream
+        self.maxlen = maxlen
+        self._options = options
+        self.client: Any = redis.asyncio.Redis.from_url(url, **options)
+
+    async def publish(self, messages: Sequence[Message]) -> None:
+        """Add ``messages`` in order, in one transaction; raises like
+        :meth:`RedisStreams.publish`."""
+        if not messages:
+            return
+        async with self.client.pipeline(transaction=True) as pipe:
+            for message in messages:
+                pipe.xadd(self.stream, _fields(message), maxlen=self.maxlen)
+            await pipe.execute()
+
+    def consumer(self, group: str, name: str | None = None, **settings: Any) -> AsyncRedisConsumer:
+        """An :class:`AsyncRedisConsumer` of this stream in ``group``."""
+        return AsyncRedisConsumer(self.url, group, name, stream=self.stream, **settings,
+                                  **self._options)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisStreams:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncRedisConsumer(_ConsumerBase):
+    """:class:`RedisConsumer` for asyncio: ``await consume(handler, stop)`` with an
+    :class:`asyncio.Event`; ``handler`` may be a coroutine function."""
+
+    def _connect(self, url: str, options: dict[str, Any]) -> Any:
+        import redis.asyncio
+
+        return redis.asyncio.Redis.from_url(url, **options)
+
+    async def ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.client.xgroup_create(self.stream, self.group, id=self.start,
+                                            mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def consume(
+        self, handler: Callable[[Message], object], stop: asyncio.Event | None = None
+    ) -> None:
+        """Handle messages until ``stop`` is set, waiting out a broker that is down."""
+        stop = stop if stop is not None else asyncio.Event()
+        pause = 0.1
+        while not stop.is_set():
+            try:
+                await self.consume_once(handler, block=self.block)
+                pause = 0.1
+            except redis.ConnectionError as exc:
+                self._group_ready = False
+                log.warning("redis at %s unreachable (%s); again in %.1fs", self.url, exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+                pause = min(pause * 2, 30.0)
+
+    async def consume_once(
+        self, handler: Callable[[Message], object], *, block: float | None = None
+    ) -> int:
+        """One round, as :meth:`RedisConsumer.consume_once`."""
+        await self.ensure_group()
+        reply = await self.client.xautoclaim(
+            self.stream, self.group, self.name,
+            min_idle_time=int(self.claim_after * 1000), start_id="0-0", count=self.batch,
+        )
+        if len(reply) > 2 and reply[2]:
+            await self.client.xack(self.stream, self.group, *reply[2])
+        done = await self._handle(list(reply[1]), handler, reclaimed=True)
+        wait = None if block is None or done else max(1, int(block * 1000))
+        read = await self.client.xreadgroup(
+            self.group, self.name, {self.stream: ">"}, count=self.batch, block=wait
+        )
+        for _stream, entries in _stream_entries(read):
+            done += await self._handle(entries, handler, reclaimed=False)
+        return done
+
+    async def _handle(
+        self, entries: list[_Entry], handler: Callable[[Message], object], *, reclaimed: bool
+    ) -> int:
+        counts: dict[bytes, int] = {}
+        if reclaimed and entries:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for entry_id, _ in entries:
+                    pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id,
+                                        count=1)
+                replies = await pipe.execute()
+            counts = {p["message_id"]: int(p["times_delivered"]) for r in replies for p in r}
+        done = 0
+        for entry_id, fields in entries:
+            if fields is None:
+                await self.client.xack(self.stream, self.group, entry_id)
+                continue
+            done += 1
+            deliveries = counts.get(entry_id, 1)
+            message, reason = self._verdict(entry_id, fields, deliveries)
+            if message is not None:
+                try:
+                    result = handler(message)
+                    if inspect.isawaitable(result):
+                        await result
+                except DeadLetter as exc:
+                    reason = f"handler: {exc}"
+                except Exception as exc:
+                    log.warning("handler failed on %s (%s): %r; it will be delivered again",
+                                message.id, entry_id.decode(), exc)
+                    self._remember(entry_id, f"{type(exc).__name__}: {exc}")
+                    continue
+                else:
+                    self._errors.pop(entry_id, None)
+                    await self.client.xack(self.stream, self.group, entry_id)
+                    continue
+            log.warning("dead-lettering %s of %s: %s", entry_id.decode(), self.stream, reason)
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xadd(self.dead, {**fields, **self._dead_fields(entry_id, reason, deliveries)})
+                pipe.xack(self.stream, self.group, entry_id)
+                await pipe.execute()
+        return done
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+    async def __aenter__(self) -> AsyncRedisConsumer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
