@@ -6,7 +6,8 @@
 from typing import TYPE_CHECKING
 
 from ._rows import StoredSaga
-from .base import Quarantined, Store, Stored
+from ._sql import OutboxStats
+from .base import OutboxStore, Quarantined, Store, Stored
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 from .url import open_store
@@ -25,6 +26,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "MemoryStore",
+    "OutboxStats",
+    "OutboxStore",
     "PostgresStore",
     "Quarantined",
     "SQLiteStore",

@@ -45,8 +45,8 @@ class Write:
 
     __slots__ = (
         "alone", "create", "done", "error", "events", "expected", "fence", "future",
-        "history", "inserted", "loop", "narrow", "path", "replay", "row", "run_at",
-        "terminal", "tracked",
+        "history", "inserted", "loop", "narrow", "outbox", "path", "replay", "row",
+        "run_at", "terminal", "tracked",
     )  # fmt: skip
 
     def __init__(
@@ -65,6 +65,8 @@ class Write:
         self.history = history  #: rows to append to sagaflow_history
         self.events = events  #: rows to append to sagaflow_events
         self.path = path  #: rows to append to sagaflow_path
+        #: rows to insert into sagaflow_outbox: the domain events this write first records
+        self.outbox: Sequence[tuple[Any, ...]] = ()
         #: the store's state of the saga was not known: the rows are every spilled item,
         #: and the writer skips those already stored
         self.replay = replay

@@ -10,7 +10,13 @@ from typing import Any
 import attrs
 
 from ._rows import COLUMNS, INLINE, StoredSaga
-from ._sql import quarantine_join, select_list, signalled_and_unparked, waits_and_signals
+from ._sql import (
+    outbox_table,
+    quarantine_join,
+    select_list,
+    signalled_and_unparked,
+    waits_and_signals,
+)
 
 __all__ = ["MIGRATIONS", "QUEUE", "PostgresStoredSaga", "select_columns", "spilled_joins"]
 
@@ -96,6 +102,8 @@ MIGRATIONS = (
     waits_and_signals("bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "double precision"),
     # 4: what due() and recovery read from indexes (see signalled_and_unparked)
     signalled_and_unparked("bigint"),
+    # 5: the outbox (see outbox_table)
+    outbox_table("bigserial PRIMARY KEY", "double precision"),
 )
 
 

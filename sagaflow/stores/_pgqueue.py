@@ -26,7 +26,7 @@ from ..records import SagaRecord, SagaStatus
 from ._pglayout import PostgresStoredSaga, select_columns, spilled_joins
 from ._sql import SCHEMA_VERSION, Run, Select, SQLStore
 
-__all__ = ["Queue", "notify_sql", "wake_channel"]
+__all__ = ["Queue", "notify_sql", "outbox_channel", "wake_channel"]
 
 _CLAIM = (
     "WITH picked AS ("
@@ -110,6 +110,17 @@ def wake_channel(schema: str | None) -> str:
     return name
 
 
+def outbox_channel(schema: str | None) -> str:
+    """The ``NOTIFY`` channel on which a checkpoint that wrote outbox rows wakes the
+    relays of the store in ``schema``."""
+    if schema is None:
+        return "sagaflow_outbox"
+    name = f"sagaflow_outbox.{schema}"
+    if len(name.encode()) > 63:
+        name = "sagaflow_outbox." + hashlib.sha256(schema.encode()).hexdigest()[:32]
+    return name
+
+
 def _due_at(payload: str) -> float:
     """A notification's payload: when something is due (unreadable: now)."""
     try:
@@ -135,6 +146,11 @@ class Queue(SQLStore):
     def channel(self) -> str:
         """The ``NOTIFY`` channel that wakes this store's workers."""
         return wake_channel(self.schema)
+
+    @property
+    def outbox_channel(self) -> str:
+        """The ``NOTIFY`` channel that wakes this store's outbox relays."""
+        return outbox_channel(self.schema)
 
     def save(self, record: SagaRecord, *, fence: int | None = None) -> None:
         """Commit ``record``; durable when this returns. Optimistic concurrency as in

@@ -27,6 +27,7 @@ import attrs
 
 from ..codec import Codec, default_codec, import_path, type_path
 from ..errors import CodecError, SagaNotFound, SignalRefused, StoreError, UnknownSagaClass
+from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal
 from ..spec import is_saga, spec_of
 from ._commit import Committer, Write
@@ -44,7 +45,10 @@ from .base import Quarantined, Stored
 
 __all__ = [
     "SCHEMA_VERSION",
+    "OutboxStats",
     "SQLStore",
+    "event_type",
+    "outbox_table",
     "Select",
     "quarantine_join",
     "resignal",
@@ -56,7 +60,7 @@ __all__ = [
 
 #: The layout this code writes; a database with a newer one is refused, an older one
 #: migrated when opened (unless read-only).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: What a read of an older layout (read-only: never migrated) reads in place of the
 #: columns it lacks, by the version that added them.
 _ADDED = {
@@ -135,6 +139,73 @@ _QUARANTINED = (
     "SELECT q.saga_id, s.saga_name, q.reason, q.at FROM sagaflow_quarantine q "
     "LEFT JOIN sagaflow_sagas s ON s.saga_id = q.saga_id ORDER BY q.at, q.saga_id"
 )
+
+
+_OUTBOX_COLUMNS = "id, type, saga_id, saga_name, seq, body, at"
+_PENDING = " FROM sagaflow_outbox WHERE relayed_at IS NULL"
+#: A checkpoint's outbox rows: a row already there (a replayed save) stays as it is.
+OUTBOX_INSERT = (
+    "INSERT INTO sagaflow_outbox (id, saga_id, saga_name, seq, type, body, at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def outbox_table(serial: str, real: str) -> tuple[str, ...]:
+    """Schema version 5 in either dialect: the outbox, one row per domain event of a
+    saga, written by the checkpoint that first records the event. ``n`` orders them
+    (``serial``: the dialect's growing integer key), ``id`` is the message's stable
+    id; ``relayed_at`` stays NULL until a relay has published it. The unrelayed rows
+    are read by ``n`` from an index that holds only them."""
+    return (
+        f"""CREATE TABLE sagaflow_outbox (
+            n {serial},
+            id TEXT NOT NULL UNIQUE,
+            saga_id TEXT NOT NULL,
+            saga_name TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            type TEXT NOT NULL,
+            body TEXT NOT NULL,
+            at {real} NOT NULL,
+            relayed_at {real},
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        )""",
+        "CREATE INDEX sagaflow_outbox_pending ON sagaflow_outbox (n) WHERE relayed_at IS NULL",
+    )
+
+
+def event_type(body: str) -> str:
+    """The type of a domain event from the codec's JSON text: its ``$type`` tag (an
+    attrs class, dataclass or enum: the codec's name for it; a tuple, a set...), or
+    the JSON kind of a plain value (``object``, ``array``, ``string``, ``number``,
+    ``boolean``, ``null``)."""
+    if body.startswith('{"$type":"'):
+        end = body.find('"', 10)
+        if end > 10:
+            return body[10:end]
+    first = body[:1]
+    if first == "{":
+        return "object"
+    if first == "[":
+        return "array"
+    if first == '"':
+        return "string"
+    if first in ("t", "f"):
+        return "boolean"
+    if first == "n":
+        return "null"
+    return "number"
+
+
+@attrs.frozen
+class OutboxStats:
+    """What an operator sees of an outbox: the messages not relayed yet, when the oldest
+    of them was written (``None``: none), and those a publisher refused at least once:
+    ``(id, attempts, last_error)``, the most tried first."""
+
+    pending: int
+    oldest: float | None
+    failing: tuple[tuple[str, int, str | None], ...]
 
 
 def select_list(layout: int, alias: str = "s") -> str:
@@ -339,6 +410,8 @@ class SQLStore:
         # which only costs it the shortcut).
         self._async_running: set[str] = set()
         self._commit: Committer
+        #: who hears of this process's commits that wrote outbox rows (see on_outbox)
+        self._outbox_wake: list[Callable[[], None]] = []
 
     # -- what a dialect provides ---------------------------------------------------------
 
@@ -446,14 +519,30 @@ class SQLStore:
             if moved:
                 history_row = codec.history_row
                 h_rows = [(sid, i, *history_row(history[i])) for i in moved]
+        outbox = _NONE
         if len(events) != tracked.events[0]:
             dump_event = codec.dump_event
+            new = tracked.events[0]  # the events before it are stored (and in the outbox)
+            texts: dict[int, str] = {}
+
+            def text_of(event: Any, i: int) -> str:
+                text = texts.get(i)
+                if text is None:
+                    text = texts[i] = dump_event(event, record, i)
+                return text
+
             moved, tracked.events = extend(
-                tracked.events, events, lambda e, i: dump_event(e, record, i),
-                "domain events", sid,
-            )  # fmt: skip
+                tracked.events, events, text_of, "domain events", sid
+            )
             if moved:
-                e_rows = [(sid, i, dump_event(events[i], record, i)) for i in moved]
+                e_rows = [(sid, i, text_of(events[i], i)) for i in moved]
+            # The outbox: one row per event this save records first (a save whose store
+            # did not know the saga has them all: those already there are skipped).
+            name, at = record.saga_name, record.updated_at
+            outbox = []
+            for i in range(new, len(events)):
+                body = text_of(events[i], i)
+                outbox.append((f"{sid}:{i}", sid, name, i, event_type(body), body, at))
         if len(path) != tracked.path[0]:
             moved, tracked.path = extend(tracked.path, path, edge_text, "path", sid)
             if moved:
@@ -462,6 +551,8 @@ class SQLStore:
         # At a saga's first save here, check that its data loads back as itself.
         row = self._row(record, version, known is None, steps, tracked)
         item = Write(create, row, expected, h_rows, e_rows, p_rows, known is None and not create)
+        if outbox:
+            item.outbox = outbox
         static = static_of(row)
         item.narrow = tracked.static == static
         if record.status.is_terminal:
@@ -537,6 +628,8 @@ class SQLStore:
                 item.error = outcome
             else:
                 item.inserted = outcome
+        if self._outbox_wake:
+            self._wake_outbox(batch)
 
     # -- the Store protocol: sync ----------------------------------------------------------
 
@@ -837,6 +930,89 @@ class SQLStore:
         """:meth:`next_signal` on a worker thread."""
         return await asyncio.to_thread(self.next_signal, saga_id, name, after)
 
+    # -- the outbox ------------------------------------------------------------------------
+
+    def outbox(self, limit: int = 100) -> list[Message]:
+        """The domain events not relayed yet, in the order they were written (at most
+        ``limit``): each saga's in the order it emitted them."""
+        if self.layout < 5:
+            return []
+        rows = self._execute(
+            f"SELECT {_OUTBOX_COLUMNS} FROM sagaflow_outbox"
+            f"{self.indexed('sagaflow_outbox_pending')} WHERE relayed_at IS NULL"
+            " ORDER BY n LIMIT ?",
+            (int(limit),),
+        )
+        return [Message(*row) for row in rows]
+
+    def relayed(self, ids: Collection[str]) -> None:
+        """Mark the messages ``ids`` relayed: :meth:`outbox` gives them no more."""
+        self._outbox_update("relayed_at = ?", (time.time(),), ids)
+
+    def outbox_failed(self, ids: Collection[str], error: str) -> None:
+        """A publisher refused the messages ``ids``: count the attempt, keep ``error``
+        (they stay in the outbox, to be relayed again)."""
+        self._outbox_update("attempts = attempts + 1, last_error = ?", (str(error),), ids)
+
+    def _outbox_update(self, assign: str, values: tuple[Any, ...], ids: Collection[str]) -> None:
+        self._check_writable()
+        ids = list(ids)
+        for k in range(0, len(ids), 500):
+            chunk = ids[k : k + 500]
+            self._execute(
+                f"UPDATE sagaflow_outbox SET {assign} WHERE id IN ({', '.join('?' * len(chunk))})",
+                (*values, *chunk),
+                write=True,
+            )
+
+    def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
+        """Relay one batch: the next ``limit`` messages to ``publish``, then marked
+        relayed; how many. If ``publish`` raises, none is marked: the attempt is counted
+        against each (:meth:`outbox_failed`) and the error raised."""
+        messages = self.outbox(limit)
+        if not messages:
+            return 0
+        ids = [m.id for m in messages]
+        try:
+            publish(messages)
+        except Exception as exc:
+            self.outbox_failed(ids, _describe(exc))
+            raise
+        self.relayed(ids)
+        return len(messages)
+
+    def outbox_stats(self) -> OutboxStats:
+        """How many messages wait to be relayed, since when, and which ones failed."""
+        if self.layout < 5:
+            return OutboxStats(0, None, ())
+        count, oldest = self._execute(
+            f"SELECT count(*), min(at){_PENDING}", ()
+        )[0]
+        failing = self._execute(
+            f"SELECT id, attempts, last_error{_PENDING} AND attempts > 0"
+            " ORDER BY attempts DESC, n LIMIT 100",
+            (),
+        )
+        return OutboxStats(int(count), oldest, tuple(tuple(r) for r in failing))
+
+    def on_outbox(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (on the writing thread: keep it quick, e.g. set an event)
+        after each commit of this store that wrote outbox rows; returns the function
+        that stops it. How a relay in the same process hears of new messages at once."""
+        self._outbox_wake.append(callback)
+
+        def stop() -> None:
+            if callback in self._outbox_wake:
+                self._outbox_wake.remove(callback)
+
+        return stop
+
+    def _wake_outbox(self, batch: list[Write]) -> None:
+        """``batch`` is committed: tell the relays of this process if it wrote rows."""
+        if self._outbox_wake and any(item.outbox and item.error is None for item in batch):
+            for callback in list(self._outbox_wake):
+                callback()
+
     # -- quarantine ------------------------------------------------------------------------
 
     def quarantine(self, saga_id: str, reason: str) -> None:
@@ -961,3 +1137,9 @@ def _signal_fields(name: Any, signal_id: Any, payload: Any, at: Any) -> float:
     if type(at) not in (int, float) or not math.isfinite(at):
         raise ValueError(f"a signal's time (at) is a finite number of seconds, not {at!r}")
     return float(at)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as the outbox keeps it: its type and message, not too long."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:1997] + "..."

@@ -14,14 +14,15 @@ reason, its record untouched, until an operator lifts it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, Protocol, runtime_checkable
 
 import attrs
 
+from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal
 
-__all__ = ["AsyncStoreMixin", "Quarantined", "Store", "Stored"]
+__all__ = ["AsyncStoreMixin", "OutboxStore", "Quarantined", "Store", "Stored"]
 
 
 @attrs.frozen
@@ -165,6 +166,42 @@ class Store(Protocol):
 
     async def anext_signal(self, saga_id: str, name: str, after: int) -> Signal | None:
         """:meth:`next_signal`, for the async driver."""
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """A store with an outbox (the memory, SQLite and PostgreSQL stores all have one).
+
+    A checkpoint that records a step's domain events for the first time writes one
+    message per event into the outbox, in its own transaction: a saga's events are
+    there once its checkpoint is committed, never before, and never an event of an
+    attempt that failed (it is not in the record either). A relay
+    (:class:`sagaflow.outbox.Relay`) publishes them after. A separate protocol from
+    :class:`Store`, so that a store of one's own need not have an outbox to run sagas.
+    """
+
+    def outbox(self, limit: int = 100) -> list[Message]:
+        """The messages not relayed yet, in the order they were written (each saga's
+        in the order it emitted them); at most ``limit``."""
+
+    def relayed(self, ids: Collection[str]) -> None:
+        """Mark the messages ``ids`` relayed: :meth:`outbox` gives them no more."""
+
+    def outbox_failed(self, ids: Collection[str], error: str) -> None:
+        """A publisher refused the messages ``ids``: count an attempt, keep ``error``."""
+
+    def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
+        """Hand the next ``limit`` messages to ``publish`` and mark them relayed once it
+        returns; how many. If it raises, none is marked (:meth:`outbox_failed`) and the
+        error is raised. PostgreSQL holds the rows locked meanwhile (``FOR UPDATE SKIP
+        LOCKED``): two relays never publish one message at once."""
+
+    def outbox_stats(self) -> Any:
+        """What waits: an :class:`~sagaflow.stores._sql.OutboxStats`."""
+
+    def on_outbox(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` after each commit of this store (in this process) that
+        wrote messages; returns the function that stops it."""
 
 
 class AsyncStoreMixin:

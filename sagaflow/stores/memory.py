@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
+from typing import Any
 
 import attrs
 
+from ..codec import Codec, default_codec
 from ..errors import SagaNotFound, SignalRefused
+from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
+from ._sql import OutboxStats, event_type
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -58,22 +62,108 @@ class MemoryStore(AsyncStoreMixin):
     It keeps every record it is given, finished ones included, for as long as it lives.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, codec: Codec | None = None) -> None:
         self._records: dict[str, SagaRecord] = {}
         self._quarantined: dict[str, tuple[str, float]] = {}
         self._signals: dict[str, list[Signal]] = {}
         self._seq = 0
         self._lock = threading.Lock()
+        #: what encodes the outbox's messages (as a durable store would)
+        self.codec = codec if codec is not None else default_codec
+        # The outbox: id -> [record, seq, at, relayed, attempts, last_error], in the
+        # order the events were saved; how many events of each saga are in it.
+        self._outbox: dict[str, list[Any]] = {}
+        self._emitted: dict[str, int] = {}
+        self._outbox_wake: list[Callable[[], None]] = []
 
     def create(self, record: SagaRecord) -> SagaRecord | None:
         # dict.setdefault is atomic under the GIL: two threads starting the same id
         # cannot both insert.
         existing = self._records.setdefault(record.saga_id, record)
-        return None if existing is record else existing
+        if existing is not record:
+            return existing
+        if record.events:
+            self._to_outbox(record)
+        return None
 
     def save(self, record: SagaRecord) -> None:
         record.version += 1
         self._records[record.saga_id] = record
+        if len(record.events) != self._emitted.get(record.saga_id, 0):
+            self._to_outbox(record)
+
+    # -- the outbox ------------------------------------------------------------------
+
+    def _to_outbox(self, record: SagaRecord) -> None:
+        """The events ``record`` has that the outbox has not: in it, with this save."""
+        sid = record.saga_id
+        with self._lock:
+            first = self._emitted.get(sid, 0)
+            for i in range(first, len(record.events)):
+                self._outbox.setdefault(
+                    f"{sid}:{i}", [record, i, record.updated_at, False, 0, None]
+                )
+            self._emitted[sid] = len(record.events)
+        for callback in list(self._outbox_wake):
+            callback()
+
+    def outbox(self, limit: int = 100) -> list[Message]:
+        """The domain events not relayed yet, in the order they were saved."""
+        found: list[Message] = []
+        with self._lock:
+            rows = [(mid, row) for mid, row in self._outbox.items() if not row[3]]
+        for mid, (record, i, at, *_rest) in rows[: max(0, int(limit))]:
+            body = self.codec.dump_event(record.events[i], record, i)
+            found.append(
+                Message(mid, event_type(body), record.saga_id, record.saga_name, i, body, at)
+            )
+        return found
+
+    def relayed(self, ids: Collection[str]) -> None:
+        with self._lock:
+            for mid in ids:
+                row = self._outbox.get(mid)
+                if row is not None:
+                    row[3] = True
+
+    def outbox_failed(self, ids: Collection[str], error: str) -> None:
+        with self._lock:
+            for mid in ids:
+                row = self._outbox.get(mid)
+                if row is not None:
+                    row[4] += 1
+                    row[5] = str(error)
+
+    def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
+        messages = self.outbox(limit)
+        if not messages:
+            return 0
+        ids = [m.id for m in messages]
+        try:
+            publish(messages)
+        except Exception as exc:
+            self.outbox_failed(ids, f"{type(exc).__name__}: {exc}")
+            raise
+        self.relayed(ids)
+        return len(messages)
+
+    def outbox_stats(self) -> OutboxStats:
+        with self._lock:
+            pending = [(mid, row) for mid, row in self._outbox.items() if not row[3]]
+        failing = sorted(
+            ((mid, row[4], row[5]) for mid, row in pending if row[4]), key=lambda f: -f[1]
+        )
+        oldest = min((row[2] for _, row in pending), default=None)
+        return OutboxStats(len(pending), oldest, tuple(failing[:100]))
+
+    def on_outbox(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._outbox_wake.append(callback)
+
+        def stop() -> None:
+            if callback in self._outbox_wake:
+                self._outbox_wake.remove(callback)
+
+        return stop
 
     def load(self, saga_id: str) -> SagaRecord | None:
         return self._records.get(saga_id)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -37,12 +38,13 @@ from psycopg_pool import ConnectionPool
 
 from ..codec import Codec
 from ..errors import ConcurrentModification, LeaseLost, StoreError
+from ..messages import Message
 from ..records import SagaRecord, Signal
 from ._commit import Committer, Lane, Write
 from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
 from ._pgqueue import Queue, notify_sql
 from ._rows import AT, COLUMNS, StoredSaga
-from ._sql import SCHEMA_VERSION, Run, Select, resignal, signalled_set
+from ._sql import OUTBOX_INSERT, SCHEMA_VERSION, Run, Select, resignal, signalled_set
 from .base import Quarantined, Stored
 
 __all__ = [
@@ -92,8 +94,21 @@ _APPEND = {
     "events": "INSERT INTO sagaflow_events (saga_id, seq, body) VALUES (%s, %s, %s)",
     "path": "INSERT INTO sagaflow_path (saga_id, seq, source, trigger, destination) "
     "VALUES (%s, %s, %s, %s, %s)",
+    "outbox": OUTBOX_INSERT.replace("?", "%s"),  # never twice: ON CONFLICT (id) skips
 }
 _REPLAY = " ON CONFLICT DO NOTHING"
+# The relay's batch: the next unrelayed rows no other relay holds, locked until its
+# transaction ends.
+_OUTBOX_CLAIM = (
+    "SELECT n, id, type, saga_id, saga_name, seq, body, at FROM sagaflow_outbox"
+    " WHERE relayed_at IS NULL ORDER BY n LIMIT %s FOR UPDATE SKIP LOCKED"
+)
+# Each saga's unrelayed messages up to a point, locked or not (a plain read waits for
+# no lock): which of a batch's messages are next for their saga.
+_OUTBOX_BEFORE = (
+    "SELECT saga_id, id FROM sagaflow_outbox WHERE relayed_at IS NULL"
+    " AND saga_id = ANY(%s) AND n <= %s ORDER BY n"
+)
 #: What a read that only indexes serve runs first (see _execute_indexed).
 _INDEXED = ("SET LOCAL enable_seqscan = off",)
 _ROLLED_BACK = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
@@ -317,7 +332,9 @@ class PostgresStore(Queue):
             return
         first = batch[0]
         try:
-            if len(batch) == 1 and not (first.history or first.events or first.path):
+            if len(batch) == 1 and not (
+                first.history or first.events or first.path or first.outbox
+            ):
                 outcomes = [self._apply_one(conn, first)]
             else:
                 with conn.transaction():
@@ -399,7 +416,12 @@ class PostgresStore(Queue):
                     rows[item.replay].extend(getattr(item, what))
             for replay, found in rows.items():
                 if found:
-                    cur.executemany(_APPEND[what] + (_REPLAY if replay else ""), found)
+                    again = replay and what != "outbox"
+                    cur.executemany(_APPEND[what] + (_REPLAY if again else ""), found)
+        if any(item.outbox and outcome is True for item, outcome in zip(batch, outcomes,
+                                                                         strict=True)):
+            # The relays hear of it when (if) the transaction commits.
+            cur.execute("SELECT pg_notify(%s, '')", (self.outbox_channel,))
         return outcomes
 
     def _lost_races(
@@ -437,6 +459,43 @@ class PostgresStore(Queue):
     def _fetch(self, select: Select) -> list[StoredSaga]:
         where, params = select.render("%s")
         return [PostgresStoredSaga.of(r) for r in self._query(self._select + where, params)]
+
+    def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
+        """Relay one batch, in one transaction that holds its rows locked (``FOR UPDATE
+        SKIP LOCKED``: another relay takes other rows meanwhile, never these): publish
+        them, mark them relayed, commit. A saga's message is published only after its
+        earlier ones: one whose earlier message another relay holds is left (unlocked
+        at the end, for a later batch). If ``publish`` raises, nothing is marked
+        relayed; the attempt is counted (:meth:`outbox_failed`) and the error raised."""
+        self._check_writable()
+        try:
+            with (
+                self._pool.connection(timeout=self._connect_timeout) as conn,
+                conn.transaction(),
+            ):
+                rows = conn.execute(_OUTBOX_CLAIM, (int(limit),)).fetchall()
+                if not rows:
+                    return 0
+                messages = _in_order(conn, [Message(*row[1:]) for row in rows], rows[-1][0])
+                if not messages:
+                    return 0
+                ids = [m.id for m in messages]
+                try:
+                    publish(messages)
+                except Exception as exc:
+                    failed: Exception | None = exc
+                else:
+                    failed = None
+                    conn.execute(
+                        "UPDATE sagaflow_outbox SET relayed_at = %s WHERE id = ANY(%s)",
+                        (time.time(), ids),
+                    )
+        except psycopg.Error as exc:
+            raise StoreError(f"the sagaflow store at {self._where()} failed: {exc}") from exc
+        if failed is not None:
+            self.outbox_failed(ids, f"{type(failed).__name__}: {failed}"[:2000])
+            raise failed
+        return len(messages)
 
     def fenced(self, tokens: Mapping[str, int]) -> FencedStore:
         """A view of this store whose saves of a saga in ``tokens`` carry its lease
@@ -547,6 +606,24 @@ class FencedStore:
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
         return self.store.by_key(key, saga_name)
 
+    def outbox(self, limit: int = 100) -> list[Message]:
+        return self.store.outbox(limit)
+
+    def relayed(self, ids: Collection[str]) -> None:
+        self.store.relayed(ids)
+
+    def outbox_failed(self, ids: Collection[str], error: str) -> None:
+        self.store.outbox_failed(ids, error)
+
+    def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
+        return self.store.relay_outbox(publish, limit)
+
+    def outbox_stats(self) -> Any:
+        return self.store.outbox_stats()
+
+    def on_outbox(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.store.on_outbox(callback)
+
     def __repr__(self) -> str:
         return f"FencedStore({self.store!r}, {len(self.tokens)} held)"
 
@@ -602,3 +679,21 @@ def _marks(statement: str) -> str:
 def _rows(cur: psycopg.Cursor[Any]) -> Any:
     return cur.fetchall() if cur.description is not None else cur.rowcount
 
+
+def _in_order(conn: _Conn, claimed: list[Message], last: int) -> list[Message]:
+    """The messages of ``claimed`` (in ``n`` order, locked by this transaction) that come
+    next for their saga: a saga's run of them stops at the first message that another
+    relay holds (or one not yet claimed), so a saga's messages are never published out
+    of order."""
+    sagas = sorted({m.saga_id for m in claimed})
+    mine = {m.id for m in claimed}
+    blocked: set[str] = set()
+    keep: set[str] = set()
+    for saga_id, mid in conn.execute(_OUTBOX_BEFORE, (sagas, last)):
+        if saga_id in blocked:
+            continue
+        if mid in mine:
+            keep.add(mid)
+        else:
+            blocked.add(saga_id)
+    return [m for m in claimed if m.id in keep]

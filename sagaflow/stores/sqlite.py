@@ -42,10 +42,12 @@ from ..errors import ConcurrentModification, StoreError, UnknownSagaClass
 from ._commit import Committer, Lane, Write
 from ._rows import AT, COLUMNS, INLINE, STATIC, StoredSaga
 from ._sql import (
+    OUTBOX_INSERT,
     SCHEMA_VERSION,
     Run,
     Select,
     SQLStore,
+    outbox_table,
     quarantine_join,
     resignal,
     select_list,
@@ -140,6 +142,8 @@ _MIGRATIONS = (
     waits_and_signals("INTEGER PRIMARY KEY AUTOINCREMENT", "REAL"),
     # 4: what due() and recovery read from indexes (see signalled_and_unparked)
     signalled_and_unparked("INTEGER"),
+    # 5: the outbox (see outbox_table)
+    outbox_table("INTEGER PRIMARY KEY", "REAL"),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.
@@ -177,6 +181,7 @@ _APPEND = {
     "events": "INSERT {}INTO sagaflow_events (saga_id, seq, body) VALUES (?, ?, ?)",
     "path": "INSERT {}INTO sagaflow_path (saga_id, seq, source, trigger, destination) "
     "VALUES (?, ?, ?, ?, ?)",
+    "outbox": OUTBOX_INSERT,  # never twice: a replayed row is skipped (ON CONFLICT)
 }
 # What a saga's spilled items are read with, by list; a saga id list goes in {}.
 _SPILLED = {
@@ -330,7 +335,8 @@ class SQLiteStore(SQLStore):
         that does not fit every item (a lost race, an existing id, a refused value),
         item by item, so each waiter gets its own outcome."""
         conn: sqlite3.Connection = lane.conn
-        if len(batch) == 1 and not (batch[0].history or batch[0].events or batch[0].path):
+        first = batch[0]
+        if len(batch) == 1 and not (first.history or first.events or first.path or first.outbox):
             self._write_alone(conn, batch[0])
             return
         todo = batch
@@ -401,7 +407,9 @@ class SQLiteStore(SQLStore):
         creates: list[tuple[Any, ...]] = []
         saves: list[tuple[Any, ...]] = []
         narrow: list[tuple[Any, ...]] = []
-        lists: dict[str, list[tuple[Any, ...]]] = {"history": [], "events": [], "path": []}
+        lists: dict[str, list[tuple[Any, ...]]] = {
+            "history": [], "events": [], "path": [], "outbox": []
+        }
         for item in items:
             if item.replay:
                 return False
@@ -415,6 +423,7 @@ class SQLiteStore(SQLStore):
             lists["history"].extend(item.history)
             lists["events"].extend(item.events)
             lists["path"].extend(item.path)
+            lists["outbox"].extend(item.outbox)
         # Creates first: a save in the same batch is never of a saga created in it
         # (a save follows its create's return), nor of a saga saved in it (a save
         # follows the last one's return), so the order of the saves does not matter.
@@ -446,7 +455,10 @@ class SQLiteStore(SQLStore):
             conn.execute(_INSERT, row)
             conn.execute(_RESIGNAL, (sid,))
         verb = "OR IGNORE " if item.replay else ""
-        for what, rows in (("history", item.history), ("events", item.events), ("path", item.path)):
+        for what, rows in (
+            ("history", item.history), ("events", item.events), ("path", item.path),
+            ("outbox", item.outbox),
+        ):  # fmt: skip
             if rows:
                 conn.executemany(_APPEND[what].format(verb), rows)
         return True
