@@ -201,7 +201,7 @@ class Relay:
                 if stop is not None:
                     waiters.append(asyncio.ensure_future(stop.wait()))
                 if waiters:
-                    _, pending = await asyncio.wait(
+                    await asyncio.wait(
                         waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
                     )
                     for task in waiters:

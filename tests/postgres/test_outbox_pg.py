@@ -13,11 +13,11 @@ from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "stores"))
 
-from store_sagas import record_of  # noqa: E402
-from test_outbox import Collect, Emitter, Shipped, run, wait_for  # noqa: E402
+from store_sagas import record_of
+from test_outbox import Collect, Emitter, Shipped, run, wait_for
 
-from sagaflow.outbox import Relay  # noqa: E402
-from sagaflow.stores.postgres import PostgresStore  # noqa: E402
+from sagaflow.outbox import Relay
+from sagaflow.stores.postgres import PostgresStore
 
 
 def execute(url: str, schema: str, statement: str) -> None:

@@ -13,7 +13,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import attrs
-import pytest
 from store_sagas import Charged, Order, record_of
 
 from sagaflow import Orchestrator, Retry, SagaStatus, saga, step
