@@ -29,6 +29,7 @@ from ..diagram import FORMATS, format_for, render
 from ..errors import SagaflowError
 from ..records import OUTCOMES, SagaStatus, StepStatus
 from .describe import Printer, describe_record, print_outcome
+from .outbox import outbox
 from .problems import CliError
 from .session import ACTIVE, Session, store_options
 from .text import columns, utc
@@ -41,11 +42,14 @@ _STATUSES = [s.value for s in SagaStatus]
 @click.group()
 def sagas() -> None:
     """Look at stored sagas and act on them: list, show, retry, resolve, cancel,
-    unquarantine.
+    unquarantine; what waits in the outbox.
 
     Every command takes --store URL (default: $SAGAFLOW_STORE). Actions are recorded in
     the saga's history, with the --note given.
     """
+
+
+sagas.add_command(outbox)
 
 
 @sagas.command("list")
