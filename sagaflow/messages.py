@@ -23,7 +23,8 @@ class Message:
     """An event on its way out of (or into) sagaflow.
 
     ``id`` is stable, the same on every delivery: ``"{saga_id}:{seq}"`` for domain
-    event number ``seq`` of saga ``saga_id``. ``type`` names the event's class as the
+    event number ``seq`` of saga ``saga_id``, ``"{saga_id}:h{seq}"`` for the lifecycle
+    event at place ``seq`` of its history. ``type`` names the event's class as the
     codec tags it; ``body`` is its JSON text (the codec decodes it back). ``saga_id``
     and ``saga_name`` say which saga it is from (its correlation); ``at`` is when it
     was written (Unix time).

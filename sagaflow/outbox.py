@@ -24,8 +24,9 @@ a commit of the same store object in this process, and on PostgreSQL at any proc
 retried with the ``retry`` policy's backoff (its ``attempts`` are not a limit: nothing is
 ever dropped from the outbox); ``relay.last_error`` says why.
 
-Lifecycle events (SagaCompleted, SagaCompensated...) are not in the outbox: they are
-what :class:`~sagaflow.Listener` hears, in the process running the saga.
+Lifecycle events (SagaCompleted, SagaCompensated...) go to the outbox too, the same way,
+once the store is told which: ``store.publish_lifecycle(SagaCompleted, SagaFailed)``
+(their ids are ``"{saga_id}:h{n}"``, ``n`` their place in the saga's history).
 """
 
 from __future__ import annotations

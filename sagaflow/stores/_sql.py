@@ -27,6 +27,7 @@ import attrs
 
 from ..codec import Codec, default_codec, import_path, type_path
 from ..errors import CodecError, SagaNotFound, SignalRefused, StoreError, UnknownSagaClass
+from ..events import LifecycleEvent
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal
 from ..spec import is_saga, spec_of
@@ -172,6 +173,17 @@ def outbox_table(serial: str, real: str) -> tuple[str, ...]:
         )""",
         "CREATE INDEX sagaflow_outbox_pending ON sagaflow_outbox (n) WHERE relayed_at IS NULL",
     )
+
+
+def lifecycle_types(event_types: Collection[type]) -> frozenset[type]:
+    """The lifecycle event classes :meth:`publish_lifecycle` was given, checked."""
+    for t in event_types:
+        if not (isinstance(t, type) and issubclass(t, LifecycleEvent)):
+            raise TypeError(
+                f"{t!r} is not a lifecycle event class: give classes of sagaflow.events "
+                "(SagaStarted, SagaCompleted, SagaCompensated, SagaFailed, StepFailed...)"
+            )
+    return frozenset(event_types)
 
 
 def event_type(body: str) -> str:
@@ -412,6 +424,8 @@ class SQLStore:
         self._commit: Committer
         #: who hears of this process's commits that wrote outbox rows (see on_outbox)
         self._outbox_wake: list[Callable[[], None]] = []
+        #: the lifecycle event classes written to the outbox too (publish_lifecycle)
+        self._lifecycle: frozenset[type] = frozenset()
 
     # -- what a dialect provides ---------------------------------------------------------
 
@@ -511,7 +525,8 @@ class SQLStore:
         steps = tracked.steps(codec, record.steps)
         history, events, path = record.history, record.events, record.path
         h_rows = e_rows = p_rows = _NONE
-        if len(history) != tracked.history[0]:
+        told = tracked.history[0]  # the lifecycle events before it are stored
+        if len(history) != told:
             item_text = codec.history_item
             moved, tracked.history = extend(
                 tracked.history, history, lambda e, i: item_text(e), "history", sid
@@ -543,6 +558,8 @@ class SQLStore:
             for i in range(new, len(events)):
                 body = text_of(events[i], i)
                 outbox.append((f"{sid}:{i}", sid, name, i, event_type(body), body, at))
+        if self._lifecycle and told < len(history):
+            outbox = self._lifecycle_rows(record, told, outbox)
         if len(path) != tracked.path[0]:
             moved, tracked.path = extend(tracked.path, path, edge_text, "path", sid)
             if moved:
@@ -931,6 +948,26 @@ class SQLStore:
         return await asyncio.to_thread(self.next_signal, saga_id, name, after)
 
     # -- the outbox ------------------------------------------------------------------------
+
+    def publish_lifecycle(self, *event_types: type) -> None:
+        """Also write the lifecycle events of these classes to the outbox (see
+        :meth:`~sagaflow.stores.OutboxStore.publish_lifecycle`)."""
+        self._lifecycle = lifecycle_types(event_types)
+
+    def _lifecycle_rows(
+        self, record: SagaRecord, first: int, rows: Any
+    ) -> list[tuple[Any, ...]]:
+        """``rows`` and the outbox rows of ``record``'s lifecycle events from history
+        event ``first`` on, of the classes :meth:`publish_lifecycle` named."""
+        sid, name = record.saga_id, record.saga_name
+        out = list(rows)
+        history = record.history
+        for i in range(first, len(history)):
+            event = history[i]
+            if type(event) in self._lifecycle:
+                body = self.codec.dump_event(event, record, i)
+                out.append((f"{sid}:h{i}", sid, name, i, event_type(body), body, event.at))
+        return out
 
     def outbox(self, limit: int = 100) -> list[Message]:
         """The domain events not relayed yet, in the order they were written (at most

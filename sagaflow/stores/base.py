@@ -203,6 +203,12 @@ class OutboxStore(Protocol):
         """Call ``callback`` after each commit of this store (in this process) that
         wrote messages; returns the function that stops it."""
 
+    def publish_lifecycle(self, *event_types: type) -> None:
+        """From now on, also write the saga's lifecycle events of these classes
+        (:class:`sagaflow.events.SagaCompleted`...) to the outbox, in the checkpoint
+        that records them, under the id ``"{saga_id}:h{n}"`` (``n``: the event's place
+        in the saga's history). None given: only domain events (the default)."""
+
 
 class AsyncStoreMixin:
     """Async methods that call the sync ones: right for stores that never block."""

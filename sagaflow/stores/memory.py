@@ -13,7 +13,7 @@ from ..codec import Codec, default_codec
 from ..errors import SagaNotFound, SignalRefused
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
-from ._sql import OutboxStats, event_type
+from ._sql import OutboxStats, event_type, lifecycle_types
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -70,10 +70,13 @@ class MemoryStore(AsyncStoreMixin):
         self._lock = threading.Lock()
         #: what encodes the outbox's messages (as a durable store would)
         self.codec = codec if codec is not None else default_codec
-        # The outbox: id -> [record, seq, at, relayed, attempts, last_error], in the
-        # order the events were saved; how many events of each saga are in it.
+        # The outbox: id -> [record, seq, at, relayed, attempts, last_error, event], in
+        # the order the events were saved; how many events (and, with publish_lifecycle,
+        # history events) of each saga are in it.
         self._outbox: dict[str, list[Any]] = {}
         self._emitted: dict[str, int] = {}
+        self._told: dict[str, int] = {}
+        self._lifecycle: frozenset[type] = frozenset()
         self._outbox_wake: list[Callable[[], None]] = []
 
     def create(self, record: SagaRecord) -> SagaRecord | None:
@@ -82,14 +85,17 @@ class MemoryStore(AsyncStoreMixin):
         existing = self._records.setdefault(record.saga_id, record)
         if existing is not record:
             return existing
-        if record.events:
+        if record.events or self._lifecycle:
             self._to_outbox(record)
         return None
 
     def save(self, record: SagaRecord) -> None:
         record.version += 1
-        self._records[record.saga_id] = record
-        if len(record.events) != self._emitted.get(record.saga_id, 0):
+        sid = record.saga_id
+        self._records[sid] = record
+        if len(record.events) != self._emitted.get(sid, 0) or (
+            self._lifecycle and len(record.history) != self._told.get(sid, 0)
+        ):
             self._to_outbox(record)
 
     # -- the outbox ------------------------------------------------------------------
@@ -97,23 +103,36 @@ class MemoryStore(AsyncStoreMixin):
     def _to_outbox(self, record: SagaRecord) -> None:
         """The events ``record`` has that the outbox has not: in it, with this save."""
         sid = record.saga_id
+        events = record.events
         with self._lock:
             first = self._emitted.get(sid, 0)
-            for i in range(first, len(record.events)):
+            for i in range(first, len(events)):
                 self._outbox.setdefault(
-                    f"{sid}:{i}", [record, i, record.updated_at, False, 0, None]
+                    f"{sid}:{i}", [record, i, record.updated_at, False, 0, None, events[i]]
                 )
-            self._emitted[sid] = len(record.events)
+            self._emitted[sid] = len(events)
+            if self._lifecycle:
+                history = record.history
+                for i in range(self._told.get(sid, 0), len(history)):
+                    e = history[i]
+                    if type(e) in self._lifecycle:
+                        self._outbox.setdefault(f"{sid}:h{i}", [record, i, e.at, False, 0, None, e])
+                self._told[sid] = len(history)
         for callback in list(self._outbox_wake):
             callback()
+
+    def publish_lifecycle(self, *event_types: type) -> None:
+        """Also write the lifecycle events of these classes to the outbox (see
+        :meth:`~sagaflow.stores.OutboxStore.publish_lifecycle`)."""
+        self._lifecycle = lifecycle_types(event_types)
 
     def outbox(self, limit: int = 100) -> list[Message]:
         """The domain events not relayed yet, in the order they were saved."""
         found: list[Message] = []
         with self._lock:
             rows = [(mid, row) for mid, row in self._outbox.items() if not row[3]]
-        for mid, (record, i, at, *_rest) in rows[: max(0, int(limit))]:
-            body = self.codec.dump_event(record.events[i], record, i)
+        for mid, (record, i, at, *_rest, event) in rows[: max(0, int(limit))]:
+            body = self.codec.dump_event(event, record, i)
             found.append(
                 Message(mid, event_type(body), record.saga_id, record.saga_name, i, body, at)
             )

@@ -624,6 +624,9 @@ class FencedStore:
     def on_outbox(self, callback: Callable[[], None]) -> Callable[[], None]:
         return self.store.on_outbox(callback)
 
+    def publish_lifecycle(self, *event_types: type) -> None:
+        self.store.publish_lifecycle(*event_types)
+
     def __repr__(self) -> str:
         return f"FencedStore({self.store!r}, {len(self.tokens)} held)"
 

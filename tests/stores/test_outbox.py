@@ -311,3 +311,33 @@ def wait_for(condition, rounds: int = 3000) -> None:
             return
         event.wait(0.01)
     raise AssertionError("never happened")
+
+
+def test_lifecycle_events_can_be_published_the_same_way(store: Store) -> None:
+    from sagaflow import events as ev
+
+    assert isinstance(store, OutboxStore)
+    store.publish_lifecycle(ev.SagaStarted, ev.SagaCompleted, ev.SagaCompensated)
+    result = run(store, Emitter("o-l", events=1), "l-1")
+    assert result.status is SagaStatus.COMPLETED
+    messages = store.outbox()
+    done = next(i for i, e in enumerate(result.history) if isinstance(e, ev.SagaCompleted))
+    # in the order the checkpoints recorded them: the start, the step's events, the end
+    assert [m.id for m in messages] == ["l-1:h0", "l-1:0", "l-1:1", f"l-1:h{done}"]
+    assert messages[0].type == "sagaflow.events:SagaStarted"
+    assert messages[-1].type == "sagaflow.events:SagaCompleted"
+    handlers = Handlers()
+    ended: list[object] = []
+    handlers.on(ev.SagaCompleted, lambda event, message: ended.append(event))
+    handlers.on("tuple", lambda event, message: None)
+    handlers.on(Shipped, lambda event, message: None)
+    handlers.on(ev.SagaStarted, lambda event, message: None)
+    assert Relay(store, handlers).drain() == 4
+    assert ended == [result.history[done]]
+    # a class that is not a lifecycle event is refused, naming the fix
+    try:
+        store.publish_lifecycle(Shipped)
+    except TypeError as exc:
+        assert "not a lifecycle event class" in str(exc)
+    else:
+        raise AssertionError("publish_lifecycle(Shipped) was accepted")
