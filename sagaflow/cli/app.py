@@ -39,8 +39,8 @@ def main() -> None:
     """sagaflow: declarative sagas for Python.
 
     Draw a saga's state machine, check saga definitions, scaffold new sagas, look at
-    stored sagas and act on them, run workers. TARGET arguments are a dotted module
-    path importable from the current directory (examples.quickstart), or a path to a
+    stored sagas and act on them, run workers and outbox relays. TARGET arguments are a
+    dotted module path importable from the current directory (examples.quickstart), or a path to a
     .py file or package folder, optionally followed by :Class.
     """
 
@@ -48,3 +48,4 @@ def main() -> None:
 for command in (diagram, check, new, sagas, recover):
     main.add_command(command)
 main.add_lazy_command("worker", "sagaflow.cli.worker:worker")
+main.add_lazy_command("relay", "sagaflow.cli.relay:relay")
