@@ -27,7 +27,6 @@ from ..spec import CompensationOrder, SagaSpec, StepSpec
 from ._moves import (
     C_COMPENSATED,
     C_RUNNING,
-    COMPENSATE,
     FORWARD,
     NO_RETRY,
     PAST_DEADLINE,
@@ -40,12 +39,17 @@ from ._moves import (
     Call,
     advance,
     begin_compensation,
+    compensated,
+    completed,
     corrupt,
     did,
+    failure_of,
     finish,
     items_of,
     next_undo,
     retry_later,
+    start_step,
+    start_undo,
     step_failed,
     transition,
     wanted,
@@ -265,24 +269,21 @@ def _start_slot(
     items: Sequence[Any],
 ) -> Call:
     """Start the next attempt of member ``s`` (or of the fan-out's item in ``slot``)."""
-    item = -1
-    payload = None
-    if s.each is not None:
-        item = slot - record.steps[s.index].first_item
-        payload = items[item]
-        _check_item(record, s, m, item, payload)
-    m.attempts += 1
-    m.status = S_RUNNING
-    if m.started_at is None:
-        m.started_at = now
-    record.history.append(ev.StepStarted(record.saga_id, spec.name, now, m.name, m.attempts))
-    timeout = s.timeout
-    bound = False
-    if guarded:
-        left = record.deadline_at - now  # type: ignore[operator]
-        if timeout is None or left < timeout:
-            timeout, bound = left, True
-    return Call(s.index, FORWARD, m.attempts, timeout, bound, payload, item, slot)
+    item, payload = _item_at(record, s, m, slot, items)
+    return start_step(spec, record, s, m, now, guarded, payload, item, slot)
+
+
+def _item_at(
+    record: SagaRecord, s: StepSpec, m: StepRecord, slot: int, items: Sequence[Any]
+) -> tuple[int, Any]:
+    """A fan-out's call: the position and the value of the item in ``slot`` (checked to
+    be the one its record was made for); ``(-1, None)`` for a group member."""
+    if s.each is None:
+        return -1, None
+    item = slot - record.steps[s.index].first_item
+    payload = items[item]
+    _check_item(record, s, m, item, payload)
+    return item, payload
 
 
 def _check_item(record: SagaRecord, s: StepSpec, m: StepRecord, k: int, item: Any) -> None:
@@ -340,14 +341,7 @@ def settle_slot(
     m = record.steps[call.slot]
     if call.direction is FORWARD:
         if error is None and not timed_out:
-            m.status = S_COMPLETED
-            m.finished_at = now
-            m.error = None
-            if emitted:
-                record.events.extend(emitted)
-            record.history.append(
-                ev.StepCompleted(record.saga_id, spec.name, now, m.name, call.attempt)
-            )
+            completed(spec, record, m, now, call.attempt, emitted)
             return
         if isinstance(error, SagaRejected):
             m.status = StepStatus.REJECTED
@@ -376,26 +370,14 @@ def settle_slot(
         if later is RETRY:
             m.error = _describe(error)
             return
-        if later is PAST_DEADLINE:
-            failure = SagaDeadlineExceeded(spec.deadline or 0, m.name)
-        elif isinstance(error, StepError):
-            failure = error
-        else:
-            failure = StepError(call.index, m.name, error)
+        failure = failure_of(spec, later, error, call.index, m.name)
         if failure is not error:
             failure.__cause__ = error
         _slot_failed(spec, record, m, now, _describe(error), timed_out, failure)
         return
 
     if error is None and not timed_out:
-        m.compensation = C_COMPENSATED
-        m.compensation_finished_at = now
-        m.compensation_error = None
-        if emitted:
-            record.events.extend(emitted)
-        record.history.append(
-            ev.CompensationCompleted(record.saga_id, spec.name, now, m.name, call.attempt)
-        )
+        compensated(spec, record, m, now, call.attempt, emitted)
         return
     if timed_out:
         if call.deadline_bound:
@@ -540,25 +522,8 @@ def _undo_slot(
     items: Sequence[Any],
 ) -> Call:
     """Start the next attempt of the compensation of member ``s`` (or of an item)."""
-    item = -1
-    payload = None
-    if s.each is not None:
-        item = slot - record.steps[s.index].first_item
-        payload = items[item]
-        _check_item(record, s, m, item, payload)
-    m.compensation_attempts += 1
-    m.compensation = C_RUNNING
-    if m.compensation_started_at is None:
-        m.compensation_started_at = now
-    record.history.append(
-        ev.CompensationStarted(record.saga_id, spec.name, now, m.name, m.compensation_attempts)
-    )
-    timeout = s.compensation_timeout
-    bound = False
-    limit = record.compensation_deadline_at
-    if limit is not None and (timeout is None or limit - now < timeout):
-        timeout, bound = limit - now, True
-    return Call(s.index, COMPENSATE, m.compensation_attempts, timeout, bound, payload, item, slot)
+    item, payload = _item_at(record, s, m, slot, items)
+    return start_undo(spec, record, s, m, now, payload, item, slot)
 
 
 def abandon(spec: SagaSpec, record: SagaRecord, call: Call, now: float, why: str) -> None:

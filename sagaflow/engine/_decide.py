@@ -7,13 +7,11 @@ import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from .. import events as ev
 from ..errors import (
     CodecError,
     SagaDeadlineExceeded,
     SagaflowError,
     SagaRejected,
-    StepError,
     StepTimeout,
     _describe,
 )
@@ -30,8 +28,6 @@ from ._blocks import (
 )
 from ._moves import (
     C_COMPENSATED,
-    C_RUNNING,
-    COMPENSATE,
     COMPENSATING,
     FORWARD,
     IDLE,
@@ -39,7 +35,6 @@ from ._moves import (
     RETRIABLE,
     RETRY,
     RUNNING,
-    S_COMPLETED,
     S_RUNNING,
     S_WAITING,
     Batch,
@@ -48,12 +43,16 @@ from ._moves import (
     Sleep,
     advance,
     begin_compensation,
+    compensated,
     compensation_failed,
+    completed,
     corrupt,
+    failure_of,
     next_undo,
     rejected,
     retry_later,
     start_step,
+    start_undo,
     step_failed,
     wanted,
 )
@@ -163,20 +162,7 @@ def next_command(
             if limit is not None and now >= limit:
                 compensation_failed(spec, record, now, "compensation deadline passed")
                 continue
-            sr.compensation_attempts += 1
-            sr.compensation = C_RUNNING
-            if sr.compensation_started_at is None:
-                sr.compensation_started_at = now
-            record.history.append(
-                ev.CompensationStarted(
-                    record.saga_id, spec.name, now, s.name, sr.compensation_attempts
-                )
-            )
-            timeout = s.compensation_timeout
-            bound = False
-            if limit is not None and (timeout is None or limit - now < timeout):
-                timeout, bound = limit - now, True
-            return Call(i, COMPENSATE, sr.compensation_attempts, timeout, bound)
+            return start_undo(spec, record, s, sr, now)
         return None
 
 
@@ -199,14 +185,7 @@ def settle(
     sr = record.steps[i]
     if call.direction is FORWARD:
         if error is None and not timed_out:
-            sr.status = S_COMPLETED
-            sr.finished_at = now
-            sr.error = None
-            if emitted:
-                record.events.extend(emitted)
-            record.history.append(
-                ev.StepCompleted(record.saga_id, spec.name, now, s.name, call.attempt)
-            )
+            completed(spec, record, sr, now, call.attempt, emitted)
             advance(spec, record, now, "advance")
             return
         if isinstance(error, SagaRejected):
@@ -225,25 +204,13 @@ def settle(
         if later is RETRY:
             sr.error = _describe(error)
             return
-        if later is PAST_DEADLINE:  # a retry was due, but after the saga's deadline
-            failure: SagaflowError = SagaDeadlineExceeded(spec.deadline or 0, s.name)
-        elif isinstance(error, StepError):
-            failure = error
-        else:
-            failure = StepError(i, s.name, error)
+        failure = failure_of(spec, later, error, i, s.name)
         step_failed(spec, record, now, failure, error, timed_out)
         return
 
     # a compensation
     if error is None and not timed_out:
-        sr.compensation = C_COMPENSATED
-        sr.compensation_finished_at = now
-        sr.compensation_error = None
-        if emitted:
-            record.events.extend(emitted)
-        record.history.append(
-            ev.CompensationCompleted(record.saga_id, spec.name, now, s.name, call.attempt)
-        )
+        compensated(spec, record, sr, now, call.attempt, emitted)
         next_undo(spec, record, now, "undone")
         return
     if timed_out:

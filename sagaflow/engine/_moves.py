@@ -5,7 +5,7 @@ chain of compensations, to its end."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -16,6 +16,7 @@ from ..errors import (
     CompensationError,
     CorruptRecord,
     InvalidTransition,
+    SagaDeadlineExceeded,
     SagaflowError,
     SagaRejected,
     StepError,
@@ -55,9 +56,12 @@ __all__ = [
     "Sleep",
     "advance",
     "begin_compensation",
+    "compensated",
     "compensation_failed",
+    "completed",
     "corrupt",
     "did",
+    "failure_of",
     "finish",
     "items_of",
     "needs_undo",
@@ -66,6 +70,7 @@ __all__ = [
     "rejected",
     "retry_later",
     "start_step",
+    "start_undo",
     "step_failed",
     "transition",
     "wanted",
@@ -220,20 +225,93 @@ def start_step(
     now: float,
     guarded: bool,
     payload: Any,
+    item: int = -1,
+    slot: int = -1,
 ) -> Call:
-    """Start the next attempt of forward step ``s`` (or a wait's handler)."""
+    """Start the next attempt of forward step ``s`` on its record ``sr`` (or a wait's
+    handler; or, ``slot`` given, a group member's or a fan-out item's)."""
     sr.attempts += 1
     sr.status = S_RUNNING
     if sr.started_at is None:
         sr.started_at = now
-    record.history.append(ev.StepStarted(record.saga_id, spec.name, now, s.name, sr.attempts))
+    record.history.append(ev.StepStarted(record.saga_id, spec.name, now, sr.name, sr.attempts))
     timeout = s.timeout
     bound = False
     if guarded:
         left = record.deadline_at - now  # type: ignore[operator]
         if timeout is None or left < timeout:
             timeout, bound = left, True
-    return Call(s.index, FORWARD, sr.attempts, timeout, bound, payload)
+    return Call(s.index, FORWARD, sr.attempts, timeout, bound, payload, item, slot)
+
+
+def start_undo(
+    spec: SagaSpec,
+    record: SagaRecord,
+    s: StepSpec,
+    sr: StepRecord,
+    now: float,
+    payload: Any = None,
+    item: int = -1,
+    slot: int = -1,
+) -> Call:
+    """Start the next attempt of step ``s``'s compensation on its record ``sr``, limited
+    by the compensation deadline."""
+    sr.compensation_attempts += 1
+    sr.compensation = C_RUNNING
+    if sr.compensation_started_at is None:
+        sr.compensation_started_at = now
+    record.history.append(
+        ev.CompensationStarted(record.saga_id, spec.name, now, sr.name, sr.compensation_attempts)
+    )
+    timeout = s.compensation_timeout
+    bound = False
+    limit = record.compensation_deadline_at
+    if limit is not None and (timeout is None or limit - now < timeout):
+        timeout, bound = limit - now, True
+    return Call(s.index, COMPENSATE, sr.compensation_attempts, timeout, bound, payload, item,
+                slot)
+
+
+def completed(
+    spec: SagaSpec, record: SagaRecord, sr: StepRecord, now: float, attempt: int,
+    emitted: Sequence[Any] | None,
+) -> None:
+    """A forward call on ``sr`` succeeded: its events join the record's."""
+    sr.status = S_COMPLETED
+    sr.finished_at = now
+    sr.error = None
+    if emitted:
+        record.events.extend(emitted)
+    record.history.append(ev.StepCompleted(record.saga_id, spec.name, now, sr.name, attempt))
+
+
+def compensated(
+    spec: SagaSpec, record: SagaRecord, sr: StepRecord, now: float, attempt: int,
+    emitted: Sequence[Any] | None,
+) -> None:
+    """A compensation of ``sr`` succeeded: its events join the record's."""
+    sr.compensation = C_COMPENSATED
+    sr.compensation_finished_at = now
+    sr.compensation_error = None
+    if emitted:
+        record.events.extend(emitted)
+    record.history.append(
+        ev.CompensationCompleted(record.saga_id, spec.name, now, sr.name, attempt)
+    )
+
+
+def failure_of(
+    spec: SagaSpec, later: str, error: BaseException, index: int, name: str
+) -> SagaflowError:
+    """What a forward call's failure for good (``later``: what :func:`retry_later`
+    decided) is reported as: the deadline, or a step error caused by ``error``."""
+    if later is PAST_DEADLINE:  # a retry was due, but after the saga's deadline
+        failure: SagaflowError = SagaDeadlineExceeded(spec.deadline or 0, name)
+    elif isinstance(error, StepError):
+        failure = error
+    else:
+        failure = StepError(index, name, error)
+    return failure
 
 
 # What retry_later decided.
