@@ -24,7 +24,8 @@ from .errors import (
     StoreError,
     UnknownSaga,
 )
-from .events import Listener, Listeners, OperatorAction, logger
+from .events import LifecycleEvent, Listener, Listeners, OperatorAction, SagaFailed, logger
+from .incidents import QUARANTINED, STALLED, Incident, failed, open_incidents
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import adrive, drive, stored_result
 from .runtime import Runtime
@@ -91,11 +92,17 @@ class Orchestrator:
         migrations: Mapping[str, Migration] | None = None,
         clock: Clock | None = None,
         rand: Callable[[], float] | None = None,
+        on_incident: Callable[[Incident], Any] | None = None,
     ) -> None:
         self._owns_store = isinstance(store, str)
         opened: Store = MemoryStore() if store is None else open_store(store)
+        #: who hears of each incident this orchestrator opens (see sagaflow.incidents)
+        self.on_incident = on_incident
+        heard = list(listeners)
+        if on_incident is not None:
+            heard.append(self._failed)
         #: what the drivers use: the store, listeners, clock, jitter, threads, live runs
-        self.runtime = Runtime(opened, Listeners(listeners), clock, rand)
+        self.runtime = Runtime(opened, Listeners(heard), clock, rand)
         self.migrations: dict[str, Migration] = dict(migrations or {})
         self._specs: dict[str, SagaSpec] = {}
         for cls in sagas:
@@ -342,7 +349,48 @@ class Orchestrator:
             logger.error("saga %s could not be quarantined (%s): %s", saga_id, exc, reason)
             return None
         logger.error("saga %s is quarantined, %s", saga_id, reason)
+        if self.on_incident is not None:
+            stored = self.store.load_raw(saga_id)
+            name = stored.saga_name if stored is not None else "?"
+            self._tell(Incident.of(saga_id, name, QUARANTINED, reason, self.clock.now()))
         return reason
+
+    # --- incidents ----------------------------------------------------------------------
+
+    def incidents(self, stalled_after: float | None = None) -> list[Incident]:
+        """The incidents open in this orchestrator's store (see
+        :func:`sagaflow.incidents.open_incidents`)."""
+        return open_incidents(self.store, stalled_after=stalled_after, now=self.clock.now())
+
+    def check_stalled(self, after: float) -> list[Incident]:
+        """The sagas stalled for more than ``after`` seconds (RUNNING or COMPENSATING,
+        not waiting, no checkpoint since): each is handed to ``on_incident``; a worker
+        or a scheduler calls this now and then."""
+        found = [
+            i for i in open_incidents(self.store, stalled_after=after, now=self.clock.now())
+            if i.kind == STALLED
+        ]
+        for incident in found:
+            self._tell(incident)
+        return found
+
+    def _failed(self, event: LifecycleEvent) -> None:
+        """A listener: a saga run here ended FAILED: its incident, to ``on_incident``."""
+        if event.__class__ is not SagaFailed:
+            return
+        record = self.store.load(event.saga_id)
+        incident = None if record is None else failed(record)
+        if incident is not None:
+            self._tell(incident)
+
+    def _tell(self, incident: Incident) -> None:
+        hook = self.on_incident
+        if hook is None:
+            return
+        try:
+            hook(incident)
+        except Exception:  # like a listener's: logged, never in the saga's way
+            logger.exception("on_incident failed on %s", incident.id)
 
     def _operate(
         self,

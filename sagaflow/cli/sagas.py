@@ -27,6 +27,7 @@ import click
 
 from ..diagram import FORMATS, format_for, render
 from ..errors import SagaflowError
+from ..incidents import open_incidents
 from ..records import OUTCOMES, SagaStatus, StepStatus
 from .describe import Printer, describe_record, print_outcome
 from .outbox import outbox
@@ -73,9 +74,17 @@ sagas.add_command(outbox)
               "driven (see `sagaflow sagas unquarantine`).")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="At most this many (the most recently updated).")
+@click.option("--incidents", is_flag=True,
+              help="The sagas that need an operator instead: FAILED and not resolved, "
+              "quarantined, and (with --stalled-after) stalled; with what could not be "
+              "undone.")
+@click.option("--stalled-after", type=click.FloatRange(min=0.0), default=None,
+              metavar="SECONDS",
+              help="With --incidents: a RUNNING or COMPENSATING saga, not waiting, with no "
+              "checkpoint for this long is stalled.")
 def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
           outcomes: tuple[str, ...], name: str | None, quarantined: bool,
-          limit: int | None) -> None:
+          limit: int | None, incidents: bool, stalled_after: float | None) -> None:
     """List stored sagas, most recently updated first, with their outcome (rejected,
     waiting, timed-out, ...) and why any is quarantined.
 
@@ -89,6 +98,11 @@ def list_(url: str | None, modules: tuple[str, ...], statuses: tuple[str, ...],
       sagaflow sagas list --store sqlite:///sagas.db --outcome rejected --outcome waiting
       SAGAFLOW_STORE=sqlite:///sagas.db sagaflow sagas list --status active --name orders
     """
+    if incidents:
+        _incidents(url, modules, stalled_after, name, limit)
+        return
+    if stalled_after is not None:
+        raise CliError("--stalled-after goes with --incidents")
     wanted: set[SagaStatus] = set()
     for choice in statuses:
         wanted.update(ACTIVE if choice.lower() == "active" else [SagaStatus(choice.upper())])
@@ -294,6 +308,28 @@ def signal(url: str | None, modules: tuple[str, ...], target: str, name: str,
     waiting = _waiting_for(result)
     click.echo(f"signal {name!r} stored for saga {saga_id}: it is {result.status.value}"
                + (f", waiting for {waiting}" if waiting else ""))
+
+
+def _incidents(url: str | None, modules: tuple[str, ...], stalled_after: float | None,
+               name: str | None, limit: int | None) -> None:
+    """``sagas list --incidents``: what needs an operator, oldest first."""
+    with Session(url, modules, readonly=True) as session:
+        found = open_incidents(session.store, stalled_after=stalled_after)
+    if name is not None:
+        found = [i for i in found if i.saga_name == name]
+    shown = found if limit is None else found[:limit]
+    if not shown:
+        click.echo("no incidents")
+        return
+    rows = [["INCIDENT", "SAGA", "KIND", "SINCE (UTC)", "NOT UNDONE", "REASON"]]
+    for i in shown:
+        rows.append([i.id, i.saga_name, i.kind, utc(i.since), ", ".join(i.not_undone) or "-",
+                     i.reason])
+    for line in columns(rows):
+        click.echo(line)
+    more = f" (of {len(found)}; --limit)" if len(shown) < len(found) else ""
+    click.echo(f"{len(shown)} incident(s){more}: resolve with `sagaflow sagas resolve ID "
+               "--note ...`, retry with `sagaflow sagas retry ID`")
 
 
 def _waiting_for(result: object) -> str:

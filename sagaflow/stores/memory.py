@@ -300,7 +300,9 @@ class MemoryStore(AsyncStoreMixin):
         found.sort(key=lambda r: (-r.created_at, r.saga_id))
         return [r.saga_id for r in found]
 
-    def decode(self, stored: object, cls: type | None = None) -> SagaRecord:
+    def decode(
+        self, stored: object, cls: type | None = None, *, raw_data: bool = False
+    ) -> SagaRecord:
         if not isinstance(stored, _Held):
             raise TypeError(f"{stored!r} did not come from this MemoryStore")
         return stored.record
