@@ -29,6 +29,7 @@ from ..diagram import FORMATS, format_for, render
 from ..errors import SagaflowError
 from ..incidents import open_incidents
 from ..records import OUTCOMES, SagaStatus, StepStatus
+from .deadletters import dead_letters
 from .describe import Printer, describe_record, print_outcome
 from .outbox import outbox
 from .problems import CliError
@@ -51,6 +52,7 @@ def sagas() -> None:
 
 
 sagas.add_command(outbox)
+sagas.add_command(dead_letters)
 
 
 @sagas.command("list")
