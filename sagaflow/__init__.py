@@ -47,11 +47,25 @@ from .records import (
     StepRecord,
     StepStatus,
 )
+from .routing import (
+    NoRoute,
+    ReplyRefused,
+    Router,
+    Undecodable,
+    UnknownCorrelation,
+    Unroutable,
+)
 from .spec import OnTimeout, SagaSpec, StepKind, StepSpec, is_saga, spec_of
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Unroutable",
+    "UnknownCorrelation",
+    "Undecodable",
+    "Router",
+    "ReplyRefused",
+    "NoRoute",
     "AlreadyExecuting",
     "CodecError",
     "CompensationError",

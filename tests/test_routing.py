@@ -277,7 +277,7 @@ def test_publish_skips_what_it_cannot_route(orchestrator: Orchestrator) -> None:
 
 def test_routes_are_checked_when_declared(orchestrator: Orchestrator) -> None:
     router = Router(orchestrator)
-    with pytest.raises(TypeError, match="key=... .* or saga_id="):
+    with pytest.raises(TypeError, match=r"key=\.\.\. .* or saga_id="):
         router.signal(Approved, "approved", saga=Fulfil)
     with pytest.raises(TypeError, match="declares no wait for signal 'nope'"):
         router.signal(Approved, "nope", key=lambda e: e.order_id, saga=Fulfil)

@@ -13,7 +13,6 @@ from test_routing import (
     CALLS,
     Approved,
     Checkout,
-    Fulfil,
     OrderPlaced,
     PaymentReply,
     router_for,
