@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's commands. Each sets itself up: it makes .venv (no root needed) and
 # installs sagaflow with what the command needs, then runs it.
+#   ./run.sh ui ...  the operator's dashboard (sagaflow ui ...)
 #   ./run.sh demo    the demo: every example saga, printed as it happens; writes out/
 #   ./run.sh test    the test suite (the command CI runs)
 #   ./run.sh lint    ruff and mypy
@@ -45,12 +46,13 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     demo)  setup render; exec "$VENV/bin/python" -m examples "$@" ;;
-    test)  setup test,render,postgres,redis; exec "$VENV/bin/python" -m pytest "$@" ;;
-    lint)  setup test,render,postgres,redis
+    test)  setup test,render,postgres,redis,ui; exec "$VENV/bin/python" -m pytest "$@" ;;
+    lint)  setup test,render,postgres,redis,ui
            "$VENV/bin/python" -m ruff check sagaflow tests examples benchmarks
            exec "$VENV/bin/python" -m mypy ;;
-    bench) setup test,render,postgres,redis; exec "$VENV/bin/python" -m benchmarks "$@" ;;
-    deep)  setup test,render,postgres,redis
+    bench) setup test,render,postgres,redis,ui; exec "$VENV/bin/python" -m benchmarks "$@" ;;
+    deep)  setup test,render,postgres,redis,ui
            SAGAFLOW_PROFILE=deep exec "$VENV/bin/python" -m pytest --hypothesis-profile=deep -m "slow or not slow" "$@" ;;
-    *) echo "usage: ./run.sh demo|test|lint|bench|deep [args...]" >&2; exit 2 ;;
+    ui)    setup render,postgres,ui; exec "$VENV/bin/python" -m sagaflow ui "$@" ;;
+    *) echo "usage: ./run.sh demo|test|lint|bench|deep|ui [args...]" >&2; exit 2 ;;
 esac

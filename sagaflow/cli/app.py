@@ -49,3 +49,4 @@ for command in (diagram, check, new, sagas, recover):
     main.add_command(command)
 main.add_lazy_command("worker", "sagaflow.cli.worker:worker")
 main.add_lazy_command("relay", "sagaflow.cli.relay:relay")
+main.add_lazy_command("ui", "sagaflow.cli.ui:ui")
