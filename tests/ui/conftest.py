@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from sagaflow import Orchestrator  # noqa: E402
-from sagaflow.stores import SQLiteStore  # noqa: E402
+import ui_sagas
+from ui_sagas import Crash, Shop
 
-import ui_sagas  # noqa: E402
-from ui_sagas import Crash, Shop  # noqa: E402
+from sagaflow import Orchestrator
+from sagaflow.stores import SQLiteStore
 
 MODULE = "ui_sagas"
 XSS = "<script>alert(1)</script>"

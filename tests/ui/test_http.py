@@ -12,8 +12,8 @@ from conftest import MODULE, XSS, fill
 from starlette.testclient import TestClient
 
 from sagaflow.cli import main
-from sagaflow.records import SagaStatus
 from sagaflow.cli.session import Session
+from sagaflow.records import SagaStatus
 from sagaflow.ui import create_app
 
 

@@ -1,0 +1,177 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium,
+against the server running on a free port in a thread. Listing, filtering, paging, a
+saga's page, each action through its confirmation, CSRF refusal, escaping, the
+version conflict.
+
+Without Chromium these tests skip, except under CI=true, where they fail
+(``.ci/run`` installs ``chromium chromium-driver``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ui_sagas
+from conftest import MODULE, XSS, fill
+
+from sagaflow.cli.session import Session
+from sagaflow.records import SagaStatus
+from sagaflow.ui import create_app
+from sagaflow.ui.serve import chromium, served
+
+pytest.importorskip("selenium")
+if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    if os.environ.get("CI"):
+        pytest.fail("CI: chromium and chromium-driver are needed (apt-get install chromium "
+                    "chromium-driver)", pytrace=False)
+    pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver",
+                allow_module_level=True)
+
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    driver = chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    path = tmp_path / "sagas.db"
+    fill(path, extra=55)
+    url = f"sqlite:///{path}"
+    with served(create_app(url, [MODULE], operator="ann")) as base:
+        yield base, url
+
+
+def status_of(store: str, saga_id: str) -> SagaStatus:
+    with Session(store, [MODULE], readonly=True) as session:
+        return session.record(saga_id)[0].status
+
+
+def click(browser: Any, by: str, what: str) -> None:
+    """Click what navigates, and wait until the next page replaced this one."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(by, what).click()
+    WebDriverWait(browser, 10).until(staleness_of(page))
+
+
+def ids(browser: Any) -> list[str]:
+    return [a.text for a in browser.find_elements(By.CSS_SELECTOR, "tr.saga td:first-child a")]
+
+
+def test_listing_filtering_and_paging(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    browser.get(base + "/sagas")
+    assert browser.find_element(By.ID, "count-COMPLETED").text == "57"
+    first = ids(browser)
+    assert len(first) == 50
+    click(browser, By.ID, "next")
+    second = ids(browser)
+    assert len(second) == 9 and not set(first) & set(second)
+    assert not browser.find_elements(By.ID, "next")
+    click(browser, By.ID, "first")
+    assert ids(browser) == first
+
+    browser.find_element(By.CSS_SELECTOR, "#f-status option[value=FAILED]").click()
+    click(browser, By.ID, "f-apply")
+    assert ids(browser) == ["failed"]
+    assert "status=FAILED" in browser.current_url
+    browser.get(base + "/sagas")
+    browser.find_element(By.ID, "f-q").send_keys("runn")
+    click(browser, By.ID, "f-apply")
+    assert ids(browser) == ["running"]
+
+
+def test_a_sagas_page_and_escaping(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    browser.get(base + "/sagas?q=failed")
+    click(browser, By.LINK_TEXT, "failed")
+    assert browser.find_element(By.ID, "status").text == "FAILED"
+    assert "card declined" in browser.find_element(By.ID, "steps").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#diagram svg")
+    assert "release down" in browser.find_element(By.ID, "incident").text
+
+    browser.get(base + "/sagas/xss")
+    assert XSS in browser.find_element(By.ID, "data").text  # shown as text...
+    assert not browser.find_elements(By.CSS_SELECTOR, "#data script")  # ...not run
+    browser.get(base + "/sagas/nope")
+    assert "there is no saga 'nope'" in browser.find_element(By.ID, "message").text
+
+
+def confirm(browser: Any, base: str, saga_id: str, verb: str, note: str = "") -> None:
+    browser.get(f"{base}/sagas/{saga_id}")
+    click(browser, By.ID, f"act-{verb}")
+    assert verb.capitalize() in browser.find_element(By.ID, "question").text
+    if note:
+        browser.find_element(By.ID, "note").send_keys(note)
+    click(browser, By.ID, "confirm")
+
+
+def test_each_action_through_its_confirmation(browser: Any, site: tuple[str, str]) -> None:
+    base, store = site
+    # going back from the confirmation does nothing
+    browser.get(f"{base}/sagas/running")
+    click(browser, By.ID, "act-cancel")
+    click(browser, By.ID, "back")
+    assert status_of(store, "running") is SagaStatus.RUNNING
+
+    confirm(browser, base, "running", "cancel", "stuck since noon")
+    assert browser.find_element(By.ID, "done").text == "cancel: now COMPENSATED"
+    assert "by ann: stuck since noon" in browser.find_element(By.ID, "history").text
+
+    ui_sagas.broken.add("release")  # still down: the retry fails again
+    try:
+        confirm(browser, base, "failed", "retry")
+    finally:
+        ui_sagas.broken.clear()
+    assert browser.find_element(By.ID, "done").text == "retry: now FAILED"  # still down
+    assert "OperatorAction retry: by ann" in browser.find_element(By.ID, "history").text
+
+    confirm(browser, base, "failed", "resolve", "released by hand")
+    assert browser.find_element(By.ID, "done").text.startswith("resolve: now")
+    assert "released by hand" in browser.find_element(By.ID, "resolution").text
+
+    browser.get(f"{base}/sagas/done/confirm/retry")  # does not apply: the engine says why
+    click(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "problem").text == "Refused: retry"
+    assert "COMPLETED" in browser.find_element(By.ID, "message").text
+    assert status_of(store, "done") is SagaStatus.COMPLETED
+
+
+def test_the_version_conflict(browser: Any, site: tuple[str, str]) -> None:
+    base, store = site
+    browser.get(f"{base}/sagas/running/confirm/cancel")  # drawn now...
+    second = chromium()
+    try:  # ...another operator cancels it meanwhile
+        confirm(second, base, "running", "cancel")
+    finally:
+        second.quit()
+    click(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "problem").text == "Refused: the saga changed"
+    assert "nothing was done" in browser.find_element(By.ID, "message").text
+    assert status_of(store, "running") is SagaStatus.COMPENSATED
+
+
+def test_a_post_without_the_csrf_token_is_refused(browser: Any, site: tuple[str, str]) -> None:
+    base, store = site
+    browser.get(f"{base}/sagas/running")  # a browser session exists; the POST is not its
+    version = browser.find_element(By.ID, "version").text
+    body = urllib.parse.urlencode({"version": version, "note": "x"}).encode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{base}/sagas/running/cancel", data=body, timeout=10)
+    assert refused.value.code == 403
+    assert status_of(store, "running") is SagaStatus.RUNNING
