@@ -246,6 +246,11 @@ class StoredSaga:
         return outcome(status, tag if isinstance(tag, str) else None, self.parked)
 
     @property
+    def business_key(self) -> str | None:
+        """The saga's business key (``@saga(key=...)``), read without decoding it."""
+        return self.columns[AT["business_key"]]  # type: ignore[no-any-return]
+
+    @property
     def is_terminal(self) -> bool:
         """Whether the stored status is a final one."""
         return self.status in _TERMINAL_VALUES

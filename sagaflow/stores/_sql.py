@@ -789,9 +789,12 @@ class SQLStore:
         limit: int | None = None,
         batch: int = 500,
         parked: bool | None = None,
+        after: tuple[float, str] | None = None,
     ) -> Iterator[StoredSaga]:
         """Stored sagas matching ``status`` and ``name``, undecoded: by saga id, or
-        most recently updated first; at most ``limit``. ``parked=False``: only the
+        most recently updated first; at most ``limit``; most recently updated first,
+        from after ``after`` (the ``(updated_at, saga_id)`` of the last one of a page
+        before: keyset paging, each page costing its size). ``parked=False``: only the
         sagas not parked at a wait (``True``: only those); the unfinished ones of them,
         by saga id, are read from an index of their own (recovery: a page costs its
         size, whatever the number of parked sagas).
@@ -805,12 +808,15 @@ class SQLStore:
             return
         if self.layout < 3:
             parked = None  # nothing waits in a layout without waits
+        if after is not None and not newest_first:
+            raise ValueError("scan(after=...) pages the most recently updated first: "
+                             "pass newest_first=True")
         left = limit
-        after: tuple[Any, ...] | None = None
+        mark: tuple[Any, ...] | None = after
         while left is None or left > 0:
             size = batch if left is None else min(batch, left)
             found = self._fetch(
-                Select(values, name, None, after, newest_first, size, parked)
+                Select(values, name, None, mark, newest_first, size, parked)
             )
             yield from found
             if len(found) < size:
@@ -818,7 +824,15 @@ class SQLStore:
             if left is not None:
                 left -= size
             last = found[-1]
-            after = (last.updated_at, last.saga_id) if newest_first else (last.saga_id,)
+            mark = (last.updated_at, last.saga_id) if newest_first else (last.saga_id,)
+
+    def counts(self) -> dict[str, int]:
+        """How many sagas of each status the store holds (every status; 0 when none)."""
+        found = dict.fromkeys((st.value for st in SagaStatus), 0)
+        rows = self._execute("SELECT status, count(*) FROM sagaflow_sagas GROUP BY status")
+        for status, n in rows:
+            found[str(status)] = int(n)
+        return found
 
     def decode(
         self, stored: Stored, cls: type | None = None, *, raw_data: bool = False

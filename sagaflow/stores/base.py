@@ -62,6 +62,10 @@ class Stored(Protocol):
         """Whether the saga is parked at a wait (a row until its signal or time comes)."""
 
     @property
+    def business_key(self) -> str | None:
+        """The saga's business key (``@saga(key=...)``), read without decoding it."""
+
+    @property
     def outcome(self) -> str:
         """The saga's outcome in one word (:data:`~sagaflow.records.OUTCOMES`): what
         ``sagaflow sagas list`` shows, read without decoding the record."""
@@ -101,10 +105,12 @@ class Store(Protocol):
         newest_first: bool = False,
         limit: int | None = None,
         parked: bool | None = None,
+        after: tuple[float, str] | None = None,
     ) -> Iterator[Stored]:
         """Sagas matching ``status`` and ``name``, undecoded: by saga id, or most
         recently updated first; at most ``limit``. ``parked``: only the sagas parked at
-        a wait (``True``) or only the others (``False``)."""
+        a wait (``True``) or only the others (``False``). ``after`` (newest first only):
+        start after the saga of this ``(updated_at, saga_id)`` (keyset paging)."""
 
     def load_raw(self, saga_id: str) -> Stored | None:
         """The undecoded saga ``saga_id``, or ``None``."""

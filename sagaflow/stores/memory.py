@@ -51,6 +51,10 @@ class _Held:
         return self.record.waiting is not None
 
     @property
+    def business_key(self) -> str | None:
+        return self.record.business_key
+
+    @property
     def outcome(self) -> str:
         r = self.record
         return outcome(r.status, error_type(r.error), r.waiting is not None)
@@ -210,14 +214,29 @@ class MemoryStore(AsyncStoreMixin):
         newest_first: bool = False,
         limit: int | None = None,
         parked: bool | None = None,
+        after: tuple[float, str] | None = None,
     ) -> Iterator[_Held]:
-        found = self.query(status=status, name=name)  # newest first
+        found = self.query(status=status, name=name)  # newest first, then by id
         if parked is not None:
             found = [r for r in found if (r.waiting is not None) is parked]
+        if after is not None:
+            if not newest_first:
+                raise ValueError("scan(after=...) pages the most recently updated first: "
+                                 "pass newest_first=True")
+            at, sid = after
+            found = [r for r in found if r.updated_at < at or (r.updated_at == at
+                                                              and r.saga_id > sid)]
         if not newest_first:
             found.sort(key=lambda r: r.saga_id)
         for record in found if limit is None else found[:limit]:
             yield self._held(record)
+
+    def counts(self) -> dict[str, int]:
+        """How many sagas of each status the store holds (every status; 0 when none)."""
+        found = dict.fromkeys((st.value for st in SagaStatus), 0)
+        for record in list(self._records.values()):
+            found[record.status.value] += 1
+        return found
 
     def load_raw(self, saga_id: str) -> _Held | None:
         record = self._records.get(saga_id)

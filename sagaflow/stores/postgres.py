@@ -554,6 +554,9 @@ class FencedStore:
     def query(self, **filters: Any) -> list[SagaRecord]:
         return self.store.query(**filters)
 
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
     def scan(self, **filters: Any) -> Iterator[StoredSaga]:
         return self.store.scan(**filters)
 

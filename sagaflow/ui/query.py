@@ -2,10 +2,9 @@
 counts per status.
 
 The order is the store's own (most recently updated first, then saga id), the one its
-index serves; a page starts after the last saga of the page before (keyset paging), so a
-page costs its size plus what the filters the index cannot serve skip, never the
-sagas before it. The SQL stores are read through their keyset ``Select``; another store
-through ``scan``.
+index serves; a page starts after the last saga of the page before (keyset paging:
+``Store.scan(after=...)``), so a page costs its size plus what the filters the index
+cannot serve skip, never the sagas before it.
 """
 
 from __future__ import annotations
@@ -103,14 +102,7 @@ def _cursor(text: str) -> tuple[float, str]:
 
 def business_key(stored: Stored) -> str | None:
     """The saga's business key, read without decoding it."""
-    record = getattr(stored, "record", None)
-    if record is not None:  # the memory store holds the record itself
-        return getattr(record, "business_key", None)
-    columns = getattr(stored, "columns", ())
-    from ..stores._rows import AT
-
-    at = AT["business_key"]
-    return columns[at] if len(columns) > at else None
+    return stored.business_key
 
 
 @attrs.frozen
@@ -138,38 +130,18 @@ def page(store: Store, filters: Filters, size: int = PAGE) -> Page:
 
 def _ordered(store: Store, filters: Filters) -> Iterator[Stored]:
     """The store's sagas of ``filters``' statuses and class, newest first, from after
-    ``filters.after``: read in batches by keyset where the store can."""
-    status = filters.status or None
-    fetch: Callable[..., list[Stored]] | None = getattr(store, "_fetch", None)
-    if fetch is not None:
-        from ..stores._sql import Select
-
-        values = None if status is None else tuple(s.value for s in status)
-        after: tuple[Any, ...] | None = filters.after
-        while True:
-            rows = fetch(Select(values, filters.name, None, after, True, _BATCH, None))
-            yield from rows
-            if len(rows) < _BATCH:
-                return
-            after = (rows[-1].updated_at, rows[-1].saga_id)
-    cursor = filters.after
-    for stored in store.scan(status=status, name=filters.name, newest_first=True):
-        if cursor is not None and (
-            stored.updated_at > cursor[0]
-            or (stored.updated_at == cursor[0] and stored.saga_id <= cursor[1])
-        ):
-            continue
-        yield stored
+    ``filters.after``: the store pages through its index (keyset)."""
+    return store.scan(status=filters.status or None, name=filters.name, newest_first=True,
+                      after=filters.after)
 
 
 def counts(store: Store) -> dict[str, int]:
-    """How many sagas of each status the store holds (every status, 0 when none)."""
+    """How many sagas of each status the store holds (every status, 0 when none): the
+    store's own count where it has one, else counted from a scan."""
+    count: Callable[[], dict[str, int]] | None = getattr(store, "counts", None)
+    if count is not None:
+        return count()
     found = dict.fromkeys((s.value for s in SagaStatus), 0)
-    execute = getattr(store, "_execute", None)
-    if execute is not None and hasattr(store, "_fetch"):
-        for status, n in execute("SELECT status, count(*) FROM sagaflow_sagas GROUP BY status"):
-            found[str(status)] = int(n)
-        return found
     for stored in store.scan():
         found[stored.status] = found.get(stored.status, 0) + 1
     return found
