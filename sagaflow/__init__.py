@@ -6,6 +6,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 
 from . import events
 from .builder import SagaBuilder
+from .choreography import ChoreographySpec, FlowFailed, Participant, UnknownCorrelation
 from .context import Direction, StepContext
 from .definition import Parallel, parallel, saga, step, timer, wait
 from .diagram import draw
@@ -67,12 +68,14 @@ __all__ = [
     "ReplyRefused",
     "NoRoute",
     "AlreadyExecuting",
+    "ChoreographySpec",
     "CodecError",
     "CompensationError",
     "CompensationStatus",
     "ConcurrentModification",
     "CorruptRecord",
     "Direction",
+    "FlowFailed",
     "GraphvizNotFound",
     "InvalidTransition",
     "LeaseLost",
@@ -80,6 +83,7 @@ __all__ = [
     "OperatorError",
     "Orchestrator",
     "Parallel",
+    "Participant",
     "RecoveryReport",
     "Retry",
     "SagaCancelled",
@@ -106,6 +110,7 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StoreError",
+    "UnknownCorrelation",
     "UnknownSaga",
     "UnknownSagaClass",
     "WaitTimedOut",
