@@ -34,7 +34,7 @@ from .console import Demo
 
 EXAMPLES = (
     "quickstart", "registration", "subscriptions", "onboarding", "orders", "transfer",
-    "checkout", "payouts", "crash",
+    "checkout", "payouts", "choreography", "crash",
 )
 
 
@@ -91,6 +91,12 @@ def _payouts(d: Demo, out: Path) -> None:
     demo.demo(d)
 
 
+def _choreography(d: Demo, out: Path) -> None:
+    from .choreography import demo
+
+    demo.demo(d)
+
+
 def _crash(d: Demo, out: Path) -> None:
     from . import crash_demo
 
@@ -106,6 +112,7 @@ RUNNERS: dict[str, Callable[[Demo, Path], None]] = {
     "transfer": _transfer,
     "checkout": _checkout,
     "payouts": _payouts,
+    "choreography": _choreography,
     "crash": _crash,
 }
 

@@ -370,3 +370,34 @@ def test_message_for_tags_the_event_as_the_outbox_does() -> None:
     body = json.loads(message.body)
     assert body["value"] == {"order_id": "o-1"}
     assert message.type == body["$type"] == "examples.choreography.saga:StockReserved"
+
+
+# --- the map ------------------------------------------------------------------------------
+
+
+def test_the_diagram_edges_carry_the_events_and_the_nodes_the_participants() -> None:
+    from examples.choreography.saga import OrderOrchestration
+    from sagaflow.diagram import to_dot, to_mermaid
+
+    text = to_mermaid(OrderFlow)
+    assert "not_started --> reserve_stock : start (OrderCreated)" in text
+    assert "reserve_stock --> charge : advance (StockReserved)" in text
+    assert "charge --> compensating_charge : compensate (FlowFailed)" in text
+    assert "compensating_charge --> compensating_reserve_stock : undone (PaymentRefunded)" in text
+    assert "charge : by payments" in text
+    assert "PaymentProcessed" in to_dot(OrderFlow)
+    twin = to_mermaid(OrderOrchestration)  # orchestrated: no events, no participants
+    assert "reserve_stock --> charge : advance\n" in twin
+    assert "by payments" not in twin and "FlowFailed" not in twin
+
+
+def test_an_instance_is_drawn_with_its_position(tmp_path: Path, services: Services) -> None:
+    from sagaflow.diagram import to_mermaid
+
+    bus = Bus(tmp_path / "sagas.db", names=("inventory",))
+    bus.start("o-10")
+    bus.flush()
+    text = to_mermaid(bus.record("o-10"))
+    assert "OrderFlow:o-10" in text
+    assert "class charge ranRunning" in text  # where it is: waiting for StockReserved's handler
+    assert "reserve_stock --> charge : advance (StockReserved)" in text

@@ -1,4 +1,4 @@
-"""Seeds 002/003's order, written twice: ``OrderSaga`` (orchestrated: one process runs
+"""Seeds 002/003's order, written twice: ``OrderOrchestration`` (orchestrated: one process runs
 the steps in order) and ``OrderFlow`` (choreographed: each participant reacts to the
 event before its step and publishes its own; sagaflow keeps the map and tracks every
 instance). Both call the same services.
@@ -142,7 +142,7 @@ class OrderFlow:
 
 @saga(deadline=600)
 @attrs.define
-class OrderSaga:
+class OrderOrchestration:
     """The same order, one process calling each service in turn."""
 
     order_id: str

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from .._choreodefs import CHOREOGRAPHY_ATTRIBUTE
 from ..clock import duration
 from ..errors import SagaRejected
 from ..machine import COMPENSATED, COMPLETED, FAILED, NOT_STARTED, compensation_state
@@ -215,6 +216,7 @@ def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
     """Every transition of the machine, in a stable order."""
     order = {s: i for i, s in enumerate(states)}
     waits = {s.name: s.wait for s in spec.steps if s.wait is not None}
+    events = _choreography_events(spec)
     edges: list[Edge] = []
     for trigger, event in spec.machine.events.items():
         for source, transitions in event.transitions.items():
@@ -228,7 +230,10 @@ def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
                 wait = waits.get(str(source))
                 if wait is not None and trigger in ("advance", "timeout"):
                     guards = [_wait_edge(wait, trigger)]
-                edges.append(Edge(str(source), str(trigger), str(t.dest), ", ".join(guards)))
+                label = ", ".join(guards)
+                if events:
+                    label = events.get((str(source), str(trigger)), label)
+                edges.append(Edge(str(source), str(trigger), str(t.dest), label))
     rank = {t: i for i, t in enumerate(_TRIGGER_ORDER)}
     edges.sort(
         key=lambda e: (
@@ -239,6 +244,22 @@ def _edges(spec: SagaSpec, states: Sequence[str]) -> list[Edge]:
         )
     )
     return edges
+
+
+def _choreography_events(spec: SagaSpec) -> dict[tuple[str, str], str]:
+    """A choreography's edges carry the event published when they are taken: by
+    (source, trigger); empty for an orchestrated saga (its diagrams do not change)."""
+    chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
+    if chor is None:
+        return {}
+    out = {(NOT_STARTED, "start"): chor.start.__name__}
+    for role in chor.roles:
+        out[(role.name, "advance")] = role.emits.__name__
+        for trigger in ("fail", "compensate", "timeout"):
+            out[(role.name, trigger)] = "FlowFailed"
+        if role.compensation_emits is not None:
+            out[(compensation_state(role.name), "undone")] = role.compensation_emits.__name__
+    return out
 
 
 def _wait_edge(wait: WaitSpec, trigger: str) -> str:
@@ -284,6 +305,8 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
         if s.compensation is not None:
             by_state[compensation_state(s.name)] = ("compensating", s)
     undo_of = {compensation_state(g.name): g for g in spec.groups}
+    chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
+    participants = {} if chor is None else {r.name: r.participant for r in chor.roles}
     nodes = []
     for state in states:
         if state in by_group:
@@ -314,6 +337,8 @@ def _nodes(spec: SagaSpec, states: Sequence[str]) -> list[Node]:
                 lines.append(f"undo by {s.compensation_name}")
                 if s.each is not None:
                     lines.append(f"each item, {s.each.compensation.value}")
+            if s.name in participants:  # a choreography: who runs it
+                lines.insert(0, f"by {participants[s.name]}")
             nodes.append(Node(state, role, tuple(lines), s))
         else:  # a state this module does not know yet: drawn plainly, never dropped
             nodes.append(Node(state, "other", (), None))

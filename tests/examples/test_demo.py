@@ -26,8 +26,10 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     for section in ("quickstart", "registration (seed 001)", "subscriptions (seed 000)",
                     "onboarding (seed 002)", "orders (seed 003)", "transfer (seed 004)",
                     "checkout (seed 002, in parallel)", "payouts (a batch)",
-                    "crash and recovery"):
+                    "choreography (seeds 002/003)", "crash and recovery"):
         assert f"═══ {section}" in text
+    assert "StockReserved → payments ran charge" in text
+    assert "FlowFailed → inventory undid reserve_stock" in text
     # step n/N, retries with their delays, compensations in order, status, duration, events
     assert "step 3/3 send_confirmation ✗ SMTPError: SMTP connection timeout" in text
     assert "retrying in 2s" in text and "retrying in 4s" in text
@@ -61,8 +63,8 @@ def test_the_demo_runs_every_example_and_prints_what_happens(tmp_path: Path) -> 
     # a fan-out: each item its own line and key
     assert "step 3/4 pay[P-5] ✗ AccountClosed: account acct-5 is closed" in text
     assert "never started: pay[P-7], pay[P-8]" in text
-    assert lines[-1].startswith("═══ 55 sagas run in ")
-    assert lines[-1].endswith(f"55 records in {tmp_path / 'sagas.db'} ═══")
+    assert lines[-1].startswith("═══ 58 sagas run in ")
+    assert lines[-1].endswith(f"58 records in {tmp_path / 'sagas.db'} ═══")
     with SQLiteStore(tmp_path / "sagas.db") as store:  # nothing is left parked
         assert [s.saga_id for s in store.scan() if not SagaStatus(s.status).is_terminal] == []
 
