@@ -42,6 +42,7 @@ class Entry:
 def entries() -> tuple[Entry, ...]:
     """Every example saga, in the order of the seeds."""
     from .checkout.saga import CheckoutSaga
+    from .choreography.saga import OrderFlow
     from .onboarding.saga import OnboardClientSaga
     from .orders.saga import OrderSaga
     from .payouts.saga import PayoutBatchSaga
@@ -72,6 +73,9 @@ def entries() -> tuple[Entry, ...]:
         Entry("payouts", "002", PayoutBatchSaga,
               "none: a batch (one step per item of a list) is issue 12's; "
               "Step Functions' Map state is the nearest"),
+        Entry("choreography", "002/003", OrderFlow,
+              "none: both seeds find choreography \"hard to track and debug\" and give "
+              "no code; the participants are each a service of their own"),
         Entry("quickstart.py", "the README", TransferSaga, "-"),
     )
 
