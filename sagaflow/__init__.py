@@ -6,7 +6,7 @@ undo methods with ``@<step>.compensate``; run instances with an :class:`Orchestr
 
 from . import events
 from .builder import SagaBuilder
-from .choreography import ChoreographySpec, FlowFailed, Participant, UnknownCorrelation
+from .choreography import ChoreographySpec, FlowFailed, Participant
 from .context import Direction, StepContext
 from .definition import Parallel, parallel, saga, step, timer, wait
 from .diagram import draw
@@ -110,7 +110,6 @@ __all__ = [
     "StepStatus",
     "StepTimeout",
     "StoreError",
-    "UnknownCorrelation",
     "UnknownSaga",
     "UnknownSagaClass",
     "WaitTimedOut",

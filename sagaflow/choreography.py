@@ -43,6 +43,7 @@ from .engine import Call, new_record
 from .errors import SagaflowError
 from .messages import Message
 from .records import SagaRecord, SagaStatus, StepStatus
+from .routing import UnknownCorrelation
 from .runner import astep_once, step_once
 from .spec import spec_of
 
@@ -53,7 +54,7 @@ __all__ = [
     "Handled",
     "Participant",
     "Role",
-    "UnknownCorrelation",
+    "UnknownInstance",
     "choreography",
     "choreography_of",
     "is_choreography",
@@ -69,18 +70,24 @@ _RUNNING = SagaStatus.RUNNING
 _COMPENSATING = SagaStatus.COMPENSATING
 
 
-class UnknownCorrelation(SagaflowError, LookupError):
-    """An event for an instance the store does not have (and that does not start one):
-    the consumer gives up on it (after its delivery attempts, a dead letter)."""
+class UnknownInstance(UnknownCorrelation):
+    """An event for a choreography instance the store does not have (and that does not
+    start one). A :class:`~sagaflow.routing.UnknownCorrelation`, so a
+    :class:`~sagaflow.brokers.DeadLetter`: a consumer dead-letters it at once, with this
+    error's text as the reason."""
 
-    def __init__(self, flow: str, saga_id: str, event_type: str) -> None:
+    def __init__(
+        self, flow: str, saga_id: str, event_type: str, message: Message | None = None
+    ) -> None:
         self.flow = flow
         self.saga_id = saga_id
         self.event_type = event_type
-        super().__init__(
+        self.message = message  # type: ignore[assignment]
+        self.reason = (
             f"no {flow} instance {saga_id!r} for a {event_type} event: it was never "
             "started (its start event did not arrive, or went to another store)"
         )
+        Exception.__init__(self, self.reason)
 
 
 @attrs.frozen
@@ -152,7 +159,7 @@ class Participant:
         record = rt.store.load(saga_id)
         if record is None:
             if role is None or role.index != 0 or type(event) is not self.choreography.start:
-                raise UnknownCorrelation(self.spec.name, saga_id, type(event).__name__)
+                raise UnknownInstance(self.spec.name, saga_id, type(event).__name__)
             record = self._new(event, saga_id)
             existing = rt.store.create(record)
             if existing is not None:
@@ -176,7 +183,7 @@ class Participant:
         record = await rt.store.aload(saga_id)
         if record is None:
             if role is None or role.index != 0 or type(event) is not self.choreography.start:
-                raise UnknownCorrelation(self.spec.name, saga_id, type(event).__name__)
+                raise UnknownInstance(self.spec.name, saga_id, type(event).__name__)
             record = self._new(event, saga_id)
             existing = await rt.store.acreate(record)
             if existing is not None:

@@ -33,7 +33,13 @@ from sagaflow import (
     spec_of,
 )
 from sagaflow import step as plain_step
-from sagaflow.choreography import choreography, choreography_of, message_for, step
+from sagaflow.choreography import (
+    UnknownInstance,
+    choreography,
+    choreography_of,
+    message_for,
+    step,
+)
 from sagaflow.outbox import Handlers, Relay
 from sagaflow.testing.clock import VirtualClock
 
@@ -289,8 +295,9 @@ def test_a_late_trigger_is_ignored_with_where_the_instance_is(
 
 def test_an_event_for_an_unknown_correlation_raises(tmp_path: Path, services: Services) -> None:
     bus = Bus(tmp_path / "sagas.db")
-    with pytest.raises(UnknownCorrelation, match="no OrderFlow instance 'OrderFlow:nope'"):
+    with pytest.raises(UnknownInstance, match="no OrderFlow instance 'OrderFlow:nope'") as e:
         bus.participants["payments"].handle(message_for(StockReserved("nope")))
+    assert isinstance(e.value, UnknownCorrelation)  # routing's: a DeadLetter
     assert bus.participants["payments"].handle(message_for(OrderCreated("x", Decimal(1)))) \
         .outcome == "not-mine"
     with pytest.raises(ValueError, match="no participant 'shipping'"):

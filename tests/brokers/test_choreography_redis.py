@@ -87,10 +87,9 @@ def test_redelivered_events_change_nothing(town: Town, services: Services) -> No
 
 def test_an_unknown_correlation_ends_in_the_dead_letters(town: Town, services: Services) -> None:
     town.streams.publish([message_for(StockReserved("ghost"), "m-ghost")])
-    for _ in range(4):
-        town.run()
+    town.run()  # dead-lettered at once: no delivery again
     payments = town.services[1][1]
     (dead,) = payments.dead_letters()
     assert dead["id"] == "m-ghost"
-    assert "UnknownCorrelation: no OrderFlow instance 'OrderFlow:ghost'" in dead["reason"]
+    assert dead["reason"].startswith("handler: no OrderFlow instance 'OrderFlow:ghost'")
     assert services.calls == []
