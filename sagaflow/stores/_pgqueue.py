@@ -252,18 +252,23 @@ class Queue(SQLStore):
         return len(self._query(_RELEASE_NOTIFY, (run_at, saga_id, fence, self.channel,
                                                  repr(run_at)))) == 1
 
-    def park(self, saga_id: str, fence: int, wake_at: float | None, now: float) -> bool:
+    def park(
+        self, saga_id: str, fence: int, wake_at: float | None, now: float
+    ) -> float | None:
         """Release a held saga that parked at a wait: due at ``wake_at`` (its timeout,
         timer or deadline; ``None``: only a signal wakes it), or at ``now`` if a signal it
-        waits for is stored already. Whether it was still held under ``fence``.
+        waits for is stored already. When it is due now (``math.inf``: when a signal
+        comes), or ``None`` if it was not held under ``fence`` any more.
 
         The signal may commit while the worker parks the saga, after the driver looked
         for it and before the release: the release commits first, then this looks again
         (a signal committed later finds the saga released, and makes it due itself)."""
-        released = self.release(saga_id, fence, math.inf if wake_at is None else wake_at)
-        if released:
-            self._query(_WAKE_SIGNALLED, (now, saga_id, now, self.channel, repr(now)))
-        return released
+        due = math.inf if wake_at is None else wake_at
+        if not self.release(saga_id, fence, due):
+            return None
+        if self._query(_WAKE_SIGNALLED, (now, saga_id, now, self.channel, repr(now))):
+            return now
+        return due
 
     def next_due(
         self, names: Collection[str], fingerprints: Collection[str], exclude: Collection[str] = ()

@@ -250,6 +250,7 @@ class QueueMode:
     async def _drive(self, stored: PostgresStoredSaga, lease: Lease) -> None:
         w = self.worker
         sid = stored.saga_id
+        again: float | None = None  # parked: when it is due again
         LEASE.set(lease)  # this task's context: its steps (and their threads) see it
         orch = w.orchestrator
         clock = w.base_clock
@@ -261,11 +262,11 @@ class QueueMode:
             except Exception as exc:  # a damaged record, a changed definition
                 w.stats.errors += 1
                 if await w.set_aside(sid, exc):
-                    await self._release(sid, lease, clock.now())
+                    again = await self._release(sid, lease, clock.now())
                     return
                 log.error("worker %s: cannot run saga %s, retrying in %gs: %s",
                           w.id, sid, w.retry_later, exc)
-                await self._release(sid, lease, clock.now() + w.retry_later)
+                again = await self._release(sid, lease, clock.now() + w.retry_later)
                 return
             # Listeners hear what happens from here on; a saga's first claim also tells
             # them how it started (its client, which enqueued it, told nobody).
@@ -273,52 +274,62 @@ class QueueMode:
             await orch.adrive(spec, record, told)
             w.stats.ended(record.status)
             if record.status is SagaStatus.RUNNING:  # parked at a wait: a row until due
-                await self._park(sid, lease, record.wake_at)
+                again = await self._park(sid, lease, record.wake_at)
         except Park as park:
             w.stats.parked += 1
-            await self._release(sid, lease, park.until)
+            again = await self._release(sid, lease, park.until)
         except LeaseLost as exc:
             w.stats.lost += 1
             log.warning("worker %s: %s", w.id, exc)
         except ConcurrentModification as exc:  # an operator acted on it meanwhile
             w.stats.errors += 1
             log.warning("worker %s: %s; leaving it to be claimed afresh", w.id, exc)
-            await self._release(sid, lease, clock.now())
+            again = await self._release(sid, lease, clock.now())
         except Exception as exc:
             w.stats.errors += 1
             if await w.set_aside(sid, exc):  # it cannot be driven: not claimed again
-                await self._release(sid, lease, clock.now())
+                again = await self._release(sid, lease, clock.now())
                 return
             # the store failed, say: resume later
             log.exception("worker %s: saga %s failed to run, releasing it: %s", w.id, sid, exc)
-            await self._release(sid, lease, clock.now() + min(w.retry_later, 5.0))
+            again = await self._release(sid, lease, clock.now() + min(w.retry_later, 5.0))
         finally:
             if self.leases.get(sid) is lease:
                 del self.leases[sid]
                 self.tokens.pop(sid, None)
             w.ended(sid)
+            # Only now, with the saga no longer this worker's own (a claim leaves out
+            # the sagas it runs): a notification of it heard before was spent on a
+            # claim that could not take it.
+            if again is not None and math.isfinite(again):
+                self._notice(again)
 
-    async def _release(self, sid: str, lease: Lease, run_at: float) -> None:
+    async def _release(self, sid: str, lease: Lease, run_at: float) -> float | None:
+        """Release ``sid``, due at ``run_at``; ``run_at`` if it was released (the drive
+        notices it once the saga is no longer its own), else ``None``."""
         w = self.worker
         try:
             if await asyncio.to_thread(self.store.release, sid, lease.token, run_at):
                 w.stats.released += 1
-                self._notice(run_at)
+                return run_at
         except StoreError as exc:  # the lease will lapse instead
             log.warning("worker %s: could not release saga %s: %s", w.id, sid, exc)
+        return None
 
-    async def _park(self, sid: str, lease: Lease, wake_at: float | None) -> None:
+    async def _park(self, sid: str, lease: Lease, wake_at: float | None) -> float | None:
         """Release ``sid``, parked at a wait: due at ``wake_at``, or now if its signal
-        came meanwhile (:meth:`~sagaflow.stores.postgres.PostgresStore.park`)."""
+        came meanwhile (:meth:`~sagaflow.stores.postgres.PostgresStore.park`); when it
+        is due again (``None``: not released)."""
         w = self.worker
         try:
-            if await asyncio.to_thread(self.store.park, sid, lease.token, wake_at,
-                                       w.base_clock.now()):
-                w.stats.released += 1
-                if wake_at is not None:
-                    self._notice(wake_at)
+            due = await asyncio.to_thread(self.store.park, sid, lease.token, wake_at,
+                                          w.base_clock.now())
         except StoreError as exc:  # the lease will lapse: the next claim parks it again
             log.warning("worker %s: could not release parked saga %s: %s", w.id, sid, exc)
+            return None
+        if due is not None:
+            w.stats.released += 1
+        return due
 
     # --- leases -------------------------------------------------------------------
 
