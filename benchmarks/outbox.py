@@ -13,6 +13,11 @@ with its default WAL + ``synchronous=FULL``; ``run()`` one saga after the other;
   outbox of those sagas to in-process :class:`~sagaflow.outbox.Handlers`, and to a real
   Redis stream (a ``redis-server`` this run starts on a free port, if Debian's is
   installed), against the events/s the same sagas wrote them at.
+- **a choreographed saga's end-to-end latency over Redis**: the order of
+  ``examples.choreography`` (created -> stock reserved -> payment processed ->
+  confirmed), each participant its own consumer group, the relay publishing the outbox,
+  one pump turning them (no poll interval measured), one saga at a time: median and p99
+  against the same order orchestrated (``OrderOrchestration``) on the same store.
 """
 
 from __future__ import annotations
@@ -186,6 +191,77 @@ def relays(directory: str, store: SQLiteStore, written: float) -> list[Row]:
     return rows
 
 
+def latency(directory: str, n: int) -> list[Row]:
+    """End-to-end latency of the order saga choreographed over a real Redis (each
+    participant its own consumer group and orchestrator; the relay publishing the
+    outbox; one pump turning them all, so no poll interval is measured) against the same
+    saga orchestrated, on the same SQLite file: from the start to COMPLETED."""
+    server = _redis(directory)
+    if server is None:
+        print("  (no redis-server installed: the latency figure is left out)")
+        return []
+    proc, url = server
+    from decimal import Decimal
+
+    from examples.choreography.saga import OrderCreated, OrderFlow, OrderOrchestration
+    from sagaflow import Participant
+    from sagaflow.brokers.redis import RedisStreams
+    from sagaflow.choreography import message_for
+
+    db = os.path.join(directory, "order.db")
+    streams = RedisStreams(url, "bench:orders")
+    orch = Orchestrator(f"sqlite:///{db}")
+    relay = Relay(orch.store, streams, batch=100)
+    hosts = []
+    for name in ("inventory", "payments", "orders"):
+        own = Orchestrator(f"sqlite:///{db}")
+        hosts.append((Participant(own, OrderFlow, name), streams.consumer(name)))
+    choreographed: list[float] = []
+    orchestrated: list[float] = []
+    try:
+        for k in range(n + n // 10):  # the first tenth warms up
+            sid = f"c-{k}"
+            t0 = time.perf_counter()
+            streams.publish([message_for(OrderCreated(sid, Decimal(5)), f"start-{sid}")])
+            while True:
+                moved = relay.relay_once()
+                for participant, consumer in hosts:
+                    moved += consumer.consume_once(participant.handle)
+                if not moved:
+                    break
+            took = time.perf_counter() - t0
+            result = orch.get(f"OrderFlow:{sid}")
+            assert result is not None and result.status is SagaStatus.COMPLETED, result
+            t0 = time.perf_counter()
+            done = orch.run(OrderOrchestration(f"o-{k}", Decimal(5)))
+            took_o = time.perf_counter() - t0
+            assert done.status is SagaStatus.COMPLETED
+            if k >= n // 10:
+                choreographed.append(took)
+                orchestrated.append(took_o)
+    finally:
+        for _, consumer in hosts:
+            consumer.close()
+        streams.close()
+        proc.terminate()
+        proc.wait(10)
+    rows = []
+    for what, found in (("choreographed over Redis", choreographed),
+                        ("orchestrated, same store", orchestrated)):
+        found.sort()
+        median = statistics.median(found)
+        p99 = found[min(len(found) - 1, int(len(found) * 0.99))]
+        rows.append((what, median, p99))
+    (_, c_med, c_p99), (_, o_med, o_p99) = rows
+    return [
+        Row("choreographed over Redis: median", c_med * 1e3, "ms", c_med / o_med,
+            "orchestrated median"),
+        Row("  p99", c_p99 * 1e3, "ms", c_p99 / o_p99, "orchestrated p99"),
+        Row("orchestrated (OrderOrchestration), same store: median", o_med * 1e3, "ms"),
+        Row("  p99", o_p99 * 1e3, "ms"),
+    ]
+
+
 def report(quick: bool = False, directory: str | None = None) -> dict[str, list[Row]]:
     """Print every figure of the group; return them (for the summary)."""
     n, rounds = (100, 3) if quick else (500, 5)
@@ -201,6 +277,12 @@ def report(quick: bool = False, directory: str | None = None) -> dict[str, list[
         print("\nthe relay: the outbox those sagas wrote, drained in batches of 500")
         relayed = relays(where, store, written)
         show(relayed)
+        m = 30 if quick else 200
+        print(f"\nthe order (created -> stock reserved -> payment processed -> confirmed), one "
+              f"at a time, {m} of each: choreographed over Redis against orchestrated, on "
+              "one SQLite file (WAL + FULL)")
+        timed = latency(where, m)
+        show(timed)
     finally:
         shutil.rmtree(where, ignore_errors=True)
-    return {"outbox": [*rows, *relayed]}
+    return {"outbox": [*rows, *relayed, *timed]}
