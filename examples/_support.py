@@ -10,6 +10,7 @@ None of this is sagaflow: it is the scaffolding a real application has around it
   (Sync sagas use ``sagaflow.testing.VirtualClock``: sleeps instant but recorded.)
 - :class:`Faults`: each participant's switch to make an operation fail, fail after its
   effect (the response is lost), or hang.
+- :func:`killed_child`: run a demo's child process that is SIGKILLed mid-saga, and say so.
 - :class:`IdempotencyKeys`: a participant's memory of the keys it has applied, so a
   retried call returns the first call's result and a compensation that comes before
   (or without) its forward call leaves a tombstone that refuses the late forward call.
@@ -18,11 +19,16 @@ None of this is sagaflow: it is the scaffolding a real application has around it
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -41,6 +47,28 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: The repository's root: where a demo's child process runs from.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def killed_child(out: Any, module: str, *args: str) -> int:
+    """Run ``python -m module args...`` (a demo's child, which kills itself with SIGKILL
+    inside a saga), print its output with ``out.out`` and note the kill; its exit status.
+    A child that was not killed is an error naming how it ended."""
+    child = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )
+    for line in child.stdout.splitlines():
+        out.out(line)
+    if child.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"the child should have been killed; it exited {child.returncode}: "
+                           f"{child.stderr.strip()}")
+    out.note(f"process killed (SIGKILL): exit status {child.returncode}")
+    return child.returncode
+
 
 def forward_key(ctx: StepContext) -> str:
     """The idempotency key of the forward call that ``ctx`` (a compensation's) undoes.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from sagaflow import Orchestrator, Retry, SagaStatus, StepContext, saga, spec_of
 from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.testing import VirtualClock
 
+from ._support import killed_child
 from .console import Demo
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-ROOT = Path(__file__).resolve().parents[1]
 SAGA_ID = "ship-1"
 #: Set in the child process only: the step whose participant dies after its effect.
 _CRASH_AFTER: str | None = None
@@ -223,17 +222,7 @@ def demo(d: Demo, out: Path) -> None:
     )
     d.scenario(f"a child process runs ShipOrderSaga {SAGA_ID!r} and dies inside step 2/{n}")
     started = time.perf_counter()
-    child = subprocess.run(
-        [sys.executable, "-m", "examples.crash_demo", store.path, str(shipping)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60,
-    )
-    for line in child.stdout.splitlines():
-        d.out(line)
-    if child.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"the child should have been killed; it exited {child.returncode}: "
-                           f"{child.stderr.strip()}")
-    d.note(f"process killed (SIGKILL): exit status {child.returncode}")
+    killed_child(d, "examples.crash_demo", store.path, str(shipping))
 
     open_participants(shipping)
     d.scenario("the store, read by this process: the saga is in flight")

@@ -7,9 +7,6 @@ that is killed (SIGKILL) inside the group, then recovers it from the demo's SQLi
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -18,7 +15,7 @@ from pathlib import Path
 from sagaflow import CompensationStatus, Orchestrator, SagaResult
 from sagaflow.stores.sqlite import SQLiteStore
 
-from .._support import BlockingStore, LoopClock, run_virtual
+from .._support import BlockingStore, LoopClock, killed_child, run_virtual
 from ..console import Demo
 from . import services as participants
 from .saga import CheckoutSaga
@@ -34,7 +31,6 @@ __all__ = [
     "gateway_flaky",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 PRICE = Decimal("30.00")
 CRASH_ID = "checkout-crash"
 
@@ -108,17 +104,7 @@ def crash_mid_group(d: Demo, out: Path) -> SagaResult:
         stale.unlink(missing_ok=True)
     d.scenario("5. a child process is killed (SIGKILL) inside the group, then recovered here")
     started = time.perf_counter()
-    child = subprocess.run(
-        [sys.executable, "-m", "examples.checkout.demo", store.path, str(ledger)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True, text=True, timeout=60,
-    )
-    for line in child.stdout.splitlines():
-        d.out(line)
-    if child.returncode != -signal.SIGKILL:
-        raise RuntimeError(f"the child should have been killed; it exited {child.returncode}: "
-                           f"{child.stderr.strip()}")
-    d.note(f"process killed (SIGKILL): exit status {child.returncode}")
+    killed_child(d, "examples.checkout.demo", store.path, str(ledger))
 
     participants.reset(ledger)
     store.register(CheckoutSaga)
