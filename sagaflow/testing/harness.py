@@ -42,6 +42,7 @@ import asyncio
 import inspect
 import itertools
 import random
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
@@ -719,12 +720,34 @@ async def _await(value: Any) -> Any:
 
 
 def _drain(value: Any) -> None:
-    """Run a coroutine step cut off by a crash to its end, on a loop of its own."""
-    loop = VirtualTimeLoop()
+    """Run a coroutine step cut off by a crash to its end, on a loop of its own (on a
+    thread of its own under :func:`arun_plan`, whose loop is running in this one)."""
+
+    def drain() -> None:
+        loop = VirtualTimeLoop()
+        try:
+            loop.run_until_complete(_await(value))
+        finally:
+            loop.close()
+
     try:
-        loop.run_until_complete(_await(value))
-    finally:
-        loop.close()
+        asyncio.get_running_loop()
+    except RuntimeError:
+        drain()
+        return
+    failed: list[BaseException] = []
+
+    def on_thread() -> None:
+        try:
+            drain()
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=on_thread, name="sagaflow-cut-drain")
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
 
 
 def _fault_message(rec: CallRecord) -> str:

@@ -3,6 +3,8 @@ and deliberately broken ones. Participants are the ledgers of ``testing_sagas``.
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import strategies as st
 from testing_sagas import MAIL, PAYMENTS, SHIPPING, STOCK, reset_world, world
 
@@ -107,6 +109,85 @@ class SloppyPicking:
         pass
 
 
+@saga(name="async_booking")
+class AsyncBooking:
+    """Booking with coroutine members: under the async driver they are tasks, cancelled
+    (their outcome unknown) when a sibling fails for good."""
+
+    customer: str = "ann"
+
+    book = parallel(limit=2, compensate="reverse")
+
+    @step(timeout=5)
+    async def hold(self, ctx: StepContext) -> None:
+        MAIL.apply(ctx.idempotency_key, self.customer, 1)
+
+    @hold.compensate
+    async def unhold(self, ctx: StepContext) -> None:
+        MAIL.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @book.step(timeout=5, retry=Retry(attempts=3, backoff=0.5))
+    async def stock(self, ctx: StepContext) -> None:
+        await asyncio.sleep(0.05)  # latency: free on the virtual-time loop
+        STOCK.apply(ctx.idempotency_key, "sku", -1)
+
+    @stock.compensate
+    async def release(self, ctx: StepContext) -> None:
+        STOCK.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @book.step(timeout=5)
+    async def payment(self, ctx: StepContext) -> None:
+        await asyncio.sleep(0.02)
+        PAYMENTS.apply(ctx.idempotency_key, self.customer, -10)
+
+    @payment.compensate(retry=Retry(attempts=4, backoff=0.25, jitter=0.0))
+    async def refund(self, ctx: StepContext) -> None:
+        PAYMENTS.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @book.step(timeout=5)
+    async def shipping(self, ctx: StepContext) -> None:
+        SHIPPING.apply(ctx.idempotency_key, self.customer, 1)
+
+    @shipping.compensate
+    async def unship(self, ctx: StepContext) -> None:
+        SHIPPING.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @step(pivot=True, timeout=5)
+    async def confirm(self, ctx: StepContext) -> None:
+        await asyncio.sleep(0)
+
+
+@saga(name="careless_booking")
+class CarelessBooking:
+    """BROKEN: the payment member's compensation refunds the customer by account, not
+    by the member's forward key: a payment that never took effect (it timed out first,
+    or a crash cut it off) is refunded all the same, and the customer is paid."""
+
+    customer: str = "ann"
+
+    book = parallel()
+
+    @book.step(timeout=5)
+    def stock(self, ctx: StepContext) -> None:
+        STOCK.apply(ctx.idempotency_key, "sku", -1)
+
+    @stock.compensate
+    def release(self, ctx: StepContext) -> None:
+        STOCK.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @book.step(timeout=5)
+    def payment(self, ctx: StepContext) -> None:
+        PAYMENTS.apply(ctx.idempotency_key, self.customer, -10)
+
+    @payment.compensate
+    def refund(self, ctx: StepContext) -> None:
+        PAYMENTS.balances[self.customer] = PAYMENTS.balances.get(self.customer, 0) + 10
+
+    @step(pivot=True, timeout=5)
+    def confirm(self, ctx: StepContext) -> None:
+        pass
+
+
 def booking_case() -> SagaCase:
     return SagaCase(Booking(), reset_world, world)
 
@@ -115,12 +196,24 @@ def picking_case() -> SagaCase:
     return SagaCase(Picking(), reset_world, world)
 
 
+def async_booking_case() -> SagaCase:
+    return SagaCase(AsyncBooking(), reset_world, world)
+
+
+def careless_case() -> SagaCase:
+    return SagaCase(CarelessBooking(), reset_world, world)
+
+
 def sloppy_case() -> SagaCase:
     return SagaCase(SloppyPicking(), reset_world, world)
 
 
 def booking_cases() -> st.SearchStrategy[SagaCase]:
     return st.builds(booking_case)
+
+
+def async_booking_cases() -> st.SearchStrategy[SagaCase]:
+    return st.builds(async_booking_case)
 
 
 def picking_cases() -> st.SearchStrategy[SagaCase]:

@@ -10,9 +10,11 @@ import pytest
 from group_sagas import (
     STOCK,
     Booking,
+    CarelessBooking,
     Picking,
     SloppyPicking,
     booking_case,
+    careless_case,
     picking_case,
     sloppy_case,
 )
@@ -149,6 +151,32 @@ def test_the_toolkit_finds_a_compensation_that_undoes_an_item_that_never_took_ef
         check_invariants(run_plan(sloppy_case(), plan))
     assert caught.value.numbers == [11]
     assert "'stock': before {}, after {'a': 1, 'b': 1}" in str(caught.value)
+
+
+def test_the_toolkit_finds_a_member_compensation_that_undoes_a_member_cut_off() -> None:
+    # CarelessBooking refunds the payment member by account, not by its forward key
+    def broken(plan: FailurePlan) -> bool:
+        try:
+            check_invariants(run_plan(careless_case(), plan))
+        except InvariantViolation:
+            return True
+        return False
+
+    plan = find(failure_plans(CarelessBooking), broken,
+                settings=settings(database=None, max_examples=2000), random=Random(0))
+    # a sibling is cancelled: payment, cut off with it before it ran, is refunded anyway
+    assert plan == FailurePlan(step="stock", fault=Fault.CANCELLED)
+    with pytest.raises(InvariantViolation) as caught:
+        check_invariants(run_plan(careless_case(), plan))
+    assert caught.value.numbers == [11]
+    text = str(caught.value)
+    assert "'payments': before {}, after {'ann': 10}" in text
+    assert "payment       1    cancelled (cancelled with the run)  not run" in text
+    # the same bug without cancellation (the sync driver's faults): a member's fault
+    sync_faults = failure_plans(CarelessBooking, faults=[Fault.RAISES, Fault.TIMES_OUT])
+    plan = find(sync_faults, broken, settings=settings(database=None, max_examples=2000),
+                random=Random(0))
+    assert plan == FailurePlan(step="payment", fault=Fault.TIMES_OUT)
 
 
 def test_failure_plans_name_items_only_when_told_their_keys() -> None:
