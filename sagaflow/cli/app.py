@@ -5,6 +5,7 @@
     sagaflow diagram MODULE[:CLASS] [--format svg|png|dot|mermaid] [--output PATH]
     sagaflow diagram PACKAGE --all --output DIR [--prune]
     sagaflow check MODULE[:CLASS]
+    sagaflow verify MODULE[:CLASS] [--plans N] [--crash] [--diagrams DIR]  (quality gates)
     sagaflow new saga NAME [--steps a,b,c] [--pivot STEP] [--path DIR]
     sagaflow sagas list|show|retry|resolve|cancel ...   (a store's sagas)
     sagaflow recover
@@ -50,3 +51,4 @@ for command in (diagram, check, new, sagas, recover):
 main.add_lazy_command("worker", "sagaflow.cli.worker:worker")
 main.add_lazy_command("relay", "sagaflow.cli.relay:relay")
 main.add_lazy_command("ui", "sagaflow.cli.ui:ui")
+main.add_lazy_command("verify", "sagaflow.cli.verify:verify")

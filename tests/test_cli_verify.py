@@ -1,0 +1,212 @@
+"""``sagaflow verify``: the quality gates per saga, one broken saga per gate, bad arguments,
+and the examples passing every gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from sagaflow.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAGAS = Path(__file__).resolve().parent / "verify_sagas"
+PLANS = "30"  # enough to find each broken saga's bug; the examples' own tests run 500
+
+
+def verify(*args: str) -> Result:
+    return CliRunner().invoke(main, ["verify", *args])
+
+
+def verdicts(*args: str) -> tuple[int, dict[str, Any]]:
+    """The exit status and the JSON report, by saga name then gate name."""
+    result = verify(*args, "--format", "json")
+    report = json.loads(result.output)
+    return result.exit_code, {
+        s["name"]: {g["gate"]: g for g in s["gates"]} for s in report["sagas"]
+    }
+
+
+def module(name: str) -> str:
+    return str(SAGAS / f"{name}.py")
+
+
+def failing(gates: dict[str, Any]) -> list[str]:
+    return [name for name, g in gates.items() if g["result"] == "FAIL"]
+
+
+def test_a_sound_module_passes_every_gate() -> None:
+    result = verify(module("good"), "--plans", PLANS)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "verify_sagas.good:GoodOrder (saga 'good_order'): ok" in out
+    assert "verify_sagas.good:GoodBooking (saga 'good_booking'): ok" in out
+    assert "  plans            pass    30 generated failure plans run, every invariant kept" \
+        in out
+    assert "crash points     skip    give --crash (slower)" in out
+    assert "2 sagas verified: every gate passed" in out
+    status, report = verdicts(module("good"), "--plans", PLANS)
+    assert status == 0
+    for gates in report.values():
+        assert {name: g["result"] for name, g in gates.items()} == {
+            "definition": "pass", "graph": "pass", "timeouts": "pass", "plans": "pass",
+            "idempotency": "pass", "nothing to undo": "pass", "crash points": "skip",
+            "diagrams": "skip",
+        }
+    assert "30 generated failure plans run" in report["good_order"]["plans"]["detail"]
+
+
+def test_one_class_of_a_module() -> None:
+    status, report = verdicts(f"{module('good')}:GoodBooking", "--plans", "5")
+    assert status == 0 and list(report) == ["good_booking"]
+
+
+def test_a_definition_that_saga_refuses_fails_the_definition_gate() -> None:
+    status, report = verdicts(module("bad_definition"), "--plans", PLANS)
+    assert status == 1
+    gates = report["verify_sagas.bad_definition"]
+    assert failing(gates) == ["definition"]
+    assert "step 'charge' has no compensation and no kind" in gates["definition"]["detail"]
+
+
+def test_a_machine_that_traps_a_run_fails_the_graph_gate() -> None:
+    status, report = verdicts(module("bad_graph"), "--plans", PLANS)
+    assert status == 1
+    gates = report["trapped"]
+    assert gates["graph"]["result"] == "FAIL"
+    assert gates["graph"]["detail"] == (
+        "state 'compensating_charge' cannot reach a terminal state"
+    )
+
+
+def test_a_call_without_a_time_limit_fails_the_timeouts_gate() -> None:
+    status, report = verdicts(module("bad_timeouts"), "--plans", PLANS)
+    assert status == 1
+    gates = report["unbounded"]
+    assert failing(gates) == ["timeouts"]
+    assert gates["timeouts"]["detail"].splitlines() == [
+        "step 'charge' has timeout=None: give it timeout=SECONDS",
+        "compensation 'refund' has timeout=None: give @charge.compensate(timeout=SECONDS)",
+    ]
+
+
+def test_a_step_that_is_not_idempotent_fails_the_plans_gate_with_its_smallest_plan() -> None:
+    status, report = verdicts(module("bad_plans"), "--plans", PLANS)
+    assert status == 1
+    gates = report["double_charge"]
+    assert failing(gates) == ["plans"]
+    detail = gates["plans"]["detail"]
+    assert detail.splitlines()[0] == (
+        "broke [11] a compensated run leaves the participants as it found them under "
+        "FailurePlan(step='charge', fault=Fault.TIMES_OUT, effect=True) (smallest plan found)"
+    )
+    assert "'ann': before '<missing>', after -20" in detail
+    text = verify(module("bad_plans"), "--plans", PLANS).output  # the table, then the report
+    assert "  plans            FAIL    broke [11]" in text
+    assert "\n  plans:\n    broke [11]" in text
+
+
+def test_a_compensation_that_is_not_idempotent_fails_the_idempotency_gate() -> None:
+    status, report = verdicts(module("bad_idempotency"), "--plans", PLANS)
+    assert status == 1
+    gates = report["double_refund"]
+    assert failing(gates) == ["idempotency"]  # never retried: no plan runs it twice
+    assert "refund (undoes 'charge') is not idempotent" in gates["idempotency"]["detail"]
+    assert "'ann': before '<missing>', after 10" in gates["idempotency"]["detail"]
+
+
+def test_a_saga_that_cannot_be_built_says_how_to_give_instances() -> None:
+    status, report = verdicts(module("unbuildable"), "--plans", PLANS)
+    assert status == 1
+    gates = report["needs_a_connection"]
+    assert failing(gates) == ["plans"]
+    detail = gates["plans"]["detail"]
+    assert detail.startswith("cannot build instances of NeedsAConnection: ResolutionFailed")
+    assert "define example_sagas() in verify_sagas.unbuildable" in detail
+    assert "register_type_strategy" in detail
+
+
+def write_diagrams(target: str, folder: Path) -> None:
+    for fmt in ("dot", "mermaid"):  # the project's own command; SVG would need Graphviz
+        result = CliRunner().invoke(main, ["diagram", target, "--all", "-f", fmt,
+                                           "--output", str(folder)])
+        assert result.exit_code == 0, result.output
+
+
+def test_the_diagrams_gate_compares_the_committed_diagrams(tmp_path: Path) -> None:
+    write_diagrams(module("good"), tmp_path)
+    status, report = verdicts(module("good"), "--plans", "0", "--diagrams", str(tmp_path))
+    assert status == 0
+    assert report["good_order"]["diagrams"] == {
+        "gate": "diagrams", "result": "pass", "detail": "good_order.dot, good_order.mmd fresh"
+    }
+    assert report["good_order"]["plans"]["result"] == "skip"
+
+    dot = tmp_path / "good_order.dot"
+    dot.write_text(dot.read_text().replace("refund", "refund_later"))
+    (tmp_path / "good_booking.dot").unlink()
+    (tmp_path / "good_booking.mmd").unlink()
+    status, report = verdicts(module("good"), "--plans", "0", "--diagrams", str(tmp_path))
+    assert status == 1
+    order, booking = report["good_order"], report["good_booking"]
+    assert failing(order) == ["diagrams"] and failing(booking) == ["diagrams"]
+    fix = f"run `sagaflow diagram verify_sagas.good --all --output {tmp_path}`"
+    assert order["diagrams"]["detail"] == (
+        f"stale: {dot} differs from the saga's diagram now: {fix}"
+    )
+    assert booking["diagrams"]["detail"] == (
+        f"no good_booking.dot or good_booking.mmd in {tmp_path}: {fix}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no_such_module_here"], "no module named 'no_such_module_here'"),
+        ([f"{SAGAS / 'good.py'}:Nope"],
+         "module 'verify_sagas.good' has no 'Nope'; its sagas: verify_sagas.good:GoodOrder, "
+         "verify_sagas.good:GoodBooking"),
+        ([str(SAGAS / "ledger.py")], "no saga classes in"),
+        ([str(SAGAS / "good.py"), "--diagrams", "/no/such/folder"],
+         "--diagrams /no/such/folder: no such folder; give the folder your diagrams are "
+         "committed in"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_the_fix(args: list[str], message: str) -> None:
+    result = verify(*args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+def test_a_negative_plan_count_is_refused() -> None:
+    result = verify(module("good"), "--plans", "-1")
+    assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output
+
+
+def test_every_example_saga_passes_every_gate() -> None:
+    status, report = verdicts("examples", "--plans", "10", "--diagrams",
+                              str(ROOT / "diagrams"))
+    assert status == 0, {name: failing(g) for name, g in report.items() if failing(g)}
+    assert len(report) >= 11
+    for name, gates in report.items():
+        assert gates["diagrams"]["result"] == "pass", name
+        assert gates["plans"]["result"] == "pass", name
+
+
+def test_the_command_exits_for_ci_in_a_real_process() -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    ran = subprocess.run(
+        [sys.executable, "-m", "sagaflow", "verify", str(SAGAS / "bad_timeouts.py"),
+         "--plans", "5"],
+        capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+    )
+    assert ran.returncode == 1, ran.stderr
+    assert "timeouts         FAIL    step 'charge' has timeout=None" in ran.stdout
+    assert "1 saga verified: 1 failed (unbounded)" in ran.stdout

@@ -1,0 +1,43 @@
+"""The participant every verify saga books against: balances per account; a forward
+call applies once per idempotency key, an undo by the forward call's key only if it took
+effect. Sagas that break a rule do so in their own code, not here."""
+
+from __future__ import annotations
+
+from sagaflow import StepContext
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.balances: dict[str, int] = {}
+        self.applied: dict[str, tuple[str, int]] = {}
+        self.undone: set[str] = set()
+
+    def apply(self, key: str, account: str, delta: int) -> None:
+        if key in self.applied:
+            return
+        self.balances[account] = self.balances.get(account, 0) + delta
+        self.applied[key] = (account, delta)
+
+    def undo(self, key: str, forward: str) -> None:
+        if key in self.undone:
+            return
+        self.undone.add(key)
+        entry = self.applied.get(forward)
+        if entry is not None:
+            account, delta = entry
+            self.balances[account] -= delta
+
+    def snapshot(self) -> dict[str, int]:
+        return {k: v for k, v in sorted(self.balances.items()) if v}
+
+
+LEDGER = Ledger()
+
+
+def forward_key(ctx: StepContext) -> str:
+    """The idempotency key of the forward call a compensation undoes."""
+    return f"{ctx.saga_id}:{ctx.step}:forward"
