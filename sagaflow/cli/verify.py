@@ -224,6 +224,7 @@ def _plans(cls: type, cases: Any, n: int) -> Gate:
     ran = [0]
 
     @settings(max_examples=n, database=None, deadline=None, derandomize=True,
+              report_multiple_bugs=False,
               verbosity=Verbosity.quiet, suppress_health_check=list(HealthCheck))
     @given(case=cases, plan=failure_plans(cls))
     def every_plan(case: Any, plan: Any) -> None:
