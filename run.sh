@@ -46,12 +46,12 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
     demo)  setup render; exec "$VENV/bin/python" -m examples "$@" ;;
-    test)  setup test,render,postgres,redis,ui; exec "$VENV/bin/python" -m pytest "$@" ;;
-    lint)  setup test,render,postgres,redis,ui
+    test)  setup test,render,postgres,redis,ui,otel; exec "$VENV/bin/python" -m pytest "$@" ;;
+    lint)  setup test,render,postgres,redis,ui,otel
            "$VENV/bin/python" -m ruff check sagaflow tests examples benchmarks
            exec "$VENV/bin/python" -m mypy ;;
-    bench) setup test,render,postgres,redis,ui; exec "$VENV/bin/python" -m benchmarks "$@" ;;
-    deep)  setup test,render,postgres,redis,ui
+    bench) setup test,render,postgres,redis,ui,otel; exec "$VENV/bin/python" -m benchmarks "$@" ;;
+    deep)  setup test,render,postgres,redis,ui,otel
            SAGAFLOW_PROFILE=deep exec "$VENV/bin/python" -m pytest --hypothesis-profile=deep -m "slow or not slow" "$@" ;;
     ui)    setup render,postgres,ui; exec "$VENV/bin/python" -m sagaflow ui "$@" ;;
     *) echo "usage: ./run.sh demo|test|lint|bench|deep|ui [args...]" >&2; exit 2 ;;

@@ -80,10 +80,12 @@ def _context(rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call) -> Ste
     )
 
 
-def _target(spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext) -> tuple[
-    Callable[..., Any], tuple[Any, ...], bool
-]:
-    """The function ``call`` runs, its arguments, and whether it is a coroutine function."""
+def _target(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext
+) -> tuple[Callable[..., Any], tuple[Any, ...], bool]:
+    """The function ``call`` runs (wrapped by the runtime's telemetry, if any: each
+    member or item then runs in its own context), its arguments, and whether it is a
+    coroutine function."""
     i = call.index
     s = spec.steps[i]
     fn: Callable[..., Any] | None
@@ -92,6 +94,8 @@ def _target(spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext) ->
     else:
         fn, is_async = spec.compensations[i], s.compensation_is_async
     assert fn is not None
+    if rt.telemetry is not None:
+        fn = rt.telemetry.wrap(fn, is_async, spec, record, call)
     args = (record.data, ctx) if call.item < 0 else (record.data, call.payload, ctx)
     return fn, args, is_async
 
@@ -146,7 +150,7 @@ def run_block(
                     told = len(record.history)
             for call in batch.calls:
                 ctx = _context(rt, spec, record, call)
-                fn, args, _ = _target(spec, record, call, ctx)
+                fn, args, _ = _target(rt, spec, record, call, ctx)
                 thread = rt.threads.take()
                 flying[call.slot] = _Member(
                     call, ctx, thread,
@@ -275,7 +279,7 @@ async def arun_block(
                     told = len(record.history)
             for call in batch.calls:
                 ctx = _context(rt, spec, record, call)
-                fn, args, is_async = _target(spec, record, call, ctx)
+                fn, args, is_async = _target(rt, spec, record, call, ctx)
                 if is_async:
                     due = None if call.timeout is None else loop.time() + call.timeout
                     flying[loop.create_task(fn(*args))] = _Flying(call, ctx, due, False)

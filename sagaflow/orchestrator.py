@@ -28,7 +28,7 @@ from .events import LifecycleEvent, Listener, Listeners, OperatorAction, SagaFai
 from .incidents import QUARANTINED, STALLED, Incident, failed, open_incidents
 from .records import SagaRecord, SagaResult, SagaStatus
 from .runner import adrive, drive, stored_result
-from .runtime import Runtime
+from .runtime import Instrument, Runtime
 from .spec import SagaSpec, spec_of
 from .stores import MemoryStore, Store, Stored, open_store
 from .stores.base import Quarantined
@@ -80,7 +80,8 @@ class Orchestrator:
     :meth:`arun`); ``sagas`` are the saga classes this orchestrator may resume or act on
     by id (every class it runs is added); ``migrations`` maps a definition fingerprint
     that the code no longer has to a :data:`Migration`. ``clock`` and ``rand`` are for
-    tests: a virtual clock, a fixed jitter.
+    tests: a virtual clock, a fixed jitter. ``telemetry``: spans and metrics of every
+    run (``sagaflow.otel.Telemetry()``, the ``sagaflow[otel]`` extra).
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class Orchestrator:
         clock: Clock | None = None,
         rand: Callable[[], float] | None = None,
         on_incident: Callable[[Incident], Any] | None = None,
+        telemetry: Instrument | None = None,
     ) -> None:
         self._owns_store = isinstance(store, str)
         opened: Store = MemoryStore() if store is None else open_store(store)
@@ -102,7 +104,7 @@ class Orchestrator:
         if on_incident is not None:
             heard.append(self._failed)
         #: what the drivers use: the store, listeners, clock, jitter, threads, live runs
-        self.runtime = Runtime(opened, Listeners(heard), clock, rand)
+        self.runtime = Runtime(opened, Listeners(heard), clock, rand, telemetry)
         self.migrations: dict[str, Migration] = dict(migrations or {})
         self._specs: dict[str, SagaSpec] = {}
         for cls in sagas:

@@ -14,7 +14,7 @@ import contextvars
 import random
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import Clock, SystemClock
 from .codec import Codec, default_codec
@@ -22,7 +22,11 @@ from .events import Listeners
 from .records import SagaRecord
 from .stores.base import Store
 
-__all__ = ["CallThread", "Runtime", "Threads"]
+if TYPE_CHECKING:
+    from .engine import Call
+    from .spec import SagaSpec
+
+__all__ = ["CallThread", "Instrument", "Runtime", "Threads"]
 
 _allocate = threading.Lock
 
@@ -155,6 +159,27 @@ class Threads:
             self._idle.pop().stop()
 
 
+class Instrument(Protocol):
+    """What the drivers tell a runtime's telemetry (:class:`sagaflow.otel.Telemetry`):
+    a run of a saga begins and ends (the runner's ``enter``/``leave``), and each call is made
+    through what :meth:`wrap` gives, so that whatever the call does runs inside the
+    call's own context (its span, made current in the thread or task the call runs on).
+    The drivers decide nothing here: the seam only wraps."""
+
+    def begin(self, spec: SagaSpec, record: SagaRecord) -> None:
+        """A driver begins a run of ``record`` (its first, or a resumed one)."""
+
+    def end(self, spec: SagaSpec, record: SagaRecord) -> None:
+        """The run that :meth:`begin` began is over (the saga ended, parked, or the
+        driver was interrupted)."""
+
+    def wrap(
+        self, fn: Callable[..., Any], is_async: bool, spec: SagaSpec, record: SagaRecord,
+        call: Call,
+    ) -> Callable[..., Any]:
+        """``fn`` (a coroutine function when ``is_async``) wrapped to run as ``call``."""
+
+
 class Runtime:
     """The store, listeners, clock, jitter draw and call threads that runs share, and
     the sagas driven here now.
@@ -164,12 +189,13 @@ class Runtime:
     for a live saga until its driver turns it into compensation between two calls;
     ``pokes`` the live sagas a signal came for while they ran (:meth:`poke`,
     :meth:`let_go`). ``codec`` encodes and decodes signals' payloads (the store's, so
-    that the types registered with it count).
+    that the types registered with it count). ``telemetry``: what traces and measures
+    the runs (:class:`sagaflow.otel.Telemetry`; ``None``: nothing, at no cost).
     """
 
     __slots__ = (
         "_lock", "cancels", "clock", "codec", "listeners", "live", "pokes", "rand", "store",
-        "threads",
+        "telemetry", "threads",
     )  # fmt: skip
 
     def __init__(
@@ -178,8 +204,10 @@ class Runtime:
         listeners: Listeners | None = None,
         clock: Clock | None = None,
         rand: Callable[[], float] | None = None,
+        telemetry: Instrument | None = None,
     ) -> None:
         self.store = store
+        self.telemetry = telemetry
         self.listeners = Listeners() if listeners is None else listeners
         self.clock: Clock = SystemClock() if clock is None else clock
         self.rand: Callable[[], float] = random.random if rand is None else rand

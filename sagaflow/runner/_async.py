@@ -40,6 +40,7 @@ from ._common import (
     enter,
     handover,
     leave,
+    traced,
 )
 
 __all__ = [
@@ -73,7 +74,7 @@ async def _arun(
     # Every local here is kept by every saga in flight: few of them.
     store = rt.store
     if not shielded:
-        enter(rt, record)
+        enter(rt, record, spec)
     # A store whose async methods only call its sync ones (it never blocks): call those.
     blocks = not isinstance(store, AsyncStoreMixin)
     clock = rt.clock
@@ -167,15 +168,19 @@ async def _arun(
                 )
                 error: BaseException | None = None
                 timed_out = False
-                if not (spec.steps[i].is_async if forward else spec.steps[i].compensation_is_async):
-                    error, timed_out = await _acall_def(rt, spec, record, call, ctx)
+                fn: Any = spec.forward[i] if forward else spec.compensations[i]
+                is_async = spec.steps[i].is_async if forward else (
+                    spec.steps[i].compensation_is_async
+                )
+                if rt.telemetry is not None:
+                    fn = traced(rt, fn, is_async, spec, record, command)
+                if not is_async:
+                    error, timed_out = await _acall_def(rt, record, call, fn, ctx)
                     if timed_out:
                         ctx = context_of(spec, record, rt)  # the abandoned call keeps its context
                 elif timeout is None:
                     try:
-                        await (spec.forward[i] if forward else spec.compensations[i])(  # type: ignore[misc]
-                            record.data, ctx
-                        )
+                        await fn(record.data, ctx)
                     except Exception as exc:
                         error = exc
                 else:
@@ -183,9 +188,7 @@ async def _arun(
                         limit = _limit()
                     base = limit.arm(timeout)
                     try:
-                        await (spec.forward[i] if forward else spec.compensations[i])(  # type: ignore[misc]
-                            record.data, ctx
-                        )
+                        await fn(record.data, ctx)
                     except asyncio.CancelledError:
                         if not limit.expired(base):
                             raise
@@ -212,7 +215,7 @@ async def _arun(
         return SagaResult.of(record)
     finally:
         if not shielded:
-            leave(rt, record)
+            leave(rt, record, spec)
 
 
 async def _cancelled(
@@ -231,13 +234,10 @@ async def _cancelled(
 
 
 async def _acall_def(
-    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext
+    rt: Runtime, record: SagaRecord, call: Call, fn: Any, ctx: StepContext
 ) -> tuple[BaseException | None, bool]:
-    """``(error, timed_out)`` of a plain ``def`` call under the async driver, run on a
-    call thread; one that overruns is abandoned with the instance it was given."""
-    i = call.index
-    fn = spec.forward[i] if call.direction is FORWARD else spec.compensations[i]
-    assert fn is not None
+    """``(error, timed_out)`` of a plain ``def`` call (``fn``) under the async driver,
+    run on a call thread; one that overruns is abandoned with the instance it was given."""
     before = shallow_copy(record.data) if call.timeout is not None else None
     error, finished = await rt.threads.acall(fn, (record.data, ctx), call.timeout)
     if not finished:

@@ -4,6 +4,7 @@ a signal handed to the wait it is parked at, the result of an id already stored.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..context import Direction, StepContext
@@ -32,6 +33,7 @@ __all__ = [
     "leave",
     "monotonic",
     "stored_result",
+    "traced",
 ]
 
 FORWARD = Direction.FORWARD
@@ -40,13 +42,29 @@ RUNNING = SagaStatus.RUNNING
 COMPENSATING = SagaStatus.COMPENSATING
 
 
-def enter(rt: Runtime, record: SagaRecord) -> None:
-    """Mark ``record`` as driven here; a second driver of the same saga is refused."""
+def enter(rt: Runtime, record: SagaRecord, spec: SagaSpec | None = None) -> None:
+    """Mark ``record`` as driven here; a second driver of the same saga is refused.
+    With ``spec``, the runtime's telemetry (if any) hears that the run begins."""
     if rt.live.setdefault(record.saga_id, record) is not record:
         raise AlreadyExecuting(record.saga_id)
+    if rt.telemetry is not None and spec is not None:
+        rt.telemetry.begin(spec, record)
 
 
-def leave(rt: Runtime, record: SagaRecord) -> None:
+def traced(
+    rt: Runtime, fn: Callable[..., Any], is_async: bool, spec: SagaSpec, record: SagaRecord,
+    call: Call,
+) -> Callable[..., Any]:
+    """``fn``, as the call is to make it: wrapped by the runtime's telemetry, or itself
+    (without telemetry a call costs one attribute test)."""
+    tel = rt.telemetry
+    return fn if tel is None else tel.wrap(fn, is_async, spec, record, call)
+
+
+def leave(rt: Runtime, record: SagaRecord, spec: SagaSpec | None = None) -> None:
+    """The run of ``record`` here is over (with ``spec``: the telemetry hears it)."""
+    if rt.telemetry is not None and spec is not None:
+        rt.telemetry.end(spec, record)
     saga_id = record.saga_id
     if rt.live.get(saga_id) is record:  # a parked saga may be driven by another by now
         del rt.live[saga_id]

@@ -30,6 +30,7 @@ from ._common import (
     context_of,
     enter,
     leave,
+    traced,
 )
 
 __all__ = [
@@ -79,13 +80,20 @@ def _once_pending(record: SagaRecord, call: Call) -> bool:
     )
 
 
-def _once_fn(spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext, now: float) -> Any:
-    """The function ``call`` calls, with ``ctx`` describing the call."""
+def _once_fn(
+    rt: Runtime, spec: SagaSpec, record: SagaRecord, call: Call, ctx: StepContext, now: float
+) -> Any:
+    """The function ``call`` calls (as the telemetry wraps it), with ``ctx`` describing
+    the call."""
     i = call.index
     forward = call.direction is FORWARD
     ctx.rebind(spec.steps[i].name, call.direction, call.attempt, call.timeout,
                record.deadline_at if forward else record.compensation_deadline_at, now)
-    return spec.forward[i] if forward else spec.compensations[i]
+    fn = spec.forward[i] if forward else spec.compensations[i]
+    if rt.telemetry is None or fn is None:
+        return fn
+    s = spec.steps[i]
+    return traced(rt, fn, s.is_async if forward else s.compensation_is_async, spec, record, call)
 
 
 def _save_once(
@@ -147,7 +155,7 @@ def step_once(
         raise SagaflowError(
             f"step {spec.steps[expect[0]].name!r} of {spec.name} is async: use astep_once"
         )
-    enter(rt, record)
+    enter(rt, record, spec)
     try:
         clock = rt.clock
         told = len(record.history)
@@ -162,7 +170,7 @@ def step_once(
                 continue
             call: Call = command  # type: ignore[assignment]
             told = _save_once(rt, spec, record, told, before_save, [])
-            fn = _once_fn(spec, record, call, ctx, now)
+            fn = _once_fn(rt, spec, record, call, ctx, now)
             error, timed_out = _call_once(rt, record, call, fn, ctx)
             if error is None and not timed_out and check is not None:
                 error = check(call, ctx)
@@ -172,7 +180,7 @@ def step_once(
             if not _once_pending(record, call):
                 return call
     finally:
-        leave(rt, record)
+        leave(rt, record, spec)
 
 
 def _call_once(
@@ -207,7 +215,7 @@ async def astep_once(
     check: Check | None = None, before_save: BeforeSave | None = None,
 ) -> Call | None:
     """:func:`step_once`, in the awaiting task (async steps too)."""
-    enter(rt, record)
+    enter(rt, record, spec)
     try:
         clock = rt.clock
         told = len(record.history)
@@ -222,7 +230,7 @@ async def astep_once(
                 continue
             call: Call = command  # type: ignore[assignment]
             told = await _asave_once(rt, spec, record, told, before_save, [])
-            fn = _once_fn(spec, record, call, ctx, now)
+            fn = _once_fn(rt, spec, record, call, ctx, now)
             s = spec.steps[call.index]
             error: BaseException | None = None
             timed_out = False
@@ -254,4 +262,4 @@ async def astep_once(
             if not _once_pending(record, call):
                 return call
     finally:
-        leave(rt, record)
+        leave(rt, record, spec)

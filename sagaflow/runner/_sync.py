@@ -34,6 +34,7 @@ from ._common import (
     handover,
     leave,
     monotonic,
+    traced,
 )
 
 __all__ = [
@@ -78,7 +79,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
     when one does it takes the run over (the timed-out call is abandoned) and hands it
     to a fresh thread. One thread handoff per run, not per call.
     """
-    enter(rt, record)
+    enter(rt, record, spec)
     try:
         if spec.shortest_limit is None and spec.deadline is None and (
             spec.compensation_deadline is None
@@ -87,7 +88,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
         else:
             _watch(rt, spec, record, told)
     finally:
-        leave(rt, record)
+        leave(rt, record, spec)
     return SagaResult.of(record)
 
 
@@ -173,6 +174,8 @@ def _run_sync(
             ctx.rebind(names[i], call.direction, call.attempt, call.timeout,
                        record.compensation_deadline_at, now)
         assert fn is not None
+        if rt.telemetry is not None:
+            fn = traced(rt, fn, False, spec, record, call)
         if watch is not None and call.timeout is not None:
             # If this call is abandoned it keeps the instance; the run goes on with the
             # fields as they were, untouched by what it writes late.
