@@ -5,6 +5,7 @@ tracer :func:`reset` gives, and raises as :data:`FAIL` says."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import attrs
@@ -17,6 +18,8 @@ FAIL: dict[str, int] = {}
 #: call names that die as a killed process would (KeyboardInterrupt), once
 CRASH: set[str] = set()
 _tracer: list[Tracer | None] = [None]
+#: what a call abandoned past its timeout waits for before it returns (the test opens it)
+GATE = threading.Event()
 #: (call name, the trace id and span id of the span current in it)
 SEEN: list[tuple[str, int, int]] = []
 
@@ -26,6 +29,8 @@ def reset(tracer: Tracer | None) -> None:
     FAIL.clear()
     CRASH.clear()
     SEEN.clear()
+    GATE.set()  # an abandoned call left over from a test ends
+    GATE.clear()
 
 
 def act(name: str) -> None:
@@ -176,3 +181,21 @@ class AsyncParty:
     async def invite(self, guest: str, ctx: Any) -> None:
         await asyncio.sleep(0)  # the other items run meanwhile, each in its own context
         act(f"invite {guest}")
+
+
+@saga
+class StuckTrip:
+    """A plain ``def`` step that overruns its timeout until the test opens GATE."""
+
+    @step(retry=_quick)
+    def reserve(self, ctx: Any) -> None:
+        act("reserve")
+
+    @reserve.compensate
+    def release(self, ctx: Any) -> None:
+        act("release")
+
+    @step(timeout=0.05, pivot=True, retry=Retry(attempts=1))
+    def pay(self, ctx: Any) -> None:
+        act("pay")
+        assert GATE.wait(30)

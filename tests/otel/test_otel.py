@@ -8,13 +8,25 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import otel_sagas
 import pytest
 from conftest import Otel
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
-from otel_sagas import FAIL, SEEN, AsyncParty, AsyncTrip, Party, Trip, UnlimitedTrip
+from otel_sagas import (
+    FAIL,
+    GATE,
+    SEEN,
+    AsyncParty,
+    AsyncTrip,
+    Party,
+    StuckTrip,
+    Trip,
+    UnlimitedTrip,
+)
 
 from sagaflow import Direction, Orchestrator, SagaStatus, spec_of
 from sagaflow.engine import new_record
@@ -136,6 +148,35 @@ def test_async_steps_nest_and_a_timeout_is_the_outcome(otel: Otel) -> None:
     assert [s.name for s in otel.spans("compensate ")] == [
         "compensate pay", "compensate reserve"  # pay's effect is unknown: undone too
     ]
+    _nested(otel)
+
+
+class _Ended(SpanProcessor):
+    """Tells when a span of a name ends."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.event = threading.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.name == self.name:
+            self.event.set()
+
+
+def test_a_sync_call_abandoned_past_its_timeout_ends_its_span_when_it_returns(
+    otel: Otel, drive
+) -> None:
+    ended = _Ended("step pay")
+    otel.tracer_provider.add_span_processor(ended)
+    result = drive(Orchestrator(telemetry=otel.telemetry), StuckTrip(), "s1")
+    assert result.status is SagaStatus.FAILED  # a pivot whose effect is unknown
+    assert not ended.event.is_set()  # the call still runs, abandoned
+    GATE.set()
+    assert ended.event.wait(30)
+    [pay] = otel.spans("step pay")
+    assert pay.attributes["sagaflow.outcome"] == "timeout"
+    assert pay.status.status_code is StatusCode.ERROR
+    assert otel.one("saga StuckTrip").attributes["sagaflow.outcome"] == "failed"
     _nested(otel)
 
 
