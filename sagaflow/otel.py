@@ -24,7 +24,7 @@ Spans (kind INTERNAL):
 
 Attributes: ``sagaflow.saga.id``, ``sagaflow.saga.class``, ``sagaflow.step``,
 ``sagaflow.direction`` (forward/compensate), ``sagaflow.attempt``,
-``sagaflow.outcome`` (a call: ok, error, rejected, timeout, cancelled; a run: the
+``sagaflow.outcome`` (a call: ok, error, rejected, timeout, cancelled, interrupted; a run: the
 saga's outcome word, as ``sagaflow sagas list`` shows it), ``sagaflow.item`` (a fan-out
 item's record), ``sagaflow.resumed``, ``sagaflow.status``; and OpenTelemetry's
 ``code.function.name`` and ``error.type``. A failed call has status ERROR and the
@@ -39,6 +39,7 @@ rejected saga counts as rejected only), by ``sagaflow.saga.class``; histogram
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable
@@ -224,8 +225,10 @@ class Telemetry:
                 word = "rejected"
             elif isinstance(error, Exception):
                 word = "error"
-            else:  # CancelledError (the group failed, the awaiting task was cancelled)
+            elif isinstance(error, asyncio.CancelledError):  # its group failed, its task...
                 word = "cancelled"
+            else:  # KeyboardInterrupt, SystemExit: the process is going down
+                word = "interrupted"
             span.set_attribute("sagaflow.outcome", word)
             if word in ("error", "rejected", "timeout"):
                 if isinstance(error, Exception):

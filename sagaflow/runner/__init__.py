@@ -25,6 +25,10 @@ The parts, each importing only those before it: ``_common`` (what both drivers
 share), ``_sync`` (:func:`drive`), ``_async`` (:func:`adrive`), ``_once``
 (:func:`step_once`, :func:`astep_once`: one call, for a choreography's participant). A
 parallel group or fan-out is driven by :mod:`sagaflow.gather`.
+
+A runtime's telemetry (:class:`~sagaflow.runtime.Instrument`, ``sagaflow.otel``) is told
+where a run begins and ends (``enter``/``leave``) and wraps each call where the driver makes
+it; without one, a call costs one attribute test.
 """
 
 from __future__ import annotations

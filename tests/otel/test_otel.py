@@ -258,6 +258,7 @@ def test_a_recovered_run_is_a_new_span_linked_to_the_saga_in_its_trace(
         first.run(Trip(), "k1")
     crashed = otel.one("saga Trip")
     assert crashed.attributes["sagaflow.outcome"] == "running"
+    assert otel.one("step pay").attributes["sagaflow.outcome"] == "interrupted"
 
     later = Otel()  # another process: its own SDK, its own telemetry
     try:
