@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -240,11 +241,14 @@ class Telemetry:
             span.end()
             self.step_duration.record(now - started, {**measure, "sagaflow.outcome": word})
 
+        def opened() -> tuple[trace.Span, Token[_context.Context], float]:
+            """The call's span, made current here (the token to detach it), and when."""
+            span = tracer.start_span(name, parent, attributes=attributes)
+            return span, _context.attach(trace.set_span_in_context(span)), _monotonic()
+
         if is_async:
             async def traced_call(*args: Any) -> Any:
-                span = tracer.start_span(name, parent, attributes=attributes)
-                token = _context.attach(trace.set_span_in_context(span))
-                started = _monotonic()
+                span, token, started = opened()
                 try:
                     result = await fn(*args)
                 except BaseException as exc:
@@ -258,9 +262,7 @@ class Telemetry:
             return traced_call
 
         def traced_def(*args: Any) -> Any:
-            span = tracer.start_span(name, parent, attributes=attributes)
-            token = _context.attach(trace.set_span_in_context(span))
-            started = _monotonic()
+            span, token, started = opened()
             try:
                 result = fn(*args)
             except BaseException as exc:
