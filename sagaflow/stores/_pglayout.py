@@ -11,6 +11,7 @@ import attrs
 
 from ._rows import COLUMNS, INLINE, StoredSaga
 from ._sql import (
+    browse_indexes,
     outbox_table,
     quarantine_join,
     select_list,
@@ -18,10 +19,20 @@ from ._sql import (
     waits_and_signals,
 )
 
-__all__ = ["MIGRATIONS", "QUEUE", "PostgresStoredSaga", "select_columns", "spilled_joins"]
+__all__ = [
+    "MIGRATIONS", "QUEUE", "PostgresStoredSaga", "error_type", "select_columns", "spilled_joins",
+]
 
 #: The queue's columns of ``sagaflow_sagas`` (see :mod:`sagaflow.worker`).
 QUEUE = ("run_at", "owner", "fence", "lease_until")
+
+
+def error_type(column: str) -> str:
+    """The type tag of the error JSON in ``column`` (the codec writes it first), read
+    without parsing: a damaged column reads as NULL instead of failing the write that
+    puts its row in the index (PostgreSQL 15 has no test of valid JSON)."""
+    return f"substring({column} from '^\\{{\"type\": *\"([^\"\\\\]*)\"')"
+
 
 #: ``MIGRATIONS[v]`` takes the schema from version ``v`` to ``v + 1``.
 MIGRATIONS = (
@@ -104,6 +115,8 @@ MIGRATIONS = (
     signalled_and_unparked("bigint"),
     # 5: the outbox (see outbox_table)
     outbox_table("bigserial PRIMARY KEY", "double precision"),
+    # 6: the dashboard's list by start time, status, class, outcome (see browse_indexes)
+    browse_indexes(error_type("error")),
 )
 
 

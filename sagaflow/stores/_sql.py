@@ -51,6 +51,7 @@ __all__ = [
     "event_type",
     "outbox_table",
     "Select",
+    "browse_indexes",
     "quarantine_join",
     "resignal",
     "select_list",
@@ -61,7 +62,7 @@ __all__ = [
 
 #: The layout this code writes; a database with a newer one is refused, an older one
 #: migrated when opened (unless read-only).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 #: What a read of an older layout (read-only: never migrated) reads in place of the
 #: columns it lacks, by the version that added them.
 _ADDED = {
@@ -309,6 +310,65 @@ def signalled_set(saga_id: str, waiting: str, after: str) -> str:
     )
 
 
+#: The statuses whose error names their outcome (a rejection, a timeout...): the
+#: partial index of error types holds only them, and a read uses it by naming them so.
+_ENDED_BY_ERROR = "s.status IN ('COMPENSATED', 'FAILED')"
+#: The error type tags that name an outcome (see :func:`sagaflow.records.outcome`).
+_NAMED = {"rejected": "SagaRejected", "timed-out": "WaitTimedOut",
+          "cancelled": "SagaCancelled", "deadline": "SagaDeadlineExceeded"}
+_UNFINISHED_STATUS = {"not-started": "NOT_STARTED", "running": "RUNNING",
+                      "compensating": "COMPENSATING"}
+
+
+def outcome_where(outcome: str, error_type: str, waits: bool = True) -> list[str]:
+    """The terms that keep the sagas of ``outcome`` (a word of
+    :data:`~sagaflow.records.OUTCOMES`), as :func:`sagaflow.records.outcome` reads it
+    from the status, the error's type tag (``error_type``: its SQL) and the wait
+    column (``waits``: the table has one). Each is served by an index: the status
+    one, or the error types' (the outcome an error names)."""
+    waiting = "s.waiting IS NULL" if waits else None
+    if outcome in _UNFINISHED_STATUS:
+        return [f"s.status = '{_UNFINISHED_STATUS[outcome]}'", *filter(None, [waiting])]
+    if outcome == "waiting":
+        if not waits:
+            return ["0 = 1"]
+        return [f"s.status IN ({', '.join(repr(v) for v in _ACTIVE)})",
+                "s.waiting IS NOT NULL"]
+    if outcome == "completed":
+        return ["s.status = 'COMPLETED'"]
+    tag = error_type
+    if outcome == "rejected":
+        return [_ENDED_BY_ERROR, f"{tag} = 'SagaRejected'"]
+    if outcome in _NAMED:
+        return [_ENDED_BY_ERROR, f"{tag} = '{_NAMED[outcome]}'", "s.status = 'COMPENSATED'"]
+    named = ", ".join(f"'{v}'" for v in _NAMED.values())
+    if outcome == "failed":
+        return ["s.status = 'FAILED'", f"({tag} IS NULL OR {tag} <> 'SagaRejected')"]
+    if outcome == "compensated":
+        return ["s.status = 'COMPENSATED'", f"({tag} IS NULL OR {tag} NOT IN ({named}))"]
+    raise ValueError(f"{outcome!r} is not an outcome: "
+                     "not-started, running, waiting, compensating, completed, compensated, "
+                     "rejected, timed-out, cancelled, deadline, failed")
+
+
+def browse_indexes(error_type: str) -> tuple[str, ...]:
+    """Schema version 6 in either dialect: what the dashboard's list reads from
+    (:meth:`SQLStore.browse`), newest started first, filtered by status, class or the
+    outcome an error names; ``error_type``: the dialect's SQL of the error's type tag
+    (over ``error``). Each is keyed on columns a checkpoint leaves as they are
+    (``created_at`` never changes; status, class and error at a status change), so a
+    checkpoint writes none of them, and PostgreSQL still updates the row in place."""
+    return (
+        "CREATE INDEX sagaflow_sagas_by_start ON sagaflow_sagas (created_at, saga_id)",
+        "CREATE INDEX sagaflow_sagas_by_status_start ON sagaflow_sagas"
+        " (status, created_at, saga_id)",
+        "CREATE INDEX sagaflow_sagas_by_name_start ON sagaflow_sagas"
+        " (saga_name, created_at, saga_id)",
+        f"CREATE INDEX sagaflow_sagas_by_error ON sagaflow_sagas (({error_type}),"
+        f" created_at, saga_id) WHERE {_ENDED_BY_ERROR.replace('s.', '')}",
+    )
+
+
 def quarantine_join(layout: int, alias: str = "s") -> str:
     """The join that :func:`select_list` reads the quarantine reason from."""
     if layout < 2:
@@ -329,6 +389,14 @@ class Select:
     newest_first: bool = False
     limit: int | None = None
     parked: bool | None = None
+    #: the dashboard's filters (:meth:`SQLStore.browse`), read newest started first
+    outcome: str | None = None
+    key: str | None = None
+    text: str | None = None
+    newer: float | None = None
+    older: float | None = None
+    by_start: bool = False
+    waits: bool = True  #: whether the table has the wait columns (schema 3)
 
     @property
     def index(self) -> str | None:
@@ -340,11 +408,27 @@ class Select:
             return None
         return "sagaflow_sagas_unparked"
 
-    def render(self, mark: str) -> tuple[str, list[Any]]:
+    def render(self, mark: str, error_type: str = "NULL") -> tuple[str, list[Any]]:
         """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with
-        ``mark`` as the parameter placeholder, and its parameters."""
+        ``mark`` as the parameter placeholder, and its parameters; ``error_type``: the
+        dialect's SQL of the stored error's type tag (the outcome filter)."""
         clauses: list[str] = []
         params: list[Any] = []
+        if self.outcome is not None:
+            clauses.extend(outcome_where(self.outcome, error_type, self.waits))
+        if self.key is not None:
+            clauses.append(f"s.business_key = {mark}")
+            params.append(self.key)
+        if self.text is not None:
+            clauses.append(f"lower(s.saga_id) LIKE {mark} ESCAPE '\\'")
+            escaped = self.text.lower().replace("\\", "\\\\")
+            params.append("%" + escaped.replace("%", "\\%").replace("_", "\\_") + "%")
+        if self.newer is not None:
+            clauses.append(f"s.created_at >= {mark}")
+            params.append(float(self.newer))
+        if self.older is not None:
+            clauses.append(f"s.created_at < {mark}")
+            params.append(float(self.older))
         if self.status is not None:
             # Written out (statuses are a fixed set of names), sorted: the unfinished
             # ones read as the index of the sagas that are not parked names them.
@@ -358,7 +442,13 @@ class Select:
         if self.saga_id is not None:
             clauses.append(f"s.saga_id = {mark}")
             params.append(self.saga_id)
-        if self.after is not None and self.newest_first:
+        if self.after is not None and self.by_start:
+            # The first term bounds the index range (a page costs its size, not the
+            # pages before it); the second leaves out what that page showed.
+            clauses.append(f"s.created_at <= {mark} AND (s.created_at < {mark}"
+                           f" OR s.saga_id < {mark})")
+            params.extend((self.after[0], self.after[0], self.after[1]))
+        elif self.after is not None and self.newest_first:
             clauses.append(
                 f"(s.updated_at < {mark} OR (s.updated_at = {mark} AND s.saga_id > {mark}))"
             )
@@ -368,6 +458,8 @@ class Select:
             params.append(self.after[0])
         text = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         order = "s.updated_at DESC, s.saga_id" if self.newest_first else "s.saga_id"
+        if self.by_start:
+            order = "s.created_at DESC, s.saga_id DESC"
         text += f" ORDER BY {order}"
         if self.limit is not None:
             text += f" LIMIT {mark}"
@@ -825,6 +917,47 @@ class SQLStore:
                 left -= size
             last = found[-1]
             mark = (last.updated_at, last.saga_id) if newest_first else (last.saga_id,)
+
+    @staticmethod
+    def error_type(column: str) -> str:
+        """The dialect's SQL of the type tag of the error JSON in ``column`` (NULL when
+        there is none): what the outcome filter reads, and the error types' index holds."""
+        raise NotImplementedError
+
+    def browse(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        outcome: str | None = None,
+        key: str | None = None,
+        text: str | None = None,
+        newer: float | None = None,
+        older: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[StoredSaga]:
+        """A page of the dashboard's list: the sagas of ``status`` (any of them),
+        class ``name``, ``outcome`` (a word of :data:`~sagaflow.records.OUTCOMES`),
+        business ``key``, whose id contains ``text`` (case-insensitive), started at or
+        after ``newer`` and before ``older`` (epoch seconds); newest started first
+        (then by saga id, descending), at most ``limit``, from after ``after`` (the
+        ``(created_at, saga_id)`` of the last saga of the page before: keyset paging).
+
+        Every filter is in the query, and the order is an index's (schema 6: by start
+        time, alone or after the status, the class or the error's type), so a page
+        costs its size plus the sagas the text filter, or a second filter, passes
+        over; never the pages before it."""
+        values = None if status is None else tuple(SagaStatus(s).value for s in status)
+        if values == ():
+            return []
+        select = Select(
+            values, name, None, after, False, int(limit), None, outcome, key, text,
+            newer, older, True, self.layout >= 3,
+        )
+        if key is not None and self.layout < 3:
+            return []  # no business keys before schema 3
+        return self._fetch(select)
 
     def counts(self) -> dict[str, int]:
         """How many sagas of each status the store holds (every status; 0 when none)."""

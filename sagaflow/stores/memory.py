@@ -47,6 +47,10 @@ class _Held:
         return self.record.updated_at
 
     @property
+    def created_at(self) -> float:
+        return self.record.created_at
+
+    @property
     def parked(self) -> bool:
         return self.record.waiting is not None
 
@@ -230,6 +234,42 @@ class MemoryStore(AsyncStoreMixin):
             found.sort(key=lambda r: r.saga_id)
         for record in found if limit is None else found[:limit]:
             yield self._held(record)
+
+    def browse(
+        self,
+        *,
+        status: Collection[SagaStatus] | None = None,
+        name: str | None = None,
+        outcome: str | None = None,
+        key: str | None = None,
+        text: str | None = None,
+        newer: float | None = None,
+        older: float | None = None,
+        after: tuple[float, str] | None = None,
+        limit: int = 50,
+    ) -> list[_Held]:
+        """A page of the dashboard's list, as :meth:`SQLStore.browse
+        <sagaflow.stores.sqlite.SQLiteStore.browse>` reads it (newest started first,
+        then by saga id descending; ``after``: the last ``(created_at, saga_id)`` of the
+        page before); here by looking at every saga."""
+        wanted = None if status is None else {SagaStatus(s) for s in status}
+        needle = None if text is None else text.lower()
+        found = []
+        for record in list(self._records.values()):
+            held = self._held(record)
+            if (
+                (wanted is None or record.status in wanted)
+                and (name is None or record.saga_name == name)
+                and (outcome is None or held.outcome == outcome)
+                and (key is None or record.business_key == key)
+                and (needle is None or needle in record.saga_id.lower())
+                and (newer is None or record.created_at >= newer)
+                and (older is None or record.created_at < older)
+                and (after is None or (record.created_at, record.saga_id) < after)
+            ):
+                found.append(held)
+        found.sort(key=lambda h: (h.created_at, h.saga_id), reverse=True)
+        return found[:limit]
 
     def counts(self) -> dict[str, int]:
         """How many sagas of each status the store holds (every status; 0 when none)."""

@@ -41,7 +41,7 @@ from ..errors import ConcurrentModification, LeaseLost, StoreError
 from ..messages import Message
 from ..records import SagaRecord, Signal
 from ._commit import Committer, Lane, Write
-from ._pglayout import MIGRATIONS, PostgresStoredSaga, select_columns, spilled_joins
+from ._pglayout import MIGRATIONS, PostgresStoredSaga, error_type, select_columns, spilled_joins
 from ._pgqueue import Queue, notify_sql
 from ._rows import AT, COLUMNS, StoredSaga
 from ._sql import OUTBOX_INSERT, SCHEMA_VERSION, Run, Select, resignal, signalled_set
@@ -205,6 +205,8 @@ class PostgresStore(Queue):
 
     def _timeout(self) -> int:
         return max(1, round(self._connect_timeout))
+
+    error_type = staticmethod(error_type)
 
     def _where(self) -> str:
         try:
@@ -457,7 +459,7 @@ class PostgresStore(Queue):
                 outcomes[k] = ConcurrentModification(sid, item.expected, now[0])
 
     def _fetch(self, select: Select) -> list[StoredSaga]:
-        where, params = select.render("%s")
+        where, params = select.render("%s", error_type("s.error"))
         return [PostgresStoredSaga.of(r) for r in self._query(self._select + where, params)]
 
     def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
@@ -559,6 +561,9 @@ class FencedStore:
 
     def scan(self, **filters: Any) -> Iterator[StoredSaga]:
         return self.store.scan(**filters)
+
+    def browse(self, **filters: Any) -> list[StoredSaga]:
+        return self.store.browse(**filters)
 
     def load_raw(self, saga_id: str) -> PostgresStoredSaga | None:
         return self.store.load_raw(saga_id)

@@ -47,6 +47,7 @@ from ._sql import (
     Run,
     Select,
     SQLStore,
+    browse_indexes,
     outbox_table,
     quarantine_join,
     resignal,
@@ -71,6 +72,12 @@ SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 #: ``_MIGRATIONS[v]`` takes the schema from version ``v`` to ``v + 1`` (a new database
 #: goes through all of them, so it is laid out as a migrated one).
+def _error_type(column: str) -> str:
+    """The type tag of the error JSON in ``column``: NULL unless it is valid JSON (a
+    damaged column must not fail the write that puts its row in the index)."""
+    return f"CASE WHEN json_valid({column}) THEN json_extract({column}, '$.type') END"
+
+
 _MIGRATIONS = (
     (
         """CREATE TABLE sagaflow_sagas (
@@ -144,6 +151,8 @@ _MIGRATIONS = (
     signalled_and_unparked("INTEGER"),
     # 5: the outbox (see outbox_table)
     outbox_table("INTEGER PRIMARY KEY", "REAL"),
+    # 6: the dashboard's list by start time, status, class, outcome (see browse_indexes)
+    browse_indexes(_error_type("error")),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.
@@ -292,6 +301,8 @@ class SQLiteStore(SQLStore):
         except BaseException:
             _rollback(conn)
             raise
+
+    error_type = staticmethod(_error_type)
 
     def _where(self) -> str:
         return repr(self.path)
@@ -468,7 +479,7 @@ class SQLiteStore(SQLStore):
     def _fetch(self, select: Select) -> list[StoredSaga]:
         """Rows of ``select`` with their lists' spilled items, read in one transaction."""
         self._check_open()
-        where, params = select.render("?")
+        where, params = select.render("?", _error_type("s.error"))
         head = self._head
         index = select.index
         if index is not None and self.layout >= 4:
