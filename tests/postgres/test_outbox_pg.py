@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "stores"))
 
 from store_sagas import record_of
 from test_outbox import Collect, Emitter, Shipped, run, wait_for
+from test_postgres_store import back_to_version_4
 
 from sagaflow.outbox import Relay
 from sagaflow.stores.postgres import PostgresStore
@@ -93,12 +94,11 @@ def test_a_version_4_schema_is_migrated_to_the_outbox(
     record.events.extend([("old", 0), ("old", 1)])
     pg_store.create(record)  # (in the outbox, which version 4 had not)
     pg_store.close()
-    execute(pg_url, schema, "DROP TABLE sagaflow_outbox")
-    execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '4'")
+    back_to_version_4(pg_url, schema)
     with PostgresStore(pg_url, schema=schema, readonly=True) as reader:
         assert reader.schema_version == 4 and reader.outbox() == []
     with PostgresStore(pg_url, schema=schema) as store:
-        assert store.schema_version == 5 and store.outbox() == []
+        assert store.schema_version == 6 and store.outbox() == []
         store.register(Emitter)
         record = store.load("m-1")
         assert record is not None

@@ -288,6 +288,8 @@ def test_a_version_4_database_is_migrated_to_the_outbox(tmp_path: Path) -> None:
         store.create(rec)
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE sagaflow_outbox")
+    for index in ("by_start", "by_status_start", "by_name_start", "by_error"):  # schema 6
+        conn.execute(f"DROP INDEX sagaflow_sagas_{index}")
     conn.execute("UPDATE sagaflow_meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
@@ -295,7 +297,7 @@ def test_a_version_4_database_is_migrated_to_the_outbox(tmp_path: Path) -> None:
         assert reader.schema_version == 4 and reader.outbox() == []
         assert reader.outbox_stats().pending == 0
     with SQLiteStore(path) as store:
-        assert store.schema_version == 5
+        assert store.schema_version == 6
         assert store.outbox() == []
         running = store.load("v4-run")
         assert running is not None
