@@ -171,6 +171,9 @@ class PostgresStore(Queue):
         )  # fmt: skip
         try:
             if readonly:
+                # One connection first: a server that is down fails here at once (the
+                # pool would retry until its timeout), as a writer's does below.
+                psycopg.connect(conninfo, **kwargs).close()
                 self._pool.open(wait=True, timeout=connect_timeout)
                 with self._pool.connection(timeout=connect_timeout) as conn, conn.transaction():
                     self._init_schema(conn)

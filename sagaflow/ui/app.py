@@ -1,7 +1,8 @@
 """The dashboard's Starlette app: pages over a store, and the operator's actions.
 
-Every read opens the store read-only for the request and closes it after, so a store
-that cannot be reached is an error page for that request and the next one tries again.
+Reads share one read-only store session kept open across requests (:class:`.serve.Kept`):
+a request that fails with it drops it, so a store that cannot be reached is an error
+page for the requests that meet it, and the next one opens it again.
 An action is a POST from a confirmation page carrying the CSRF token of the browser's
 session (a cookie it must echo; missing or wrong: 403, nothing changes) and the
 record's version when the page was drawn (the saga changed since: refused, nothing
@@ -15,7 +16,8 @@ import hmac
 import json
 import secrets
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ..errors import GraphvizNotFound
 from ..records import SagaRecord, SagaStatus
 from ..spec import SagaSpec
 from .query import BadFilter, Filters, business_key, counts, page
+from .serve import Kept
 
 __all__ = ["CSRF_COOKIE", "TOKEN_COOKIE", "VERBS", "create_app"]
 
@@ -71,8 +74,10 @@ def create_app(
     saga classes); ``operator``: who acts, put in each action's note; ``token``: when
     given, every request must carry it (``?token=`` once, then a cookie)."""
 
-    def read() -> Session:
-        return Session(url, modules, readonly=True)
+    kept = Kept(lambda: Session(url, modules, readonly=True), Session.close, keep=(Refused,))
+
+    def read() -> AbstractContextManager[Session]:
+        return kept.use()
 
     def page_of(request: Request, template: str, context: dict[str, Any],
                 status: int = 200) -> Response:
@@ -221,7 +226,14 @@ def create_app(
         Route("/sagas/{saga_id}/confirm/{verb}", guarded(confirm)),
         Route("/sagas/{saga_id}/{verb}", guarded(act), methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: missing})
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        kept.close()
+
+    app = Starlette(routes=routes, exception_handlers={404: missing}, lifespan=lifespan)
+    app.state.kept = kept
+    return app
 
 
 def _outcomes() -> list[str]:

@@ -1,15 +1,20 @@
 """What the dashboard's list reads: a page of sagas in the store's indexed order, and the
 counts per status.
 
-The order is the store's own (most recently updated first, then saga id), the one its
-index serves; a page starts after the last saga of the page before (keyset paging:
-``Store.scan(after=...)``), so a page costs its size plus what the filters the index
-cannot serve skip, never the sagas before it.
+Every filter goes into the store's own query (``browse``: the memory, SQLite and
+PostgreSQL stores), read newest started first (then by saga id) from an index that
+serves that order, alone or after the status, the class or the outcome; a page starts
+after the last saga of the page before (keyset paging), so a page costs its size (plus
+what the id text, or a second filter, passes over), never the sagas before it nor the
+size of the store. The start time is the order, not the last update: it never changes,
+so the indexes that serve the list cost a checkpoint nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -17,7 +22,7 @@ import attrs
 from ..records import OUTCOMES, SagaStatus
 from ..stores import Store, Stored
 
-__all__ = ["BadFilter", "Filters", "PAGE", "Page", "counts", "page"]
+__all__ = ["BadFilter", "Filters", "PAGE", "Page", "counts", "duration", "page"]
 
 PAGE = 50  #: sagas per page
 _BATCH = 200
@@ -41,6 +46,9 @@ class Filters:
     outcome: str | None = None
     key: str | None = None
     q: str | None = None
+    #: started within this many seconds (``newer``), or more than this many ago (``older``)
+    newer: float | None = None
+    older: float | None = None
     after: tuple[float, str] | None = None
 
     @classmethod
@@ -60,14 +68,24 @@ class Filters:
         if outcome is not None and outcome.lower() not in OUTCOMES:
             raise BadFilter("outcome", f"{outcome!r} is not an outcome ({', '.join(OUTCOMES)})")
         after = params.get("after") or None
+        ages = {p: duration(p, params.get(p)) if params.get(p) else None
+                for p in ("newer", "older")}
         return cls(
             status=tuple(dict.fromkeys(statuses)),
             name=params.get("class") or None,
             outcome=None if outcome is None else outcome.lower(),
             key=params.get("key") or None,
             q=params.get("q") or None,
+            newer=ages["newer"],
+            older=ages["older"],
             after=None if after is None else _cursor(after),
         )
+
+    @property
+    def ages(self) -> dict[str, str]:
+        """The age filters as the form shows them (``newer``/``older``: ``"15m"``, or ``""``)."""
+        return {name: "" if seconds is None else spoken(seconds)
+                for name, seconds in (("newer", self.newer), ("older", self.older))}
 
     def query(self, after: tuple[float, str] | None) -> list[tuple[str, str]]:
         """These filters as query parameters, paging on from ``after``."""
@@ -76,17 +94,47 @@ class Filters:
                             ("key", self.key), ("q", self.q)):
             if value:
                 pairs.append((name, value))
+        for name, seconds in (("newer", self.newer), ("older", self.older)):
+            if seconds is not None:
+                pairs.append((name, spoken(seconds)))
         if after is not None:
             pairs.append(("after", f"{after[0]!r}~{after[1]}"))
         return pairs
 
-    def keeps(self, stored: Stored) -> bool:
-        """Whether ``stored`` passes the filters the store's index does not serve."""
-        if self.outcome is not None and stored.outcome != self.outcome:
-            return False
-        if self.key is not None and business_key(stored) != self.key:
-            return False
-        return self.q is None or self.q.lower() in stored.saga_id.lower()
+    def keeps(self, stored: Stored, now: float) -> bool:
+        """Whether ``stored`` passes these filters (a store without ``browse``)."""
+        started = float(getattr(stored, "created_at", stored.updated_at))
+        return (
+            (not self.status or stored.status in {s.value for s in self.status})
+            and (self.name is None or stored.saga_name == self.name)
+            and (self.outcome is None or stored.outcome == self.outcome)
+            and (self.key is None or business_key(stored) == self.key)
+            and (self.q is None or self.q.lower() in stored.saga_id.lower())
+            and (self.newer is None or started >= now - self.newer)
+            and (self.older is None or started < now - self.older)
+        )
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
+
+
+def duration(parameter: str, text: str) -> float:
+    """Seconds of ``text`` such as ``90s``, ``15m``, ``2h``, ``3d``, ``1w``;
+    :class:`BadFilter` naming ``parameter`` when it is not one."""
+    found = _DURATION.fullmatch(text)
+    if found is None:
+        raise BadFilter(parameter, f"{text!r} is not a duration (a number and a unit: "
+                        "90s, 15m, 2h, 3d, 1w)")
+    return float(found.group(1)) * _UNITS[found.group(2).lower()]
+
+
+def spoken(seconds: float) -> str:
+    """``seconds`` as :func:`duration` reads it, in the largest unit that divides it."""
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds / _UNITS[unit]:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def _cursor(text: str) -> tuple[float, str]:
@@ -114,25 +162,36 @@ class Page:
 
 
 def page(store: Store, filters: Filters, size: int = PAGE) -> Page:
-    """The page of sagas after ``filters.after``, most recently updated first."""
-    found: list[Stored] = []
-    for stored in _ordered(store, filters):
-        if not filters.keeps(stored):
-            continue
-        found.append(stored)
-        if len(found) > size:
-            break
+    """The page of sagas after ``filters.after``, newest started first."""
+    now = time.time()
+    browse: Callable[..., list[Stored]] | None = getattr(store, "browse", None)
+    if browse is not None:
+        found = browse(
+            status=filters.status or None, name=filters.name, outcome=filters.outcome,
+            key=filters.key, text=filters.q,
+            newer=None if filters.newer is None else now - filters.newer,
+            older=None if filters.older is None else now - filters.older,
+            after=filters.after, limit=size + 1,
+        )
+    else:
+        found = _looked_through(store, filters, now)[: size + 1]
     more = len(found) > size
     found = found[:size]
     last = found[-1] if more else None
-    return Page(found, None if last is None else (last.updated_at, last.saga_id))
+    return Page(found, None if last is None else (_started(last), last.saga_id))
 
 
-def _ordered(store: Store, filters: Filters) -> Iterator[Stored]:
-    """The store's sagas of ``filters``' statuses and class, newest first, from after
-    ``filters.after``: the store pages through its index (keyset)."""
-    return store.scan(status=filters.status or None, name=filters.name, newest_first=True,
-                      after=filters.after)
+def _started(stored: Stored) -> float:
+    return float(getattr(stored, "created_at", stored.updated_at))
+
+
+def _looked_through(store: Store, filters: Filters, now: float) -> list[Stored]:
+    """What ``browse`` finds, for a store without it: by reading every saga."""
+    found = [s for s in store.scan() if filters.keeps(s, now)]
+    found.sort(key=lambda s: (_started(s), s.saga_id), reverse=True)
+    if filters.after is not None:
+        found = [s for s in found if (_started(s), s.saga_id) < filters.after]
+    return found
 
 
 def counts(store: Store) -> dict[str, int]:
