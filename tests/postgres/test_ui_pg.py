@@ -14,18 +14,18 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from postgres_cluster import cluster_url, drop_schema, fresh_schema  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from postgres_cluster import cluster_url, drop_schema, fresh_schema
+from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ui"))
 
-import ui_sagas  # noqa: E402
-from ui_sagas import Crash, Shop  # noqa: E402
+import ui_sagas
+from ui_sagas import Crash, Shop
 
-from sagaflow import Orchestrator, SagaStatus  # noqa: E402
-from sagaflow.stores import open_store  # noqa: E402
-from sagaflow.testing.pgcluster import PgCluster  # noqa: E402
-from sagaflow.ui import create_app  # noqa: E402
+from sagaflow import Orchestrator, SagaStatus
+from sagaflow.stores import open_store
+from sagaflow.testing.pgcluster import PgCluster
+from sagaflow.ui import create_app
 
 MODULE = "ui_sagas"
 

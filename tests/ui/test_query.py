@@ -113,8 +113,9 @@ class _Params(dict[str, str]):
 
 def test_the_memory_store_pages_the_same_way() -> None:
     store = MemoryStore()
-    from sagaflow import Orchestrator
     from ui_sagas import Shop
+
+    from sagaflow import Orchestrator
 
     with Orchestrator(store) as orch:
         for i in range(7):
