@@ -1,4 +1,4 @@
-"""``python -m benchmarks [core|codec|sqlite|postgres|waits|groups|outbox ...] [--quick]
+"""``python -m benchmarks [core|codec|sqlite|postgres|waits|groups|outbox|ui ...] [--quick]
 [--dir DIR]``: print the figures (no argument: all of them), each as a ratio against its baseline
 measured in the same run, then the store figures once more as one table with their
 targets."""
@@ -9,10 +9,11 @@ import argparse
 import importlib
 import os
 
-KINDS = ["core", "codec", "sqlite", "postgres", "waits", "groups", "outbox"]
+KINDS = ["core", "codec", "sqlite", "postgres", "waits", "groups", "outbox", "ui"]
 parser = argparse.ArgumentParser(prog="python -m benchmarks")
 # No choices=: with nargs="*", Python 3.11's argparse rejects the empty default.
-parser.add_argument("which", nargs="*", metavar="{core,codec,sqlite,postgres,waits,groups,outbox}",
+parser.add_argument("which", nargs="*",
+                    metavar="{core,codec,sqlite,postgres,waits,groups,outbox,ui}",
                     help="which benchmarks (default: all)")
 parser.add_argument("--quick", action="store_true", help="fewer rounds: a smoke run")
 parser.add_argument("--dir", default=None,
@@ -30,7 +31,7 @@ for k, kind in enumerate(which):
     if k:
         print()
     module = importlib.import_module(f"benchmarks.{kind}")
-    if kind in ("sqlite", "waits", "groups", "outbox"):
+    if kind in ("sqlite", "waits", "groups", "outbox", "ui"):
         found = module.report(quick=args.quick, directory=args.dir)
     else:
         found = module.report(quick=args.quick)
