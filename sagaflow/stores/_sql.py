@@ -962,7 +962,12 @@ class SQLStore:
     def counts(self) -> dict[str, int]:
         """How many sagas of each status the store holds (every status; 0 when none)."""
         found = dict.fromkeys((st.value for st in SagaStatus), 0)
-        rows = self._execute("SELECT status, count(*) FROM sagaflow_sagas GROUP BY status")
+        # Schema 6: the counts kept by triggers (a read of a few rows, whatever the
+        # number of sagas); before, counted from the status index.
+        rows = self._execute(
+            "SELECT status, sum(n) FROM sagaflow_counts GROUP BY status" if self.layout >= 6
+            else "SELECT status, count(*) FROM sagaflow_sagas GROUP BY status"
+        )
         for status, n in rows:
             found[str(status)] = int(n)
         return found

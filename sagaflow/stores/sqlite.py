@@ -78,6 +78,12 @@ def _error_type(column: str) -> str:
     return f"CASE WHEN json_valid({column}) THEN json_extract({column}, '$.type') END"
 
 
+_COUNT_NEW = (
+    "INSERT INTO sagaflow_counts (status, n) VALUES (NEW.status, 1)"
+    " ON CONFLICT (status) DO UPDATE SET n = n + 1"
+)
+_COUNT_OLD = "UPDATE sagaflow_counts SET n = n - 1 WHERE status = OLD.status"
+
 _MIGRATIONS = (
     (
         """CREATE TABLE sagaflow_sagas (
@@ -151,8 +157,22 @@ _MIGRATIONS = (
     signalled_and_unparked("INTEGER"),
     # 5: the outbox (see outbox_table)
     outbox_table("INTEGER PRIMARY KEY", "REAL"),
-    # 6: the dashboard's list by start time, status, class, outcome (see browse_indexes)
-    browse_indexes(_error_type("error")),
+    # 6: the dashboard's list by start time, status, class, outcome (see browse_indexes),
+    # and the counts per status, kept by triggers (one writer at a time: one row each)
+    (
+        *browse_indexes(_error_type("error")),
+        "CREATE TABLE sagaflow_counts (status TEXT PRIMARY KEY NOT NULL,"
+        " n INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO sagaflow_counts (status, n)"
+        " SELECT status, count(*) FROM sagaflow_sagas GROUP BY status",
+        f"CREATE TRIGGER sagaflow_counts_insert AFTER INSERT ON sagaflow_sagas"
+        f" BEGIN {_COUNT_NEW}; END",
+        # A checkpoint that leaves the status out of its UPDATE does not fire it.
+        f"CREATE TRIGGER sagaflow_counts_update AFTER UPDATE OF status ON sagaflow_sagas"
+        f" WHEN OLD.status IS NOT NEW.status BEGIN {_COUNT_OLD}; {_COUNT_NEW}; END",
+        f"CREATE TRIGGER sagaflow_counts_delete AFTER DELETE ON sagaflow_sagas"
+        f" BEGIN {_COUNT_OLD}; END",
+    ),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.

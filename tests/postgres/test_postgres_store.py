@@ -57,7 +57,8 @@ def test_the_schema_is_created_once_and_versioned(
         pg_url, schema, "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
     )}
     assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history", "sagaflow_events",
-                      "sagaflow_path", "sagaflow_quarantine", "sagaflow_signals", "sagaflow_outbox"}
+                      "sagaflow_path", "sagaflow_quarantine", "sagaflow_signals", "sagaflow_outbox",
+                      "sagaflow_counts"}
     # A second store (another process, say) finds the tables and shares the sagas.
     pg_store.create(record_of(Hello(), "h-1"))
     with PostgresStore(pg_url, schema=schema) as other:
@@ -95,6 +96,8 @@ def back_to_version_5(url: str, schema: str) -> None:
     """Take version 6's indexes of the dashboard's list away: a schema as 5 left it."""
     execute(url, schema, "DROP INDEX sagaflow_sagas_by_start, sagaflow_sagas_by_status_start,"
             " sagaflow_sagas_by_name_start, sagaflow_sagas_by_error")
+    execute(url, schema, "DROP TABLE sagaflow_counts")
+    execute(url, schema, "DROP FUNCTION sagaflow_count() CASCADE")
     execute(url, schema, "UPDATE sagaflow_meta SET value = '5'")
 
 

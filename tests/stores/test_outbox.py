@@ -290,6 +290,9 @@ def test_a_version_4_database_is_migrated_to_the_outbox(tmp_path: Path) -> None:
     conn.execute("DROP TABLE sagaflow_outbox")
     for index in ("by_start", "by_status_start", "by_name_start", "by_error"):  # schema 6
         conn.execute(f"DROP INDEX sagaflow_sagas_{index}")
+    for trigger in ("insert", "update", "delete"):
+        conn.execute(f"DROP TRIGGER sagaflow_counts_{trigger}")
+    conn.execute("DROP TABLE sagaflow_counts")
     conn.execute("UPDATE sagaflow_meta SET value = '4' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()

@@ -261,12 +261,7 @@ def test_a_version_5_database_is_migrated_to_the_lists_indexes(tmp_path: Path) -
     path = tmp_path / "v5.db"
     with SQLiteStore(path) as db:
         fill(db, rounds=1)
-    conn = sqlite3.connect(path)
-    for name in ("by_start", "by_status_start", "by_name_start", "by_error"):
-        conn.execute(f"DROP INDEX sagaflow_sagas_{name}")
-    conn.execute("UPDATE sagaflow_meta SET value = '5' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    back_to_version_5(path)
     with SQLiteStore(path, readonly=True) as reader:  # read-only: the same, unindexed
         assert reader.schema_version == 5
         assert ids(reader.browse(outcome="rejected")) == ["rejected-late", "rejected-00"]
@@ -276,6 +271,93 @@ def test_a_version_5_database_is_migrated_to_the_lists_indexes(tmp_path: Path) -
             "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
         assert {"sagaflow_sagas_by_start", "sagaflow_sagas_by_error"} <= indexes
         assert ids(db.browse(outcome="rejected")) == ["rejected-late", "rejected-00"]
+        # The counts, kept from now on, start from the sagas already there.
+        assert db.counts() == {"NOT_STARTED": 1, "RUNNING": 2, "COMPENSATING": 1,
+                               "COMPLETED": 1, "COMPENSATED": 5, "FAILED": 2}
+        tables = {r[0] for r in db._read_conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()}
+        assert "sagaflow_counts" in tables
+
+
+def back_to_version_5(path: Path) -> None:
+    """Take what schema 6 adds away from the SQLite file at ``path``."""
+    conn = sqlite3.connect(path)
+    for name in ("by_start", "by_status_start", "by_name_start", "by_error"):
+        conn.execute(f"DROP INDEX sagaflow_sagas_{name}")
+    for name in ("insert", "update", "delete"):
+        conn.execute(f"DROP TRIGGER sagaflow_counts_{name}")
+    conn.execute("DROP TABLE sagaflow_counts")
+    conn.execute("UPDATE sagaflow_meta SET value = '5' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def counted(store: Any) -> dict[str, int]:
+    """The counts per status, counted from the sagas themselves."""
+    found = dict.fromkeys((s.value for s in SagaStatus), 0)
+    for stored in store.scan():
+        found[stored.status] += 1
+    return found
+
+
+def test_the_counts_per_status_are_kept_as_sagas_start_move_and_go(store: Any) -> None:
+    fill(store, rounds=2)
+    assert store.counts() == counted(store) and sum(store.counts().values()) == 23
+    # Moved on by a save (the status changes), a checkpoint that leaves it, a new one.
+    record = store.load("running-00")
+    record.status, record.finished_at = SagaStatus.COMPLETED, NOW
+    store.save(record)
+    again = store.load("running-01")
+    store.save(again)
+    store.create(record_of(Other(), "late", NOW))
+    assert store.counts() == counted(store)
+    assert store.counts()["RUNNING"] == 4 and store.counts()["COMPLETED"] == 3
+    if isinstance(store, MemoryStore):
+        return
+    # Rows deleted (by hand: sagaflow keeps its sagas) leave the counts too.
+    if isinstance(store, SQLiteStore):
+        store._execute("DELETE FROM sagaflow_sagas WHERE status = 'FAILED'", write=True)
+    else:
+        store._execute("DELETE FROM sagaflow_sagas WHERE status = 'FAILED'")
+    assert store.counts() == counted(store) and store.counts()["FAILED"] == 0
+
+
+def test_postgres_counts_stay_right_through_many_writers_and_their_folds(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Many concurrent writers (each its own store): nobody waits on a counter, and the
+    rows of changes, folded now and then by whoever writes, always sum right."""
+    import threading
+
+    from sagaflow.stores.postgres import PostgresStore
+
+    url = cluster_url(request.config)
+    schema = fresh_schema()
+    stores = [PostgresStore(url, schema=schema) for _ in range(4)]
+    try:
+        def work(k: int) -> None:
+            mine = stores[k]
+            for i in range(150):
+                record = record_of(Other(), f"w{k}-{i}", NOW + i)
+                mine.create(record)
+                record.status = SagaStatus.COMPLETED if i % 3 else SagaStatus.COMPENSATED
+                record.finished_at = NOW + i
+                mine.save(record)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        counts = stores[0].counts()
+        assert counts == counted(stores[0])
+        assert counts["COMPLETED"] == 400 and counts["COMPENSATED"] == 200
+        rows = stores[0]._execute("SELECT count(*) FROM sagaflow_counts")[0][0]
+        assert rows < 2400 + 10  # folded now and then (1,200 sagas, two changes each)
+    finally:
+        for one in stores:
+            one.close()
+        drop_schema(url, schema)
 
 
 def test_a_damaged_error_column_is_no_outcome_and_does_not_fail_the_write(

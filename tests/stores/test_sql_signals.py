@@ -149,6 +149,9 @@ def checkpoints(store: SQLiteStore, run: Callable[[], None]) -> list[str]:
         run()
     finally:
         conn.set_trace_callback(None)
+    # A statement that fires a trigger (the counts per status, schema 6) is traced again
+    # as the trigger's program starts: once is what ran.
+    seen = [s for k, s in enumerate(seen) if k == 0 or s != seen[k - 1]]
     return [s for s in seen if s.startswith("UPDATE sagaflow_sagas")]
 
 

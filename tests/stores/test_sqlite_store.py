@@ -67,7 +67,7 @@ def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> Non
         )}
         assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
                           "sagaflow_events", "sagaflow_path", "sagaflow_quarantine",
-                          "sagaflow_signals", "sagaflow_outbox"}
+                          "sagaflow_signals", "sagaflow_outbox", "sagaflow_counts"}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with SQLiteStore(path) as again:  # opening an existing store changes nothing
         assert again.schema_version == 6 and len(again) == 0
