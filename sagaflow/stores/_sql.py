@@ -50,6 +50,7 @@ __all__ = [
     "SQLStore",
     "event_type",
     "outbox_table",
+    "Browsed",
     "Select",
     "browse_indexes",
     "quarantine_join",
@@ -369,6 +370,14 @@ def browse_indexes(error_type: str) -> tuple[str, ...]:
     )
 
 
+class Browsed(list):  # type: ignore[type-arg]
+    """A page of :meth:`SQLStore.browse`: its sagas; ``searched_to``: where a text
+    search stopped looking (the ``(created_at, saga_id)`` to go on after), ``None`` when
+    it looked through every saga of the other filters."""
+
+    searched_to: tuple[float, str] | None = None
+
+
 def quarantine_join(layout: int, alias: str = "s") -> str:
     """The join that :func:`select_list` reads the quarantine reason from."""
     if layout < 2:
@@ -397,6 +406,9 @@ class Select:
     older: float | None = None
     by_start: bool = False
     waits: bool = True  #: whether the table has the wait columns (schema 3)
+    #: (newest started first) no saga before this ``(created_at, saga_id)``
+    until: tuple[float, str] | None = None
+    offset: int | None = None
 
     @property
     def index(self) -> str | None:
@@ -442,6 +454,10 @@ class Select:
         if self.saga_id is not None:
             clauses.append(f"s.saga_id = {mark}")
             params.append(self.saga_id)
+        if self.until is not None:
+            clauses.append(f"s.created_at >= {mark} AND (s.created_at > {mark}"
+                           f" OR s.saga_id >= {mark})")
+            params.extend((self.until[0], self.until[0], self.until[1]))
         if self.after is not None and self.by_start:
             # The first term bounds the index range (a page costs its size, not the
             # pages before it); the second leaves out what that page showed.
@@ -464,6 +480,9 @@ class Select:
         if self.limit is not None:
             text += f" LIMIT {mark}"
             params.append(int(self.limit))
+        if self.offset is not None:
+            text += f" OFFSET {mark}"
+            params.append(int(self.offset))
         return text, params
 
 
@@ -924,6 +943,11 @@ class SQLStore:
         there is none): what the outcome filter reads, and the error types' index holds."""
         raise NotImplementedError
 
+    #: How many sagas a page with an id text filter looks through at most: a text few
+    #: ids hold would otherwise read back through every saga (the start-time index, in
+    #: order) to fill a page; the page then says how far it looked (``searched_to``).
+    TEXT_REACH: ClassVar[int] = 2000
+
     def browse(
         self,
         *,
@@ -936,7 +960,7 @@ class SQLStore:
         older: float | None = None,
         after: tuple[float, str] | None = None,
         limit: int = 50,
-    ) -> list[StoredSaga]:
+    ) -> Browsed:
         """A page of the dashboard's list: the sagas of ``status`` (any of them),
         class ``name``, ``outcome`` (a word of :data:`~sagaflow.records.OUTCOMES`),
         business ``key``, whose id contains ``text`` (case-insensitive), started at or
@@ -946,18 +970,32 @@ class SQLStore:
 
         Every filter is in the query, and the order is an index's (schema 6: by start
         time, alone or after the status, the class or the error's type), so a page
-        costs its size plus the sagas the text filter, or a second filter, passes
-        over; never the pages before it."""
+        costs its size plus the sagas a second filter passes over; never the pages
+        before it. With ``text``, a page looks through the next :attr:`TEXT_REACH`
+        sagas of the other filters at most: fewer than ``limit`` found and more sagas
+        beyond them, the answer's ``searched_to`` is the position to go on from."""
         values = None if status is None else tuple(SagaStatus(s).value for s in status)
-        if values == ():
-            return []
+        if values == () or (key is not None and self.layout < 3):
+            return Browsed()  # (no business keys before schema 3)
         select = Select(
             values, name, None, after, False, int(limit), None, outcome, key, text,
             newer, older, True, self.layout >= 3,
         )
-        if key is not None and self.layout < 3:
-            return []  # no business keys before schema 3
-        return self._fetch(select)
+        reach = None
+        if text is not None:
+            # Where the window of TEXT_REACH sagas ends: read from the index alone.
+            edge = attrs.evolve(select, text=None, limit=1, offset=self.TEXT_REACH - 1)
+            where, params = edge.render("?", self.error_type("s.error"))
+            found = self._execute(
+                f"SELECT s.created_at, s.saga_id FROM sagaflow_sagas s{where}", params
+            )
+            if found:
+                reach = (float(found[0][0]), str(found[0][1]))
+                select = attrs.evolve(select, until=reach)
+        rows = Browsed(self._fetch(select))
+        if reach is not None and len(rows) < limit:
+            rows.searched_to = reach
+        return rows
 
     def counts(self) -> dict[str, int]:
         """How many sagas of each status the store holds (every status; 0 when none)."""

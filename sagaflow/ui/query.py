@@ -176,9 +176,13 @@ def page(store: Store, filters: Filters, size: int = PAGE) -> Page:
     else:
         found = _looked_through(store, filters, now)[: size + 1]
     more = len(found) > size
+    if not more:
+        # A text search that stopped looking before the end: go on from where it did.
+        searched: tuple[float, str] | None = getattr(found, "searched_to", None)
+        return Page(list(found), searched)
     found = found[:size]
-    last = found[-1] if more else None
-    return Page(found, None if last is None else (_started(last), last.saga_id))
+    last = found[-1]
+    return Page(found, (_started(last), last.saga_id))
 
 
 def _started(stored: Stored) -> float:

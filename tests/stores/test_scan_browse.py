@@ -375,3 +375,32 @@ def test_a_damaged_error_column_is_no_outcome_and_does_not_fail_the_write(
         store._execute(update, ("{not json", "rejected-00"))
     assert ids(store.browse(outcome="rejected")) == ["rejected-late"]
     assert "rejected-00" in ids(store.browse(outcome="compensated"))
+
+
+def test_a_text_few_ids_hold_looks_through_a_bounded_window_and_says_how_far(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of an id text looks through TEXT_REACH sagas at most (else a text that
+    few ids hold reads back through every saga): fewer found, it says where it stopped,
+    and paging on from there finds the rest, each saga once."""
+    if isinstance(store, MemoryStore):
+        pytest.skip("the memory store looks at every saga anyway")
+    monkeypatch.setattr(type(store), "TEXT_REACH", 5)
+    fill(store)  # 34 sagas; three hold "-02" (and rejected-late does not)
+    every = everything(store)
+    first = store.browse(text="ED-02", limit=10)
+    assert ids(first) == [s.saga_id for s in every[:5] if "ed-02" in s.saga_id]
+    assert first.searched_to == (created(every[4]), every[4].saga_id)
+    seen, after, pages = ids(first), first.searched_to, 1
+    while after is not None:
+        page = store.browse(text="ED-02", limit=10, after=after)
+        seen += ids(page)
+        pages += 1
+        after = page.searched_to
+    assert pages == 7  # 34 sagas, 5 a window
+    assert seen == [s.saga_id for s in every if "ed-02" in s.saga_id] and len(seen) == 6
+    # A full page says nothing: the next one starts after its last saga.
+    full = store.browse(text="-0", limit=2)
+    assert len(full) == 2 and full.searched_to is None
+    # Without a text, no window.
+    assert len(store.browse(limit=100)) == 34

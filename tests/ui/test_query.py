@@ -166,3 +166,24 @@ def test_kept_reopens_after_a_failure_and_closes_what_it_dropped_once_unused() -
     assert kept.opened == 2
     kept.close()
     assert closed == [0, 1]
+
+
+def test_a_rare_id_text_pages_on_from_where_the_search_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of an id text looks through a bounded window of sagas: none found there,
+    the page links on from where it stopped, and following the links finds the saga."""
+    from sagaflow.stores.sqlite import SQLiteStore
+
+    monkeypatch.setattr(SQLiteStore, "TEXT_REACH", 10)
+    path = tmp_path / "rare.db"
+    fill(path, extra=40)
+    c = TestClient(create_app(f"sqlite:///{path}", [MODULE]))
+    url, found, pages = "/sagas?q=XS", [], 0
+    while url:
+        text = c.get(url).text
+        found += listed(text)
+        pages += 1
+        more = re.search(r'href="(/sagas\?[^"]*)" id="next"', text)
+        url = more.group(1).replace("&amp;", "&") if more else ""
+    assert found == ["xss"] and pages == 5  # 44 sagas, 10 a window
