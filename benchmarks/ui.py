@@ -16,8 +16,8 @@ The stores are filled fast: five sagas of a small order saga are run for real
 a crash), and their rows, as the store encoded them, are copied in one transaction with
 a new id, start time (one a minute, the newest now), business key and update time each:
 80% completed, 10% compensated, 5% rejected, 3% failed, 2% running, interleaved. The
-PostgreSQL table is ANALYZEd after (as autovacuum does to a table that grew); SQLite's
-is not (sagaflow never runs ANALYZE there).
+PostgreSQL tables are VACUUMed and ANALYZEd after (as autovacuum does to tables that
+grew); SQLite's are not (sagaflow never runs ANALYZE there).
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ def bulk_insert(url: str, rows: list[tuple[Any, ...]]) -> None:
                 copy.write_row(row)
         conn.commit()
         conn.autocommit = True
-        conn.execute("ANALYZE sagaflow_sagas")
+        # What autovacuum does to tables that grew (and to the counts' folded rows).
+        conn.execute("VACUUM ANALYZE sagaflow_sagas")
+        conn.execute("VACUUM ANALYZE sagaflow_counts")
 
 
 # -- asking the app, in process ------------------------------------------------------------
@@ -222,29 +224,37 @@ def cases(n: int) -> list[tuple[str, str]]:
     ]
 
 
-def measure(url: str, rounds: int) -> dict[str, float]:
-    """Each case's median server time (ms) on the store at ``url``."""
+def measure(urls: dict[int, str], rounds: int) -> dict[int, dict[str, float]]:
+    """Each case's median server time (ms) on each store, the stores asked in turn
+    (request by request), so that what else the machine does weighs on both alike."""
     from sagaflow.ui import create_app
 
-    app = create_app(url, ["benchmarks.ui:Order"])
-    asker = Asker(app)
-    found: dict[str, float] = {}
+    apps = {n: create_app(url, ["benchmarks.ui:Order"]) for n, url in urls.items()}
+    askers = {n: Asker(app) for n, app in apps.items()}
+    found: dict[int, dict[str, float]] = {n: {} for n in urls}
     try:
-        first = asker.get("/sagas")[2].decode()
-        marker = first.find('id="next"')
-        start = first.rfind('href="', 0, marker) + len('href="')
-        next_page = first[start:first.find('"', start)].replace("&amp;", "&")
+        targets = {}
+        for n, asker in askers.items():
+            first = asker.get("/sagas")[2].decode()
+            marker = first.find('id="next"')
+            start = first.rfind('href="', 0, marker) + len('href="')
+            targets[n] = first[start:first.find('"', start)].replace("&amp;", "&")
         for what, target in cases(0):
-            target = next_page if target == "NEXT" else target
-            for _ in range(3):
-                status, _, body = asker.get(target)
-                if status != 200:
-                    raise RuntimeError(f"{target}: {status}: {body[:400]!r}")
-            times = [asker.get(target)[1] for _ in range(rounds)]
-            found[what] = statistics.median(times) * 1000
+            times: dict[int, list[float]] = {n: [] for n in urls}
+            for k in range(rounds + 3):
+                for n, asker in askers.items():
+                    asked = targets[n] if target == "NEXT" else target
+                    status, took, body = asker.get(asked)
+                    if status != 200:
+                        raise RuntimeError(f"{asked}: {status}: {body[:400]!r}")
+                    if k >= 3:  # after a warm-up
+                        times[n].append(took)
+            for n in urls:
+                found[n][what] = statistics.median(times[n]) * 1000
     finally:
-        app.state.kept.close()
-        asker.close()
+        for n, app in apps.items():
+            app.state.kept.close()
+            askers[n].close()
     return found
 
 
@@ -264,7 +274,7 @@ def filled(make_url: Callable[[str], str], sizes: list[int]) -> dict[int, str]:
 
 def compare(store: str, urls: dict[int, str], rounds: int) -> list[Row]:
     small, large = min(urls), max(urls)
-    times = {n: measure(url, rounds) for n, url in urls.items()}
+    times = measure(urls, rounds)
     print(f"\n{store}: server time per page (median of {rounds}), {large:,} sagas against "
           f"{small:,}")
     rows = []
