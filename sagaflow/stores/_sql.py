@@ -978,8 +978,9 @@ class SQLStore:
         if values == () or (key is not None and self.layout < 3):
             return Browsed()  # (no business keys before schema 3)
         select = Select(
-            values, name, None, after, False, int(limit), None, outcome, key, text,
-            newer, older, True, self.layout >= 3,
+            status=values, name=name, after=after, limit=int(limit), outcome=outcome,
+            key=key, text=text, newer=newer, older=older, by_start=True,
+            waits=self.layout >= 3,
         )
         reach = None
         if text is not None:
