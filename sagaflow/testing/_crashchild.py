@@ -1,0 +1,483 @@
+"""The process :func:`sagaflow.testing.check_crash_points` talks to, and the ones it kills.
+
+Run as ``python -m sagaflow.testing._crashchild``; reads one JSON request a line on stdin,
+answers one JSON line each on the stdout it was started with (whatever the user's code
+prints goes to stderr). It imports the user's saga factory once and opens nothing; for
+each crash point it forks a process that runs the saga and SIGKILLs itself at the
+point, then forks a fresh process that recovers the saga (``Orchestrator.recover``, or
+``arecover`` for async sagas). Forking from a process that has imported everything makes
+each of those processes cost milliseconds instead of an interpreter start; neither
+inherits any saga state, store or connection.
+
+Requests: ``{"op": "load", "factory", "kwargs", "plans", "saga_id", "timeout"}`` (pickled
+values base64-encoded) and ``{"op": "point", "plan", "store", "point"}`` (``point``
+``null``: the reference run, which lists the crash points it passed).
+
+How a point is reached: the saga runs on a *shadow* spec (:meth:`Orchestrator.spec_for`
+and :meth:`Orchestrator.drive`, the seam the toolkit's harness uses too) whose step and
+compensation functions are wrapped: after the user's function returns, its effect is
+done and no checkpoint records it yet (an ``effect`` point). The store's ``create`` and
+``save`` (and their async twins) are wrapped on the instance: before a checkpoint is
+written, and after it committed (``checkpoint`` points). A point is named by what
+happens there and how many times that happened before, so it is the same point in
+every run of the plan. The plan's injected failures (a step that raises or rejects for
+good, transient failures, compensations that fail) are raised by the same wrappers,
+before the user's function runs: a call that raises took no effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import attrs
+
+from ..context import Direction, StepContext
+from ..engine import new_record
+from ..errors import SagaRejected
+from ..orchestrator import Orchestrator
+from ..records import SagaRecord
+from ..spec import SagaSpec, StepKind, spec_of
+from ..stores import open_store
+from ..stores.base import Store
+from .clock import VirtualClock
+from .plan import FailurePlan, Fault, InjectedFault, SagaCase, unit_of
+
+#: the clock's start in every process: the run and its recovery read the same times
+_EPOCH = 1_700_000_000.0
+
+
+def encode(value: Any) -> str:
+    """A value as text for a JSON line (pickled, base64)."""
+    return base64.b64encode(pickle.dumps(value)).decode("ascii")
+
+
+def decode(text: str) -> Any:
+    """What :func:`encode` made."""
+    return pickle.loads(base64.b64decode(text))
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """The callable named ``"package.module:attr.attr"``."""
+    module_name, colon, attr = path.partition(":")
+    if not colon or not module_name or not attr:
+        raise ValueError(
+            f"a saga factory is named 'module:callable' (e.g. 'shop.sagas:Order'), got {path!r}"
+        )
+    found: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        found = getattr(found, part)
+    if not callable(found):
+        raise ValueError(f"{path!r} names {found!r}, which is not callable")
+    return found  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- the kill switch
+
+
+class Switch:
+    """Where this process dies (``target``), and, in the reference run, every point it
+    passes (``seen``). A point is ``{"kind", "when", "what", "occurrence"}``."""
+
+    def __init__(self, target: dict[str, Any] | None = None, census: bool = False) -> None:
+        self.target = target
+        self.seen: list[dict[str, Any]] | None = [] if census else None
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.told: dict[str, int] = {}
+        self.lock = threading.Lock()  # group members run on threads
+
+    def next(self, kind: str, what: str) -> int:
+        with self.lock:
+            self.counts[(kind, what)] += 1
+            return self.counts[(kind, what)]
+
+    def at(self, kind: str, when: str, what: str, occurrence: int, n: int = 0) -> None:
+        if self.seen is not None:
+            with self.lock:
+                self.seen.append({"kind": kind, "when": when, "what": what,
+                                  "occurrence": occurrence, "checkpoint": n})
+        t = self.target
+        if t is not None and (t["kind"], t["when"], t["what"], t["occurrence"]) == (
+            kind, when, what, occurrence
+        ):
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)  # pragma: no cover - the signal is delivered at once
+
+    def events(self, record: SagaRecord, fresh: bool) -> str:
+        """What the checkpoint about to be written records: the events added since the
+        last one (the whole history for the first)."""
+        with self.lock:
+            start = 0 if fresh else self.told.get(record.saga_id, 0)
+            if start > len(record.history):
+                start = 0
+            self.told[record.saga_id] = len(record.history)
+        new = record.history[start:]
+        names = [f"{type(e).__name__} {e.step}" if getattr(e, "step", None)
+                 else type(e).__name__ for e in new]
+        return ", ".join(names) or "no new event"
+
+
+SWITCH = Switch()
+_writes = 0
+
+
+def _checkpoint(what: str, do: Callable[[], Any]) -> Any:
+    global _writes
+    _writes += 1
+    n = _writes
+    occurrence = SWITCH.next("checkpoint", what)
+    SWITCH.at("checkpoint", "before", what, occurrence, n)
+    result = do()
+    SWITCH.at("checkpoint", "after", what, occurrence, n)
+    return result
+
+
+async def _acheckpoint(what: str, do: Callable[[], Any]) -> Any:
+    global _writes
+    _writes += 1
+    n = _writes
+    occurrence = SWITCH.next("checkpoint", what)
+    SWITCH.at("checkpoint", "before", what, occurrence, n)
+    result = await do()
+    SWITCH.at("checkpoint", "after", what, occurrence, n)
+    return result
+
+
+def watch_writes(store: Store) -> Store:
+    """``store`` with its checkpoint writes going through :data:`SWITCH` (the methods
+    wrapped on this instance only: any store class works)."""
+    create, save = store.create, store.save
+    acreate, asave = store.acreate, store.asave  # type: ignore[attr-defined]
+
+    def w_create(record: SagaRecord, *a: Any, **kw: Any) -> Any:
+        return _checkpoint(SWITCH.events(record, True), lambda: create(record, *a, **kw))
+
+    def w_save(record: SagaRecord, *a: Any, **kw: Any) -> Any:
+        return _checkpoint(SWITCH.events(record, False), lambda: save(record, *a, **kw))
+
+    async def w_acreate(record: SagaRecord, *a: Any, **kw: Any) -> Any:
+        return await _acheckpoint(SWITCH.events(record, True),
+                                  lambda: acreate(record, *a, **kw))
+
+    async def w_asave(record: SagaRecord, *a: Any, **kw: Any) -> Any:
+        return await _acheckpoint(SWITCH.events(record, False),
+                                  lambda: asave(record, *a, **kw))
+
+    store.create = w_create  # type: ignore[method-assign]
+    store.save = w_save  # type: ignore[method-assign]
+    store.acreate = w_acreate  # type: ignore[attr-defined]
+    store.asave = w_asave  # type: ignore[attr-defined]
+    return store
+
+
+# --------------------------------------------------------------------------- the shadow spec
+
+
+def _inject(plan: FailurePlan[Any], direction: Direction, ctx: StepContext) -> None:
+    """Raise what ``plan`` makes this call raise (before the user's function: no effect)."""
+    name = ctx.step
+    if direction is Direction.FORWARD:
+        if ctx.attempt <= plan.transient_failures(name):
+            raise InjectedFault(f"injected: {name} fails attempt {ctx.attempt}")
+        fault = plan.fault_of(name)
+        if fault is Fault.REJECTS:
+            raise SagaRejected(f"injected: {name} rejects the saga")
+        if fault is Fault.RAISES:
+            raise InjectedFault(f"injected: {name} fails for good")
+    else:
+        if plan.compensation_always_fails(name) or ctx.attempt <= plan.compensation_failures(
+            name
+        ):
+            raise InjectedFault(f"injected: {name}'s compensation fails attempt {ctx.attempt}")
+
+
+def _wrap(fn: Callable[..., Any], direction: Direction, is_async: bool,
+          plan: FailurePlan[Any]) -> Callable[..., Any]:
+    if is_async:
+
+        async def acall(saga: Any, *args: Any) -> Any:
+            ctx: StepContext = args[-1]  # a fan-out's call: (saga, item, ctx)
+            what = f"{ctx.step}:{direction.value}"
+            _inject(plan, direction, ctx)
+            result = await fn(saga, *args)
+            SWITCH.at("effect", "after", what, SWITCH.next("effect", what))
+            return result
+
+        return acall
+
+    def call(saga: Any, *args: Any) -> Any:
+        ctx: StepContext = args[-1]
+        what = f"{ctx.step}:{direction.value}"
+        _inject(plan, direction, ctx)
+        result = fn(saga, *args)
+        SWITCH.at("effect", "after", what, SWITCH.next("effect", what))
+        return result
+
+    return call
+
+
+def shadow(spec: SagaSpec, plan: FailurePlan[Any]) -> SagaSpec:
+    """``spec`` with every step and compensation wrapped (same fingerprint)."""
+    steps = []
+    for s in spec.steps:
+        fn = _wrap(s.fn, Direction.FORWARD, s.is_async, plan)
+        comp = None if s.compensation is None else _wrap(
+            s.compensation, Direction.COMPENSATE, s.compensation_is_async, plan
+        )
+        steps.append(attrs.evolve(s, fn=fn, compensation=comp))
+    return attrs.evolve(spec, steps=tuple(steps), forward=tuple(s.fn for s in steps),
+                        compensations=tuple(s.compensation for s in steps))
+
+
+class ShadowOrchestrator(Orchestrator):
+    """Runs and recovers the saga on its shadow spec."""
+
+    def __init__(self, store: Store, spec: SagaSpec) -> None:
+        super().__init__(store, sagas=[spec.cls], clock=VirtualClock(_EPOCH), rand=lambda: 0.5)
+        self.shadow = spec
+
+    def spec_for(self, record: SagaRecord) -> SagaSpec:
+        if record.saga_name == self.shadow.name:
+            return self.shadow
+        return super().spec_for(record)
+
+
+# --------------------------------------------------------------------------- plans
+
+
+_UNSUPPORTED = ("effect", "transient_effect", "compensation_effect", "deadline", "signals",
+                "cut", "cut_effect", "order")
+
+
+def check_plan(plan: Any, spec: SagaSpec) -> FailurePlan[Any]:
+    """``plan`` if crash points can run it, else a ``ValueError`` naming what does not fit."""
+    if not isinstance(plan, FailurePlan):
+        raise ValueError(f"plans holds FailurePlan values, got {plan!r}")
+    plan.validate(spec)
+    default = FailurePlan()
+    odd = [name for name in _UNSUPPORTED if getattr(plan, name) != getattr(default, name)]
+    if plan.step is not None and spec.pivot_index is not None and (
+        unit_of(plan.step) == spec.steps[spec.pivot_index].name
+    ):
+        raise ValueError(
+            f"{plan!r}: a pivot that a crash cut off has an unknown outcome, so when it "
+            "then fails the saga ends FAILED for an operator, not compensated as in a run "
+            "without a crash: plan a step before the pivot to fail"
+        )
+    if plan.step is not None and plan.fault not in (Fault.RAISES, Fault.REJECTS):
+        odd.append(f"fault={plan.fault!r}")
+    if plan.transient and plan.transient_fault is not Fault.RAISES:
+        odd.append(f"transient_fault={plan.transient_fault!r}")
+    odd += [f"faults[{n!r}]={f!r}" for n, f in plan.faults
+            if f not in (Fault.RAISES, Fault.REJECTS)]
+    if odd:
+        raise ValueError(
+            f"{plan!r}: crash points run a plan's steps and compensations that raise or "
+            f"reject (step=, transient=, compensation_transient=, compensation_fails=, "
+            f"faults= with Fault.RAISES or Fault.REJECTS), not {', '.join(odd)}: drop "
+            "them (timeouts, deadlines and signals are run_plan's)"
+        )
+    return plan
+
+
+def default_plans(spec: SagaSpec) -> list[FailurePlan[Any]]:
+    """Nothing goes wrong; and, if the saga has compensations, the latest step before
+    the pivot fails for good, so that every compensation before it runs."""
+    plans: list[FailurePlan[Any]] = [FailurePlan()]
+    end = len(spec.steps) if spec.pivot_index is None else spec.pivot_index
+    for s in reversed(spec.steps[:end]):
+        if s.wait is not None or s.kind is StepKind.RETRIABLE:
+            continue
+        if any(p.compensation is not None for p in spec.steps[: s.index]
+               if p.group is None or p.group != s.group):
+            plans.append(FailurePlan(step=s.name))
+        break
+    return plans
+
+
+# --------------------------------------------------------------------------- the processes
+
+
+class Subject:
+    """The user's saga: its factory, plans and shadow specs (one per plan)."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.factory = resolve(request["factory"])
+        self.kwargs: dict[str, Any] = decode(request["kwargs"])
+        self.saga_id: str = request["saga_id"]
+        self.timeout = int(max(1, request["timeout"]))
+        case = self.make()
+        self.spec = spec_of(case.saga)
+        waits = [s.name for s in self.spec.steps if s.wait is not None]
+        if waits:
+            raise ValueError(
+                f"saga {self.spec.name!r} waits ({', '.join(waits)}): crash points do not "
+                "cover waits and timers yet; test those with run_plan and SignalPlan"
+            )
+        given = decode(request["plans"])
+        plans = default_plans(self.spec) if given is None else list(given)
+        if not plans:
+            raise ValueError("plans is empty: give at least one FailurePlan (or None)")
+        self.plans = [check_plan(p, self.spec) for p in plans]
+        self.shadows = [shadow(self.spec, p) for p in self.plans]
+        self.has_snapshot = case.snapshot is not None
+
+    def make(self) -> SagaCase:
+        made = self.factory(**self.kwargs)
+        if isinstance(made, SagaCase):
+            return made
+        try:
+            return SagaCase(made)
+        except TypeError:
+            raise ValueError(
+                f"the saga factory {self.factory!r} returned {made!r}: it must return a "
+                "saga instance (a class decorated with @saga) or a SagaCase"
+            ) from None
+
+    def loaded(self) -> dict[str, Any]:
+        return {"saga": self.spec.name, "plans": [p.describe() for p in self.plans],
+                "case_snapshot": self.has_snapshot}
+
+
+def _fork(work: Callable[[], dict[str, Any]], timeout: int) -> tuple[dict[str, Any] | None, int]:
+    """Run ``work`` in a forked process; what it reported and how it ended (its exit
+    status, or minus the signal that ended it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            signal.alarm(timeout)  # a hang ends the process, never the caller
+            report = work()
+            with os.fdopen(write, "w", encoding="utf-8") as out:
+                json.dump(report, out)
+        except BaseException:
+            traceback.print_exc()
+            code = 3
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, encoding="utf-8") as reported:
+        text = reported.read()  # to its end: the child's exit (or death) closes it
+    _, status = os.waitpid(pid, 0)
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+    return (json.loads(text) if text else None), code
+
+
+def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str) -> str:
+    """Run ``saga`` under ``saga_id`` on the shadow spec, as ``Orchestrator.run`` does;
+    its status."""
+    record = new_record(spec, saga, saga_id, orch.clock.now())
+    if spec.is_async:
+
+        async def go() -> str:
+            existing = await orch.store.acreate(record)  # type: ignore[attr-defined]
+            if existing is not None:
+                return str(existing.status.value)
+            return (await orch.adrive(spec, record)).status.value
+
+        return asyncio.run(go())
+    existing = orch.store.create(record)
+    if existing is not None:
+        return existing.status.value
+    return orch.drive(spec, record).status.value
+
+
+def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
+         target: dict[str, Any] | None) -> dict[str, Any]:
+    global SWITCH
+    SWITCH = Switch(target, census=target is None)
+    spec = subject.shadows[plan]
+    store = watch_writes(open_store(store_url))
+    orch = ShadowOrchestrator(store, spec)
+    status = _start(orch, spec, case.saga, subject.saga_id)
+    _close(orch)
+    return {"status": status, "points": SWITCH.seen}
+
+
+def _recover(subject: Subject, plan: int, store_url: str) -> dict[str, Any]:
+    spec = subject.shadows[plan]
+    orch = ShadowOrchestrator(open_store(store_url), spec)
+    report = asyncio.run(orch.arecover()) if spec.is_async else orch.recover()
+    record = orch.store.load(subject.saga_id)
+    rerun = record is None
+    if rerun:  # killed before its record was written: the caller runs it again, same id
+        status = _start(orch, spec, subject.make().saga, subject.saga_id)
+    else:
+        status = record.status.value  # type: ignore[union-attr]
+    _close(orch)
+    return {"status": status, "rerun": rerun,
+            "skipped": {sid: str(err) for sid, err in report.skipped.items()}}
+
+
+def _close(orch: Orchestrator) -> None:
+    orch.close()
+    close = getattr(orch.store, "close", None)
+    if close is not None:
+        close()
+
+
+def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
+    """One crash point (or, ``point`` null, the reference run): run, kill, recover."""
+    plan, url, target = request["plan"], request["store"], request["point"]
+    case = subject.make()
+    if case.setup is not None:
+        case.setup()
+    started = time.monotonic()
+    ran, code = _fork(lambda: _run(subject, plan, url, case, target), subject.timeout)
+    killed = code == -signal.SIGKILL
+    reply: dict[str, Any] = {"run": ran, "exit": code, "killed": killed, "recovery": None}
+    if killed:
+        recovered, rcode = _fork(lambda: _recover(subject, plan, url), subject.timeout)
+        reply["recovery"] = recovered
+        reply["recovery_exit"] = rcode
+    reply["snapshot"] = None if case.snapshot is None else encode(case.snapshot())
+    reply["seconds"] = round(time.monotonic() - started, 4)
+    return reply
+
+
+def serve(requests: TextIO, answers: TextIO) -> None:
+    subject: Subject | None = None
+    for line in requests:
+        request = json.loads(line)
+        try:
+            if request["op"] == "load":
+                subject = Subject(request)
+                reply = subject.loaded()
+            else:
+                assert subject is not None, "load before point"
+                reply = point(subject, request)
+        except Exception as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}",
+                     "bad_input": isinstance(exc, ValueError),
+                     "traceback": traceback.format_exc()}
+        answers.write(json.dumps(reply) + "\n")
+        answers.flush()
+
+
+def main() -> None:
+    answers = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # the user's prints go to stderr, never into the answers
+    sys.stdout = sys.stderr
+    serve(sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main()
