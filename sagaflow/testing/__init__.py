@@ -9,6 +9,8 @@
 - :func:`saga_state_machine`: a hypothesis ``RuleBasedStateMachine`` that drives runs
   call by call, injecting failures as rules.
 - :func:`assert_compensations_idempotent`: a second compensation must change nothing.
+- :func:`check_crash_points`: SIGKILL a run at every checkpoint and effect, recover it
+  in a fresh process, and check the saga's end and the participants' state.
 
 The names that need hypothesis (:func:`failure_plans`, :func:`saga_cases`,
 :func:`saga_state_machine`, :func:`register_strategies`) are imported on first use.
@@ -19,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .clock import VirtualClock
+from .crashpoints import CrashPoint, CrashPointResult, CrashPointsReport, check_crash_points
 from .harness import Harness, PlanRun, arun_plan, run_plan
 from .idempotency import (
     assert_compensations_idempotent,
@@ -36,6 +39,9 @@ __all__ = [
     "INVARIANTS",
     "Arrival",
     "CallRecord",
+    "CrashPoint",
+    "CrashPointResult",
+    "CrashPointsReport",
     "DeadlinePass",
     "FailurePlan",
     "Fault",
@@ -54,6 +60,7 @@ __all__ = [
     "arun_plan",
     "assert_compensations_idempotent",
     "assert_compensations_tolerate_nothing_to_undo",
+    "check_crash_points",
     "check_invariants",
     "failure_plans",
     "register_strategies",

@@ -160,7 +160,7 @@ def watch_writes(store: Store) -> Store:
     """``store`` with its checkpoint writes going through :data:`SWITCH` (the methods
     wrapped on this instance only: any store class works)."""
     create, save = store.create, store.save
-    acreate, asave = store.acreate, store.asave  # type: ignore[attr-defined]
+    acreate, asave = store.acreate, store.asave
 
     def w_create(record: SagaRecord, *a: Any, **kw: Any) -> Any:
         return _checkpoint(SWITCH.events(record, True), lambda: create(record, *a, **kw))
@@ -178,8 +178,8 @@ def watch_writes(store: Store) -> Store:
 
     store.create = w_create  # type: ignore[method-assign]
     store.save = w_save  # type: ignore[method-assign]
-    store.acreate = w_acreate  # type: ignore[attr-defined]
-    store.asave = w_asave  # type: ignore[attr-defined]
+    store.acreate = w_acreate  # type: ignore[method-assign]
+    store.asave = w_asave  # type: ignore[method-assign]
     return store
 
 
@@ -267,7 +267,7 @@ def check_plan(plan: Any, spec: SagaSpec) -> FailurePlan[Any]:
     if not isinstance(plan, FailurePlan):
         raise ValueError(f"plans holds FailurePlan values, got {plan!r}")
     plan.validate(spec)
-    default = FailurePlan()
+    default: FailurePlan[Any] = FailurePlan()
     odd = [name for name in _UNSUPPORTED if getattr(plan, name) != getattr(default, name)]
     if plan.step is not None and spec.pivot_index is not None and (
         unit_of(plan.step) == spec.steps[spec.pivot_index].name
@@ -388,7 +388,7 @@ def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str) ->
     if spec.is_async:
 
         async def go() -> str:
-            existing = await orch.store.acreate(record)  # type: ignore[attr-defined]
+            existing = await orch.store.acreate(record)
             if existing is not None:
                 return str(existing.status.value)
             return (await orch.adrive(spec, record)).status.value

@@ -44,7 +44,6 @@ import attrs
 
 from ._crashchild import decode, encode
 from .plan import FailurePlan
-from .trace import diff
 
 __all__ = ["CrashPoint", "CrashPointResult", "CrashPointsReport", "check_crash_points"]
 
@@ -425,7 +424,20 @@ class _Runner:
             problems.append(
                 "the participants' state differs from an uninterrupted run's (an effect "
                 "ran twice, or not at all: is every step and compensation idempotent on "
-                "ctx.idempotency_key?):\n" + diff(ref.snapshot, seen)
+                "ctx.idempotency_key?):\n" + _differences(ref.snapshot, seen)
             )
         return CrashPointResult(point, "failed" if problems else "ok", status,
                                 tuple(problems), seconds)
+
+
+def _differences(expected: Any, got: Any) -> str:
+    """How the snapshot after a crash differs from the uninterrupted run's (key by key
+    for dicts)."""
+    if isinstance(expected, dict) and isinstance(got, dict):
+        keys = list(expected) + [k for k in got if k not in expected]
+        return "\n".join(
+            f"{k!r}: {expected.get(k, '<missing>')!r} without a crash, "
+            f"{got.get(k, '<missing>')!r} after this one"
+            for k in keys if expected.get(k, "<missing>") != got.get(k, "<missing>")
+        )
+    return f"without a crash: {expected!r}\nafter this one:  {got!r}"

@@ -6,6 +6,8 @@
 - ``run_saga_plan``: :func:`~sagaflow.testing.run_plan` followed by
   :func:`~sagaflow.testing.check_invariants`; returns the
   :class:`~sagaflow.testing.PlanRun`.
+- ``crash_points``: :func:`~sagaflow.testing.check_crash_points`, failing the test
+  with the report's table unless every crash point passed; returns the report.
 
 Installed with sagaflow, this module is loaded by every pytest session, so it imports
 nothing beyond sagaflow's core at import time (hypothesis is a test extra).
@@ -21,10 +23,11 @@ import pytest
 from ..orchestrator import Orchestrator
 from ..stores import MemoryStore
 from .clock import VirtualClock
+from .crashpoints import CrashPointsReport, check_crash_points
 from .harness import PlanRun, run_plan
 from .invariants import check_invariants
 
-__all__ = ["run_saga_plan", "saga_orchestrator", "virtual_clock"]
+__all__ = ["crash_points", "run_saga_plan", "saga_orchestrator", "virtual_clock"]
 
 
 @pytest.fixture
@@ -56,3 +59,16 @@ def run_saga_plan() -> Callable[..., PlanRun]:
         return outcome
 
     return run
+
+
+@pytest.fixture
+def crash_points() -> Callable[..., CrashPointsReport]:
+    """``crash_points(saga, **options)``: :func:`~sagaflow.testing.check_crash_points`
+    (same arguments); the test fails with the report's table unless every point passed."""
+
+    def check(saga: Any, **options: Any) -> CrashPointsReport:
+        report = check_crash_points(saga, **options)
+        report.assert_ok()
+        return report
+
+    return check

@@ -1,0 +1,132 @@
+"""check_crash_points: real child processes killed with SIGKILL at every crash point of a
+user's saga, recovered in a fresh process, on SQLite (a file per point).
+
+The participants (``crashpoint_sagas``) keep their effects in a SQLite file named by
+``$CRASHPOINT_LEDGER``, which the children inherit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import crashpoint_sagas as cs
+import pytest
+
+from sagaflow.testing import (
+    CrashPoint,
+    CrashPointsReport,
+    FailurePlan,
+    Fault,
+    check_crash_points,
+)
+from sagaflow.testing.pytest_plugin import crash_points  # noqa: F401  (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "ledger.db"
+    monkeypatch.setenv(cs.LEDGER_ENV, str(path))
+    yield path
+
+
+#: the crash points of Order's (and BrokenCharge's) run where nothing goes wrong
+HAPPY = [
+    "before checkpoint 1 (SagaStarted)",
+    "after checkpoint 1 (SagaStarted)",
+    "before checkpoint 2 (StepStarted reserve)",
+    "after checkpoint 2 (StepStarted reserve)",
+    "after reserve:forward took effect, before its checkpoint",
+    "before checkpoint 3 (StepCompleted reserve, StepStarted charge)",
+    "after checkpoint 3 (StepCompleted reserve, StepStarted charge)",
+    "after charge:forward took effect, before its checkpoint",
+    "before checkpoint 4 (StepCompleted charge, StepStarted ship)",
+    "after checkpoint 4 (StepCompleted charge, StepStarted ship)",
+    "after ship:forward took effect, before its checkpoint",
+    "before checkpoint 5 (StepCompleted ship, SagaCompleted)",
+    "after checkpoint 5 (StepCompleted ship, SagaCompleted)",
+]
+
+
+def _names(report: CrashPointsReport, plan: int) -> list[str]:
+    return [r.point.name for r in report.points if r.point.plan == plan]
+
+
+def test_a_sound_saga_passes_at_every_crash_point_happy_and_compensating() -> None:
+    # the factory returns a SagaCase carrying its own setup and snapshot (run in the child)
+    report = check_crash_points("crashpoint_sagas:order_case")
+    assert report.ok, report.describe()
+    assert report.effects_checked
+    assert report.plans == ("nothing goes wrong", "charge raises for good")
+    assert report.references == ("COMPLETED", "COMPENSATED")
+    assert {r.outcome for r in report.points} == {"ok"}
+    assert [r.status for r in report.points if r.point.plan == 0] == ["COMPLETED"] * 13
+    assert _names(report, 0) == HAPPY
+    # the failing plan crashes inside the compensation too
+    assert "after reserve:compensate took effect, before its checkpoint" in _names(report, 1)
+    assert [r.status for r in report.points if r.point.plan == 1] == (
+        ["COMPENSATED"] * len(_names(report, 1))
+    )
+
+
+def test_a_step_that_is_not_idempotent_is_named_at_the_first_crash_point_it_breaks() -> None:
+    report = check_crash_points(cs.BrokenCharge, snapshot=cs.balances, setup=cs.reset,
+                                plans=[FailurePlan()])
+    assert not report.ok
+    first = report.first_failure
+    assert first is not None
+    assert first.point == CrashPoint(0, "nothing goes wrong", 8, "effect", "after",
+                                     "charge:forward", 1, 0)
+    assert str(first.point) == (
+        "[nothing goes wrong] 8: after charge:forward took effect, before its checkpoint"
+    )
+    assert first.status == "COMPLETED"  # the saga is fine: the world is not
+    assert "'card': 30 without a crash, 60 after this one" in first.problems[0]
+    # every point before it passed; the one right after (same durable state) fails too
+    assert [r.outcome for r in report.points][:9] == ["ok"] * 7 + ["failed"] * 2
+    assert [r.point.seq for r in report.failures] == [8, 9]
+    assert _names(report, 0) == HAPPY
+    table = report.describe()
+    assert "first failure: [nothing goes wrong] 8: after charge:forward took effect" in table
+    assert "13 point(s), 2 failed" in table
+
+
+def test_a_compensation_that_is_not_idempotent_is_named_inside_the_compensation() -> None:
+    report = check_crash_points(cs.BrokenRefund, snapshot=cs.balances, setup=cs.reset,
+                                plans=[FailurePlan(step="book")], fail_fast=True)
+    first = report.first_failure
+    assert first is not None and report.failures == (first,)  # fail_fast: stopped there
+    assert report.points[-1] is first
+    assert (first.point.kind, first.point.what) == ("effect", "charge:compensate")
+    assert first.point.name == "after charge:compensate took effect, before its checkpoint"
+    assert first.status == "COMPENSATED"
+    assert "'card': '<missing>' without a crash, -30 after this one" in first.problems[0]
+
+
+def test_an_async_saga_is_recovered_with_arecover_at_every_point() -> None:
+    report = check_crash_points(cs.AsyncOrder, snapshot=cs.balances, setup=cs.reset,
+                                plans=[FailurePlan(step="charge")])
+    assert report.ok, report.describe()
+    assert report.references == ("COMPENSATED",)
+    assert "after reserve:compensate took effect, before its checkpoint" in _names(report, 0)
+
+
+def test_the_fixture_fails_the_test_with_the_table(crash_points) -> None:  # noqa: F811
+    with pytest.raises(AssertionError, match=r"first failure: .* charge:forward took effect"):
+        crash_points(cs.BrokenCharge, snapshot=cs.balances, setup=cs.reset,
+                     plans=[FailurePlan()], fail_fast=True)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"saga": lambda: cs.Order()}, "import in a child process"),
+    ({"saga": "crashpoint_sagas"}, "'module:callable'"),
+    ({"saga": "crashpoint_sagas:not_a_saga"}, "must return a saga instance"),
+    ({"saga": cs.Order, "plans": [FailurePlan(step="ship")]}, "pivot"),
+    ({"saga": cs.Order, "plans": [FailurePlan(step="charge", fault=Fault.TIMES_OUT)]},
+     "not fault=Fault.TIMES_OUT"),
+    ({"saga": cs.Order, "plans": [FailurePlan(step="nope")]}, "nope"),
+    ({"saga": cs.Order, "store": "mysql://x"}, "postgresql://"),
+])
+def test_bad_input_is_a_value_error_naming_the_fix(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        check_crash_points(**kwargs)

@@ -1,0 +1,47 @@
+"""check_crash_points on PostgreSQL: a schema of the session's test cluster per crash
+point (tests/postgres_cluster.py), dropped afterwards; real child processes, SIGKILL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import crashpoint_sagas as cs
+import psycopg
+import pytest
+from postgres_cluster import pg_url  # noqa: F401  (a fixture)
+
+from sagaflow.testing import FailurePlan, check_crash_points
+
+
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cs.LEDGER_ENV, str(tmp_path / "ledger.db"))
+
+
+def _schemas(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'crash_%'")
+        return {r[0] for r in rows}
+
+
+def test_a_sound_saga_passes_at_every_crash_point_on_postgresql(pg_url: str) -> None:  # noqa: F811
+    before = _schemas(pg_url)
+    report = check_crash_points(cs.Order, snapshot=cs.balances, setup=cs.reset, store=pg_url)
+    assert report.ok, report.describe()
+    assert report.store == "PostgreSQL"
+    assert report.references == ("COMPLETED", "COMPENSATED")
+    assert len(report.points) > 30
+    assert {r.outcome for r in report.points} == {"ok"}
+    assert _schemas(pg_url) == before  # every point's schema dropped
+
+
+def test_the_broken_saga_is_named_at_its_first_crash_point_on_postgresql(
+    pg_url: str,  # noqa: F811
+) -> None:
+    report = check_crash_points(cs.BrokenCharge, snapshot=cs.balances, setup=cs.reset,
+                                store=pg_url, plans=[FailurePlan()], fail_fast=True)
+    first = report.first_failure
+    assert first is not None and report.points[-1] is first
+    assert first.point.seq == 8
+    assert first.point.name == "after charge:forward took effect, before its checkpoint"
+    assert "'card': 30 without a crash, 60 after this one" in first.problems[0]
