@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from sagaflow import Retry, StepContext, saga, step
+from sagaflow import Retry, StepContext, parallel, saga, step
 from sagaflow.testing import SagaCase
 
 LEDGER_ENV = "CRASHPOINT_LEDGER"
@@ -193,3 +193,54 @@ def order_case(amount: int = 30) -> SagaCase:
 
 def not_a_saga() -> Any:
     return object()
+
+
+@saga(name="cp_packing")
+@attrs.define
+class Packing:
+    """A parallel group (two members on threads) and a fan-out over two lines, between
+    a compensatable step and a last step (the failing plan fails it)."""
+
+    lines: list[str] = attrs.Factory(lambda: ["a", "b"])
+
+    pack = parallel()
+
+    @step
+    def reserve(self, ctx: StepContext) -> None:
+        apply(ctx, "stock", -1)
+
+    @reserve.compensate
+    def release(self, ctx: StepContext) -> None:
+        undo(ctx, "stock")
+
+    @pack.step
+    def box(self, ctx: StepContext) -> None:
+        apply(ctx, "boxes", 1)
+
+    @box.compensate
+    def unbox(self, ctx: StepContext) -> None:
+        undo(ctx, "boxes")
+
+    @pack.step
+    def label(self, ctx: StepContext) -> None:
+        apply(ctx, "labels", 1)
+
+    @label.compensate
+    def unlabel(self, ctx: StepContext) -> None:
+        undo(ctx, "labels")
+
+    @step(each="lines", key=lambda line: line)
+    def pick(self, line: str, ctx: StepContext) -> None:
+        apply(ctx, f"line-{line}", 1)
+
+    @pick.compensate
+    def unpick(self, line: str, ctx: StepContext) -> None:
+        undo(ctx, f"line-{line}")
+
+    @step
+    def close(self, ctx: StepContext) -> None:
+        apply(ctx, "closed", 1)
+
+    @close.compensate
+    def reopen(self, ctx: StepContext) -> None:
+        undo(ctx, "closed")
