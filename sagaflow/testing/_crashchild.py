@@ -336,7 +336,13 @@ class Subject:
         self.has_snapshot = case.snapshot is not None
 
     def make(self) -> SagaCase:
-        made = self.factory(**self.kwargs)
+        try:
+            made = self.factory(**self.kwargs)
+        except TypeError as exc:
+            raise ValueError(
+                f"calling the saga factory {self.factory!r} with kwargs {self.kwargs!r} "
+                f"failed: {exc}: give kwargs=... or a factory that builds the saga"
+            ) from exc
         if isinstance(made, SagaCase):
             return made
         try:

@@ -126,6 +126,7 @@ def test_the_fixture_fails_the_test_with_the_table(crash_points) -> None:  # noq
      "not fault=Fault.TIMES_OUT"),
     ({"saga": cs.Order, "plans": [FailurePlan(step="nope")]}, "nope"),
     ({"saga": cs.Order, "store": "mysql://x"}, "postgresql://"),
+    ({"saga": cs.Order, "kwargs": {"amount": 1, "colour": "red"}}, "give kwargs="),
 ])
 def test_bad_input_is_a_value_error_naming_the_fix(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
