@@ -210,3 +210,13 @@ def test_the_command_exits_for_ci_in_a_real_process() -> None:
     assert ran.returncode == 1, ran.stderr
     assert "timeouts         FAIL    step 'charge' has timeout=None" in ran.stdout
     assert "1 saga verified: 1 failed (unbounded)" in ran.stdout
+
+
+def test_the_toolkit_s_hypothesis_names_import_before_hypothesis_is() -> None:
+    # verify imports saga_cases first thing; hypothesis's entry point imported the
+    # half-made sagaflow.testing.strategies and the import failed
+    ran = subprocess.run(
+        [sys.executable, "-c", "from sagaflow.testing import failure_plans, saga_cases"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert ran.returncode == 0, ran.stderr

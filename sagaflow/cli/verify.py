@@ -193,8 +193,6 @@ def _timeouts(spec: SagaSpec) -> Gate:
 def _cases(cls: type) -> tuple[Any, str]:
     """The strategy of the saga's instances, or ``None`` and how to give one."""
     try:
-        from hypothesis import find, settings
-
         from ..testing import saga_cases
     except ImportError as exc:
         raise CliError(
@@ -204,8 +202,7 @@ def _cases(cls: type) -> tuple[Any, str]:
     try:
         cases = saga_cases(cls)
         # one instance built now, so a saga that cannot be built says so once, here
-        find(cases, lambda _: True,
-             settings=settings(database=None, max_examples=50, derandomize=True))
+        _first(cases, lambda _: True, 1)
     except Exception as exc:
         return None, (
             f"cannot build instances of {cls.__qualname__}: {one_line(exc)}; define "
@@ -288,11 +285,8 @@ def _direct(gate: str, check: Callable[..., None], case: Any, passed: str) -> Ga
 
 
 def _one_case(cases: Any) -> Any:
-    """The simplest instance the strategy draws whose run with nothing going wrong
-    completes (the direct checks run its steps forward), else the simplest one."""
-    from hypothesis import find, settings
-    from hypothesis.errors import HypothesisException, NoSuchExample
-
+    """The first instance drawn (the same on every run) whose run with nothing going
+    wrong completes (the direct checks run its steps forward), else the first one."""
     from ..records import SagaStatus
     from ..testing import SagaCase, run_plan
 
@@ -302,12 +296,30 @@ def _one_case(cases: Any) -> Any:
         except Exception:
             return False
 
-    quick = settings(database=None, max_examples=50, deadline=None, derandomize=True)
-    try:
-        case = find(cases, completes, settings=quick)
-    except (NoSuchExample, HypothesisException):  # none does, or not reliably (no setup)
-        case = find(cases, lambda _: True, settings=quick)
+    case = _first(cases, completes, 30)
+    if case is None:
+        case = _first(cases, lambda _: True, 1)
     return case if isinstance(case, SagaCase) else SagaCase(case)
+
+
+def _first(cases: Any, accept: Callable[[Any], bool], tries: int) -> Any:
+    """The first of ``tries`` draws that ``accept`` takes, or ``None``: drawn in a fixed
+    order and never shrunk (``hypothesis.find`` would run ``accept`` over and over to
+    shrink what it found)."""
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
+
+    found: list[Any] = []
+
+    @settings(database=None, max_examples=tries, derandomize=True, deadline=None,
+              phases=[Phase.generate], verbosity=Verbosity.quiet,
+              suppress_health_check=list(HealthCheck))
+    @given(cases)
+    def look(case: Any) -> None:
+        if not found and accept(case):
+            found.append(case)
+
+    look()
+    return found[0] if found else None
 
 
 def _crash_points() -> Callable[..., Any]:

@@ -82,6 +82,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
+        # hypothesis first: importing it runs its entry point, which imports .strategies;
+        # imported from inside .strategies, that finds the module half made and fails
+        importlib.import_module("hypothesis")
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
