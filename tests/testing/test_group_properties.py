@@ -85,8 +85,19 @@ def test_arun_plan_s_engine_runs_a_coroutine_member_cut_off_after_taking_effect(
     assert STOCK.balances == {"sku": -1}  # once: the retry after recovery is the same key
 
 
+def untimed(plan: FailurePlan) -> bool:
+    """No planned timeout: under a real driver a planned timeout is a short real one
+    (``REAL_TIMEOUT``), which a member's thread that the OS has not yet scheduled (a
+    loaded machine) misses before the harness sees the call start."""
+    return Fault.TIMES_OUT not in (
+        plan.fault if plan.step is not None else None,
+        plan.transient_fault if plan.transient else None,
+        *(f for _, f in plan.faults),
+    )
+
+
 @SAMPLE
-@given(case=booking_cases(), plan=failure_plans(Booking))
+@given(case=booking_cases(), plan=failure_plans(Booking).filter(untimed))
 def test_a_group_saga_under_the_async_driver(case: SagaCase, plan: FailurePlan) -> None:
     # sync members run on the driver's threads; a cancelled run cuts them off
     arun(case, plan).check()
@@ -110,7 +121,8 @@ def test_a_group_of_coroutines_under_arun_plan_s_engine(
 
 
 @SAMPLE
-@given(case=picking_cases(), plan=failure_plans(Picking, items={"pick": "abcd"}))
+@given(case=picking_cases(),
+       plan=failure_plans(Picking, items={"pick": "abcd"}).filter(untimed))
 def test_a_fan_out_saga_under_the_async_driver(case: SagaCase, plan: FailurePlan) -> None:
     arun(case, plan).check()
 
