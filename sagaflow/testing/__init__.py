@@ -12,8 +12,14 @@
 - :func:`check_crash_points`: SIGKILL a run at every checkpoint and effect, recover it
   in a fresh process, and check the saga's end and the participants' state.
 
+Choreography and the outbox: :class:`DeliveryPlan` (a step fails, a participant dies, an
+event comes twice, late, out of order, after the deadline or never, the relay publishes
+again), :func:`run_choreography` (the flow's participants on a real store, in-process or
+over Redis), :func:`check_choreography`, and :func:`choreography_plans`.
+
 The names that need hypothesis (:func:`failure_plans`, :func:`saga_cases`,
-:func:`saga_state_machine`, :func:`register_strategies`) are imported on first use.
+:func:`saga_state_machine`, :func:`register_strategies`, :func:`choreography_plans`) are
+imported on first use.
 """
 
 from __future__ import annotations
@@ -75,6 +81,28 @@ _LAZY = {
     "saga_cases": "strategies",
     "saga_state_machine": "stateful",
 }
+
+# --- choreography and the outbox (issue 13, issue 15) -------------------------------------
+from .choreography import (  # noqa: E402
+    CHOREOGRAPHY_INVARIANTS,
+    ChoreographyCase,
+    ChoreographyRun,
+    ChoreographyViolation,
+    Delivery,
+    DeliveryPlan,
+    check_choreography,
+    run_choreography,
+)
+
+if TYPE_CHECKING:
+    from .choreography_strategies import choreography_plans
+
+__all__ += [
+    "CHOREOGRAPHY_INVARIANTS", "ChoreographyCase", "ChoreographyRun",
+    "ChoreographyViolation", "Delivery", "DeliveryPlan", "check_choreography",
+    "choreography_plans", "run_choreography",
+]
+_LAZY["choreography_plans"] = "choreography_strategies"
 
 
 def __getattr__(name: str) -> Any:
