@@ -44,6 +44,7 @@ from ..messages import Message
 from ..orchestrator import Orchestrator
 from ..outbox import Relay
 from ..records import SagaRecord, SagaStatus
+from ..runtime import Threads
 from ..spec import SagaSpec, spec_of
 from ..stores import MemoryStore, OutboxStore
 from .clock import VirtualClock
@@ -692,6 +693,9 @@ class _Runner:
     def _orchestrator(self) -> _Orchestrator:
         made = _Orchestrator(self.store_for(), self.injector.shadow, self.clock)
         made.register(self.flow)
+        # The call threads are shared by every run's orchestrators: starting a thread
+        # for each process of each run would be most of a run's time.
+        made.runtime.threads = _THREADS
         return made
 
     def _participant(self, name: str) -> Participant:
@@ -713,7 +717,7 @@ class _Runner:
             handled = p.handle(m)
         except ProcessDied as exc:
             self.deliveries.append(Delivered(seq, m.id, event, name, "died", str(exc)))
-            p.orchestrator.close()
+            _close(p.orchestrator)
             self.parts[name] = self._participant(name)
             return False
         except UnknownInstance as exc:
@@ -795,13 +799,20 @@ class _Runner:
         with contextlib.suppress(Exception):
             self.transport.close()
         for p in self.parts.values():
-            p.orchestrator.close()
-        self.worker.close()
+            _close(p.orchestrator)
+        _close(self.worker)
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
 
 _streams = itertools.count(1)
+_THREADS = Threads()
+
+
+def _close(orchestrator: Orchestrator) -> None:
+    """Close ``orchestrator``, leaving the shared call threads running."""
+    orchestrator.runtime.threads = Threads()
+    orchestrator.close()
 
 
 def _scratch() -> str | None:

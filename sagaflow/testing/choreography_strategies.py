@@ -85,15 +85,20 @@ def choreography_plans(
         if s.compensation is not None and s.compensation_retry.attempts > 1
         and s.compensation_retry.is_retryable(sample)
     }) if compensation_faults else none()
-    comp_crash = st.frozensets(st.sampled_from(undoable)) if (
-        compensation_faults and undoable) else st.just(frozenset())
+    comp_crash = _subsets(undoable) if compensation_faults else st.just(frozenset())
     delivered = st.fixed_dictionaries({
         t: st.sampled_from([d for d in _ORDER if not d.withholds or t in may_withhold])
         for t in types
     }) if deliveries else none()
-    again = st.frozensets(st.sampled_from(types)) if republish else st.just(frozenset())
+    again = _subsets(types) if republish else st.just(frozenset())
     return st.builds(
         DeliveryPlan, fails=fails, transient=transient, crash=crash,
         compensation_transient=comp_transient, compensation_crash=comp_crash,
         deliveries=delivered, republished=again,
     )
+
+
+def _subsets(names: list[str]) -> st.SearchStrategy[frozenset[str]]:
+    """Subsets of ``names``, each name in or out on its own (so each shrinks out alone)."""
+    return st.fixed_dictionaries({n: st.booleans() for n in names}).map(
+        lambda d: frozenset(n for n, inside in d.items() if inside))

@@ -15,9 +15,17 @@ import attrs
 import examples.choreography.saga as order
 from examples.choreography.saga import OrderCreated, OrderFlow, Services
 from sagaflow import Retry
-from sagaflow.choreography import choreography
+from sagaflow.choreography import choreography, choreography_of
 from sagaflow.choreography import step as reacts
 from sagaflow.testing import ChoreographyCase
+
+
+def forward_events(flow: type) -> tuple[str, ...]:
+    """The names of the events a flow's steps publish on success: what these tests let
+    plans withhold until compensating instances park (sagaflow/choreography.py parks only
+    RUNNING ones: a lost FlowFailed leaves a COMPENSATING instance nothing wakes)."""
+    return tuple(r.emits.__name__ for r in choreography_of(flow).roles)
+
 
 # --- the example order ---------------------------------------------------------------
 

@@ -138,7 +138,7 @@ def test_a_plan_that_does_not_fit_the_flow_is_refused_naming_each_problem() -> N
     assert "a compensation fault names 'confirm'" in text
     assert "an event type names 'Nope'" in text
     assert "the start event OrderCreated cannot be withheld" in text
-    with pytest.raises(ValueError, match="a set of names is wanted: write {'x'}"):
+    with pytest.raises(ValueError, match=r"a set of names is wanted: write \{'x'\}"):
         DeliveryPlan(republished="x")
     with pytest.raises(TypeError, match="starts must be OrderCreated events"):
         ChoreographyCase(OrderFlow, ["x"])

@@ -7,9 +7,9 @@ files (each participant on its own connection, as separate services are).
 
 from __future__ import annotations
 
+from choreo_sagas import forward_events, order_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from choreo_sagas import order_case
 
 from examples.choreography.saga import OrderFlow
 from sagaflow.testing import (
@@ -19,11 +19,8 @@ from sagaflow.testing import (
     run_choreography,
 )
 
-#: Withheld in these plans: the forward events. A lost FlowFailed or compensation event
-#: leaves the instance COMPENSATING and not parked, which no deadline wakes (see
-#: sagaflow/choreography.py: only RUNNING instances park); once compensating instances
-#: park, every event type may be withheld.
-FORWARD = ("StockReserved", "PaymentProcessed", "OrderConfirmed")
+#: Withheld in these plans: the forward events (see choreo_sagas.forward_events).
+FORWARD = forward_events(OrderFlow)
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ON_SQLITE = settings(FAST, max_examples=max(25, settings.default.max_examples // 4))
@@ -60,12 +57,17 @@ def test_plans_fit_the_flow_and_shrink_toward_nothing_wrong(plan: DeliveryPlan) 
         assert name == "charge" and 1 <= count <= 2  # the only step that retries
 
 
-def test_the_simplest_plan_is_the_quiet_one() -> None:
+def test_plans_shrink_to_the_simplest_that_has_what_is_asked() -> None:
+    from random import Random
+
     from hypothesis import find
 
-    assert find(choreography_plans(OrderFlow), lambda p: True) == DeliveryPlan()
-    assert find(choreography_plans(OrderFlow), lambda p: p.fails is not None) == \
+    few = settings(database=None, max_examples=200)
+    plans = choreography_plans(OrderFlow)
+    assert find(plans, lambda p: p.fails is not None, settings=few, random=Random(0)) == \
         DeliveryPlan(fails="reserve_stock")
+    crashing = find(plans, lambda p: bool(p.crash), settings=few, random=Random(0))
+    assert len(crashing.crash) == 1 and crashing == DeliveryPlan(crash=crashing.crash)
 
 
 def test_a_strategy_for_something_else_is_refused() -> None:
