@@ -57,19 +57,6 @@ def test_plans_fit_the_flow_and_shrink_toward_nothing_wrong(plan: DeliveryPlan) 
         assert name == "charge" and 1 <= count <= 2  # the only step that retries
 
 
-def test_plans_shrink_to_the_simplest_that_has_what_is_asked() -> None:
-    from random import Random
-
-    from hypothesis import find
-
-    few = settings(database=None, max_examples=200)
-    plans = choreography_plans(OrderFlow)
-    assert find(plans, lambda p: p.fails is not None, settings=few, random=Random(0)) == \
-        DeliveryPlan(fails="reserve_stock")
-    crashing = find(plans, lambda p: bool(p.crash), settings=few, random=Random(0))
-    assert len(crashing.crash) == 1 and crashing == DeliveryPlan(crash=crashing.crash)
-
-
 def test_a_strategy_for_something_else_is_refused() -> None:
     import pytest
     from hypothesis.errors import InvalidArgument
