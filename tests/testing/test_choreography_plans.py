@@ -156,3 +156,18 @@ def test_a_plan_says_what_it_does() -> None:
                                "effect; FlowFailed delivered late; the relay publishes "
                                "StockReleased twice")
     assert DeliveryPlan(deliveries={"X": Delivery.ONCE}).is_quiet
+
+
+def test_the_readme_choreography_example_passes() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Testing your sagas\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]
+               if "run_choreography" in block]
+    namespace: dict[str, object] = {"__name__": "readme_choreography_example"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    tests = [v for n, v in namespace.items() if n.startswith("test_") and callable(v)]
+    assert len(tests) == 2
+    for test in tests:
+        test()
