@@ -978,9 +978,10 @@ def _c3_compensation(run: ChoreographyRun) -> list[str]:
         if r.status is not SagaStatus.COMPENSATED:
             continue
         took = {c.step for c in mine if c.direction is FORWARD and c.effect}
-        # a call its participant died in may have taken effect, as far as sagaflow knows
-        unknown = {c.step for c in mine if c.direction is FORWARD
-                   and c.injected.startswith("crash")} - took
+        # a call its participant died in, or one still running when its timeout gave up
+        # on it, may have taken effect, as far as sagaflow knows
+        unknown = {c.step for c in mine if c.direction is FORWARD and (
+            c.injected.startswith("crash") or (not c.ok and c.error is None))} - took
         order = [s.name for s in reversed(run.spec.steps) if s.compensation is not None]
         expected = [n for n in order if n in took]
         allowed = [n for n in order if n in took or n in unknown]

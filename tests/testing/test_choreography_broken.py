@@ -58,9 +58,10 @@ def test_a_participant_that_doubles_its_effect_on_redelivery_is_found() -> None:
     if not DEEP:
         assert plan == DeliveryPlan(crash={"hold": True})
     assert found.numbers == [4]
-    assert "b-1 COMPLETED with effects (8, 50, True); the quiet run leaves (9, 50, True)" \
-        in str(found)
-    assert "hold #1 [crash+effect] died +effect" in str(found)
+    if not DEEP:  # the deep search draws every kind of fault: its plan may differ
+        assert "b-1 COMPLETED with effects (8, 50, True); the quiet run leaves (9, 50, True)" \
+            in str(found)
+        assert "hold #1 [crash+effect] died +effect" in str(found)
 
 
 def test_a_compensation_that_is_not_idempotent_is_found() -> None:
@@ -72,7 +73,8 @@ def test_a_compensation_that_is_not_idempotent_is_found() -> None:
     assert found.numbers == [4]
     assert "b-1 COMPENSATED but its effects went from (10, 0, False) to (10, -50, False)" \
         in str(found)
-    assert "undo pay #1 [crash+effect] died +effect" in str(found)
+    if not DEEP:
+        assert "undo pay #1 [crash+effect] died +effect" in str(found)
     # and a lost reply, retried in the same handling, shows it the same way
     lost = violation(CarelessRefund, DeliveryPlan(fails="issue",
                                                   compensation_transient={"pay": 1}))
