@@ -171,3 +171,17 @@ def test_the_readme_choreography_example_passes() -> None:
     assert len(tests) == 2
     for test in tests:
         test()
+
+
+def test_a_compensating_instance_without_a_compensation_deadline_may_stay_parked() -> None:
+    from sagaflow.testing.choreography import Parked
+
+    run = run_choreography(order_case(), DeliveryPlan(fails="confirm"))
+    record = attrs.evolve(run.records["OrderFlow:o-0"], status=SagaStatus.COMPENSATING)
+    parked = Parked("OrderFlow:o-0", SagaStatus.COMPENSATING, "choreography", None,
+                    ("OrderFlow:o-0:2",))
+    waiting = attrs.evolve(run, records={"OrderFlow:o-0": record}, parks=(parked,))
+    check_choreography(waiting, only=[1])  # parked for its lost FlowFailed: an operator's
+    for wrong in (attrs.evolve(parked, waiting=None), attrs.evolve(parked, withheld=())):
+        with pytest.raises(ChoreographyViolation, match="ends COMPENSATING"):
+            check_choreography(attrs.evolve(waiting, parks=(wrong,)), only=[1])
