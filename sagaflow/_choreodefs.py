@@ -91,16 +91,19 @@ def step(
     readonly: bool = False,
     pivot: bool = False,
     retriable: bool = False,
+    when: Any = None,
 ) -> Any:
     """A step of a choreography: ``participant`` (a name) runs it when the event before
     it arrives (the start event for the first step, the previous step's ``emits`` for
     the others) and it publishes an ``emits`` event on success. The kinds, ``timeout``
-    and ``retry`` are :func:`sagaflow.step`'s."""
+    and ``retry`` are :func:`sagaflow.step`'s. ``when=`` is refused at definition (a
+    :class:`~sagaflow.SagaDefinitionError` saying what to do instead): a step that is
+    skipped would publish nothing for the next participant to react to."""
 
     def make(fn: StepFn) -> StepDef:
         made = ChoreoStepDef(
             fn=fn, name=name, timeout=timeout, retry=retry, readonly=readonly, pivot=pivot,
-            retriable=retriable, emits=emits, participant=participant,
+            retriable=retriable, emits=emits, participant=participant, when=when,
         )
         with _defs._lock:
             _defs._made_for.setdefault(_defs._owner_of(fn), []).append(made)
@@ -265,10 +268,19 @@ def _check(
     for s in spec.steps:
         d = defs.get(id(s.fn))
         what = f"step {s.name!r}"
-        if s.wait is not None or s.group is not None or s.each is not None or s.when is not None:
+        if s.wait is not None or s.group is not None or s.each is not None:
             problems.append(
                 f"{what}: a choreography's steps are plain steps (no waits, timers, parallel "
-                "groups, fan-outs or when=): each is one participant's reaction to one event"
+                "groups or fan-outs): each is one participant's reaction to one event"
+            )
+        if s.when is not None:
+            # Refused rather than skipped: a skipped step would have to publish its
+            # trigger on for the next participant, an event nobody's code emitted.
+            problems.append(
+                f"{what}: when= is not supported in a choreography (a skipped step would "
+                "publish no event, and the next participant would never react): drop when= "
+                "and test the condition in the step itself (return early when there is "
+                "nothing to do; its emits= event is still published and the flow goes on)"
             )
         if not isinstance(d, ChoreoStepDef) or d.emits is None:
             problems.append(

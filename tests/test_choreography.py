@@ -198,6 +198,20 @@ def test_a_compensation_without_emits_and_saga_problems_are_reported_together() 
     assert "participant must name the service that runs it" in text
 
 
+def test_when_is_refused_with_the_fix() -> None:
+    def build() -> None:
+        @choreography(start=Started, correlation="key")
+        class Flow:
+            key: str
+
+            @step(pivot=True, emits=Done, participant="a", when=lambda s: s.key != "x")
+            def go(self, ctx): ...
+
+    text = _problems(build)
+    assert "step 'go': when= is not supported in a choreography" in text
+    assert "drop when= and test the condition in the step itself" in text
+
+
 # --- participants -----------------------------------------------------------------------
 
 
