@@ -25,6 +25,7 @@ __all__ = [
     "ChoreographySpec",
     "FlowFailed",
     "Role",
+    "StepDue",
     "choreography",
     "choreography_of",
     "step",
@@ -46,6 +47,23 @@ class FlowFailed:
     correlation: str
     step: str
     reason: str
+
+
+@attrs.frozen
+class StepDue:
+    """Published (from the instance's outbox) by whoever resumes a due instance (a
+    worker, :meth:`~sagaflow.Orchestrator.resume_due`, recovery) when a step's retry (or
+    a compensation's, ``compensation``) came due and its participant did not make it
+    (it died during the backoff): ``participant`` performs it, as its trigger event
+    would have made it. ``retry_at``: when the retry was due (the last attempt failed:
+    it is retried, not taken as cut off)."""
+
+    flow: str
+    correlation: str
+    step: str
+    participant: str
+    compensation: bool = False
+    retry_at: float | None = None
 
 
 @attrs.frozen(eq=False)
@@ -145,6 +163,20 @@ class ChoreographySpec:
         """The events that move a compensating instance on: :class:`FlowFailed` and every
         compensation's event."""
         return (FlowFailed, *(r.compensation_emits for r in self.roles if r.compensation_emits))
+
+    def drive(self, rt: Any, spec: SagaSpec, record: Any, told: int = 0) -> Any:
+        """What a driver (:func:`sagaflow.runner.drive`) does with an instance: never
+        its calls (the participants make them), only what is due: see
+        :func:`sagaflow.choreography.hand_off`."""
+        from .choreography import hand_off
+
+        return hand_off(self, rt, spec, record, told)
+
+    def adrive(self, rt: Any, spec: SagaSpec, record: Any, told: int = 0) -> Any:
+        """:meth:`drive` for :func:`sagaflow.runner.adrive`: a coroutine."""
+        from .choreography import ahand_off
+
+        return ahand_off(self, rt, spec, record, told)
 
     def saga_id(self, correlation: object) -> str:
         """The id of the instance correlated by ``correlation``: ``"{flow}:{value}"``."""

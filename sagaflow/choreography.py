@@ -32,6 +32,7 @@ from ._choreodefs import (
     ChoreographySpec,
     FlowFailed,
     Role,
+    StepDue,
     choreography,
     choreography_of,
     is_choreography,
@@ -40,12 +41,17 @@ from ._choreodefs import (
 from .codec import Codec, default_codec
 from .context import Direction, StepContext
 from .engine import Call, new_record
-from .errors import SagaflowError
+from .engine._moves import begin_compensation, compensation_failed, next_undo, step_failed
+from .errors import ConcurrentModification, SagaDeadlineExceeded, SagaflowError
+from .events import EventIgnored
 from .messages import Message
-from .records import SagaRecord, SagaStatus, StepStatus
+from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
 from .routing import UnknownCorrelation
 from .runner import astep_once, step_once
-from .spec import spec_of
+from .runner._common import enter, leave
+from .runner._once import asave_once, save_once
+from .runtime import Runtime
+from .spec import SagaSpec, StepKind, spec_of
 
 __all__ = [
     "CHOREOGRAPHY_ATTRIBUTE",
@@ -54,6 +60,7 @@ __all__ = [
     "Handled",
     "Participant",
     "Role",
+    "StepDue",
     "UnknownInstance",
     "choreography",
     "choreography_of",
@@ -68,6 +75,9 @@ log = logging.getLogger("sagaflow.choreography")
 PARKED = "choreography"
 _RUNNING = SagaStatus.RUNNING
 _COMPENSATING = SagaStatus.COMPENSATING
+_NOT_STARTED = SagaStatus.NOT_STARTED
+#: Statuses a step's outcome leaves an instance in without its flow failing.
+_GOING_ON = (_NOT_STARTED, _RUNNING, SagaStatus.COMPLETED)
 
 
 class UnknownInstance(UnknownCorrelation):
@@ -136,21 +146,24 @@ class Participant:
             r.compensation_emits is not None)}
         self._comp_triggers = chor.compensation_triggers if self._undoes else ()
         self._roles = {r.index: r for r in chor.roles}
+        self._by_name = {r.name: r for r in chor.roles if r.participant == name}
 
     # --- handling ---------------------------------------------------------------------
 
     def handle(self, message: Message) -> Handled:
         """Handle one consumed message (sync steps only): see the class."""
         event = self.orchestrator.runtime.codec.load_event(message.body)
-        return self.handle_event(event)
+        return self.handle_event(event, message)
 
     async def ahandle(self, message: Message) -> Handled:
         """:meth:`handle`, in the awaiting task (async steps too)."""
         event = self.orchestrator.runtime.codec.load_event(message.body)
-        return await self.ahandle_event(event)
+        return await self.ahandle_event(event, message)
 
-    def handle_event(self, event: Any) -> Handled:
-        """Handle a decoded event (as :class:`~sagaflow.outbox.Handlers` gives it)."""
+    def handle_event(self, event: Any, message: Message | None = None) -> Handled:
+        """Handle a decoded event (as :class:`~sagaflow.outbox.Handlers` gives it);
+        ``message``: the message it came in (its id names it in the instance's history
+        if it is ignored)."""
         plan = self._plan(event)
         if isinstance(plan, Handled):
             return plan
@@ -166,14 +179,14 @@ class Participant:
                 record = existing
         else:
             record = self._spec_checked(record)
-        expect, why = self._expect(record, role, compensating)
+        expect, why = self._expect(record, role, compensating, event)
         if expect is None:
-            return self._ignored(event, record, why)
-        self._unpark(record)
+            return self._ignored(event, message, record, why)
+        self._unpark(record, event)
         done = step_once(rt, self.spec, record, expect, self._check, self._before_save(record))
         return self._ran(event, record, done)
 
-    async def ahandle_event(self, event: Any) -> Handled:
+    async def ahandle_event(self, event: Any, message: Message | None = None) -> Handled:
         """:meth:`handle_event`, in the awaiting task."""
         plan = self._plan(event)
         if isinstance(plan, Handled):
@@ -190,10 +203,10 @@ class Participant:
                 record = existing
         else:
             record = self._spec_checked(record)
-        expect, why = self._expect(record, role, compensating)
+        expect, why = self._expect(record, role, compensating, event)
         if expect is None:
-            return self._ignored(event, record, why)
-        self._unpark(record)
+            return await self._aignored(event, message, record, why)
+        self._unpark(record, event)
         done = await astep_once(
             rt, self.spec, record, expect, self._check, self._before_save(record)
         )
@@ -205,6 +218,11 @@ class Participant:
         """(the instance's id, the forward role it triggers or ``None``, whether it may
         trigger a compensation), or ``not-mine``."""
         chor = self.choreography
+        if isinstance(event, StepDue):  # a retry due, redelivered to its participant
+            if event.flow != chor.name or event.participant != self.name:
+                return Handled("not-mine")
+            role = None if event.compensation else self._by_name.get(event.step)
+            return chor.saga_id(event.correlation), role, event.compensation
         role = self._forward.get(type(event))
         compensating = bool(self._comp_triggers) and isinstance(event, self._comp_triggers)
         if role is None and not compensating:
@@ -232,61 +250,74 @@ class Participant:
         return record
 
     def _expect(
-        self, record: SagaRecord, role: Role | None, compensating: bool
+        self, record: SagaRecord, role: Role | None, compensating: bool, event: Any = None
     ) -> tuple[tuple[int, Direction] | None, str]:
         """The call the event triggers at ``record`` now, or ``None`` and why not."""
-        if record.status.is_terminal:
-            return None, f"the instance is {record.status.value}"
+        status = record.status
+        if status.is_terminal:
+            return None, f"the instance is {status.value}"
         now = self.orchestrator.runtime.clock.now()
-        if record.status is _RUNNING:
+        if status is _RUNNING or status is _NOT_STARTED:  # not started: its first save died
             if role is None:
                 return None, "it is not compensating"
-            if record.cursor != role.index:
-                at = self.spec.steps[record.cursor].name
+            cursor = record.cursor if status is _RUNNING else 0
+            if cursor != role.index:
+                at = self.spec.steps[cursor].name
                 return None, f"the instance is at step {at!r}, not {role.name!r}"
             sr = record.steps[role.index]
             if sr.status not in (StepStatus.PENDING, StepStatus.RUNNING):
                 return None, f"step {role.name!r} is {sr.status.value}"
-            if record.deadline_at is not None and now >= record.deadline_at:
+            if record.deadline_at is not None and now >= record.deadline_at and (
+                self.spec.steps[role.index].kind is not StepKind.RETRIABLE
+            ):
                 return None, "its deadline has passed: it is compensated when resumed"
             return (role.index, Direction.FORWARD), ""
-        if record.status is _COMPENSATING and compensating:
+        if status is _COMPENSATING and compensating:
             i = record.undo[record.cursor]
+            name = self.spec.steps[i].name
+            if isinstance(event, StepDue) and event.step != name:
+                return None, f"it is undoing step {name!r}, not {event.step!r}"
             if i in self._undoes:
                 return (i, Direction.COMPENSATE), ""
-            return None, f"it is undoing step {self.spec.steps[i].name!r}, not one of ours"
-        return None, f"the instance is {record.status.value}"
+            return None, f"it is undoing step {name!r}, not one of ours"
+        return None, f"the instance is {status.value}"
 
-    def _unpark(self, record: SagaRecord) -> None:
+    def _unpark(self, record: SagaRecord, event: Any = None) -> None:
+        """The record as the engine knows it: not parked, its ``wake_at`` a retry's
+        time or nothing (parked, it holds the deadline: see :func:`_park`)."""
         if record.waiting == PARKED:
             record.waiting = None
-            record.wake_at = None
+            if record.wake_at == _phase_deadline(record):
+                record.wake_at = None
+        if isinstance(event, StepDue) and event.retry_at is not None and (
+            record.wake_at is None
+        ):
+            # The last attempt failed and its retry came due: a retry, not an attempt
+            # cut off (which may have taken effect).
+            record.wake_at = event.retry_at
 
     def _park(self, record: SagaRecord) -> None:
-        """Between its events an instance is a parked row: woken at its deadline."""
-        if record.status is not _RUNNING:  # only a RUNNING saga can be a parked row
-            if record.waiting == PARKED:
-                record.waiting = None
-            return
-        record.waiting = PARKED
-        if record.wake_at is None and record.status is _RUNNING:
-            record.wake_at = record.deadline_at
+        _park(record)
 
     def _before_save(self, record: SagaRecord) -> Any:
         was = record.status
-        told = [False]
+        cursor = record.cursor
+        chor = self.choreography
 
         def before_save(r: SagaRecord) -> None:
-            if was is _RUNNING and r.status is not _RUNNING and (
-                r.status is not SagaStatus.COMPLETED
-            ) and not told[0]:
-                told[0] = True
+            nonlocal was, cursor
+            status = r.status
+            if was is not _COMPENSATING and status is not was and status not in _GOING_ON:
                 failed = next((s.name for s in r.steps if s.status is StepStatus.FAILED), "")
-                r.events.append(FlowFailed(
-                    self.spec.name, str(getattr(r.data, self.choreography.correlation)),
-                    failed, "failed" if r.error is None else str(r.error),
-                ))
-            self._park(r)
+                r.events.append(_flow_failed(chor, r, failed))
+            elif was is _COMPENSATING and status is _COMPENSATING and r.cursor != cursor and (
+                r.steps[r.undo[cursor]].compensation is CompensationStatus.FAILED
+            ):
+                # A compensation failed for good (it published nothing): the next one's
+                # participant is told by name, or nobody would be.
+                r.events.append(_due(chor, self.spec, r, None))
+            was, cursor = status, r.cursor
+            _park(r)
 
         return before_save
 
@@ -315,10 +346,53 @@ class Participant:
             f"besides {corr!r} ({', '.join(required)}), so sagaflow cannot build it"
         )
 
-    def _ignored(self, event: Any, record: SagaRecord, why: str) -> Handled:
+    def _ignored(
+        self, event: Any, message: Message | None, record: SagaRecord, why: str
+    ) -> Handled:
+        """Note in the instance's history that ``event`` was ignored, and why."""
+        told = self._note_ignored(event, message, record, why)
+        if told is not None:
+            try:
+                self.orchestrator.runtime.store.save(record)
+            except ConcurrentModification as exc:  # it moved meanwhile: noted in the log
+                log.info("sagaflow: %s: %s", record.saga_id, exc)
+            else:
+                self.orchestrator.runtime.listeners.notify(record.history, told)
+        return Handled("ignored", record.saga_id, None, False, record.status, why)
+
+    async def _aignored(
+        self, event: Any, message: Message | None, record: SagaRecord, why: str
+    ) -> Handled:
+        """:meth:`_ignored`, in the awaiting task."""
+        told = self._note_ignored(event, message, record, why)
+        if told is not None:
+            try:
+                await self.orchestrator.runtime.store.asave(record)
+            except ConcurrentModification as exc:
+                log.info("sagaflow: %s: %s", record.saga_id, exc)
+            else:
+                await self.orchestrator.runtime.listeners.anotify(record.history, told)
+        return Handled("ignored", record.saga_id, None, False, record.status, why)
+
+    def _note_ignored(
+        self, event: Any, message: Message | None, record: SagaRecord, why: str
+    ) -> int | None:
+        """Append the :class:`~sagaflow.events.EventIgnored` entry; what listeners heard
+        before it (``None``: the instance is driven in this process right now: not
+        saved under it)."""
         log.info("sagaflow: %s ignored a %s for %s: %s", self.name, type(event).__name__,
                  record.saga_id, why)
-        return Handled("ignored", record.saga_id, None, False, record.status, why)
+        rt = self.orchestrator.runtime
+        if record.saga_id in rt.live:
+            return None
+        told = len(record.history)
+        record.history.append(EventIgnored(
+            record.saga_id, self.spec.name, rt.clock.now(), None, 0, None,
+            event_id=message.id if message is not None else "",
+            event_type=type(event).__qualname__, participant=self.name, reason=why,
+        ))
+        record.updated_at = rt.clock.now()
+        return told
 
     def _ran(self, event: Any, record: SagaRecord, done: Call | None) -> Handled:
         if done is None:
@@ -328,6 +402,151 @@ class Participant:
             "ran", record.saga_id, self.spec.steps[done.index].name,
             done.direction is Direction.COMPENSATE, record.status,
         )
+
+
+# --- parked rows, and what is due of them ------------------------------------------------
+
+
+def _phase_deadline(record: SagaRecord) -> float | None:
+    """When the instance's phase ends: its deadline while RUNNING, its compensation
+    deadline while COMPENSATING."""
+    if record.status is _COMPENSATING:
+        return record.compensation_deadline_at
+    return record.deadline_at
+
+
+def _park(record: SagaRecord) -> None:
+    """Between its events an instance is a parked row (RUNNING or COMPENSATING), so that
+    recovery and ``check_stalled`` leave it to its participants. Its ``wake_at``: a
+    retry's time while one waits (the engine's), else its phase's deadline (what the
+    engine knows as no wake time: see :meth:`Participant._unpark`)."""
+    if record.status is not _RUNNING and record.status is not _COMPENSATING:
+        if record.waiting == PARKED:
+            record.waiting = None
+        return
+    record.waiting = PARKED
+    if record.wake_at is None:
+        record.wake_at = _phase_deadline(record)
+
+
+def _retry_at(record: SagaRecord) -> float | None:
+    """The time a retry waits for, in a parked row (``None``: none waits)."""
+    wake = record.wake_at
+    return None if wake is None or wake == _phase_deadline(record) else wake
+
+
+def _correlation(chor: ChoreographySpec, record: SagaRecord) -> str:
+    return str(getattr(record.data, chor.correlation))
+
+
+def _flow_failed(chor: ChoreographySpec, record: SagaRecord, step: str) -> FlowFailed:
+    reason = "failed" if record.error is None else str(record.error)
+    return FlowFailed(chor.name, _correlation(chor, record), step, reason)
+
+
+def _due(
+    chor: ChoreographySpec, spec: SagaSpec, record: SagaRecord, retry_at: float | None
+) -> StepDue:
+    """The :class:`StepDue` for the call the instance is at (a step, or while
+    COMPENSATING the compensation), to the participant of that step."""
+    compensating = record.status is _COMPENSATING
+    i = record.undo[record.cursor] if compensating else record.cursor
+    name = spec.steps[i].name
+    who = next(r.participant for r in chor.roles if r.index == i)
+    return StepDue(chor.name, _correlation(chor, record), name, who, compensating, retry_at)
+
+
+def _hand(chor: ChoreographySpec, spec: SagaSpec, record: SagaRecord, now: float) -> bool:
+    """What is due of a choreographed instance that a worker, ``resume_due`` or recovery
+    resumes, done to the record (whether it changed). Never a call: those are the
+    participants'. Its deadline passed: compensation begins, and a :class:`FlowFailed`
+    tells the participants (the newest completed step's undoes it first, as after a
+    step that failed); a retry came due that its participant did not make (it died in
+    the backoff): a :class:`StepDue` redelivers it to that participant; its compensation
+    deadline passed: the compensations not done fail (FAILED, an operator's); a
+    COMPENSATING instance nobody told (an operator's cancel or retry): a FlowFailed."""
+    status = record.status
+    if status is _RUNNING:
+        i = record.cursor
+        s, sr = spec.steps[i], record.steps[i]
+        retry_at = _retry_at(record) if record.waiting == PARKED else record.wake_at
+        if s.kind is not StepKind.RETRIABLE and record.deadline_at is not None and (
+            now >= record.deadline_at
+        ):
+            reason = SagaDeadlineExceeded(spec.deadline or 0)
+            record.waiting = None
+            record.wake_at = retry_at
+            if sr.status is StepStatus.RUNNING:  # waiting to retry, or cut off
+                unknown = retry_at is None
+                if unknown:
+                    sr.timed_out = True
+                step_failed(spec, record, now, reason, reason, unknown, keep_error=True)
+            else:
+                begin_compensation(spec, record, now, reason)
+            if record.status is _COMPENSATING or record.status.is_terminal:
+                record.events.append(_flow_failed(chor, record, s.name))
+            _park(record)
+            return True
+        if retry_at is not None and now >= retry_at and sr.status is StepStatus.RUNNING:
+            record.events.append(_due(chor, spec, record, retry_at))
+            record.wake_at = None
+            _park(record)  # due again at its deadline, if its participant is gone for good
+            return True
+        if record.waiting != PARKED:
+            _park(record)
+            return True
+        return False
+    if status is _COMPENSATING:
+        if record.waiting != PARKED:  # nobody told the participants yet
+            record.events.append(_flow_failed(chor, record, ""))
+            _park(record)
+            return True
+        retry_at = _retry_at(record)
+        limit = record.compensation_deadline_at
+        if limit is not None and now >= limit:
+            record.waiting = None
+            record.wake_at = None
+            while record.status is _COMPENSATING:
+                undone = record.steps[record.undo[record.cursor]].compensation
+                if undone is CompensationStatus.COMPENSATED:
+                    next_undo(spec, record, now, "undone")
+                else:
+                    compensation_failed(spec, record, now, "compensation deadline passed")
+            return True
+        if retry_at is not None and now >= retry_at:
+            record.events.append(_due(chor, spec, record, retry_at))
+            record.wake_at = None
+            _park(record)
+            return True
+    return False
+
+
+def hand_off(
+    chor: ChoreographySpec, rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
+) -> SagaResult:
+    """What :func:`sagaflow.runner.drive` does with a choreographed instance (resumed
+    by a worker, ``resume_due``, recovery, an operator's verb): what is due of it, saved
+    (see :func:`_hand`), and its result; listeners hear its history from ``told`` on."""
+    enter(rt, record)
+    try:
+        if _hand(chor, spec, record, rt.clock.now()) or len(record.history) > told:
+            save_once(rt, spec, record, told, None, [])
+    finally:
+        leave(rt, record)
+    return SagaResult.of(record)
+
+
+async def ahand_off(
+    chor: ChoreographySpec, rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
+) -> SagaResult:
+    """:func:`hand_off`, in the awaiting task."""
+    enter(rt, record)
+    try:
+        if _hand(chor, spec, record, rt.clock.now()) or len(record.history) > told:
+            await asave_once(rt, spec, record, told, None, [])
+    finally:
+        leave(rt, record)
+    return SagaResult.of(record)
 
 
 def message_for(

@@ -21,6 +21,7 @@ __all__ = [
     "CompensationFailed",
     "CompensationRetrying",
     "CompensationStarted",
+    "EventIgnored",
     "LifecycleEvent",
     "Listener",
     "OperatorAction",
@@ -210,6 +211,22 @@ class OperatorAction(LifecycleEvent):
     def describe(self) -> str:
         note = f": {self.note}" if self.note else ""
         return f"OperatorAction {self.action}{note}"
+
+
+@attrs.define(slots=True, weakref_slot=False)
+class EventIgnored(LifecycleEvent):
+    """A choreography's participant ignored an event for this instance (a duplicate,
+    a late one, one out of order): the message's ``event_id`` and ``event_type``, the
+    ``participant`` that received it and ``reason`` (where the instance was instead)."""
+
+    event_id: str = ""
+    event_type: str = ""
+    participant: str = ""
+    reason: str = ""
+
+    def describe(self) -> str:
+        of = f" (id {self.event_id})" if self.event_id else ""
+        return f"EventIgnored {self.event_type}{of} by {self.participant}: {self.reason}"
 
 
 def _heard(level: int) -> bool:

@@ -27,6 +27,10 @@ from .runner import adrive, drive
 from .runtime import Runtime
 from .spec import SagaSpec
 
+#: A parked saga is RUNNING (at a wait), or a choreography between its events (RUNNING
+#: or COMPENSATING).
+_PARKABLE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
 __all__ = [
     "Accepted", "aaccept", "accept", "aresume", "aresume_due", "asend", "resume", "resume_due",
     "send",
@@ -171,7 +175,7 @@ def _parked(
     record = loaded if loaded is not None and loaded.waiting is not None else (
         rt.store.load(saga_id)
     )
-    if record is None or record.waiting is None or record.status is not SagaStatus.RUNNING:
+    if record is None or record.waiting is None or record.status not in _PARKABLE:
         return None
     return spec_for(record), record
 

@@ -318,7 +318,7 @@ def test_an_event_for_an_unknown_correlation_raises(tmp_path: Path, services: Se
         Participant(bus.orch, OrderFlow, "shipping")
 
 
-def test_a_stalled_instance_is_compensated_at_its_deadline(
+def test_a_stalled_instance_is_compensated_at_its_deadline_by_its_participants(
     tmp_path: Path, services: Services
 ) -> None:
     clock = VirtualClock()
@@ -327,10 +327,22 @@ def test_a_stalled_instance_is_compensated_at_its_deadline(
     bus.flush()
     assert bus.orch.resume_due() == {}
     clock.advance(601)
-    assert bus.orch.resume_due() == {"OrderFlow:o-7": SagaStatus.COMPENSATED}
+    # The worker's side: the deadline begins compensation and tells the participants;
+    # it runs no compensation itself.
+    assert bus.orch.resume_due() == {"OrderFlow:o-7": SagaStatus.COMPENSATING}
+    assert services.calls == ["reserve o-7"]
     record = bus.record("o-7")
     assert "deadline" in str(record.error)
+    assert record.waiting == "choreography"  # parked: the participants' now
+    assert bus.orch.resume_due() == {}
+    bus.flush()  # FlowFailed reaches inventory, which releases the stock
+    record = bus.record("o-7")
+    assert record.status is SagaStatus.COMPENSATED
     assert services.calls == ["reserve o-7", "release o-7"]
+    failed = [e for e in bus.published if isinstance(e, FlowFailed)]
+    assert [(f.step, "deadline" in f.reason) for f in failed] == [("charge", True)]
+    undone = [(n, h.step) for n, h in bus.handled if h.outcome == "ran" and h.compensation]
+    assert undone == [("inventory", "reserve_stock")]
 
 
 def test_instances_are_listed_like_any_saga(tmp_path: Path, services: Services) -> None:

@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from .._choreodefs import CHOREOGRAPHY_ATTRIBUTE
 from .._copy import shallow_copy
 from ..context import StepContext
 from ..engine import (
@@ -60,6 +61,9 @@ def adrive(
     after which the cancellation propagates. (A plain function that returns the loop's
     coroutine: one frame less for every saga in flight.)
     """
+    chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
+    if chor is not None:  # choreographed: its participants make the calls, not a driver
+        return chor.adrive(rt, spec, record, told)  # type: ignore[no-any-return]
     return _arun(rt, spec, record, told, False)
 
 

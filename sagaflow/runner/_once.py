@@ -37,7 +37,9 @@ __all__ = [
     "BeforeSave",
     "Check",
     "Expect",
+    "asave_once",
     "astep_once",
+    "save_once",
     "step_once",
 ]
 
@@ -96,10 +98,14 @@ def _once_fn(
     return traced(rt, fn, s.is_async if forward else s.compensation_is_async, spec, record, call)
 
 
-def _save_once(
+def save_once(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, before_save: BeforeSave | None,
     calls: list[Call],
 ) -> int:
+    """Save ``record`` (``before_save`` first) and tell listeners its history from
+    ``told`` on; how much of it they have heard now. A save that cannot encode the
+    fields ``calls`` left goes back to the stored record (see :func:`~sagaflow.gather.
+    restore`)."""
     if before_save is not None:
         before_save(record)
     record.updated_at = rt.clock.now()
@@ -115,10 +121,11 @@ def _save_once(
     return len(record.history)
 
 
-async def _asave_once(
+async def asave_once(
     rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int, before_save: BeforeSave | None,
     calls: list[Call],
 ) -> int:
+    """:func:`save_once`, in the awaiting task."""
     if before_save is not None:
         before_save(record)
     record.updated_at = rt.clock.now()
@@ -169,14 +176,14 @@ def step_once(
                 clock.sleep(max(0.0, command.until - now))
                 continue
             call: Call = command  # type: ignore[assignment]
-            told = _save_once(rt, spec, record, told, before_save, [])
+            told = save_once(rt, spec, record, told, before_save, [])
             fn = _once_fn(rt, spec, record, call, ctx, now)
             error, timed_out = _call_once(rt, record, call, fn, ctx)
             if error is None and not timed_out and check is not None:
                 error = check(call, ctx)
             settle(spec, record, call, clock.now(), error, timed_out,
                    None if error is not None or timed_out else ctx.emitted, rt.rand)
-            told = _save_once(rt, spec, record, told, before_save, [call])
+            told = save_once(rt, spec, record, told, before_save, [call])
             if not _once_pending(record, call):
                 return call
     finally:
@@ -229,7 +236,7 @@ async def astep_once(
                 await clock.asleep(max(0.0, command.until - now))
                 continue
             call: Call = command  # type: ignore[assignment]
-            told = await _asave_once(rt, spec, record, told, before_save, [])
+            told = await asave_once(rt, spec, record, told, before_save, [])
             fn = _once_fn(rt, spec, record, call, ctx, now)
             s = spec.steps[call.index]
             error: BaseException | None = None
@@ -258,7 +265,7 @@ async def astep_once(
                 error = check(call, ctx)
             settle(spec, record, call, clock.now(), error, timed_out,
                    None if error is not None or timed_out else ctx.emitted, rt.rand)
-            told = await _asave_once(rt, spec, record, told, before_save, [call])
+            told = await asave_once(rt, spec, record, told, before_save, [call])
             if not _once_pending(record, call):
                 return call
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._choreodefs import CHOREOGRAPHY_ATTRIBUTE
 from .._copy import shallow_copy
 from ..engine import (
     Batch,
@@ -79,6 +80,9 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
     when one does it takes the run over (the timed-out call is abandoned) and hands it
     to a fresh thread. One thread handoff per run, not per call.
     """
+    chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
+    if chor is not None:  # choreographed: its participants make the calls, not a driver
+        return chor.drive(rt, spec, record, told)  # type: ignore[no-any-return]
     enter(rt, record, spec)
     try:
         if spec.shortest_limit is None and spec.deadline is None and (

@@ -218,9 +218,10 @@ def _check_wait(r: SagaRecord) -> None:
     if waiting is not None:
         if type(waiting) is not str:
             raise _Bad("waiting", waiting, "a signal name, '' (a timer) or null is expected")
-        if r.status is not SagaStatus.RUNNING:
+        if r.status is not SagaStatus.RUNNING and r.status is not SagaStatus.COMPENSATING:
             raise _Bad("waiting", waiting,
-                       f"only a RUNNING saga is parked at a wait, this one is {r.status.value}")
+                       "only a RUNNING saga (at a wait) or a COMPENSATING one (a choreography "
+                       f"between its events) is parked, this one is {r.status.value}")
         if not waiting and r.wake_at is None:
             raise _Bad("waiting", waiting, "a timer ('') with no wake time (wake_at) never wakes")
     marks = r.signal_marks

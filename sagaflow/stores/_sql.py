@@ -82,12 +82,13 @@ _ADD_SIGNAL = (
     "INSERT INTO sagaflow_signals (saga_id, name, signal_id, payload, at) "
     "VALUES (?, ?, ?, ?, ?) ON CONFLICT (saga_id, signal_id) DO NOTHING"
 )
-# Parked, running, not set aside; its wake time come, or a signal of the name it waits
+# Parked (RUNNING at a wait, or a choreography RUNNING or COMPENSATING between its
+# events), not set aside; its wake time come, or a signal of the name it waits
 # for arrived after the last one it was given. By wake time; one without (woken by a
 # signal only) counts as due now. Schema 3 (read-only): a probe per parked saga.
 _DUE_3 = (
     "SELECT s.saga_id FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
-    " AND s.status = 'RUNNING'"
+    " AND s.status IN ('COMPENSATING', 'RUNNING')"
     " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
     " AND (s.wake_at <= ? OR EXISTS (SELECT 1 FROM sagaflow_signals g"
     " WHERE g.saga_id = s.saga_id AND g.name = s.waiting AND g.seq > s.waiting_after))"
@@ -97,7 +98,7 @@ _DUE_3 = (
 # table just filled: PostgreSQL before its autovacuum's ANALYZE) does not take the
 # status index, which holds every running saga, over the small indexes of _DUE.
 _DUE_CHECK = (
-    " AND s.status || '' = 'RUNNING'"
+    " AND s.status || '' IN ('COMPENSATING', 'RUNNING')"
     " AND NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q WHERE q.saga_id = s.saga_id)"
 )
 # Schema 4: the same sagas from two indexes, each read as far as the limit: the parked

@@ -159,7 +159,8 @@ class Store(Protocol):
         """Every signal stored for ``saga_id``, delivered or not, in arrival order."""
 
     def due(self, now: float, limit: int = 100) -> list[str]:
-        """Ids of parked RUNNING sagas (not quarantined) to resume: their wake time has
+        """Ids of parked sagas (not quarantined; RUNNING at a wait, or a choreography
+        RUNNING or COMPENSATING between its events) to resume: their wake time has
         come (``wake_at <= now``) or a signal they wait for arrived; earliest first."""
 
     def by_key(self, key: str, saga_name: str | None = None) -> list[str]:

@@ -13,6 +13,10 @@ from ..codec import Codec, default_codec
 from ..errors import SagaNotFound, SignalRefused
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
+
+#: The statuses a parked saga can have (RUNNING at a wait; a choreography between its
+#: events, RUNNING or COMPENSATING).
+_PARKABLE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 from ._sql import OutboxStats, event_type, lifecycle_types
 from .base import AsyncStoreMixin, Quarantined
 
@@ -335,7 +339,7 @@ class MemoryStore(AsyncStoreMixin):
         found = []
         for record in list(self._records.values()):
             waiting = record.waiting
-            if waiting is None or record.status is not SagaStatus.RUNNING:
+            if waiting is None or record.status not in _PARKABLE:
                 continue
             if record.saga_id in self._quarantined:
                 continue

@@ -587,7 +587,8 @@ class SQLiteStore(SQLStore):
         return [
             (sid, float(wake)) for sid, wake in self._execute(
                 "SELECT s.saga_id, s.wake_at FROM sagaflow_sagas s WHERE s.waiting IS NOT NULL"
-                f" AND s.wake_at IS NOT NULL AND +s.status = 'RUNNING' AND {kind}{skip}"
+                f" AND s.wake_at IS NOT NULL AND +s.status IN ('COMPENSATING', 'RUNNING')"
+                f" AND {kind}{skip}"
                 f" AND {_NOT_SET_ASIDE} ORDER BY s.wake_at LIMIT ?",
                 (*params, int(limit)),
             )

@@ -12,7 +12,6 @@ import time
 from typing import Any
 
 from ..errors import ConcurrentModification, LeaseLost, StoreError
-from ..records import SagaStatus
 from ..stores.postgres import FencedStore, PostgresStore, PostgresStoredSaga
 from ._host import LEASE, Host, Lease, Park
 
@@ -273,7 +272,7 @@ class QueueMode:
             told = 0 if stored.fence <= 1 else len(record.history)
             await orch.adrive(spec, record, told)
             w.stats.ended(record.status)
-            if record.status is SagaStatus.RUNNING:  # parked at a wait: a row until due
+            if record.waiting is not None:  # parked (a wait, a choreography): a row until due
                 again = await self._park(sid, lease, record.wake_at)
         except Park as park:
             w.stats.parked += 1
