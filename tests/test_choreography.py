@@ -54,11 +54,13 @@ def services(monkeypatch: pytest.MonkeyPatch) -> Services:
 
 
 class Bus:
-    """An orchestrator on a SQLite file, its relay, and participants on Handlers."""
+    """An orchestrator on a SQLite file (or a store URL), its relay, and participants
+    on Handlers."""
 
-    def __init__(self, path: Path, names: tuple[str, ...] = PARTICIPANTS,
+    def __init__(self, path: Path | str, names: tuple[str, ...] = PARTICIPANTS,
                  clock: VirtualClock | None = None) -> None:
-        self.orch = Orchestrator(f"sqlite:///{path}", clock=clock)
+        url = path if isinstance(path, str) else f"sqlite:///{path}"
+        self.orch = Orchestrator(url, clock=clock)
         self.handlers = Handlers()
         self.published: list[object] = []
         self.handled: list[object] = []

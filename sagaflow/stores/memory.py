@@ -13,14 +13,14 @@ from ..codec import Codec, default_codec
 from ..errors import SagaNotFound, SignalRefused
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
-
-#: The statuses a parked saga can have (RUNNING at a wait; a choreography between its
-#: events, RUNNING or COMPENSATING).
-_PARKABLE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 from ._sql import OutboxStats, event_type, lifecycle_types
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
+
+#: The statuses a parked saga can have (RUNNING at a wait; a choreography between its
+#: events, RUNNING or COMPENSATING).
+_PARKABLE = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
 @attrs.frozen(slots=True)
