@@ -12,9 +12,29 @@ reacts next. A step failing for good makes the instance compensate: a
 :class:`FlowFailed` event is published, and the participants undo their steps one after
 another, each triggered by it or by the compensation event before.
 
-Between its events an instance is parked (a row with a wake time: its deadline), so
-recovery leaves it to its participants and a worker (or ``resume_due``) compensates it
-once its deadline passes.
+Between its events an instance is parked, RUNNING or COMPENSATING (a row with a wake
+time: its deadline, or a retry's time), so recovery, workers and ``check_stalled`` leave
+it to its participants. Whoever resumes a due instance (a worker, ``resume_due``,
+recovery, an operator's verb: :func:`sagaflow.runner.drive` hands it to
+:func:`hand_off`) never makes its calls, which are the participants'; it does what is
+due and publishes who acts next:
+
+* past its deadline, compensation begins and a :class:`FlowFailed` is published: the
+  participant of the newest completed step undoes it first, as after a step that failed
+  (a step in flight then counts as possibly done, and its participant undoes it too);
+* a retry that came due and that its participant did not make (it died in the backoff)
+  is redelivered to that participant by a :class:`StepDue` naming it, and the row parks
+  again until its deadline. A control event for one participant rather than the trigger
+  published again: other consumers of the trigger would take a second copy of a domain
+  event, under a new id;
+* past its compensation deadline, the compensations not done fail (FAILED: an
+  operator's); a COMPENSATING instance nobody told (an operator's cancel) gets its
+  FlowFailed; a compensation that fails for good tells the next one's participant by a
+  StepDue.
+
+An event a participant ignores (a duplicate, a late one, one out of order) is noted in
+the instance's history (:class:`~sagaflow.events.EventIgnored`: the message's id, why).
+`when=` is refused at definition: a skipped step would publish nothing to react to.
 """
 
 from __future__ import annotations
