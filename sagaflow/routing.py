@@ -19,7 +19,13 @@ this process, or from a broker's consumer) and acts on each by its event's class
 * A **signal** route sends signal ``name`` to the saga the event correlates to: found by
   its business key (``key=``, :meth:`~sagaflow.Orchestrator.find`) or named directly
   (``saga_id=``), under ``signal_id=message.id``, so a redelivered reply is ignored; a
-  reply that comes before the saga reaches its wait is kept for it, as signals are.
+  reply that comes before the saga reaches its wait is kept for it, as signals are. A
+  reply redelivered after its saga finished (no unfinished saga has the key any more) is
+  known by the finished saga's record, which holds that signal id: a duplicate to any
+  router, one in a process that did not see the first too.
+* :meth:`Router.handle` and :meth:`Router.ahandle` (async steps) decide alike
+  (``_act``: what a route does with a message; ``_failed``: what an error means for
+  it); only running or signalling the saga differs.
 * A message that can never be routed raises an :class:`Unroutable` (a
   :class:`sagaflow.brokers.DeadLetter`): :class:`NoRoute`, :class:`Undecodable`,
   :class:`UnknownCorrelation`, :class:`ReplyRefused`, each saying why; a broker's consumer
@@ -106,6 +112,18 @@ class _Signal:
 
 
 _Route = _Start | _Signal
+
+
+@attrs.frozen
+class _Act:
+    """What a route does with a message: start ``saga`` under ``saga_id``, or send it
+    signal ``name`` with ``payload``."""
+
+    start: bool
+    saga_id: str
+    saga: object = None
+    name: str = ""
+    payload: object = None
 
 
 def _event_itself(event: Any) -> Any:
@@ -198,38 +216,39 @@ class Router:
         routes, event = self._routes_of(message)
         if routes is None:
             return None
+        orch = self.orchestrator
         result = None
         for route in routes:
-            if isinstance(route, _Start):
-                result = self._started(message, route, lambda s, i: self.orchestrator.run(s, i),
-                                       event)
-            else:
-                result = self._signalled(message, route, event, self.orchestrator.signal)
+            act = self._act(message, route, event)
+            if act is None:
+                continue
+            try:
+                result = (orch.run(act.saga, act.saga_id) if act.start else
+                          orch.signal(act.saga_id, act.name, act.payload, signal_id=message.id))
+            except Exception as exc:
+                self._failed(message, act, exc)  # a redelivery, or raised as what it means
+                result = None
         self._remember(message.id)
         return result
 
     async def ahandle(self, message: Message) -> SagaResult | None:
-        """:meth:`handle` in the awaiting task (sagas with async steps too)."""
+        """:meth:`handle` in the awaiting task (sagas with async steps too): the same
+        decisions (:meth:`_act`, :meth:`_failed`), the saga run or signalled here."""
         routes, event = self._routes_of(message)
         if routes is None:
             return None
+        orch = self.orchestrator
         result = None
         for route in routes:
-            if isinstance(route, _Start):
-                saga, saga_id = self._new_saga(message, route, event)
-                try:
-                    result = await self.orchestrator.arun(saga, saga_id)
-                except AlreadyExecuting:
-                    result = None
-            else:
-                saga_id = self._target(message, route, event)
-                try:
-                    result = await self.orchestrator.asignal(
-                        saga_id, route.name, route.payload(event), signal_id=message.id
-                    )
-                except SignalRefused as exc:
-                    raise ReplyRefused(message, f"signal {route.name!r} refused: "
-                                                f"{exc}") from exc
+            act = self._act(message, route, event)
+            if act is None:
+                continue
+            try:
+                result = await (orch.arun(act.saga, act.saga_id) if act.start else orch.asignal(
+                    act.saga_id, act.name, act.payload, signal_id=message.id))
+            except Exception as exc:
+                self._failed(message, act, exc)  # a redelivery, or raised as what it means
+                result = None
         self._remember(message.id)
         return result
 
@@ -271,42 +290,51 @@ class Router:
             raise NoRoute(message, f"no route for {kind} events (routed: {known})")
         return routes, event
 
-    def _new_saga(self, message: Message, route: _Start, event: Any) -> tuple[object, str]:
-        saga = route.build(event)
-        return saga, f"{spec_of(saga).name}:{message.id}"
-
-    def _started(
-        self, message: Message, route: _Start, run: Callable[[object, str], SagaResult],
-        event: Any,
-    ) -> SagaResult | None:
-        saga, saga_id = self._new_saga(message, route, event)
-        try:
-            return run(saga, saga_id)
-        except AlreadyExecuting:
-            # Started by an earlier delivery and still running (parked, driven here or
-            # elsewhere, or its process died: recovery resumes it): handled.
-            log.debug("sagaflow: %s already started saga %s", message.id, saga_id)
-            return None
-
-    def _target(self, message: Message, route: _Signal, event: Any) -> str:
+    def _act(self, message: Message, route: _Route, event: Any) -> _Act | None:
+        """What ``route`` does with ``message``: start a saga, or signal one; ``None``
+        when there is nothing to do (a reply its saga took already)."""
+        if isinstance(route, _Start):
+            saga = route.build(event)
+            return _Act(True, f"{spec_of(saga).name}:{message.id}", saga)
         if route.saga_id is not None:
-            return str(route.saga_id(event))
-        assert route.key is not None
-        try:
-            return str(self.orchestrator.find(str(route.key(event)), route.saga, route.name))
-        except SignalRefused as exc:
-            raise UnknownCorrelation(message, f"unknown correlation: {exc.reason}") from exc
+            saga_id = str(route.saga_id(event))
+        else:
+            assert route.key is not None
+            key = str(route.key(event))
+            try:
+                saga_id = str(self.orchestrator.find(key, route.saga, route.name))
+            except SignalRefused as exc:
+                if self._took(message, key, route.saga):
+                    return None
+                raise UnknownCorrelation(message, f"unknown correlation: {exc.reason}") from exc
+        return _Act(False, saga_id, None, route.name, route.payload(event))
 
-    def _signalled(
-        self, message: Message, route: _Signal, event: Any, send: Callable[..., SagaResult]
-    ) -> SagaResult:
-        saga_id = self._target(message, route, event)
-        try:
-            return send(saga_id, route.name, route.payload(event), signal_id=message.id)
-        except SagaNotFound as exc:
-            raise UnknownCorrelation(message, f"unknown correlation: {exc}") from exc
-        except SignalRefused as exc:
-            raise ReplyRefused(message, f"signal {route.name!r} refused: {exc}") from exc
+    def _took(self, message: Message, key: str, saga: type | str | None) -> bool:
+        """Whether a saga with business key ``key`` took ``message`` as a signal already
+        (then it finished: no unfinished saga has the key): a redelivered reply, which a
+        router that did not see the first finds in the saga's record."""
+        store = self.orchestrator.store
+        name = saga if isinstance(saga, str) or saga is None else spec_of(saga).name
+        for saga_id in store.by_key(key, name, unfinished=False):
+            if any(s.signal_id == message.id for s in store.signals(saga_id)):
+                log.debug("sagaflow: %s was taken by %s already", message.id, saga_id)
+                return True
+        return False
+
+    def _failed(self, message: Message, act: _Act, error: Exception) -> None:
+        """What running or signalling ``act``'s saga raised: nothing for a redelivery
+        (the saga it started is still running, here or in a process that died: recovery
+        or a worker resumes it), else the error it means for the message is raised."""
+        if act.start:
+            if isinstance(error, AlreadyExecuting):
+                log.debug("sagaflow: %s already started saga %s", message.id, act.saga_id)
+                return None
+            raise error
+        if isinstance(error, SagaNotFound):
+            raise UnknownCorrelation(message, f"unknown correlation: {error}") from error
+        if isinstance(error, SignalRefused):
+            raise ReplyRefused(message, f"signal {act.name!r} refused: {error}") from error
+        raise error
 
     def _remember(self, message_id: str) -> None:
         self._seen[message_id] = None

@@ -114,6 +114,32 @@ class AsyncFulfil:
         CALLS.append(("aship", ctx.saga_id))
 
 
+@saga(name="rt-await", key="order_id")
+@attrs.define
+class AsyncAwait:
+    """Async steps and an async wait: routed by ahandle."""
+
+    order_id: str
+    amount: int = 0
+
+    @step
+    async def hold(self, ctx: Any) -> None:
+        CALLS.append(("hold", ctx.saga_id))
+
+    @hold.compensate
+    async def unhold(self, ctx: Any) -> None:
+        CALLS.append(("unhold", ctx.saga_id))
+
+    @wait("payment", payload=PaymentReply, timeout=timedelta(days=3))
+    async def pay(self, reply: PaymentReply, ctx: Any) -> None:
+        await asyncio.sleep(0)
+        CALLS.append(("apaid", ctx.saga_id))
+
+    @step(pivot=True)
+    async def ship(self, ctx: Any) -> None:
+        CALLS.append(("aship", ctx.saga_id))
+
+
 def router_for(orchestrator: Orchestrator, **options: Any) -> Router:
     router = Router(orchestrator, **options)
     router.start(OrderPlaced, Fulfil, build=lambda e: Fulfil(e.order_id, e.amount))
@@ -302,3 +328,51 @@ def test_ahandle_runs_async_sagas(orchestrator: Orchestrator) -> None:
     asyncio.run(go())
     assert calls_of("rt-afulfil:orders:8") == ["aship"]
     assert calls_of("rt-fulfil:orders:8") == ["reserve", "approved"]
+
+
+def test_a_duplicate_reply_after_its_saga_finished_is_a_duplicate_to_any_router(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    reply = message_of(PaymentReply("o-11", True), "payments:11")
+    approved = message_of(Approved("o-11"), "approvals:11")
+    with Orchestrator(url) as first:
+        router = router_for(first)
+        router.handle(message_of(OrderPlaced("o-11", 3), "orders:11"))
+        router.handle(reply)
+        done = router.handle(approved)
+        assert done is not None and done.status is SagaStatus.COMPLETED
+    sid = "rt-fulfil:orders:11"
+    # Another process's router, which saw none of it: the finished saga's record has the
+    # reply's signal id: a duplicate, acknowledged (not dead-lettered).
+    with Orchestrator(url) as other:
+        fresh = router_for(other)
+        assert fresh.handle(reply) is None
+        assert fresh.handle(approved) is None
+        # Not a duplicate (another id) and no unfinished saga has the key: refused.
+        with pytest.raises(UnknownCorrelation, match="no unfinished saga of rt-fulfil"):
+            fresh.handle(message_of(PaymentReply("o-11", True), "payments:11b"))
+    assert calls_of(sid) == ["reserve", "approved", "paid", "ship"]
+
+
+def test_ahandle_routes_replies_to_async_sagas_and_knows_their_duplicates(
+    orchestrator: Orchestrator,
+) -> None:
+    def router() -> Router:
+        return Router(orchestrator).start(OrderPlaced, AsyncAwait).signal(
+            PaymentReply, "payment", key=lambda e: e.order_id, saga=AsyncAwait)
+
+    reply = message_of(PaymentReply("o-12", True), "payments:12")
+
+    async def go() -> None:
+        one = router()
+        started = await one.ahandle(message_of(OrderPlaced("o-12", 1), "orders:12"))
+        assert started is not None and started.status is SagaStatus.RUNNING  # parked
+        done = await one.ahandle(reply)
+        assert done is not None and done.status is SagaStatus.COMPLETED
+        assert await router().ahandle(reply) is None  # a router that did not see it
+        with pytest.raises(UnknownCorrelation):
+            await router().ahandle(message_of(PaymentReply("o-13", True), "payments:13"))
+
+    asyncio.run(go())
+    assert calls_of("rt-await:orders:12") == ["hold", "apaid", "aship"]

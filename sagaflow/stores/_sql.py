@@ -1113,9 +1113,12 @@ class SQLStore:
                           signalled=self.indexed("sagaflow_sagas_signalled"))
         return [row[0] for row in self._execute_indexed(due, (now, n, now, now, n, n))]
 
-    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
-        """Ids of the unfinished sagas whose business key is ``key`` (and whose saga is
-        ``saga_name``, if given), newest first."""
+    def by_key(
+        self, key: str, saga_name: str | None = None, *, unfinished: bool = True
+    ) -> list[str]:
+        """Ids of the unfinished sagas (``unfinished=False``: of any status) whose
+        business key is ``key`` (and whose saga is ``saga_name``, if given), newest
+        first."""
         if self.layout < 3:
             return []
         where, params = "business_key = ?", [key]
@@ -1123,7 +1126,8 @@ class SQLStore:
             where += " AND saga_name = ?"
             params.append(saga_name)
         rows = self._execute(
-            f"SELECT saga_id FROM sagaflow_sagas WHERE {where} AND {_UNFINISHED}"
+            f"SELECT saga_id FROM sagaflow_sagas WHERE {where}"
+            f"{f' AND {_UNFINISHED}' if unfinished else ''}"
             " ORDER BY created_at DESC, saga_id",
             params,
         )

@@ -163,8 +163,11 @@ class Store(Protocol):
         RUNNING or COMPENSATING between its events) to resume: their wake time has
         come (``wake_at <= now``) or a signal they wait for arrived; earliest first."""
 
-    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
-        """Ids of the unfinished sagas whose business key is ``key``, newest first."""
+    def by_key(
+        self, key: str, saga_name: str | None = None, *, unfinished: bool = True
+    ) -> list[str]:
+        """Ids of the unfinished sagas (``unfinished=False``: of any status) whose business
+        key is ``key``, newest first."""
 
     async def aadd_signal(
         self, saga_id: str, name: str, signal_id: str, payload: str, at: float

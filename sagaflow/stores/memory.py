@@ -354,10 +354,12 @@ class MemoryStore(AsyncStoreMixin):
         found.sort()
         return [saga_id for _, saga_id in found[:limit]]
 
-    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
+    def by_key(
+        self, key: str, saga_name: str | None = None, *, unfinished: bool = True
+    ) -> list[str]:
         found = [
             r for r in list(self._records.values())
-            if r.business_key == key and not r.status.is_terminal
+            if r.business_key == key and not (unfinished and r.status.is_terminal)
             and (saga_name is None or r.saga_name == saga_name)
         ]
         found.sort(key=lambda r: (-r.created_at, r.saga_id))

@@ -614,8 +614,10 @@ class FencedStore:
     def due(self, now: float, limit: int = 100) -> list[str]:
         return self.store.due(now, limit)
 
-    def by_key(self, key: str, saga_name: str | None = None) -> list[str]:
-        return self.store.by_key(key, saga_name)
+    def by_key(
+        self, key: str, saga_name: str | None = None, *, unfinished: bool = True
+    ) -> list[str]:
+        return self.store.by_key(key, saga_name, unfinished=unfinished)
 
     def outbox(self, limit: int = 100) -> list[Message]:
         return self.store.outbox(limit)

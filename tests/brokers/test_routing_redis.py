@@ -128,3 +128,20 @@ def test_async_consumer_and_router(
 
     asyncio.run(go())
     assert calls_of("rt-fulfil:orders:4") == ["reserve", "approved"]
+
+
+def test_a_reply_redelivered_after_its_saga_finished_is_acknowledged(
+    orchestrator: Orchestrator, redis_url: str, stream: str
+) -> None:
+    reply = message_of(PaymentReply("o-5", True), "payments:5")
+    with RedisStreams(redis_url, stream) as streams, \
+            streams.consumer("fulfilment") as consumer:
+        streams.publish([message_of(OrderPlaced("o-5", 1), "orders:5"), reply,
+                         message_of(Approved("o-5"), "approvals:5")])
+        assert drain(consumer, router_for(orchestrator)) == 3
+        assert orchestrator.get("rt-fulfil:orders:5").status is SagaStatus.COMPLETED
+        streams.publish([reply])  # the payments service published it again
+        assert drain(consumer, router_for(orchestrator)) == 1  # a router that did not see it
+        assert consumer.dead_letters() == []
+        assert consumer.client.xpending(stream, "fulfilment")["pending"] == 0
+    assert calls_of("rt-fulfil:orders:5") == ["reserve", "approved", "paid", "ship"]
