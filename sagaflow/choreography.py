@@ -100,6 +100,11 @@ _NOT_STARTED = SagaStatus.NOT_STARTED
 _GOING_ON = (_NOT_STARTED, _RUNNING, SagaStatus.COMPLETED)
 
 
+class _NotOurs(str):
+    """Why a compensation event is ignored by a participant it is not for (every
+    participant with compensations hears each one): not noted in the history."""
+
+
 class UnknownInstance(UnknownCorrelation):
     """An event for a choreography instance the store does not have (and that does not
     start one). A :class:`~sagaflow.routing.UnknownCorrelation`, so a
@@ -299,7 +304,7 @@ class Participant:
                 return None, f"it is undoing step {name!r}, not {event.step!r}"
             if i in self._undoes:
                 return (i, Direction.COMPENSATE), ""
-            return None, f"it is undoing step {name!r}, not one of ours"
+            return None, _NotOurs(f"it is undoing step {name!r}, not one of ours")
         return None, f"the instance is {status.value}"
 
     def _unpark(self, record: SagaRecord, event: Any = None) -> None:
@@ -403,7 +408,7 @@ class Participant:
         log.info("sagaflow: %s ignored a %s for %s: %s", self.name, type(event).__name__,
                  record.saga_id, why)
         rt = self.orchestrator.runtime
-        if record.saga_id in rt.live:
+        if record.saga_id in rt.live or isinstance(why, _NotOurs):
             return None
         told = len(record.history)
         record.history.append(EventIgnored(

@@ -40,6 +40,7 @@ from sagaflow.choreography import (
     message_for,
     step,
 )
+from sagaflow.events import EventIgnored
 from sagaflow.outbox import Handlers, Relay
 from sagaflow.testing.clock import VirtualClock
 
@@ -269,6 +270,11 @@ def test_a_declined_payment_compensates_through_events(tmp_path: Path, services:
     assert bus.published[-1] == StockReleased("o-3")
     undone = [(n, h.step) for n, h in bus.handled if h.outcome == "ran" and h.compensation]
     assert undone == [("inventory", "reserve_stock")]
+    # FlowFailed reached payments too, which had nothing of its own to undo: not for it,
+    # so not noted in the history as an ignored event.
+    assert [h.reason for n, h in bus.handled if n == "payments" and h.outcome == "ignored"] \
+        == ["it is undoing step 'reserve_stock', not one of ours"]
+    assert not [e for e in record.history if isinstance(e, EventIgnored)]
 
 
 def test_a_step_is_retried_within_its_handling(tmp_path: Path, services: Services) -> None:
