@@ -100,11 +100,6 @@ _NOT_STARTED = SagaStatus.NOT_STARTED
 _GOING_ON = (_NOT_STARTED, _RUNNING, SagaStatus.COMPLETED)
 
 
-class _NotOurs(str):
-    """Why a compensation event is ignored by a participant it is not for (every
-    participant with compensations hears each one): not noted in the history."""
-
-
 class UnknownInstance(UnknownCorrelation):
     """An event for a choreography instance the store does not have (and that does not
     start one). A :class:`~sagaflow.routing.UnknownCorrelation`, so a
@@ -304,7 +299,7 @@ class Participant:
                 return None, f"it is undoing step {name!r}, not {event.step!r}"
             if i in self._undoes:
                 return (i, Direction.COMPENSATE), ""
-            return None, _NotOurs(f"it is undoing step {name!r}, not one of ours")
+            return None, f"it is undoing step {name!r}, not one of ours"
         return None, f"the instance is {status.value}"
 
     def _unpark(self, record: SagaRecord, event: Any = None) -> None:
@@ -402,13 +397,17 @@ class Participant:
     def _note_ignored(
         self, event: Any, message: Message | None, record: SagaRecord, why: str
     ) -> int | None:
-        """Append the :class:`~sagaflow.events.EventIgnored` entry; what listeners heard
-        before it (``None``: the instance is driven in this process right now: not
-        saved under it)."""
+        """Append the :class:`~sagaflow.events.EventIgnored` entry for an event meant
+        for this participant (the trigger of one of its steps, a StepDue naming it);
+        what listeners heard before it. ``None``: not noted, only logged: a compensation
+        event (each goes to every participant with compensations, most of which have
+        nothing to do with it), or an instance driven in this process right now."""
         log.info("sagaflow: %s ignored a %s for %s: %s", self.name, type(event).__name__,
                  record.saga_id, why)
         rt = self.orchestrator.runtime
-        if record.saga_id in rt.live or isinstance(why, _NotOurs):
+        if record.saga_id in rt.live or not (
+            type(event) in self._forward or isinstance(event, StepDue)
+        ):  # a compensation event: every participant with compensations hears each one
             return None
         told = len(record.history)
         record.history.append(EventIgnored(
