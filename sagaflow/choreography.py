@@ -32,8 +32,10 @@ due and publishes who acts next:
   FlowFailed; a compensation that fails for good tells the next one's participant by a
   StepDue.
 
-An event a participant ignores (a duplicate, a late one, one out of order) is noted in
-the instance's history (:class:`~sagaflow.events.EventIgnored`: the message's id, why).
+An event meant for a participant that it ignores (a duplicate, a late one, one out of
+order) is noted in the instance's history (:class:`~sagaflow.events.EventIgnored`: the
+message's id, why); compensation events, which every participant with compensations
+hears, are only logged.
 `when=` is refused at definition: a skipped step would publish nothing to react to.
 """
 
