@@ -175,3 +175,19 @@ def test_an_event_out_of_order_is_noted_with_where_the_instance_is(
         ("m-early", "the instance is at step 'charge', not 'confirm'")
     ]
     assert bus.record("o-4").waiting == "choreography"  # still parked after the note
+
+
+def test_an_operator_s_cancel_is_compensated_by_the_participants(
+    tmp_path: Path, services: Services
+) -> None:
+    bus = Bus(tmp_path / "sagas.db", names=("inventory",))
+    bus.start("o-5")
+    bus.flush()
+    cancelled = bus.orch.cancel("OrderFlow:o-5", note="customer called")
+    assert cancelled.status is SagaStatus.COMPENSATING
+    assert services.calls == ["reserve o-5"]  # nothing undone by the operator's process
+    assert bus.record("o-5").waiting == "choreography"
+    bus.flush()
+    assert bus.record("o-5").status is SagaStatus.COMPENSATED
+    assert services.calls == ["reserve o-5", "release o-5"]
+    assert [e.step for e in bus.published if isinstance(e, FlowFailed)] == [""]
