@@ -15,6 +15,7 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 from click.testing import CliRunner
 from test_choreography import Bus
@@ -26,10 +27,12 @@ from examples.choreography.saga import (
     Services,
     StockReserved,
 )
-from sagaflow import FlowFailed, Orchestrator, Participant, SagaStatus
-from sagaflow.choreography import StepDue, message_for
+from sagaflow import FlowFailed, Orchestrator, Participant, Retry, SagaStatus
+from sagaflow.choreography import StepDue, choreography, message_for
+from sagaflow.choreography import step as reacts
 from sagaflow.cli import main
 from sagaflow.events import EventIgnored
+from sagaflow.outbox import Handlers, Relay
 from sagaflow.testing.clock import VirtualClock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,3 +194,84 @@ def test_an_operator_s_cancel_is_compensated_by_the_participants(
     assert bus.record("o-5").status is SagaStatus.COMPENSATED
     assert services.calls == ["reserve o-5", "release o-5"]
     assert [e.step for e in bus.published if isinstance(e, FlowFailed)] == [""]
+
+
+# --- a compensation that fails for good ---------------------------------------------
+
+LOG: list[str] = []
+
+
+@attrs.frozen
+class Begun:
+    key: str
+
+
+@attrs.frozen
+class ADone:
+    key: str
+
+
+@attrs.frozen
+class AUndone:
+    key: str
+
+
+@attrs.frozen
+class BDone:
+    key: str
+
+
+@attrs.frozen
+class BUndone:
+    key: str
+
+
+@attrs.frozen
+class CDone:
+    key: str
+
+
+@choreography(start=Begun, correlation="key")
+@attrs.define
+class Chain:
+    key: str
+
+    @reacts(emits=ADone, participant="a")
+    def a(self, ctx):
+        LOG.append("a")
+
+    @a.compensate(emits=AUndone)
+    def undo_a(self, ctx):
+        LOG.append("undo a")
+
+    @reacts(emits=BDone, participant="b")
+    def b(self, ctx):
+        LOG.append("b")
+
+    @b.compensate(emits=BUndone, retry=Retry(1))
+    def undo_b(self, ctx):
+        LOG.append("undo b")
+        raise RuntimeError("b cannot be undone")
+
+    @reacts(pivot=True, emits=CDone, participant="c")
+    def c(self, ctx):
+        LOG.append("c")
+        raise RuntimeError("c fails")
+
+
+def test_a_compensation_failing_for_good_tells_the_next_participant(tmp_path: Path) -> None:
+    LOG.clear()
+    orch = Orchestrator(f"sqlite:///{tmp_path / 'sagas.db'}")
+    handlers = Handlers()
+    published: list[object] = []
+    handlers.on(object, lambda event, message: published.append(event))
+    for participant in [Participant(orch, Chain, name) for name in ("a", "b", "c")]:
+        handlers.on(object, lambda event, message, p=participant: p.handle(message))
+    handlers.publish([message_for(Begun("k"))])
+    relay = Relay(orch.store, handlers)
+    while relay.relay_once():
+        pass
+    record = orch.store.load("Chain:k")
+    assert LOG == ["a", "b", "c", "undo b", "undo a"]
+    assert record.status is SagaStatus.FAILED  # b could not be undone: an operator's
+    assert StepDue("Chain", "k", "a", "a", True, None) in published
