@@ -164,20 +164,6 @@ class ChoreographySpec:
         compensation's event."""
         return (FlowFailed, *(r.compensation_emits for r in self.roles if r.compensation_emits))
 
-    def drive(self, rt: Any, spec: SagaSpec, record: Any, told: int = 0) -> Any:
-        """What a driver (:func:`sagaflow.runner.drive`) does with an instance: never
-        its calls (the participants make them), only what is due: see
-        :func:`sagaflow.choreography.hand_off`."""
-        from .choreography import hand_off
-
-        return hand_off(self, rt, spec, record, told)
-
-    def adrive(self, rt: Any, spec: SagaSpec, record: Any, told: int = 0) -> Any:
-        """:meth:`drive` for :func:`sagaflow.runner.adrive`: a coroutine."""
-        from .choreography import ahand_off
-
-        return ahand_off(self, rt, spec, record, told)
-
     def saga_id(self, correlation: object) -> str:
         """The id of the instance correlated by ``correlation``: ``"{flow}:{value}"``."""
         return f"{self.name}:{correlation}"

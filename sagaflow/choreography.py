@@ -16,8 +16,8 @@ Between its events an instance is parked, RUNNING or COMPENSATING (a row with a 
 time: its deadline, or a retry's time), so recovery, workers and ``check_stalled`` leave
 it to its participants. Whoever resumes a due instance (a worker, ``resume_due``,
 recovery, an operator's verb: :func:`sagaflow.runner.drive` hands it to
-:func:`hand_off`) never makes its calls, which are the participants'; it does what is
-due and publishes who acts next:
+:func:`sagaflow.runner._handoff.hand_off`) never makes its calls, which are the
+participants'; it does what is due and publishes who acts next:
 
 * past its deadline, compensation begins and a :class:`FlowFailed` is published: the
   participant of the newest completed step undoes it first, as after a step that failed
@@ -63,17 +63,14 @@ from ._choreodefs import (
 from .codec import Codec, default_codec
 from .context import Direction, StepContext
 from .engine import Call, new_record
-from .engine._moves import begin_compensation, compensation_failed, next_undo, step_failed
-from .errors import ConcurrentModification, SagaDeadlineExceeded, SagaflowError
+from .errors import ConcurrentModification, SagaflowError
 from .events import EventIgnored
 from .messages import Message
-from .records import CompensationStatus, SagaRecord, SagaResult, SagaStatus, StepStatus
+from .records import CompensationStatus, SagaRecord, SagaStatus, StepStatus
 from .routing import UnknownCorrelation
 from .runner import astep_once, step_once
-from .runner._common import enter, leave
-from .runner._once import asave_once, save_once
-from .runtime import Runtime
-from .spec import SagaSpec, StepKind, spec_of
+from .runner._handoff import PARKED, flow_failed, park, phase_deadline, step_due
+from .spec import StepKind, spec_of
 
 __all__ = [
     "CHOREOGRAPHY_ATTRIBUTE",
@@ -93,8 +90,6 @@ __all__ = [
 
 log = logging.getLogger("sagaflow.choreography")
 
-#: What ``record.waiting`` holds while an instance waits for its next event.
-PARKED = "choreography"
 _RUNNING = SagaStatus.RUNNING
 _COMPENSATING = SagaStatus.COMPENSATING
 _NOT_STARTED = SagaStatus.NOT_STARTED
@@ -309,7 +304,7 @@ class Participant:
         time or nothing (parked, it holds the deadline: see :func:`_park`)."""
         if record.waiting == PARKED:
             record.waiting = None
-            if record.wake_at == _phase_deadline(record):
+            if record.wake_at == phase_deadline(record):
                 record.wake_at = None
         if isinstance(event, StepDue) and event.retry_at is not None and (
             record.wake_at is None
@@ -319,7 +314,7 @@ class Participant:
             record.wake_at = event.retry_at
 
     def _park(self, record: SagaRecord) -> None:
-        _park(record)
+        park(record)
 
     def _before_save(self, record: SagaRecord) -> Any:
         was = record.status
@@ -331,15 +326,15 @@ class Participant:
             status = r.status
             if was is not _COMPENSATING and status is not was and status not in _GOING_ON:
                 failed = next((s.name for s in r.steps if s.status is StepStatus.FAILED), "")
-                r.events.append(_flow_failed(chor, r, failed))
+                r.events.append(flow_failed(chor, r, failed))
             elif was is _COMPENSATING and status is _COMPENSATING and r.cursor != cursor and (
                 r.steps[r.undo[cursor]].compensation is CompensationStatus.FAILED
             ):
                 # A compensation failed for good (it published nothing): the next one's
                 # participant is told by name, or nobody would be.
-                r.events.append(_due(chor, self.spec, r, None))
+                r.events.append(step_due(chor, self.spec, r, None))
             was, cursor = status, r.cursor
-            _park(r)
+            park(r)
 
         return before_save
 
@@ -428,151 +423,6 @@ class Participant:
             "ran", record.saga_id, self.spec.steps[done.index].name,
             done.direction is Direction.COMPENSATE, record.status,
         )
-
-
-# --- parked rows, and what is due of them ------------------------------------------------
-
-
-def _phase_deadline(record: SagaRecord) -> float | None:
-    """When the instance's phase ends: its deadline while RUNNING, its compensation
-    deadline while COMPENSATING."""
-    if record.status is _COMPENSATING:
-        return record.compensation_deadline_at
-    return record.deadline_at
-
-
-def _park(record: SagaRecord) -> None:
-    """Between its events an instance is a parked row (RUNNING or COMPENSATING), so that
-    recovery and ``check_stalled`` leave it to its participants. Its ``wake_at``: a
-    retry's time while one waits (the engine's), else its phase's deadline (what the
-    engine knows as no wake time: see :meth:`Participant._unpark`)."""
-    if record.status is not _RUNNING and record.status is not _COMPENSATING:
-        if record.waiting == PARKED:
-            record.waiting = None
-        return
-    record.waiting = PARKED
-    if record.wake_at is None:
-        record.wake_at = _phase_deadline(record)
-
-
-def _retry_at(record: SagaRecord) -> float | None:
-    """The time a retry waits for, in a parked row (``None``: none waits)."""
-    wake = record.wake_at
-    return None if wake is None or wake == _phase_deadline(record) else wake
-
-
-def _correlation(chor: ChoreographySpec, record: SagaRecord) -> str:
-    return str(getattr(record.data, chor.correlation))
-
-
-def _flow_failed(chor: ChoreographySpec, record: SagaRecord, step: str) -> FlowFailed:
-    reason = "failed" if record.error is None else str(record.error)
-    return FlowFailed(chor.name, _correlation(chor, record), step, reason)
-
-
-def _due(
-    chor: ChoreographySpec, spec: SagaSpec, record: SagaRecord, retry_at: float | None
-) -> StepDue:
-    """The :class:`StepDue` for the call the instance is at (a step, or while
-    COMPENSATING the compensation), to the participant of that step."""
-    compensating = record.status is _COMPENSATING
-    i = record.undo[record.cursor] if compensating else record.cursor
-    name = spec.steps[i].name
-    who = next(r.participant for r in chor.roles if r.index == i)
-    return StepDue(chor.name, _correlation(chor, record), name, who, compensating, retry_at)
-
-
-def _hand(chor: ChoreographySpec, spec: SagaSpec, record: SagaRecord, now: float) -> bool:
-    """What is due of a choreographed instance that a worker, ``resume_due`` or recovery
-    resumes, done to the record (whether it changed). Never a call: those are the
-    participants'. Its deadline passed: compensation begins, and a :class:`FlowFailed`
-    tells the participants (the newest completed step's undoes it first, as after a
-    step that failed); a retry came due that its participant did not make (it died in
-    the backoff): a :class:`StepDue` redelivers it to that participant; its compensation
-    deadline passed: the compensations not done fail (FAILED, an operator's); a
-    COMPENSATING instance nobody told (an operator's cancel or retry): a FlowFailed."""
-    status = record.status
-    if status is _RUNNING:
-        i = record.cursor
-        s, sr = spec.steps[i], record.steps[i]
-        retry_at = _retry_at(record) if record.waiting == PARKED else record.wake_at
-        if s.kind is not StepKind.RETRIABLE and record.deadline_at is not None and (
-            now >= record.deadline_at
-        ):
-            reason = SagaDeadlineExceeded(spec.deadline or 0)
-            record.waiting = None
-            record.wake_at = retry_at
-            if sr.status is StepStatus.RUNNING:  # waiting to retry, or cut off
-                unknown = retry_at is None
-                if unknown:
-                    sr.timed_out = True
-                step_failed(spec, record, now, reason, reason, unknown, keep_error=True)
-            else:
-                begin_compensation(spec, record, now, reason)
-            if record.status is _COMPENSATING or record.status.is_terminal:
-                record.events.append(_flow_failed(chor, record, s.name))
-            _park(record)
-            return True
-        if retry_at is not None and now >= retry_at and sr.status is StepStatus.RUNNING:
-            record.events.append(_due(chor, spec, record, retry_at))
-            record.wake_at = None
-            _park(record)  # due again at its deadline, if its participant is gone for good
-            return True
-        if record.waiting != PARKED:
-            _park(record)
-            return True
-        return False
-    if status is _COMPENSATING:
-        if record.waiting != PARKED:  # nobody told the participants yet
-            record.events.append(_flow_failed(chor, record, ""))
-            _park(record)
-            return True
-        retry_at = _retry_at(record)
-        limit = record.compensation_deadline_at
-        if limit is not None and now >= limit:
-            record.waiting = None
-            record.wake_at = None
-            while record.status is _COMPENSATING:
-                undone = record.steps[record.undo[record.cursor]].compensation
-                if undone is CompensationStatus.COMPENSATED:
-                    next_undo(spec, record, now, "undone")
-                else:
-                    compensation_failed(spec, record, now, "compensation deadline passed")
-            return True
-        if retry_at is not None and now >= retry_at:
-            record.events.append(_due(chor, spec, record, retry_at))
-            record.wake_at = None
-            _park(record)
-            return True
-    return False
-
-
-def hand_off(
-    chor: ChoreographySpec, rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
-) -> SagaResult:
-    """What :func:`sagaflow.runner.drive` does with a choreographed instance (resumed
-    by a worker, ``resume_due``, recovery, an operator's verb): what is due of it, saved
-    (see :func:`_hand`), and its result; listeners hear its history from ``told`` on."""
-    enter(rt, record)
-    try:
-        if _hand(chor, spec, record, rt.clock.now()) or len(record.history) > told:
-            save_once(rt, spec, record, told, None, [])
-    finally:
-        leave(rt, record)
-    return SagaResult.of(record)
-
-
-async def ahand_off(
-    chor: ChoreographySpec, rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0
-) -> SagaResult:
-    """:func:`hand_off`, in the awaiting task."""
-    enter(rt, record)
-    try:
-        if _hand(chor, spec, record, rt.clock.now()) or len(record.history) > told:
-            await asave_once(rt, spec, record, told, None, [])
-    finally:
-        leave(rt, record)
-    return SagaResult.of(record)
 
 
 def message_for(

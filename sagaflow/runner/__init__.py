@@ -22,9 +22,10 @@ stored) does not leave the saga stuck: the record goes back to what the store ho
 the saga moves on (compensating the step too).
 
 The parts, each importing only those before it: ``_common`` (what both drivers
-share), ``_sync`` (:func:`drive`), ``_async`` (:func:`adrive`), ``_once``
-(:func:`step_once`, :func:`astep_once`: one call, for a choreography's participant). A
-parallel group or fan-out is driven by :mod:`sagaflow.gather`.
+share), ``_once`` (:func:`step_once`, :func:`astep_once`: one call, for a
+choreography's participant), ``_handoff`` (what a driver does with a choreographed
+instance instead of its calls: only what is due), ``_sync`` (:func:`drive`), ``_async``
+(:func:`adrive`). A parallel group or fan-out is driven by :mod:`sagaflow.gather`.
 
 A runtime's telemetry (:class:`~sagaflow.runtime.Instrument`, ``sagaflow.otel``) is told
 where a run begins and ends (``enter``/``leave``) and wraps each call where the driver makes

@@ -43,6 +43,7 @@ from ._common import (
     leave,
     traced,
 )
+from ._handoff import ahand_off
 
 __all__ = [
     "adrive",
@@ -63,7 +64,7 @@ def adrive(
     """
     chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
     if chor is not None:  # choreographed: its participants make the calls, not a driver
-        return chor.adrive(rt, spec, record, told)  # type: ignore[no-any-return]
+        return ahand_off(chor, rt, spec, record, told)
     return _arun(rt, spec, record, told, False)
 
 

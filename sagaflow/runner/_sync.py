@@ -37,6 +37,7 @@ from ._common import (
     monotonic,
     traced,
 )
+from ._handoff import hand_off
 
 __all__ = [
     "drive",
@@ -82,7 +83,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
     """
     chor = spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
     if chor is not None:  # choreographed: its participants make the calls, not a driver
-        return chor.drive(rt, spec, record, told)  # type: ignore[no-any-return]
+        return hand_off(chor, rt, spec, record, told)
     enter(rt, record, spec)
     try:
         if spec.shortest_limit is None and spec.deadline is None and (
