@@ -15,17 +15,9 @@ import attrs
 import examples.choreography.saga as order
 from examples.choreography.saga import OrderCreated, OrderFlow, Services
 from sagaflow import Retry
-from sagaflow.choreography import choreography, choreography_of
+from sagaflow.choreography import choreography
 from sagaflow.choreography import step as reacts
 from sagaflow.testing import ChoreographyCase
-
-
-def forward_events(flow: type) -> tuple[str, ...]:
-    """The names of the events a flow's steps publish on success: what these tests let
-    plans withhold until compensating instances park (sagaflow/choreography.py parks only
-    RUNNING ones: a lost FlowFailed leaves a COMPENSATING instance nothing wakes)."""
-    return tuple(r.emits.__name__ for r in choreography_of(flow).roles)
-
 
 # --- the example order ---------------------------------------------------------------
 
@@ -180,10 +172,12 @@ class CarelessRefund:
         office.issued.add(self.booking)
 
 
-@choreography(start=BookingMade, correlation="booking", deadline=900)
+@choreography(start=BookingMade, correlation="booking", deadline=900,
+              compensation_deadline=3600)
 @attrs.define
 class CarefulBooking:
-    """The same booking with every effect keyed by its idempotency key."""
+    """The same booking with every effect keyed by its idempotency key (and a
+    compensation deadline: a compensation event that never comes fails what is left)."""
 
     booking: str
     show: str

@@ -10,7 +10,6 @@ from choreo_sagas import (
     CarefulBooking,
     CarelessHold,
     CarelessRefund,
-    forward_events,
     office_case,
 )
 from hypothesis import HealthCheck, find, given, settings
@@ -41,7 +40,7 @@ def shrunk(flow: type, **narrow: bool) -> tuple[DeliveryPlan, ChoreographyViolat
     seconds); the deep profile searches every kind."""
     if DEEP:
         narrow = {}
-    plans = choreography_plans(flow, withheld=forward_events(flow), **narrow)
+    plans = choreography_plans(flow, **narrow)
     plan = find(plans, lambda p: violation(flow, p) is not None, settings=SEARCH,
                 random=Random(0))
     try:
@@ -82,6 +81,6 @@ def test_a_compensation_that_is_not_idempotent_is_found() -> None:
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(choreography_plans(CarefulBooking, withheld=forward_events(CarefulBooking)))
+@given(choreography_plans(CarefulBooking))
 def test_the_careful_booking_keeps_every_invariant(plan: DeliveryPlan) -> None:
     run_choreography(office_case(CarefulBooking), plan, store="memory").check()

@@ -185,3 +185,19 @@ def test_a_compensating_instance_without_a_compensation_deadline_may_stay_parked
     for wrong in (attrs.evolve(parked, waiting=None), attrs.evolve(parked, withheld=())):
         with pytest.raises(ChoreographyViolation, match="ends COMPENSATING"):
             check_choreography(attrs.evolve(waiting, parks=(wrong,)), only=[1])
+
+
+def test_a_lost_flow_failed_leaves_the_instance_parked_compensating() -> None:
+    run = run_choreography(order_case(), DeliveryPlan(
+        fails="confirm", deliveries={"FlowFailed": Delivery.NEVER})).check()
+    (parked, *_) = run.parks
+    assert (parked.status, parked.waiting) == (SagaStatus.COMPENSATING, "choreography")
+    assert run.status("o-0") is SagaStatus.COMPENSATING  # no compensation deadline: waits
+
+
+def test_a_lost_compensation_event_fails_what_is_left_at_the_compensation_deadline() -> None:
+    from choreo_sagas import CarefulBooking, office_case
+
+    run = run_choreography(office_case(CarefulBooking), DeliveryPlan(
+        fails="issue", deliveries={"Refunded": Delivery.NEVER})).check()
+    assert run.status("b-1") is SagaStatus.FAILED

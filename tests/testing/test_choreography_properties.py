@@ -7,7 +7,7 @@ files (each participant on its own connection, as separate services are).
 
 from __future__ import annotations
 
-from choreo_sagas import forward_events, order_case
+from choreo_sagas import order_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,9 +19,6 @@ from sagaflow.testing import (
     run_choreography,
 )
 
-#: Withheld in these plans: the forward events (see choreo_sagas.forward_events).
-FORWARD = forward_events(OrderFlow)
-
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ON_SQLITE = settings(FAST, max_examples=max(25, settings.default.max_examples // 4))
 
@@ -30,19 +27,19 @@ DECLINED = order_case("25", "5000")  # one card declined: that instance compensa
 
 
 @FAST
-@given(choreography_plans(OrderFlow, withheld=FORWARD))
+@given(choreography_plans(OrderFlow))
 def test_the_order_keeps_every_invariant(plan: DeliveryPlan) -> None:
     run_choreography(CASE, plan, store="memory").check()
 
 
 @ON_SQLITE
-@given(choreography_plans(OrderFlow, withheld=FORWARD))
+@given(choreography_plans(OrderFlow))
 def test_the_order_keeps_every_invariant_on_sqlite(plan: DeliveryPlan) -> None:
     run_choreography(CASE, plan).check()
 
 
 @FAST
-@given(choreography_plans(OrderFlow, withheld=FORWARD))
+@given(choreography_plans(OrderFlow))
 def test_a_declined_order_beside_a_good_one_keeps_every_invariant(plan: DeliveryPlan) -> None:
     run_choreography(DECLINED, plan, store="memory").check()
 
