@@ -220,3 +220,25 @@ def test_the_toolkit_s_hypothesis_names_import_before_hypothesis_is() -> None:
         capture_output=True, text=True, cwd=ROOT, check=False,
     )
     assert ran.returncode == 0, ran.stderr
+
+
+def test_crash_points_run_with_crash_and_catch_a_step_a_recovery_runs_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the participant keeps its state in a file: it outlives the killed child
+    monkeypatch.setenv("VERIFY_LEDGER", str(tmp_path / "ledger.json"))
+    status, report = verdicts(module("crash_good"), "--plans", "5", "--crash")
+    assert status == 0
+    gate = report["durable_order"]["crash points"]
+    assert gate["result"] == "pass"
+    assert gate["detail"] == "25 crash points killed and recovered, every net effect once"
+
+    status, report = verdicts(module("bad_crash"), "--plans", PLANS, "--crash")
+    assert status == 1
+    gates = report["crash_double_charge"]
+    assert failing(gates) == ["crash points"]  # never retried: no plan runs it twice
+    detail = gates["crash points"]["detail"]
+    assert detail.splitlines()[0] == (
+        "first failure: after charge:forward took effect, before its checkpoint"
+    )
+    assert "'card': -30 without a crash, -60 after this one" in detail

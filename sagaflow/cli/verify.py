@@ -27,6 +27,7 @@ one fails, 2 when the target or an option is wrong.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import click
 from ..diagram import SUFFIXES, file_stem, render
 from ..machine import check_graph
 from ..spec import SagaSpec, spec_of
+from ..testing.plan import SagaCase
 from .loader import load
 from .problems import CliError, one_line
 from .text import columns
@@ -153,7 +155,7 @@ def _verify(cls: type, n_plans: int, crash_check: Callable[..., Any] | None,
         gates.append(_plans(cls, cases, n_plans))
     gates += _idempotency(cls, cases, why)
     if crash_check is not None:
-        gates.append(_crash(cls, crash_check))
+        gates.append(_crash(cls, crash_check, cases, why))
     else:
         gates.append(Gate("crash points", SKIP, "give --crash (slower)"))
     if diagrams is not None:
@@ -334,14 +336,44 @@ def _crash_points() -> Callable[..., Any]:
     return check  # type: ignore[no-any-return]
 
 
-def _crash(cls: type, check: Callable[..., Any]) -> Gate:
+def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
+    """Kill the saga at each crash point and recover it (``check_crash_points``). The
+    instance is the one the idempotency checks use, handed to the child pickled
+    (:func:`crash_case`): the child must not run the saga to choose one, since
+    a recovery calls the factory too and the participants outlive the process."""
+    if cases is None:
+        return Gate("crash points", FAIL, why)
+    where = f"{cls.__module__}:{cls.__qualname__}"
+    instance = _one_case(cases).saga
     try:
-        report = check(cls)
+        pickle.dumps(instance)
+    except Exception:  # the child draws the first instance itself
+        instance = None
+    try:
+        report = check(f"{__name__}:crash_case", kwargs={"saga": where, "instance": instance})
+    except ValueError as exc:  # what the harness does not cover (a wait, a failing pivot)
+        return Gate("crash points", SKIP, one_line(exc))
     except Exception as exc:
         return Gate("crash points", FAIL, one_line(exc))
     if report.ok:
-        return Gate("crash points", PASS, f"{_count(len(report.points), 'crash point')} recovered")
-    return Gate("crash points", FAIL, report.describe())
+        return Gate("crash points", PASS, f"{_count(len(report.points), 'crash point')} "
+                    "killed and recovered, every net effect once")
+    first = report.first_failure
+    return Gate("crash points", FAIL, f"first failure: {first.point.name}\n"
+                f"{report.describe()}")
+
+
+def crash_case(saga: str, instance: Any = None) -> Any:
+    """A :class:`~sagaflow.testing.SagaCase` of the saga class at ``module:QualName``
+    with the ``setup`` and ``snapshot`` of its cases (they run in the child
+    ``check_crash_points`` calls this in) and ``instance`` (else the first drawn)."""
+    cls = load(saga).one()
+    cases, why = _cases(cls)
+    if cases is None:
+        raise ValueError(why)
+    first = _first(cases, lambda _: True, 1)
+    case = first if isinstance(first, SagaCase) else SagaCase(first)
+    return case if instance is None else attrs.evolve(case, saga=instance)
 
 
 def _diagrams(cls: type, spec: SagaSpec, folder: Path) -> Gate:
