@@ -242,3 +242,12 @@ def test_crash_points_run_with_crash_and_catch_a_step_a_recovery_runs_twice(
         "first failure: after charge:forward took effect, before its checkpoint"
     )
     assert "'card': -30 without a crash, -60 after this one" in detail
+
+
+def test_crash_points_say_what_they_do_not_cover() -> None:
+    status, report = verdicts("examples.onboarding", "--plans", "0", "--crash")
+    assert status == 0
+    gate = report["OnboardClientSaga"]["crash points"]
+    assert gate["result"] == "skip"
+    assert gate["detail"].startswith("saga 'OnboardClientSaga' waits (workspace_created): "
+                                     "crash points do not cover waits")
