@@ -5,6 +5,7 @@
     sagaflow worker --store URL --import myapp.sagas [--import ...]
                     [--concurrency 64] [--poll 0.5] [--grace 30]
                     [--lease 30] [--park-after 1] [-v]          (the last two: PostgreSQL)
+                    [--stalled-after SECONDS]
 
 On PostgreSQL (``postgresql://user@host/db``) start as many as needed, on as many
 machines: they share the queue through the database. On a SQLite file
@@ -55,6 +56,10 @@ __all__ = ["worker"]
                    "until due.")
 @click.option("--grace", type=click.FloatRange(min=0.0), default=30.0, show_default=True,
               help="On SIGTERM, seconds running sagas get to finish before being let go of.")
+@click.option("--stalled-after", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="Look for sagas RUNNING or COMPENSATING with no checkpoint for this long "
+                   "(stalled) now and then, and log each one once as an incident.")
 @click.option("-v", "--verbose", count=True,
               help="Log the worker's activity (-vv: every lifecycle event too).")
 def worker(
@@ -65,6 +70,7 @@ def worker(
     poll: float,
     park_after: float,
     grace: float,
+    stalled_after: float | None,
     verbose: int,
 ) -> None:
     """Run sagas in the background, and resume waiting sagas when their signal or
@@ -79,6 +85,8 @@ def worker(
     recovers the sagas interrupted in the file when it starts, then resumes a waiting
     saga when a signal for it is stored (by any process: sagaflow sagas signal) or its
     time comes.
+
+    With --stalled-after, each stalled saga is logged (a warning) once as an incident.
 
     Stops on SIGTERM or SIGINT: running sagas get --grace seconds to finish; the rest
     are released to other workers (PostgreSQL) or left at their last checkpoint
@@ -134,6 +142,7 @@ def worker(
                 poll=poll,
                 park_after=park_after,
                 grace=grace,
+                stalled_after=stalled_after,
             )
         except (TypeError, SagaflowError) as exc:  # a store it cannot serve; a second one
             raise CliError(str(exc)) from None

@@ -49,7 +49,9 @@ acts. **shutdown**: :meth:`Worker.stop` (SIGTERM, SIGINT under :meth:`Worker.run
 stops taking sagas, gives the running ones ``grace`` seconds to finish, then lets go of
 the rest without letting them write (a second signal: at once): PostgreSQL releases
 them to the other workers; SQLite leaves them at their last checkpoint, to be recovered
-at the next start.
+at the next start. **stalled sagas**: with ``stalled_after`` (``--stalled-after``) a
+worker looks for sagas with no checkpoint for that long every ``stalled_every`` seconds
+and hands each to ``on_incident`` (and its log) once while it stays stalled.
 """
 
 from __future__ import annotations

@@ -12,11 +12,12 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..clock import Clock, SystemClock
 from ..events import Listener
+from ..incidents import STALLED, Incident
 from ..orchestrator import Migration, Orchestrator
 from ..spec import SagaSpec, spec_of
 from ..stores import Store
@@ -62,6 +63,7 @@ class ParkingClock:
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STALLED_EVERY = 60.0  #: the longest interval between two looks for stalled sagas
 
 
 def _worker_id() -> str:
@@ -86,6 +88,14 @@ class Worker:
     ``heartbeat`` seconds (default: a third of ``lease``); a retry waiting longer than
     ``park_after`` goes back to the queue; ``retry_later``: when a saga that could not
     be run is tried again; ``claim_batch``: sagas claimed at once.
+
+    Incidents: ``on_incident`` hears of each incident the worker opens (a saga it runs
+    ending FAILED, one it quarantines; see :mod:`sagaflow.incidents`), and each is
+    logged. With ``stalled_after`` (seconds) the worker also looks for stalled sagas
+    (:meth:`Orchestrator.check_stalled`: RUNNING or COMPENSATING, not waiting, no
+    checkpoint for that long; its own or any other in the store) every
+    ``stalled_every`` seconds (default: half of ``stalled_after``, at most a minute),
+    and reports each one once while it stays stalled, not at every look.
     """
 
     def __init__(
@@ -105,6 +115,9 @@ class Worker:
         migrations: Mapping[str, Migration] | None = None,
         clock: Clock | None = None,
         worker_id: str | None = None,
+        on_incident: Callable[[Incident], Any] | None = None,
+        stalled_after: float | None = None,
+        stalled_every: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
@@ -118,6 +131,20 @@ class Worker:
             )
         if not poll > 0:
             raise ValueError(f"poll must be > 0 seconds, got {poll!r}")
+        if stalled_after is not None and not stalled_after > 0:
+            raise ValueError(f"stalled_after must be > 0 seconds, got {stalled_after!r}")
+        if stalled_every is not None and not stalled_every > 0:
+            raise ValueError(f"stalled_every must be > 0 seconds, got {stalled_every!r}")
+        self.stalled_after = None if stalled_after is None else float(stalled_after)
+        self.stalled_every = float(
+            stalled_every if stalled_every is not None
+            else min((stalled_after or 0.0) / 2, _STALLED_EVERY)
+        )
+        self.on_incident = on_incident
+        #: the stalled incidents already reported and still open (reported once)
+        self._paged: set[str] = set()
+        #: how many times the worker has looked for stalled sagas
+        self.stall_checks = 0
         self.id = worker_id or _worker_id()
         self.concurrency = concurrency
         self.lease = float(lease)
@@ -155,6 +182,7 @@ class Worker:
             listeners,
             migrations=self.migrations,
             clock=ParkingClock(self.base_clock, self),
+            on_incident=self._page if on_incident or stalled_after else None,
         )
         self.register(*sagas)
 
@@ -238,10 +266,16 @@ class Worker:
         if self.stopping:
             self._stop_now()
         log.info("worker %s: serving %s", self.id, ", ".join(sorted(self.specs)))
+        watch = None
+        if self.stalled_after is not None:
+            watch = asyncio.get_running_loop().create_task(self._watch_stalled())
         try:
             await self.mode.serve()
             await self._shutdown()
         finally:
+            if watch is not None:
+                watch.cancel()
+                await asyncio.gather(watch, return_exceptions=True)
             try:
                 await self.mode.finish()
             finally:
@@ -289,6 +323,45 @@ class Worker:
         for task in remaining.values():
             task.cancel()
         await asyncio.gather(*remaining.values(), return_exceptions=True)
+
+    # --- incidents ------------------------------------------------------------------
+
+    async def _watch_stalled(self) -> None:
+        """Look for stalled sagas every ``stalled_every`` seconds until stopping."""
+        stopping = self.stopping_event
+        assert stopping is not None and self.stalled_after is not None
+        while not self.stopping:
+            try:
+                await asyncio.to_thread(self.check_stalled)
+            except Exception as exc:  # a store that is down: look again next time
+                log.warning("worker %s: looking for stalled sagas failed: %s", self.id, exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.stalled_every):
+                    await stopping.wait()
+
+    def check_stalled(self) -> list[Incident]:
+        """The sagas stalled now (``stalled_after``); those not reported yet are handed
+        to ``on_incident`` (and logged). One that moved on and stalls again is a new
+        incident (its id names when it last moved)."""
+        assert self.stalled_after is not None
+        found = self.orchestrator.check_stalled(self.stalled_after)
+        self._paged &= {i.id for i in found}  # the closed ones are forgotten
+        self.stall_checks += 1
+        log.debug("worker %s: looked for stalled sagas: %d stalled", self.id, len(found))
+        return found
+
+    def _page(self, incident: Incident) -> None:
+        """The orchestrator's ``on_incident``: log it and pass it on, a stalled saga
+        once while it stays stalled."""
+        if incident.kind == STALLED:
+            if incident.id in self._paged:
+                return
+            self._paged.add(incident.id)
+            self.stats.stalled += 1
+        log.warning("worker %s: incident %s (%s, saga %s): %s", self.id, incident.id,
+                    incident.kind, incident.saga_id, incident.reason)
+        if self.on_incident is not None:
+            self.on_incident(incident)
 
     def _grace(self) -> float:
         return self.grace if self._grace_override is None else self._grace_override

@@ -48,7 +48,8 @@ class WorkerStats:
     """What a worker did: sagas claimed (PostgreSQL), finished (by status), parked (at a
     wait, or until a retry is due), released (shutdown, errors), lost to another worker,
     quarantined (they cannot be decoded or driven: set aside until an operator acts);
-    on SQLite, sagas recovered at start and parked sagas resumed."""
+    on SQLite, sagas recovered at start and parked sagas resumed; stalled sagas
+    reported (``stalled_after``)."""
 
     claimed: int = 0
     finished: Counter[str] = attrs.field(factory=Counter)
@@ -59,6 +60,7 @@ class WorkerStats:
     quarantined: int = 0
     recovered: int = 0
     resumed: int = 0
+    stalled: int = 0
 
     def describe(self) -> str:
         done = ", ".join(f"{n} {s.lower()}" for s, n in sorted(self.finished.items())) or "none"
@@ -69,6 +71,8 @@ class WorkerStats:
         )
         if self.recovered or self.resumed:
             text += f"; recovered {self.recovered}; resumed {self.resumed}"
+        if self.stalled:
+            text += f"; stalled sagas reported {self.stalled}"
         return text
 
     def ended(self, status: SagaStatus) -> None:
