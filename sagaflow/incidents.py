@@ -26,7 +26,9 @@ import attrs
 from .errors import SagaflowError
 from .records import SagaRecord, SagaStatus
 
-__all__ = ["FAILED", "QUARANTINED", "STALLED", "Incident", "failed", "open_incidents"]
+__all__ = [
+    "FAILED", "QUARANTINED", "STALLED", "Incident", "failed", "incident_of", "open_incidents",
+]
 
 FAILED = "failed"  #: ended FAILED, not resolved
 QUARANTINED = "quarantined"  #: set aside: its record cannot be decoded or driven
@@ -87,27 +89,54 @@ def open_incidents(
     for stored in store.scan(status={SagaStatus.FAILED}):
         if stored.saga_id in aside:
             continue
-        try:
-            record = store.decode(stored, raw_data=True)
-        except SagaflowError as exc:  # damaged: an operator must look at it all the more
-            found.append(Incident.of(stored.saga_id, stored.saga_name, FAILED,
-                                     f"FAILED, and its record cannot be read: {exc}",
-                                     stored.updated_at))
-            continue
-        incident = failed(record)
+        incident = _failed(store, stored)
         if incident is not None:
             found.append(incident)
     if stalled_after is not None:
         now = time.time() if now is None else now
         for stored in store.scan(status=_UNFINISHED, parked=False):
-            quiet = now - stored.updated_at
-            if stored.saga_id in aside or quiet < stalled_after:
-                continue
-            found.append(Incident.of(
-                stored.saga_id, stored.saga_name, STALLED,
-                f"{stored.status} with no checkpoint for {quiet:.0f}s (more than "
-                f"{stalled_after:g}s): its process may have died; recover it, or look at "
-                "the step it is in", stored.updated_at,
-            ))  # fmt: skip
+            incident = None if stored.saga_id in aside else _stalled(stored, stalled_after, now)
+            if incident is not None:
+                found.append(incident)
     found.sort(key=lambda i: (i.since, i.saga_id))
     return found
+
+
+def incident_of(
+    store: Any, stored: Any, *, stalled_after: float | None = None, now: float | None = None,
+) -> Incident | None:
+    """The incident open for the one saga ``stored`` (as :func:`open_incidents` finds
+    it), or ``None``: what a saga's page shows."""
+    if stored.quarantined is not None:
+        since = next((q.at for q in store.quarantined() if q.saga_id == stored.saga_id),
+                     stored.updated_at)
+        return Incident.of(stored.saga_id, stored.saga_name, QUARANTINED, stored.quarantined,
+                           since)
+    if stored.status == SagaStatus.FAILED.value:
+        return _failed(store, stored)
+    if (stalled_after is None or stored.parked
+            or SagaStatus(stored.status) not in _UNFINISHED):
+        return None
+    return _stalled(stored, stalled_after, time.time() if now is None else now)
+
+
+def _failed(store: Any, stored: Any) -> Incident | None:
+    """The incident of a FAILED saga as stored (``None``: resolved)."""
+    try:
+        record = store.decode(stored, raw_data=True)
+    except SagaflowError as exc:  # damaged: an operator must look at it all the more
+        return Incident.of(stored.saga_id, stored.saga_name, FAILED,
+                           f"FAILED, and its record cannot be read: {exc}", stored.updated_at)
+    return failed(record)
+
+
+def _stalled(stored: Any, after: float, now: float) -> Incident | None:
+    """The incident of an unfinished, unparked saga quiet for ``after`` seconds or more."""
+    quiet = now - stored.updated_at
+    if quiet < after:
+        return None
+    return Incident.of(
+        stored.saga_id, stored.saga_name, STALLED,
+        f"{stored.status} with no checkpoint for {quiet:.0f}s (more than {after:g}s): its "
+        "process may have died; recover it, or look at the step it is in", stored.updated_at,
+    )

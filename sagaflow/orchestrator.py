@@ -17,6 +17,7 @@ from .errors import (
     CodecError,
     CorruptRecord,
     InvalidTransition,
+    OperatorError,
     SagaDefinitionChanged,
     SagaflowError,
     SagaNotFound,
@@ -328,9 +329,32 @@ class Orchestrator:
         """:meth:`resolve`, under a running loop."""
         return await self._aoperate(saga_id, engine.resolve, note)
 
-    def unquarantine(self, saga_id: str) -> bool:
+    def unquarantine(self, saga_id: str, note: str | None = None) -> bool:
         """Lift the quarantine of ``saga_id`` (once what made it fail is fixed), so that
-        recovery and workers take it again; whether it was quarantined."""
+        recovery and workers take it again; whether it was quarantined.
+
+        With ``note`` the lifting is recorded in the saga's history (an
+        ``OperatorAction`` "unquarantine" with the note), which needs its record to be
+        readable now: one that still cannot be decoded is refused with
+        :class:`~sagaflow.errors.OperatorError` and stays quarantined."""
+        if note is not None:
+            stored = self.store.load_raw(saga_id)
+            if stored is None:
+                raise SagaNotFound(saga_id)
+            if stored.quarantined is None:
+                return False
+            try:
+                record = self.store.load(saga_id)
+            except SagaflowError as exc:
+                raise OperatorError(
+                    f"saga {saga_id!r} still cannot be read ({exc}): fix that first; it "
+                    "stays quarantined"
+                ) from None
+            assert record is not None
+            record.history.append(OperatorAction(
+                saga_id, record.saga_name, self.clock.now(), action="unquarantine", note=note,
+            ))  # fmt: skip
+            self.store.save(record)
         return self.store.unquarantine(saga_id)
 
     def quarantined(self) -> list[Quarantined]:

@@ -19,14 +19,12 @@ the saga's history with its note.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import click
 
 from ..diagram import FORMATS, format_for, render
-from ..errors import SagaflowError
 from ..incidents import open_incidents
 from ..records import OUTCOMES, SagaStatus, StepStatus
 from .deadletters import dead_letters
@@ -247,11 +245,7 @@ def unquarantine(url: str | None, modules: tuple[str, ...], saga_id: str) -> Non
     why), then lift it. Retrying, resolving or cancelling a saga also lifts it.
     """
     with Session(url, modules, readonly=False) as session:
-        why = session.raw(saga_id).quarantined
-        with session.orchestrator() as orch:
-            lifted = why is not None and orch.unquarantine(saga_id)
-        if not lifted:
-            raise CliError(f"saga {saga_id!r} is not quarantined: nothing to lift")
+        why = session.unquarantine(saga_id)
     click.echo(f"unquarantined: saga {saga_id} (it was set aside because: {why})")
 
 
@@ -290,23 +284,9 @@ def signal(url: str | None, modules: tuple[str, ...], target: str, name: str,
         except ValueError as exc:
             raise CliError(f"--data is not JSON: {exc}") from exc
     with Session(url, modules, readonly=False) as session:
-        try:
-            with session.orchestrator([Printer(not quiet)]) as orch:
-                saga_id = orch.find(target, saga_name, name) if by_key else target
-                spec = session.learn(session.raw(saga_id))
-                if spec is None:
-                    raise CliError(
-                        f"cannot signal saga {saga_id!r}: its class is unknown here: pass "
-                        "--import MODULE with the module that defines it"
-                    )
-                orch.register(spec.cls)
-                if spec.is_async:
-                    result = asyncio.run(orch.asignal(saga_id, name, payload,
-                                                      signal_id=signal_id))
-                else:
-                    result = orch.signal(saga_id, name, payload, signal_id=signal_id)
-        except SagaflowError as exc:
-            raise CliError(str(exc)) from exc
+        saga_id, result = session.signal(target, name, payload, signal_id=signal_id,
+                                         by_key=by_key, saga_name=saga_name,
+                                         listeners=[Printer(not quiet)])
     waiting = _waiting_for(result)
     click.echo(f"signal {name!r} stored for saga {saga_id}: it is {result.status.value}"
                + (f", waiting for {waiting}" if waiting else ""))

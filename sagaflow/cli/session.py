@@ -157,6 +157,53 @@ class Session:
             orch.close()
 
 
+    def signal(
+        self, target: str, name: str, payload: Any, *, signal_id: str | None = None,
+        by_key: bool = False, saga_name: str | None = None,
+        listeners: Iterable[Listener] = (),
+    ) -> tuple[str, SagaResult]:
+        """Send signal ``name`` with ``payload`` (its fields as a dict, or ``None``) to
+        the saga ``target`` (its business key with ``by_key``); the saga's id and its
+        snapshot after (a saga waiting for it goes on here, now). Refused with a
+        one-line error, storing nothing, for a finished saga, a name it has no wait for,
+        or a payload that does not fit the declared class."""
+        try:
+            with self.orchestrator(listeners) as orch:
+                saga_id = orch.find(target, saga_name, name) if by_key else target
+                spec = self.learn(self.raw(saga_id))
+                if spec is None:
+                    raise CliError(
+                        f"cannot signal saga {saga_id!r}: its class is unknown here: pass "
+                        "--import MODULE with the module that defines it"
+                    )
+                orch.register(spec.cls)
+                if spec.is_async:
+                    result = asyncio.run(orch.asignal(saga_id, name, payload,
+                                                      signal_id=signal_id))
+                else:
+                    result = orch.signal(saga_id, name, payload, signal_id=signal_id)
+        except SagaflowError as exc:
+            raise CliError(str(exc)) from exc
+        return saga_id, result
+
+    def unquarantine(self, saga_id: str, note: str | None = None) -> str:
+        """Lift the quarantine of ``saga_id``; why it was quarantined. With ``note``,
+        recorded in its history (its record must be readable now). Refused with a
+        one-line error, changing nothing, when it is not quarantined."""
+        why = self.raw(saga_id).quarantined
+        try:
+            with self.orchestrator() as orch:
+                lifted = why is not None and orch.unquarantine(saga_id, note)
+        except ConcurrentModification as exc:
+            raise CliError(f"{exc}: another process saved this saga meanwhile") from None
+        except SagaflowError as exc:
+            raise CliError(str(exc)) from None
+        if not lifted:
+            raise CliError(f"saga {saga_id!r} is not quarantined: nothing to lift")
+        assert why is not None
+        return why
+
+
 def _open(url: str | None, *, readonly: bool) -> Store:
     """The store ``url`` names, read-only if asked (then nothing is ever written, not even
     sagaflow's tables, and a database without them is reported as such); one-line

@@ -3,7 +3,7 @@
 ::
 
     sagaflow ui --store URL [--import MODULE] [--host 127.0.0.1] [--port 8765] [--token T]
-                [--operator NAME]
+                [--operator NAME] [--stalled-after SECONDS]
 
 Loopback by default; another address only with ``--token`` (every request must carry
 it). Needs the ``ui`` extra: ``pip install 'sagaflow[ui]'``.
@@ -50,11 +50,16 @@ def check_bind(host: str, token: str | None) -> None:
               "required to serve beyond loopback (default: $SAGAFLOW_UI_TOKEN).")
 @click.option("--operator", default=None,
               help="Who acts: put in the note of every action (default: $USER).")
+@click.option("--stalled-after", type=click.FloatRange(min=0.0), default=None,
+              metavar="SECONDS",
+              help="Show a RUNNING or COMPENSATING saga that is not waiting and has had no "
+              "checkpoint for this long as a stalled incident (default: never).")
 def ui(url: str | None, modules: tuple[str, ...], host: str, port: int, token: str | None,
-       operator: str | None) -> None:
+       operator: str | None, stalled_after: float | None) -> None:
     """Serve the operator's dashboard over the store: the sagas, with filters and counts
     per status; a saga's page with its data, steps, history, domain events and diagram;
-    retry, resolve and cancel behind a confirmation.
+    its incident; a saga class's page; retry, resolve, cancel, signal and unquarantine
+    behind a confirmation.
 
     \b
     Example:
@@ -74,7 +79,7 @@ def ui(url: str | None, modules: tuple[str, ...], host: str, port: int, token: s
         pass
     assert url is not None
     who = operator or _user()
-    app = create_app(url, modules, operator=who, token=token)
+    app = create_app(url, modules, operator=who, token=token, stalled_after=stalled_after)
     click.echo(f"sagaflow ui: http://{host}:{port}/sagas (store {url}, operator {who}); "
                "Ctrl-C stops it")
     uvicorn.run(app, host=host, port=port, log_level="warning")

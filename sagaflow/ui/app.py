@@ -6,8 +6,14 @@ page for the requests that meet it, and the next one opens it again.
 An action is a POST from a confirmation page carrying the CSRF token of the browser's
 session (a cookie it must echo; missing or wrong: 403, nothing changes) and the
 record's version when the page was drawn (the saga changed since: refused, nothing
-changes); it runs the orchestrator's verb, which records an ``OperatorAction`` with the
-note ``"by <operator>: <note>"`` in the saga's history.
+changes); it runs the orchestrator's verb (the same as the CLI's, through
+:class:`~sagaflow.cli.session.Session`), which records it in the saga's history: an
+``OperatorAction`` with the note ``"by <operator>: <note>"``, or for a signal the
+signal's id ``"by <operator> <hex>"`` in its ``SignalDelivered``.
+
+A saga's page that is not terminal reloads itself every ``refresh`` seconds (a meta
+refresh: no JavaScript), so an operator watching a running saga sees it move on; the
+reloaded page of a finished saga has no refresh, so it stops there.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import time
 import urllib.parse
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -28,13 +37,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from ..cli.check import _groups, _retry, _seconds
 from ..cli.session import Session
 from ..cli.steptable import step_lines
 from ..cli.text import utc
 from ..codec import default_codec
+from ..diagram.model import _fan_out_line, _wait_lines
 from ..errors import GraphvizNotFound
+from ..incidents import Incident, incident_of, open_incidents
 from ..records import SagaRecord, SagaStatus
-from ..spec import SagaSpec
+from ..spec import SagaSpec, StepKind
 from .query import BadFilter, Filters, business_key, counts, page
 from .serve import Kept
 
@@ -47,7 +59,13 @@ VERBS = {
     "retry": "run what failed again (its failed compensations, or its failed retriable step)",
     "resolve": "mark it handled by hand, with a note saying what was done",
     "cancel": "compensate what it did, here and now (do not cancel a saga a live process runs)",
+    "signal": "send it a signal it waits for, with the payload given below (JSON): a saga "
+    "parked at that wait goes on here, now",
+    "unquarantine": "lift its quarantine so that recovery and workers take it again (fix "
+    "what made it fail first)",
 }
+#: what the ``incidents`` filter accepts as on
+_ON = ("1", "on", "true", "yes")
 
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TEMPLATES.env.filters["utc"] = utc
@@ -69,10 +87,16 @@ def create_app(
     *,
     operator: str = "operator",
     token: str | None = None,
+    stalled_after: float | None = None,
+    refresh: int = 2,
 ) -> Starlette:
     """The dashboard over the store ``url``; ``modules``: what ``--import`` names (the
     saga classes); ``operator``: who acts, put in each action's note; ``token``: when
-    given, every request must carry it (``?token=`` once, then a cookie)."""
+    given, every request must carry it (``?token=`` once, then a cookie);
+    ``stalled_after``: seconds without a checkpoint after which a RUNNING or
+    COMPENSATING saga that is not waiting is shown as a stalled incident (``None``:
+    never); ``refresh``: whole seconds between two reloads of a saga's page while it is not
+    terminal (0: never)."""
 
     kept = Kept(lambda: Session(url, modules, readonly=True), Session.close, keep=(Refused,))
 
@@ -123,27 +147,42 @@ def create_app(
     def sagas(request: Request) -> Response:
         try:
             filters = Filters.parse(request.query_params)
+            only = _flag(request.query_params.get("incidents"))
         except BadFilter as exc:
             raise Refused(400, f"Bad filter: {exc.parameter}",
                           f"the parameter {exc.parameter!r} cannot be read: {exc.problem}"
                           ) from None
+        back = request.query_params.getlist("back")
         with read() as session:
-            found = page(session.store, filters)
+            if only:
+                found, kinds = _with_incidents(session.store, filters, stalled_after)
+                ahead = None
+            else:
+                listed = page(session.store, filters)
+                found, kinds, ahead = listed.sagas, {}, listed.next
             totals = counts(session.store)
         rows = [{
             "id": s.saga_id, "name": s.saga_name, "status": s.status, "outcome": s.outcome,
             "state": getattr(s, "state", ""), "updated": utc(s.updated_at),
             "key": business_key(s), "quarantined": s.quarantined,
-        } for s in found.sagas]
-        more = None
-        if found.next is not None:
-            more = "?" + urllib.parse.urlencode(filters.query(found.next))
-        first = "?" + urllib.parse.urlencode(filters.query(None))
+            "incident": kinds.get(s.saga_id, ""),
+        } for s in found]
+        extra = [("incidents", "1")] if only else []
+        more = previous = None
+        if ahead is not None:  # the next page keeps where this one started, to come back
+            here = request.query_params.get("after") or ""
+            more = _query(filters.query(ahead) + extra + [("back", b) for b in [*back, here]])
+        if filters.after is not None and back:
+            before = filters.query(None) + extra
+            if back[-1]:
+                before.append(("after", back[-1]))
+            previous = _query(before + [("back", b) for b in back[:-1]])
         return page_of(request, "list.html", {
             "rows": rows, "counts": totals, "total": sum(totals.values()),
             "filters": filters, "statuses": [s.value for s in SagaStatus],
-            "outcomes": _outcomes(), "next": more, "first": first,
-            "paged": filters.after is not None,
+            "outcomes": _outcomes(), "next": more, "previous": previous,
+            "first": _query(filters.query(None) + extra),
+            "paged": filters.after is not None, "incidents": only,
         })
 
     def saga(request: Request) -> Response:
@@ -154,10 +193,36 @@ def create_app(
                 raise Refused(404, "No such saga", f"there is no saga {saga_id!r} in {url}")
             record, spec = session.record(saga_id)
             signals = session.store.signals(saga_id)
+            incident = incident_of(session.store, stored, stalled_after=stalled_after)
+        view = _view(record, spec, stored)
         return page_of(request, "saga.html", {
-            **_view(record, spec, stored),
+            **view,
             "signals": signals,
             "done": request.query_params.get("done"),
+            "incident": None if incident is None else _incident(incident, record),
+            "refresh": refresh if refresh > 0 and not record.status.is_terminal else None,
+        })
+
+    def saga_class(request: Request) -> Response:
+        name = request.path_params["name"]
+        with read() as session:
+            spec = session.specs.get(name)
+            first = next(session.store.scan(name=name, limit=1), None)
+            if spec is None and first is not None:
+                spec = session.learn(first)
+            if spec is None and first is None:
+                known = ", ".join(sorted(session.specs)) or "none imported"
+                raise Refused(404, "No such saga class",
+                              f"there is no saga class {name!r} here (imported: {known}) "
+                              f"and no saga of it in {url}")
+            per_status = _class_counts(session.store, name)
+        return page_of(request, "class.html", {
+            "name": name, "spec": spec, "counts": per_status,
+            "total": sum(per_status.values()),
+            "steps": [] if spec is None else _definition(spec),
+            "blocks": [] if spec is None else [line.strip() for line in _groups(spec)],
+            "diagram": _class_diagram(name, spec),
+            "seconds": _seconds,
         })
 
     def confirm(request: Request) -> Response:
@@ -169,9 +234,14 @@ def create_app(
             stored = session.store.load_raw(saga_id)
             if stored is None:
                 raise Refused(404, "No such saga", f"there is no saga {saga_id!r} in {url}")
+            offered: list[dict[str, str]] = []
+            if verb == "signal":
+                record, spec = session.record(saga_id)
+                offered = _signals_offered(record, spec)
         return page_of(request, "confirm.html", {
             "saga_id": saga_id, "verb": verb, "what": VERBS[verb], "name": stored.saga_name,
-            "status": stored.status, "version": _version(stored),
+            "status": stored.status, "version": _version(stored), "offered": offered,
+            "quarantined": stored.quarantined,
         })
 
     def act(request: Request) -> Response:
@@ -206,12 +276,26 @@ def create_app(
                               "look at it again before acting")
             said = f"by {operator}" + (f": {note}" if note else "")
             try:
-                result = session.act(verb, saga_id, said)
+                done = perform(session, verb, saga_id, said, form)
             except click.ClickException as exc:
                 raise Refused(409, f"Refused: {verb}", exc.message) from None
         where = f"/sagas/{urllib.parse.quote(saga_id, safe='')}"
-        done = f"{verb}: now {result.status.value}"
         return RedirectResponse(f"{where}?{urllib.parse.urlencode({'done': done})}", 303)
+
+    def perform(session: Session, verb: str, saga_id: str, said: str,
+                form: dict[str, str]) -> str:
+        """Run ``verb`` on ``saga_id`` as the CLI does; what the page says was done."""
+        if verb == "signal":
+            name, payload = _signal_form(form)
+            # the signal's id says who sent it: its SignalDelivered shows it in the history
+            sent_by = f"by {operator} {uuid.uuid4().hex[:12]}"
+            _, result = session.signal(saga_id, name, payload, signal_id=sent_by)
+            return f"signal {name}: now {result.status.value}"
+        if verb == "unquarantine":
+            why = session.unquarantine(saga_id, said)
+            return f"unquarantine: lifted (it was set aside because: {why})"
+        result = session.act(verb, saga_id, said)
+        return f"{verb}: now {result.status.value}"
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/sagas", 307)
@@ -223,6 +307,7 @@ def create_app(
         Route("/", home),
         Route("/sagas", guarded(sagas)),
         Route("/sagas/{saga_id}", guarded(saga)),
+        Route("/classes/{name}", guarded(saga_class)),
         Route("/sagas/{saga_id}/confirm/{verb}", guarded(confirm)),
         Route("/sagas/{saga_id}/{verb}", guarded(act), methods=["POST"]),
     ]
@@ -258,7 +343,9 @@ def _view(record: SagaRecord, spec: SagaSpec | None, stored: Any) -> dict[str, A
     if status is SagaStatus.FAILED:
         actions = ["retry", "resolve"]
     elif status is SagaStatus.RUNNING:
-        actions = ["cancel"]
+        actions = ["signal", "cancel"] if record.waiting else ["cancel"]
+    if stored.quarantined is not None:
+        actions.append("unquarantine")
     return {
         "record": record,
         "data": json.dumps(data, default=str, ensure_ascii=False, indent=2),
@@ -283,12 +370,142 @@ def _diagram(record: SagaRecord, spec: SagaSpec | None) -> dict[str, str]:
                 "with --import MODULE"}
     if spec.fingerprint != record.fingerprint:
         return {"why": "not drawn: the record was made by another definition of the saga"}
+    return _svg(record)
+
+
+def _class_diagram(name: str, spec: SagaSpec | None) -> dict[str, str]:
+    """The class's diagram as inline SVG (``svg``), or why there is none (``why``)."""
+    if spec is None:
+        return {"why": f"needs the saga class of {name!r}: start the dashboard with "
+                "--import MODULE"}
+    return _svg(spec)
+
+
+def _svg(drawn: Any) -> dict[str, str]:
+    """``drawn`` (a run or a saga's spec) as inline SVG, or why it cannot be drawn."""
     from ..diagram import render
 
     try:
-        svg = render(record, "svg")
+        svg = render(drawn, "svg")
     except GraphvizNotFound as exc:
         return {"why": str(exc)}
     assert isinstance(svg, str)
     start = svg.find("<svg")
     return {"svg": svg[start:] if start >= 0 else svg}
+
+
+def _flag(value: str | None) -> bool:
+    """A yes/no filter (``incidents=1``); :class:`BadFilter` for anything else."""
+    if value is None or value == "" or value.lower() in ("0", "off", "false", "no"):
+        return False
+    if value.lower() in _ON:
+        return True
+    raise BadFilter("incidents", f"{value!r} is not on or off (1 or 0)")
+
+
+def _query(pairs: list[tuple[str, str]]) -> str:
+    return "?" + urllib.parse.urlencode(pairs)
+
+
+def _with_incidents(
+    store: Any, filters: Filters, stalled_after: float | None,
+) -> tuple[list[Any], dict[str, str]]:
+    """The sagas with an open incident (oldest incident first) that pass ``filters``,
+    and each one's incident kind."""
+    found: list[Any] = []
+    kinds: dict[str, str] = {}
+    now = time.time()
+    for incident in open_incidents(store, stalled_after=stalled_after, now=now):
+        stored = store.load_raw(incident.saga_id)
+        if stored is None or incident.saga_id in kinds:
+            continue
+        if filters.keeps(stored, now):
+            found.append(stored)
+            kinds[incident.saga_id] = incident.kind
+    return found, kinds
+
+
+def _incident(incident: Incident, record: SagaRecord) -> dict[str, Any]:
+    """What the saga's page shows of its open incident: what could not be undone with
+    the error each compensation met, when the record has them."""
+    failures = record.failures
+    return {
+        "id": incident.id, "kind": incident.kind, "reason": incident.reason,
+        "since": utc(incident.since),
+        "not_undone": [f"{name}: {failures[name]}" if name in failures else name
+                       for name in incident.not_undone],
+    }
+
+
+def _class_counts(store: Any, name: str) -> dict[str, int]:
+    """How many sagas of the class ``name`` the store holds per status (every status)."""
+    found = dict.fromkeys((s.value for s in SagaStatus), 0)
+    for stored in store.scan(name=name):
+        found[stored.status] = found.get(stored.status, 0) + 1
+    return found
+
+
+def _definition(spec: SagaSpec) -> list[dict[str, str]]:
+    """The rows of a saga class's definition: one per step (member, fan-out, wait)."""
+    rows = []
+    for s in spec.steps:
+        if s.compensation_name is not None:
+            undo = (f"{s.compensation_name} (timeout {_seconds(s.compensation_timeout)}, "
+                    f"{_retry(s.compensation_retry)})")
+        else:
+            undo = {StepKind.READONLY: "- (readonly: nothing to undo)",
+                    StepKind.PIVOT: "- (pivot: point of no return)"}.get(
+                        s.kind, "- (retriable: never undone)")
+        block = "" if s.group is None else f"group {spec.groups[s.group].name}"
+        fan = _fan_out_line(s)
+        rows.append({
+            "n": str(s.index + 1), "name": s.name + (" [async]" if s.is_async else ""),
+            "kind": "wait" if s.wait is not None else s.kind.value,
+            "block": ", ".join(x for x in (block, f"fan-out {fan}" if fan else "") if x),
+            "wait": "; ".join(_wait_lines(s.wait)) if s.wait is not None else "",
+            "when": s.guard_name or "", "timeout": _seconds(s.timeout),
+            "retry": _retry(s.retry), "compensation": undo,
+        })
+    return rows
+
+
+def _signals_offered(record: SagaRecord, spec: SagaSpec | None) -> list[dict[str, str]]:
+    """The signals a saga's page offers to send: the one it waits for first, then the
+    others its class declares (one sent early is kept for its wait), each with the
+    fields of its payload class."""
+    names = [record.waiting] if record.waiting else []
+    if spec is not None:
+        names += [n for n in spec.signals if n not in names]
+    offered = []
+    for name in names:
+        payload = None
+        if spec is not None and spec.signals.get(name):
+            wait = spec.steps[spec.signals[name][0]].wait
+            payload = None if wait is None else wait.payload
+        offered.append({"name": name, "payload": _fields(payload)})
+    return offered
+
+
+def _fields(cls: type | None) -> str:
+    """A payload class and its fields, as the signal form shows them."""
+    if cls is None:
+        return "no payload"
+    fields = attrs.fields(cls) if attrs.has(cls) else ()
+    shown = ", ".join(f"{f.name}: {getattr(f.type, '__name__', f.type)}" for f in fields)
+    return f"{cls.__qualname__}({shown})" if shown else cls.__qualname__
+
+
+def _signal_form(form: dict[str, str]) -> tuple[str, Any]:
+    """The signal's name and payload (decoded JSON, ``None`` when empty) from the form;
+    :class:`Refused` (400) naming what cannot be read."""
+    name = form.get("signal", "").strip()
+    if not name:
+        raise Refused(400, "Bad request: signal", "choose the signal to send: nothing was sent")
+    text = form.get("payload", "").strip()
+    if not text:
+        return name, None
+    try:
+        return name, json.loads(text)
+    except ValueError as exc:
+        raise Refused(400, "Bad payload", f"the payload is not JSON ({exc}): write the "
+                      "fields of its class as a JSON object; nothing was sent") from None

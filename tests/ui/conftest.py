@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("starlette")
 
 import ui_sagas
-from ui_sagas import Crash, Shop
+from ui_sagas import Approve, Crash, Shop
 
 from sagaflow import Orchestrator
 from sagaflow.stores import SQLiteStore
@@ -19,8 +19,9 @@ XSS = "<script>alert(1)</script>"
 
 
 def fill(path: Path, extra: int = 0) -> None:
-    """done, failed (release could not undo reserve), running (crashed in charge), xss;
-    and ``extra`` completed sagas p-000... ."""
+    """done, failed (release could not undo reserve), running (crashed in charge), xss,
+    waiting (for its approval), aside (crashed in charge, then quarantined); and
+    ``extra`` completed sagas p-000... ."""
     with Orchestrator(SQLiteStore(path)) as orch:
         orch.run(Shop("fine"), "done")
         ui_sagas.broken.update({"charge", "release"})
@@ -31,6 +32,12 @@ def fill(path: Path, extra: int = 0) -> None:
             orch.run(Shop("stuck"), "running")
         ui_sagas.broken.clear()
         orch.run(Shop(XSS), "xss")
+        orch.run(Approve(), "waiting")
+        ui_sagas.broken.add("crash")
+        with pytest.raises(Crash):
+            orch.run(Shop("aside"), "aside")
+        ui_sagas.broken.clear()
+        orch.store.quarantine("aside", "cannot be decoded or driven: the disk lied")
         for i in range(extra):
             orch.run(Shop(f"p{i}"), f"p-{i:03d}")
 

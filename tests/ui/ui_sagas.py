@@ -1,11 +1,14 @@
 """Sagas for the dashboard's tests: one that completes, one that fails with what it
-could not undo, one left RUNNING (its process died), one whose data holds markup."""
+could not undo, one left RUNNING (its process died), one whose data holds markup; one
+that waits for an approval (a signal with a payload class), then ships."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import attrs
 
-from sagaflow import Retry, saga, step
+from sagaflow import Retry, saga, step, wait
 
 NO_RETRY = Retry(attempts=1)
 broken: set[str] = set()
@@ -39,4 +42,37 @@ class Shop:
 
     @charge.compensate
     def refund(self, ctx):
+        pass
+
+
+@attrs.frozen
+class Approval:
+    """The payload of the signal ``approval``."""
+
+    by: str
+    amount: int
+
+
+@saga(name="approve")
+@attrs.define
+class Approve:
+    """Reserves, waits (a week at most) for ``approval``, ships."""
+
+    note: str = "o-2"
+    approved_by: str | None = None
+
+    @step
+    def reserve(self, ctx):
+        pass
+
+    @reserve.compensate
+    def release(self, ctx):
+        pass
+
+    @wait("approval", payload=Approval, timeout=timedelta(days=7))
+    def approved(self, approval: Approval, ctx):
+        self.approved_by = approval.by
+
+    @step(pivot=True)
+    def ship(self, ctx):
         pass
