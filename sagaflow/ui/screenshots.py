@@ -8,7 +8,9 @@
 Serves the dashboard over the store on a free loopback port, opens it in Debian's
 headless Chromium (``apt-get install chromium chromium-driver``) and writes
 ``sagas.png`` (the list), ``saga.png`` (a saga's page: ``--saga``, or the newest FAILED
-one, else the newest) and ``confirm.png`` (the confirmation of its first action).
+one, else the newest), ``confirm.png`` (the confirmation of its first action),
+``class.png`` (its saga class's page) and ``incidents.png`` (the sagas with an
+incident).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from ..cli.session import Session
 from ..records import SagaStatus
@@ -34,14 +37,21 @@ def shoot(url: str, modules: list[str], out: Path, saga_id: str | None = None) -
                                             limit=1), None)
             found = found or next(session.store.scan(newest_first=True, limit=1), None)
             saga_id = None if found is None else found.saga_id
+            name = None if found is None else found.saga_name
+    else:
+        with Session(url, modules, readonly=True) as session:
+            name = session.raw(saga_id).saga_name
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     browser = chromium()
     try:
         with served(create_app(url, modules, operator="screenshots")) as base:
-            pages = [("sagas.png", f"{base}/sagas")]
+            pages = [("sagas.png", f"{base}/sagas"),
+                     ("incidents.png", f"{base}/sagas?incidents=1")]
             if saga_id is not None:
                 pages.append(("saga.png", f"{base}/sagas/{saga_id}"))
+            if name is not None:
+                pages.append(("class.png", f"{base}/classes/{quote(name, safe='')}"))
             for name, address in pages:
                 written.append(_shot(browser, address, out / name))
             if saga_id is not None:
@@ -60,8 +70,9 @@ def shoot(url: str, modules: list[str], out: Path, saga_id: str | None = None) -
 def _shot(browser: Any, address: str, path: Path) -> Path:
     browser.set_window_size(1280, 1000)
     browser.get(address)
-    height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, min(max(int(height) + 40, 600), 4000))
+    for _ in range(2):  # once more: the first resize can change the layout's height
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, min(max(int(height) + 140, 600), 4000))
     browser.save_screenshot(str(path))
     return path
 

@@ -53,7 +53,7 @@ def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
     path = tmp_path / "sagas.db"
     fill(path, extra=55)
     url = f"sqlite:///{path}"
-    with served(create_app(url, [MODULE], operator="ann")) as base:
+    with served(create_app(url, [MODULE], operator="ann", refresh=1)) as base:
         yield base, url
 
 
@@ -81,8 +81,12 @@ def test_listing_filtering_and_paging(browser: Any, site: tuple[str, str]) -> No
     assert len(first) == 50
     click(browser, By.ID, "next")
     second = ids(browser)
-    assert len(second) == 9 and not set(first) & set(second)
+    assert len(second) == 11 and not set(first) & set(second)
     assert not browser.find_elements(By.ID, "next")
+    click(browser, By.ID, "previous")
+    assert ids(browser) == first
+    assert not browser.find_elements(By.ID, "previous")  # the first page has none
+    click(browser, By.ID, "next")
     click(browser, By.ID, "first")
     assert ids(browser) == first
 
@@ -103,7 +107,8 @@ def test_a_sagas_page_and_escaping(browser: Any, site: tuple[str, str]) -> None:
     assert browser.find_element(By.ID, "status").text == "FAILED"
     assert "card declined" in browser.find_element(By.ID, "steps").text
     assert browser.find_elements(By.CSS_SELECTOR, "#diagram svg")
-    assert "release down" in browser.find_element(By.ID, "incident").text
+    incident = browser.find_element(By.ID, "incident").text
+    assert "release down" in incident and "failed/failed/" in incident
 
     browser.get(base + "/sagas/xss")
     assert XSS in browser.find_element(By.ID, "data").text  # shown as text...
@@ -175,3 +180,70 @@ def test_a_post_without_the_csrf_token_is_refused(browser: Any, site: tuple[str,
         urllib.request.urlopen(f"{base}/sagas/running/cancel", data=body, timeout=10)
     assert refused.value.code == 403
     assert status_of(store, "running") is SagaStatus.RUNNING
+
+
+def test_a_saga_class_page_from_the_list(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    browser.get(base + "/sagas?q=waiting")
+    click(browser, By.CSS_SELECTOR, "tr.saga a.class")
+    assert browser.find_element(By.ID, "class-name").text == "approve"
+    definition = browser.find_element(By.ID, "definition").text
+    assert "signal approval (Approval)" in definition and "pivot" in definition
+    assert browser.find_elements(By.CSS_SELECTOR, "#diagram svg")
+    assert browser.find_element(By.ID, "count-RUNNING").text == "1"
+    click(browser, By.ID, "link-RUNNING")
+    assert ids(browser) == ["waiting"]
+
+
+def test_a_running_sagas_page_shows_it_moving_on(browser: Any, site: tuple[str, str]) -> None:
+    base, store = site
+    browser.get(base + "/sagas/waiting")
+    assert browser.find_element(By.ID, "status").text == "RUNNING"
+    assert browser.find_elements(By.ID, "refreshing")
+    assert "ship" not in browser.find_element(By.ID, "history").text
+    with Session(store, [MODULE], readonly=False) as session:  # elsewhere, it goes on
+        session.signal("waiting", "approval", {"by": "cy", "amount": 3})
+    WebDriverWait(browser, 30).until(
+        lambda b: b.find_element(By.ID, "status").text == "COMPLETED")
+    assert "StepCompleted 'ship'" in browser.find_element(By.ID, "history").text
+    assert not browser.find_elements(By.ID, "refreshing")  # finished: no more reloads
+
+
+def test_signal_and_unquarantine_through_their_confirmations(
+    browser: Any, site: tuple[str, str],
+) -> None:
+    base, store = site
+    browser.get(f"{base}/sagas/waiting")
+    click(browser, By.ID, "act-signal")
+    browser.find_element(By.ID, "payload").send_keys('{"by": "dee"}')
+    click(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "problem").text == "Refused: signal"
+    assert "does not fit" in browser.find_element(By.ID, "message").text
+    assert status_of(store, "waiting") is SagaStatus.RUNNING
+
+    browser.get(f"{base}/sagas/waiting")
+    click(browser, By.ID, "act-signal")
+    assert "Approval(by: str, amount: int)" in browser.find_element(By.ID, "signal").text
+    browser.find_element(By.ID, "payload").send_keys('{"by": "dee", "amount": 9}')
+    click(browser, By.ID, "confirm")
+    assert browser.find_element(By.ID, "done").text == "signal approval: now COMPLETED"
+    assert "(id by ann " in browser.find_element(By.ID, "history").text
+
+    confirm(browser, base, "aside", "unquarantine", "disk replaced")
+    assert browser.find_element(By.ID, "done").text.startswith("unquarantine: lifted")
+    history = browser.find_element(By.ID, "history").text
+    assert "OperatorAction unquarantine: by ann: disk replaced" in history
+    assert not browser.find_elements(By.ID, "act-unquarantine")
+
+
+def test_only_the_sagas_with_an_incident(browser: Any, site: tuple[str, str]) -> None:
+    base, _ = site
+    browser.get(base + "/sagas")
+    browser.find_element(By.ID, "f-incidents").click()
+    click(browser, By.ID, "f-apply")
+    kinds = {row.find_element(By.CSS_SELECTOR, "td:first-child a").text:
+             row.find_element(By.CSS_SELECTOR, "td.incident-kind").text
+             for row in browser.find_elements(By.CSS_SELECTOR, "tr.saga")}
+    assert kinds == {"failed": "failed", "aside": "quarantined"}
+    click(browser, By.LINK_TEXT, "aside")
+    assert browser.find_element(By.ID, "incident-kind").text == "quarantined"
