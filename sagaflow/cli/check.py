@@ -6,7 +6,7 @@ import click
 
 from ..machine import check_graph
 from ..policy import Retry
-from ..spec import SagaSpec, StepKind, callable_name, spec_of
+from ..spec import SagaSpec, StepKind, StepSpec, callable_name, spec_of
 from .loader import load
 from .problems import describe_problems
 from .text import columns
@@ -63,6 +63,20 @@ def _retry(policy: Retry) -> str:
     return text
 
 
+def _undo(s: StepSpec) -> str:
+    """How step ``s`` is undone: its compensation, or why it has none."""
+    if s.compensation_name is not None:
+        return (
+            f"{s.compensation_name} (timeout {_seconds(s.compensation_timeout)}, "
+            f"{_retry(s.compensation_retry)})"
+        )
+    if s.kind is StepKind.READONLY:
+        return "- (readonly: nothing to undo)"
+    if s.kind is StepKind.PIVOT:
+        return "- (pivot: point of no return)"
+    return "- (retriable: never undone)"
+
+
 def _describe(cls: type) -> list[str]:
     spec = spec_of(cls)
     head = f"{cls.__module__}:{cls.__qualname__}"
@@ -76,17 +90,7 @@ def _describe(cls: type) -> list[str]:
     ]
     rows = [["#", "step", "kind", "when", "timeout", "retry", "compensation"]]
     for s in spec.steps:
-        if s.compensation_name is not None:
-            comp = (
-                f"{s.compensation_name} (timeout {_seconds(s.compensation_timeout)}, "
-                f"{_retry(s.compensation_retry)})"
-            )
-        elif s.kind is StepKind.READONLY:
-            comp = "- (readonly: nothing to undo)"
-        elif s.kind is StepKind.PIVOT:
-            comp = "- (pivot: point of no return)"
-        else:
-            comp = "- (retriable: never undone)"
+        comp = _undo(s)
         rows.append([
             str(s.index + 1),
             s.name + (" [async]" if s.is_async else ""),

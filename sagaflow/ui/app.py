@@ -37,7 +37,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from ..cli.check import _groups, _retry, _seconds
+from ..cli.check import _groups, _retry, _seconds, _undo
 from ..cli.session import Session
 from ..cli.steptable import step_lines
 from ..cli.text import utc
@@ -46,7 +46,7 @@ from ..diagram.model import _fan_out_line, _wait_lines
 from ..errors import GraphvizNotFound
 from ..incidents import Incident, incident_of, open_incidents
 from ..records import SagaRecord, SagaStatus
-from ..spec import SagaSpec, StepKind
+from ..spec import SagaSpec
 from .query import BadFilter, Filters, business_key, counts, page
 from .serve import Kept
 
@@ -449,13 +449,6 @@ def _definition(spec: SagaSpec) -> list[dict[str, str]]:
     """The rows of a saga class's definition: one per step (member, fan-out, wait)."""
     rows = []
     for s in spec.steps:
-        if s.compensation_name is not None:
-            undo = (f"{s.compensation_name} (timeout {_seconds(s.compensation_timeout)}, "
-                    f"{_retry(s.compensation_retry)})")
-        else:
-            undo = {StepKind.READONLY: "- (readonly: nothing to undo)",
-                    StepKind.PIVOT: "- (pivot: point of no return)"}.get(
-                        s.kind, "- (retriable: never undone)")
         block = "" if s.group is None else f"group {spec.groups[s.group].name}"
         fan = _fan_out_line(s)
         rows.append({
@@ -464,7 +457,7 @@ def _definition(spec: SagaSpec) -> list[dict[str, str]]:
             "block": ", ".join(x for x in (block, f"fan-out {fan}" if fan else "") if x),
             "wait": "; ".join(_wait_lines(s.wait)) if s.wait is not None else "",
             "when": s.guard_name or "", "timeout": _seconds(s.timeout),
-            "retry": _retry(s.retry), "compensation": undo,
+            "retry": _retry(s.retry), "compensation": _undo(s),
         })
     return rows
 
