@@ -471,11 +471,11 @@ def _signals_offered(record: SagaRecord, spec: SagaSpec | None) -> list[dict[str
         names += [n for n in spec.signals if n not in names]
     offered = []
     for name in names:
-        payload = None
-        if spec is not None and spec.signals.get(name):
-            wait = spec.steps[spec.signals[name][0]].wait
-            payload = None if wait is None else wait.payload
-        offered.append({"name": name, "payload": _fields(payload)})
+        if spec is None:
+            offered.append({"name": name, "payload": "its payload class is not known here"})
+            continue
+        wait = spec.steps[spec.signals[name][0]].wait if spec.signals.get(name) else None
+        offered.append({"name": name, "payload": _fields(None if wait is None else wait.payload)})
     return offered
 
 
