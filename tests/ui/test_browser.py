@@ -34,6 +34,7 @@ if not (shutil.which("chromium") and shutil.which("chromedriver")):
     pytest.skip("no chromium/chromedriver: apt-get install chromium chromium-driver",
                 allow_module_level=True)
 
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.ui import WebDriverWait
@@ -50,10 +51,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The dashboard over a filled store; its pages do not reload themselves (a reload
+    would replace what a test is about to click)."""
     path = tmp_path / "sagas.db"
     fill(path, extra=55)
     url = f"sqlite:///{path}"
-    with served(create_app(url, [MODULE], operator="ann", refresh=1)) as base:
+    with served(create_app(url, [MODULE], operator="ann", refresh=0)) as base:
         yield base, url
 
 
@@ -195,18 +198,37 @@ def test_a_saga_class_page_from_the_list(browser: Any, site: tuple[str, str]) ->
     assert ids(browser) == ["waiting"]
 
 
-def test_a_running_sagas_page_shows_it_moving_on(browser: Any, site: tuple[str, str]) -> None:
-    base, store = site
+def test_a_running_sagas_page_shows_it_moving_on(browser: Any, tmp_path: Path) -> None:
+    path = tmp_path / "sagas.db"
+    fill(path)
+    store = f"sqlite:///{path}"
+    with served(create_app(store, [MODULE], refresh=1)) as base:
+        watch_it_move_on(browser, base, store)
+
+
+def shown(browser: Any) -> tuple[str, bool, str] | None:
+    """The page's status, whether it says it reloads, and its history, read at once (in
+    one script: a reload cannot come in between); ``None`` while a reload is under way."""
+    try:
+        got = browser.execute_script(
+            "const t = id => document.getElementById(id);"
+            "return t('status') && t('history') ? "
+            "[t('status').textContent, !!t('refreshing'), t('history').textContent] : null")
+    except WebDriverException:
+        return None
+    return None if got is None else (got[0], got[1], got[2])
+
+
+def watch_it_move_on(browser: Any, base: str, store: str) -> None:
     browser.get(base + "/sagas/waiting")
-    assert browser.find_element(By.ID, "status").text == "RUNNING"
-    assert browser.find_elements(By.ID, "refreshing")
-    assert "ship" not in browser.find_element(By.ID, "history").text
+    status, reloading, history = WebDriverWait(browser, 10).until(shown)
+    assert status == "RUNNING" and reloading and "ship" not in history
     with Session(store, [MODULE], readonly=False) as session:  # elsewhere, it goes on
         session.signal("waiting", "approval", {"by": "cy", "amount": 3})
-    WebDriverWait(browser, 30).until(
-        lambda b: b.find_element(By.ID, "status").text == "COMPLETED")
-    assert "StepCompleted 'ship'" in browser.find_element(By.ID, "history").text
-    assert not browser.find_elements(By.ID, "refreshing")  # finished: no more reloads
+    status, reloading, history = WebDriverWait(browser, 30).until(
+        lambda b: (now := shown(b)) is not None and now[0] == "COMPLETED" and now)
+    assert "StepCompleted 'ship'" in history
+    assert not reloading  # finished: no more reloads
 
 
 def test_signal_and_unquarantine_through_their_confirmations(
