@@ -18,10 +18,11 @@ MODULE = "ui_sagas"
 XSS = "<script>alert(1)</script>"
 
 
-def fill(path: Path, extra: int = 0) -> None:
-    """done, failed (release could not undo reserve), running (crashed in charge), xss,
-    waiting (for its approval), aside (crashed in charge, then quarantined); and
-    ``extra`` completed sagas p-000... ."""
+def fill(path: Path, extra: int = 0, *, acting: bool = False) -> None:
+    """done, failed (release could not undo reserve), running (crashed in charge), xss;
+    with ``acting`` also waiting (for its approval) and aside (crashed in charge, then
+    quarantined), for the signal and unquarantine actions; and ``extra`` completed sagas
+    p-000... ."""
     with Orchestrator(SQLiteStore(path)) as orch:
         orch.run(Shop("fine"), "done")
         ui_sagas.broken.update({"charge", "release"})
@@ -32,12 +33,13 @@ def fill(path: Path, extra: int = 0) -> None:
             orch.run(Shop("stuck"), "running")
         ui_sagas.broken.clear()
         orch.run(Shop(XSS), "xss")
-        orch.run(Approve(), "waiting")
-        ui_sagas.broken.add("crash")
-        with pytest.raises(Crash):
-            orch.run(Shop("aside"), "aside")
-        ui_sagas.broken.clear()
-        orch.store.quarantine("aside", "cannot be decoded or driven: the disk lied")
+        if acting:
+            orch.run(Approve(), "waiting")
+            ui_sagas.broken.add("crash")
+            with pytest.raises(Crash):
+                orch.run(Shop("aside"), "aside")
+            ui_sagas.broken.clear()
+            orch.store.quarantine("aside", "cannot be decoded or driven: the disk lied")
         for i in range(extra):
             orch.run(Shop(f"p{i}"), f"p-{i:03d}")
 
@@ -45,7 +47,7 @@ def fill(path: Path, extra: int = 0) -> None:
 @pytest.fixture
 def store(tmp_path: Path) -> str:
     path = tmp_path / "sagas.db"
-    fill(path)
+    fill(path, acting=True)
     return f"sqlite:///{path}"
 
 

@@ -54,7 +54,7 @@ def site(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """The dashboard over a filled store; its pages do not reload themselves (a reload
     would replace what a test is about to click)."""
     path = tmp_path / "sagas.db"
-    fill(path, extra=55)
+    fill(path, extra=55, acting=True)
     url = f"sqlite:///{path}"
     with served(create_app(url, [MODULE], operator="ann", refresh=0)) as base:
         yield base, url
@@ -200,7 +200,7 @@ def test_a_saga_class_page_from_the_list(browser: Any, site: tuple[str, str]) ->
 
 def test_a_running_sagas_page_shows_it_moving_on(browser: Any, tmp_path: Path) -> None:
     path = tmp_path / "sagas.db"
-    fill(path)
+    fill(path, acting=True)
     store = f"sqlite:///{path}"
     with served(create_app(store, [MODULE], refresh=1)) as base:
         watch_it_move_on(browser, base, store)

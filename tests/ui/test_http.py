@@ -55,7 +55,7 @@ def test_list_counts_and_filters(app) -> None:
 
 def test_paging_is_by_keyset(tmp_path: Path) -> None:
     path = tmp_path / "many.db"
-    fill(path, extra=120)
+    fill(path, extra=120, acting=True)
     c = client(create_app(f"sqlite:///{path}", [MODULE]))
     seen: list[str] = []
     url = "/sagas"
@@ -177,7 +177,7 @@ def link(text: str, anchor: str) -> str | None:
 
 def test_a_previous_page_link_goes_back_page_by_page(tmp_path: Path) -> None:
     path = tmp_path / "many.db"
-    fill(path, extra=120)
+    fill(path, extra=120, acting=True)
     c = client(create_app(f"sqlite:///{path}", [MODULE]))
     first = c.get("/sagas").text
     assert link(first, "previous") is None  # the first page has none
