@@ -999,15 +999,26 @@ class SQLStore:
             rows.searched_to = reach
         return rows
 
-    def counts(self) -> dict[str, int]:
-        """How many sagas of each status the store holds (every status; 0 when none)."""
+    def counts(self, name: str | None = None) -> dict[str, int]:
+        """How many sagas of each status the store holds (every status; 0 when none);
+        with ``name``, of that saga class only."""
         found = dict.fromkeys((st.value for st in SagaStatus), 0)
-        # Schema 6: the counts kept by triggers (a read of a few rows, whatever the
-        # number of sagas); before, counted from the status index.
-        rows = self._execute(
-            "SELECT status, sum(n) FROM sagaflow_counts GROUP BY status" if self.layout >= 6
-            else "SELECT status, count(*) FROM sagaflow_sagas GROUP BY status"
-        )
+        if name is not None:
+            # One seek per status into the (status, saga_name) index, which holds all
+            # the query reads: never the rows, whatever the class's size.
+            marks = ", ".join([self.MARK] * len(found))
+            rows = self._execute(
+                f"SELECT status, count(*) FROM sagaflow_sagas WHERE status IN ({marks})"
+                f" AND saga_name = {self.MARK} GROUP BY status", (*found, name),
+            )
+        else:
+            # Schema 6: the counts kept by triggers (a read of a few rows, whatever the
+            # number of sagas); before, counted from the status index.
+            rows = self._execute(
+                "SELECT status, sum(n) FROM sagaflow_counts GROUP BY status"
+                if self.layout >= 6
+                else "SELECT status, count(*) FROM sagaflow_sagas GROUP BY status"
+            )
         for status, n in rows:
             found[str(status)] = int(n)
         return found

@@ -275,11 +275,13 @@ class MemoryStore(AsyncStoreMixin):
         found.sort(key=lambda h: (h.created_at, h.saga_id), reverse=True)
         return found[:limit]
 
-    def counts(self) -> dict[str, int]:
-        """How many sagas of each status the store holds (every status; 0 when none)."""
+    def counts(self, name: str | None = None) -> dict[str, int]:
+        """How many sagas of each status the store holds (every status; 0 when none);
+        with ``name``, of that saga class only."""
         found = dict.fromkeys((st.value for st in SagaStatus), 0)
         for record in list(self._records.values()):
-            found[record.status.value] += 1
+            if name is None or record.saga_name == name:
+                found[record.status.value] += 1
         return found
 
     def load_raw(self, saga_id: str) -> _Held | None:

@@ -559,8 +559,8 @@ class FencedStore:
     def query(self, **filters: Any) -> list[SagaRecord]:
         return self.store.query(**filters)
 
-    def counts(self) -> dict[str, int]:
-        return self.store.counts()
+    def counts(self, name: str | None = None) -> dict[str, int]:
+        return self.store.counts(name)
 
     def scan(self, **filters: Any) -> Iterator[StoredSaga]:
         return self.store.scan(**filters)

@@ -215,7 +215,7 @@ def create_app(
                 raise Refused(404, "No such saga class",
                               f"there is no saga class {name!r} here (imported: {known}) "
                               f"and no saga of it in {url}")
-            per_status = _class_counts(session.store, name)
+            per_status = counts(session.store, name)
         return page_of(request, "class.html", {
             "name": name, "spec": spec, "counts": per_status,
             "total": sum(per_status.values()),
@@ -435,14 +435,6 @@ def _incident(incident: Incident, record: SagaRecord) -> dict[str, Any]:
         "not_undone": [f"{name}: {failures[name]}" if name in failures else name
                        for name in incident.not_undone],
     }
-
-
-def _class_counts(store: Any, name: str) -> dict[str, int]:
-    """How many sagas of the class ``name`` the store holds per status (every status)."""
-    found = dict.fromkeys((s.value for s in SagaStatus), 0)
-    for stored in store.scan(name=name):
-        found[stored.status] = found.get(stored.status, 0) + 1
-    return found
 
 
 def _definition(spec: SagaSpec) -> list[dict[str, str]]:

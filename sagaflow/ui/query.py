@@ -198,13 +198,14 @@ def _looked_through(store: Store, filters: Filters, now: float) -> list[Stored]:
     return found
 
 
-def counts(store: Store) -> dict[str, int]:
-    """How many sagas of each status the store holds (every status, 0 when none): the
-    store's own count where it has one, else counted from a scan."""
-    count: Callable[[], dict[str, int]] | None = getattr(store, "counts", None)
+def counts(store: Store, name: str | None = None) -> dict[str, int]:
+    """How many sagas of each status the store holds (every status, 0 when none; with
+    ``name``, of that class): the store's own count where it has one, else counted from
+    a scan."""
+    count: Callable[..., dict[str, int]] | None = getattr(store, "counts", None)
     if count is not None:
-        return count()
+        return count() if name is None else count(name)
     found = dict.fromkeys((s.value for s in SagaStatus), 0)
-    for stored in store.scan():
+    for stored in store.scan(name=name):
         found[stored.status] = found.get(stored.status, 0) + 1
     return found

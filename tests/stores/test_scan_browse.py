@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from postgres_cluster import cluster_url, drop_schema, fresh_schema
-from store_sagas import Other, record_of
+from store_sagas import Order, Other, record_of
 
 from sagaflow import SagaStatus
 from sagaflow.errors import (
@@ -404,3 +404,45 @@ def test_a_text_few_ids_hold_looks_through_a_bounded_window_and_says_how_far(
     assert len(full) == 2 and full.searched_to is None
     # Without a text, no window.
     assert len(store.browse(limit=100)) == 34
+
+
+# -- counts of one class (a saga class's page) -----------------------------------------
+
+
+def counted_of(store: Any, name: str) -> dict[str, int]:
+    """The counts per status of the class ``name``, counted from the sagas themselves."""
+    found = dict.fromkeys((s.value for s in SagaStatus), 0)
+    for stored in store.scan(name=name):
+        found[stored.status] += 1
+    return found
+
+
+def test_the_counts_of_one_class_are_its_sagas_only(store: Any) -> None:
+    fill(store, rounds=2)
+    other = record_of(Order(), "order-1", NOW + 100)
+    store.create(other)
+    other.status = SagaStatus.RUNNING
+    store.save(other)
+    mine = store.counts(NAME)
+    assert mine == counted_of(store, NAME) and sum(mine.values()) == 23
+    assert store.counts(other.saga_name) == {
+        **dict.fromkeys((s.value for s in SagaStatus), 0), "RUNNING": 1}
+    assert sum(store.counts("NoSuchSaga").values()) == 0
+    assert sum(store.counts().values()) == 24
+
+
+def test_sqlite_counts_one_class_from_the_status_index_alone(tmp_path: Path) -> None:
+    """The class's count never reads the sagas' rows: a class of 100,000 sagas is counted
+    from the (status, saga_name) index, which holds all the query needs."""
+    with SQLiteStore(tmp_path / "counts.db") as db:
+        fill(db)
+        traced: list[str] = []
+        db._read_conn.set_trace_callback(traced.append)
+        try:
+            db.counts(NAME)
+        finally:
+            db._read_conn.set_trace_callback(None)
+        (query,) = [q for q in traced if "count(*)" in q]
+        lines = [row[3] for row in db._read_conn.execute("EXPLAIN QUERY PLAN " + query)]
+        assert any("USING COVERING INDEX sagaflow_sagas_by_status" in line
+                   for line in lines), lines
