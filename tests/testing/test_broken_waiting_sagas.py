@@ -14,6 +14,7 @@ from waiting_sagas import (
     REFUSALS,
     CarelessApproval,
     Decision,
+    FeeOnTimer,
     ImpatientApproval,
     LeakyHold,
     OrderApproval,
@@ -97,6 +98,16 @@ def test_a_saga_that_counts_on_a_handler_a_timeout_skips_is_found() -> None:
     assert "step 'ship' raised AttributeError(\"'NoneType' object has no attribute " \
            "'upper'\") by itself" in text
     assert "WaitExpired 'approval': no 'decision', continue" in text
+
+
+def test_a_timer_that_takes_an_effect_is_found_when_the_saga_is_compensated_after_it() -> None:
+    plan, found = shrunk(FeeOnTimer)
+    # the first step after the timer failing is enough: the fee it charged stays
+    assert plan == FailurePlan(step="charge")
+    assert found.numbers == [11]
+    text = str(found)
+    assert "'payments': before {}, after {'o-1': -5}" in text
+    assert "86400  cooling_off   1" in text  # the timer fired on the virtual clock, a day on
 
 
 def test_the_state_machine_finds_the_missing_compensation_too() -> None:

@@ -206,5 +206,37 @@ class ImpatientApproval:
         SHIPPING.apply(ctx.idempotency_key, label, 1)
 
 
+@saga(name="fee_on_timer", deadline=2 * DAY)
+class FeeOnTimer:
+    """Its cooling-off timer charges a late fee when it fires: a timer is readonly (it
+    has no compensation), so a saga compensated after it keeps the fee."""
+
+    order: str = "o-1"
+
+    @step
+    def reserve(self, ctx: StepContext) -> None:
+        STOCK.apply(ctx.idempotency_key, self.order, -1)
+
+    @reserve.compensate
+    def release(self, ctx: StepContext) -> None:
+        STOCK.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @timer(after=DAY)
+    def cooling_off(self, ctx: StepContext) -> None:
+        PAYMENTS.apply(ctx.idempotency_key, self.order, -5)  # BUG: an effect in a timer
+
+    @step
+    def charge(self, ctx: StepContext) -> None:
+        PAYMENTS.apply(ctx.idempotency_key, self.order, -100)
+
+    @charge.compensate
+    def refund(self, ctx: StepContext) -> None:
+        PAYMENTS.undo(ctx.idempotency_key, forward_key(ctx))
+
+    @step(pivot=True)
+    def ship(self, ctx: StepContext) -> None:
+        SHIPPING.apply(ctx.idempotency_key, self.order, 1)
+
+
 def broken_case(saga_class: type) -> SagaCase:
     return SagaCase(saga_class(), reset_world, world)
