@@ -432,6 +432,9 @@ def _incident(incident: Incident, record: SagaRecord) -> dict[str, Any]:
     return {
         "id": incident.id, "kind": incident.kind, "reason": incident.reason,
         "since": utc(incident.since),
+        # Without failed compensations, what it names is a step after the pivot that
+        # failed for good: nothing to undo, it is to be finished.
+        "left": "could not be undone" if failures else "could not be finished",
         "not_undone": [f"{name}: {failures[name]}" if name in failures else name
                        for name in incident.not_undone],
     }

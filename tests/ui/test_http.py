@@ -323,3 +323,31 @@ def test_the_ui_command_passes_stalled_after_on(store: str, monkeypatch) -> None
     assert result.exit_code == 0, result.output
     page = client(served[0]).get("/sagas/running").text
     assert re.search(r'id="incident-kind">stalled<', page)
+
+
+def test_an_incident_after_the_pivot_names_what_to_finish_not_what_to_undo(
+    tmp_path: Path,
+) -> None:
+    import ui_sagas
+
+    from sagaflow import Orchestrator
+    from sagaflow.stores import SQLiteStore
+
+    path = tmp_path / "ship.db"
+    with Orchestrator(SQLiteStore(path)) as orch:
+        ui_sagas.broken.add("notify")
+        try:
+            orch.run(ui_sagas.Ship(), "shipped")
+        finally:
+            ui_sagas.broken.clear()
+    page = client(create_app(f"sqlite:///{path}", [MODULE])).get("/sagas/shipped").text
+    assert re.search(r"<th>could not be finished</th><td><ul id=\"not-undone\"><li>notify<",
+                     page)
+    assert "could not be undone" not in page
+
+
+def test_an_incident_with_failed_compensations_names_what_could_not_be_undone(
+    store: str,
+) -> None:
+    page = client(create_app(store, [MODULE])).get("/sagas/failed").text
+    assert "<th>could not be undone</th>" in page

@@ -76,3 +76,20 @@ class Approve:
     @step(pivot=True)
     def ship(self, ctx):
         pass
+
+
+@saga(name="ship")
+@attrs.define
+class Ship:
+    """Fails after its pivot when ``"notify"`` is broken: nothing to undo, to be finished."""
+
+    order: str = "o-1"
+
+    @step(pivot=True)
+    def ship(self, ctx):
+        pass
+
+    @step(retriable=True, retry=NO_RETRY)
+    def notify(self, ctx):
+        if "notify" in broken:
+            raise ConnectionError("mail server down")
