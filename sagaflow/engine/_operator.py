@@ -19,7 +19,6 @@ from ..records import (
 from ..spec import SagaSpec
 from ._blocks import (
     FINISHED,
-    abandon,
     at_block,
     forward_block,
     in_block,
@@ -52,15 +51,16 @@ def interrupt(spec: SagaSpec, record: SagaRecord, call: Call | None, now: float)
     """The run was cancelled: the call in flight has an unknown outcome; compensate.
 
     A compensation in flight is left to finish (drivers shield compensation); after
-    the pivot nothing can be undone, so the saga ends FAILED for an operator.
+    the pivot nothing can be undone, so the saga ends FAILED for an operator. Inside a
+    group or a fan-out the driver abandons its calls in flight first (a member's
+    ``call`` is not settled here again).
     """
     if record.status is not RUNNING:
         return
     if in_block(spec, record):
-        # The driver has abandoned the calls it had in flight: what is left is settled
-        # as the block fails.
-        if call is not None and call.slot >= 0:
-            abandon(spec, record, call, now, "cancelled while running")
+        # The driver has abandoned (engine.abandon) the calls it had in flight, ``call``
+        # among them: abandoning it here again recorded its failure twice. What is left
+        # is settled as the block fails.
         if record.error is None:
             record.error = SagaCancelled(spec.state_of(record.cursor))
         forward_block(spec, record, spec.steps[record.cursor], now, IDLE)
