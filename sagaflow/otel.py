@@ -25,10 +25,13 @@ Spans (kind INTERNAL):
 Attributes: ``sagaflow.saga.id``, ``sagaflow.saga.class``, ``sagaflow.step``,
 ``sagaflow.direction`` (forward/compensate), ``sagaflow.attempt``,
 ``sagaflow.outcome`` (a call: ok, error, rejected, timeout, cancelled, interrupted; a run: the
-saga's outcome word, as ``sagaflow sagas list`` shows it), ``sagaflow.item`` (a fan-out
+saga's outcome word, as ``sagaflow sagas list`` shows it, or ``error``/``interrupted``
+when an exception out of the driver ended the run), ``sagaflow.item`` (a fan-out
 item's record), ``sagaflow.resumed``, ``sagaflow.status``; and OpenTelemetry's
 ``code.function.name`` and ``error.type``. A failed call has status ERROR and the
-exception recorded; so has a run that ended other than COMPLETED. A call abandoned past
+exception recorded; so has a run that ended other than COMPLETED, and one that an
+exception out of the driver ended (the store raised on a save: the saga is left RUNNING
+for recovery). A call abandoned past
 its timeout (a plain ``def`` cannot be stopped) ends its span when it returns.
 
 Metrics (meter ``sagaflow``): counters ``sagaflow.sagas.started`` (first runs) and
@@ -160,9 +163,14 @@ class Telemetry:
         if not resumed:
             self._counters["started"].add(1, {"sagaflow.saga.class": spec.name})
 
-    def end(self, spec: SagaSpec, record: SagaRecord) -> None:
+    def end(
+        self, spec: SagaSpec, record: SagaRecord, error: BaseException | None = None
+    ) -> None:
         """The run of ``record`` is over: its span ends with the saga's outcome; a saga
-        that ended is counted."""
+        that ended is counted. ``error``: the exception raised out of the driver (the
+        store failed, the process is interrupted): the saga, still where the store has it
+        (recovery resumes it), is not the run's outcome, so the span says ``error`` (or
+        ``interrupted``) and records it."""
         run = self._runs.pop(record.saga_id, None)
         if run is None:
             return
@@ -170,6 +178,15 @@ class Telemetry:
         word = outcome(status, error_type(record.error), record.waiting is not None)
         span = run.span
         span.set_attribute("sagaflow.status", status.value)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            # A cancelled run compensated (shielded) first: its outcome is the saga's.
+            word = "error" if isinstance(error, Exception) else "interrupted"
+            span.set_attribute("sagaflow.outcome", word)
+            span.record_exception(error)
+            span.set_attribute("error.type", _qualified(type(error)))
+            span.set_status(StatusCode.ERROR, f"{word}: {type(error).__name__}")
+            span.end()
+            return
         span.set_attribute("sagaflow.outcome", word)
         if status.is_terminal:
             if status is SagaStatus.COMPLETED:

@@ -169,9 +169,11 @@ class Instrument(Protocol):
     def begin(self, spec: SagaSpec, record: SagaRecord) -> None:
         """A driver begins a run of ``record`` (its first, or a resumed one)."""
 
-    def end(self, spec: SagaSpec, record: SagaRecord) -> None:
+    def end(
+        self, spec: SagaSpec, record: SagaRecord, error: BaseException | None = None
+    ) -> None:
         """The run that :meth:`begin` began is over (the saga ended, parked, or the
-        driver was interrupted)."""
+        driver was interrupted: ``error``, the exception raised out of it)."""
 
     def wrap(
         self, fn: Callable[..., Any], is_async: bool, spec: SagaSpec, record: SagaRecord,

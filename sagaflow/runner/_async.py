@@ -91,6 +91,7 @@ async def _arun(
         settled = []  # or, after a group, the calls whose outcomes it records
     elif settled:
         done = settled[-1]
+    failed: BaseException | None = None  # what the run ends by, raised out of it
     try:
         try:
             while True:
@@ -218,9 +219,12 @@ async def _arun(
         if await _compensate_shielded(rt, spec, record, told, pending, settled):
             raise asyncio.CancelledError
         return SagaResult.of(record)
+    except BaseException as exc:  # the store failed, a cancel: the telemetry says so
+        failed = exc
+        raise
     finally:
         if not shielded:
-            leave(rt, record, spec)
+            leave(rt, record, spec, failed)
 
 
 async def _cancelled(

@@ -61,10 +61,14 @@ def traced(
     return fn if tel is None else tel.wrap(fn, is_async, spec, record, call)
 
 
-def leave(rt: Runtime, record: SagaRecord, spec: SagaSpec | None = None) -> None:
-    """The run of ``record`` here is over (with ``spec``: the telemetry hears it)."""
+def leave(
+    rt: Runtime, record: SagaRecord, spec: SagaSpec | None = None,
+    error: BaseException | None = None,
+) -> None:
+    """The run of ``record`` here is over (with ``spec``: the telemetry hears it, and
+    ``error``: the exception the run ends by, raised out of the driver)."""
     if rt.telemetry is not None and spec is not None:
-        rt.telemetry.end(spec, record)
+        rt.telemetry.end(spec, record, error)
     saga_id = record.saga_id
     if rt.live.get(saga_id) is record:  # a parked saga may be driven by another by now
         del rt.live[saga_id]

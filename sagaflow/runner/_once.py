@@ -163,6 +163,7 @@ def step_once(
             f"step {spec.steps[expect[0]].name!r} of {spec.name} is async: use astep_once"
         )
     enter(rt, record, spec)
+    failed: BaseException | None = None  # what the run ends by, raised out of it
     try:
         clock = rt.clock
         told = len(record.history)
@@ -186,8 +187,11 @@ def step_once(
             told = save_once(rt, spec, record, told, before_save, [call])
             if not _once_pending(record, call):
                 return call
+    except BaseException as exc:  # the store failed, an interrupt: the telemetry says so
+        failed = exc
+        raise
     finally:
-        leave(rt, record, spec)
+        leave(rt, record, spec, failed)
 
 
 def _call_once(
@@ -223,6 +227,7 @@ async def astep_once(
 ) -> Call | None:
     """:func:`step_once`, in the awaiting task (async steps too)."""
     enter(rt, record, spec)
+    failed: BaseException | None = None  # what the run ends by, raised out of it
     try:
         clock = rt.clock
         told = len(record.history)
@@ -268,5 +273,8 @@ async def astep_once(
             told = await asave_once(rt, spec, record, told, before_save, [call])
             if not _once_pending(record, call):
                 return call
+    except BaseException as exc:  # the store failed, an interrupt: the telemetry says so
+        failed = exc
+        raise
     finally:
-        leave(rt, record, spec)
+        leave(rt, record, spec, failed)

@@ -85,6 +85,7 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
     if chor is not None:  # choreographed: its participants make the calls, not a driver
         return hand_off(chor, rt, spec, record, told)
     enter(rt, record, spec)
+    failed: BaseException | None = None  # what the run ends by, raised out of it
     try:
         if spec.shortest_limit is None and spec.deadline is None and (
             spec.compensation_deadline is None
@@ -92,8 +93,11 @@ def drive(rt: Runtime, spec: SagaSpec, record: SagaRecord, told: int = 0) -> Sag
             _run_sync(rt, spec, record, told, None)
         else:
             _watch(rt, spec, record, told)
+    except BaseException as exc:  # the store failed, an interrupt: the telemetry says so
+        failed = exc
+        raise
     finally:
-        leave(rt, record, spec)
+        leave(rt, record, spec, failed)
     return SagaResult.of(record)
 
 

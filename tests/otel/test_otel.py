@@ -257,7 +257,10 @@ def test_a_recovered_run_is_a_new_span_linked_to_the_saga_in_its_trace(
     ):
         first.run(Trip(), "k1")
     crashed = otel.one("saga Trip")
-    assert crashed.attributes["sagaflow.outcome"] == "running"
+    # the saga is left RUNNING for recovery; the run ended by the interrupt
+    assert crashed.attributes["sagaflow.status"] == "RUNNING"
+    assert crashed.attributes["sagaflow.outcome"] == "interrupted"
+    assert crashed.status.status_code is StatusCode.ERROR
     assert otel.one("step pay").attributes["sagaflow.outcome"] == "interrupted"
 
     later = Otel()  # another process: its own SDK, its own telemetry
