@@ -46,14 +46,14 @@ import attrs
 
 from ..context import Direction, StepContext
 from ..engine import new_record
-from ..errors import SagaRejected
+from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
 from ..records import SagaRecord
 from ..spec import SagaSpec, StepKind, spec_of
 from ..stores import open_store
 from ..stores.base import Store
 from .clock import VirtualClock
-from .plan import FailurePlan, Fault, InjectedFault, SagaCase, unit_of
+from .plan import Arrival, FailurePlan, Fault, InjectedFault, SagaCase, unit_of
 
 #: the clock's start in every process: the run and its recovery read the same times
 _EPOCH = 1_700_000_000.0
@@ -156,9 +156,18 @@ async def _acheckpoint(what: str, do: Callable[[], Any]) -> Any:
     return result
 
 
+def _stored(name: str, do: Callable[[], Any]) -> Any:
+    """A signal's row written (its own transaction, not a checkpoint of the saga's)."""
+    occurrence = SWITCH.next("signal", name)
+    SWITCH.at("signal", "before", name, occurrence)
+    result = do()
+    SWITCH.at("signal", "after", name, occurrence)
+    return result
+
+
 def watch_writes(store: Store) -> Store:
-    """``store`` with its checkpoint writes going through :data:`SWITCH` (the methods
-    wrapped on this instance only: any store class works)."""
+    """``store`` with its checkpoint writes and signal rows going through
+    :data:`SWITCH` (the methods wrapped on this instance only: any store class works)."""
     create, save = store.create, store.save
     acreate, asave = store.acreate, store.asave
 
@@ -176,6 +185,20 @@ def watch_writes(store: Store) -> Store:
         return await _acheckpoint(SWITCH.events(record, False),
                                   lambda: asave(record, *a, **kw))
 
+    add_signal, aadd_signal = store.add_signal, store.aadd_signal
+
+    def w_add_signal(saga_id: str, name: str, *a: Any, **kw: Any) -> Any:
+        return _stored(name, lambda: add_signal(saga_id, name, *a, **kw))
+
+    async def w_aadd_signal(saga_id: str, name: str, *a: Any, **kw: Any) -> Any:
+        occurrence = SWITCH.next("signal", name)
+        SWITCH.at("signal", "before", name, occurrence)
+        result = await aadd_signal(saga_id, name, *a, **kw)
+        SWITCH.at("signal", "after", name, occurrence)
+        return result
+
+    store.add_signal = w_add_signal  # type: ignore[method-assign]
+    store.aadd_signal = w_aadd_signal  # type: ignore[method-assign]
     store.create = w_create  # type: ignore[method-assign]
     store.save = w_save  # type: ignore[method-assign]
     store.acreate = w_acreate  # type: ignore[method-assign]
@@ -258,7 +281,7 @@ class ShadowOrchestrator(Orchestrator):
 # --------------------------------------------------------------------------- plans
 
 
-_UNSUPPORTED = ("effect", "transient_effect", "compensation_effect", "deadline", "signals",
+_UNSUPPORTED = ("effect", "transient_effect", "compensation_effect", "deadline",
                 "cut", "cut_effect", "order")
 
 
@@ -283,12 +306,17 @@ def check_plan(plan: Any, spec: SagaSpec) -> FailurePlan[Any]:
         odd.append(f"transient_fault={plan.transient_fault!r}")
     odd += [f"faults[{n!r}]={f!r}" for n, f in plan.faults
             if f not in (Fault.RAISES, Fault.REJECTS)]
+    # a signal comes while its wait waits (again after a crash: same id), or never
+    odd += [repr(p) for p in plan.signals
+            if p.arrives not in (Arrival.AT_WAIT, Arrival.NEVER) or p.another or p.refused]
     if odd:
         raise ValueError(
             f"{plan!r}: crash points run a plan's steps and compensations that raise or "
             f"reject (step=, transient=, compensation_transient=, compensation_fails=, "
-            f"faults= with Fault.RAISES or Fault.REJECTS), not {', '.join(odd)}: drop "
-            "them (timeouts, deadlines and signals are run_plan's)"
+            f"faults= with Fault.RAISES or Fault.REJECTS) and signals that come while "
+            f"their wait waits or never (SignalPlan with Arrival.AT_WAIT or Arrival.NEVER, "
+            f"twice=, rejects=), not {', '.join(odd)}: drop them (timeouts, deadlines, "
+            "early, late and refused signals are run_plan's)"
         )
     return plan
 
@@ -321,12 +349,6 @@ class Subject:
         self.timeout = int(max(1, request["timeout"]))
         case = self.make()
         self.spec = spec_of(case.saga)
-        waits = [s.name for s in self.spec.steps if s.wait is not None]
-        if waits:
-            raise ValueError(
-                f"saga {self.spec.name!r} waits ({', '.join(waits)}): crash points do not "
-                "cover waits and timers yet; test those with run_plan and SignalPlan"
-            )
         given = decode(request["plans"])
         plans = default_plans(self.spec) if given is None else list(given)
         if not plans:
@@ -406,6 +428,46 @@ def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str) ->
     return orch.drive(spec, record).status.value
 
 
+def _call(orch: Orchestrator, is_async: bool, name: str, *args: Any, **kw: Any) -> Any:
+    """``orch.name(...)``, or for an async saga ``orch.aname(...)`` run to its end."""
+    if is_async:
+        return asyncio.run(getattr(orch, "a" + name)(*args, **kw))
+    return getattr(orch, name)(*args, **kw)
+
+
+def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> str:
+    """Take the parked saga to its end as the plan says: each signal wait the plan
+    sends to gets its signal (a fixed id per wait, so one sent again after a crash is
+    a duplicate), ``twice``: again; a timer, or a wait that gets nothing, has the
+    clock moved to its wake time and is resumed. The saga's status at the end."""
+    spec = orch.shadow
+    for _ in range(10 * len(spec.steps) + 10):
+        record = orch.store.load(saga_id)
+        if record is None or record.status.is_terminal:
+            break
+        orch.clock.advance_to(max(e.at for e in record.history))  # type: ignore[attr-defined]
+        # a signal stored before a crash, or a timer already due, is taken here
+        if _call(orch, spec.is_async, "resume_due"):
+            continue
+        started = [e.step for e in record.history if type(e).__name__ == "WaitStarted"]
+        wanted = None if not record.waiting or not started else plan.signal_plan(started[-1])
+        if wanted is not None and wanted.sends:
+            sid = f"{saga_id}/{wanted.step}"
+            for _time in range(2 if wanted.twice else 1):
+                try:
+                    _call(orch, spec.is_async, "signal", saga_id, record.waiting,
+                          wanted.payload, signal_id=sid)
+                except SignalRefused:  # sent again once the first one finished the saga
+                    pass
+            continue
+        if record.wake_at is None:
+            break  # neither parked nor finished: the caller reports its status
+        orch.clock.advance_to(record.wake_at)  # type: ignore[attr-defined]
+        _call(orch, spec.is_async, "resume_due")
+    record = orch.store.load(saga_id)
+    return "NOT STARTED" if record is None else record.status.value
+
+
 def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
          target: dict[str, Any] | None) -> dict[str, Any]:
     global SWITCH
@@ -413,23 +475,31 @@ def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
     spec = subject.shadows[plan]
     store = watch_writes(open_store(store_url))
     orch = ShadowOrchestrator(store, spec)
-    status = _start(orch, spec, case.saga, subject.saga_id)
+    _start(orch, spec, case.saga, subject.saga_id)
+    status = _settle(orch, subject.plans[plan], subject.saga_id)
     _close(orch)
     return {"status": status, "points": SWITCH.seen}
 
 
-def _recover(subject: Subject, plan: int, store_url: str) -> dict[str, Any]:
+def _recover(subject: Subject, plan: int, store_url: str, target: dict[str, Any] | None,
+             census: bool) -> dict[str, Any]:
+    """Recover the saga in this (fresh) process and take it to its end as the run
+    would have; killed at ``target`` if it gets there; ``census``: list its points."""
+    global SWITCH
+    SWITCH = Switch(target, census=census)
     spec = subject.shadows[plan]
-    orch = ShadowOrchestrator(open_store(store_url), spec)
+    orch = ShadowOrchestrator(watch_writes(open_store(store_url)), spec)
+    found = orch.store.load(subject.saga_id)
+    if found is not None:  # recover at the time the last checkpoint was written
+        orch.clock.advance_to(max(e.at for e in found.history))  # type: ignore[attr-defined]
+        SWITCH.told[found.saga_id] = len(found.history)  # name its points by what is new
     report = asyncio.run(orch.arecover()) if spec.is_async else orch.recover()
-    record = orch.store.load(subject.saga_id)
-    rerun = record is None
+    rerun = orch.store.load(subject.saga_id) is None
     if rerun:  # killed before its record was written: the caller runs it again, same id
-        status = _start(orch, spec, subject.make().saga, subject.saga_id)
-    else:
-        status = record.status.value  # type: ignore[union-attr]
+        _start(orch, spec, subject.make().saga, subject.saga_id)
+    status = _settle(orch, subject.plans[plan], subject.saga_id)
     _close(orch)
-    return {"status": status, "rerun": rerun,
+    return {"status": status, "rerun": rerun, "points": SWITCH.seen,
             "skipped": {sid: str(err) for sid, err in report.skipped.items()}}
 
 
@@ -441,19 +511,34 @@ def _close(orch: Orchestrator) -> None:
 
 
 def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
-    """One crash point (or, ``point`` null, the reference run): run, kill, recover."""
+    """One crash point (or, ``point`` null, the reference run): run, kill, recover.
+    ``chain``: points each recovery in turn is killed at (a chained crash) before one
+    runs to its end; ``census``: that last recovery lists the points it passed."""
     plan, url, target = request["plan"], request["store"], request["point"]
+    chain = request.get("chain") or []
     case = subject.make()
     if case.setup is not None:
         case.setup()
     started = time.monotonic()
     ran, code = _fork(lambda: _run(subject, plan, url, case, target), subject.timeout)
     killed = code == -signal.SIGKILL
-    reply: dict[str, Any] = {"run": ran, "exit": code, "killed": killed, "recovery": None}
+    reply: dict[str, Any] = {"run": ran, "exit": code, "killed": killed, "recovery": None,
+                             "chain": []}
     if killed:
-        recovered, rcode = _fork(lambda: _recover(subject, plan, url), subject.timeout)
-        reply["recovery"] = recovered
-        reply["recovery_exit"] = rcode
+        for then in chain:
+            recovered, rcode = _fork(lambda t=then: _recover(subject, plan, url, t, False),
+                                     subject.timeout)
+            reply["chain"].append(rcode == -signal.SIGKILL)
+            if rcode != -signal.SIGKILL:  # it ended without reaching its point
+                reply["recovery"] = recovered
+                reply["recovery_exit"] = rcode
+                break
+        else:
+            census = bool(request.get("census"))
+            recovered, rcode = _fork(lambda: _recover(subject, plan, url, None, census),
+                                     subject.timeout)
+            reply["recovery"] = recovered
+            reply["recovery_exit"] = rcode
     reply["snapshot"] = None if case.snapshot is None else encode(case.snapshot())
     reply["seconds"] = round(time.monotonic() - started, 4)
     return reply

@@ -53,9 +53,10 @@ class CrashPoint:
     """A place a run of a plan is killed.
 
     ``kind`` is ``"checkpoint"`` (``when`` ``"before"`` it is written or ``"after"`` it
-    committed; ``what``: the events it records) or ``"effect"`` (``when`` ``"after"``:
+    committed; ``what``: the events it records), ``"effect"`` (``when`` ``"after"``:
     the function ``what``, ``"step:forward"`` or ``"step:compensate"``, returned, and no
-    checkpoint records it yet). ``occurrence``: the how-manieth time that ``what``
+    checkpoint records it yet) or ``"signal"`` (``when`` ``"before"`` or ``"after"``
+    the row of signal ``what`` is stored, in its own transaction). ``occurrence``: the how-manieth time that ``what``
     happens in the run (a retried step's second effect is occurrence 2). ``seq``: its
     position in the plan's run, from 1; ``checkpoint``: the number of the write (from 1,
     0 for an effect).
@@ -76,6 +77,8 @@ class CrashPoint:
         again = f" (#{self.occurrence})" if self.occurrence > 1 else ""
         if self.kind == "effect":
             return f"after {self.what}{again} took effect, before its checkpoint"
+        if self.kind == "signal":
+            return f"{self.when} signal {self.what!r}{again} is stored"
         return f"{self.when} checkpoint {self.checkpoint} ({self.what}){again}"
 
     def __str__(self) -> str:
@@ -89,7 +92,9 @@ class CrashPointResult:
     ``outcome``: ``"ok"``; ``"failed"`` (``problems`` says how); or ``"not reached"``
     (this run ended without passing the point: a run whose points depend on timing,
     such as a parallel group's; not a failure). ``status``: the saga's status after
-    recovery.
+    recovery. ``recovery``: a chained crash (``depth=2``): the point of the first
+    recovery's own run it was killed at too (its ``plan`` and ``plan_text`` the run's,
+    ``seq`` its place in the recovery), before a second recovery.
     """
 
     point: CrashPoint
@@ -97,10 +102,18 @@ class CrashPointResult:
     status: str | None = None
     problems: tuple[str, ...] = ()
     seconds: float = 0.0
+    recovery: CrashPoint | None = None
 
     @property
     def ok(self) -> bool:
         return self.outcome != "failed"
+
+    @property
+    def where(self) -> str:
+        """Where the run (and its recovery) was killed, in words, with the plan."""
+        if self.recovery is None:
+            return str(self.point)
+        return f"{self.point}; recovery killed at {self.recovery.seq}: {self.recovery.name}"
 
 
 @attrs.frozen
@@ -142,16 +155,16 @@ class CrashPointsReport:
         for i, (text, status) in enumerate(zip(self.plans, self.references, strict=True)):
             lines.append(f"plan {i}: {text} -> {status}")
         rows = [("plan", "#", "crash point", "after recovery", "result")]
-        rows += [(str(r.point.plan), str(r.point.seq), r.point.name, r.status or "-",
+        rows += [(str(r.point.plan), str(r.point.seq), _name(r), r.status or "-",
                   r.outcome) for r in self.points]
         widths = [max(len(row[c]) for row in rows) for c in range(5)]
         for row in rows:
             lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
         first = self.first_failure
         if first is not None:
-            lines.append(f"first failure: {first.point}")
+            lines.append(f"first failure: {first.where}")
             for r in self.failures:
-                lines.append(f"- {r.point}:")
+                lines.append(f"- {r.where}:")
                 lines += ["    " + line for p in r.problems for line in p.splitlines()]
         return "\n".join(lines)
 
@@ -159,6 +172,12 @@ class CrashPointsReport:
         """Raise ``AssertionError`` with :meth:`describe` unless every point passed."""
         if not self.ok:
             raise AssertionError(self.describe())
+
+
+def _name(result: CrashPointResult) -> str:
+    if result.recovery is None:
+        return result.point.name
+    return f"{result.point.name} / recovery {result.recovery.seq}: {result.recovery.name}"
 
 
 def _factory_path(saga: str | Callable[..., Any]) -> str:
@@ -290,6 +309,7 @@ def check_crash_points(
     env: Mapping[str, str] | None = None,
     fail_fast: bool = False,
     timeout: float = 60.0,
+    depth: int = 1,
 ) -> CrashPointsReport:
     """Kill a run of the saga at each crash point, recover it, check the saga and the world.
 
@@ -304,7 +324,16 @@ def check_crash_points(
     ``postgresql://`` URL (a schema per point, dropped afterwards). ``env``: more
     environment for the child (it gets this one's, and this ``sys.path``).
     ``fail_fast``: stop at the first failing point. ``timeout``: seconds a child may
-    take before it is stopped (SIGALRM).
+    take before it is stopped (SIGALRM). ``depth=2``: chained crashes too: after each
+    point, the recovery is killed at each point of its own run in turn and a second
+    recovery must still end right (a recovery must be as idempotent as the run; this
+    costs a run per point of each recovery).
+
+    A saga with waits and timers runs on a virtual clock: a wait the plan's
+    ``signals=`` (:class:`SignalPlan`, ``Arrival.AT_WAIT`` or ``Arrival.NEVER``) sends
+    to gets its signal once the saga parked there (sent again, same ``signal_id``,
+    after a crash), and the clock moves to each timer's (or unanswered wait's) wake
+    time; the points include each signal's row being stored.
 
     Returns the report; it raises nothing for failing points (see
     :meth:`CrashPointsReport.assert_ok`), only ``ValueError`` for bad input.
@@ -313,6 +342,9 @@ def check_crash_points(
     for name, fn in (("snapshot", snapshot), ("setup", setup)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be a callable or None, got {fn!r}")
+    if depth not in (1, 2):
+        raise ValueError(f"depth is 1 (a crash per point) or 2 (and one in each recovery), "
+                         f"got {depth!r}")
     plan_list = None if plans is None else list(plans)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sagaflow-crash-") as folder, open(
@@ -331,9 +363,13 @@ def check_crash_points(
                 ref = run.reference(index, text, loaded["saga"])
                 references.append(ref.status)
                 for point in ref.points:
-                    result = run.crash(point, ref)
+                    result, again = run.crash(point, ref, census=depth > 1)
                     results.append(result)
-                    if fail_fast and not result.ok:
+                    for then in again if result.outcome != "not reached" else ():
+                        if fail_fast and not results[-1].ok:
+                            break
+                        results.append(run.crash(point, ref, then)[0])
+                    if fail_fast and not results[-1].ok:
                         break
                 if fail_fast and results and not results[-1].ok:
                     break
@@ -363,15 +399,13 @@ class _Runner:
         self.setup = setup
         self.snapshot = snapshot
 
-    def _go(self, plan: int, name: str, point: CrashPoint | None) -> tuple[dict[str, Any], Any]:
+    def _go(self, plan: int, name: str, point: CrashPoint | None,
+            then: CrashPoint | None = None, census: bool = False) -> tuple[dict[str, Any], Any]:
         if self.setup is not None:
             self.setup()
-        target = None if point is None else {
-            "kind": point.kind, "when": point.when, "what": point.what,
-            "occurrence": point.occurrence,
-        }
         reply = self.child.ask(op="point", plan=plan, store=self.stores.new(name),
-                               point=target)
+                               point=_target(point),
+                               chain=[] if then is None else [_target(then)], census=census)
         seen = decode(reply["snapshot"]) if reply["snapshot"] is not None else None
         if self.snapshot is not None:
             seen = self.snapshot()
@@ -392,13 +426,30 @@ class _Runner:
         has = self.snapshot is not None or reply["snapshot"] is not None
         return _Reference(reply["run"]["status"], seen, points, has)
 
-    def crash(self, point: CrashPoint, ref: _Reference) -> CrashPointResult:
-        reply, seen = self._go(point.plan, f"p{point.plan}-{point.seq}", point)
+    def crash(self, point: CrashPoint, ref: _Reference, then: CrashPoint | None = None,
+              census: bool = False) -> tuple[CrashPointResult, tuple[CrashPoint, ...]]:
+        """The point (and, ``then``, the first recovery's point) crashed and recovered;
+        with ``census``, the points of the recovery's own run."""
+        name = f"p{point.plan}-{point.seq}" + ("" if then is None else f"-r{then.seq}")
+        reply, seen = self._go(point.plan, name, point, then, census)
+        result = self._judge(point, then, ref, reply, seen)
+        points = ((reply["recovery"] or {}).get("points") or []) if census else []
+        return result, tuple(
+            CrashPoint(point.plan, point.plan_text, seq, p["kind"], p["when"], p["what"],
+                       p["occurrence"], p["checkpoint"])
+            for seq, p in enumerate(points, 1)
+        )
+
+    def _judge(self, point: CrashPoint, then: CrashPoint | None, ref: _Reference,
+               reply: dict[str, Any], seen: Any) -> CrashPointResult:
         seconds = reply["seconds"]
+        if then is not None and reply["chain"] == [False] and reply["recovery_exit"] == 0:
+            return CrashPointResult(point, "not reached", reply["recovery"]["status"], (),
+                                    seconds, then)
         if not reply["killed"]:
             if reply["exit"] == 0:
                 status = None if reply["run"] is None else reply["run"]["status"]
-                return CrashPointResult(point, "not reached", status, (), seconds)
+                return CrashPointResult(point, "not reached", status, (), seconds, then)
             return CrashPointResult(point, "failed", None, (
                 f"the run ended with exit status {reply['exit']} before reaching the point "
                 f"(see the traceback above in the child's stderr):\n{self.child._tail()}",
@@ -427,7 +478,15 @@ class _Runner:
                 "ctx.idempotency_key?):\n" + _differences(ref.snapshot, seen)
             )
         return CrashPointResult(point, "failed" if problems else "ok", status,
-                                tuple(problems), seconds)
+                                tuple(problems), seconds, then)
+
+
+def _target(point: CrashPoint | None) -> dict[str, Any] | None:
+    """The point as the child's kill switch names it."""
+    if point is None:
+        return None
+    return {"kind": point.kind, "when": point.when, "what": point.what,
+            "occurrence": point.occurrence}
 
 
 def _differences(expected: Any, got: Any) -> str:
