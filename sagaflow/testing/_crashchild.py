@@ -186,14 +186,21 @@ def watch_writes(store: Store) -> Store:
                                   lambda: asave(record, *a, **kw))
 
     add_signal, aadd_signal = store.add_signal, store.aadd_signal
+    inside: list[bool] = []  # a store's async twin may call its sync one: one point
 
     def w_add_signal(saga_id: str, name: str, *a: Any, **kw: Any) -> Any:
+        if inside:
+            return add_signal(saga_id, name, *a, **kw)
         return _stored(name, lambda: add_signal(saga_id, name, *a, **kw))
 
     async def w_aadd_signal(saga_id: str, name: str, *a: Any, **kw: Any) -> Any:
         occurrence = SWITCH.next("signal", name)
         SWITCH.at("signal", "before", name, occurrence)
-        result = await aadd_signal(saga_id, name, *a, **kw)
+        inside.append(True)
+        try:
+            result = await aadd_signal(saga_id, name, *a, **kw)
+        finally:
+            inside.pop()
         SWITCH.at("signal", "after", name, occurrence)
         return result
 
@@ -350,6 +357,14 @@ class Subject:
         case = self.make()
         self.spec = spec_of(case.saga)
         given = decode(request["plans"])
+        waits = [s.name for s in self.spec.steps if s.wait is not None and s.wait.signal]
+        if given is None and waits:
+            raise ValueError(
+                f"saga {self.spec.name!r} waits ({', '.join(waits)}): crash points do not "
+                "cover waits without plans that say what each one receives: give plans=["
+                f"FailurePlan(signals=[SignalPlan({waits[0]!r}, payload)])] (or "
+                "arrives=Arrival.NEVER: its time runs out)"
+            )
         plans = default_plans(self.spec) if given is None else list(given)
         if not plans:
             raise ValueError("plans is empty: give at least one FailurePlan (or None)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from sagaflow import Retry, StepContext, parallel, saga, step
+from sagaflow import Retry, StepContext, parallel, saga, step, timer, wait
 from sagaflow.testing import SagaCase
 
 LEDGER_ENV = "CRASHPOINT_LEDGER"
@@ -52,6 +52,21 @@ def undo(ctx: StepContext, account: str, *, check_key: bool = True) -> None:
             conn.execute("INSERT INTO entries VALUES (?, ?, ?)",
                          (ctx.idempotency_key, account, 0 if found is None else -found[0]))
         conn.execute("COMMIT")
+
+
+def put(key: str, account: str, delta: int) -> None:
+    """An entry under ``key``, once."""
+    with _conn() as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone() is None:
+            conn.execute("INSERT INTO entries VALUES (?, ?, ?)", (key, account, delta))
+        conn.execute("COMMIT")
+
+
+def void(key: str) -> None:
+    """Take back the entry under ``key``, if there is one."""
+    with _conn() as conn:
+        conn.execute("DELETE FROM entries WHERE key = ?", (key,))
 
 
 def balances() -> dict[str, int]:
@@ -244,3 +259,129 @@ class Packing:
     @close.compensate
     def reopen(self, ctx: StepContext) -> None:
         undo(ctx, "closed")
+
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+
+
+@attrs.frozen
+class Approval:
+    """What an approver answers (a signal's payload)."""
+
+    by: str
+
+
+@saga(name="cp_approved_order")
+@attrs.define
+class ApprovedOrder:
+    """Reserve, wait a day for an approval (its handler books it with a participant),
+    cool off an hour (a timer whose handler has an effect), ship (the pivot). With no
+    approval the wait runs out and the reservation is released."""
+
+    approved_by: str = ""
+
+    @step
+    def reserve(self, ctx: StepContext) -> None:
+        apply(ctx, "stock", -1)
+
+    @reserve.compensate
+    def release(self, ctx: StepContext) -> None:
+        undo(ctx, "stock")
+
+    @wait("decision", payload=Approval, timeout=DAY)
+    def approval(self, decision: Approval, ctx: StepContext) -> None:
+        apply(ctx, f"approved-by-{decision.by}", 1)
+        self.approved_by = decision.by
+
+    @timer(after=HOUR)
+    def cooling_off(self, ctx: StepContext) -> None:
+        apply(ctx, "cooled", 1)
+
+    @step(pivot=True)
+    def ship(self, ctx: StepContext) -> None:
+        apply(ctx, "courier", 1)
+
+
+@saga(name="cp_twice_approved")
+@attrs.define
+class TwiceApproved:
+    """:class:`ApprovedOrder` whose signal handler books the approval again when it
+    runs again (no idempotency key)."""
+
+    approved_by: str = ""
+
+    @step
+    def reserve(self, ctx: StepContext) -> None:
+        apply(ctx, "stock", -1)
+
+    @reserve.compensate
+    def release(self, ctx: StepContext) -> None:
+        undo(ctx, "stock")
+
+    @wait("decision", payload=Approval, timeout=DAY)
+    def approval(self, decision: Approval, ctx: StepContext) -> None:
+        apply(ctx, f"approved-by-{decision.by}", 1, check_key=False)  # BUG
+        self.approved_by = decision.by
+
+    @timer(after=HOUR)
+    def cooling_off(self, ctx: StepContext) -> None:
+        apply(ctx, "cooled", 1)
+
+    @step(pivot=True)
+    def ship(self, ctx: StepContext) -> None:
+        apply(ctx, "courier", 1)
+
+
+@saga(name="cp_voiding_charge")
+@attrs.define
+class VoidingCharge:
+    """Each attempt of the charge is its own payment (keyed by attempt), and a retry
+    voids the attempt before it: right after one crash, a double charge after two
+    (the recovery cut off too), as the attempt before the last is never voided."""
+
+    amount: int = 30
+
+    @step
+    def reserve(self, ctx: StepContext) -> None:
+        apply(ctx, "stock", -1)
+
+    @reserve.compensate
+    def release(self, ctx: StepContext) -> None:
+        undo(ctx, "stock")
+
+    @step(pivot=True)
+    def charge(self, ctx: StepContext) -> None:
+        if ctx.attempt > 1:  # BUG: only the attempt just before is voided
+            void(f"{ctx.idempotency_key}#{ctx.attempt - 1}")
+        put(f"{ctx.idempotency_key}#{ctx.attempt}", "card", self.amount)
+
+
+@saga(name="cp_async_approved_order")
+@attrs.define
+class AsyncApprovedOrder:
+    """:class:`ApprovedOrder` with coroutine steps and handlers (``asignal``,
+    ``aresume_due``, ``arecover``)."""
+
+    approved_by: str = ""
+
+    @step
+    async def reserve(self, ctx: StepContext) -> None:
+        apply(ctx, "stock", -1)
+
+    @reserve.compensate
+    async def release(self, ctx: StepContext) -> None:
+        undo(ctx, "stock")
+
+    @wait("decision", payload=Approval, timeout=DAY)
+    async def approval(self, decision: Approval, ctx: StepContext) -> None:
+        apply(ctx, f"approved-by-{decision.by}", 1)
+        self.approved_by = decision.by
+
+    @timer(after=HOUR)
+    async def cooling_off(self, ctx: StepContext) -> None:
+        apply(ctx, "cooled", 1)
+
+    @step(pivot=True)
+    async def ship(self, ctx: StepContext) -> None:
+        apply(ctx, "courier", 1)
