@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from postgres_cluster import pg_url  # noqa: F401  (a fixture)
 
-from sagaflow.testing import FailurePlan, check_crash_points
+from sagaflow.testing import FailurePlan, SignalPlan, check_crash_points
 
 
 @pytest.fixture(autouse=True)
@@ -45,3 +45,16 @@ def test_the_broken_saga_is_named_at_its_first_crash_point_on_postgresql(
     assert first.point.seq == 8
     assert first.point.name == "after charge:forward took effect, before its checkpoint"
     assert "'card': 30 without a crash, 60 after this one" in first.problems[0]
+
+
+def test_a_waiting_saga_passes_at_every_point_on_postgresql(pg_url: str) -> None:  # noqa: F811
+    # the signal's row and the saga's parking and wake time in PostgreSQL's tables
+    plan = FailurePlan(signals=[SignalPlan("approval", cs.Approval("ann"), twice=True)])
+    report = check_crash_points(cs.ApprovedOrder, snapshot=cs.balances, setup=cs.reset,
+                                store=pg_url, plans=[plan])
+    assert report.ok, report.describe()
+    assert report.references == ("COMPLETED",)
+    names = [r.point.name for r in report.points]
+    assert "after signal 'decision' is stored" in names
+    assert "after cooling_off:forward took effect, before its checkpoint" in names
+    assert {r.outcome for r in report.points} == {"ok"}
