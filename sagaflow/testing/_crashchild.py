@@ -395,9 +395,11 @@ class Subject:
                 "case_snapshot": self.has_snapshot}
 
 
-def _fork(work: Callable[[], dict[str, Any]], timeout: int) -> tuple[dict[str, Any] | None, int]:
-    """Run ``work`` in a forked process; what it reported and how it ended (its exit
-    status, or minus the signal that ended it)."""
+def fork(work: Callable[[], Any], timeout: int) -> tuple[Any, int]:
+    """Run ``work`` in a forked process; what it returned (JSON through a pipe:
+    ``None`` if it died first) and how it ended (its exit status, 3 if it raised, or
+    minus the signal that ended it). ``timeout``: seconds before SIGALRM ends it.
+    (sagaflow's own crash tests fork their jobs with it too.)"""
     sys.stdout.flush()
     sys.stderr.flush()
     read, write = os.pipe()
@@ -535,13 +537,13 @@ def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
     if case.setup is not None:
         case.setup()
     started = time.monotonic()
-    ran, code = _fork(lambda: _run(subject, plan, url, case, target), subject.timeout)
+    ran, code = fork(lambda: _run(subject, plan, url, case, target), subject.timeout)
     killed = code == -signal.SIGKILL
     reply: dict[str, Any] = {"run": ran, "exit": code, "killed": killed, "recovery": None,
                              "chain": []}
     if killed:
         for then in chain:
-            recovered, rcode = _fork(lambda t=then: _recover(subject, plan, url, t, False),
+            recovered, rcode = fork(lambda t=then: _recover(subject, plan, url, t, False),
                                      subject.timeout)
             reply["chain"].append(rcode == -signal.SIGKILL)
             if rcode != -signal.SIGKILL:  # it ended without reaching its point
@@ -550,7 +552,7 @@ def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
                 break
         else:
             census = bool(request.get("census"))
-            recovered, rcode = _fork(lambda: _recover(subject, plan, url, None, census),
+            recovered, rcode = fork(lambda: _recover(subject, plan, url, None, census),
                                      subject.timeout)
             reply["recovery"] = recovered
             reply["recovery_exit"] = rcode

@@ -20,11 +20,9 @@ The participants' ledger is the file named by $SAGAFLOW_CRASH_LEDGER.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
-import traceback
 
 import crash_groups
 import crash_sagas
@@ -32,6 +30,7 @@ import crash_waits
 from crash_sagas import CrashOrder, KillingStore, Point, SkippingClock, open_killing
 
 from sagaflow import Orchestrator
+from sagaflow.testing._crashchild import fork
 
 
 def _job(store_path: str, job: dict) -> dict | None:
@@ -59,35 +58,14 @@ def jobs(store_path: str, jobs_file: str) -> None:
     crash_sagas.killing_class(store_path)  # imported here, once, not in every process
     results = []
     for job in todo:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        read, write = os.pipe()  # what the job reports
         started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:  # the process to kill
-            os.close(read)
-            code = 0
-            try:
-                signal.alarm(60)  # a hang ends the process by SIGALRM, never the suite
-                report = _job(store_path, job)
-                with os.fdopen(write, "w", encoding="utf-8") as out:
-                    json.dump(report, out)
-            except BaseException:
-                traceback.print_exc()
-                code = 3
-            finally:
-                sys.stderr.flush()
-                os._exit(code)
-        os.close(write)
-        with os.fdopen(read, encoding="utf-8") as reported:
-            text = reported.read()  # to its end: the job's exit (or death) closes it
-        _, status = os.waitpid(pid, 0)
-        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+        # the fork, the report through a pipe and the alarm are the crash points' own
+        report, code = fork(lambda job=job: _job(store_path, job), 60)
         results.append({
             **job,
-            "killed": killed,
-            "exit": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status),
-            "report": json.loads(text) if text else None,
+            "killed": code == -signal.SIGKILL,
+            "exit": code,
+            "report": report,
             "seconds": round(time.monotonic() - started, 4),
         })
     json.dump(results, sys.stdout)
