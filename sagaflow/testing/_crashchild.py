@@ -10,8 +10,11 @@ each of those processes cost milliseconds instead of an interpreter start; neith
 inherits any saga state, store or connection.
 
 Requests: ``{"op": "load", "factory", "kwargs", "plans", "saga_id", "timeout"}`` (pickled
-values base64-encoded) and ``{"op": "point", "plan", "store", "point"}`` (``point``
-``null``: the reference run, which lists the crash points it passed).
+values base64-encoded) and ``{"op": "point", "plan", "store", "point", "chain",
+"census"}`` (``point`` ``null``: the reference run, which lists the crash points it
+passed; ``chain``: the points recoveries are killed at in turn; ``census``: the last
+recovery lists its points). Each process takes a waiting saga to its end as the plan
+says (:func:`_settle`).
 
 How a point is reached: the saga runs on a *shadow* spec (:meth:`Orchestrator.spec_for`
 and :meth:`Orchestrator.drive`, the seam the toolkit's harness uses too) whose step and
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib
 import json
 import os
@@ -466,16 +470,16 @@ def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> s
         # a signal stored before a crash, or a timer already due, is taken here
         if _call(orch, spec.is_async, "resume_due"):
             continue
-        started = [e.step for e in record.history if type(e).__name__ == "WaitStarted"]
+        started = [e.step for e in record.history
+                   if type(e).__name__ == "WaitStarted" and e.step is not None]
         wanted = None if not record.waiting or not started else plan.signal_plan(started[-1])
         if wanted is not None and wanted.sends:
             sid = f"{saga_id}/{wanted.step}"
             for _time in range(2 if wanted.twice else 1):
-                try:
+                # sent again once the first one finished the saga: refused, rightly
+                with contextlib.suppress(SignalRefused):
                     _call(orch, spec.is_async, "signal", saga_id, record.waiting,
                           wanted.payload, signal_id=sid)
-                except SignalRefused:  # sent again once the first one finished the saga
-                    pass
             continue
         if record.wake_at is None:
             break  # neither parked nor finished: the caller reports its status
@@ -533,6 +537,7 @@ def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
     runs to its end; ``census``: that last recovery lists the points it passed."""
     plan, url, target = request["plan"], request["store"], request["point"]
     chain = request.get("chain") or []
+    census = bool(request.get("census"))
     case = subject.make()
     if case.setup is not None:
         case.setup()
@@ -543,17 +548,18 @@ def point(subject: Subject, request: dict[str, Any]) -> dict[str, Any]:
                              "chain": []}
     if killed:
         for then in chain:
-            recovered, rcode = fork(lambda t=then: _recover(subject, plan, url, t, False),
-                                     subject.timeout)
+            def again(t: dict[str, Any] = then) -> dict[str, Any]:
+                return _recover(subject, plan, url, t, False)
+
+            recovered, rcode = fork(again, subject.timeout)
             reply["chain"].append(rcode == -signal.SIGKILL)
             if rcode != -signal.SIGKILL:  # it ended without reaching its point
                 reply["recovery"] = recovered
                 reply["recovery_exit"] = rcode
                 break
         else:
-            census = bool(request.get("census"))
             recovered, rcode = fork(lambda: _recover(subject, plan, url, None, census),
-                                     subject.timeout)
+                                    subject.timeout)
             reply["recovery"] = recovered
             reply["recovery_exit"] = rcode
     reply["snapshot"] = None if case.snapshot is None else encode(case.snapshot())

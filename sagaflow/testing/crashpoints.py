@@ -20,6 +20,11 @@ Plans are :class:`~sagaflow.testing.FailurePlan` values whose steps or compensat
 raise or reject; by default, nothing goes wrong, and a step fails so that every
 compensation runs (and is crashed in too).
 
+A saga that waits is taken to its end in the killed process and in its recovery alike:
+each wait gets what the plan's ``signals=`` send (again, with the same signal id, after
+a crash), a timer or an unanswered wait has the virtual clock moved to its wake time.
+``depth=2`` kills each recovery at the points of its own run too (chained crashes).
+
 The participants' state must outlive a process (a file, a database): ``setup()``
 resets it before each point, ``snapshot()`` reads it after recovery. Both run in the
 calling process; a factory that returns a :class:`~sagaflow.testing.SagaCase` may carry
@@ -56,10 +61,10 @@ class CrashPoint:
     committed; ``what``: the events it records), ``"effect"`` (``when`` ``"after"``:
     the function ``what``, ``"step:forward"`` or ``"step:compensate"``, returned, and no
     checkpoint records it yet) or ``"signal"`` (``when`` ``"before"`` or ``"after"``
-    the row of signal ``what`` is stored, in its own transaction). ``occurrence``: the how-manieth time that ``what``
-    happens in the run (a retried step's second effect is occurrence 2). ``seq``: its
-    position in the plan's run, from 1; ``checkpoint``: the number of the write (from 1,
-    0 for an effect).
+    the row of signal ``what`` is stored, in its own transaction). ``occurrence``: the
+    how-manieth time that ``what`` happens in the run (a retried step's second effect
+    is occurrence 2). ``seq``: its position in the plan's run, from 1; ``checkpoint``:
+    the number of the write (from 1, 0 for an effect or a signal).
     """
 
     plan: int
