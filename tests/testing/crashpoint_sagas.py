@@ -277,9 +277,11 @@ class Approval:
 class ApprovedOrder:
     """Reserve, wait a day for an approval (its handler books it with a participant),
     cool off an hour (a timer whose handler has an effect), ship (the pivot). With no
-    approval the wait runs out and the reservation is released."""
+    approval the wait runs out and the reservation is released. ``idempotent=False``:
+    the handler books the approval again when it runs again (the bug)."""
 
     approved_by: str = ""
+    idempotent: bool = True
 
     @step
     def reserve(self, ctx: StepContext) -> None:
@@ -291,37 +293,7 @@ class ApprovedOrder:
 
     @wait("decision", payload=Approval, timeout=DAY)
     def approval(self, decision: Approval, ctx: StepContext) -> None:
-        apply(ctx, f"approved-by-{decision.by}", 1)
-        self.approved_by = decision.by
-
-    @timer(after=HOUR)
-    def cooling_off(self, ctx: StepContext) -> None:
-        apply(ctx, "cooled", 1)
-
-    @step(pivot=True)
-    def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-
-@saga(name="cp_twice_approved")
-@attrs.define
-class TwiceApproved:
-    """:class:`ApprovedOrder` whose signal handler books the approval again when it
-    runs again (no idempotency key)."""
-
-    approved_by: str = ""
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @wait("decision", payload=Approval, timeout=DAY)
-    def approval(self, decision: Approval, ctx: StepContext) -> None:
-        apply(ctx, f"approved-by-{decision.by}", 1, check_key=False)  # BUG
+        apply(ctx, f"approved-by-{decision.by}", 1, check_key=self.idempotent)
         self.approved_by = decision.by
 
     @timer(after=HOUR)

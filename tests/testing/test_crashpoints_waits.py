@@ -81,7 +81,8 @@ def test_a_sound_waiting_saga_passes_at_every_point_around_its_signal_and_timer(
 
 
 def test_a_signal_handler_that_is_not_idempotent_is_named_at_its_first_point() -> None:
-    report = check_crash_points(cs.TwiceApproved, snapshot=cs.balances, setup=cs.reset,
+    report = check_crash_points(cs.ApprovedOrder, kwargs={"idempotent": False},
+                                snapshot=cs.balances, setup=cs.reset,
                                 plans=[APPROVED, UNANSWERED])
     first = report.first_failure
     assert first is not None
