@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import click
 
+from .._choreodefs import CHOREOGRAPHY_ATTRIBUTE
 from ..codec import default_codec
 from ..events import LifecycleEvent
 from ..records import (
@@ -17,6 +18,7 @@ from ..records import (
     error_type,
     outcome,
 )
+from ..runner._handoff import PARKED, phase_deadline, retry_at_of
 from ..spec import SagaSpec
 from .steptable import step_lines
 from .text import columns, utc
@@ -51,7 +53,9 @@ def describe_record(
     ]
     if record.deadline_at is not None:
         lines.append(f"  deadline    {utc(record.deadline_at)}")
-    if record.waiting is not None:
+    if record.waiting == PARKED:
+        lines += _parked(record, spec)
+    elif record.waiting is not None:
         what = f"signal {record.waiting!r}" if record.waiting else "its timer"
         until = "" if record.wake_at is None else f" until {utc(record.wake_at)}"
         lines.append(f"  waiting     for {what}{until}")
@@ -118,6 +122,38 @@ class Printer:
 
 def _event_line(event: LifecycleEvent, start: float) -> str:
     return f"{utc(event.at)}  +{event.at - start:.3f}s  {event.describe()}"
+
+
+def _parked(record: SagaRecord, spec: SagaSpec | None) -> list[str]:
+    """What a parked choreographed instance waits for (``waiting == PARKED``, not a
+    signal): the next event for the participant of its step, or while COMPENSATING the
+    compensation events; its phase's deadline (none: nothing ever wakes it), and a
+    retry's time if one waits."""
+    compensating = record.status is SagaStatus.COMPENSATING
+    chor = None if spec is None else spec.cls.__dict__.get(CHOREOGRAPHY_ATTRIBUTE)
+    if chor is None:  # the class is not known here: what the record says
+        what = "compensation events" if compensating else "its next event"
+    else:
+        i = record.undo[record.cursor] if compensating else record.cursor
+        role = next(r for r in chor.roles if r.index == i)
+        if compensating:
+            names = ", ".join(t.__name__ for t in chor.compensation_triggers)
+            what = (f"compensation events ({names}): participant {role.participant!r} "
+                    f"undoes step {role.name!r}")
+        else:
+            what = (f"event {role.trigger.__name__} for participant {role.participant!r} "
+                    f"(step {role.name!r})")
+    deadline = phase_deadline(record)
+    kind = "compensation deadline" if compensating else "deadline"
+    lines = [f"  waiting     for {what} (choreography)"]
+    lines.append(
+        f"              until its {kind} {utc(deadline)}" if deadline is not None
+        else f"              no {kind}: nothing wakes it but those events"
+    )
+    retry_at = retry_at_of(record)
+    if retry_at is not None:
+        lines.append(f"  retry at    {utc(retry_at)} (its participant retries the step)")
+    return lines
 
 
 def _data_json(record: SagaRecord, spec: SagaSpec | None) -> str:
