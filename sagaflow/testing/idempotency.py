@@ -207,7 +207,8 @@ def assert_compensations_tolerate_nothing_to_undo(
 
     That is the situation after a step timed out before taking effect: the compensation
     runs with nothing to undo. It must not raise, and (with a snapshot) must change
-    nothing. Arguments as for :func:`assert_compensations_idempotent`.
+    nothing. Arguments as for :func:`assert_compensations_idempotent`; each step's run
+    has a saga id of its own, ``{saga_id}-{step}``.
     """
     fresh = _source(saga)
     first = fresh()
@@ -220,7 +221,10 @@ def assert_compensations_tolerate_nothing_to_undo(
         if prepare is not None:
             prepare()
         s = spec.steps[index]
-        caller = _Caller(spec, saga_id)
+        # A saga id of its own per step, as a fresh run would have: a participant that
+        # refuses a key it saw undone (the step before's compensation, run for the step
+        # checked before this one) lets this step's run forward through without a setup.
+        caller = _Caller(spec, f"{saga_id}-{s.name}")
         try:
             _reach(caller, case.saga, index, payloads)
             before = snap() if snap is not None else None
