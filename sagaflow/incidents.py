@@ -4,7 +4,10 @@ A saga needs an operator when it ended FAILED and no one resolved it (something 
 not be undone, or a step after the pivot failed for good), when it was quarantined
 (its record cannot be decoded or driven), or when it has stalled: RUNNING or
 COMPENSATING, not parked at a wait, with no checkpoint for longer than a threshold (its
-process died and nothing recovered it, or a call hangs past any timeout).
+process died and nothing recovered it, or a call hangs past any timeout); or COMPENSATING,
+parked with no wake time, as long (a choreography whose compensation event was lost and
+that has no compensation deadline: nothing would ever wake it). A RUNNING saga parked at
+a wait is not stalled however long it waits: a signal may come.
 
 :func:`open_incidents` reads them from a store (what ``sagaflow sagas list --incidents``
 shows); an :class:`~sagaflow.Orchestrator` given ``on_incident=`` calls it with each
@@ -98,6 +101,11 @@ def open_incidents(
             incident = None if stored.saga_id in aside else _stalled(stored, stalled_after, now)
             if incident is not None:
                 found.append(incident)
+        for stored in store.scan(status={SagaStatus.COMPENSATING}, parked=True):
+            if stored.saga_id not in aside and stored.wake_at is None:
+                incident = _stalled(stored, stalled_after, now)
+                if incident is not None:
+                    found.append(incident)
     found.sort(key=lambda i: (i.since, i.saga_id))
     return found
 
@@ -114,8 +122,10 @@ def incident_of(
                            since)
     if stored.status == SagaStatus.FAILED.value:
         return _failed(store, stored)
-    if (stalled_after is None or stored.parked
-            or SagaStatus(stored.status) not in _UNFINISHED):
+    if stalled_after is None or SagaStatus(stored.status) not in _UNFINISHED or (
+        stored.parked
+        and (stored.status != SagaStatus.COMPENSATING.value or stored.wake_at is not None)
+    ):
         return None
     return _stalled(stored, stalled_after, time.time() if now is None else now)
 
@@ -131,10 +141,19 @@ def _failed(store: Any, stored: Any) -> Incident | None:
 
 
 def _stalled(stored: Any, after: float, now: float) -> Incident | None:
-    """The incident of an unfinished, unparked saga quiet for ``after`` seconds or more."""
+    """The incident of an unfinished saga quiet for ``after`` seconds or more: unparked,
+    or COMPENSATING parked with no wake time (the caller picks those)."""
     quiet = now - stored.updated_at
     if quiet < after:
         return None
+    if stored.parked:
+        return Incident.of(
+            stored.saga_id, stored.saga_name, STALLED,
+            f"COMPENSATING, parked with no wake time and no checkpoint for {quiet:.0f}s "
+            f"(more than {after:g}s): the event its compensation waits for may have been "
+            "lost and no compensation deadline will wake it; redeliver that event to its "
+            "participant, or finish the compensations by hand", stored.updated_at,
+        )
     return Incident.of(
         stored.saga_id, stored.saga_name, STALLED,
         f"{stored.status} with no checkpoint for {quiet:.0f}s (more than {after:g}s): its "

@@ -71,7 +71,11 @@ def check_compensating_instance_is_left_to_its_participants(
     report = other.recover()
     assert "OrderFlow:o-1" not in report.resumed and "OrderFlow:o-1" not in report.skipped
     clock.advance(3600)
-    assert other.check_stalled(after=60) == []
+    # quiet for an hour with no wake time (no compensation deadline): stalled, for an
+    # operator to look at (were its FlowFailed lost, nothing would ever wake it); not
+    # before its threshold
+    assert other.check_stalled(after=7200) == []
+    assert [i.saga_id for i in other.check_stalled(after=60)] == ["OrderFlow:o-1"]
     assert other.resume_due() == {}
     assert services.calls == ["reserve o-1", "charge o-1"]  # nothing undone in-process
     inventory.flush()  # FlowFailed reaches inventory: it releases the stock

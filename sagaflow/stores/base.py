@@ -62,6 +62,10 @@ class Stored(Protocol):
         """Whether the saga is parked at a wait (a row until its signal or time comes)."""
 
     @property
+    def wake_at(self) -> float | None:
+        """When the saga is due again (a wait's timeout, a retry, a deadline), or ``None``."""
+
+    @property
     def business_key(self) -> str | None:
         """The saga's business key (``@saga(key=...)``), read without decoding it."""
 

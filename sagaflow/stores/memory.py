@@ -59,6 +59,10 @@ class _Held:
         return self.record.waiting is not None
 
     @property
+    def wake_at(self) -> float | None:
+        return self.record.wake_at
+
+    @property
     def business_key(self) -> str | None:
         return self.record.business_key
 
