@@ -403,6 +403,6 @@ def register_strategies() -> None:
     st.register_type_strategy(FailurePlan, _resolve)
 
 
-def _hypothesis_setup_hook() -> None:
-    """Run by hypothesis's ``hypothesis`` entry point group when it is imported."""
-    register_strategies()
+# Imported before hypothesis was, this module is what imported it, so the entry point
+# (sagaflow.testing._hooks) found it half made and left the registering to it.
+register_strategies()

@@ -12,7 +12,7 @@ from testing_sagas import Shop, reset_world, world
 
 from sagaflow import Orchestrator, SagaStatus
 from sagaflow.testing import FailurePlan, SagaCase, VirtualClock
-from sagaflow.testing.strategies import _hypothesis_setup_hook
+from sagaflow.testing._hooks import hypothesis_setup
 
 
 def test_saga_orchestrator_runs_on_the_virtual_clock(
@@ -32,7 +32,34 @@ def test_run_saga_plan_runs_and_checks(run_saga_plan) -> None:
 
 
 def test_the_hypothesis_setup_hook_registers_the_strategies() -> None:
-    _hypothesis_setup_hook()  # what the ``hypothesis`` entry point calls
+    hypothesis_setup()  # what the ``hypothesis`` entry point calls
+
+
+def test_the_strategies_module_imports_first_in_a_fresh_process() -> None:
+    """Imported before hypothesis, ``sagaflow.testing.strategies`` imports it, and the
+    entry point runs while the module is half made: it must neither fail nor leave
+    ``FailurePlan[MySaga]`` unregistered."""
+    code = textwrap.dedent("""
+        from sagaflow.testing.strategies import payloads_for
+        from hypothesis import strategies as st
+        from sagaflow import saga, step
+        from sagaflow.testing import FailurePlan
+
+        @saga
+        class One:
+            @step
+            def do(self, ctx): ...
+
+            @do.compensate
+            def undo(self, ctx): ...
+
+        print(type(st.from_type(FailurePlan[One]).example()).__name__)
+    """)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "FailurePlan"
 
 
 def test_the_module_loads_as_a_pytest_plugin(tmp_path: Path) -> None:
@@ -65,7 +92,7 @@ def test_the_module_loads_as_a_pytest_plugin(tmp_path: Path) -> None:
 
 ENTRY_POINTS = """\
 [hypothesis]
-sagaflow = sagaflow.testing.strategies:_hypothesis_setup_hook
+sagaflow = sagaflow.testing._hooks:hypothesis_setup
 
 [pytest11]
 sagaflow = sagaflow.testing.pytest_plugin
