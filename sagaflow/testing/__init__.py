@@ -83,15 +83,12 @@ _LAZY = {
 }
 
 # --- choreography and the outbox (issue 13, issue 15) -------------------------------------
-from .choreography import (  # noqa: E402
+from .choreography import ChoreographyCase, ChoreographyRun, Delivery, DeliveryPlan  # noqa: E402
+from .choreography_harness import run_choreography  # noqa: E402
+from .choreography_invariants import (  # noqa: E402
     CHOREOGRAPHY_INVARIANTS,
-    ChoreographyCase,
-    ChoreographyRun,
     ChoreographyViolation,
-    Delivery,
-    DeliveryPlan,
     check_choreography,
-    run_choreography,
 )
 
 if TYPE_CHECKING:
