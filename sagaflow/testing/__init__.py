@@ -83,8 +83,8 @@ _LAZY = {
 }
 
 # --- choreography and the outbox (issue 13, issue 15) -------------------------------------
-from .choreography import ChoreographyCase, ChoreographyRun, Delivery, DeliveryPlan  # noqa: E402
-from .choreography_harness import run_choreography  # noqa: E402
+from .choreography import ChoreographyCase, Delivery, DeliveryPlan  # noqa: E402
+from .choreography_harness import ChoreographyRun, run_choreography  # noqa: E402
 from .choreography_invariants import (  # noqa: E402
     CHOREOGRAPHY_INVARIANTS,
     ChoreographyViolation,

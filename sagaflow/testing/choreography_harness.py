@@ -11,7 +11,7 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import attrs
@@ -33,7 +33,7 @@ from .choreography import (
     WORKER,
     ChoreoCall,
     ChoreographyCase,
-    ChoreographyRun,
+    ChoreographyTrace,
     Delivered,
     Delivery,
     DeliveryPlan,
@@ -43,12 +43,25 @@ from .choreography import (
     Sent,
     event_types,
 )
+from .choreography_invariants import check_choreography
 from .clock import VirtualClock
 from .plan import InjectedFault
 
 __all__ = [
+    "ChoreographyRun",
     "run_choreography",
 ]
+
+
+@attrs.frozen(eq=False)
+class ChoreographyRun(ChoreographyTrace):
+    """One run of a choreography under a plan (a :class:`ChoreographyTrace`) that checks
+    itself: ``run_choreography(case, plan).check()``."""
+
+    def check(self, only: Iterable[int] | None = None) -> ChoreographyRun:
+        """:func:`~sagaflow.testing.check_choreography` on this run; returns it."""
+        check_choreography(self, only=only)
+        return self
 # --- running ----------------------------------------------------------------------------
 
 

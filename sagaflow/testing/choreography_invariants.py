@@ -1,5 +1,5 @@
 """The invariants of a choreography run (:data:`CHOREOGRAPHY_INVARIANTS`), checked by
-:func:`check_choreography` on a :class:`~sagaflow.testing.ChoreographyRun`.
+:func:`check_choreography` on what a run did (a :class:`~sagaflow.testing.ChoreographyRun`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .choreography import (
     FORWARD,
     WORKER,
     ChoreoCall,
-    ChoreographyRun,
+    ChoreographyTrace,
     Parked,
 )
 from .invariants import Violation
@@ -50,7 +50,7 @@ CHOREOGRAPHY_INVARIANTS: dict[int, str] = {
 class ChoreographyViolation(AssertionError):
     """A choreography run broke invariants; ``violations`` lists them, ``run`` is it."""
 
-    def __init__(self, run: ChoreographyRun, violations: Sequence[Violation]) -> None:
+    def __init__(self, run: ChoreographyTrace, violations: Sequence[Violation]) -> None:
         self.run = run
         self.violations = tuple(violations)
         body = "\n".join(str(v) for v in self.violations)
@@ -63,7 +63,7 @@ class ChoreographyViolation(AssertionError):
         return sorted({v.number for v in self.violations})
 
 
-def check_choreography(run: ChoreographyRun, only: Iterable[int] | None = None) -> None:
+def check_choreography(run: ChoreographyTrace, only: Iterable[int] | None = None) -> None:
     """Raise :class:`ChoreographyViolation` unless ``run`` keeps every invariant in
     :data:`CHOREOGRAPHY_INVARIANTS` (``only``: just these numbers)."""
     wanted = set(CHOREOGRAPHY_INVARIANTS) if only is None else set(only)
@@ -75,7 +75,7 @@ def check_choreography(run: ChoreographyRun, only: Iterable[int] | None = None) 
         raise ChoreographyViolation(run, found)
 
 
-def _left_for_an_operator(run: ChoreographyRun, p: Parked) -> bool:
+def _left_for_an_operator(run: ChoreographyTrace, p: Parked) -> bool:
     """Whether ``p`` is a compensating instance parked for a withheld event with no time
     to wake at: its flow has no compensation deadline, so it waits (a stalled incident)
     for its event or an operator; nothing in the flow may end it."""
@@ -84,7 +84,7 @@ def _left_for_an_operator(run: ChoreographyRun, p: Parked) -> bool:
             and run.spec.compensation_deadline is None)
 
 
-def _c1_settles(run: ChoreographyRun) -> list[str]:
+def _c1_settles(run: ChoreographyTrace) -> list[str]:
     out: list[str] = []
     left: set[str] = set()
     for p in run.parks:
@@ -107,21 +107,21 @@ def _c1_settles(run: ChoreographyRun) -> list[str]:
     return list(dict.fromkeys(out))  # once, however many times the clock passed
 
 
-def _c2_quiet(run: ChoreographyRun) -> list[str]:
+def _c2_quiet(run: ChoreographyTrace) -> list[str]:
     if not run.plan.is_quiet or run.case.allow_step_errors:
         return []
     return [f"{sid} ends {r.status.value} under a plan where nothing goes wrong"
             for sid, r in run.records.items() if r.status is not SagaStatus.COMPLETED]
 
 
-def _by_instance(run: ChoreographyRun) -> dict[str, list[ChoreoCall]]:
+def _by_instance(run: ChoreographyTrace) -> dict[str, list[ChoreoCall]]:
     out: dict[str, list[ChoreoCall]] = {}
     for c in run.calls:
         out.setdefault(c.saga_id, []).append(c)
     return out
 
 
-def _c3_compensation(run: ChoreographyRun) -> list[str]:
+def _c3_compensation(run: ChoreographyTrace) -> list[str]:
     out = []
     calls = _by_instance(run)
     for sid, r in run.records.items():
@@ -151,7 +151,7 @@ def _c3_compensation(run: ChoreographyRun) -> list[str]:
     return out
 
 
-def _c4_effects(run: ChoreographyRun) -> list[str]:
+def _c4_effects(run: ChoreographyTrace) -> list[str]:
     out = []
     chor = _chor_of(run.case.flow)
     for cid, (before, after, quiet) in run.effects.items():
@@ -165,7 +165,7 @@ def _c4_effects(run: ChoreographyRun) -> list[str]:
     return out
 
 
-def _c5_outbox(run: ChoreographyRun) -> list[str]:
+def _c5_outbox(run: ChoreographyTrace) -> list[str]:
     out = []
     expected = {f"{sid}:{i}": type(e).__name__ for sid, r in run.records.items()
                 for i, e in enumerate(r.events)}
@@ -200,7 +200,7 @@ def _c5_outbox(run: ChoreographyRun) -> list[str]:
     return out
 
 
-def _c6_who(run: ChoreographyRun) -> list[str]:
+def _c6_who(run: ChoreographyTrace) -> list[str]:
     out = []
     roles = {r.name: r for r in _chor_of(run.case.flow).roles}
     keys: dict[tuple[str, str, Direction], set[str]] = {}
@@ -217,7 +217,7 @@ def _c6_who(run: ChoreographyRun) -> list[str]:
     return out
 
 
-def _c7_handlers(run: ChoreographyRun) -> list[str]:
+def _c7_handlers(run: ChoreographyTrace) -> list[str]:
     out = [f"delivery {d.seq}: {d.participant} raised on {d.event} ({d.message_id}): {d.reason}"
            for d in run.deliveries if d.outcome == "error"]
     out += [f"delivery {d.seq}: {d.participant} dead-lettered {d.event}: {d.reason}"
@@ -230,7 +230,7 @@ def _c7_handlers(run: ChoreographyRun) -> list[str]:
     return out
 
 
-_CHECKS: dict[int, Callable[[ChoreographyRun], list[str]]] = {
+_CHECKS: dict[int, Callable[[ChoreographyTrace], list[str]]] = {
     1: _c1_settles, 2: _c2_quiet, 3: _c3_compensation, 4: _c4_effects, 5: _c5_outbox,
     6: _c6_who, 7: _c7_handlers,
 }
