@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
@@ -50,6 +51,26 @@ class TransferSaga:
     @step(pivot=True)
     def credit(self, ctx: StepContext) -> None:
         BANK.move(ctx.idempotency_key, self.target, self.amount)
+
+
+def example_sagas() -> Any:
+    """Transfers for the property tests and ``sagaflow verify``: each on a fresh bank,
+    whose balances are the snapshot (a compensated transfer must leave them as found)."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    def setup() -> None:
+        BANK.balances = {"alice": Decimal(100), "bob": Decimal(0)}
+        BANK.applied = set()
+        BANK.down = False
+
+    def snapshot() -> dict[str, Decimal]:
+        return dict(BANK.balances)
+
+    amounts = st.decimals(min_value=1, max_value=100, places=2)
+    return amounts.map(lambda amount: SagaCase(TransferSaga("alice", "bob", amount), setup,
+                                               snapshot))
 
 
 def main() -> None:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 import examples
 from sagaflow import is_saga, spec_of
@@ -44,27 +42,6 @@ def discover() -> list[type]:
     return found
 
 
-def quickstart_cases() -> st.SearchStrategy[SagaCase]:
-    """The quickstart's transfer on a fresh bank (its module has no example_sagas())."""
-    from examples import quickstart
-
-    def setup() -> None:
-        quickstart.BANK.balances = {"alice": Decimal(100), "bob": Decimal(0)}
-        quickstart.BANK.applied = set()
-        quickstart.BANK.down = False
-
-    def snapshot() -> dict[str, Decimal]:
-        return dict(quickstart.BANK.balances)
-
-    amounts = st.decimals(min_value=1, max_value=100, places=2)
-    return amounts.map(
-        lambda amount: SagaCase(quickstart.TransferSaga("alice", "bob", amount), setup, snapshot)
-    )
-
-
-#: cases for examples whose module has no example_sagas() yet, by qualified class name
-LOCAL = {"examples.quickstart.TransferSaga": quickstart_cases}
-
 SAGAS = discover()
 
 
@@ -76,12 +53,7 @@ def test_every_example_saga_is_found() -> None:
 
 @pytest.mark.parametrize("saga_class", SAGAS, ids=lambda cls: f"{cls.__module__}.{cls.__name__}")
 def test_example_saga_keeps_every_invariant(saga_class: type) -> None:
-    module = importlib.import_module(saga_class.__module__)
-    local = LOCAL.get(f"{saga_class.__module__}.{saga_class.__name__}")
-    if local is not None and not hasattr(module, "example_sagas"):
-        cases = local()
-    else:
-        cases = saga_cases(saga_class)  # arbitrary inputs may fail: SagaCase says so
+    cases = saga_cases(saga_class)  # the module's example_sagas(), else from its fields
 
     @EXAMPLES
     @given(case=cases, plan=failure_plans(saga_class))
