@@ -94,8 +94,7 @@ def _target(
     else:
         fn, is_async = spec.compensations[i], s.compensation_is_async
     assert fn is not None
-    if rt.telemetry is not None:
-        fn = rt.telemetry.wrap(fn, is_async, spec, record, call)
+    fn = rt.traced(fn, is_async, spec, record, call)
     args = (record.data, ctx) if call.item < 0 else (record.data, call.payload, ctx)
     return fn, args, is_async
 

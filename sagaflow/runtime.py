@@ -221,6 +221,16 @@ class Runtime:
         codec = getattr(store, "codec", None)
         self.codec: Codec = codec if isinstance(codec, Codec) else default_codec
 
+    def traced(
+        self, fn: Callable[..., Any], is_async: bool, spec: SagaSpec, record: SagaRecord,
+        call: Call,
+    ) -> Callable[..., Any]:
+        """``fn``, as ``call`` is to make it: wrapped by the telemetry, or itself (without
+        telemetry a call costs one attribute test). Every driver, group member and
+        fan-out item makes its call through this."""
+        tel = self.telemetry
+        return fn if tel is None else tel.wrap(fn, is_async, spec, record, call)
+
     def poke(self, saga_id: str) -> bool:
         """A signal was stored for ``saga_id``: tell its driver here to look again before
         it lets go of the saga. False if no driver here runs it (the caller resumes it)."""

@@ -41,7 +41,6 @@ from ._common import (
     enter,
     handover,
     leave,
-    traced,
 )
 from ._handoff import ahand_off
 
@@ -179,7 +178,7 @@ async def _arun(
                     spec.steps[i].compensation_is_async
                 )
                 if rt.telemetry is not None:
-                    fn = traced(rt, fn, is_async, spec, record, command)
+                    fn = rt.traced(fn, is_async, spec, record, command)
                 if not is_async:
                     error, timed_out = await _acall_def(rt, record, call, fn, ctx)
                     if timed_out:

@@ -4,7 +4,6 @@ a signal handed to the wait it is parked at, the result of an id already stored.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..context import Direction, StepContext
@@ -33,7 +32,6 @@ __all__ = [
     "leave",
     "monotonic",
     "stored_result",
-    "traced",
 ]
 
 FORWARD = Direction.FORWARD
@@ -49,16 +47,6 @@ def enter(rt: Runtime, record: SagaRecord, spec: SagaSpec | None = None) -> None
         raise AlreadyExecuting(record.saga_id)
     if rt.telemetry is not None and spec is not None:
         rt.telemetry.begin(spec, record)
-
-
-def traced(
-    rt: Runtime, fn: Callable[..., Any], is_async: bool, spec: SagaSpec, record: SagaRecord,
-    call: Call,
-) -> Callable[..., Any]:
-    """``fn``, as the call is to make it: wrapped by the runtime's telemetry, or itself
-    (without telemetry a call costs one attribute test)."""
-    tel = rt.telemetry
-    return fn if tel is None else tel.wrap(fn, is_async, spec, record, call)
 
 
 def leave(

@@ -30,7 +30,6 @@ from ._common import (
     context_of,
     enter,
     leave,
-    traced,
 )
 
 __all__ = [
@@ -95,7 +94,7 @@ def _once_fn(
     if rt.telemetry is None or fn is None:
         return fn
     s = spec.steps[i]
-    return traced(rt, fn, s.is_async if forward else s.compensation_is_async, spec, record, call)
+    return rt.traced(fn, s.is_async if forward else s.compensation_is_async, spec, record, call)
 
 
 def save_once(

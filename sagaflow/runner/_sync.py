@@ -35,7 +35,6 @@ from ._common import (
     handover,
     leave,
     monotonic,
-    traced,
 )
 from ._handoff import hand_off
 
@@ -184,7 +183,7 @@ def _run_sync(
                        record.compensation_deadline_at, now)
         assert fn is not None
         if rt.telemetry is not None:
-            fn = traced(rt, fn, False, spec, record, call)
+            fn = rt.traced(fn, False, spec, record, call)
         if watch is not None and call.timeout is not None:
             # If this call is abandoned it keeps the instance; the run goes on with the
             # fields as they were, untouched by what it writes late.
