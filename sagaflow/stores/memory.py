@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -86,9 +87,10 @@ class MemoryStore(AsyncStoreMixin):
         self._lock = threading.Lock()
         #: what encodes the outbox's messages (as a durable store would)
         self.codec = codec if codec is not None else default_codec
-        # The outbox: id -> [record, seq, at, relayed, attempts, last_error, event], in
-        # the order the events were saved; how many events (and, with publish_lifecycle,
-        # history events) of each saga are in it.
+        # The outbox: id -> [record, seq, at, attempts, last_error, event] of
+        # each event not relayed yet, in the order the events were saved (a relayed one
+        # leaves it, so that a relay reads only what is pending); how many events (and,
+        # with publish_lifecycle, history events) of each saga it was given.
         self._outbox: dict[str, list[Any]] = {}
         self._emitted: dict[str, int] = {}
         self._told: dict[str, int] = {}
@@ -124,7 +126,7 @@ class MemoryStore(AsyncStoreMixin):
             first = self._emitted.get(sid, 0)
             for i in range(first, len(events)):
                 self._outbox.setdefault(
-                    f"{sid}:{i}", [record, i, record.updated_at, False, 0, None, events[i]]
+                    f"{sid}:{i}", [record, i, record.updated_at, 0, None, events[i]]
                 )
             self._emitted[sid] = len(events)
             if self._lifecycle:
@@ -132,7 +134,7 @@ class MemoryStore(AsyncStoreMixin):
                 for i in range(self._told.get(sid, 0), len(history)):
                     e = history[i]
                     if type(e) in self._lifecycle:
-                        self._outbox.setdefault(f"{sid}:h{i}", [record, i, e.at, False, 0, None, e])
+                        self._outbox.setdefault(f"{sid}:h{i}", [record, i, e.at, 0, None, e])
                 self._told[sid] = len(history)
         for callback in list(self._outbox_wake):
             callback()
@@ -146,8 +148,8 @@ class MemoryStore(AsyncStoreMixin):
         """The domain events not relayed yet, in the order they were saved."""
         found: list[Message] = []
         with self._lock:
-            rows = [(mid, row) for mid, row in self._outbox.items() if not row[3]]
-        for mid, (record, i, at, *_rest, event) in rows[: max(0, int(limit))]:
+            rows = list(itertools.islice(self._outbox.items(), max(0, int(limit))))
+        for mid, (record, i, at, *_rest, event) in rows:
             body = self.codec.dump_event(event, record, i)
             found.append(
                 Message(mid, event_type(body), record.saga_id, record.saga_name, i, body, at)
@@ -157,17 +159,15 @@ class MemoryStore(AsyncStoreMixin):
     def relayed(self, ids: Collection[str]) -> None:
         with self._lock:
             for mid in ids:
-                row = self._outbox.get(mid)
-                if row is not None:
-                    row[3] = True
+                self._outbox.pop(mid, None)
 
     def outbox_failed(self, ids: Collection[str], error: str) -> None:
         with self._lock:
             for mid in ids:
                 row = self._outbox.get(mid)
                 if row is not None:
-                    row[4] += 1
-                    row[5] = str(error)
+                    row[3] += 1
+                    row[4] = str(error)
 
     def relay_outbox(self, publish: Callable[[list[Message]], Any], limit: int = 100) -> int:
         messages = self.outbox(limit)
@@ -184,9 +184,9 @@ class MemoryStore(AsyncStoreMixin):
 
     def outbox_stats(self) -> OutboxStats:
         with self._lock:
-            pending = [(mid, row) for mid, row in self._outbox.items() if not row[3]]
+            pending = list(self._outbox.items())
         failing = sorted(
-            ((mid, row[4], row[5]) for mid, row in pending if row[4]), key=lambda f: -f[1]
+            ((mid, row[3], row[4]) for mid, row in pending if row[3]), key=lambda f: -f[1]
         )
         oldest = min((row[2] for _, row in pending), default=None)
         return OutboxStats(len(pending), oldest, tuple(failing[:100]))
