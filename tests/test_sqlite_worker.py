@@ -29,6 +29,7 @@ from wait_sagas import (
     calls,
     clone_parked,
     environment,
+    park_here,
     run_elsewhere,
     serving,
     signal_from_another_process,
@@ -56,15 +57,6 @@ def status_of(db: Path, saga_id: str) -> SagaStatus | None:
     with SQLiteStore(db, readonly=True) as store:
         stored = store.load_raw(saga_id)
     return None if stored is None else SagaStatus(stored.status)
-
-
-def park_here(db: Path, saga: object, saga_id: str) -> None:
-    """Run ``saga`` in this process until it parks at its wait."""
-    with Orchestrator(SQLiteStore(db), sagas=SAGAS) as orch:
-        result = asyncio.run(orch.arun(saga, saga_id))
-        assert result.status is SagaStatus.RUNNING
-        assert orch.store.load(saga_id).waiting is not None
-    orch.store.close()  # type: ignore[attr-defined]
 
 
 def test_a_signal_from_another_process_resumes_the_saga_through_the_worker(files) -> None:

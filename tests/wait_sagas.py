@@ -26,7 +26,8 @@ from typing import Any
 
 import attrs
 
-from sagaflow import Orchestrator, SagaRejected, saga, signals, step, timer, wait
+from sagaflow import Orchestrator, SagaRejected, SagaStatus, saga, signals, step, timer, wait
+from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.worker import Worker
 
 HERE = Path(__file__).resolve().parent
@@ -170,6 +171,15 @@ def signal_from_another_process(url: str, saga_id: str, name: str, payload: Any,
          json.dumps(payload)],
         env=environment(log), cwd=ROOT, check=True, timeout=60,
     )
+
+
+def park_here(db: Path, saga: object, saga_id: str) -> None:
+    """Run ``saga`` in this process until it parks at its wait."""
+    with Orchestrator(SQLiteStore(db), sagas=SAGAS) as orch:
+        result = asyncio.run(orch.arun(saga, saga_id))
+        assert result.status is SagaStatus.RUNNING
+        assert orch.store.load(saga_id).waiting is not None
+    orch.store.close()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@
     sagaflow worker --store URL --import myapp.sagas [--import ...]
                     [--concurrency 64] [--poll 0.5] [--grace 30]
                     [--lease 30] [--park-after 1] [-v]          (the last two: PostgreSQL)
-                    [--stalled-after SECONDS]
+                    [--stalled-after SECONDS] [--telemetry]
 
 On PostgreSQL (``postgresql://user@host/db``) start as many as needed, on as many
 machines: they share the queue through the database. On a SQLite file
@@ -27,6 +27,7 @@ import signal
 import click
 
 from ..errors import SagaflowError
+from ..runtime import Instrument
 from ..stores.url import open_store
 from ..worker import Worker
 from .loader import load_imports
@@ -60,6 +61,10 @@ __all__ = ["worker"]
               metavar="SECONDS",
               help="Look for sagas RUNNING or COMPENSATING with no checkpoint for this long "
                    "(stalled) now and then, and log each one once as an incident.")
+@click.option("--telemetry", is_flag=True,
+              help="Trace and measure the sagas run with OpenTelemetry (sagaflow[otel]), "
+                   "through the global providers the process sets up (an imported module, "
+                   "or opentelemetry-instrument).")
 @click.option("-v", "--verbose", count=True,
               help="Log the worker's activity (-vv: every lifecycle event too).")
 def worker(
@@ -71,6 +76,7 @@ def worker(
     park_after: float,
     grace: float,
     stalled_after: float | None,
+    telemetry: bool,
     verbose: int,
 ) -> None:
     """Run sagas in the background, and resume waiting sagas when their signal or
@@ -87,6 +93,9 @@ def worker(
     time comes.
 
     With --stalled-after, each stalled saga is logged (a warning) once as an incident.
+    With --telemetry, each run, step and compensation is a span and the sagas are
+    counted (OpenTelemetry; the SDK and its exporters are set up by the process: by a
+    module given with --import, say, or by running under opentelemetry-instrument).
 
     Stops on SIGTERM or SIGINT: running sagas get --grace seconds to finish; the rest
     are released to other workers (PostgreSQL) or left at their last checkpoint
@@ -125,6 +134,7 @@ def worker(
             format=f"%(asctime)s sagaflow worker[{os.getpid()}] %(message)s",
         )
     classes = load_imports(modules)
+    instrument = _telemetry() if telemetry else None
 
     try:
         store = open_store(url)
@@ -143,6 +153,7 @@ def worker(
                 park_after=park_after,
                 grace=grace,
                 stalled_after=stalled_after,
+                telemetry=instrument,
             )
         except (TypeError, SagaflowError) as exc:  # a store it cannot serve; a second one
             raise CliError(str(exc)) from None
@@ -157,3 +168,13 @@ def worker(
         if close is not None:
             close()
     click.echo(f"sagaflow worker {runner.id}: stopped; {stats.describe()}", err=True)
+
+
+def _telemetry() -> Instrument:
+    """OpenTelemetry through the global providers (after the imports, which may set
+    them up), or a CliError saying what to install."""
+    try:
+        from ..otel import Telemetry
+    except ImportError as exc:
+        raise CliError(f"--telemetry: {exc}") from None
+    return Telemetry()

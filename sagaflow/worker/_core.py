@@ -19,6 +19,7 @@ from ..clock import Clock, SystemClock
 from ..events import Listener
 from ..incidents import STALLED, Incident
 from ..orchestrator import Migration, Orchestrator
+from ..runtime import Instrument
 from ..spec import SagaSpec, spec_of
 from ..stores import Store
 from ..stores.sqlite import SQLiteStore
@@ -96,6 +97,9 @@ class Worker:
     checkpoint for that long; its own or any other in the store) every
     ``stalled_every`` seconds (default: half of ``stalled_after``, at most a minute),
     and reports each one once while it stays stalled, not at every look.
+
+    ``telemetry``: what traces and measures the sagas this worker runs (the
+    :class:`~sagaflow.Orchestrator`'s; :class:`sagaflow.otel.Telemetry`).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Worker:
         on_incident: Callable[[Incident], Any] | None = None,
         stalled_after: float | None = None,
         stalled_every: float | None = None,
+        telemetry: Instrument | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency!r}")
@@ -183,6 +188,7 @@ class Worker:
             migrations=self.migrations,
             clock=ParkingClock(self.base_clock, self),
             on_incident=self._page if on_incident or stalled_after else None,
+            telemetry=telemetry,
         )
         self.register(*sagas)
 
