@@ -138,13 +138,15 @@ def environment(log: str | Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, LOG_ENV: str(log)}
 
 
-def start_worker(url: str, log: str | Path, *options: str) -> subprocess.Popen[str]:
-    """``sagaflow worker`` on ``url`` in a process of its own, running these sagas."""
+def start_worker(url: str, log: str | Path, *options: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``sagaflow worker`` on ``url`` in a process of its own, running these sagas
+    (``env``: more of its environment)."""
     return subprocess.Popen(
         [sys.executable, "-m", "sagaflow", "worker", "--store", url, "--import", "wait_sagas",
          "-v", *options],
-        env=environment(log), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        env={**environment(log), **(env or {})}, cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
 
 

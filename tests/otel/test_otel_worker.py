@@ -46,45 +46,37 @@ def test_a_worker_given_telemetry_traces_the_runs_it_makes(tmp_path: Path, otel:
     assert otel.counted("sagaflow.sagas.completed") == {"w-nap": 1}
 
 
-def test_the_worker_command_traces_with_the_providers_its_imports_set_up(
-    tmp_path: Path,
-) -> None:
+def worker_command_run(tmp_path: Path, *options: str) -> list[str]:
+    """A saga parked here, then finished by a ``sagaflow worker`` process importing
+    :mod:`worker_tracing` (with ``options``): the names of the spans it exported."""
     db = tmp_path / "sagas.db"
     spans = tmp_path / "spans.jsonl"
     park_here(db, Nap(seconds=0.05), "n2")
-    os.environ["SAGAFLOW_SPANS"] = str(spans)
-    try:
-        child = start_worker(f"sqlite:///{db}", tmp_path / "calls.log", "--telemetry",
-                             "--import", str(HERE / "worker_tracing.py"))
-    finally:
-        del os.environ["SAGAFLOW_SPANS"]
+    child = start_worker(f"sqlite:///{db}", tmp_path / "calls.log", *options,
+                         "--import", str(HERE / "worker_tracing.py"),
+                         env={"SAGAFLOW_SPANS": str(spans)})
     try:
         wait_for_line(child, "running")
         until(lambda: status_of(db, "n2") is SagaStatus.COMPLETED, what="the saga's end")
-        until(lambda: spans.exists() and "saga w-nap" in spans.read_text(),
-              what="the run's span")
+        if options:
+            until(lambda: spans.exists() and "saga w-nap" in spans.read_text(),
+                  what="the run's span")
     finally:
         stop(child)
-    names = [json.loads(line)["name"] for line in spans.read_text().splitlines()]
+    if not spans.exists():
+        return []
+    return [json.loads(line)["name"] for line in spans.read_text().splitlines()]
+
+
+def test_the_worker_command_traces_with_the_providers_its_imports_set_up(
+    tmp_path: Path,
+) -> None:
+    names = worker_command_run(tmp_path, "--telemetry")
     assert "step last" in names and "saga w-nap" in names, names
 
 
 def test_without_the_flag_the_worker_command_traces_nothing(tmp_path: Path) -> None:
-    db = tmp_path / "sagas.db"
-    spans = tmp_path / "spans.jsonl"
-    park_here(db, Nap(seconds=0.05), "n3")
-    os.environ["SAGAFLOW_SPANS"] = str(spans)
-    try:
-        child = start_worker(f"sqlite:///{db}", tmp_path / "calls.log",
-                             "--import", str(HERE / "worker_tracing.py"))
-    finally:
-        del os.environ["SAGAFLOW_SPANS"]
-    try:
-        wait_for_line(child, "running")
-        until(lambda: status_of(db, "n3") is SagaStatus.COMPLETED, what="the saga's end")
-    finally:
-        stop(child)
-    assert not spans.exists()
+    assert worker_command_run(tmp_path) == []
 
 
 def test_telemetry_without_the_extra_names_what_to_install(tmp_path: Path) -> None:
