@@ -316,6 +316,13 @@ class IdempotencyKeys:
         self.voided: set[str] = set()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:  # filed by examples._filed: not the lock
+        return {"results": self.results, "voided": self.voided}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+        vars(self).update(state)
+
     def once(self, key: str, apply: Callable[[], T]) -> T:
         with self._lock:
             if key in self.voided:

@@ -19,6 +19,7 @@ Kinds, and why:
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
@@ -33,6 +34,7 @@ from sagaflow import (
 )
 
 from .._support import forward_key
+from . import services
 from .services import notifications, payments, users
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "PaymentCharged",
     "PaymentRefunded",
     "RegistrationSaga",
+    "example_sagas",
     "manual_actions",
 ]
 
@@ -126,3 +129,38 @@ def manual_actions(result: SagaResult) -> list[str]:
     if result.step("create_account").compensation is CompensationStatus.COMPENSATED:
         lines.append(f"User account {reg.user_id} has been deleted")
     return lines
+
+
+#: The account example_sagas() finds already there: registering its email is refused.
+TAKEN = "taken@example.com"
+
+
+def example_sagas() -> Any:
+    """Registrations for the property tests and ``sagaflow verify``: each on fresh
+    services kept in a file (so that a crash check's killed process leaves its effects
+    behind, as real services would) with one account already there, :data:`TAKEN`;
+    registering that email again is refused (a step error the saga compensates). The
+    snapshot is what a user or an auditor sees: the active accounts, the charges not
+    refunded, the emails sent."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    def setup() -> None:
+        services.reset(durable=True)
+        users.create_account("already-there", TAKEN)
+
+    def snapshot() -> dict[str, Any]:
+        with services.STATE.held():
+            return {
+                "active accounts": sorted(a.email for a in users.active()),
+                "charged": sorted((c.user_id, c.amount) for c in payments.charges.values()
+                                  if c.refund_id is None),
+                "emails sent": [(to, subject) for _, to, subject in notifications.outbox],
+            }
+
+    emails = st.sampled_from(["ada@example.com", "grace@example.com", TAKEN])
+    amounts = st.decimals(min_value=1, max_value=500, places=2)
+    return st.builds(lambda email, amount: SagaCase(RegistrationSaga(email, amount), setup,
+                                                    snapshot, allow_step_errors=True),
+                     emails, amounts)

@@ -9,12 +9,12 @@ Each service has a :class:`~examples._support.Faults` switch for the demo and te
 
 from __future__ import annotations
 
-import itertools
 import threading
 from decimal import Decimal
 
 import attrs
 
+from .._filed import Ids, StateFile, filed
 from .._support import Faults, IdempotencyKeys
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "PaymentDeclined",
     "PaymentService",
     "SMTPError",
+    "STATE",
     "UserService",
     "notifications",
     "payments",
@@ -70,9 +71,11 @@ class UserService:
         self.accounts: dict[int, Account] = {}
         self.keys = IdempotencyKeys()
         self.faults = Faults()
-        self._ids = itertools.count(123)  # seed 001's first user is 123
+        self.state_file: StateFile | None = None
+        self._ids = Ids(123)  # seed 001's first user is 123
         self._lock = threading.Lock()
 
+    @filed
     def create_account(self, key: str, email: str) -> int:
         """Create an account for ``email``; its user id."""
         self.faults.check("create_account")
@@ -89,6 +92,7 @@ class UserService:
         self.faults.check("create_account", "after")
         return user_id
 
+    @filed
     def delete_account(self, key: str, created_by: str) -> int | None:
         """Undo the ``create_account`` call made with key ``created_by``; the user id
         deleted, or ``None`` when that call never created anything."""
@@ -102,6 +106,7 @@ class UserService:
         self.faults.check("delete_account", "after")
         return deleted
 
+    @filed
     def active(self) -> list[Account]:
         return [a for a in self.accounts.values() if not a.deleted]
 
@@ -116,9 +121,11 @@ class PaymentService:
         self.charges: dict[int, Charge] = {}
         self.keys = IdempotencyKeys()
         self.faults = Faults()
-        self._ids = itertools.count(456)
-        self._refunds = itertools.count(789)
+        self.state_file: StateFile | None = None
+        self._ids = Ids(456)
+        self._refunds = Ids(789)
 
+    @filed
     def charge(self, key: str, user_id: int, amount: Decimal) -> int:
         """Charge ``amount`` to ``user_id``; the transaction id."""
         self.faults.check("charge")
@@ -132,6 +139,7 @@ class PaymentService:
         self.faults.check("charge", "after")
         return transaction_id
 
+    @filed
     def refund(self, key: str, charged_by: str) -> str | None:
         """Refund the charge made with key ``charged_by``; the refund id, or ``None``
         when that call never charged anything."""
@@ -146,6 +154,7 @@ class PaymentService:
         self.faults.check("refund", "after")
         return refund_id
 
+    @filed
     def net_charged(self, user_id: int) -> Decimal:
         """What ``user_id`` has paid, refunds deducted."""
         return sum(
@@ -164,8 +173,10 @@ class NotificationService:
         self.outbox: list[tuple[int, str, str]] = []
         self.keys = IdempotencyKeys()
         self.faults = Faults()
-        self._ids = itertools.count(789)
+        self.state_file: StateFile | None = None
+        self._ids = Ids(789)
 
+    @filed
     def send(self, key: str, to: str, subject: str) -> int:
         """Send an email; its notification id."""
         self.faults.check("send")
@@ -185,7 +196,14 @@ payments = PaymentService()
 notifications = NotificationService()
 
 
-def reset() -> None:
-    """Give every service a fresh state (a test or a demo section starts here)."""
+#: Where the services keep their state when it must outlive a process (a crash check).
+STATE = StateFile("registration", users=users, payments=payments, notifications=notifications)
+
+
+def reset(*, durable: bool = False) -> None:
+    """Give every service a fresh state (a test or a demo section starts here); with
+    ``durable``, kept in a file (:data:`STATE`) so that it outlives a killed process."""
     for service in (users, payments, notifications):
         service.reset()
+    if durable:
+        STATE.use()

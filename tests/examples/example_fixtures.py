@@ -29,3 +29,19 @@ def make_ctx(saga: object, saga_id: str, step: str, compensate: bool = True) -> 
 def compensation_order(result: SagaResult) -> list[str | None]:
     """The steps whose compensation completed, in the order they completed."""
     return [e.step for e in result.history if isinstance(e, events.CompensationCompleted)]
+
+
+def verify_gates(target: str, *options: str) -> dict[str, dict[str, tuple[str, str]]]:
+    """``sagaflow verify TARGET --plans 0 OPTIONS --format json`` run in this process:
+    by saga name then gate, the gate's result and detail."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sagaflow.cli import main
+
+    ran = CliRunner().invoke(main, ["verify", target, "--plans", "0", *options,
+                                    "--format", "json"])
+    report = json.loads(ran.output)
+    return {s["name"]: {g["gate"]: (g["result"], g["detail"]) for g in s["gates"]}
+            for s in report["sagas"]}

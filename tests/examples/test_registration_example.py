@@ -6,12 +6,14 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from example_fixtures import Captured, compensation_order, make_ctx
+from example_fixtures import Captured, compensation_order, make_ctx, verify_gates
+from hypothesis import find, given, settings
 
 from examples._support import Voided
 from examples.registration import demo as scenarios
 from examples.registration import services
 from examples.registration.saga import (
+    TAKEN,
     AccountCreated,
     AccountDeleted,
     ConfirmationSent,
@@ -28,6 +30,8 @@ from sagaflow import (
     StepStatus,
     events,
 )
+from sagaflow.testing import SagaCase, run_plan, saga_cases
+from sagaflow.testing._crashchild import fork
 
 PRICE = scenarios.PRICE
 
@@ -178,3 +182,45 @@ def test_running_a_finished_saga_id_again_runs_nothing(demo: Captured) -> None:
     assert again.data is first.data
     assert services.users.faults.calls["create_account"] == 1
     assert len(services.payments.charges) == 1
+
+
+def test_verify_runs_the_idempotency_and_nothing_to_undo_gates() -> None:
+    gates = verify_gates("examples.registration")["RegistrationSaga"]
+    assert gates["idempotency"] == ("pass", "2 compensations run twice: no change")
+    assert gates["nothing to undo"] == ("pass", "2 compensations run with nothing to undo")
+
+
+def test_verify_crash_compares_the_services_state_after_each_crash() -> None:
+    gates = verify_gates("examples.registration", "--crash")["RegistrationSaga"]
+    result, detail = gates["crash points"]
+    assert result == "pass", detail
+    assert detail.endswith("killed and recovered, every net effect once"), detail
+
+
+def test_the_cases_services_state_outlives_the_process_that_changed_it() -> None:
+    # what makes the crash gate compare anything: a killed child's effects are seen
+    case = find(saga_cases(RegistrationSaga), lambda _: True)
+    case.setup()
+    before = case.snapshot()
+    ran, code = fork(lambda: [services.users.create_account("k", "kate@example.com")], 30)
+    assert code == 0 and ran == [124]
+    assert case.snapshot()["active accounts"] == ["kate@example.com", TAKEN] != (
+        before["active accounts"])
+    services.reset()
+    assert services.users.active() == []  # reset: in memory again, and empty
+
+
+def test_the_cases_include_the_taken_email_which_the_rules_refuse() -> None:
+    assert find(saga_cases(RegistrationSaga), lambda c: c.saga.email == TAKEN)
+
+    @settings(max_examples=20, database=None, deadline=None)
+    @given(saga_cases(RegistrationSaga))
+    def each(case: SagaCase) -> None:
+        result = run_plan(case).check().result  # run_plan calls the case's setup
+        if case.saga.email == TAKEN:
+            assert result.status is SagaStatus.COMPENSATED
+            assert f"an account for {TAKEN} already exists" in str(result.error)
+        else:
+            assert result.status is SagaStatus.COMPLETED
+
+    each()
