@@ -37,6 +37,7 @@ an event delivered twice runs the saga once (the second delivery gets the first 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import attrs
 
@@ -52,6 +53,7 @@ from sagaflow import (
 )
 
 from .._support import forward_key
+from . import services
 from .services import (
     BillingUnavailable,
     ProvisioningFailed,
@@ -69,6 +71,7 @@ __all__ = [
     "PROVISIONING_WINDOW",
     "WorkspaceCreated",
     "WorkspaceDeleted",
+    "example_sagas",
     "on_client_onboarded",
     "on_workspace_reply",
     "saga_id_of",
@@ -172,3 +175,36 @@ def on_workspace_reply(orchestrator: Orchestrator, reply: WorkspaceReply) -> Sag
     saga still waits is delivered once."""
     return orchestrator.signal(saga_id_of(reply.client_id), "workspace", reply,
                                signal_id=f"workspace-reply:{reply.workspace_id}")
+
+
+def example_sagas() -> Any:
+    """Onboardings for the property tests and ``sagaflow verify``: each on fresh services
+    kept in a file (so that a crash check's killed process leaves its effects behind, as
+    real services would); a plan billing does not sell (``"platinum"``) is refused at the
+    pivot (a step error: the workspace is deleted). The snapshot is what the client and
+    the operators see: the live workspaces and tenants, the billing profiles, the emails
+    sent."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    def setup() -> None:
+        services.reset(durable=True)
+
+    def snapshot() -> dict[str, Any]:
+        with services.STATE.held():
+            return {
+                "workspaces": sorted((w.workspace_id, w.client_id, w.name)
+                                     for w in workspaces.active()),
+                "tenants": sorted(workspaces.tenants),
+                "billing profiles": sorted(billing.profiles.items()),
+                "emails sent": [(to, subject) for _, to, subject in notifications.outbox],
+            }
+
+    def case(client: str, plan: str) -> SagaCase:
+        saga_ = OnboardClientSaga(client, client.title(), f"admin@{client}.test", plan)
+        return SagaCase(saga_, setup, snapshot, allow_step_errors=True)
+
+    clients = st.sampled_from(["acme", "globex", "initech"])
+    plans = st.sampled_from(["starter", "team", "enterprise", "platinum"])
+    return st.builds(case, clients, plans)

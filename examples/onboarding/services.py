@@ -13,11 +13,11 @@ message bus would carry back to the saga.
 
 from __future__ import annotations
 
-import itertools
 import threading
 
 import attrs
 
+from .._filed import Ids, StateFile, filed
 from .._support import Faults, IdempotencyKeys
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "MailServerDown",
     "NotificationService",
     "ProvisioningFailed",
+    "STATE",
     "WorkspaceReply",
     "WorkspaceService",
     "billing",
@@ -89,10 +90,12 @@ class WorkspaceService:
         self.tenants: set[str] = set()
         self.keys = IdempotencyKeys()
         self.faults = Faults()
+        self.state_file: StateFile | None = None
         self.silent: set[str] = set()
-        self._ids = itertools.count(1)
+        self._ids = Ids(1)
         self._lock = threading.Lock()
 
+    @filed
     def create(self, key: str, client_id: str, name: str) -> str:
         """Take ``CreateWorkspace``: the client's tenant and a workspace to provision; its
         id. The reply comes later, from :meth:`provision`."""
@@ -110,6 +113,7 @@ class WorkspaceService:
         self.faults.check("create", "after")
         return workspace_id
 
+    @filed
     def delete(self, key: str, created_by: str) -> str | None:
         """Delete the workspace (and tenant) made by the call keyed ``created_by``."""
         self.faults.check("delete")
@@ -124,6 +128,7 @@ class WorkspaceService:
         self.faults.check("delete", "after")
         return deleted
 
+    @filed
     def provision(self) -> list[WorkspaceReply]:
         """Finish the pending provisioning jobs; the replies, in the order of the commands.
 
@@ -145,6 +150,7 @@ class WorkspaceService:
             replies.append(WorkspaceReply(w.client_id, w.workspace_id, True))
         return replies
 
+    @filed
     def active(self) -> list[Workspace]:
         return [w for w in self.workspaces.values() if not w.deleted]
 
@@ -160,8 +166,10 @@ class BillingService:
         self.plans = {"starter", "team", "enterprise"}
         self.keys = IdempotencyKeys()
         self.faults = Faults()
-        self._ids = itertools.count(1)
+        self.state_file: StateFile | None = None
+        self._ids = Ids(1)
 
+    @filed
     def create_profile(self, key: str, client_id: str, plan: str) -> str:
         """Open the client's billing profile on ``plan``; the profile id."""
         self.faults.check("create_profile")
@@ -190,8 +198,10 @@ class NotificationService:
         self.outbox: list[tuple[str, str, str]] = []  # (id, to, subject)
         self.keys = IdempotencyKeys()
         self.faults = Faults()
-        self._ids = itertools.count(1)
+        self.state_file: StateFile | None = None
+        self._ids = Ids(1)
 
+    @filed
     def send(self, key: str, to: str, subject: str) -> str:
         """Send an email once per key; its notification id."""
         self.faults.check("send")
@@ -211,7 +221,15 @@ billing = BillingService()
 notifications = NotificationService()
 
 
-def reset() -> None:
-    """Give every service a fresh state (a test or a demo section starts here)."""
+#: Where the services keep their state when it must outlive a process (a crash check).
+STATE = StateFile("onboarding", workspaces=workspaces, billing=billing,
+                  notifications=notifications)
+
+
+def reset(*, durable: bool = False) -> None:
+    """Give every service a fresh state (a test or a demo section starts here); with
+    ``durable``, kept in a file (:data:`STATE`) so that it outlives a killed process."""
     for service in (workspaces, billing, notifications):
         service.reset()
+    if durable:
+        STATE.use()

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from example_fixtures import Captured, compensation_order, make_ctx
+from example_fixtures import Captured, compensation_order, make_ctx, verify_gates
+from hypothesis import find, given, settings
 
 from examples.onboarding import demo as scenarios
 from examples.onboarding import services
@@ -40,6 +41,14 @@ from sagaflow import (
     WaitTimedOut,
     events,
     spec_of,
+)
+from sagaflow.testing import (
+    FailurePlan,
+    SagaCase,
+    SignalPlan,
+    check_crash_points,
+    run_plan,
+    saga_cases,
 )
 
 X = ClientOnboarded("x", "X", "x@x.test", "starter")
@@ -237,3 +246,47 @@ def test_the_demo_scenario_of_the_silent_service(stored: Captured) -> None:
     assert isinstance(result.error, WaitTimedOut)
     assert "workspace_created ⏱ no signal 'workspace' within 15m: compensate" in stored.text
     assert workspaces.active() == []
+
+
+def test_verify_runs_the_idempotency_nothing_to_undo_and_crash_gates() -> None:
+    gates = verify_gates("examples.onboarding", "--crash")["OnboardClientSaga"]
+    assert gates["idempotency"] == ("pass", "1 compensation run twice: no change")
+    assert gates["nothing to undo"] == ("pass", "1 compensation run with nothing to undo")
+    result, detail = gates["crash points"]
+    assert result == "pass", detail
+    assert detail.endswith("killed and recovered, every net effect once"), detail
+
+
+def test_a_ready_workspace_is_crash_checked_through_billing_and_the_email() -> None:
+    # verify's crash plans send a reply drawn at random (not ready: the saga compensates)
+    # and none; this one sends a ready reply, so billing and the email are crashed too
+    reply = WorkspaceReply("acme", "ws-1", ready=True)
+    report = check_crash_points(
+        "sagaflow.cli.verify:crash_case",
+        kwargs={"saga": "examples.onboarding.saga:OnboardClientSaga"},
+        plans=[FailurePlan(signals=[SignalPlan("workspace_created", reply)])],
+    )
+    report.assert_ok()
+    assert report.references == ("COMPLETED",) and report.effects_checked
+    crashed = {p.point.what for p in report.points}
+    assert {"setup_billing:forward", "send_welcome_email:forward"} <= crashed
+
+
+def test_the_cases_refuse_a_plan_billing_does_not_sell_and_delete_the_workspace() -> None:
+    assert find(saga_cases(OnboardClientSaga), lambda c: c.saga.plan == "platinum")
+
+    @settings(max_examples=20, database=None, deadline=None)
+    @given(saga_cases(OnboardClientSaga))
+    def each(case: SagaCase) -> None:
+        reply = WorkspaceReply(case.saga.client_id, "ws-1", ready=True)
+        plan = FailurePlan(signals=[SignalPlan("workspace_created", reply)])
+        run = run_plan(case, plan).check()  # a compensated run leaves the snapshot as found
+        if case.saga.plan == "platinum":
+            assert run.result.status is SagaStatus.COMPENSATED
+            assert "unknown plan 'platinum'" in str(run.result.error)
+        else:
+            assert run.result.status is SagaStatus.COMPLETED
+            assert run.after["billing profiles"] == [("bp-1", (case.saga.client_id,
+                                                               case.saga.plan))]
+
+    each()
