@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
+
 __all__ = ["Ids", "StateFile", "filed"]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -59,7 +61,7 @@ class StateFile:
 
     def __init__(self, name: str, **services: Any) -> None:
         self.name = name
-        self.services = services
+        self.services: dict[str, Any] = services
         self.path: Path | None = None
         self._depth = 0
 
@@ -108,18 +110,23 @@ class StateFile:
         assert self.path is not None
         state = pickle.loads(self.path.read_bytes())
         for name, service in self.services.items():
-            vars(service).update(state[name])
+            for field, value in state[name].items():
+                setattr(service, field, value)
 
     def _save(self) -> None:
         assert self.path is not None
-        state = {
-            name: {k: v for k, v in vars(service).items() if k not in TRANSIENT}
-            for name, service in self.services.items()
-        }
+        state = {name: _state(service) for name, service in self.services.items()}
         # written aside, then renamed: a process killed mid-write leaves the last state
         partial = self.path.with_suffix(f".{os.getpid()}")
         partial.write_bytes(pickle.dumps(state))
         partial.replace(self.path)
+
+
+def _state(service: Any) -> dict[str, Any]:
+    """A service's own attributes (an attrs class's fields, else its ``__dict__``)."""
+    names = [f.name for f in attrs.fields(type(service))] if attrs.has(type(service)) else (
+        list(vars(service)))
+    return {n: getattr(service, n) for n in names if n not in TRANSIENT}
 
 
 def filed(method: F) -> F:

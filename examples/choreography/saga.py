@@ -10,12 +10,15 @@ fails releases the stock (StockReleased), and the order is rejected.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
 from sagaflow import Retry, saga, step
 from sagaflow.choreography import choreography
 from sagaflow.choreography import step as reacts
+
+from .._filed import StateFile, filed
 
 # --- the events ---------------------------------------------------------------------
 
@@ -70,15 +73,20 @@ class Services:
     charged: dict[str, Decimal] = attrs.field(factory=dict)
     confirmed: set[str] = attrs.field(factory=set)
     calls: list[str] = attrs.field(factory=list)
+    #: where the state is kept when it must outlive a process (example_sagas())
+    state_file: StateFile | None = attrs.field(default=None, eq=False, repr=False)
 
+    @filed
     def reserve(self, order_id: str) -> None:
         self.calls.append(f"reserve {order_id}")
         self.reserved.add(order_id)
 
+    @filed
     def release(self, order_id: str) -> None:
         self.calls.append(f"release {order_id}")
         self.reserved.discard(order_id)
 
+    @filed
     def charge(self, order_id: str, amount: Decimal) -> str:
         self.calls.append(f"charge {order_id}")
         if self.flaky > 0:
@@ -89,10 +97,12 @@ class Services:
         self.charged[order_id] = amount
         return f"ch-{order_id}"
 
+    @filed
     def refund(self, order_id: str) -> None:
         self.calls.append(f"refund {order_id}")
         self.charged.pop(order_id, None)
 
+    @filed
     def confirm(self, order_id: str) -> None:
         self.calls.append(f"confirm {order_id}")
         self.confirmed.add(order_id)
@@ -168,3 +178,38 @@ class OrderOrchestration:
     @step(pivot=True)
     def confirm(self, ctx):
         services.confirm(self.order_id)
+
+
+# --- the cases the property tests and `sagaflow verify` run ----------------------------
+
+#: The services' state file for example_sagas()' cases (pointed at each fresh Services).
+STATE = StateFile("choreography")
+
+
+def example_sagas() -> Any:
+    """Orders, both ways, for the property tests and ``sagaflow verify``: each on fresh
+    services kept in a file (so that a crash check's killed process leaves its effects
+    behind, as real services would); an amount over the card's limit is declined (a step
+    error: the stock is released). The snapshot: what is reserved, charged, confirmed."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    def setup() -> None:
+        global services
+        services = Services()
+        STATE.services = {"services": services}
+        STATE.use()
+
+    def snapshot() -> dict[str, Any]:
+        with STATE.held():
+            return {"reserved": sorted(services.reserved),
+                    "charged": sorted(services.charged.items()),
+                    "confirmed": sorted(services.confirmed)}
+
+    def case(flow: type, order_id: str, amount: Decimal) -> SagaCase:
+        return SagaCase(flow(order_id, amount), setup, snapshot, allow_step_errors=True)
+
+    return st.builds(case, st.sampled_from([OrderOrchestration, OrderFlow]),
+                     st.sampled_from(["o-1", "o-2"]),
+                     st.decimals(min_value=1, max_value=1500, places=2))
