@@ -117,9 +117,14 @@ class Conflict(Exception):
 class SubscriptionDB:
     """The domain database and its operations; ``faults`` is the demo's switch."""
 
-    def __init__(self, path: str | Path, busy_timeout: float = 0.25) -> None:
+    def __init__(
+        self, path: str | Path, busy_timeout: float = 0.25, synchronous: str = "FULL"
+    ) -> None:
+        if synchronous not in ("FULL", "NORMAL", "OFF"):
+            raise ValueError(f"synchronous is 'FULL', 'NORMAL' or 'OFF', got {synchronous!r}")
         self.path = str(path)
         self.busy_timeout = busy_timeout
+        self.synchronous = synchronous
         self.faults = Faults()
         self._busy = 0
         self._idle = threading.Condition()
@@ -133,6 +138,9 @@ class SubscriptionDB:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
         conn.execute("PRAGMA foreign_keys = ON")
+        # OFF (the property tests' choice): no fsync at all; a killed process still loses
+        # nothing it committed (the OS has it), only a power cut could
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         return conn
 
     @contextlib.contextmanager
@@ -452,6 +460,12 @@ class SubscriptionDB:
             (saga_id, subscription_id, kind, json.dumps(payload, sort_keys=True)),
         )
 
+    def clear(self) -> None:
+        """Delete every row of every table, in one transaction (a test's fresh start)."""
+        with self._transaction() as conn:
+            for table in reversed(TABLES):  # the referencing tables first
+                conn.execute(f"DELETE FROM {table}")
+
     # --- inspection -------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
@@ -461,6 +475,32 @@ class SubscriptionDB:
                 t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
                 for t in TABLES
             }
+
+    def business_state(self) -> dict[str, Any]:
+        """What the customers, the approver and billing see: each subscription's price
+        and components, the approvals that stand (PENDING or APPROVED: a WITHDRAWN one
+        is trail) and the audit trail billing reads (in order, without saga ids).
+
+        Not the version, ``price_history`` or ``applied_keys``: an undone modification
+        bumps the version again (a saga that priced the modified subscription must
+        conflict) and leaves its history and idempotency rows, on purpose.
+        """
+        with contextlib.closing(self._connect()) as conn:
+            subscriptions = {
+                sub: (price, tuple(c for (c,) in conn.execute(
+                    "SELECT component_id FROM subscription_components"
+                    " WHERE subscription_id = ? ORDER BY component_id", (sub,))))
+                for sub, price in conn.execute(
+                    "SELECT subscription_id, price FROM subscriptions ORDER BY subscription_id")
+            }
+            approvals = conn.execute(
+                "SELECT approval_id, subscription_id, removed, status, decided_by"
+                " FROM approvals WHERE status != 'WITHDRAWN' ORDER BY approval_id"
+            ).fetchall()
+            audit = conn.execute(
+                "SELECT subscription_id, type, payload FROM audit_events ORDER BY seq"
+            ).fetchall()
+        return {"subscriptions": subscriptions, "approvals": approvals, "audit": audit}
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Rows of a read-only query, for tests and the demo."""
@@ -476,10 +516,10 @@ _current: SubscriptionDB | None = None
 _opening = threading.Lock()
 
 
-def open_database(path: str | Path) -> SubscriptionDB:
+def open_database(path: str | Path, synchronous: str = "FULL") -> SubscriptionDB:
     """Open (creating if need be) the database at ``path`` and make it the sagas' one."""
     global _current
-    _current = SubscriptionDB(path)
+    _current = SubscriptionDB(path, synchronous=synchronous)
     return _current
 
 

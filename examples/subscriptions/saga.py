@@ -35,16 +35,23 @@ idempotent by its key, so a retry is safe. Compensations keep sagaflow's patient
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import attrs
 
 from sagaflow import Retry, SagaRejected, StepContext, saga, step, wait
 
 from .._support import forward_key
+from . import db as dbmod
 from . import rules
 from .db import database
 
@@ -57,6 +64,10 @@ __all__ = [
     "Decision",
     "ModificationReverted",
     "UnbundleSaga",
+    "case_database",
+    "example_case",
+    "example_sagas",
+    "reset_case_database",
 ]
 
 #: A local SQLite transaction takes milliseconds; a second means the database is stuck.
@@ -124,6 +135,11 @@ def component_ids(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def approval_id_of(saga_id: str) -> str:
+    """The approval a saga asks for: one per saga, named after it."""
+    return f"APR-{saga_id}"
+
+
 def approval_required(s: UnbundleSaga) -> bool:
     """More than half of the components go (rules.requires_approval, priced by step 2)."""
     return s.needs_approval
@@ -163,7 +179,7 @@ class UnbundleSaga:
 
     @step(when=approval_required, timeout=DB_TIMEOUT, retry=LOCKED)
     def create_approval(self, ctx: StepContext) -> None:
-        self.approval_id = self.approval_id or f"APR-{ctx.saga_id}"
+        self.approval_id = self.approval_id or approval_id_of(ctx.saga_id)
         database().create_approval(
             ctx.idempotency_key, self.approval_id, self.subscription_id, self.remove,
             str(self.removed_share),
@@ -172,11 +188,13 @@ class UnbundleSaga:
 
     @create_approval.compensate
     def withdraw_approval(self, ctx: StepContext) -> None:
-        if self.approval_id is None:  # the step never got as far as naming it
-            return
+        # By the saga's own approval id, even when the step never got as far as naming it
+        # (it timed out before its thread ran): its call may still arrive, and only the
+        # WITHDRAWN row this leaves stops it from leaving a PENDING approval behind.
+        approval_id = self.approval_id or approval_id_of(ctx.saga_id)
         db = database()
-        if db.withdraw_approval(ctx.idempotency_key, self.approval_id, self.subscription_id):
-            ctx.emit(ApprovalWithdrawn(self.approval_id))
+        if db.withdraw_approval(ctx.idempotency_key, approval_id, self.subscription_id):
+            ctx.emit(ApprovalWithdrawn(approval_id))
 
     @wait("approval", payload=Decision, timeout=APPROVAL_WINDOW, when=approval_required)
     def await_approval(self, decision: Decision, ctx: StepContext) -> None:
@@ -218,3 +236,104 @@ class UnbundleSaga:
         database().append_audit_events(
             ctx.idempotency_key, ctx.saga_id, self.subscription_id, events
         )
+
+
+# --- the example cases: the property tests and `sagaflow verify` -------------------------
+
+#: The subscription every example case modifies: the catalogue's whole bundle.
+CASE_SUBSCRIPTION = "sub-1"
+_case_db: dbmod.SubscriptionDB | None = None
+
+
+def case_database() -> dbmod.SubscriptionDB:
+    """This process's database for the example cases, made the sagas' database.
+
+    A file in a temporary folder of the process that first asked (removed when it exits;
+    the processes it forks, which crash points kill, share the file and never remove
+    it): the crash gate's recovery, in another process, must find what the killed one
+    wrote. ``synchronous=OFF``: no fsync (a run costs a few milliseconds, not a hundred),
+    and a killed process still loses nothing it committed.
+    """
+    global _case_db
+    if _case_db is None:
+        folder = tempfile.mkdtemp(prefix="sagaflow-subscriptions-")
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
+        _case_db = dbmod.SubscriptionDB(Path(folder) / "cases.db", synchronous="OFF")
+    dbmod._current = _case_db  # another test may have opened its own since
+    return _case_db
+
+
+def reset_case_database() -> None:
+    """The cases' ``setup``: the demo's catalogue and one subscription to its whole
+    bundle (:data:`CASE_SUBSCRIPTION`), nothing else, and no fault armed."""
+    from .demo import BUNDLE, seed
+
+    db = case_database()
+    db.faults.clear()
+    db.clear()
+    seed(db)
+    db.subscribe(CASE_SUBSCRIPTION, f"customer of {CASE_SUBSCRIPTION}", BUNDLE)
+
+
+def case_state() -> dict[str, Any]:
+    """The cases' ``snapshot``: what customers, approver and billing see
+    (:meth:`~examples.subscriptions.db.SubscriptionDB.business_state`)."""
+    return case_database().business_state()
+
+
+def refused(subscription_id: str, bundle_id: str, remove: Iterable[str]) -> bool:
+    """Whether the rules refuse this request on the cases' fresh database."""
+    from .demo import BUNDLE, COMPONENTS, DISCOUNT
+
+    subscription = rules.Subscription(
+        CASE_SUBSCRIPTION, BUNDLE, tuple(COMPONENTS), DISCOUNT,
+        rules.list_price(tuple(COMPONENTS), DISCOUNT),
+    )
+    request = rules.ModificationRequest(subscription_id, bundle_id, tuple(remove))
+    try:
+        rules.validate(request, subscription if subscription_id == CASE_SUBSCRIPTION else None)
+    except rules.Rejected:
+        return True
+    return False
+
+
+def example_case(
+    remove: Iterable[str], bundle_id: str | None = None, subscription_id: str = CASE_SUBSCRIPTION
+) -> Any:
+    """A :class:`~sagaflow.testing.SagaCase`: an UnbundleSaga removing ``remove`` on the
+    cases' fresh database, whose business state is the snapshot. A request the rules
+    refuse may fail ``validate`` (``allow_step_errors``); a valid one may not fail on
+    its own. Module level, so that crash points can call it in their child process."""
+    from sagaflow.testing import SagaCase
+
+    from .demo import BUNDLE
+
+    bundle = BUNDLE if bundle_id is None else bundle_id
+    return SagaCase(
+        UnbundleSaga(subscription_id, bundle, tuple(remove)), reset_case_database, case_state,
+        allow_step_errors=refused(subscription_id, bundle, remove),
+    )
+
+
+def example_sagas() -> Any:
+    """UnbundleSagas for the property tests and ``sagaflow verify``: one subscription to
+    the demo's six-component bundle on a database reset before each run, from which a
+    request removes 1 to 5 components (more than 3: the approver's wait); some requests
+    the rules refuse (every component, an unknown or repeated one, none, another bundle,
+    an unknown subscription), each a step error the saga ends on before any write."""
+    from hypothesis import strategies as st
+
+    from .demo import COMPONENTS
+
+    ids = [c.component_id for c in COMPONENTS]
+    valid = st.lists(st.sampled_from(ids), min_size=1, max_size=len(ids) - 1, unique=True)
+    refusals = st.one_of(
+        st.permutations(ids).map(lambda every: example_case(every)),
+        valid.map(lambda some: example_case([*some, "hosting"])),
+        valid.map(lambda some: example_case([*some, some[0]])),
+        st.just(()).map(example_case),
+        valid.map(lambda some: example_case(some, bundle_id="starter-pack")),
+        valid.map(lambda some: example_case(some, subscription_id="sub-404")),
+    )
+    return st.one_of(valid.map(example_case), refusals)
