@@ -253,3 +253,13 @@ def test_a_waiting_saga_is_crashed_with_its_signal_sent_and_never_sent() -> None
     assert int(gate["detail"].split()[0]) > 20
     # its example_sagas() files the services' state: their effects are compared
     assert gate["detail"].endswith("every net effect once")
+
+
+def test_a_choreography_s_crash_points_are_its_participants_not_one_process() -> None:
+    # killing one process would kill no participant: every run only starts, waits past
+    # its deadline and compensates, and the gate would pass having checked nothing
+    status, report = verdicts("examples.choreography:OrderFlow", "--plans", "0", "--crash")
+    assert status == 0
+    gate = report["OrderFlow"]["crash points"]
+    assert gate["result"] == "skip"
+    assert "run_choreography(case, DeliveryPlan(crash=...))" in gate["detail"]

@@ -35,6 +35,7 @@ from typing import Any
 import attrs
 import click
 
+from ..choreography import is_choreography
 from ..diagram import SUFFIXES, file_stem, render
 from ..machine import check_graph
 from ..spec import SagaSpec, spec_of
@@ -305,23 +306,29 @@ def _one_case(cases: Any) -> Any:
 
 
 def _first(cases: Any, accept: Callable[[Any], bool], tries: int) -> Any:
-    """The first of ``tries`` draws that ``accept`` takes, or ``None``: drawn in a fixed
-    order and never shrunk (``hypothesis.find`` would run ``accept`` over and over to
-    shrink what it found)."""
+    """The first of ``tries`` draws that ``accept`` takes, or ``None``."""
+    found = _draws(cases, accept, tries, 1)
+    return found[0] if found else None
+
+
+def _draws(cases: Any, accept: Callable[[Any], bool], tries: int, n: int) -> list[Any]:
+    """Up to ``n`` different draws (by ``repr``) of ``tries`` that ``accept`` takes, in
+    the order drawn: a fixed order (the simplest first), never shrunk
+    (``hypothesis.find`` would run ``accept`` over and over to shrink what it found)."""
     from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 
-    found: list[Any] = []
+    found: dict[str, Any] = {}
 
     @settings(database=None, max_examples=tries, derandomize=True, deadline=None,
               phases=[Phase.generate], verbosity=Verbosity.quiet,
               suppress_health_check=list(HealthCheck))
     @given(cases)
     def look(case: Any) -> None:
-        if not found and accept(case):
-            found.append(case)
+        if len(found) < n and repr(case) not in found and accept(case):
+            found[repr(case)] = case
 
     look()
-    return found[0] if found else None
+    return list(found.values())
 
 
 def _crash_points() -> Callable[..., Any]:
@@ -341,6 +348,10 @@ def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
     instance is the one the idempotency checks use, handed to the child pickled
     (:func:`crash_case`): the child must not run the saga to choose one, since
     a recovery calls the factory too and the participants outlive the process."""
+    if is_choreography(cls):
+        return Gate("crash points", SKIP, "a choreography's steps run in its participants, "
+                    "not in one process to kill: crash them with run_choreography("
+                    "case, DeliveryPlan(crash=...)) (sagaflow.testing)")
     if cases is None:
         return Gate("crash points", FAIL, why)
     where = f"{cls.__module__}:{cls.__qualname__}"
@@ -352,7 +363,7 @@ def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
         instance = None
     try:
         report = check(f"{__name__}:crash_case", kwargs={"saga": where, "instance": instance},
-                       plans=_crash_plans(cls))
+                       plans=_crash_plans(cls, case))
     except ValueError as exc:  # what the harness does not cover (a wait, a failing pivot)
         text = " ".join(str(exc).split())
         return Gate("crash points", SKIP, text.removeprefix("ValueError: "))
@@ -369,12 +380,21 @@ def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
                 f"{report.describe()}")
 
 
-def _crash_plans(cls: type) -> list[Any] | None:
+#: the most plans with signals sent a crashed saga is run under: one per path through the
+#: saga the payloads take (a decision's other branch, a reply that is ready)
+CRASH_PATHS = 3
+
+
+def _crash_plans(cls: type, case: SagaCase) -> list[Any] | None:
     """What the crashed runs of a saga with signal waits receive (``None``: the crash
-    points' own plans): every signal while its wait waits (a payload drawn as the plans
-    gate draws them), and none at all (each wait's time runs out); a payload that cannot
-    be drawn leaves the second."""
-    from ..testing import Arrival, FailurePlan, SignalPlan
+    points' own plans): every signal sent while its wait waits, with payloads drawn as
+    the plans gate draws them (the simplest first), one plan for each different path
+    they take the saga on (up to :data:`CRASH_PATHS`: found by running ``case`` once per
+    draw, uninterrupted); and none at all (each wait's time runs out). A payload that
+    cannot be drawn leaves the last."""
+    from hypothesis import strategies as st
+
+    from ..testing import Arrival, FailurePlan, SignalPlan, run_plan
     from ..testing.strategies import payloads_for
 
     spec = spec_of(cls)
@@ -385,14 +405,25 @@ def _crash_plans(cls: type) -> list[Any] | None:
         signals=[SignalPlan(s.name, arrives=Arrival.NEVER) for s in waits]
     )
     payloads = payloads_for(cls)
-    sent = []
-    for s in waits:
-        assert s.wait is not None and s.wait.signal is not None
-        drawn = _first(payloads[s.wait.signal].map(lambda p: [p]), lambda _: True, 1)
-        if drawn is None:
-            return [never]
-        sent.append(SignalPlan(s.name, drawn[0]))
-    return [FailurePlan(signals=sent), never]
+    sent = st.tuples(*(payloads[s.wait.signal] for s in waits if s.wait and s.wait.signal))
+    paths: dict[Any, FailurePlan[Any]] = {}
+
+    def new_path(drawn: tuple[Any, ...]) -> bool:
+        plan: FailurePlan[Any] = FailurePlan(
+            signals=[SignalPlan(s.name, p) for s, p in zip(waits, drawn, strict=True)]
+        )
+        try:
+            run = run_plan(case, plan)
+        except Exception:  # the plans gate reports a saga that cannot run
+            return False
+        path = (run.result.status, tuple((c.step, c.direction) for c in run.calls))
+        if path in paths:
+            return False
+        paths[path] = plan
+        return True
+
+    _draws(sent, new_path, 50, CRASH_PATHS)
+    return [*paths.values(), never]
 
 
 def crash_case(saga: str, instance: Any = None) -> Any:
