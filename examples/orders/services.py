@@ -52,11 +52,12 @@ class GatewayUnavailable(ConnectionError):
 
 class _Service:
     def __init__(self, latency: float = 0.05, seed: int = 3) -> None:
-        self.latency = latency
+        self.typical_latency = latency  # what every reset() restores (a case sets 0)
         self.seed = seed
         self.reset()
 
     def reset(self) -> None:
+        self.latency = self.typical_latency
         self.keys = IdempotencyKeys()
         self.faults = Faults()
         self.reseed()
@@ -252,10 +253,13 @@ payments = PaymentGateway(latency=0.2, seed=5)
 orders = OrderService(latency=0.05, seed=7)
 
 
-def reset() -> None:
-    """Give every service a fresh state (a test or a demo section starts here)."""
+def reset(latency: float | None = None) -> None:
+    """Give every service a fresh state (a test or a demo section starts here), with its
+    typical latency, or ``latency`` seconds per call (the generated cases: 0)."""
     for service in (inventory, payments, orders):
         service.reset()
+        if latency is not None:
+            service.latency = latency
 
 
 def reseed(seed: int | None = None) -> None:

@@ -10,9 +10,10 @@ import asyncio
 from collections.abc import Iterator
 from decimal import Decimal
 
+import attrs
 import pytest
-from example_fixtures import Captured, compensation_order, make_ctx
-from hypothesis import given, settings
+from example_fixtures import Captured, compensation_order, make_ctx, verify_gates
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from examples._support import run_virtual
@@ -25,8 +26,9 @@ from examples.orders.saga import (
     OrderSaga,
     PaymentProcessed,
     PaymentRefunded,
+    example_sagas,
 )
-from examples.orders.services import OutOfStock, inventory, orders, payments
+from examples.orders.services import CardDeclined, OutOfStock, inventory, orders, payments
 from sagaflow import (
     CompensationStatus,
     SagaDeadlineExceeded,
@@ -36,6 +38,7 @@ from sagaflow import (
     StepStatus,
     StepTimeout,
 )
+from sagaflow.testing import SagaCase, run_plan
 
 
 @pytest.fixture(autouse=True)
@@ -243,3 +246,62 @@ def test_concurrent_orders_never_oversell(
         return list(results)
 
     check_invariants(run_virtual(run_all()), initial=stock, sku="widget")
+
+
+# -- example_sagas(): the cases the property tests and `sagaflow verify` run ---------------
+
+LATENCIES = (0.05, 0.2, 0.05)  # inventory, payments, orders: what the demo's story uses
+
+
+def latencies() -> tuple[float, ...]:
+    return tuple(s.latency for s in (inventory, payments, orders))
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=example_sagas())
+def test_the_example_cases_run_forward_or_are_refused_with_no_latency(case: SagaCase) -> None:
+    run = run_plan(case)
+
+    assert latencies() == (0, 0, 0)
+    assert run.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+    if run.status is SagaStatus.COMPENSATED:  # out of stock or declined: nothing stands
+        assert run.after == run.before
+        assert isinstance(run.result.error, StepError)
+        assert isinstance(run.result.error.cause, (OutOfStock, CardDeclined))
+    run.check()
+
+
+def test_a_reset_gives_the_services_their_latency_back() -> None:
+    case = first_case()
+    case.setup()
+    assert latencies() == (0, 0, 0)
+
+    services.reset()
+
+    assert latencies() == LATENCIES
+
+
+def test_the_snapshot_is_the_net_state_a_compensated_order_leaves_as_found() -> None:
+    case = first_case()
+    case.setup()
+    before = case.snapshot()
+    order = attrs.evolve(case.saga, customer="mallory")  # her card is declined
+
+    run = run_plan(attrs.evolve(case, saga=order))
+
+    assert run.status is SagaStatus.COMPENSATED
+    assert inventory.reservations  # a reservation was made, and released
+    assert case.snapshot() == before
+
+
+def test_sagaflow_verify_runs_the_idempotency_and_nothing_to_undo_gates() -> None:
+    gates = verify_gates("examples.orders.saga")["OrderSaga"]
+
+    assert gates["idempotency"] == ("pass", "3 compensations run twice: no change")
+    assert gates["nothing to undo"] == ("pass", "3 compensations run with nothing to undo")
+
+
+def first_case() -> SagaCase:
+    found = find(example_sagas(), lambda c: c.saga.customer == "alice")
+    assert isinstance(found, SagaCase)
+    return found
