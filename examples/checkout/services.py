@@ -53,8 +53,10 @@ LATENCY = {"reserve": 0.05, "charge": 0.2, "book": 0.3, "receipt": 0.05, "wareho
 class Checkout:
     """Every participant of the checkout, sharing one ledger."""
 
-    def __init__(self, ledger: Path | str = ":memory:") -> None:
+    def __init__(self, ledger: Path | str = ":memory:", latency: float | None = None) -> None:
         self.ledger = Participants(ledger)
+        # each operation's round trip: the demo's (LATENCY), or ``latency`` for all of them
+        self.latency = dict(LATENCY) if latency is None else dict.fromkeys(LATENCY, latency)
         self.faults = Faults()
         self.declined: set[str] = set()
         self.stock: dict[str, int] = {"lamp": 10}
@@ -65,7 +67,7 @@ class Checkout:
         loop = asyncio.get_running_loop()
         start = loop.time()
         await self.faults.acheck(op)
-        await asyncio.sleep(LATENCY[op])
+        await asyncio.sleep(self.latency[op])
         done = self.ledger.once(key, what, amount)
         if op == self.crash_after:
             print(f"   ✝ {op} took effect ({key}); the process is killed (SIGKILL) "
@@ -82,7 +84,7 @@ class Checkout:
 
     async def charge(self, key: str, customer: str, amount: Decimal) -> str:
         if customer in self.declined:
-            await asyncio.sleep(LATENCY["charge"])
+            await asyncio.sleep(self.latency["charge"])
             raise CardDeclined(f"card of {customer} declined")
         return await self._call("charge", key, f"charged {customer} {amount:.2f}", amount)
 
@@ -94,7 +96,7 @@ class Checkout:
 
     async def undo(self, key: str, forward_key: str) -> bool:
         """Undo the call keyed ``forward_key``; whether there was anything to undo."""
-        await asyncio.sleep(LATENCY["undo"])
+        await asyncio.sleep(self.latency["undo"])
         before = self.ledger.conn.execute(
             "SELECT 1 FROM applied WHERE key = ? AND undone = 0", (forward_key,)).fetchone()
         self.ledger.undo(key, forward_key)
@@ -119,9 +121,10 @@ def services() -> Checkout:
     return _current
 
 
-def reset(ledger: Path | str = ":memory:") -> Checkout:
-    """Fresh participants (a test or a demo section starts here)."""
+def reset(ledger: Path | str = ":memory:", latency: float | None = None) -> Checkout:
+    """Fresh participants (a test or a demo section starts here), with the demo's
+    latencies or ``latency`` seconds per call (the generated cases: 0)."""
     global _current
     _current.close()
-    _current = Checkout(ledger)
+    _current = Checkout(ledger, latency)
     return _current

@@ -64,7 +64,7 @@ from ..engine import (
 )
 from ..errors import SagaRejected, SignalRefused
 from ..orchestrator import Orchestrator
-from ..records import SagaRecord, SagaResult, SagaStatus, Signal
+from ..records import SagaRecord, SagaResult, SagaStatus, Signal, StepStatus
 from ..runner import handover
 from ..runtime import Runtime
 from ..spec import OnTimeout, SagaSpec, StepKind, StepSpec, spec_of
@@ -204,6 +204,16 @@ class Harness:
             # one (if they run, they are stopped instead).
             while index > 0 and _passed_by(self.spec.steps[index - 1]):
                 index -= 1
+            # A group's members start at once: a deadline at one passes as the group
+            # starts. The engine leaves a group for the next step without reading the
+            # clock again: a deadline there passes as the group's last member finishes.
+            group = self.spec.steps[index].group if index < len(self.spec.steps) else None
+            if group is not None:
+                index = self.spec.groups[group].first
+            before = self.spec.steps[index - 1].group if index > 0 else None
+            self._deadline_after: range | None = (
+                None if before is None else self.spec.groups[before].members
+            )
             self._deadline_index = index
             self.clock.on_now = self._watch_deadline
         else:
@@ -231,10 +241,19 @@ class Harness:
         d = self._deadline
         if d is None or record is None or record.deadline_at is None:
             return
-        if record.status is SagaStatus.RUNNING and record.cursor >= self._deadline_index:
+        if record.status is SagaStatus.RUNNING and (
+            record.cursor >= self._deadline_index or self._group_done(record)
+        ):
             self._deadline = None
             self.clock.on_now = None
             self.pass_deadline(during=d.during)
+
+    def _group_done(self, record: SagaRecord) -> bool:
+        """Whether every member of the group just before the planned step finished."""
+        members = self._deadline_after
+        return members is not None and all(
+            record.steps[m].status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for m in members
+        )
 
     def pass_deadline(self, during: bool = False) -> None:
         """Move the clock to the saga's deadline (``during``: just short of it, so that

@@ -8,18 +8,22 @@ only the unfinished members re-run, under the same keys.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from example_fixtures import Captured
+from example_fixtures import Captured, verify_gates
+from hypothesis import find, given, settings
 
 from examples._support import run_virtual
 from examples.checkout import demo as scenarios
 from examples.checkout import services as participants
-from examples.checkout.saga import CheckoutSaga, InvalidOrder
-from examples.checkout.services import services
+from examples.checkout.saga import CheckoutSaga, InvalidOrder, example_sagas
+from examples.checkout.services import CardDeclined, OutOfStock, services
 from sagaflow import (
     CompensationStatus,
     SagaStatus,
@@ -31,6 +35,8 @@ from sagaflow import (
 )
 from sagaflow.spec import CompensationOrder
 from sagaflow.stores.sqlite import SQLiteStore
+from sagaflow.testing import SagaCase, run_plan
+from sagaflow.testing._crashchild import fork
 
 BOOK = ("reserve_stock", "charge_card", "book_courier")
 
@@ -152,3 +158,62 @@ def test_a_process_killed_inside_the_group_recovers_only_the_unfinished_members(
     assert [s for s, _ in started[6:]] == ["confirm", "send_receipt", "tell_warehouse"]
     charges = [w for w in services().standing(scenarios.CRASH_ID) if w.startswith("charged")]
     assert charges == ["charged eve 30.00"]  # exactly once
+
+
+# -- example_sagas(): the cases the property tests and `sagaflow verify` run ---------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(case=example_sagas())
+def test_the_example_cases_run_forward_or_are_refused_with_no_latency(case: SagaCase) -> None:
+    run = run_plan(case)
+
+    assert set(services().latency.values()) == {0}
+    assert run.status in (SagaStatus.COMPLETED, SagaStatus.COMPENSATED)
+    if run.status is SagaStatus.COMPENSATED:  # invalid, out of stock or declined
+        assert run.after == run.before == []
+        assert isinstance(run.result.error, StepError)
+        assert isinstance(run.result.error.cause, InvalidOrder | OutOfStock | CardDeclined)
+    else:
+        assert len(run.after) == 6  # reserved, charged, courier, confirmed, receipt, pick
+    run.check()
+
+
+def test_a_reset_gives_the_services_their_latency_back() -> None:
+    first_case().setup()
+    participants.reset()
+
+    assert services().latency == participants.LATENCY
+
+
+def test_the_cases_ledger_is_a_file_so_a_killed_process_s_effects_are_in_the_snapshot(
+) -> None:
+    case = first_case()
+    case.setup()
+
+    def charge_and_die() -> None:  # a process that dies with its effect committed
+        asyncio.run(services().charge("k:charge_card:forward", "ann", Decimal(30)))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _, code = fork(charge_and_die, 30)
+
+    assert code == -signal.SIGKILL
+    assert case.snapshot() == [("charged ann 30.00", "30")]
+    case.setup()
+    assert case.snapshot() == []  # each case starts from an empty ledger
+
+
+def test_sagaflow_verify_runs_the_idempotency_nothing_to_undo_and_crash_gates() -> None:
+    gates = verify_gates("examples.checkout.saga", "--crash")
+
+    assert gates["idempotency"] == ("pass", "3 compensations run twice: no change")
+    assert gates["nothing to undo"] == ("pass", "3 compensations run with nothing to undo")
+    result, detail = gates["crash points"]
+    assert result == "pass"
+    assert detail.endswith("killed and recovered, every net effect once")
+
+
+def first_case() -> SagaCase:
+    found = find(example_sagas(), lambda c: c.saga.customer == "ann")
+    assert isinstance(found, SagaCase)
+    return found
