@@ -138,6 +138,9 @@ class PlanRun(Trace):
         return self
 
 
+_FINISHED = (StepStatus.COMPLETED, StepStatus.SKIPPED)
+
+
 def _passed_by(s: StepSpec) -> bool:
     """Whether the engine may move past ``s`` without reading the clock again."""
     w = s.wait
@@ -205,15 +208,12 @@ class Harness:
             while index > 0 and _passed_by(self.spec.steps[index - 1]):
                 index -= 1
             # A group's members start at once: a deadline at one passes as the group
-            # starts. The engine leaves a group for the next step without reading the
-            # clock again: a deadline there passes as the group's last member finishes.
+            # starts. The engine leaves a group or a fan-out for the next step without
+            # reading the clock again: a deadline there passes as the last member or
+            # item finishes (_block_done).
             group = self.spec.steps[index].group if index < len(self.spec.steps) else None
             if group is not None:
                 index = self.spec.groups[group].first
-            before = self.spec.steps[index - 1].group if index > 0 else None
-            self._deadline_after: range | None = (
-                None if before is None else self.spec.groups[before].members
-            )
             self._deadline_index = index
             self.clock.on_now = self._watch_deadline
         else:
@@ -242,18 +242,27 @@ class Harness:
         if d is None or record is None or record.deadline_at is None:
             return
         if record.status is SagaStatus.RUNNING and (
-            record.cursor >= self._deadline_index or self._group_done(record)
+            record.cursor >= self._deadline_index or self._block_done(record)
         ):
             self._deadline = None
             self.clock.on_now = None
             self.pass_deadline(during=d.during)
 
-    def _group_done(self, record: SagaRecord) -> bool:
-        """Whether every member of the group just before the planned step finished."""
-        members = self._deadline_after
-        return members is not None and all(
-            record.steps[m].status in (StepStatus.COMPLETED, StepStatus.SKIPPED) for m in members
-        )
+    def _block_done(self, record: SagaRecord) -> bool:
+        """Whether the group or fan-out just before the planned step has every member
+        or item finished (fanned out, for a fan-out)."""
+        i = self._deadline_index - 1
+        if i < 0:
+            return False
+        s = self.spec.steps[i]
+        if s.group is not None:
+            slots = self.spec.groups[s.group].members
+        elif s.each is not None and record.steps[i].status is not StepStatus.PENDING:
+            sr = record.steps[i]
+            slots = range(sr.first_item, sr.first_item + sr.items)
+        else:
+            return False
+        return all(record.steps[m].status in _FINISHED for m in slots)
 
     def pass_deadline(self, during: bool = False) -> None:
         """Move the clock to the saga's deadline (``during``: just short of it, so that

@@ -1,12 +1,14 @@
 """A saga's deadline planned to pass at a parallel group's member, or at the step just
-after the group (found by examples/checkout's cases: the run completed anyway).
+after a group or a fan-out (found by the cases of examples/checkout and
+examples/payouts: the run completed anyway).
 
-The engine starts a group's members at once and moves from the group to the next step
-without reading the clock again, so the harness passes such a deadline as the group
-starts, or as its last member finishes."""
+The engine starts a group's members at once and moves from a group or a fan-out to the
+next step without reading the clock again, so the harness passes such a deadline as the
+group starts, or as the last member or item finishes."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from sagaflow import SagaStatus, StepContext, parallel, saga, step
@@ -57,5 +59,37 @@ def test_a_deadline_passing_at_a_member_or_just_after_the_group_stops_the_saga(
 
     assert run.status is SagaStatus.COMPENSATED
     assert "confirm" not in [c.name for c in run.calls]
+    assert DONE == []
+    run.check()
+
+
+@saga(name="fan_out_then_pivot", deadline=60.0)
+@attrs.define
+class FanOutThenPivot:
+    """A fan-out of compensatable items; a pivot."""
+
+    items: list[str] = attrs.Factory(lambda: ["a", "b", "c"])
+
+    @step(each="items", key=lambda item: item, limit=2, timeout=5)
+    async def pay(self, item: str, ctx: StepContext) -> None:
+        DONE.append(item)
+
+    @pay.compensate
+    async def reverse(self, item: str, ctx: StepContext) -> None:
+        if item in DONE:
+            DONE.remove(item)
+
+    @step(pivot=True, timeout=5)
+    async def close(self, ctx: StepContext) -> None:
+        DONE.append(ctx.step)
+
+
+@pytest.mark.parametrize("where", ["pay", "close"])
+def test_a_deadline_passing_at_a_fan_out_or_just_after_it_stops_the_saga(where: str) -> None:
+    DONE.clear()
+    run = run_plan(FanOutThenPivot(), FailurePlan(deadline=DeadlinePass(where)))
+
+    assert run.status is SagaStatus.COMPENSATED
+    assert "close" not in [c.name for c in run.calls]
     assert DONE == []
     run.check()
