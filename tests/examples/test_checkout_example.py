@@ -204,7 +204,7 @@ def test_the_cases_ledger_is_a_file_so_a_killed_process_s_effects_are_in_the_sna
 
 
 def test_sagaflow_verify_runs_the_idempotency_nothing_to_undo_and_crash_gates() -> None:
-    gates = verify_gates("examples.checkout.saga", "--crash")
+    gates = verify_gates("examples.checkout.saga", "--crash")["CheckoutSaga"]
 
     assert gates["idempotency"] == ("pass", "3 compensations run twice: no change")
     assert gates["nothing to undo"] == ("pass", "3 compensations run with nothing to undo")
