@@ -12,6 +12,7 @@ import attrs
 from ._rows import COLUMNS, INLINE, StoredSaga
 from ._sql import (
     browse_indexes,
+    incident_claims,
     outbox_table,
     quarantine_join,
     select_list,
@@ -155,6 +156,8 @@ MIGRATIONS = (
     # 6: the dashboard's list by start time, status, class, outcome (see browse_indexes),
     # and the counts per status (see COUNTS)
     (*browse_indexes(error_type("error")), *COUNTS),
+    # 7: who paged which incident; the FAILED sagas no one resolved (see incident_claims)
+    incident_claims("double precision"),
 )
 
 

@@ -28,6 +28,7 @@ import attrs
 from ..codec import Codec, default_codec, import_path, type_path
 from ..errors import CodecError, SagaNotFound, SignalRefused, StoreError, UnknownSagaClass
 from ..events import LifecycleEvent
+from ..incidents import Incident
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal
 from ..spec import is_saga, spec_of
@@ -53,6 +54,7 @@ __all__ = [
     "Browsed",
     "Select",
     "browse_indexes",
+    "incident_claims",
     "quarantine_join",
     "resignal",
     "select_list",
@@ -63,7 +65,7 @@ __all__ = [
 
 #: The layout this code writes; a database with a newer one is refused, an older one
 #: migrated when opened (unless read-only).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: What a read of an older layout (read-only: never migrated) reads in place of the
 #: columns it lacks, by the version that added them.
 _ADDED = {
@@ -369,6 +371,33 @@ def browse_indexes(error_type: str) -> tuple[str, ...]:
         f"CREATE INDEX sagaflow_sagas_by_error ON sagaflow_sagas (({error_type}),"
         f" created_at, saga_id) WHERE {_ENDED_BY_ERROR.replace('s.', '')}",
     )
+
+
+def incident_claims(real: str) -> tuple[str, ...]:
+    """Schema version 7 in either dialect (``real``: its floating-point type): who
+    paged which incident (:meth:`SQLStore.claim_incident`), a row per saga and kind of
+    incident, apart from the saga's row so that a claim never writes the record its
+    driver may still be saving; and the index of the FAILED sagas no one resolved,
+    newest started first (what the dashboard's incidents view reads)."""
+    return (
+        "CREATE TABLE sagaflow_incident_claims (saga_id TEXT NOT NULL, kind TEXT NOT NULL,"
+        f" since {real} NOT NULL, incident_id TEXT NOT NULL, claimed_by TEXT NOT NULL,"
+        f" claimed_at {real} NOT NULL, PRIMARY KEY (saga_id, kind))",
+        "CREATE INDEX sagaflow_sagas_open_failed ON sagaflow_sagas (created_at, saga_id)"
+        " WHERE status = 'FAILED' AND resolution IS NULL",
+    )
+
+
+#: Claims an incident: inserts its row, or moves the saga's row on to a later incident
+#: (the saga moved on and stalled anew); a row count of 0: someone claimed it (or a
+#: later one of the saga) first. One statement: two claimants at once, one wins.
+_CLAIM = (
+    "INSERT INTO sagaflow_incident_claims"
+    " (saga_id, kind, since, incident_id, claimed_by, claimed_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (saga_id, kind) DO UPDATE SET since = excluded.since,"
+    " incident_id = excluded.incident_id, claimed_by = excluded.claimed_by,"
+    " claimed_at = excluded.claimed_at WHERE sagaflow_incident_claims.since < excluded.since"
+)
 
 
 class Browsed(list):  # type: ignore[type-arg]
@@ -1283,6 +1312,21 @@ class SQLStore:
             return []
         rows = self._execute(_QUARANTINED)
         return [Quarantined(sid, name, reason, at) for sid, name, reason, at in rows]
+
+    # -- incidents -------------------------------------------------------------------------
+
+    def claim_incident(self, incident: Incident, by: str) -> bool:
+        """Claim ``incident`` for ``by`` (a worker's id): ``True`` for the first
+        claimant of every store on this database, ``False`` for the others, and for an
+        incident of the saga older than one claimed already. A saga that moved on and
+        stalls again opens a later incident, claimed anew. Writes a row of its own,
+        never the saga's. Schema 7."""
+        self._check_writable()
+        claimed = self._execute(_CLAIM, (
+            incident.saga_id, incident.kind, float(incident.since), incident.id, by,
+            time.time(),
+        ), write=True)
+        return bool(claimed)
 
     # -- the schema ------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -12,6 +13,7 @@ import attrs
 
 from ..codec import Codec, default_codec
 from ..errors import SagaNotFound, SignalRefused
+from ..incidents import Incident
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
 from ._sql import OutboxStats, event_type, lifecycle_types
@@ -82,6 +84,8 @@ class MemoryStore(AsyncStoreMixin):
     def __init__(self, *, codec: Codec | None = None) -> None:
         self._records: dict[str, SagaRecord] = {}
         self._quarantined: dict[str, tuple[str, float]] = {}
+        #: (saga id, kind) -> the ``since`` of the incident of it claimed last
+        self._claims: dict[tuple[str, str], float] = {}
         self._signals: dict[str, list[Signal]] = {}
         self._seq = 0
         self._lock = threading.Lock()
@@ -312,6 +316,17 @@ class MemoryStore(AsyncStoreMixin):
             for sid, (reason, at) in list(self._quarantined.items())
         ]
         return sorted(found, key=lambda q: (q.at, q.saga_id))
+
+    def claim_incident(self, incident: Incident, by: str) -> bool:
+        """Claim ``incident`` for ``by``: ``True`` the first time, and for a later
+        incident of the saga (it moved on and stalled anew); see
+        :meth:`SQLStore.claim_incident <sagaflow.stores._sql.SQLStore.claim_incident>`."""
+        key = (incident.saga_id, incident.kind)
+        with self._lock:
+            if self._claims.get(key, -math.inf) >= incident.since:
+                return False
+            self._claims[key] = incident.since
+            return True
 
     def add_signal(
         self, saga_id: str, name: str, signal_id: str, payload: str, at: float

@@ -48,6 +48,7 @@ from ._sql import (
     Select,
     SQLStore,
     browse_indexes,
+    incident_claims,
     outbox_table,
     quarantine_join,
     resignal,
@@ -173,6 +174,8 @@ _MIGRATIONS = (
         f"CREATE TRIGGER sagaflow_counts_delete AFTER DELETE ON sagaflow_sagas"
         f" BEGIN {_COUNT_OLD}; END",
     ),
+    # 7: who paged which incident; the FAILED sagas no one resolved (see incident_claims)
+    incident_claims("REAL"),
 )
 
 # A write binds the row's columns as ?1..?N, and a save ?N+1: the version it follows.

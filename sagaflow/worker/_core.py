@@ -96,7 +96,9 @@ class Worker:
     (:meth:`Orchestrator.check_stalled`: RUNNING or COMPENSATING, not waiting, no
     checkpoint for that long; its own or any other in the store) every
     ``stalled_every`` seconds (default: half of ``stalled_after``, at most a minute),
-    and reports each one once while it stays stalled, not at every look.
+    and reports each one once while it stays stalled, not at every look: once across
+    every worker sharing the store (the first to claim it in the store reports it), and
+    once more only when the saga moved on and stalled anew.
 
     ``telemetry``: what traces and measures the sagas this worker runs (the
     :class:`~sagaflow.Orchestrator`'s; :class:`sagaflow.otel.Telemetry`).
@@ -146,7 +148,8 @@ class Worker:
             else min((stalled_after or 0.0) / 2, _STALLED_EVERY)
         )
         self.on_incident = on_incident
-        #: the stalled incidents already reported and still open (reported once)
+        #: the stalled incidents still open that this worker has claimed or seen
+        #: claimed (each asked of the store once)
         self._paged: set[str] = set()
         #: how many times the worker has looked for stalled sagas
         self.stall_checks = 0
@@ -358,11 +361,24 @@ class Worker:
 
     def _page(self, incident: Incident) -> None:
         """The orchestrator's ``on_incident``: log it and pass it on, a stalled saga
-        once while it stays stalled."""
+        once while it stays stalled, by whichever worker sharing the store claims it
+        first (a row of its own in the store: the saga's record, which its driver may
+        still be saving, is never written). A claim the store fails is tried again at
+        the next look."""
         if incident.kind == STALLED:
             if incident.id in self._paged:
                 return
-            self._paged.add(incident.id)
+            try:
+                mine = self.store.claim_incident(incident, self.id)
+            except Exception as exc:  # the store is down: the next look tries again
+                log.warning("worker %s: could not claim %s in the store: %s", self.id,
+                            incident.id, exc)
+                return
+            self._paged.add(incident.id)  # this worker's or another's: asked once
+            if not mine:
+                log.debug("worker %s: another worker claimed %s", self.id,
+                          incident.id)
+                return
             self.stats.stalled += 1
         log.warning("worker %s: incident %s (%s, saga %s): %s", self.id, incident.id,
                     incident.kind, incident.saga_id, incident.reason)

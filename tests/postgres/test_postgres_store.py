@@ -58,7 +58,7 @@ def test_the_schema_is_created_once_and_versioned(
     )}
     assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history", "sagaflow_events",
                       "sagaflow_path", "sagaflow_quarantine", "sagaflow_signals", "sagaflow_outbox",
-                      "sagaflow_counts"}
+                      "sagaflow_counts", "sagaflow_incident_claims"}
     # A second store (another process, say) finds the tables and shares the sagas.
     pg_store.create(record_of(Hello(), "h-1"))
     with PostgresStore(pg_url, schema=schema) as other:
@@ -81,7 +81,7 @@ def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
     execute(pg_url, schema, "ALTER TABLE sagaflow_sagas DROP COLUMN path, DROP COLUMN path_count")
     execute(pg_url, schema, "UPDATE sagaflow_meta SET value = '1'")
     with PostgresStore(pg_url, schema=schema) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         store.register(Hello)
         old = store.load("old")
         assert old.path == [] and old.data == Hello()
@@ -89,11 +89,19 @@ def test_a_version_1_schema_is_migrated_and_its_sagas_get_an_empty_path(
         store.save(old)
         assert store.load("old").path == [("not_started", "start", "greet")]
     with PostgresStore(pg_url, schema=schema) as again:
-        assert again.schema_version == 6 and len(again) == 1
+        assert again.schema_version == 7 and len(again) == 1
+
+
+def back_to_version_6(url: str, schema: str) -> None:
+    """Take version 7's incident claims and index away: a schema as 6 left it."""
+    execute(url, schema, "DROP TABLE sagaflow_incident_claims")
+    execute(url, schema, "DROP INDEX sagaflow_sagas_open_failed")
+    execute(url, schema, "UPDATE sagaflow_meta SET value = '6'")
 
 
 def back_to_version_5(url: str, schema: str) -> None:
     """Take version 6's indexes of the dashboard's list away: a schema as 5 left it."""
+    back_to_version_6(url, schema)
     execute(url, schema, "DROP INDEX sagaflow_sagas_by_start, sagaflow_sagas_by_status_start,"
             " sagaflow_sagas_by_name_start, sagaflow_sagas_by_error")
     execute(url, schema, "DROP TABLE sagaflow_counts")
@@ -141,7 +149,7 @@ def test_a_version_2_schema_is_migrated_and_its_sagas_wait_for_nothing(
         assert reader.due(NOW + 10**6) == [] and reader.by_key("k") == []
         assert reader.next_signal("old", "approval", 0) is None
     with PostgresStore(pg_url, schema=schema) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         store.register(Hello)
         old = store.load("old")
         assert (old.waiting, old.signal_marks, old.business_key) == (None, {}, None)
@@ -154,7 +162,7 @@ def test_a_version_2_schema_is_migrated_and_its_sagas_wait_for_nothing(
         assert {"sagaflow_sagas_parked", "sagaflow_sagas_by_key",
                 "sagaflow_signals_by_name"} <= indexes
     with PostgresStore(pg_url, schema=schema) as again:
-        assert again.schema_version == 6 and len(again) == 1
+        assert again.schema_version == 7 and len(again) == 1
 
 
 def test_a_read_only_store_reads_and_never_writes(

@@ -287,6 +287,8 @@ def test_a_version_4_database_is_migrated_to_the_outbox(tmp_path: Path) -> None:
         rec.events.append(("old", 1))
         store.create(rec)
     conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE sagaflow_incident_claims")  # schema 7
+    conn.execute("DROP INDEX sagaflow_sagas_open_failed")
     conn.execute("DROP TABLE sagaflow_outbox")
     for index in ("by_start", "by_status_start", "by_name_start", "by_error"):  # schema 6
         conn.execute(f"DROP INDEX sagaflow_sagas_{index}")
@@ -300,7 +302,7 @@ def test_a_version_4_database_is_migrated_to_the_outbox(tmp_path: Path) -> None:
         assert reader.schema_version == 4 and reader.outbox() == []
         assert reader.outbox_stats().pending == 0
     with SQLiteStore(path) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         assert store.outbox() == []
         running = store.load("v4-run")
         assert running is not None

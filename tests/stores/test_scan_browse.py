@@ -276,7 +276,7 @@ def test_a_version_5_database_is_migrated_to_the_lists_indexes(tmp_path: Path) -
         assert reader.schema_version == 5
         assert ids(reader.browse(outcome="rejected")) == ["rejected-late", "rejected-00"]
     with SQLiteStore(path) as db:
-        assert db.schema_version == 6
+        assert db.schema_version == 7
         indexes = {r[0] for r in db._read_conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'").fetchall()}
         assert {"sagaflow_sagas_by_start", "sagaflow_sagas_by_error"} <= indexes
@@ -290,8 +290,10 @@ def test_a_version_5_database_is_migrated_to_the_lists_indexes(tmp_path: Path) -
 
 
 def back_to_version_5(path: Path) -> None:
-    """Take what schema 6 adds away from the SQLite file at ``path``."""
+    """Take what schemas 6 and 7 add away from the SQLite file at ``path``."""
     conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE sagaflow_incident_claims")
+    conn.execute("DROP INDEX sagaflow_sagas_open_failed")
     for name in ("by_start", "by_status_start", "by_name_start", "by_error"):
         conn.execute(f"DROP INDEX sagaflow_sagas_{name}")
     for name in ("insert", "update", "delete"):

@@ -59,7 +59,7 @@ def step_once(record, now: float) -> None:
 def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     with SQLiteStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         assert store.journal_mode == "wal"
     with raw(path) as conn:
         tables = {r[0] for r in conn.execute(
@@ -67,10 +67,11 @@ def test_the_schema_is_created_on_first_use_and_versioned(tmp_path: Path) -> Non
         )}
         assert tables == {"sagaflow_meta", "sagaflow_sagas", "sagaflow_history",
                           "sagaflow_events", "sagaflow_path", "sagaflow_quarantine",
-                          "sagaflow_signals", "sagaflow_outbox", "sagaflow_counts"}
+                          "sagaflow_signals", "sagaflow_outbox", "sagaflow_counts",
+                          "sagaflow_incident_claims"}
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     with SQLiteStore(path) as again:  # opening an existing store changes nothing
-        assert again.schema_version == 6 and len(again) == 0
+        assert again.schema_version == 7 and len(again) == 0
 
 
 def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_path(
@@ -80,7 +81,7 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
     finished saga, a compensated one, one running with its history partly spilled."""
     path = old_database(tmp_path, 1)
     with SQLiteStore(path) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         done, compensated, running = (
             store.load(f"v1-{s}") for s in ("done", "compensated", "running")
         )
@@ -98,7 +99,7 @@ def test_a_version_1_database_is_migrated_and_its_sagas_keep_everything_but_a_pa
         assert columns[-7:] == ["path", "path_count", "waiting", "waiting_after",
                                 "signal_marks", "business_key", "signalled"]
     with SQLiteStore(path) as again:  # once migrated, opening changes nothing
-        assert again.schema_version == 6 and len(again) == 3
+        assert again.schema_version == 7 and len(again) == 3
 
 
 def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
@@ -108,7 +109,7 @@ def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
     running one, a quarantined one. Version 3 adds the wait columns and the signals."""
     path = old_database(tmp_path, 2)
     with SQLiteStore(path) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         done, running = store.load("v2-done"), store.load("v2-running")
         assert done.status is SagaStatus.COMPLETED and running.status is SagaStatus.RUNNING
         for record in (done, running):
@@ -128,7 +129,7 @@ def test_a_version_2_database_is_migrated_and_its_sagas_wait_for_nothing(
         assert {"sagaflow_sagas_parked", "sagaflow_sagas_by_key",
                 "sagaflow_signals_by_name"} <= indexes
     with SQLiteStore(path) as again:  # once migrated, opening changes nothing
-        assert again.schema_version == 6 and len(again) == 3
+        assert again.schema_version == 7 and len(again) == 3
 
 
 def test_a_read_only_store_reads_a_version_2_database_without_migrating_it(
@@ -160,7 +161,7 @@ def test_a_version_3_database_is_migrated_and_its_parked_sagas_stay_due(
         assert reader.due(NOW) == ["v3-signalled"]
         assert [s.saga_id for s in reader.scan(status=ACTIVE, parked=False)] == ["v3-running"]
     with SQLiteStore(path) as store:
-        assert store.schema_version == 6
+        assert store.schema_version == 7
         assert store.due(NOW) == ["v3-signalled"]
         assert store.due(NOW + 10**6) == ["v3-timer", "v3-signalled"]
         assert [s.saga_id for s in store.scan(status=ACTIVE, parked=False)] == ["v3-running"]
@@ -182,7 +183,7 @@ def test_a_version_3_database_is_migrated_and_its_parked_sagas_stay_due(
                                " ORDER BY saga_id").fetchall()
         assert flagged == [("v3-parked",), ("v3-running",), ("v3-signalled",)]
     with SQLiteStore(path) as again:  # once migrated, opening changes nothing
-        assert again.schema_version == 6 and len(again) == 5
+        assert again.schema_version == 7 and len(again) == 5
 
 
 def old_database(tmp_path: Path, version: int) -> Path:
