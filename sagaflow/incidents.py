@@ -30,12 +30,14 @@ from .errors import SagaflowError
 from .records import SagaRecord, SagaStatus
 
 __all__ = [
-    "FAILED", "QUARANTINED", "STALLED", "Incident", "failed", "incident_of", "open_incidents",
+    "FAILED", "KINDS", "QUARANTINED", "STALLED", "Incident", "failed", "incident_of",
+    "open_incidents",
 ]
 
 FAILED = "failed"  #: ended FAILED, not resolved
 QUARANTINED = "quarantined"  #: set aside: its record cannot be decoded or driven
 STALLED = "stalled"  #: running, not waiting, and no checkpoint for too long
+KINDS = (FAILED, QUARANTINED, STALLED)  #: every kind of incident
 
 _UNFINISHED = frozenset({SagaStatus.RUNNING, SagaStatus.COMPENSATING})
 

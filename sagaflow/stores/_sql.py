@@ -28,7 +28,7 @@ import attrs
 from ..codec import Codec, default_codec, import_path, type_path
 from ..errors import CodecError, SagaNotFound, SignalRefused, StoreError, UnknownSagaClass
 from ..events import LifecycleEvent
-from ..incidents import Incident
+from ..incidents import KINDS, Incident
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal
 from ..spec import is_saga, spec_of
@@ -54,7 +54,9 @@ __all__ = [
     "Browsed",
     "Select",
     "browse_indexes",
+    "INCIDENT_KINDS",
     "incident_claims",
+    "incident_selects",
     "quarantine_join",
     "resignal",
     "select_list",
@@ -400,6 +402,60 @@ _CLAIM = (
 )
 
 
+#: A quarantined saga's incident is its quarantine, whatever its status: the other
+#: kinds leave it out, so that each saga is listed once, its kind told by its row.
+_NOT_ASIDE = "NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q2 WHERE q2.saga_id = s.saga_id)"
+INCIDENT_KINDS = KINDS
+
+
+def incident_selects(
+    select: Select, kinds: Collection[str], stalled_before: float | None, layout: int,
+    quarantined: Sequence[str] = (),
+) -> list[tuple[str, Select]]:
+    """The reads of the sagas with an open incident of ``kinds`` (words of
+    :data:`INCIDENT_KINDS`) that pass ``select``'s filters, one per kind (the stalled:
+    one per status), each named, newest started first from an index in that order:
+    the FAILED sagas no one resolved (their own, schema 7), the ``quarantined`` (the
+    ids the quarantine holds, a few: each read by its id, then sorted), and with
+    ``stalled_before`` the RUNNING or COMPENSATING sagas with no checkpoint since then
+    (by status and start, passing over the busy ones), not waiting at a wait (one
+    parked COMPENSATING with no wake time is stalled: nothing will wake it). As
+    :func:`sagaflow.incidents.open_incidents` finds them."""
+    unknown = sorted(set(kinds) - set(INCIDENT_KINDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a kind of incident "
+                         f"({', '.join(INCIDENT_KINDS)})")
+    wanted = None if select.status is None else set(select.status)
+    aside = (_NOT_ASIDE,) if layout >= 2 else ()
+    found: list[tuple[str, Select]] = []
+
+    def part(label: str, status: str, terms: tuple[str, ...], params: tuple[Any, ...] = (),
+             hint: str | None = None) -> None:
+        if wanted is None or status in wanted:
+            found.append((label, attrs.evolve(
+                select, status=None, terms=(f"s.status = '{status}'", *terms, *aside),
+                term_params=params, hint=hint)))
+
+    if "failed" in kinds:
+        part("failed", "FAILED", ("s.resolution IS NULL",),
+             hint="sagaflow_sagas_open_failed" if layout >= 7 else None)
+    if "quarantined" in kinds and quarantined:
+        # The ids themselves, not a subquery: a planner that misjudges the quarantine's
+        # size would read every saga by start time to find its few.
+        marks = ", ".join("?" * len(quarantined))
+        found.append(("quarantined", attrs.evolve(
+            select, terms=(f"s.saga_id IN ({marks})",), term_params=tuple(quarantined))))
+    if "stalled" in kinds and stalled_before is not None:
+        quiet = ("s.updated_at <= ?",)
+        when = (float(stalled_before),)
+        hint = "sagaflow_sagas_by_status_start" if layout >= 6 else None
+        unparked = ("s.waiting IS NULL",) if select.waits else ()
+        part("stalled RUNNING", "RUNNING", (*unparked, *quiet), when, hint)
+        lost = ("(s.waiting IS NULL OR s.wake_at IS NULL)",) if select.waits else ()
+        part("stalled COMPENSATING", "COMPENSATING", (*lost, *quiet), when, hint)
+    return found
+
+
 class Browsed(list):  # type: ignore[type-arg]
     """A page of :meth:`SQLStore.browse`: its sagas; ``searched_to``: where a text
     search stopped looking (the ``(created_at, saga_id)`` to go on after), ``None`` when
@@ -439,11 +495,19 @@ class Select:
     #: (newest started first) no saga before this ``(created_at, saga_id)``
     until: tuple[float, str] | None = None
     offset: int | None = None
+    #: more terms over ``s`` (``?`` their parameters' marks) and their parameters
+    terms: tuple[str, ...] = ()
+    term_params: tuple[Any, ...] = ()
+    #: the index this read is to use (see :attr:`index`)
+    hint: str | None = None
 
     @property
     def index(self) -> str | None:
         """The index that serves this read where a planner may not see it does (SQLite
-        prefers the status index, and sorts): the unfinished sagas not parked, by id."""
+        prefers the status index, and sorts): the unfinished sagas not parked, by id;
+        or the one :attr:`hint` names."""
+        if self.hint is not None:
+            return self.hint
         if self.parked is not False or self.newest_first or self.status is None:
             return None
         if {SagaStatus(v).value for v in self.status} != set(_ACTIVE):
@@ -454,8 +518,8 @@ class Select:
         """``WHERE ... ORDER BY ... LIMIT ...`` on the saga row aliased ``s``, with
         ``mark`` as the parameter placeholder, and its parameters; ``error_type``: the
         dialect's SQL of the stored error's type tag (the outcome filter)."""
-        clauses: list[str] = []
-        params: list[Any] = []
+        clauses: list[str] = [term.replace("?", mark) for term in self.terms]
+        params: list[Any] = list(self.term_params)
         if self.outcome is not None:
             clauses.extend(outcome_where(self.outcome, error_type, self.waits))
         if self.key is not None:
@@ -990,6 +1054,8 @@ class SQLStore:
         older: float | None = None,
         after: tuple[float, str] | None = None,
         limit: int = 50,
+        incidents: Collection[str] | None = None,
+        stalled_before: float | None = None,
     ) -> Browsed:
         """A page of the dashboard's list: the sagas of ``status`` (any of them),
         class ``name``, ``outcome`` (a word of :data:`~sagaflow.records.OUTCOMES`),
@@ -1003,7 +1069,15 @@ class SQLStore:
         costs its size plus the sagas a second filter passes over; never the pages
         before it. With ``text``, a page looks through the next :attr:`TEXT_REACH`
         sagas of the other filters at most: fewer than ``limit`` found and more sagas
-        beyond them, the answer's ``searched_to`` is the position to go on from."""
+        beyond them, the answer's ``searched_to`` is the position to go on from.
+
+        ``incidents``: only the sagas with an open incident of these kinds (``failed``,
+        ``quarantined``, ``stalled``: stalled means no checkpoint since
+        ``stalled_before``, none when it is ``None``), as
+        :func:`sagaflow.incidents.open_incidents` finds them; each kind read from an
+        index in the list's order (:func:`incident_selects`), so a page costs its size
+        per kind (plus, for the stalled, the busy sagas passed over). The id text
+        filter looks through every such saga then."""
         values = None if status is None else tuple(SagaStatus(s).value for s in status)
         if values == () or (key is not None and self.layout < 3):
             return Browsed()  # (no business keys before schema 3)
@@ -1012,6 +1086,8 @@ class SQLStore:
             key=key, text=text, newer=newer, older=older, by_start=True,
             waits=self.layout >= 3,
         )
+        if incidents is not None:
+            return self._with_incidents(select, incidents, stalled_before)
         reach = None
         if text is not None:
             # Where the window of TEXT_REACH sagas ends: read from the index alone.
@@ -1027,6 +1103,20 @@ class SQLStore:
         if reach is not None and len(rows) < limit:
             rows.searched_to = reach
         return rows
+
+    def _with_incidents(
+        self, select: Select, kinds: Collection[str], stalled_before: float | None,
+    ) -> Browsed:
+        """A page of the sagas with an open incident: each kind's page, merged."""
+        found: dict[str, StoredSaga] = {}
+        aside: list[str] = []
+        if "quarantined" in kinds and self.layout >= 2:
+            aside = [row[0] for row in self._execute("SELECT saga_id FROM sagaflow_quarantine")]
+        for _, part in incident_selects(select, kinds, stalled_before, self.layout, aside):
+            for stored in self._fetch(part):
+                found.setdefault(stored.saga_id, stored)
+        rows = sorted(found.values(), key=lambda s: (s.created_at, s.saga_id), reverse=True)
+        return Browsed(rows[: select.limit])
 
     def counts(self, name: str | None = None) -> dict[str, int]:
         """How many sagas of each status the store holds (every status; 0 when none);

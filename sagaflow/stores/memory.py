@@ -16,7 +16,7 @@ from ..errors import SagaNotFound, SignalRefused
 from ..incidents import Incident
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
-from ._sql import OutboxStats, event_type, lifecycle_types
+from ._sql import INCIDENT_KINDS, OutboxStats, event_type, lifecycle_types
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -73,6 +73,24 @@ class _Held:
     def outcome(self) -> str:
         r = self.record
         return outcome(r.status, error_type(r.error), r.waiting is not None)
+
+
+def _incident_kind(record: SagaRecord, held: _Held, stalled_before: float | None) -> str:
+    """The kind of the incident open for ``record`` ("" for none), as the SQL stores'
+    :func:`~sagaflow.stores._sql.incident_selects` read it."""
+    if held.quarantined is not None:
+        return "quarantined"
+    status = record.status
+    if status is SagaStatus.FAILED:
+        return "failed" if record.resolution is None else ""
+    if (
+        stalled_before is not None and status in _PARKABLE
+        and record.updated_at <= stalled_before
+        and (record.waiting is None
+             or (status is SagaStatus.COMPENSATING and record.wake_at is None))
+    ):
+        return "stalled"
+    return ""
 
 
 class MemoryStore(AsyncStoreMixin):
@@ -259,18 +277,28 @@ class MemoryStore(AsyncStoreMixin):
         older: float | None = None,
         after: tuple[float, str] | None = None,
         limit: int = 50,
+        incidents: Collection[str] | None = None,
+        stalled_before: float | None = None,
     ) -> list[_Held]:
         """A page of the dashboard's list, as :meth:`SQLStore.browse
         <sagaflow.stores.sqlite.SQLiteStore.browse>` reads it (newest started first,
         then by saga id descending; ``after``: the last ``(created_at, saga_id)`` of the
-        page before); here by looking at every saga."""
+        page before; ``incidents``: only the sagas with an open incident of these
+        kinds); here by looking at every saga."""
         wanted = None if status is None else {SagaStatus(s) for s in status}
         needle = None if text is None else text.lower()
+        if incidents is not None:
+            unknown = sorted(set(incidents) - set(INCIDENT_KINDS))
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is not a kind of incident "
+                                 f"({', '.join(INCIDENT_KINDS)})")
         found = []
         for record in list(self._records.values()):
             held = self._held(record)
             if (
-                (wanted is None or record.status in wanted)
+                (incidents is None
+                 or _incident_kind(record, held, stalled_before) in incidents)
+                and (wanted is None or record.status in wanted)
                 and (name is None or record.saga_name == name)
                 and (outcome is None or held.outcome == outcome)
                 and (key is None or record.business_key == key)

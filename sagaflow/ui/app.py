@@ -21,7 +21,6 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
-import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -44,10 +43,10 @@ from ..cli.text import utc
 from ..codec import default_codec
 from ..diagram.model import _fan_out_line, _wait_lines
 from ..errors import GraphvizNotFound
-from ..incidents import Incident, incident_of, open_incidents
+from ..incidents import Incident, incident_of
 from ..records import SagaRecord, SagaStatus
 from ..spec import SagaSpec
-from .query import BadFilter, Filters, business_key, counts, page
+from .query import BadFilter, Filters, business_key, counts, incident_kind, page
 from .serve import Kept
 
 __all__ = ["CSRF_COOKIE", "TOKEN_COOKIE", "VERBS", "create_app"]
@@ -64,8 +63,6 @@ VERBS = {
     "unquarantine": "lift its quarantine so that recovery and workers take it again (fix "
     "what made it fail first)",
 }
-#: what the ``incidents`` filter accepts as on
-_ON = ("1", "on", "true", "yes")
 
 _TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 _TEMPLATES.env.filters["utc"] = utc
@@ -147,33 +144,28 @@ def create_app(
     def sagas(request: Request) -> Response:
         try:
             filters = Filters.parse(request.query_params)
-            only = _flag(request.query_params.get("incidents"))
         except BadFilter as exc:
             raise Refused(400, f"Bad filter: {exc.parameter}",
                           f"the parameter {exc.parameter!r} cannot be read: {exc.problem}"
                           ) from None
         back = request.query_params.getlist("back")
+        only = filters.incidents is not None
         with read() as session:
-            if only:
-                found, kinds = _with_incidents(session.store, filters, stalled_after)
-                ahead = None
-            else:
-                listed = page(session.store, filters)
-                found, kinds, ahead = listed.sagas, {}, listed.next
+            listed = page(session.store, filters, stalled_after=stalled_after)
+            found, ahead = listed.sagas, listed.next
             totals = counts(session.store)
         rows = [{
             "id": s.saga_id, "name": s.saga_name, "status": s.status, "outcome": s.outcome,
             "state": getattr(s, "state", ""), "updated": utc(s.updated_at),
             "key": business_key(s), "quarantined": s.quarantined,
-            "incident": kinds.get(s.saga_id, ""),
+            "incident": incident_kind(s) if only else "",
         } for s in found]
-        extra = [("incidents", "1")] if only else []
         more = previous = None
         if ahead is not None:  # the next page keeps where this one started, to come back
             here = request.query_params.get("after") or ""
-            more = _query(filters.query(ahead) + extra + [("back", b) for b in [*back, here]])
+            more = _query(filters.query(ahead) + [("back", b) for b in [*back, here]])
         if filters.after is not None and back:
-            before = filters.query(None) + extra
+            before = filters.query(None)
             if back[-1]:
                 before.append(("after", back[-1]))
             previous = _query(before + [("back", b) for b in back[:-1]])
@@ -181,7 +173,7 @@ def create_app(
             "rows": rows, "counts": totals, "total": sum(totals.values()),
             "filters": filters, "statuses": [s.value for s in SagaStatus],
             "outcomes": _outcomes(), "next": more, "previous": previous,
-            "first": _query(filters.query(None) + extra),
+            "first": _query(filters.query(None)),
             "paged": filters.after is not None, "incidents": only,
         })
 
@@ -394,35 +386,8 @@ def _svg(drawn: Any) -> dict[str, str]:
     return {"svg": svg[start:] if start >= 0 else svg}
 
 
-def _flag(value: str | None) -> bool:
-    """A yes/no filter (``incidents=1``); :class:`BadFilter` for anything else."""
-    if value is None or value == "" or value.lower() in ("0", "off", "false", "no"):
-        return False
-    if value.lower() in _ON:
-        return True
-    raise BadFilter("incidents", f"{value!r} is not on or off (1 or 0)")
-
-
 def _query(pairs: list[tuple[str, str]]) -> str:
     return "?" + urllib.parse.urlencode(pairs)
-
-
-def _with_incidents(
-    store: Any, filters: Filters, stalled_after: float | None,
-) -> tuple[list[Any], dict[str, str]]:
-    """The sagas with an open incident (oldest incident first) that pass ``filters``,
-    and each one's incident kind."""
-    found: list[Any] = []
-    kinds: dict[str, str] = {}
-    now = time.time()
-    for incident in open_incidents(store, stalled_after=stalled_after, now=now):
-        stored = store.load_raw(incident.saga_id)
-        if stored is None or incident.saga_id in kinds:
-            continue
-        if filters.keeps(stored, now):
-            found.append(stored)
-            kinds[incident.saga_id] = incident.kind
-    return found, kinds
 
 
 def _incident(incident: Incident, record: SagaRecord) -> dict[str, Any]:

@@ -7,7 +7,9 @@ serves that order, alone or after the status, the class or the outcome; a page s
 after the last saga of the page before (keyset paging), so a page costs its size (plus
 what the id text, or a second filter, passes over), never the sagas before it nor the
 size of the store. The start time is the order, not the last update: it never changes,
-so the indexes that serve the list cost a checkpoint nothing.
+so the indexes that serve the list cost a checkpoint nothing. The sagas with an open
+incident (``incidents=1``, or some kinds of incident) are such a filter too: each kind
+read from an index in the list's order (:func:`sagaflow.stores._sql.incident_selects`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from typing import Any
 
 import attrs
 
+from ..incidents import FAILED, KINDS, QUARANTINED, STALLED, incident_of
 from ..records import OUTCOMES, SagaStatus
 from ..stores import Store, Stored
 
-__all__ = ["BadFilter", "Filters", "PAGE", "Page", "counts", "duration", "page"]
+__all__ = [
+    "BadFilter", "Filters", "PAGE", "Page", "counts", "duration", "incident_kind", "page",
+]
 
 PAGE = 50  #: sagas per page
 _BATCH = 200
@@ -50,6 +55,8 @@ class Filters:
     newer: float | None = None
     older: float | None = None
     after: tuple[float, str] | None = None
+    #: only the sagas with an open incident of these kinds (``None``: every saga)
+    incidents: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, params: Any) -> Filters:
@@ -79,6 +86,7 @@ class Filters:
             newer=ages["newer"],
             older=ages["older"],
             after=None if after is None else _cursor(after),
+            incidents=_incident_kinds(params.get("incidents")),
         )
 
     @property
@@ -97,6 +105,9 @@ class Filters:
         for name, seconds in (("newer", self.newer), ("older", self.older)):
             if seconds is not None:
                 pairs.append((name, spoken(seconds)))
+        if self.incidents is not None:
+            every = set(self.incidents) == set(KINDS)
+            pairs.append(("incidents", "1" if every else ",".join(self.incidents)))
         if after is not None:
             pairs.append(("after", f"{after[0]!r}~{after[1]}"))
         return pairs
@@ -113,6 +124,24 @@ class Filters:
             and (self.newer is None or started >= now - self.newer)
             and (self.older is None or started < now - self.older)
         )
+
+
+_ON = ("1", "on", "true", "yes")
+_OFF = ("", "0", "off", "false", "no")
+
+
+def _incident_kinds(value: str | None) -> tuple[str, ...] | None:
+    """The ``incidents`` filter: on (every kind), off (``None``), or kinds of incident
+    separated by commas; :class:`BadFilter` for anything else."""
+    if value is None or value.strip().lower() in _OFF:
+        return None
+    if value.strip().lower() in _ON:
+        return KINDS
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in value.split(",") if k.strip()))
+    if not kinds or not set(kinds) <= set(KINDS):
+        raise BadFilter("incidents", f"{value!r} is not on or off (1 or 0) nor kinds of "
+                        f"incident ({', '.join(KINDS)}, separated by commas)")
+    return kinds
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -161,20 +190,28 @@ class Page:
     next: tuple[float, str] | None
 
 
-def page(store: Store, filters: Filters, size: int = PAGE) -> Page:
-    """The page of sagas after ``filters.after``, newest started first."""
+def page(
+    store: Store, filters: Filters, size: int = PAGE, *, stalled_after: float | None = None,
+) -> Page:
+    """The page of sagas after ``filters.after``, newest started first; with
+    ``filters.incidents``, of the sagas with an open incident of those kinds (stalled:
+    no checkpoint for ``stalled_after`` seconds; ``None``: none is)."""
     now = time.time()
     browse: Callable[..., list[Stored]] | None = getattr(store, "browse", None)
     if browse is not None:
+        incidents: dict[str, Any] = {}
+        if filters.incidents is not None:  # (a store of one's own may not take them)
+            incidents = {"incidents": filters.incidents, "stalled_before":
+                         None if stalled_after is None else now - stalled_after}
         found = browse(
             status=filters.status or None, name=filters.name, outcome=filters.outcome,
             key=filters.key, text=filters.q,
             newer=None if filters.newer is None else now - filters.newer,
             older=None if filters.older is None else now - filters.older,
-            after=filters.after, limit=size + 1,
+            after=filters.after, limit=size + 1, **incidents,
         )
     else:
-        found = _looked_through(store, filters, now)[: size + 1]
+        found = _looked_through(store, filters, now, stalled_after)[: size + 1]
     more = len(found) > size
     if not more:
         # A text search that stopped looking before the end: go on from where it did.
@@ -189,13 +226,31 @@ def _started(stored: Stored) -> float:
     return float(getattr(stored, "created_at", stored.updated_at))
 
 
-def _looked_through(store: Store, filters: Filters, now: float) -> list[Stored]:
-    """What ``browse`` finds, for a store without it: by reading every saga."""
+def _looked_through(
+    store: Store, filters: Filters, now: float, stalled_after: float | None,
+) -> list[Stored]:
+    """What ``browse`` finds, for a store without it: by reading every saga (and with
+    ``filters.incidents``, each one's incident, as the CLI finds them)."""
     found = [s for s in store.scan() if filters.keeps(s, now)]
+    if filters.incidents is not None:
+        kinds = filters.incidents
+        found = [s for s in found if (
+            (i := incident_of(store, s, stalled_after=stalled_after, now=now)) is not None
+            and i.kind in kinds
+        )]
     found.sort(key=lambda s: (_started(s), s.saga_id), reverse=True)
     if filters.after is not None:
         found = [s for s in found if (_started(s), s.saga_id) < filters.after]
     return found
+
+
+def incident_kind(stored: Stored) -> str:
+    """The kind of the open incident of ``stored``, a saga the incidents view lists:
+    its quarantine, whatever its status; else FAILED, no one resolved it; else
+    stalled."""
+    if stored.quarantined is not None:
+        return QUARANTINED
+    return FAILED if stored.status == SagaStatus.FAILED.value else STALLED
 
 
 def counts(store: Store, name: str | None = None) -> dict[str, int]:
