@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from postgres_cluster import cluster_url, drop_schema, fresh_schema
 from store_sagas import Other, record_of
+from test_scan_browse import _opened
 
 from sagaflow import SagaStatus
 from sagaflow.errors import StepError
 from sagaflow.incidents import FAILED, QUARANTINED, STALLED, open_incidents
 from sagaflow.stores._rows import COLUMNS
 from sagaflow.stores._sql import incident_selects
-from sagaflow.stores.memory import MemoryStore
 from sagaflow.stores.sqlite import SQLiteStore
 
 NOW = 1_700_000_000.0
@@ -95,20 +94,7 @@ def newest_first(expected: dict[str, str], store: Any, kinds: tuple[str, ...] = 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    if request.param == "memory":
-        yield MemoryStore()
-    elif request.param == "sqlite":
-        with SQLiteStore(tmp_path / "incidents.db") as db:
-            yield db
-    else:
-        from sagaflow.stores.postgres import PostgresStore
-
-        url = cluster_url(request.config)
-        schema = fresh_schema()
-        pg = PostgresStore(url, schema=schema)
-        yield pg
-        pg.close()
-        drop_schema(url, schema)
+    yield from _opened(request, tmp_path)
 
 
 def test_the_sagas_with_an_open_incident_newest_started_first(store: Any) -> None:
@@ -199,36 +185,32 @@ def test_sqlite_reads_each_kinds_page_from_an_index(tmp_path: Path) -> None:
                 assert not any("TEMP B-TREE" in line for line in lines), (label, lines)
 
 
-def test_postgres_reads_each_kinds_page_from_an_index(request: pytest.FixtureRequest) -> None:
-    from sagaflow.stores.postgres import PostgresStore
+@pytest.fixture(params=["postgres"])
+def pg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    yield from _opened(request, tmp_path)
 
-    url = cluster_url(request.config)
-    schema = fresh_schema()
-    pg = PostgresStore(url, schema=schema)
-    try:
-        fill(pg, rounds=10)
-        # And 5,000 older finished sagas: the incidents a few among many.
-        columns = ", ".join(COLUMNS)
-        copied = columns.replace("saga_id", "'old-' || g").replace(
-            "created_at", "created_at - 1000 - g")
-        pg._execute(f"INSERT INTO sagaflow_sagas ({columns}) SELECT {copied} FROM"
-                    " sagaflow_sagas, generate_series(1, 5000) g WHERE saga_id = 'done-01'")
-        for label, (where, params, _) in parts(pg, "%s").items():
-            with pg._pool.connection() as conn, conn.transaction():
-                conn.execute("ANALYZE sagaflow_sagas")
-                conn.execute("SET LOCAL enable_seqscan = off")
-                if label != "quarantined":
-                    conn.execute("SET LOCAL enable_sort = off")
-                rows = conn.execute("EXPLAIN " + pg._select + where, params).fetchall()
-            text = "\n".join(row[0] for row in rows)
-            assert "Seq Scan on sagaflow_sagas" not in text, (label, text)
-            assert any(f" {i} " in text for i in INDEXES[label].split("|")), (label, text)
+
+def test_postgres_reads_each_kinds_page_from_an_index(pg: Any) -> None:
+    fill(pg, rounds=10)
+    # And 5,000 older finished sagas: the incidents a few among many.
+    columns = ", ".join(COLUMNS)
+    copied = columns.replace("saga_id", "'old-' || g").replace(
+        "created_at", "created_at - 1000 - g")
+    pg._execute(f"INSERT INTO sagaflow_sagas ({columns}) SELECT {copied} FROM"
+                " sagaflow_sagas, generate_series(1, 5000) g WHERE saga_id = 'done-01'")
+    for label, (where, params, _) in parts(pg, "%s").items():
+        with pg._pool.connection() as conn, conn.transaction():
+            conn.execute("ANALYZE sagaflow_sagas")
+            conn.execute("SET LOCAL enable_seqscan = off")
             if label != "quarantined":
-                assert "Sort Key: s.created_at" not in text, (label, text)
-        assert len(browse(pg, limit=1000)) == 10 * 7
-    finally:
-        pg.close()
-        drop_schema(url, schema)
+                conn.execute("SET LOCAL enable_sort = off")
+            rows = conn.execute("EXPLAIN " + pg._select + where, params).fetchall()
+        text = "\n".join(row[0] for row in rows)
+        assert "Seq Scan on sagaflow_sagas" not in text, (label, text)
+        assert any(f" {i} " in text for i in INDEXES[label].split("|")), (label, text)
+        if label != "quarantined":
+            assert "Sort Key: s.created_at" not in text, (label, text)
+    assert len(browse(pg, limit=1000)) == 10 * 7
 
 
 def test_a_read_only_version_1_database_lists_its_incidents(tmp_path: Path) -> None:
