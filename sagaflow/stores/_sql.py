@@ -54,7 +54,7 @@ __all__ = [
     "Browsed",
     "Select",
     "browse_indexes",
-    "INCIDENT_KINDS",
+    "check_kinds",
     "incident_claims",
     "incident_selects",
     "quarantine_join",
@@ -405,7 +405,13 @@ _CLAIM = (
 #: A quarantined saga's incident is its quarantine, whatever its status: the other
 #: kinds leave it out, so that each saga is listed once, its kind told by its row.
 _NOT_ASIDE = "NOT EXISTS (SELECT 1 FROM sagaflow_quarantine q2 WHERE q2.saga_id = s.saga_id)"
-INCIDENT_KINDS = KINDS
+
+
+def check_kinds(kinds: Collection[str]) -> None:
+    """A clear ``ValueError`` unless every one of ``kinds`` is a kind of incident."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a kind of incident ({', '.join(KINDS)})")
 
 
 def incident_selects(
@@ -413,7 +419,7 @@ def incident_selects(
     quarantined: Sequence[str] = (),
 ) -> list[tuple[str, Select]]:
     """The reads of the sagas with an open incident of ``kinds`` (words of
-    :data:`INCIDENT_KINDS`) that pass ``select``'s filters, one per kind (the stalled:
+    :data:`sagaflow.incidents.KINDS`) that pass ``select``'s filters, one per kind (the stalled:
     one per status), each named, newest started first from an index in that order:
     the FAILED sagas no one resolved (their own, schema 7), the ``quarantined`` (the
     ids the quarantine holds, a few: each read by its id, then sorted), and with
@@ -421,10 +427,7 @@ def incident_selects(
     (by status and start, passing over the busy ones), not waiting at a wait (one
     parked COMPENSATING with no wake time is stalled: nothing will wake it). As
     :func:`sagaflow.incidents.open_incidents` finds them."""
-    unknown = sorted(set(kinds) - set(INCIDENT_KINDS))
-    if unknown:
-        raise ValueError(f"{unknown[0]!r} is not a kind of incident "
-                         f"({', '.join(INCIDENT_KINDS)})")
+    check_kinds(kinds)
     wanted = None if select.status is None else set(select.status)
     aside = (_NOT_ASIDE,) if layout >= 2 else ()
     found: list[tuple[str, Select]] = []

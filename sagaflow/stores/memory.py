@@ -16,7 +16,7 @@ from ..errors import SagaNotFound, SignalRefused
 from ..incidents import Incident
 from ..messages import Message
 from ..records import SagaRecord, SagaStatus, Signal, error_type, outcome
-from ._sql import INCIDENT_KINDS, OutboxStats, event_type, lifecycle_types
+from ._sql import OutboxStats, check_kinds, event_type, lifecycle_types
 from .base import AsyncStoreMixin, Quarantined
 
 __all__ = ["MemoryStore"]
@@ -288,10 +288,7 @@ class MemoryStore(AsyncStoreMixin):
         wanted = None if status is None else {SagaStatus(s) for s in status}
         needle = None if text is None else text.lower()
         if incidents is not None:
-            unknown = sorted(set(incidents) - set(INCIDENT_KINDS))
-            if unknown:
-                raise ValueError(f"{unknown[0]!r} is not a kind of incident "
-                                 f"({', '.join(INCIDENT_KINDS)})")
+            check_kinds(incidents)
         found = []
         for record in list(self._records.values()):
             held = self._held(record)
