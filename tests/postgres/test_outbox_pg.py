@@ -98,7 +98,7 @@ def test_a_version_4_schema_is_migrated_to_the_outbox(
     with PostgresStore(pg_url, schema=schema, readonly=True) as reader:
         assert reader.schema_version == 4 and reader.outbox() == []
     with PostgresStore(pg_url, schema=schema) as store:
-        assert store.schema_version == 6 and store.outbox() == []
+        assert store.schema_version == 7 and store.outbox() == []
         store.register(Emitter)
         record = store.load("m-1")
         assert record is not None
