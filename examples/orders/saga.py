@@ -121,9 +121,10 @@ def example_sagas() -> Any:
     """Orders for the property tests and ``sagaflow verify``, each on fresh services with
     no latency (the demo's 50-200 ms per call would only slow the checks down): 5
     keyboards in stock, and mallory's card declined, so that an order for more than the
-    stock or by her is refused (a step error the saga compensates). The snapshot is the
-    services' net state: stock, units held, net charged per customer, confirmed orders
-    (a compensated order must leave it as found)."""
+    stock or by her is refused (a step error the saga compensates). The services' state
+    is filed (``services.STATE``), so that ``--crash`` compares what a killed process and
+    its recovery did. The snapshot is their net state: stock, units held, net charged per
+    customer, confirmed orders (a compensated order must leave it as found)."""
     from hypothesis import strategies as st
 
     from sagaflow.testing import SagaCase
@@ -132,8 +133,13 @@ def example_sagas() -> Any:
         services.reset(latency=0)
         inventory.stock("keyboard", 5)
         payments.declined.add("mallory")
+        services.STATE.use()
 
     def snapshot() -> dict[str, object]:
+        with services.STATE.held():
+            return net()
+
+    def net() -> dict[str, object]:
         customers = {c.customer for c in payments.charges.values()}
         return {
             "available": dict(inventory.available),

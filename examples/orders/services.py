@@ -16,13 +16,18 @@ and voids one that has not arrived, so the late charge is refused.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
+import weakref
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any, TypeVar
 
 import attrs
 
+from .._filed import Ids, StateFile, filed
 from .._support import Faults, IdempotencyKeys, Voided
+
+T = TypeVar("T")
 
 __all__ = [
     "CardDeclined",
@@ -31,6 +36,7 @@ __all__ = [
     "OrderService",
     "OutOfStock",
     "PaymentGateway",
+    "STATE",
     "inventory",
     "orders",
     "payments",
@@ -60,7 +66,17 @@ class _Service:
         self.latency = self.typical_latency
         self.keys = IdempotencyKeys()
         self.faults = Faults()
+        self.state_file: StateFile | None = None  # in memory (STATE.use() files it)
         self.reseed()
+
+    @filed
+    def _once(self, key: str, apply: Callable[[], T]) -> T:
+        """``keys.once``: where the state changes, on the filed state when there is one."""
+        return self.keys.once(key, apply)
+
+    @filed
+    def _undo(self, key: str, forward: str, revert: Callable[[Any], T]) -> T | None:
+        return self.keys.undo(key, forward, revert)
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the latencies' random sequence (``seed``: a new one)."""
@@ -89,7 +105,7 @@ class Inventory(_Service):
         super().reset()
         self.available: dict[str, int] = {}
         self.reservations: dict[str, Reservation] = {}
-        self._ids = itertools.count(1)
+        self._ids = Ids(1)
 
     def stock(self, sku: str, units: int) -> None:
         self.available[sku] = self.available.get(sku, 0) + units
@@ -114,7 +130,7 @@ class Inventory(_Service):
             self.reservations[reservation.reservation_id] = reservation
             return reservation.reservation_id
 
-        reservation_id = self.keys.once(key, take)
+        reservation_id = self._once(key, take)
         await self.faults.acheck("reserve", "after")
         return reservation_id
 
@@ -129,7 +145,7 @@ class Inventory(_Service):
             self.available[reservation.sku] += reservation.quantity
             return reservation_id
 
-        released = self.keys.undo(key, reserved_by, give_back)
+        released = self._undo(key, reserved_by, give_back)
         await self.faults.acheck("release", "after")
         return released
 
@@ -150,8 +166,13 @@ class PaymentGateway(_Service):
         self.charges: dict[str, Charge] = {}
         self.declined: set[str] = set()
         self.late: list[str] = []  # what happened to charges that arrived after the caller left
-        self._inflight: set[asyncio.Task[str]] = set()
-        self._ids = itertools.count(1)
+        _INFLIGHT[self] = set()
+        self._ids = Ids(1)
+
+    @property
+    def _inflight(self) -> set[asyncio.Task[str]]:
+        """The charges this process is processing: its tasks, never filed with the state."""
+        return _INFLIGHT[self]
 
     async def charge(self, key: str, customer: str, amount: Decimal) -> str:
         """Charge ``amount`` to ``customer``'s card; the charge id."""
@@ -175,7 +196,7 @@ class PaymentGateway(_Service):
             self.charges[made.charge_id] = made
             return made.charge_id
 
-        return self.keys.once(key, charge)
+        return self._once(key, charge)
 
     def _settled(self, task: asyncio.Task[str]) -> None:
         self._inflight.discard(task)
@@ -200,7 +221,7 @@ class PaymentGateway(_Service):
             self.charges[charge_id].refunded = True
             return charge_id
 
-        refunded = self.keys.undo(key, charged_by, refund)
+        refunded = self._undo(key, charged_by, refund)
         await self.faults.acheck("refund", "after")
         return refunded
 
@@ -233,7 +254,7 @@ class OrderService(_Service):
             self.orders[order_id] = Order(order_id, customer)
             return order_id
 
-        confirmed = self.keys.once(key, confirm)
+        confirmed = self._once(key, confirm)
         await self.faults.acheck("confirm", "after")
         return confirmed
 
@@ -245,12 +266,20 @@ class OrderService(_Service):
             self.orders[order_id].status = "CANCELLED"
             return order_id
 
-        return self.keys.undo(key, confirmed_by, cancel)
+        return self._undo(key, confirmed_by, cancel)
 
+
+_INFLIGHT: weakref.WeakKeyDictionary[PaymentGateway, set[asyncio.Task[str]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 inventory = Inventory(latency=0.05, seed=3)
 payments = PaymentGateway(latency=0.2, seed=5)
 orders = OrderService(latency=0.05, seed=7)
+
+#: The services' state in a file, for the generated cases (so that it outlives a
+#: process ``sagaflow verify --crash`` kills); the demo and the tests keep it in memory.
+STATE = StateFile("orders", inventory=inventory, payments=payments, orders=orders)
 
 
 def reset(latency: float | None = None) -> None:

@@ -7,6 +7,8 @@ Everything runs on a virtual-time event loop (``run_virtual``): hangs of 30 s ag
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -39,6 +41,7 @@ from sagaflow import (
     StepTimeout,
 )
 from sagaflow.testing import SagaCase, run_plan
+from sagaflow.testing._crashchild import fork
 
 
 @pytest.fixture(autouse=True)
@@ -294,14 +297,37 @@ def test_the_snapshot_is_the_net_state_a_compensated_order_leaves_as_found() -> 
     assert case.snapshot() == before
 
 
-def test_sagaflow_verify_runs_the_idempotency_and_nothing_to_undo_gates() -> None:
-    gates = verify_gates("examples.orders.saga")["OrderSaga"]
+def test_sagaflow_verify_runs_the_idempotency_nothing_to_undo_and_crash_gates() -> None:
+    gates = verify_gates("examples.orders.saga", "--crash")["OrderSaga"]
 
     assert gates["idempotency"] == ("pass", "3 compensations run twice: no change")
     assert gates["nothing to undo"] == ("pass", "3 compensations run with nothing to undo")
+    result, detail = gates["crash points"]
+    assert result == "pass"
+    assert detail.endswith("killed and recovered, every net effect once")
 
 
 def first_case() -> SagaCase:
     found = find(example_sagas(), lambda c: c.saga.customer == "alice")
     assert isinstance(found, SagaCase)
     return found
+
+
+def test_the_cases_file_the_services_so_a_killed_process_s_effects_are_in_the_snapshot(
+) -> None:
+    case = first_case()
+    case.setup()
+    before = case.snapshot()
+
+    def reserve_and_die() -> None:  # a process that dies with its reservation made
+        asyncio.run(inventory.reserve("k:reserve_inventory:forward", "o-1", "keyboard", 2))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    _, code = fork(reserve_and_die, 30)
+
+    assert code == -signal.SIGKILL
+    assert case.snapshot() == {**before, "available": {"keyboard": 3}, "held": {"keyboard": 2}}
+    case.setup()
+    assert case.snapshot() == before  # each case starts afresh
+    services.reset()
+    assert inventory.state_file is None  # the demo and the other tests: in memory
