@@ -874,3 +874,44 @@ def test_a_members_own_timeout_error_is_an_ordinary_failure() -> None:
     own = result.step("own_timeout")
     assert own.status is StepStatus.FAILED and not own.timed_out
     assert "the participant's own timeout" in (own.error or "")
+
+
+@saga
+class Siblings:
+    """Five async members that end at the same moment (each returns at once)."""
+
+    n: int = 0
+    g = parallel()
+
+    @g.step(readonly=True)
+    async def a(self, ctx): ...
+
+    @g.step(readonly=True)
+    async def b(self, ctx): ...
+
+    @g.step(readonly=True)
+    async def c(self, ctx): ...
+
+    @g.step(readonly=True)
+    async def d(self, ctx): ...
+
+    @g.step(readonly=True)
+    async def e(self, ctx): ...
+
+
+def test_async_members_ending_together_are_recorded_in_the_order_they_started() -> None:
+    # the tasks that end in one turn came back as a set, whose order follows where the
+    # tasks sit in memory: the history (and what a demo prints) changed from run to run
+    async def completions() -> list[str]:
+        heard: list[str] = []
+        orchestrator = Orchestrator(MemoryStore(), [
+            lambda e: heard.append(e.step) if isinstance(e, events.StepCompleted) else None
+        ])
+        assert (await orchestrator.arun(Siblings())).status is SagaStatus.COMPLETED
+        return heard
+
+    async def main() -> None:
+        for _ in range(30):
+            assert await completions() == ["a", "b", "c", "d", "e"]
+
+    asyncio.run(asyncio.wait_for(main(), 60))
