@@ -51,7 +51,9 @@ the rest without letting them write (a second signal: at once): PostgreSQL relea
 them to the other workers; SQLite leaves them at their last checkpoint, to be recovered
 at the next start. **stalled sagas**: with ``stalled_after`` (``--stalled-after``) a
 worker looks for sagas with no checkpoint for that long every ``stalled_every`` seconds
-and hands each to ``on_incident`` (and its log) once while it stays stalled.
+and hands each to ``on_incident`` (and its log) once while it stays stalled, once
+across every worker sharing the store (the first to claim the incident in the store
+pages it), and again only when the saga moved on and stalled anew.
 """
 
 from __future__ import annotations
