@@ -57,7 +57,8 @@ from ..spec import SagaSpec, StepKind, spec_of
 from ..stores import open_store
 from ..stores.base import Store
 from .clock import VirtualClock
-from .plan import Arrival, FailurePlan, Fault, InjectedFault, SagaCase, unit_of
+from .harness import UNFIT_PAYLOAD
+from .plan import Arrival, FailurePlan, Fault, InjectedFault, SagaCase, SignalPlan
 
 #: the clock's start in every process: the run and its recovery read the same times
 _EPOCH = 1_700_000_000.0
@@ -303,31 +304,19 @@ def check_plan(plan: Any, spec: SagaSpec) -> FailurePlan[Any]:
     plan.validate(spec)
     default: FailurePlan[Any] = FailurePlan()
     odd = [name for name in _UNSUPPORTED if getattr(plan, name) != getattr(default, name)]
-    if plan.step is not None and spec.pivot_index is not None and (
-        unit_of(plan.step) == spec.steps[spec.pivot_index].name
-    ):
-        raise ValueError(
-            f"{plan!r}: a pivot that a crash cut off has an unknown outcome, so when it "
-            "then fails the saga ends FAILED for an operator, not compensated as in a run "
-            "without a crash: plan a step before the pivot to fail"
-        )
     if plan.step is not None and plan.fault not in (Fault.RAISES, Fault.REJECTS):
         odd.append(f"fault={plan.fault!r}")
     if plan.transient and plan.transient_fault is not Fault.RAISES:
         odd.append(f"transient_fault={plan.transient_fault!r}")
     odd += [f"faults[{n!r}]={f!r}" for n, f in plan.faults
             if f not in (Fault.RAISES, Fault.REJECTS)]
-    # a signal comes while its wait waits (again after a crash: same id), or never
-    odd += [repr(p) for p in plan.signals
-            if p.arrives not in (Arrival.AT_WAIT, Arrival.NEVER) or p.another or p.refused]
     if odd:
         raise ValueError(
             f"{plan!r}: crash points run a plan's steps and compensations that raise or "
             f"reject (step=, transient=, compensation_transient=, compensation_fails=, "
-            f"faults= with Fault.RAISES or Fault.REJECTS) and signals that come while "
-            f"their wait waits or never (SignalPlan with Arrival.AT_WAIT or Arrival.NEVER, "
-            f"twice=, rejects=), not {', '.join(odd)}: drop them (timeouts, deadlines, "
-            "early, late and refused signals are run_plan's)"
+            f"faults= with Fault.RAISES or Fault.REJECTS) and its signals (signals=), not "
+            f"{', '.join(odd)}: drop them (timeouts, cancellations, deadlines and effects "
+            "cut short are run_plan's)"
         )
     return plan
 
@@ -430,9 +419,45 @@ def fork(work: Callable[[], Any], timeout: int) -> tuple[Any, int]:
     return (json.loads(text) if text else None), code
 
 
-def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str) -> str:
-    """Run ``saga`` under ``saga_id`` on the shadow spec, as ``Orchestrator.run`` does;
-    its status."""
+def _sends(spec: SagaSpec, p: SignalPlan, saga_id: str) -> list[tuple[str, Any, str]]:
+    """What the plan ``p`` sends to its wait, in order, as ``(name, payload, signal_id)``
+    (as :func:`~sagaflow.testing.run_plan` does): a payload that does not fit first
+    (``refused``: refused, nothing stored), the signal, the same again (``twice``),
+    another one of its own id (``another``). Fixed ids, so whatever a crash makes the
+    sender send again is a duplicate."""
+    wait = spec.step(p.step).wait
+    assert wait is not None and wait.signal is not None
+    name, sid = wait.signal, f"{saga_id}/{p.step}"
+    out = [(name, UNFIT_PAYLOAD, f"{sid}/unfit")] if p.refused else []
+    if p.sends:
+        out += [(name, p.payload, sid)] * (2 if p.twice else 1)
+        out += [(name, p.payload, f"{sid}/2")] if p.another else []
+    return out
+
+
+def _send(orch: Orchestrator, is_async: bool, saga_id: str,
+          sends: list[tuple[str, Any, str]]) -> None:
+    """Send each of ``sends``; a refusal (a payload that does not fit, a saga that has
+    finished) is what the plan means to happen, and stores nothing."""
+    for name, payload, sid in sends:
+        with contextlib.suppress(SignalRefused):
+            _call(orch, is_async, "signal", saga_id, name, payload, signal_id=sid)
+
+
+def _early(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> None:
+    """Send the signals the plan sends before the saga reaches their waits (in the
+    order of the waits), the saga's record being there."""
+    spec = orch.shadow
+    for s in spec.steps:
+        p = plan.signal_plan(s.name)
+        if p is not None and p.arrives is Arrival.EARLY:
+            _send(orch, spec.is_async, saga_id, _sends(spec, p, saga_id))
+
+
+def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str,
+           plan: FailurePlan[Any]) -> str:
+    """Run ``saga`` under ``saga_id`` on the shadow spec, as ``Orchestrator.run`` does,
+    its early signals sent once its record is written; its status."""
     record = new_record(spec, saga, saga_id, orch.clock.now())
     if spec.is_async:
 
@@ -440,12 +465,19 @@ def _start(orch: ShadowOrchestrator, spec: SagaSpec, saga: Any, saga_id: str) ->
             existing = await orch.store.acreate(record)
             if existing is not None:
                 return str(existing.status.value)
+            for s in spec.steps:
+                p = plan.signal_plan(s.name)
+                if p is not None and p.arrives is Arrival.EARLY:
+                    for name, payload, sid in _sends(spec, p, saga_id):
+                        with contextlib.suppress(SignalRefused):
+                            await orch.asignal(saga_id, name, payload, signal_id=sid)
             return (await orch.adrive(spec, record)).status.value
 
         return asyncio.run(go())
     existing = orch.store.create(record)
     if existing is not None:
         return existing.status.value
+    _early(orch, plan, saga_id)
     return orch.drive(spec, record).status.value
 
 
@@ -457,14 +489,29 @@ def _call(orch: Orchestrator, is_async: bool, name: str, *args: Any, **kw: Any) 
 
 
 def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> str:
-    """Take the parked saga to its end as the plan says: each signal wait the plan
-    sends to gets its signal (a fixed id per wait, so one sent again after a crash is
-    a duplicate), ``twice``: again; a timer, or a wait that gets nothing, has the
-    clock moved to its wake time and is resumed. The saga's status at the end."""
+    """Take the parked saga to its end as the plan says, as a sender that does not know
+    about the crash would: a wait the plan sends to while it waits gets its signals
+    (:func:`_sends`); one whose signal comes late has its time run out, then gets them
+    once the saga moved on (parked again or ended); a wait that gets nothing (or a
+    payload that does not fit) and a timer have the clock moved to their wake time and
+    are resumed. A process sends each wait's signals once; its recovery sends them again
+    (same ids). The saga's status at the end."""
     spec = orch.shadow
+    done: set[str] = set()  # the waits this process sent to
     for _ in range(10 * len(spec.steps) + 10):
         record = orch.store.load(saga_id)
-        if record is None or record.status.is_terminal:
+        if record is None:
+            break
+        expired = {e.step for e in record.history if type(e).__name__ == "WaitExpired"}
+        late = [p for p in plan.signals if p.arrives is Arrival.LATE and p.step in expired
+                and p.step + ":late" not in done]
+        if late:  # to the saga that moved on: kept, or refused once it has finished
+            for p in late:
+                done.add(p.step + ":late")
+                _send(orch, spec.is_async, saga_id,
+                      [s for s in _sends(spec, p, saga_id) if s[1] is not UNFIT_PAYLOAD])
+            continue
+        if record.status.is_terminal:
             break
         orch.clock.advance_to(max(e.at for e in record.history))  # type: ignore[attr-defined]
         # a signal stored before a crash, or a timer already due, is taken here
@@ -473,14 +520,14 @@ def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> s
         started = [e.step for e in record.history
                    if type(e).__name__ == "WaitStarted" and e.step is not None]
         wanted = None if not record.waiting or not started else plan.signal_plan(started[-1])
-        if wanted is not None and wanted.sends:
-            sid = f"{saga_id}/{wanted.step}"
-            for _time in range(2 if wanted.twice else 1):
-                # sent again once the first one finished the saga: refused, rightly
-                with contextlib.suppress(SignalRefused):
-                    _call(orch, spec.is_async, "signal", saga_id, record.waiting,
-                          wanted.payload, signal_id=sid)
-            continue
+        if wanted is not None and wanted.step not in done:
+            done.add(wanted.step)
+            sends = _sends(spec, wanted, saga_id)
+            if not wanted.arrives.delivers:  # only the payload that does not fit, now
+                sends = [s for s in sends if s[1] is UNFIT_PAYLOAD]
+            _send(orch, spec.is_async, saga_id, sends)
+            if wanted.arrives.delivers:
+                continue
         if record.wake_at is None:
             break  # neither parked nor finished: the caller reports its status
         orch.clock.advance_to(record.wake_at)  # type: ignore[attr-defined]
@@ -496,7 +543,7 @@ def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
     spec = subject.shadows[plan]
     store = watch_writes(open_store(store_url))
     orch = ShadowOrchestrator(store, spec)
-    _start(orch, spec, case.saga, subject.saga_id)
+    _start(orch, spec, case.saga, subject.saga_id, subject.plans[plan])
     status = _settle(orch, subject.plans[plan], subject.saga_id)
     _close(orch)
     return {"status": status, "points": SWITCH.seen}
@@ -505,7 +552,10 @@ def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
 def _recover(subject: Subject, plan: int, store_url: str, target: dict[str, Any] | None,
              census: bool) -> dict[str, Any]:
     """Recover the saga in this (fresh) process and take it to its end as the run
-    would have; killed at ``target`` if it gets there; ``census``: list its points."""
+    would have; killed at ``target`` if it gets there; ``census``: list its points.
+    The plan's early signals are sent again first (their sender may have been cut off
+    too). ``pivot_unknown``: the saga ended FAILED as its pivot, cut off by a crash,
+    then failed: an outcome the engine cannot know, held for an operator."""
     global SWITCH
     SWITCH = Switch(target, census=census)
     spec = subject.shadows[plan]
@@ -514,13 +564,19 @@ def _recover(subject: Subject, plan: int, store_url: str, target: dict[str, Any]
     if found is not None:  # recover at the time the last checkpoint was written
         orch.clock.advance_to(max(e.at for e in found.history))  # type: ignore[attr-defined]
         SWITCH.told[found.saga_id] = len(found.history)  # name its points by what is new
+        _early(orch, subject.plans[plan], subject.saga_id)
     report = asyncio.run(orch.arecover()) if spec.is_async else orch.recover()
     rerun = orch.store.load(subject.saga_id) is None
     if rerun:  # killed before its record was written: the caller runs it again, same id
-        _start(orch, spec, subject.make().saga, subject.saga_id)
+        _start(orch, spec, subject.make().saga, subject.saga_id, subject.plans[plan])
     status = _settle(orch, subject.plans[plan], subject.saga_id)
+    final = orch.store.load(subject.saga_id)
+    pivot = spec.pivot_index
+    unknown = (final is not None and pivot is not None and status == "FAILED"
+               and final.steps[pivot].timed_out)
     _close(orch)
     return {"status": status, "rerun": rerun, "points": SWITCH.seen,
+            "pivot_unknown": unknown,
             "skipped": {sid: str(err) for sid, err in report.skipped.items()}}
 
 

@@ -94,12 +94,15 @@ class CrashPoint:
 class CrashPointResult:
     """What killing the run at ``point`` and recovering it gave.
 
-    ``outcome``: ``"ok"``; ``"failed"`` (``problems`` says how); or ``"not reached"``
+    ``outcome``: ``"ok"``; ``"failed"`` (``problems`` says how); ``"not reached"``
     (this run ended without passing the point: a run whose points depend on timing,
-    such as a parallel group's; not a failure). ``status``: the saga's status after
-    recovery. ``recovery``: a chained crash (``depth=2``): the point of the first
-    recovery's own run it was killed at too (its ``plan`` and ``plan_text`` the run's,
-    ``seq`` its place in the recovery), before a second recovery.
+    such as a parallel group's; not a failure); or ``"excluded"``: the crash cut the
+    pivot off, which then failed, so its outcome is unknown and the saga rightly ends
+    FAILED for an operator (checked) where an uninterrupted run compensates (the
+    participants' state is not compared). ``status``: the saga's status after
+    recovery. ``chain``: chained crashes (``depth`` above 1): the point each recovery
+    in turn was killed at too (its ``plan`` and ``plan_text`` the run's, ``seq`` its
+    place in that recovery's own run), before a last recovery ran to the end.
     """
 
     point: CrashPoint
@@ -107,18 +110,24 @@ class CrashPointResult:
     status: str | None = None
     problems: tuple[str, ...] = ()
     seconds: float = 0.0
-    recovery: CrashPoint | None = None
+    chain: tuple[CrashPoint, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.outcome != "failed"
 
     @property
+    def recovery(self) -> CrashPoint | None:
+        """The point the first recovery was killed at (a chained crash), if any."""
+        return self.chain[0] if self.chain else None
+
+    @property
     def where(self) -> str:
-        """Where the run (and its recovery) was killed, in words, with the plan."""
-        if self.recovery is None:
-            return str(self.point)
-        return f"{self.point}; recovery killed at {self.recovery.seq}: {self.recovery.name}"
+        """Where the run (and its recoveries) was killed, in words, with the plan."""
+        return str(self.point) + "".join(
+            f"; recovery{'' if n == 1 else f' {n}'} killed at {p.seq}: {p.name}"
+            for n, p in enumerate(self.chain, 1)
+        )
 
 
 @attrs.frozen
@@ -165,6 +174,14 @@ class CrashPointsReport:
         widths = [max(len(row[c]) for row in rows) for c in range(5)]
         for row in rows:
             lines.append("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+        excluded = [r for r in self.points if r.outcome == "excluded"]
+        if excluded:
+            lines.append(
+                f"excluded: {len(excluded)} point(s) cut the pivot off, which then failed: "
+                "its outcome is unknown, so the saga ends FAILED for an operator (checked) "
+                "where an uninterrupted run compensates; the participants' state is not "
+                "compared there"
+            )
         first = self.first_failure
         if first is not None:
             lines.append(f"first failure: {first.where}")
@@ -180,9 +197,10 @@ class CrashPointsReport:
 
 
 def _name(result: CrashPointResult) -> str:
-    if result.recovery is None:
-        return result.point.name
-    return f"{result.point.name} / recovery {result.recovery.seq}: {result.recovery.name}"
+    return result.point.name + "".join(
+        f" / recovery{'' if n == 1 else f' {n}'} {p.seq}: {p.name}"
+        for n, p in enumerate(result.chain, 1)
+    )
 
 
 def _factory_path(saga: str | Callable[..., Any]) -> str:
@@ -347,9 +365,9 @@ def check_crash_points(
     for name, fn in (("snapshot", snapshot), ("setup", setup)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be a callable or None, got {fn!r}")
-    if depth not in (1, 2):
-        raise ValueError(f"depth is 1 (a crash per point) or 2 (and one in each recovery), "
-                         f"got {depth!r}")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth is a whole number from 1 (a crash per point; 2: and one "
+                         f"at each point of each recovery, and so on), got {depth!r}")
     plan_list = None if plans is None else list(plans)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sagaflow-crash-") as folder, open(
@@ -361,22 +379,13 @@ def check_crash_points(
             loaded = child.ask(op="load", factory=factory, kwargs=encode(dict(kwargs or {})),
                                plans=encode(plan_list), saga_id=saga_id, timeout=timeout)
             effects = snapshot is not None or bool(loaded["case_snapshot"])
-            run = _Runner(child, stores, setup, snapshot)
+            run = _Runner(child, stores, setup, snapshot, depth, fail_fast)
             results: list[CrashPointResult] = []
             references: list[str] = []
             for index, text in enumerate(loaded["plans"]):
                 ref = run.reference(index, text, loaded["saga"])
                 references.append(ref.status)
-                for point in ref.points:
-                    result, again = run.crash(point, ref, census=depth > 1)
-                    results.append(result)
-                    for then in again if result.outcome != "not reached" else ():
-                        if fail_fast and not results[-1].ok:
-                            break
-                        results.append(run.crash(point, ref, then)[0])
-                    if fail_fast and not results[-1].ok:
-                        break
-                if fail_fast and results and not results[-1].ok:
+                if any(run.down(point, ref, (), results) for point in ref.points):
                     break
         finally:
             child.close()
@@ -398,19 +407,22 @@ class _Reference:
 
 class _Runner:
     def __init__(self, child: _Child, stores: _Stores, setup: Callable[[], Any] | None,
-                 snapshot: Callable[[], Any] | None) -> None:
+                 snapshot: Callable[[], Any] | None, depth: int, fail_fast: bool) -> None:
         self.child = child
         self.stores = stores
         self.setup = setup
         self.snapshot = snapshot
+        self.depth = depth
+        self.fail_fast = fail_fast
 
     def _go(self, plan: int, name: str, point: CrashPoint | None,
-            then: CrashPoint | None = None, census: bool = False) -> tuple[dict[str, Any], Any]:
+            chain: tuple[CrashPoint, ...] = (), census: bool = False
+            ) -> tuple[dict[str, Any], Any]:
         if self.setup is not None:
             self.setup()
         reply = self.child.ask(op="point", plan=plan, store=self.stores.new(name),
-                               point=_target(point),
-                               chain=[] if then is None else [_target(then)], census=census)
+                               point=_target(point), chain=[_target(p) for p in chain],
+                               census=census)
         seen = decode(reply["snapshot"]) if reply["snapshot"] is not None else None
         if self.snapshot is not None:
             seen = self.snapshot()
@@ -423,38 +435,40 @@ class _Runner:
                 f"saga {saga!r} under plan {plan} ({text}) did not run to its end without "
                 f"a crash (exit {reply['exit']}):\n{self.child._tail()}"
             )
-        points = tuple(
-            CrashPoint(plan, text, seq, p["kind"], p["when"], p["what"], p["occurrence"],
-                       p["checkpoint"])
-            for seq, p in enumerate(reply["run"]["points"], 1)
-        )
+        points = _points(plan, text, reply["run"]["points"])
         has = self.snapshot is not None or reply["snapshot"] is not None
         return _Reference(reply["run"]["status"], seen, points, has)
 
-    def crash(self, point: CrashPoint, ref: _Reference, then: CrashPoint | None = None,
-              census: bool = False) -> tuple[CrashPointResult, tuple[CrashPoint, ...]]:
-        """The point (and, ``then``, the first recovery's point) crashed and recovered;
-        with ``census``, the points of the recovery's own run."""
-        name = f"p{point.plan}-{point.seq}" + ("" if then is None else f"-r{then.seq}")
-        reply, seen = self._go(point.plan, name, point, then, census)
-        result = self._judge(point, then, ref, reply, seen)
-        points = ((reply["recovery"] or {}).get("points") or []) if census else []
-        return result, tuple(
-            CrashPoint(point.plan, point.plan_text, seq, p["kind"], p["when"], p["what"],
-                       p["occurrence"], p["checkpoint"])
-            for seq, p in enumerate(points, 1)
-        )
+    def down(self, point: CrashPoint, ref: _Reference, chain: tuple[CrashPoint, ...],
+             results: list[CrashPointResult]) -> bool:
+        """Crash ``point`` (each recovery killed at ``chain`` in turn), then, below
+        ``depth``, each point of the last recovery's own run too, depth first, into
+        ``results``; whether to stop (``fail_fast`` and a failure)."""
+        census = len(chain) + 1 < self.depth
+        name = f"p{point.plan}-{point.seq}" + "".join(f"-r{p.seq}" for p in chain)
+        reply, seen = self._go(point.plan, name, point, chain, census)
+        result = self._judge(point, chain, ref, reply, seen)
+        results.append(result)
+        if self.fail_fast and not result.ok:
+            return True
+        if not census or result.outcome == "not reached":
+            return False
+        below = _points(point.plan, point.plan_text,
+                        (reply["recovery"] or {}).get("points") or [])
+        return any(self.down(point, ref, (*chain, then), results) for then in below)
 
-    def _judge(self, point: CrashPoint, then: CrashPoint | None, ref: _Reference,
+    def _judge(self, point: CrashPoint, chain: tuple[CrashPoint, ...], ref: _Reference,
                reply: dict[str, Any], seen: Any) -> CrashPointResult:
         seconds = reply["seconds"]
-        if then is not None and reply["chain"] == [False] and reply["recovery_exit"] == 0:
+        if chain and reply["chain"] and not reply["chain"][-1] and (
+            reply["recovery_exit"] == 0
+        ):
             return CrashPointResult(point, "not reached", reply["recovery"]["status"], (),
-                                    seconds, then)
+                                    seconds, chain)
         if not reply["killed"]:
             if reply["exit"] == 0:
                 status = None if reply["run"] is None else reply["run"]["status"]
-                return CrashPointResult(point, "not reached", status, (), seconds, then)
+                return CrashPointResult(point, "not reached", status, (), seconds, chain)
             return CrashPointResult(point, "failed", None, (
                 f"the run ended with exit status {reply['exit']} before reaching the point "
                 f"(see the traceback above in the child's stderr):\n{self.child._tail()}",
@@ -464,26 +478,37 @@ class _Runner:
             return CrashPointResult(point, "failed", None, (
                 f"recovery crashed (exit status {reply.get('recovery_exit')}):\n"
                 f"{self.child._tail()}",
-            ), seconds)
+            ), seconds, chain)
         problems: list[str] = []
         status = recovery["status"]
         if recovery["skipped"]:
             problems.append(f"recovery left the saga alone: {recovery['skipped']}")
-        if status != ref.status:
+        # the pivot cut off, then failed: FAILED for an operator, whatever the effects
+        unknown = recovery["pivot_unknown"] and ref.status != "FAILED"
+        if status != ref.status and not unknown:
             terminal = status in ("COMPLETED", "COMPENSATED", "FAILED")
             problems.append(
                 f"the saga ended {status}, not {ref.status} as an uninterrupted run does"
                 if terminal else
                 f"the saga did not reach a terminal state after recovery: it is {status}"
             )
-        if ref.has_snapshot and seen != ref.snapshot:
+        if ref.has_snapshot and seen != ref.snapshot and not unknown:
             problems.append(
                 "the participants' state differs from an uninterrupted run's (an effect "
                 "ran twice, or not at all: is every step and compensation idempotent on "
                 "ctx.idempotency_key?):\n" + _differences(ref.snapshot, seen)
             )
-        return CrashPointResult(point, "failed" if problems else "ok", status,
-                                tuple(problems), seconds, then)
+        outcome = "failed" if problems else "excluded" if unknown else "ok"
+        return CrashPointResult(point, outcome, status, tuple(problems), seconds, chain)
+
+
+def _points(plan: int, text: str, seen: list[dict[str, Any]]) -> tuple[CrashPoint, ...]:
+    """The points a run (or a recovery) reported passing, in its order."""
+    return tuple(
+        CrashPoint(plan, text, seq, p["kind"], p["when"], p["what"], p["occurrence"],
+                   p["checkpoint"])
+        for seq, p in enumerate(seen, 1)
+    )
 
 
 def _target(point: CrashPoint | None) -> dict[str, Any] | None:
