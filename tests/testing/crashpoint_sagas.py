@@ -3,17 +3,24 @@
 The participants keep their effects in a SQLite file (``$CRASHPOINT_LEDGER``), one row
 per effect with its idempotency key: a sound participant applies a key once; the broken
 ones append whatever the key (the bug ``check_crash_points`` must find).
+
+The sagas are variations on one shop (reserve stock, charge the card, ship): each is
+built (:class:`~sagaflow.SagaBuilder`) from the same few effects (:class:`Book`,
+:func:`_approve`, ...), sync or async, sound or broken where its docstring says, so
+that what differs between two sagas is only what each test is about. A saga's name is
+its name in this module, where the crash points' child imports it from.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-from sagaflow import Retry, StepContext, parallel, saga, step, timer, wait
+from sagaflow import Retry, SagaBuilder, StepContext
 from sagaflow.testing import SagaCase
 
 LEDGER_ENV = "CRASHPOINT_LEDGER"
@@ -83,182 +90,7 @@ def reset() -> None:
         conn.execute("DELETE FROM entries")
 
 
-@saga(name="cp_order")
-@attrs.define
-class Order:
-    """Reserve stock, charge the card (retried once), ship (the pivot)."""
-
-    amount: int = 30
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @step(retry=Retry(attempts=3, backoff=0.01, jitter=0))
-    def charge(self, ctx: StepContext) -> None:
-        apply(ctx, "card", self.amount)
-
-    @charge.compensate
-    def refund(self, ctx: StepContext) -> None:
-        undo(ctx, "card")
-
-    @step(pivot=True)
-    def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-
-@saga(name="cp_broken_charge")
-@attrs.define
-class BrokenCharge:
-    """The card is charged again when the charge runs again (no idempotency key)."""
-
-    amount: int = 30
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @step
-    def charge(self, ctx: StepContext) -> None:
-        apply(ctx, "card", self.amount, check_key=False)
-
-    @charge.compensate
-    def refund(self, ctx: StepContext) -> None:
-        undo(ctx, "card")
-
-    @step(pivot=True)
-    def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-
-@saga(name="cp_broken_refund")
-@attrs.define
-class BrokenRefund:
-    """Sound forward steps, no pivot (the last step fails in the failing plan, so every
-    compensation runs); the refund is paid again when it runs again."""
-
-    amount: int = 30
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @step
-    def charge(self, ctx: StepContext) -> None:
-        apply(ctx, "card", self.amount)
-
-    @charge.compensate
-    def refund(self, ctx: StepContext) -> None:
-        undo(ctx, "card", check_key=False)
-
-    @step
-    def book(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-    @book.compensate
-    def cancel(self, ctx: StepContext) -> None:
-        undo(ctx, "courier")
-
-
-@saga(name="cp_async_order")
-@attrs.define
-class AsyncOrder:
-    """:class:`Order` with coroutine steps (recovered with ``arecover``)."""
-
-    amount: int = 30
-
-    @step
-    async def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    async def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @step
-    async def charge(self, ctx: StepContext) -> None:
-        apply(ctx, "card", self.amount)
-
-    @charge.compensate
-    async def refund(self, ctx: StepContext) -> None:
-        undo(ctx, "card")
-
-    @step(pivot=True)
-    async def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-
-def order_case(amount: int = 30) -> SagaCase:
-    """A factory returning a :class:`SagaCase` that carries its own setup and snapshot
-    (run in the child that imported it)."""
-    return SagaCase(Order(amount), setup=reset, snapshot=balances)
-
-
-def not_a_saga() -> Any:
-    return object()
-
-
-@saga(name="cp_packing")
-@attrs.define
-class Packing:
-    """A parallel group (two members on threads) and a fan-out over two lines, between
-    a compensatable step and a last step (the failing plan fails it)."""
-
-    lines: list[str] = attrs.Factory(lambda: ["a", "b"])
-
-    pack = parallel()
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @pack.step
-    def box(self, ctx: StepContext) -> None:
-        apply(ctx, "boxes", 1)
-
-    @box.compensate
-    def unbox(self, ctx: StepContext) -> None:
-        undo(ctx, "boxes")
-
-    @pack.step
-    def label(self, ctx: StepContext) -> None:
-        apply(ctx, "labels", 1)
-
-    @label.compensate
-    def unlabel(self, ctx: StepContext) -> None:
-        undo(ctx, "labels")
-
-    @step(each="lines", key=lambda line: line)
-    def pick(self, line: str, ctx: StepContext) -> None:
-        apply(ctx, f"line-{line}", 1)
-
-    @pick.compensate
-    def unpick(self, line: str, ctx: StepContext) -> None:
-        undo(ctx, f"line-{line}")
-
-    @step
-    def close(self, ctx: StepContext) -> None:
-        apply(ctx, "closed", 1)
-
-    @close.compensate
-    def reopen(self, ctx: StepContext) -> None:
-        undo(ctx, "closed")
+# --------------------------------------------------------------------------- the effects
 
 
 HOUR = 3600.0
@@ -272,88 +104,203 @@ class Approval:
     by: str
 
 
-@saga(name="cp_approved_order")
 @attrs.define
-class ApprovedOrder:
-    """Reserve, wait a day for an approval (its handler books it with a participant),
-    cool off an hour (a timer whose handler has an effect), ship (the pivot). With no
-    approval the wait runs out and the reservation is released. ``idempotent=False``:
-    the handler books the approval again when it runs again (the bug)."""
+class Priced:
+    """The fields of a shop saga: what the card is charged."""
+
+    amount: int = 30
+
+
+@attrs.define
+class Approved:
+    """The fields of a saga that waits for an approval: who gave it; ``idempotent=False``
+    books the approval (or countersignature) again when its handler runs again (the bug)."""
 
     approved_by: str = ""
     idempotent: bool = True
 
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
 
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @wait("decision", payload=Approval, timeout=DAY)
-    def approval(self, decision: Approval, ctx: StepContext) -> None:
-        apply(ctx, f"approved-by-{decision.by}", 1, check_key=self.idempotent)
-        self.approved_by = decision.by
-
-    @timer(after=HOUR)
-    def cooling_off(self, ctx: StepContext) -> None:
-        apply(ctx, "cooled", 1)
-
-    @step(pivot=True)
-    def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
-
-
-@saga(name="cp_voiding_charge")
 @attrs.define
-class VoidingCharge:
+class Lines:
+    """The fields of a saga that picks each of ``lines`` (a fan-out)."""
+
+    lines: list[str] = attrs.Factory(lambda: ["a", "b"])
+
+
+@attrs.frozen
+class Book:
+    """A step's function ``(saga, ctx)``, or a fan-out's ``(saga, item, ctx)``: ``delta``
+    (``None``: the saga's ``amount``) on ``account`` (its ``{}`` filled with the item),
+    once per key unless ``sound`` is false (the bug)."""
+
+    account: str
+    delta: int | None = None
+    sound: bool = True
+
+    def __call__(self, saga: Any, *args: Any) -> None:
+        ctx = args[-1]
+        delta = saga.amount if self.delta is None else self.delta
+        apply(ctx, self.account.format(*args[:-1]), delta, check_key=self.sound)
+
+
+@attrs.frozen
+class Unbook:
+    """The compensation of :class:`Book` on ``account``: once per key unless ``sound``
+    is false (the bug)."""
+
+    account: str
+    sound: bool = True
+
+    def __call__(self, saga: Any, *args: Any) -> None:
+        undo(args[-1], self.account.format(*args[:-1]), check_key=self.sound)
+
+
+def _approve(saga: Any, decision: Approval, ctx: StepContext) -> None:
+    """An approval's handler: book it with a participant (again on a rerun, if the saga
+    is not ``idempotent``)."""
+    apply(ctx, f"approved-by-{decision.by}", 1, check_key=saga.idempotent)
+    saga.approved_by = decision.by
+
+
+def _countersign(saga: Any, decision: Approval, ctx: StepContext) -> None:
+    apply(ctx, f"countersigned-by-{decision.by}", 1, check_key=saga.idempotent)
+
+
+def _charge_per_attempt(saga: Any, ctx: StepContext) -> None:
     """Each attempt of the charge is its own payment (keyed by attempt), and a retry
-    voids the attempt before it: right after one crash, a double charge after two
-    (the recovery cut off too), as the attempt before the last is never voided."""
-
-    amount: int = 30
-
-    @step
-    def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
-
-    @reserve.compensate
-    def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
-
-    @step(pivot=True)
-    def charge(self, ctx: StepContext) -> None:
-        if ctx.attempt > 1:  # BUG: only the attempt just before is voided
-            void(f"{ctx.idempotency_key}#{ctx.attempt - 1}")
-        put(f"{ctx.idempotency_key}#{ctx.attempt}", "card", self.amount)
+    voids the attempt before it."""
+    if ctx.attempt > 1:  # BUG: only the attempt just before is voided
+        void(f"{ctx.idempotency_key}#{ctx.attempt - 1}")
+    put(f"{ctx.idempotency_key}#{ctx.attempt}", "card", saga.amount)
 
 
-@saga(name="cp_async_approved_order")
-@attrs.define
-class AsyncApprovedOrder:
-    """:class:`ApprovedOrder` with coroutine steps and handlers (``asignal``,
-    ``aresume_due``, ``arecover``)."""
+def _coroutine(fn: Callable[..., Any] | None) -> Callable[..., Any] | None:
+    """``fn`` as a coroutine function (the same effect, for an async saga)."""
+    if fn is None:
+        return None
 
-    approved_by: str = ""
+    async def call(saga: Any, *args: Any) -> Any:
+        return fn(saga, *args)
 
-    @step
-    async def reserve(self, ctx: StepContext) -> None:
-        apply(ctx, "stock", -1)
+    return call
 
-    @reserve.compensate
-    async def release(self, ctx: StepContext) -> None:
-        undo(ctx, "stock")
 
-    @wait("decision", payload=Approval, timeout=DAY)
-    async def approval(self, decision: Approval, ctx: StepContext) -> None:
-        apply(ctx, f"approved-by-{decision.by}", 1)
-        self.approved_by = decision.by
+@attrs.frozen
+class Entry:
+    """A step (``kind`` ``"step"``), wait or timer of a built saga: the builder's method
+    ``kind`` with ``fn``, ``compensate`` and ``options``."""
 
-    @timer(after=HOUR)
-    async def cooling_off(self, ctx: StepContext) -> None:
-        apply(ctx, "cooled", 1)
+    name: str
+    fn: Callable[..., Any]
+    compensate: Callable[..., Any] | None = None
+    kind: str = "step"
+    options: dict[str, Any] = attrs.field(factory=dict)
 
-    @step(pivot=True)
-    async def ship(self, ctx: StepContext) -> None:
-        apply(ctx, "courier", 1)
+    def add(self, builder: SagaBuilder[Any], is_async: bool) -> None:
+        wrap = _coroutine if is_async else (lambda fn: fn)
+        fn, comp = wrap(self.fn), wrap(self.compensate)
+        if self.kind == "wait":
+            builder.wait(self.options["signal"], fn, name=self.name, payload=Approval,
+                         timeout=DAY, on_timeout=self.options.get("on_timeout"))
+        elif self.kind == "timer":
+            builder.timer(fn, name=self.name, after=HOUR)
+        else:
+            builder.step(fn, name=self.name, compensate=comp, **self.options)
+
+
+def step(name: str, account: str, delta: int | None = None, *, sound: bool = True,
+         undo_sound: bool = True, **options: Any) -> Entry:
+    """A step booking ``delta`` on ``account``, undone by its compensation (none if it
+    is the ``pivot=True``); ``sound``/``undo_sound`` false: not idempotent (the bug)."""
+    comp = None if options.get("pivot") else Unbook(account, undo_sound)
+    return Entry(name, Book(account, delta, sound), comp, options=options)
+
+
+def build(name: str, data: type, entries: list[Entry], *, is_async: bool = False) -> type:
+    """The saga ``name`` (named as in this module) with ``data``'s fields and ``entries``,
+    sync or async."""
+    builder = SagaBuilder(name, data=data, module=__name__)
+    for entry in entries:
+        entry.add(builder, is_async)
+    return builder.build()
+
+
+RESERVE = step("reserve", "stock", -1)
+CHARGE = step("charge", "card")
+SHIP = step("ship", "courier", 1, pivot=True)
+APPROVAL = Entry("approval", _approve, kind="wait", options={"signal": "decision"})
+COOLING_OFF = Entry("cooling_off", Book("cooled", 1), kind="timer")
+
+
+# --------------------------------------------------------------------------- the sagas
+
+
+#: Reserve stock, charge the card (retried), ship (the pivot).
+Order = build("Order", Priced, [
+    RESERVE, step("charge", "card", retry=Retry(attempts=3, backoff=0.01, jitter=0)), SHIP])
+
+#: :data:`Order` whose card is charged again when the charge runs again (no key).
+BrokenCharge = build("BrokenCharge", Priced, [RESERVE, step("charge", "card", sound=False),
+                                              SHIP])
+
+#: :data:`Order` whose refund is paid again when it runs again: every compensation runs
+#: when the pivot fails.
+BrokenRefund = build("BrokenRefund", Priced, [
+    RESERVE, step("charge", "card", undo_sound=False), SHIP])
+
+#: :data:`Order` with coroutine steps (recovered with ``arecover``).
+AsyncOrder = build("AsyncOrder", Priced, [RESERVE, CHARGE, SHIP], is_async=True)
+
+#: The charge (the pivot) is a payment per attempt, and a retry voids only the attempt
+#: just before: right after one crash, a double charge after two (the recovery cut off
+#: too), as the attempt before the last is never voided.
+VoidingCharge = build("VoidingCharge", Priced, [
+    RESERVE, Entry("charge", _charge_per_attempt, options={"pivot": True})])
+
+def _packing() -> type:
+    """A parallel group (``box`` and ``label``, on threads) and a fan-out over the lines
+    (``pick``), between a compensatable step and a last step (the failing plan fails it)."""
+    builder = SagaBuilder("Packing", data=Lines, module=__name__)
+    RESERVE.add(builder, False)
+    pack = builder.group("pack")
+    for name, account in (("box", "boxes"), ("label", "labels")):
+        pack.step(Book(account, 1), name=name, compensate=Unbook(account))
+    builder.step(Book("line-{}", 1), name="pick", each="lines",
+                 key=lambda line: line, compensate=Unbook("line-{}"))
+    step("close", "closed", 1).add(builder, False)
+    return builder.build()
+
+
+Packing = _packing()
+
+#: Reserve, wait a day for an approval (its handler books it), cool off an hour (a
+#: timer whose handler has an effect), ship (the pivot). With no approval the wait runs
+#: out and the reservation is released.
+ApprovedOrder = build("ApprovedOrder", Approved, [RESERVE, APPROVAL, COOLING_OFF, SHIP])
+
+#: :data:`ApprovedOrder` with coroutine steps and handlers (``asignal``,
+#: ``aresume_due``, ``arecover``).
+AsyncApprovedOrder = build("AsyncApprovedOrder", Approved,
+                           [RESERVE, APPROVAL, COOLING_OFF, SHIP], is_async=True)
+
+#: Reserve; an approval that may not come (the saga goes on without it); a
+#: countersignature on the same signal, which a second signal (or a first one that
+#: came late) is kept for; ship (the pivot). Without a countersignature the reservation
+#: is released. ``idempotent=False``: both handlers book again when they run again.
+Countersigned = build("Countersigned", Approved, [
+    RESERVE,
+    Entry("approval", _approve, kind="wait",
+          options={"signal": "decision", "on_timeout": "continue"}),
+    Entry("countersign", _countersign, kind="wait", options={"signal": "decision"}),
+    SHIP,
+])
+
+
+def order_case(amount: int = 30) -> SagaCase:
+    """A factory returning a :class:`SagaCase` that carries its own setup and snapshot
+    (run in the child that imported it)."""
+    return SagaCase(Order(amount), setup=reset, snapshot=balances)
+
+
+def not_a_saga() -> Any:
+    return object()

@@ -93,7 +93,7 @@ def test_a_step_that_is_not_idempotent_is_named_at_the_first_crash_point_it_brea
 
 def test_a_compensation_that_is_not_idempotent_is_named_inside_the_compensation() -> None:
     report = check_crash_points(cs.BrokenRefund, snapshot=cs.balances, setup=cs.reset,
-                                plans=[FailurePlan(step="book")], fail_fast=True)
+                                plans=[FailurePlan(step="ship")], fail_fast=True)
     first = report.first_failure
     assert first is not None and report.failures == (first,)  # fail_fast: stopped there
     assert report.points[-1] is first
