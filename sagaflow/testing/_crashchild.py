@@ -490,26 +490,31 @@ def _call(orch: Orchestrator, is_async: bool, name: str, *args: Any, **kw: Any) 
 
 def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> str:
     """Take the parked saga to its end as the plan says, as a sender that does not know
-    about the crash would: a wait the plan sends to while it waits gets its signals
-    (:func:`_sends`); one whose signal comes late has its time run out, then gets them
-    once the saga moved on (parked again or ended); a wait that gets nothing (or a
-    payload that does not fit) and a timer have the clock moved to their wake time and
-    are resumed. A process sends each wait's signals once; its recovery sends them again
-    (same ids). The saga's status at the end."""
+    about the crash would, each process sending each wait's signals once (:func:`_sends`;
+    same ids in a recovery, so what was stored already is a duplicate): a wait the plan
+    sends to while it waits gets them once it started (what came after the first, such
+    as ``another``, is sent again too in a recovery of a saga that moved on); one whose
+    signal comes late, once its time ran out and the saga moved on (parked again or
+    ended); a payload that does not fit goes while its wait waits. A wait that gets
+    nothing, and a timer, have the clock moved to their wake time and are resumed. The
+    saga's status at the end."""
     spec = orch.shadow
-    done: set[str] = set()  # the waits this process sent to
+    done: set[tuple[str, str]] = set()  # (wait, "sent" | "late" | "unfit") this process did
     for _ in range(10 * len(spec.steps) + 10):
         record = orch.store.load(saga_id)
         if record is None:
             break
-        expired = {e.step for e in record.history if type(e).__name__ == "WaitExpired"}
-        late = [p for p in plan.signals if p.arrives is Arrival.LATE and p.step in expired
-                and p.step + ":late" not in done]
-        if late:  # to the saga that moved on: kept, or refused once it has finished
-            for p in late:
-                done.add(p.step + ":late")
-                _send(orch, spec.is_async, saga_id,
-                      [s for s in _sends(spec, p, saga_id) if s[1] is not UNFIT_PAYLOAD])
+        seen = {(type(e).__name__, e.step) for e in record.history}
+        due = [(p, "late" if p.arrives is Arrival.LATE else "sent") for p in plan.signals
+               if (p.arrives is Arrival.AT_WAIT and ("WaitStarted", p.step) in seen)
+               or (p.arrives is Arrival.LATE and ("WaitExpired", p.step) in seen)]
+        due = [(p, how) for p, how in due if (p.step, how) not in done]
+        if due:  # to the saga waiting, or moved on: kept, or refused once it finished
+            for p, how in due:
+                done.add((p.step, how))
+                _send(orch, spec.is_async, saga_id, [
+                    s for s in _sends(spec, p, saga_id)
+                    if how == "sent" or s[1] is not UNFIT_PAYLOAD])
             continue
         if record.status.is_terminal:
             break
@@ -520,14 +525,11 @@ def _settle(orch: ShadowOrchestrator, plan: FailurePlan[Any], saga_id: str) -> s
         started = [e.step for e in record.history
                    if type(e).__name__ == "WaitStarted" and e.step is not None]
         wanted = None if not record.waiting or not started else plan.signal_plan(started[-1])
-        if wanted is not None and wanted.step not in done:
-            done.add(wanted.step)
-            sends = _sends(spec, wanted, saga_id)
-            if not wanted.arrives.delivers:  # only the payload that does not fit, now
-                sends = [s for s in sends if s[1] is UNFIT_PAYLOAD]
-            _send(orch, spec.is_async, saga_id, sends)
-            if wanted.arrives.delivers:
-                continue
+        if wanted is not None and wanted.refused and not wanted.arrives.delivers and (
+            (wanted.step, "unfit") not in done
+        ):
+            done.add((wanted.step, "unfit"))
+            _send(orch, spec.is_async, saga_id, _sends(spec, wanted, saga_id)[:1])
         if record.wake_at is None:
             break  # neither parked nor finished: the caller reports its status
         orch.clock.advance_to(record.wake_at)  # type: ignore[attr-defined]

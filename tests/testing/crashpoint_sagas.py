@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 
 from sagaflow import Retry, SagaBuilder, StepContext
 from sagaflow.testing import SagaCase
@@ -90,6 +92,15 @@ def reset() -> None:
         conn.execute("DELETE FROM entries")
 
 
+@pytest.fixture(autouse=True)
+def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The participants' file for a test (``$CRASHPOINT_LEDGER``, which the crash points'
+    children inherit): import it into a test module to use it."""
+    path = tmp_path / "ledger.db"
+    monkeypatch.setenv(LEDGER_ENV, str(path))
+    return path
+
+
 # --------------------------------------------------------------------------- the effects
 
 
@@ -114,10 +125,19 @@ class Priced:
 @attrs.define
 class Approved:
     """The fields of a saga that waits for an approval: who gave it; ``idempotent=False``
-    books the approval (or countersignature) again when its handler runs again (the bug)."""
+    books the approval again when its handler runs again, ``countersign_idempotent=False``
+    the countersignature (the bugs)."""
 
     approved_by: str = ""
     idempotent: bool = True
+    countersign_idempotent: bool = True
+
+
+@attrs.define
+class Voiding(Priced):
+    """The fields of a charge that voids the ``voids`` attempts before the last."""
+
+    voids: int = 1
 
 
 @attrs.define
@@ -163,14 +183,14 @@ def _approve(saga: Any, decision: Approval, ctx: StepContext) -> None:
 
 
 def _countersign(saga: Any, decision: Approval, ctx: StepContext) -> None:
-    apply(ctx, f"countersigned-by-{decision.by}", 1, check_key=saga.idempotent)
+    apply(ctx, f"countersigned-by-{decision.by}", 1, check_key=saga.countersign_idempotent)
 
 
 def _charge_per_attempt(saga: Any, ctx: StepContext) -> None:
     """Each attempt of the charge is its own payment (keyed by attempt), and a retry
-    voids the attempt before it."""
-    if ctx.attempt > 1:  # BUG: only the attempt just before is voided
-        void(f"{ctx.idempotency_key}#{ctx.attempt - 1}")
+    voids the ``saga.voids`` attempts before it."""
+    for back in range(1, saga.voids + 1):  # BUG: the attempts before those stay
+        void(f"{ctx.idempotency_key}#{ctx.attempt - back}")
     put(f"{ctx.idempotency_key}#{ctx.attempt}", "card", saga.amount)
 
 
@@ -252,10 +272,15 @@ BrokenRefund = build("BrokenRefund", Priced, [
 AsyncOrder = build("AsyncOrder", Priced, [RESERVE, CHARGE, SHIP], is_async=True)
 
 #: The charge (the pivot) is a payment per attempt, and a retry voids only the attempt
-#: just before: right after one crash, a double charge after two (the recovery cut off
-#: too), as the attempt before the last is never voided.
-VoidingCharge = build("VoidingCharge", Priced, [
-    RESERVE, Entry("charge", _charge_per_attempt, options={"pivot": True})])
+#: just before (``voids=1``): right after one crash, a double charge after two (the
+#: recovery cut off too), as the attempt before the last is never voided; ``voids=2``:
+#: after three (the second recovery cut off too).
+CHARGE_PER_ATTEMPT = Entry("charge", _charge_per_attempt, options={"pivot": True})
+VoidingCharge = build("VoidingCharge", Voiding, [RESERVE, CHARGE_PER_ATTEMPT])
+
+#: :data:`VoidingCharge`'s charge alone: the fewest points to chain crashes at.
+Voiding1 = build("Voiding1", Voiding, [CHARGE_PER_ATTEMPT])
+
 
 def _packing() -> type:
     """A parallel group (``box`` and ``label``, on threads) and a fan-out over the lines
@@ -286,7 +311,8 @@ AsyncApprovedOrder = build("AsyncApprovedOrder", Approved,
 #: Reserve; an approval that may not come (the saga goes on without it); a
 #: countersignature on the same signal, which a second signal (or a first one that
 #: came late) is kept for; ship (the pivot). Without a countersignature the reservation
-#: is released. ``idempotent=False``: both handlers book again when they run again.
+#: is released. ``countersign_idempotent=False``: the countersignature is booked again
+#: when its handler runs again, a bug only a plan that sends a second signal reaches.
 Countersigned = build("Countersigned", Approved, [
     RESERVE,
     Entry("approval", _approve, kind="wait",
