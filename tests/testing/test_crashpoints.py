@@ -7,11 +7,9 @@ The participants (``crashpoint_sagas``) keep their effects in a SQLite file name
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import crashpoint_sagas as cs
 import pytest
+from crashpoint_sagas import ledger  # noqa: F401  (a fixture)
 
 from sagaflow.testing import (
     CrashPoint,
@@ -21,14 +19,6 @@ from sagaflow.testing import (
     check_crash_points,
 )
 from sagaflow.testing.pytest_plugin import crash_points  # noqa: F401  (a fixture)
-
-
-@pytest.fixture(autouse=True)
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    path = tmp_path / "ledger.db"
-    monkeypatch.setenv(cs.LEDGER_ENV, str(path))
-    yield path
-
 
 #: the crash points of Order's (and BrokenCharge's) run where nothing goes wrong
 HAPPY = [
@@ -156,3 +146,23 @@ def test_parallel_members_and_fan_out_items_are_crashed_and_recovered() -> None:
 def test_parallel_members_and_fan_out_items_every_plan() -> None:
     report = _group_report()
     assert report.references == ("COMPLETED", "COMPENSATED")
+
+
+def test_a_failing_pivot_is_crash_checked_everywhere_but_where_its_outcome_is_unknown() -> None:
+    report = check_crash_points(cs.Order, snapshot=cs.balances, setup=cs.reset,
+                                plans=[FailurePlan(step="ship")])
+    assert report.ok, report.describe()
+    assert report.references == ("COMPENSATED",)
+    # the pivot recorded started and cut off, then failing again: it may have shipped,
+    # so nothing is undone and the saga waits for an operator, FAILED (checked)
+    excluded = [(r.point.seq, r.point.name, r.status) for r in report.points
+                if r.outcome == "excluded"]
+    assert excluded == [
+        (10, "after checkpoint 4 (StepCompleted charge, StepStarted ship)", "FAILED"),
+        (11, "before checkpoint 5 (StepFailed ship, CompensationStarted charge)", "FAILED"),
+    ]
+    # before the pivot, and in every compensation after it failed, checked in full
+    ok = [r for r in report.points if r.outcome == "ok"]
+    assert len(ok) == 16 and {r.status for r in ok} == {"COMPENSATED"}
+    assert "after charge:compensate took effect, before its checkpoint" in _names(report, 0)
+    assert "excluded: 2 point(s) cut the pivot off" in report.describe()

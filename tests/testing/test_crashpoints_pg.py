@@ -3,19 +3,12 @@ point (tests/postgres_cluster.py), dropped afterwards; real child processes, SIG
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import crashpoint_sagas as cs
 import psycopg
-import pytest
+from crashpoint_sagas import ledger  # noqa: F401  (a fixture)
 from postgres_cluster import pg_url  # noqa: F401  (a fixture)
 
 from sagaflow.testing import FailurePlan, SignalPlan, check_crash_points
-
-
-@pytest.fixture(autouse=True)
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cs.LEDGER_ENV, str(tmp_path / "ledger.db"))
 
 
 def _schemas(url: str) -> set[str]:

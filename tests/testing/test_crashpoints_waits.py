@@ -8,10 +8,9 @@ The participants (``crashpoint_sagas``) keep their effects in a SQLite file name
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import crashpoint_sagas as cs
 import pytest
+from crashpoint_sagas import ledger  # noqa: F401  (a fixture)
 
 from sagaflow.testing import (
     Arrival,
@@ -21,12 +20,6 @@ from sagaflow.testing import (
     SignalPlan,
     check_crash_points,
 )
-
-
-@pytest.fixture(autouse=True)
-def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cs.LEDGER_ENV, str(tmp_path / "ledger.db"))
-
 
 #: the approval comes while the saga waits, and again (same signal id); no approval
 APPROVED = FailurePlan(signals=[SignalPlan("approval", cs.Approval("ann"), twice=True)])
@@ -144,9 +137,43 @@ def test_a_sound_waiting_saga_survives_chained_crashes_around_its_signal() -> No
     assert any(r.recovery.kind == "signal" for r in chained)  # type: ignore[union-attr]
 
 
+def test_each_recovery_is_killed_at_its_own_points_down_to_depth() -> None:
+    # 7 points; a recovery's own run has 4 to 7: the runs grow about fivefold a level
+    counts = {depth: check_crash_points(cs.Voiding1, kwargs={"voids": 2},
+                                        snapshot=cs.balances, setup=cs.reset,
+                                        plans=[FailurePlan()], depth=depth)
+              for depth in (1, 2)}
+    assert all(report.ok for report in counts.values())
+    assert [len(report.points) for report in counts.values()] == [7, 39]
+    assert {len(r.chain) for r in counts[2].points} == {0, 1}
+
+
+@pytest.mark.slow
+def test_a_bug_three_crashes_deep_is_found_at_depth_3_only() -> None:
+    # the retry voids the two attempts before it: two chained crashes leave nothing
+    # behind, three leave the first attempt's payment
+    def report(depth: int) -> CrashPointsReport:
+        return check_crash_points(cs.Voiding1, kwargs={"voids": 2}, snapshot=cs.balances,
+                                  setup=cs.reset, plans=[FailurePlan()], depth=depth,
+                                  fail_fast=True)
+
+    assert report(2).ok
+    deep = report(3)
+    first = deep.first_failure
+    assert first is not None and deep.points[-1] is first
+    assert first.point.name == "after charge:forward took effect, before its checkpoint"
+    assert [(p.seq, p.name) for p in first.chain] == [
+        (2, "after checkpoint 1 (OperatorAction, StepStarted charge)")] * 2
+    assert first.where.endswith(
+        "; recovery killed at 2: after checkpoint 1 (OperatorAction, StepStarted charge)"
+        "; recovery 2 killed at 2: after checkpoint 1 (OperatorAction, StepStarted charge)")
+    assert "'card': 30 without a crash, 60 after this one" in first.problems[0]
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"saga": cs.ApprovedOrder}, r"waits \(approval\).*SignalPlan\('approval', payload\)"),
     ({"saga": cs.Order, "depth": 0}, "depth is a whole number from 1"),
+    ({"saga": cs.Order, "depth": True}, "depth is a whole number from 1"),
 ])
 def test_bad_input_is_a_value_error_naming_the_fix(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
