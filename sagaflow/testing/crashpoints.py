@@ -21,9 +21,14 @@ raise or reject; by default, nothing goes wrong, and a step fails so that every
 compensation runs (and is crashed in too).
 
 A saga that waits is taken to its end in the killed process and in its recovery alike:
-each wait gets what the plan's ``signals=`` send (again, with the same signal id, after
-a crash), a timer or an unanswered wait has the virtual clock moved to its wake time.
-``depth=2`` kills each recovery at the points of its own run too (chained crashes).
+each wait gets what the plan's ``signals=`` send, early, while it waits, late, refused or
+with another one after (again, with the same signal ids, after a crash), a timer or an
+unanswered wait has the virtual clock moved to its wake time. ``depth=N`` kills each
+recovery at the points of its own run too, N levels deep (chained crashes).
+
+A plan whose pivot fails is checked everywhere but where the crash cut the pivot off:
+its outcome is unknown there, so the saga rightly ends FAILED for an operator instead of
+compensating; those points are ``"excluded"`` (FAILED checked, effects not compared).
 
 The participants' state must outlive a process (a file, a database): ``setup()``
 resets it before each point, ``snapshot()`` reads it after recovery. Both run in the
@@ -347,16 +352,20 @@ def check_crash_points(
     ``postgresql://`` URL (a schema per point, dropped afterwards). ``env``: more
     environment for the child (it gets this one's, and this ``sys.path``).
     ``fail_fast``: stop at the first failing point. ``timeout``: seconds a child may
-    take before it is stopped (SIGALRM). ``depth=2``: chained crashes too: after each
-    point, the recovery is killed at each point of its own run in turn and a second
-    recovery must still end right (a recovery must be as idempotent as the run; this
-    costs a run per point of each recovery).
+    take before it is stopped (SIGALRM). ``depth=N`` (from 1): chained crashes too:
+    after each point, the recovery is killed at each point of its own run in turn, and
+    so on N-1 times, and a last recovery must still end right (a recovery must be as
+    idempotent as the run). The runs multiply by about a recovery's points per level:
+    a one-step saga's 7 points take 7, 39, 171 and 703 runs at depths 1 to 4 (3 s,
+    13 s, 60 s, 6 min on a busy two-core machine).
 
-    A saga with waits and timers runs on a virtual clock: a wait the plan's
-    ``signals=`` (:class:`SignalPlan`, ``Arrival.AT_WAIT`` or ``Arrival.NEVER``) sends
-    to gets its signal once the saga parked there (sent again, same ``signal_id``,
-    after a crash), and the clock moves to each timer's (or unanswered wait's) wake
-    time; the points include each signal's row being stored.
+    A saga with waits and timers runs on a virtual clock: the plan's ``signals=``
+    (:class:`SignalPlan`) are sent as :func:`run_plan` sends them (``Arrival.EARLY``
+    once the record is written, ``AT_WAIT`` once the saga parked there, ``LATE`` once
+    its time ran out, ``NEVER``; ``twice``, ``another``, ``refused``), and again, same
+    ids, by the recovery's sender after a crash; the clock moves to each timer's (or
+    unanswered wait's) wake time; the points include each signal's row being stored.
+    A failing pivot: see the module's doc (its unknown-outcome points are excluded).
 
     Returns the report; it raises nothing for failing points (see
     :meth:`CrashPointsReport.assert_ok`), only ``ValueError`` for bad input.
