@@ -101,3 +101,13 @@ def test_a_late_or_early_signal_reaches_the_broken_handler_too(plan: FailurePlan
     assert first is not None
     assert (first.point.seq, first.point.name) == (
         seq, "after countersign:forward took effect, before its checkpoint")
+
+
+def test_an_async_saga_takes_early_signals_sent_with_asignal() -> None:
+    plan = FailurePlan(signals=[SignalPlan("approval", ANN, arrives=Arrival.EARLY)])
+    report = check_crash_points(cs.AsyncApprovedOrder, snapshot=cs.balances,
+                                setup=cs.reset, plans=[plan])
+    assert report.ok, report.describe()
+    assert report.references == ("COMPLETED",)
+    assert _names(report, 0)[2:4] == ["before signal 'decision' is stored",
+                                      "after signal 'decision' is stored"]
