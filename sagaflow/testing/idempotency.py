@@ -125,6 +125,16 @@ def _steps(spec: SagaSpec, only: Iterable[str] | None) -> list[int]:
     return chosen
 
 
+def _step_id(saga_id: str, step: str) -> str:
+    """The saga id of one step's check, ``{saga_id}-{step}``: its own, as a fresh run
+    would have. Under one id for every step, the keys of the steps before the one checked
+    come again after the check of an earlier step used (and undid) them: without a
+    ``setup`` that resets every participant, one that refuses a key it saw undone stops
+    the run forward (a failure of a sound saga), and one that dedupes by key drops those
+    steps' effects, which a compensation may need to show its bug (a failure hidden)."""
+    return f"{saga_id}-{step}"
+
+
 def assert_compensations_idempotent(
     saga: Any,
     *,
@@ -144,7 +154,8 @@ def assert_compensations_idempotent(
     (attempt 2, same idempotency key), snapshot. Raises ``AssertionError`` listing every
     compensation whose second run changed the snapshot or raised. ``payloads``: the
     payload each signal (by name) hands the waits on the way; a wait with none is passed
-    by without running its handler.
+    by without running its handler. Each step's check has a saga id of its own,
+    ``{saga_id}-{step}``.
     """
     fresh = _source(saga)
     first = fresh()
@@ -162,7 +173,7 @@ def assert_compensations_idempotent(
         if prepare is not None:
             prepare()
         s = spec.steps[index]
-        caller = _Caller(spec, saga_id)
+        caller = _Caller(spec, _step_id(saga_id, s.name))
         try:
             _reach(caller, case.saga, index, payloads)
             if s.when is not None and not s.when(case.saga):
@@ -221,10 +232,7 @@ def assert_compensations_tolerate_nothing_to_undo(
         if prepare is not None:
             prepare()
         s = spec.steps[index]
-        # A saga id of its own per step, as a fresh run would have: a participant that
-        # refuses a key it saw undone (the step before's compensation, run for the step
-        # checked before this one) lets this step's run forward through without a setup.
-        caller = _Caller(spec, f"{saga_id}-{s.name}")
+        caller = _Caller(spec, _step_id(saga_id, s.name))
         try:
             _reach(caller, case.saga, index, payloads)
             before = snap() if snap is not None else None
