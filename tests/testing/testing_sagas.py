@@ -1,7 +1,8 @@
 """Sample sagas for the testing toolkit's tests: sound ones, and deliberately broken ones.
 
-The participants are in-process ledgers that do what real ones should: apply each
-idempotency key once, and undo a forward call by its key only if it took effect.
+The participants are in-process ledgers (``verify_sagas.ledger``'s, shared with the verify
+sagas) that do what real ones should: apply each idempotency key once, and undo a forward
+call by its key only if it took effect.
 """
 
 from __future__ import annotations
@@ -10,45 +11,10 @@ import asyncio
 from typing import Any
 
 from hypothesis import strategies as st
+from verify_sagas.ledger import Ledger, forward_key
 
 from sagaflow import Retry, StepContext, saga, step
 from sagaflow.testing import SagaCase
-
-
-def forward_key(ctx: StepContext) -> str:
-    return f"{ctx.saga_id}:{ctx.step}:forward"
-
-
-class Ledger:
-    """A participant: balances per account; each key applies once; undo by forward key."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.balances: dict[str, int] = {}
-        self.applied: dict[str, tuple[str, int]] = {}
-        self.undone: set[str] = set()
-
-    def apply(self, key: str, account: str, delta: int) -> None:
-        if key in self.applied:
-            return
-        self.balances[account] = self.balances.get(account, 0) + delta
-        self.applied[key] = (account, delta)
-
-    def undo(self, key: str, forward: str) -> None:
-        if key in self.undone:
-            return
-        self.undone.add(key)
-        entry = self.applied.get(forward)
-        if entry is None:
-            return  # the forward call never took effect: nothing to undo
-        account, delta = entry
-        self.balances[account] -= delta
-
-    def snapshot(self) -> dict[str, int]:
-        return {k: v for k, v in sorted(self.balances.items()) if v}
-
 
 STOCK = Ledger()
 PAYMENTS = Ledger()

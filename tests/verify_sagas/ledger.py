@@ -1,6 +1,9 @@
-"""The participant every verify saga books against: balances per account; a forward
-call applies once per idempotency key, an undo by the forward call's key only if it took
-effect. Sagas that break a rule do so in their own code, not here."""
+"""The in-process participant the test sagas book against: the verify sagas here and the
+testing toolkit's sagas (``tests/testing/testing_sagas.py`` imports it as
+``verify_sagas.ledger``: ``tests/`` is on the path wherever either runs, pytest's
+conftest folder and ``sagaflow verify``'s package parent). It does what a real one
+should: a forward call applies once per idempotency key, an undo by the forward call's
+key only if it took effect. Sagas that break a rule do so in their own code, not here."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ from sagaflow import StepContext
 
 
 class Ledger:
+    """Balances per account; each key applies once; undo by forward key."""
+
     def __init__(self) -> None:
         self.reset()
 
@@ -27,11 +32,13 @@ class Ledger:
             return
         self.undone.add(key)
         entry = self.applied.get(forward)
-        if entry is not None:
-            account, delta = entry
-            self.balances[account] -= delta
+        if entry is None:
+            return  # the forward call never took effect: nothing to undo
+        account, delta = entry
+        self.balances[account] -= delta
 
     def snapshot(self) -> dict[str, int]:
+        """The non-zero balances, by account."""
         return {k: v for k, v in sorted(self.balances.items()) if v}
 
 
