@@ -9,7 +9,7 @@ from typing import Any
 from sagaflow import StepContext, saga, step
 
 from . import filed
-from .ledger import forward_key
+from .ledger import cases, forward_key
 
 
 @saga(name="crash_double_charge")
@@ -28,8 +28,4 @@ class CrashDoubleCharge:
 
 
 def example_sagas() -> Any:
-    from hypothesis import strategies as st
-
-    from sagaflow.testing import SagaCase
-
-    return st.builds(lambda: SagaCase(CrashDoubleCharge(), filed.reset, filed.snapshot))
+    return cases(CrashDoubleCharge, setup=filed.reset, snapshot=filed.snapshot)

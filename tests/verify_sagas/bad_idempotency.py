@@ -8,7 +8,7 @@ from typing import Any
 
 from sagaflow import Retry, StepContext, saga, step
 
-from .ledger import LEDGER, forward_key
+from .ledger import LEDGER, cases, forward_key
 
 
 @saga(name="double_refund")
@@ -28,8 +28,4 @@ class DoubleRefund:
 
 
 def example_sagas() -> Any:
-    from hypothesis import strategies as st
-
-    from sagaflow.testing import SagaCase
-
-    return st.builds(lambda: SagaCase(DoubleRefund(), LEDGER.reset, LEDGER.snapshot))
+    return cases(DoubleRefund)

@@ -6,7 +6,7 @@ from typing import Any
 
 from sagaflow import StepContext, saga, step
 
-from .ledger import LEDGER, forward_key
+from .ledger import LEDGER, cases, forward_key
 
 
 @saga(name="unbounded")
@@ -21,8 +21,4 @@ class Unbounded:
 
 
 def example_sagas() -> Any:
-    from hypothesis import strategies as st
-
-    from sagaflow.testing import SagaCase
-
-    return st.builds(lambda: SagaCase(Unbounded(), LEDGER.reset, LEDGER.snapshot))
+    return cases(Unbounded)

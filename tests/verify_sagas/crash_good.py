@@ -7,7 +7,7 @@ from typing import Any
 from sagaflow import StepContext, saga, step
 
 from . import filed
-from .ledger import forward_key
+from .ledger import cases, forward_key
 
 
 @saga(name="durable_order")
@@ -34,8 +34,4 @@ class DurableOrder:
 
 
 def example_sagas() -> Any:
-    from hypothesis import strategies as st
-
-    from sagaflow.testing import SagaCase
-
-    return st.builds(lambda: SagaCase(DurableOrder(), filed.reset, filed.snapshot))
+    return cases(DurableOrder, setup=filed.reset, snapshot=filed.snapshot)

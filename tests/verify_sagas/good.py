@@ -7,7 +7,7 @@ from typing import Any
 
 from sagaflow import Retry, StepContext, parallel, saga, step
 
-from .ledger import LEDGER, forward_key
+from .ledger import LEDGER, cases, forward_key
 
 
 @saga(name="good_order")
@@ -63,10 +63,5 @@ class GoodBooking:
 def example_sagas() -> Any:
     from hypothesis import strategies as st
 
-    from sagaflow.testing import SagaCase
-
-    def case(saga: Any) -> SagaCase:
-        return SagaCase(saga, LEDGER.reset, LEDGER.snapshot)
-
-    orders = st.builds(GoodOrder, st.sampled_from(["ann", "cy"]), st.integers(1, 50))
-    return st.one_of(orders, st.builds(GoodBooking)).map(case)
+    return cases(st.builds(GoodOrder, st.sampled_from(["ann", "cy"]), st.integers(1, 50)),
+                 GoodBooking)

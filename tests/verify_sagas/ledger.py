@@ -7,6 +7,9 @@ key only if it took effect. Sagas that break a rule do so in their own code, not
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sagaflow import StepContext
 
 
@@ -48,3 +51,20 @@ LEDGER = Ledger()
 def forward_key(ctx: StepContext) -> str:
     """The idempotency key of the forward call a compensation undoes."""
     return f"{ctx.saga_id}:{ctx.step}:forward"
+
+
+def cases(
+    *sagas: Any,
+    setup: Callable[[], None] = LEDGER.reset,
+    snapshot: Callable[[], Any] = LEDGER.snapshot,
+) -> Any:
+    """What a verify module's ``example_sagas()`` returns: a hypothesis strategy of
+    ``SagaCase``, each of one saga of ``sagas`` (a saga class, built without arguments,
+    or a strategy of instances), run on ``LEDGER`` reset first (or the participant
+    ``setup`` and ``snapshot`` name: ``filed``'s)."""
+    from hypothesis import strategies as st
+
+    from sagaflow.testing import SagaCase
+
+    drawn = [s if isinstance(s, st.SearchStrategy) else st.builds(s) for s in sagas]
+    return st.one_of(*drawn).map(lambda saga: SagaCase(saga, setup, snapshot))
