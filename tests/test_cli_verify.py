@@ -263,3 +263,15 @@ def test_a_choreography_s_crash_points_are_its_participants_not_one_process() ->
     gate = report["OrderFlow"]["crash points"]
     assert gate["result"] == "skip"
     assert "run_choreography(case, DeliveryPlan(crash=...))" in gate["detail"]
+
+
+def test_crash_points_say_effects_kept_in_memory_were_not_compared() -> None:
+    # good_order's ledger is a dict in the process: a crash forgets it, so comparing it
+    # would compare the state before the run with itself
+    status, report = verdicts(module("good") + ":GoodOrder", "--plans", "0", "--crash")
+    assert status == 0
+    detail = report["good_order"]["crash points"]["detail"]
+    assert detail.endswith(
+        "(effects not compared: the participants' state did not outlive the process that "
+        "ran the saga (kept in memory?): keep it in a file or a database, or the crash "
+        "points cannot see what a crash does to it)"), detail

@@ -364,16 +364,17 @@ def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
     try:
         report = check(f"{__name__}:crash_case", kwargs={"saga": where, "instance": instance},
                        plans=_crash_plans(cls, case))
-    except ValueError as exc:  # what the harness does not cover (a wait, a failing pivot)
+    except ValueError as exc:  # a plan the harness cannot crash, say
         text = " ".join(str(exc).split())
         return Gate("crash points", SKIP, text.removeprefix("ValueError: "))
     except Exception as exc:
         return Gate("crash points", FAIL, one_line(exc))
     if report.ok:
         killed = f"{_count(len(report.points), 'crash point')} killed and recovered"
-        if case.snapshot is None:  # only the terminal status could be compared
+        if not report.effects_checked:  # only the terminal status could be compared
+            why = report.unchecked_because.splitlines()[0]
             return Gate("crash points", PASS, f"{killed}, each ending as without a crash "
-                        "(effects not compared: no snapshot of the participants)")
+                        f"(effects not compared: {why})")
         return Gate("crash points", PASS, f"{killed}, every net effect once")
     first = report.first_failure
     return Gate("crash points", FAIL, f"first failure: {first.point.name}\n"

@@ -548,7 +548,11 @@ def _run(subject: Subject, plan: int, store_url: str, case: SagaCase,
     _start(orch, spec, case.saga, subject.saga_id, subject.plans[plan])
     status = _settle(orch, subject.plans[plan], subject.saga_id)
     _close(orch)
-    return {"status": status, "points": SWITCH.seen}
+    # The uninterrupted run's snapshot, taken in the process that made the effects: the
+    # parent compares it with one taken after this process ended, to tell participants
+    # whose state dies with the process (nothing a crash does could be seen).
+    inside = None if target is not None or case.snapshot is None else encode(case.snapshot())
+    return {"status": status, "points": SWITCH.seen, "inside": inside}
 
 
 def _recover(subject: Subject, plan: int, store_url: str, target: dict[str, Any] | None,

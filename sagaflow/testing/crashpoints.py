@@ -146,6 +146,9 @@ class CrashPointsReport:
     points: tuple[CrashPointResult, ...]
     effects_checked: bool
     seconds: float
+    #: why the effects were not checked ("" when they were): no snapshot, or the
+    #: participants' state lives in the process (:data:`IN_PROCESS`)
+    unchecked_because: str = ""
 
     @property
     def ok(self) -> bool:
@@ -169,7 +172,8 @@ class CrashPointsReport:
         head = (f"crash points of saga {self.saga!r} on {self.store}: {len(self.points)} "
                 f"point(s), {failed} failed")
         if not self.effects_checked:
-            head += " (participants' effects not checked: no snapshot)"
+            why = self.unchecked_because or NO_SNAPSHOT
+            head += f" (participants' effects not checked: {why.splitlines()[0]})"
         lines = [head + f", {self.seconds:.1f} s"]
         for i, (text, status) in enumerate(zip(self.plans, self.references, strict=True)):
             lines.append(f"plan {i}: {text} -> {status}")
@@ -388,11 +392,15 @@ def check_crash_points(
             loaded = child.ask(op="load", factory=factory, kwargs=encode(dict(kwargs or {})),
                                plans=encode(plan_list), saga_id=saga_id, timeout=timeout)
             effects = snapshot is not None or bool(loaded["case_snapshot"])
+            unchecked = "" if effects else NO_SNAPSHOT
             run = _Runner(child, stores, setup, snapshot, depth, fail_fast)
             results: list[CrashPointResult] = []
             references: list[str] = []
             for index, text in enumerate(loaded["plans"]):
-                ref = run.reference(index, text, loaded["saga"])
+                ref = run.reference(index, text, loaded["saga"], effects)
+                if ref.lost:
+                    effects = False
+                    unchecked = f"{IN_PROCESS}\n{ref.lost}"
                 references.append(ref.status)
                 if any(run.down(point, ref, (), results) for point in ref.points):
                     break
@@ -402,8 +410,15 @@ def check_crash_points(
     return CrashPointsReport(
         saga=loaded["saga"], store=stores.kind, plans=tuple(loaded["plans"]),
         references=tuple(references), points=tuple(results), effects_checked=effects,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started, unchecked_because=unchecked,
     )
+
+
+#: why a report's effects were not checked
+NO_SNAPSHOT = "no snapshot of the participants"
+IN_PROCESS = ("the participants' state did not outlive the process that ran the saga "
+              "(kept in memory?): keep it in a file or a database, or the crash points "
+              "cannot see what a crash does to it")
 
 
 @attrs.frozen
@@ -412,6 +427,9 @@ class _Reference:
     snapshot: Any
     points: tuple[CrashPoint, ...]
     has_snapshot: bool
+    #: how the snapshot in the run's process differs from the one after it ended
+    #: ("": no difference): the participants' state lives in the process
+    lost: str = ""
 
 
 class _Runner:
@@ -437,7 +455,10 @@ class _Runner:
             seen = self.snapshot()
         return reply, seen
 
-    def reference(self, plan: int, text: str, saga: str) -> _Reference:
+    def reference(self, plan: int, text: str, saga: str, compare: bool = True
+                  ) -> _Reference:
+        """The plan's uninterrupted run; ``compare``: its effects are to be compared
+        (they must outlive the process)."""
         reply, seen = self._go(plan, f"p{plan}-reference", None)
         if reply["exit"] != 0 or reply["run"] is None:
             raise RuntimeError(
@@ -445,8 +466,15 @@ class _Runner:
                 f"a crash (exit {reply['exit']}):\n{self.child._tail()}"
             )
         points = _points(plan, text, reply["run"]["points"])
-        has = self.snapshot is not None or reply["snapshot"] is not None
-        return _Reference(reply["run"]["status"], seen, points, has)
+        has = compare and (self.snapshot is not None or reply["snapshot"] is not None)
+        inside = reply["run"].get("inside")
+        lost = ""
+        if has and inside is not None and decode(inside) != seen:
+            # the effects died with the process that made them: every point would
+            # compare the state before the run with itself, and pass
+            has, lost = False, _differences(decode(inside), seen, (
+                "in the process that ran the saga", "once it ended"))
+        return _Reference(reply["run"]["status"], seen, points, has, lost)
 
     def down(self, point: CrashPoint, ref: _Reference, chain: tuple[CrashPoint, ...],
              results: list[CrashPointResult]) -> bool:
@@ -528,14 +556,16 @@ def _target(point: CrashPoint | None) -> dict[str, Any] | None:
             "occurrence": point.occurrence}
 
 
-def _differences(expected: Any, got: Any) -> str:
+def _differences(expected: Any, got: Any,
+                 said: tuple[str, str] = ("without a crash", "after this one")) -> str:
     """How the snapshot after a crash differs from the uninterrupted run's (key by key
-    for dicts)."""
+    for dicts); ``said``: what each of the two is."""
+    first, second = said
     if isinstance(expected, dict) and isinstance(got, dict):
         keys = list(expected) + [k for k in got if k not in expected]
         return "\n".join(
-            f"{k!r}: {expected.get(k, '<missing>')!r} without a crash, "
-            f"{got.get(k, '<missing>')!r} after this one"
+            f"{k!r}: {expected.get(k, '<missing>')!r} {first}, "
+            f"{got.get(k, '<missing>')!r} {second}"
             for k in keys if expected.get(k, "<missing>") != got.get(k, "<missing>")
         )
-    return f"without a crash: {expected!r}\nafter this one:  {got!r}"
+    return f"{first}: {expected!r}\n{second}: {got!r}"

@@ -330,3 +330,26 @@ def order_case(amount: int = 30) -> SagaCase:
 
 def not_a_saga() -> Any:
     return object()
+
+
+#: what :data:`Forgetful`'s participant booked: kept in the process only, so a killed
+#: process forgets it (the mistake the crash points must notice, not pass)
+IN_MEMORY: list[str] = []
+
+
+def _remember(saga: Any, ctx: StepContext) -> None:
+    IN_MEMORY.append(ctx.idempotency_key)  # not even idempotent: nothing could tell
+
+
+def _forget(saga: Any, ctx: StepContext) -> None:
+    IN_MEMORY.clear()
+
+
+#: A step whose participant keeps its state in memory, then the pivot.
+Forgetful = build("Forgetful", Priced, [Entry("book", _remember, _forget),
+                                        step("ship", "courier", 1, pivot=True)])
+
+
+def forgetful_case() -> SagaCase:
+    """:data:`Forgetful` with a snapshot of its in-memory participant."""
+    return SagaCase(Forgetful(), setup=IN_MEMORY.clear, snapshot=lambda: list(IN_MEMORY))

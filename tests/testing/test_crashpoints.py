@@ -166,3 +166,19 @@ def test_a_failing_pivot_is_crash_checked_everywhere_but_where_its_outcome_is_un
     assert len(ok) == 16 and {r.status for r in ok} == {"COMPENSATED"}
     assert "after charge:compensate took effect, before its checkpoint" in _names(report, 0)
     assert "excluded: 2 point(s) cut the pivot off" in report.describe()
+
+
+def test_participants_whose_state_dies_with_the_process_are_said_not_checked() -> None:
+    # every point would compare the state before the run with itself and pass: the
+    # report says the effects were not checked, and why, rather than "every effect once"
+    report = check_crash_points("crashpoint_sagas:forgetful_case",
+                                plans=[FailurePlan()])
+    assert report.ok
+    assert not report.effects_checked
+    assert report.unchecked_because.startswith(
+        "the participants' state did not outlive the process that ran the saga")
+    assert "keep it in a file or a database" in report.unchecked_because
+    assert "did not outlive" in report.describe().splitlines()[0]
+    # the same saga's participants filed: checked
+    assert check_crash_points("crashpoint_sagas:order_case",
+                              plans=[FailurePlan()]).effects_checked
