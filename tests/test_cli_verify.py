@@ -275,3 +275,18 @@ def test_crash_points_say_effects_kept_in_memory_were_not_compared() -> None:
         "(effects not compared: the participants' state did not outlive the process that "
         "ran the saga (kept in memory?): keep it in a file or a database, or the crash "
         "points cannot see what a crash does to it)"), detail
+
+
+def test_a_waiting_saga_is_crashed_on_each_path_its_payloads_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the simplest decision drawn is a refusal, which never charges: the double charge
+    # after an approval is found only by crashing the approved path too
+    monkeypatch.setenv("VERIFY_LEDGER", str(tmp_path / "ledger.json"))
+    status, report = verdicts(module("bad_crash_branch"), "--plans", "0", "--crash")
+    assert status == 1
+    detail = report["crash_approved_charge"]["crash points"]["detail"]
+    assert detail.splitlines()[0] == (
+        "first failure: after charge:forward took effect, before its checkpoint"
+    ), detail
+    assert "'card': -30 without a crash, -60 after this one" in detail

@@ -382,7 +382,8 @@ def _crash(cls: type, check: Callable[..., Any], cases: Any, why: str) -> Gate:
 
 
 #: the most plans with signals sent a crashed saga is run under: one per path through the
-#: saga the payloads take (a decision's other branch, a reply that is ready)
+#: saga the payloads take (a decision's other branch, a reply that is ready, a step that
+#: does something else with what the signal said)
 CRASH_PATHS = 3
 
 
@@ -391,8 +392,9 @@ def _crash_plans(cls: type, case: SagaCase) -> list[Any] | None:
     points' own plans): every signal sent while its wait waits, with payloads drawn as
     the plans gate draws them (the simplest first), one plan for each different path
     they take the saga on (up to :data:`CRASH_PATHS`: found by running ``case`` once per
-    draw, uninterrupted); and none at all (each wait's time runs out). A payload that
-    cannot be drawn leaves the last."""
+    draw, uninterrupted; a path is the calls made and the participants' snapshot after
+    them); and none at all (each wait's time runs out). A payload that cannot be drawn
+    leaves the last."""
     from hypothesis import strategies as st
 
     from ..testing import Arrival, FailurePlan, SignalPlan, run_plan
@@ -417,7 +419,9 @@ def _crash_plans(cls: type, case: SagaCase) -> list[Any] | None:
             run = run_plan(case, plan)
         except Exception:  # the plans gate reports a saga that cannot run
             return False
-        path = (run.result.status, tuple((c.step, c.direction) for c in run.calls))
+        # what a crash could break differs: the calls made, or what they left behind
+        path = (run.result.status, tuple((c.step, c.direction) for c in run.calls),
+                repr(run.after))
         if path in paths:
             return False
         paths[path] = plan
