@@ -290,3 +290,23 @@ def test_a_waiting_saga_is_crashed_on_each_path_its_payloads_take(
         "first failure: after charge:forward took effect, before its checkpoint"
     ), detail
     assert "'card': -30 without a crash, -60 after this one" in detail
+
+
+def test_a_waiting_saga_s_crash_plans_send_its_signals_early_and_twice_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sagaflow.cli.verify import _cases, _crash_plans, _one_case
+    from sagaflow.testing import Arrival
+
+    monkeypatch.setenv("VERIFY_LEDGER", str(tmp_path / "ledger.json"))
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    from verify_sagas.bad_crash_branch import ApprovedCharge
+
+    cases, _ = _cases(ApprovedCharge)
+    plans = _crash_plans(ApprovedCharge, _one_case(cases))
+    assert plans is not None
+    sent = [(p.signals[0].payload.approved, p.signals[0].arrives, p.signals[0].twice)
+            for p in plans[:-1]]
+    assert sent == [(False, Arrival.AT_WAIT, False), (True, Arrival.AT_WAIT, False),
+                    (False, Arrival.EARLY, True)]
+    assert plans[-1].signals[0].arrives is Arrival.NEVER

@@ -393,8 +393,9 @@ def _crash_plans(cls: type, case: SagaCase) -> list[Any] | None:
     the plans gate draws them (the simplest first), one plan for each different path
     they take the saga on (up to :data:`CRASH_PATHS`: found by running ``case`` once per
     draw, uninterrupted; a path is the calls made and the participants' snapshot after
-    them); and none at all (each wait's time runs out). A payload that cannot be drawn
-    leaves the last."""
+    them); the first path's signals sent early and twice (a client retrying); and none
+    at all (each wait's time runs out). A payload that cannot be drawn leaves the
+    last."""
     from hypothesis import strategies as st
 
     from ..testing import Arrival, FailurePlan, SignalPlan, run_plan
@@ -428,7 +429,15 @@ def _crash_plans(cls: type, case: SagaCase) -> list[Any] | None:
         return True
 
     _draws(sent, new_path, 50, CRASH_PATHS)
-    return [*paths.values(), never]
+    if not paths:
+        return [never]
+    # and the first path's signals as a client that retries sends them: before the
+    # saga reaches its wait (kept for it), and each again (the same signal id)
+    first = next(iter(paths.values()))
+    early: FailurePlan[Any] = FailurePlan(signals=[
+        attrs.evolve(p, arrives=Arrival.EARLY, twice=True) for p in first.signals
+    ])
+    return [*paths.values(), early, never]
 
 
 def crash_case(saga: str, instance: Any = None) -> Any:
