@@ -123,10 +123,12 @@ class StateFile:
 
 
 def _state(service: Any) -> dict[str, Any]:
-    """A service's own attributes (an attrs class's fields, else its ``__dict__``)."""
+    """A service's own attributes (an attrs class's fields, else its ``__dict__``), but
+    not those its class names in ``UNFILED`` (a process's own settings and gauges)."""
     names = [f.name for f in attrs.fields(type(service))] if attrs.has(type(service)) else (
         list(vars(service)))
-    return {n: getattr(service, n) for n in names if n not in TRANSIENT}
+    skip = TRANSIENT | getattr(service, "UNFILED", frozenset())
+    return {n: getattr(service, n) for n in names if n not in skip}
 
 
 def filed(method: F) -> F:

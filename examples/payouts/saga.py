@@ -12,16 +12,26 @@ key, concurrently; then the reservation is released. The rules (validation, fees
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import attrs
 
 from sagaflow import Retry, StepContext, saga, step
 
-from . import rules
+from . import rules, services
 from .rules import Payout
 from .services import BankUnavailable, bank, treasury
 
-__all__ = ["InvalidBatch", "PayoutBatchSaga", "PayoutReversed", "PayoutSent"]
+__all__ = [
+    "CLOSED",
+    "InvalidBatch",
+    "PayoutBatchSaga",
+    "PayoutReversed",
+    "PayoutSent",
+    "example_case",
+    "example_sagas",
+    "reset_case_services",
+]
 
 
 class InvalidBatch(ValueError):
@@ -76,3 +86,50 @@ class PayoutBatchSaga:
     @step(pivot=True, timeout=5.0)
     async def close_batch(self, ctx: StepContext) -> None:
         await treasury.settle(ctx.idempotency_key, self.batch_id)
+
+
+# --- the example cases: the property tests and `sagaflow verify` -------------------------
+
+#: The account the example cases' bank has closed: a batch paying it fails at ``pay``.
+CLOSED = "acct-closed"
+
+
+def reset_case_services() -> None:
+    """The cases' ``setup``: the treasury and the bank afresh, kept in a file
+    (:data:`~examples.payouts.services.STATE`: the crash gate's recovery, in another
+    process, finds what the killed one did), the bank refusing to pay :data:`CLOSED`,
+    answering at once (the crash gate runs them on real time)."""
+    services.reset(closed=(CLOSED,), latency=0.0, filed=True)
+
+
+def example_case(payouts: list[Payout], batch_id: str = "batch-1") -> Any:
+    """A :class:`~sagaflow.testing.SagaCase`: a batch paying ``payouts`` from fresh
+    services, whose balances, holds and standing transfers are the snapshot. A batch the
+    rules refuse, or paying the closed account, may fail a step (``allow_step_errors``);
+    any other may not fail on its own."""
+    from sagaflow.testing import SagaCase
+
+    refused = bool(rules.problems(payouts)) or any(p.account == CLOSED for p in payouts)
+    return SagaCase(PayoutBatchSaga(batch_id, payouts), reset_case_services, services.state,
+                    allow_step_errors=refused)
+
+
+def example_sagas() -> Any:
+    """Payout batches for the property tests and ``sagaflow verify``: 1 to 6 payouts of
+    0.26 to 10,000.00 (each to its own account), some that the rules refuse (an empty
+    batch, a payout id twice, an amount out of range or not in cents) and some paying
+    the bank's closed account (paid transfers reversed, the hold released)."""
+    from hypothesis import strategies as st
+
+    amounts = st.integers(26, 1_000_000).map(lambda cents: (Decimal(cents) / 100).quantize(
+        rules.CENT))
+    batches = st.lists(amounts, min_size=1, max_size=6).map(
+        lambda paid: [Payout(f"P-{i}", f"acct-{i}", a) for i, a in enumerate(paid, 1)])
+    wrong = st.sampled_from([Decimal(0), Decimal("10000.01"), Decimal("10.005")])
+    refusals = st.one_of(
+        st.just([]),
+        batches.map(lambda b: [*b, b[0]]),
+        st.tuples(batches, wrong).map(lambda bw: [*bw[0], Payout("P-x", "acct-x", bw[1])]),
+        batches.map(lambda b: [*b, Payout("P-closed", CLOSED, Decimal("50.00"))]),
+    )
+    return st.one_of(batches, refusals).map(example_case)

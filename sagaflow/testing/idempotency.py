@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from ..context import Direction, StepContext
+from ..engine._blocks import _item_name
 from ..spec import SagaSpec, spec_of
 from .clock import VirtualClock
 from .loop import VirtualTimeLoop
@@ -67,14 +68,19 @@ class _Caller:
         )
         assert fn is not None
         timeout = s.timeout if direction is Direction.FORWARD else s.compensation_timeout
-        ctx = StepContext(self.saga_id, self.spec.name, s.name, direction, attempt, timeout,
-                          None, self.clock.now(), self.clock.now)
-        ctx.signal = payload
-        value = fn(saga, ctx)
-        if inspect.isawaitable(value):
-            if self.loop is None:
-                self.loop = VirtualTimeLoop()
-            self.loop.run_until_complete(_await(value))
+        calls: list[tuple[str, tuple[Any, ...]]] = [(s.name, ())]
+        if s.each is not None:  # a fan-out: once per item, under the item's own name (key)
+            items = getattr(saga, s.each.field)
+            calls = [(_item_name(s, k, item), (item,)) for k, item in enumerate(items)]
+        for name, item in calls:
+            ctx = StepContext(self.saga_id, self.spec.name, name, direction, attempt, timeout,
+                              None, self.clock.now(), self.clock.now)
+            ctx.signal = payload
+            value = fn(saga, *item, ctx)
+            if inspect.isawaitable(value):
+                if self.loop is None:
+                    self.loop = VirtualTimeLoop()
+                self.loop.run_until_complete(_await(value))
 
     def close(self) -> None:
         if self.loop is not None:
