@@ -45,3 +45,26 @@ def verify_gates(target: str, *options: str) -> dict[str, dict[str, tuple[str, s
     report = json.loads(ran.output)
     return {s["name"]: {g["gate"]: (g["result"], g["detail"]) for g in s["gates"]}
             for s in report["sagas"]}
+
+
+def crash_verified(target: str) -> dict[str, dict[str, str]]:
+    """``sagaflow verify TARGET --plans 0 --crash`` (the plans gate is the property
+    test's): its one saga's gates by name, each with ``result`` and ``detail``; every
+    gate but plans and diagrams must pass (not skip)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sagaflow.cli import main
+
+    result = CliRunner().invoke(main, ["verify", target, "--plans", "0", "--crash",
+                                       "--format", "json"])
+    assert result.exit_code == 0, result.output
+    [saga] = json.loads(result.output)["sagas"]
+    gates: dict[str, dict[str, str]] = {g["gate"]: g for g in saga["gates"]}
+    assert {name: g["result"] for name, g in gates.items()} == {
+        "definition": "pass", "graph": "pass", "timeouts": "pass", "plans": "skip",
+        "idempotency": "pass", "nothing to undo": "pass", "crash points": "pass",
+        "diagrams": "skip",
+    }
+    return gates
