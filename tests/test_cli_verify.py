@@ -198,6 +198,9 @@ def test_every_example_saga_passes_every_gate() -> None:
     for name, gates in report.items():
         assert gates["diagrams"]["result"] == "pass", name
         assert gates["plans"]["result"] == "pass", name
+        # every example's example_sagas() gives its participants' setup and snapshot
+        assert gates["idempotency"]["result"] == "pass", (name, gates["idempotency"])
+        assert gates["nothing to undo"]["result"] == "pass", (name, gates["nothing to undo"])
 
 
 def test_the_command_exits_for_ci_in_a_real_process() -> None:
