@@ -47,24 +47,16 @@ def verify_gates(target: str, *options: str) -> dict[str, dict[str, tuple[str, s
             for s in report["sagas"]}
 
 
-def crash_verified(target: str) -> dict[str, dict[str, str]]:
-    """``sagaflow verify TARGET --plans 0 --crash`` (the plans gate is the property
-    test's): its one saga's gates by name, each with ``result`` and ``detail``; every
-    gate but plans and diagrams must pass (not skip)."""
-    import json
-
-    from click.testing import CliRunner
-
-    from sagaflow.cli import main
-
-    result = CliRunner().invoke(main, ["verify", target, "--plans", "0", "--crash",
-                                       "--format", "json"])
-    assert result.exit_code == 0, result.output
-    [saga] = json.loads(result.output)["sagas"]
-    gates: dict[str, dict[str, str]] = {g["gate"]: g for g in saga["gates"]}
-    assert {name: g["result"] for name, g in gates.items()} == {
+def crash_verified(target: str) -> dict[str, tuple[str, str]]:
+    """``sagaflow verify TARGET --plans 0 --crash`` on one saga (the plans gate is the
+    property test's): its gates' results and details by name. Every gate but plans and
+    diagrams must pass (not skip), the crash points with the effects compared."""
+    [gates] = verify_gates(target, "--crash").values()
+    assert {name: result for name, (result, _) in gates.items()} == {
         "definition": "pass", "graph": "pass", "timeouts": "pass", "plans": "skip",
         "idempotency": "pass", "nothing to undo": "pass", "crash points": "pass",
         "diagrams": "skip",
-    }
+    }, gates
+    detail = gates["crash points"][1]
+    assert detail.endswith("killed and recovered, every net effect once"), detail
     return gates

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from example_fixtures import Captured, compensation_order, make_ctx, verify_gates
+from example_fixtures import Captured, compensation_order, crash_verified, make_ctx
 from hypothesis import find, given, settings
 
 from examples.onboarding import demo as scenarios
@@ -249,12 +249,9 @@ def test_the_demo_scenario_of_the_silent_service(stored: Captured) -> None:
 
 
 def test_verify_runs_the_idempotency_nothing_to_undo_and_crash_gates() -> None:
-    gates = verify_gates("examples.onboarding", "--crash")["OnboardClientSaga"]
-    assert gates["idempotency"] == ("pass", "1 compensation run twice: no change")
-    assert gates["nothing to undo"] == ("pass", "1 compensation run with nothing to undo")
-    result, detail = gates["crash points"]
-    assert result == "pass", detail
-    assert detail.endswith("killed and recovered, every net effect once"), detail
+    gates = crash_verified("examples.onboarding")
+    assert gates["idempotency"][1] == "1 compensation run twice: no change"
+    assert gates["nothing to undo"][1] == "1 compensation run with nothing to undo"
 
 
 def test_a_ready_workspace_is_crash_checked_through_billing_and_the_email() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from example_fixtures import Captured, compensation_order, make_ctx, verify_gates
+from example_fixtures import Captured, compensation_order, crash_verified, make_ctx, verify_gates
 from hypothesis import find, given, settings
 
 from examples._support import Voided
@@ -191,10 +191,7 @@ def test_verify_runs_the_idempotency_and_nothing_to_undo_gates() -> None:
 
 
 def test_verify_crash_compares_the_services_state_after_each_crash() -> None:
-    gates = verify_gates("examples.registration", "--crash")["RegistrationSaga"]
-    result, detail = gates["crash points"]
-    assert result == "pass", detail
-    assert detail.endswith("killed and recovered, every net effect once"), detail
+    crash_verified("examples.registration")
 
 
 def test_the_cases_services_state_outlives_the_process_that_changed_it() -> None:
