@@ -69,7 +69,11 @@ def click(browser: Any, by: str, what: str) -> None:
     """Click what navigates, and wait until the next page replaced this one."""
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(by, what).click()
-    WebDriverWait(browser, 10).until(staleness_of(page))
+    # Asked mid-navigation, chromedriver may answer "unhandled inspector error" (the old
+    # document's context is being torn down) instead of "stale element": ask again.
+    WebDriverWait(browser, 10, ignored_exceptions=[WebDriverException]).until(
+        staleness_of(page)
+    )
 
 
 def ids(browser: Any) -> list[str]:
