@@ -12,19 +12,18 @@ The demo and the other tests keep their services in memory (no file: each servic
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import functools
 import os
 import pickle
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
+
+from ._support import case_folder
 
 __all__ = ["Ids", "StateFile", "filed"]
 
@@ -68,9 +67,7 @@ class StateFile:
     def use(self) -> None:
         """File the services' present state (call right after resetting them)."""
         if self.path is None or not self.path.parent.is_dir():
-            folder = Path(tempfile.mkdtemp(prefix=f"sagaflow-{self.name}-"))
-            atexit.register(shutil.rmtree, folder, True)  # a forked child's os._exit skips it
-            self.path = folder / "state.pickle"
+            self.path = case_folder(self.name) / "state.pickle"
         for service in self.services.values():
             service.state_file = self
         with self._locked():

@@ -19,11 +19,15 @@ None of this is sagaflow: it is the scaffolding a real application has around it
 from __future__ import annotations
 
 import asyncio
+import atexit
+import functools
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,6 +41,7 @@ from sagaflow import Direction, SagaRecord, StepContext
 from sagaflow.stores import Store
 
 __all__ = [
+    "case_folder",
     "BlockingStore",
     "Faults",
     "IdempotencyKeys",
@@ -344,3 +349,15 @@ class IdempotencyKeys:
     def applied(self, key: str) -> bool:
         """Whether a call with ``key`` took effect."""
         return key in self.results
+
+
+@functools.cache
+def case_folder(name: str) -> Path:
+    """A folder for the example cases' participants' files (``name``: whose), made once
+    per process that first asks and removed when that process exits. The processes it
+    forks (those the crash points kill, and their recoveries) share it and never remove
+    it: a recovery must find what the killed process wrote."""
+    folder = Path(tempfile.mkdtemp(prefix=f"sagaflow-{name}-"))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
+    return folder

@@ -31,7 +31,7 @@ from sagaflow import Orchestrator, Retry, SagaStatus, StepContext, saga, spec_of
 from sagaflow.stores.sqlite import SQLiteStore
 from sagaflow.testing import VirtualClock
 
-from ._support import killed_child
+from ._support import case_folder, killed_child
 from .console import Demo
 
 __all__ = [
@@ -190,8 +190,10 @@ class ShipOrderSaga:
 
 
 def example_sagas() -> Any:
-    """Orders for the property tests (``sagaflow.testing``): each run on a fresh
-    in-memory participants' database, whose standing effects are the snapshot."""
+    """Orders for the property tests and ``sagaflow verify`` (``sagaflow.testing``): each
+    run on a fresh participants' database, whose standing effects are the snapshot. The
+    database is a file, so that ``--crash`` compares what a killed process and its
+    recovery did."""
     from hypothesis import strategies as st
 
     from sagaflow.testing import SagaCase
@@ -199,8 +201,16 @@ def example_sagas() -> Any:
     orders = st.text("ABCDEFGHJK0123456789-", min_size=1, max_size=8)
     amounts = st.decimals(min_value=1, max_value=10_000, places=2)
     return st.builds(ShipOrderSaga, orders, amounts).map(
-        lambda saga: SagaCase(saga, open_participants, lambda: participants().standing())
+        lambda saga: SagaCase(saga, _fresh_participants, lambda: participants().standing())
     )
+
+
+def _fresh_participants() -> None:
+    """The cases' ``setup``: this process's participants' file, emptied."""
+    conn = open_participants(case_folder("crash-demo") / "participants.db").conn
+    # a SIGKILL loses no committed write without fsync (only a power cut would)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.executescript("DELETE FROM applied; DELETE FROM voided;")
 
 
 def demo(d: Demo, out: Path) -> None:

@@ -12,11 +12,7 @@ there is anything to undo.
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
 from decimal import Decimal
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +20,7 @@ import attrs
 
 from sagaflow import Retry, StepContext, parallel, saga, step
 
+from .._support import case_folder
 from . import services as participants
 from .services import CourierBusy, GatewayUnavailable, services
 
@@ -122,9 +119,6 @@ def example_sagas() -> Any:
                      st.sampled_from(["1 Main St", "2 High St", ""]))
 
 
-@cache
 def _cases_ledger() -> Path:
-    """This process's ledger file for the cases, removed when it exits."""
-    folder = Path(tempfile.mkdtemp(prefix="sagaflow-checkout-cases-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return folder / "participants.db"
+    """This process's ledger file for the cases."""
+    return case_folder("checkout-cases") / "participants.db"

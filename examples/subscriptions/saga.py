@@ -35,22 +35,17 @@ idempotent by its key, so a retry is safe. Compensations keep sagaflow's patient
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import attrs
 
 from sagaflow import Retry, SagaRejected, StepContext, saga, step, wait
 
-from .._support import forward_key
+from .._support import case_folder, forward_key
 from . import db as dbmod
 from . import rules
 from .db import database
@@ -256,10 +251,8 @@ def case_database() -> dbmod.SubscriptionDB:
     """
     global _case_db
     if _case_db is None:
-        folder = tempfile.mkdtemp(prefix="sagaflow-subscriptions-")
-        owner = os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, True))
-        _case_db = dbmod.SubscriptionDB(Path(folder) / "cases.db", synchronous="OFF")
+        _case_db = dbmod.SubscriptionDB(case_folder("subscriptions") / "cases.db",
+                                        synchronous="OFF")
     dbmod._current = _case_db  # another test may have opened its own since
     return _case_db
 
